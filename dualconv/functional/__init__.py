@@ -1,0 +1,1 @@
+"""Pure forward/backward functions, written once against numpy or cupy arrays."""

@@ -1,0 +1,149 @@
+"""The Layer contract every layer follows.
+
+    y = layer.forward(x)      # or layer(x)
+    dx = layer.backward(dy)   # after a forward; fills layer.grads
+
+``layer.params`` and ``layer.grads`` are dicts of the live arrays ("weight",
+"bias"): an optimizer writes into ``params`` in place and the layer sees it.
+Layers whose input size is given as None build their parameters at the first
+forward, from the shape they see (as PyTorch's Lazy layers do).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import backend_of, get_array_module, get_backend, to_backend, xp_for
+from ..init import default_rng
+
+
+class Layer:
+    """Base class: forward/backward, params/grads, train/eval, lazy build."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.training = True
+        self.built = False
+        self.dtype = np.dtype(np.float32)
+        self._backend: str | None = None
+        self._cache: Any = None  # what the last forward kept for backward
+
+    # -- building -----------------------------------------------------------
+    def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None = None,
+              dtype: Any = None) -> tuple[int, ...]:
+        """Create parameters for inputs of ``input_shape``; returns the output shape."""
+        if dtype is not None:
+            self.dtype = np.dtype(dtype)
+        if not self.built:
+            self._build_shape = tuple(input_shape)
+            self._create_params(self._build_shape, rng if rng is not None else default_rng())
+            self.built = True
+        return self.output_shape(input_shape)
+
+    def reset_parameters(self, rng: np.random.Generator) -> None:
+        """Draw fresh initial parameters from ``rng`` (no-op before the layer is built)."""
+        if self.built:
+            self._create_params(self._build_shape, rng)
+            self.grads.clear()
+
+    def _create_params(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> None:
+        """Layers with parameters override this (drawn in NumPy, then moved)."""
+
+    def _set_param(self, name: str, value: np.ndarray) -> None:
+        backend = self._backend or get_backend()
+        self.params[name] = to_backend(value.astype(self.dtype), backend)
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the output for an input of ``input_shape`` (batch dim included)."""
+        return tuple(input_shape)
+
+    # -- the contract -------------------------------------------------------
+    def __call__(self, x: Any) -> Any:
+        return self.forward(x)
+
+    def forward(self, x: Any) -> Any:
+        """Checks and builds, then computes the output (``_forward``)."""
+        self._check_input(x)
+        if not self.built:
+            self._backend = backend_of(x)
+            self.build(tuple(x.shape), dtype=x.dtype if x.dtype.kind == "f" else None)
+        elif self.params and x.dtype != self.dtype:
+            raise TypeError(f"{self.name}: expected {self.dtype} input (the parameters' dtype), "
+                            f"got {x.dtype}; cast the input or call .astype() on the layer")
+        return self._forward(x)
+
+    def backward(self, dy: Any) -> Any:
+        """Gradient of the loss with respect to the last forward's input."""
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}.backward called before forward")
+        return self._backward(dy)
+
+    def _forward(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def _backward(self, dy: Any) -> Any:
+        raise NotImplementedError
+
+    def _check_input(self, x: Any) -> None:
+        """Raise a clear error for an input this layer cannot take."""
+        if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
+            raise TypeError(f"{self.name}: expected an array, got {type(x).__name__}")
+
+    def _require_ndim(self, x: Any, ndim: int, layout: str) -> None:
+        if x.ndim != ndim:
+            raise ValueError(
+                f"{self.name}: expected a {ndim}-D input {layout}, got shape {tuple(x.shape)}")
+
+    def _check_grad_shape(self, dy: Any, expected: tuple[int, ...]) -> None:
+        if tuple(dy.shape) != tuple(expected):
+            raise ValueError(
+                f"{self.name}.backward: expected a gradient of shape {tuple(expected)} "
+                f"(the forward output), got {tuple(dy.shape)}")
+
+    # -- modes, devices, description ----------------------------------------
+    def train(self) -> "Layer":
+        self.training = True
+        return self
+
+    def eval(self) -> "Layer":
+        self.training = False
+        return self
+
+    def to(self, backend: str) -> "Layer":
+        """Move parameters (and gradients) to "numpy" or "cupy"."""
+        xp_for(backend)  # raises a clear error when the backend cannot run
+        self._backend = backend
+        for store in (self.params, self.grads):
+            for key, value in store.items():
+                store[key] = to_backend(value, backend)
+        return self
+
+    def astype(self, dtype: Any) -> "Layer":
+        """Cast parameters to a floating dtype (float32 or float64)."""
+        self.dtype = np.dtype(dtype)
+        for key, value in self.params.items():
+            self.params[key] = value.astype(self.dtype)
+        self.grads.clear()
+        return self
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this layer (for save/load)."""
+        return {}
+
+    def num_parameters(self) -> int:
+        return int(sum(int(np.prod(p.shape)) for p in self.params.values()))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{self.name}({args})"
+
+
+def array_module(x: Any):
+    """numpy or cupy, whichever holds x."""
+    return get_array_module(x)

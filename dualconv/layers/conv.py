@@ -1,0 +1,120 @@
+"""Conv2D: a 2-D convolution layer (PyTorch's argument order)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..functional.conv import ConvGeometry, conv2d_backward, conv2d_forward
+from ..init import get_initializer
+from ..shapes import get_conv_outsize, pair
+from .base import Layer
+
+
+class Conv2D(Layer):
+    """y[n, o] = b[o] + sum_c cross_correlate(x[n, c], W[o, c]).
+
+    x: (N, in_channels, H, W) -> y: (N, out_channels, out_h, out_w).
+    weight: (out_channels, in_channels, kh, kw), bias: (out_channels,).
+    ``in_channels=None`` is inferred at the first forward. ``padding`` is an
+    int, a pair, "valid" (0) or "same" (output size = input size; stride 1).
+    """
+
+    def __init__(self, in_channels: int | None, out_channels: int,
+                 kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
+                 padding: int | tuple[int, int] | str = 0, dilation: int | tuple[int, int] = 1,
+                 bias: bool = True, weight_init: str = "glorot") -> None:
+        super().__init__()
+        if out_channels is None or int(out_channels) < 1:
+            raise ValueError(f"Conv2D: out_channels must be a positive int, got {out_channels!r}")
+        if in_channels is not None and int(in_channels) < 1:
+            raise ValueError(f"Conv2D: in_channels must be a positive int or None, got {in_channels!r}")
+        self.in_channels = in_channels
+        self.out_channels = int(out_channels)
+        self.kh, self.kw = pair(kernel_size, "Conv2D kernel_size")
+        self.sy, self.sx = pair(stride, "Conv2D stride")
+        self.dy, self.dx = pair(dilation, "Conv2D dilation")
+        self.padding = padding
+        self.ph, self.pw = self._padding_amounts(padding)
+        self.use_bias = bool(bias)
+        self.weight_init = weight_init
+        get_initializer(weight_init)
+        for what, value in (("kernel_size", (self.kh, self.kw)), ("stride", (self.sy, self.sx)),
+                            ("dilation", (self.dy, self.dx))):
+            if min(value) < 1:
+                raise ValueError(f"Conv2D: {what} must be >= 1, got {value}")
+        if min(self.ph, self.pw) < 0:
+            raise ValueError(f"Conv2D: padding must be >= 0, got {padding!r}")
+        if in_channels is not None:
+            self.build((1, int(in_channels), None, None))
+
+    def _padding_amounts(self, padding: Any) -> tuple[int, int]:
+        if isinstance(padding, str):
+            if padding == "valid":
+                return 0, 0
+            if padding == "same":
+                if (self.sy, self.sx) != (1, 1):
+                    raise ValueError(f"Conv2D: padding='same' needs stride 1, got stride {(self.sy, self.sx)}")
+                span_h, span_w = self.dy * (self.kh - 1), self.dx * (self.kw - 1)
+                if span_h % 2 or span_w % 2:
+                    raise ValueError(
+                        f"Conv2D: padding='same' needs an odd effective kernel size, got "
+                        f"kernel {(self.kh, self.kw)} with dilation {(self.dy, self.dx)}")
+                return span_h // 2, span_w // 2
+            raise ValueError(f"Conv2D: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
+        return pair(padding, "Conv2D padding")
+
+    @property
+    def geometry(self) -> ConvGeometry:
+        return ConvGeometry(self.sy, self.sx, self.ph, self.pw, self.dy, self.dx)
+
+    def _create_params(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> None:
+        self.in_channels = int(input_shape[1])
+        shape = (self.out_channels, self.in_channels, self.kh, self.kw)
+        self._set_param("weight", get_initializer(self.weight_init)(shape, rng))
+        if self.use_bias:
+            self._set_param("bias", np.zeros(self.out_channels))
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        N, _, H, W = input_shape
+        if H is None:
+            return (N, self.out_channels, None, None)
+        out_h = get_conv_outsize(H, self.kh, self.sy, self.ph, self.dy)
+        out_w = get_conv_outsize(W, self.kw, self.sx, self.pw, self.dx)
+        span = (self.dy * (self.kh - 1) + 1, self.dx * (self.kw - 1) + 1)
+        if span[0] > H + 2 * self.ph or span[1] > W + 2 * self.pw:
+            raise ValueError(
+                f"Conv2D: kernel {(self.kh, self.kw)} (dilated span {span}) is larger than the "
+                f"padded input {(H + 2 * self.ph, W + 2 * self.pw)} from input {(H, W)} with padding {(self.ph, self.pw)}")
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"Conv2D: output size {(out_h, out_w)} is below 1 for input {(H, W)}")
+        return (N, self.out_channels, out_h, out_w)
+
+    def _check_input(self, x: Any) -> None:
+        super()._check_input(x)
+        self._require_ndim(x, 4, "(N, C, H, W)")
+        if self.in_channels is not None and x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"Conv2D: expected {self.in_channels} input channels, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})")
+        self.output_shape(tuple(x.shape))
+
+    def _forward(self, x: Any) -> Any:
+        y, col = conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.geometry)
+        self._cache = (tuple(x.shape), col)
+        return y
+
+    def _backward(self, dy: Any) -> Any:
+        x_shape, col = self._cache
+        self._check_grad_shape(dy, self.output_shape(x_shape))
+        dx, dw, db = conv2d_backward(dy, x_shape, self.params["weight"], col, self.geometry)
+        self.grads["weight"] = dw
+        if self.use_bias:
+            self.grads["bias"] = db
+        return dx
+
+    def get_config(self) -> dict[str, Any]:
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": (self.kh, self.kw), "stride": (self.sy, self.sx),
+                "padding": self.padding if isinstance(self.padding, str) else (self.ph, self.pw),
+                "dilation": (self.dy, self.dx), "bias": self.use_bias, "weight_init": self.weight_init}

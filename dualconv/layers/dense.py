@@ -1,0 +1,69 @@
+"""Dense: a fully connected layer, y = x @ W + b (seed 002's layout)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..init import get_initializer
+from .base import Layer
+
+
+class Dense(Layer):
+    """x: (N, in_features) -> y: (N, out_features).
+
+    weight: (in_features, out_features), bias: (out_features,).
+    ``in_features=None`` is inferred at the first forward.
+    """
+
+    def __init__(self, in_features: int | None, out_features: int, bias: bool = True,
+                 weight_init: str = "glorot") -> None:
+        super().__init__()
+        if out_features is None or int(out_features) < 1:
+            raise ValueError(f"Dense: out_features must be a positive int, got {out_features!r}")
+        if in_features is not None and int(in_features) < 1:
+            raise ValueError(f"Dense: in_features must be a positive int or None, got {in_features!r}")
+        self.in_features = in_features
+        self.out_features = int(out_features)
+        self.use_bias = bool(bias)
+        self.weight_init = weight_init
+        get_initializer(weight_init)
+        if in_features is not None:
+            self.build((1, int(in_features)))
+
+    def _create_params(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> None:
+        self.in_features = int(input_shape[1])
+        shape = (self.in_features, self.out_features)
+        self._set_param("weight", get_initializer(self.weight_init)(shape, rng))
+        if self.use_bias:
+            self._set_param("bias", np.zeros(self.out_features))
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return (input_shape[0], self.out_features)
+
+    def _check_input(self, x: Any) -> None:
+        super()._check_input(x)
+        self._require_ndim(x, 2, "(N, features); put a Flatten() before Dense")
+        if self.in_features is not None and x.shape[1] != self.in_features:
+            raise ValueError(
+                f"Dense: expected {self.in_features} input features, got {x.shape[1]} "
+                f"(input shape {tuple(x.shape)})")
+
+    def _forward(self, x: Any) -> Any:
+        self._cache = x
+        y = x @ self.params["weight"]
+        if self.use_bias:
+            y += self.params["bias"]
+        return y
+
+    def _backward(self, dy: Any) -> Any:
+        x = self._cache
+        self._check_grad_shape(dy, (x.shape[0], self.out_features))
+        self.grads["weight"] = x.T @ dy
+        if self.use_bias:
+            self.grads["bias"] = dy.sum(axis=0)
+        return dy @ self.params["weight"].T
+
+    def get_config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.use_bias, "weight_init": self.weight_init}

@@ -1,0 +1,60 @@
+"""Dropout: inverted dropout, active only in training mode."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..backend import get_array_module
+from .base import Layer
+
+
+class Dropout(Layer):
+    """Zero each input with probability ``p`` and scale the rest by 1/(1-p).
+
+    x: (N, ...) -> y: same shape. In eval mode it is the identity. Masks come
+    from the layer's own generator; ``seed(s)`` makes them reproducible (the
+    Trainer reseeds it every epoch from its seed).
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"Dropout: p (the drop probability) must be in [0, 1), got {p!r}")
+        self.p = float(p)
+        self._seed: int | list[int] | None = None
+        self._rng: Any = None
+        self._rng_xp: Any = None
+
+    def seed(self, seed: int | list[int] | None) -> None:
+        """Restart the mask generator from ``seed`` (an int or a list of ints)."""
+        self._seed = seed
+        self._rng = None
+
+    def _generator(self, xp: Any) -> Any:
+        if self._rng is None or self._rng_xp is not xp:
+            seed = self._seed
+            if xp is not np and isinstance(seed, list):  # cupy's generator takes one int
+                seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+            self._rng, self._rng_xp = xp.random.default_rng(seed), xp
+        return self._rng
+
+    def _forward(self, x: Any) -> Any:
+        if not self.training or self.p == 0.0:
+            self._cache = None
+            return x
+        xp = get_array_module(x)
+        keep = self._generator(xp).random(x.shape, dtype=x.dtype) >= self.p
+        scale = x.dtype.type(1.0 / (1.0 - self.p))
+        mask = keep * scale
+        self._cache = mask
+        return x * mask
+
+    def backward(self, dy: Any) -> Any:
+        if self._cache is None:
+            return dy
+        self._check_grad_shape(dy, self._cache.shape)
+        return dy * self._cache
+
+    def get_config(self) -> dict[str, Any]:
+        return {"p": self.p}

@@ -1,0 +1,80 @@
+"""MaxPool2D and AvgPool2D: sliding-window pooling, overlapping windows allowed."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..functional.pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
+                               max_pool2d_forward)
+from ..shapes import get_conv_outsize, pair
+from .base import Layer
+
+
+class _Pool2D(Layer):
+    """Window geometry and input checks shared by both pooling layers.
+
+    x: (N, C, H, W) -> y: (N, C, out_h, out_w). ``stride`` defaults to the
+    kernel size; a stride below it gives overlapping windows.
+    """
+
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0) -> None:
+        super().__init__()
+        self.kh, self.kw = pair(kernel_size, f"{self.name} kernel_size")
+        self.sy, self.sx = pair(stride if stride is not None else kernel_size, f"{self.name} stride")
+        self.ph, self.pw = pair(padding, f"{self.name} padding")
+        if min(self.kh, self.kw, self.sy, self.sx) < 1:
+            raise ValueError(f"{self.name}: kernel_size and stride must be >= 1, got "
+                             f"{(self.kh, self.kw)} and {(self.sy, self.sx)}")
+        if self.ph < 0 or self.pw < 0 or 2 * self.ph > self.kh or 2 * self.pw > self.kw:
+            raise ValueError(f"{self.name}: padding must be between 0 and half the kernel size, "
+                             f"got padding {(self.ph, self.pw)} for kernel {(self.kh, self.kw)}")
+
+    @property
+    def window(self) -> tuple[int, int, int, int, int, int]:
+        return self.kh, self.kw, self.sy, self.sx, self.ph, self.pw
+
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        N, C, H, W = input_shape
+        if self.kh > H + 2 * self.ph or self.kw > W + 2 * self.pw:
+            raise ValueError(f"{self.name}: kernel {(self.kh, self.kw)} is larger than the padded "
+                             f"input {(H + 2 * self.ph, W + 2 * self.pw)} from input {(H, W)}")
+        out_h = get_conv_outsize(H, self.kh, self.sy, self.ph)
+        out_w = get_conv_outsize(W, self.kw, self.sx, self.pw)
+        return (N, C, out_h, out_w)
+
+    def _check_input(self, x: Any) -> None:
+        super()._check_input(x)
+        self._require_ndim(x, 4, "(N, C, H, W)")
+        self.output_shape(tuple(x.shape))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"kernel_size": (self.kh, self.kw), "stride": (self.sy, self.sx),
+                "padding": (self.ph, self.pw)}
+
+
+class MaxPool2D(_Pool2D):
+    """Each output is its window's maximum (padding never wins; first max wins ties)."""
+
+    def _forward(self, x: Any) -> Any:
+        y, argmax = max_pool2d_forward(x, *self.window)
+        self._cache = (x.shape, argmax)
+        return y
+
+    def _backward(self, dy: Any) -> Any:
+        x_shape, argmax = self._cache
+        self._check_grad_shape(dy, argmax.shape)
+        return max_pool2d_backward(dy, argmax, x_shape[2], x_shape[3], *self.window)
+
+
+class AvgPool2D(_Pool2D):
+    """Each output is its window's mean; padding counts as zeros (PyTorch's default)."""
+
+    def _forward(self, x: Any) -> Any:
+        y = avg_pool2d_forward(x, *self.window)
+        self._cache = (x.shape, y.shape)
+        return y
+
+    def _backward(self, dy: Any) -> Any:
+        x_shape, y_shape = self._cache
+        self._check_grad_shape(dy, y_shape)
+        return avg_pool2d_backward(dy, x_shape[2], x_shape[3], *self.window)

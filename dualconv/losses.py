@@ -1,0 +1,139 @@
+"""Losses: value = loss.forward(pred, target), dpred = loss.backward().
+
+Every loss is a mean over the batch, so its gradient carries a 1/N.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .backend import backend_of, get_array_module, to_backend
+
+
+class Loss:
+    """Base class: checks shapes, keeps what backward needs, raises on a non-finite value."""
+
+    def __init__(self) -> None:
+        self._cache: Any = None
+        # Label checks read values back from the device; the Trainer checks
+        # all labels once up front and turns this off inside its loop.
+        self.check_labels = True
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def __call__(self, pred: Any, target: Any) -> Any:
+        return self.forward(pred, target)
+
+    def forward(self, pred: Any, target: Any) -> Any:
+        """Returns the loss as a 0-d array on pred's backend (float(...) reads it)."""
+        if not hasattr(pred, "ndim"):
+            raise TypeError(f"{self.name}: expected an array of predictions, got {type(pred).__name__}")
+        target = to_backend(target, backend_of(pred))
+        return self._forward(pred, target)
+
+    def backward(self) -> Any:
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}.backward called before forward")
+        return self._backward()
+
+    def _same_shape(self, pred: Any, target: Any) -> None:
+        if tuple(pred.shape) != tuple(target.shape):
+            raise ValueError(f"{self.name}: predictions have shape {tuple(pred.shape)} but targets "
+                             f"have shape {tuple(target.shape)}; they must match")
+
+    def check_finite(self, value: float) -> float:
+        """Raise a clear error when a loss value read on the host is NaN or infinite."""
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{self.name}: the loss is {value}; training diverged "
+                             f"(lower the learning rate or check the inputs for NaN/inf)")
+        return value
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Softmax followed by cross-entropy, fused: stable by log-sum-exp.
+
+    pred: logits (N, C); target: int labels (N,) in [0, C) or one-hot /
+    probability rows (N, C). loss = mean_n(logsumexp(z_n) - sum_c t_nc z_nc);
+    dpred = (softmax(z) - t) / N.
+    """
+
+    def _forward(self, pred: Any, target: Any) -> Any:
+        xp = get_array_module(pred)
+        if pred.ndim != 2:
+            raise ValueError(f"{self.name}: expected logits of shape (N, classes), got {tuple(pred.shape)}")
+        N, C = pred.shape
+        if target.ndim == 1:
+            if target.shape[0] != N:
+                raise ValueError(f"{self.name}: got {target.shape[0]} labels for {N} predictions")
+            if target.dtype.kind not in "iu":
+                raise TypeError(f"{self.name}: 1-D targets must be integer class labels, got {target.dtype}")
+            if self.check_labels and N and (int(target.min()) < 0 or int(target.max()) >= C):
+                raise ValueError(f"{self.name}: labels must be in [0, {C}), got values from "
+                                 f"{int(target.min())} to {int(target.max())}")
+            onehot = xp.zeros_like(pred)
+            onehot[xp.arange(N), target] = 1
+            target = onehot
+        else:
+            self._same_shape(pred, target)
+            target = target.astype(pred.dtype, copy=False)
+        shifted = pred - pred.max(axis=1, keepdims=True)
+        log_z = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+        log_p = shifted - log_z
+        self._cache = (xp.exp(log_p), target)
+        return -(target * log_p).sum() / pred.dtype.type(N)
+
+    def _backward(self) -> Any:
+        p, target = self._cache
+        return (p - target) / p.dtype.type(p.shape[0])
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy, mean over every element.
+
+    pred: probabilities in (0, 1), or logits with ``from_logits=True`` (a
+    fused sigmoid, stable for large |z|); target: same shape, values in [0, 1].
+    """
+
+    def __init__(self, from_logits: bool = False, eps: float = 1e-7) -> None:
+        super().__init__()
+        self.from_logits = bool(from_logits)
+        self.eps = float(eps)
+
+    def _forward(self, pred: Any, target: Any) -> Any:
+        xp = get_array_module(pred)
+        self._same_shape(pred, target)
+        t = target.astype(pred.dtype, copy=False)
+        if self.from_logits:
+            # log(1 + e^z) - t z, computed without overflow
+            losses = xp.logaddexp(0, pred) - t * pred
+        else:
+            p = xp.clip(pred, self.eps, 1 - self.eps)
+            losses = -(t * xp.log(p) + (1 - t) * xp.log(1 - p))
+        self._cache = (pred, t)
+        return losses.mean()
+
+    def _backward(self) -> Any:
+        pred, t = self._cache
+        xp = get_array_module(pred)
+        n = pred.dtype.type(pred.size)
+        if self.from_logits:
+            sigmoid = xp.exp(-xp.logaddexp(0, -pred)).astype(pred.dtype, copy=False)
+            return (sigmoid - t) / n
+        p = xp.clip(pred, self.eps, 1 - self.eps)
+        inside = (pred > self.eps) & (pred < 1 - self.eps)
+        return (p - t) / (p * (1 - p)) / n * inside
+
+
+class MeanSquaredError(Loss):
+    """mean((pred - target)^2) over every element; dpred = 2 (pred - target) / size."""
+
+    def _forward(self, pred: Any, target: Any) -> Any:
+        self._same_shape(pred, target)
+        diff = pred - target.astype(pred.dtype, copy=False)
+        self._cache = diff
+        return (diff * diff).mean()
+
+    def _backward(self) -> Any:
+        diff = self._cache
+        return 2 * diff / diff.dtype.type(diff.size)

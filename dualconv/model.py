@@ -1,0 +1,203 @@
+"""Sequential: a stack of layers, run forward in order and backward in reverse."""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import nullcontext
+from typing import Any, Iterable
+
+import numpy as np
+
+from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend, use_backend
+from .layers import LAYER_TYPES, Dropout, Layer
+from .optim import Parameter
+
+
+class Sequential:
+    """model = Sequential([Conv2D(None, 6, 5, padding=2), ReLU(), ...], seed=0).
+
+    ``seed`` makes the initial weights reproducible: every layer draws from
+    one generator seeded with it, in layer order. ``dtype`` is float32 by
+    default; float64 runs end to end.
+    """
+
+    def __init__(self, layers: Iterable[Layer], seed: int | None = None, dtype: Any = np.float32) -> None:
+        self.layers = list(layers)
+        for i, layer in enumerate(self.layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {i} is a {type(layer).__name__}, not a Layer")
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise TypeError(f"Sequential: dtype must be float32 or float64, got {self.dtype}")
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+        self.backend = get_backend()
+        for layer in self.layers:
+            layer.reset_parameters(self._rng)
+            layer.astype(self.dtype).to(self.backend)
+        self.input_shape: tuple[int, ...] | None = None
+
+    # -- shapes ---------------------------------------------------------------
+    def build(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Create every lazy parameter for inputs of ``input_shape`` (batch dim included)."""
+        shape = tuple(input_shape)
+        self.input_shape = (None, *shape[1:])
+        for layer in self.layers:
+            layer._backend = self.backend
+            shape = layer.build(shape, rng=self._rng, dtype=self.dtype)
+        return shape
+
+    # -- compute --------------------------------------------------------------
+    def forward(self, x: Any) -> Any:
+        """x: (N, ...) -> the last layer's output. Casts x to the model's dtype and backend."""
+        if not hasattr(x, "shape"):
+            raise TypeError(f"Sequential: expected an array input, got {type(x).__name__}")
+        if self.input_shape is None or any(not layer.built for layer in self.layers):
+            self.build(tuple(x.shape))
+        x = to_backend(x, self.backend)
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy: Any) -> Any:
+        """Back-propagate the loss gradient; fills every layer's grads. Returns d(input)."""
+        for layer in reversed(self.layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def predict(self, x: Any, batch_size: int = 256) -> Any:
+        """Outputs for x in eval mode, computed in batches; returns them on x's backend."""
+        was_training = self.training
+        self.eval()
+        try:
+            outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+        finally:
+            if was_training:
+                self.train()
+        outs = [to_backend(o, backend_of(x)) for o in outs]
+        return get_array_module(outs[0]).concatenate(outs)
+
+    def predict_classes(self, x: Any, batch_size: int = 256) -> np.ndarray:
+        """argmax of predict over the last axis, as a NumPy int array."""
+        return asnumpy(self.predict(x, batch_size).argmax(axis=-1))
+
+    # -- parameters, modes, devices -------------------------------------------
+    def parameters(self) -> list[Parameter]:
+        """Handles on every parameter, named "<index>.<Layer>.<key>"."""
+        return [Parameter(layer, key, f"{i}.{layer.name}.{key}")
+                for i, layer in enumerate(self.layers) for key in layer.params]
+
+    @property
+    def training(self) -> bool:
+        return all(layer.training for layer in self.layers)
+
+    def train(self) -> "Sequential":
+        for layer in self.layers:
+            layer.train()
+        return self
+
+    def eval(self) -> "Sequential":
+        for layer in self.layers:
+            layer.eval()
+        return self
+
+    def to(self, backend: str) -> "Sequential":
+        """Move every parameter to "numpy" or "cupy" (optimizers follow at their next step)."""
+        for layer in self.layers:
+            layer.to(backend)
+        self.backend = backend
+        return self
+
+    def astype(self, dtype: Any) -> "Sequential":
+        self.dtype = np.dtype(dtype)
+        for layer in self.layers:
+            layer.astype(self.dtype)
+        return self
+
+    def seed_randomness(self, *seed: int) -> None:
+        """Reseed every stochastic layer (Dropout) from ``seed`` and its position."""
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, Dropout):
+                layer.seed([*seed, i])
+
+    # -- description -------------------------------------------------------------
+    def summary(self, input_shape: tuple[int, ...] | None = None) -> str:
+        """A table of layer, output shape and parameter count (like torchsummary)."""
+        shape = tuple(input_shape) if input_shape is not None else self.input_shape
+        if shape is None:
+            raise ValueError("Sequential.summary: the model is not built yet; pass input_shape, "
+                             "e.g. summary((1, 1, 28, 28))")
+        if any(not layer.built for layer in self.layers):
+            self.build(shape)
+        rows, total = [], 0
+        for i, layer in enumerate(self.layers):
+            shape = layer.output_shape(shape)
+            count = layer.num_parameters()
+            total += count
+            rows.append((f"{layer.name}-{i + 1}", str([-1, *shape[1:]]), f"{count:,}"))
+        width = [max(len(r[k]) for r in rows + [("Layer (type)", "Output Shape", "Param #")]) for k in range(3)]
+        line = "-" * (sum(width) + 8)
+        head = f"{'Layer (type)':>{width[0]}}    {'Output Shape':>{width[1]}}    {'Param #':>{width[2]}}"
+        body = [f"{a:>{width[0]}}    {b:>{width[1]}}    {c:>{width[2]}}" for a, b, c in rows]
+        return "\n".join([line, head, "=" * len(line), *body, "=" * len(line),
+                          f"Total params: {total:,}", line])
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
+        return f"Sequential(\n{inner}\n)"
+
+    # -- state ----------------------------------------------------------------
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Every parameter as a NumPy array, keyed by the parameter's name."""
+        return {p.name: asnumpy(p.data).copy() for p in self.parameters()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Copy arrays into the parameters (any backend); names and shapes must match."""
+        params = {p.name: p for p in self.parameters()}
+        missing, unexpected = set(params) - set(state), set(state) - set(params)
+        if missing or unexpected:
+            raise ValueError(f"Sequential.load_state_dict: missing {sorted(missing)}, "
+                             f"unexpected {sorted(unexpected)}")
+        for name, p in params.items():
+            value = np.asarray(asnumpy(state[name]))
+            if value.shape != tuple(p.data.shape):
+                raise ValueError(f"Sequential.load_state_dict: {name} has shape {tuple(p.data.shape)}, "
+                                 f"got {value.shape}")
+            p.layer.params[p.key] = to_backend(value.astype(self.dtype), self.backend)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"dtype": self.dtype.name, "input_shape": self.input_shape,
+                "layers": [{"type": layer.name, "config": layer.get_config()} for layer in self.layers]}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Architecture (JSON) and weights in one .npz that loads on either backend."""
+        arrays = self.state_dict()
+        arrays["__config__"] = np.array(json.dumps(self.get_config()))
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backend: str | None = None) -> "Sequential":
+        """Rebuild a model saved with save(); on ``backend`` (default: the current one)."""
+        with np.load(path, allow_pickle=False) as data:
+            if "__config__" not in data:
+                raise ValueError(f"Sequential.load: {path} holds no model architecture (__config__)")
+            config = json.loads(str(data["__config__"]))
+            state = {k: data[k] for k in data.files if k != "__config__"}
+        layers = [LAYER_TYPES[item["type"]](**_tuples(item["config"])) for item in config["layers"]]
+        with use_backend(backend) if backend is not None else nullcontext():
+            model = cls(layers, dtype=config["dtype"])
+            if config["input_shape"] is not None:
+                model.build((1, *config["input_shape"][1:]))
+        model.load_state_dict(state)
+        return model
+
+
+def _tuples(config: dict[str, Any]) -> dict[str, Any]:
+    """JSON turns tuples into lists; layer constructors want pairs as tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+

@@ -1,0 +1,38 @@
+"""Ready-made models: the networks of the seeds, with lazy input sizes."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Tanh
+from .model import Sequential
+
+
+def lenet(num_classes: int = 10, seed: int | None = None, dtype: Any = np.float32) -> Sequential:
+    """Seed 003's modern LeNet: two conv blocks (ReLU, max-pool), then 84 -> classes.
+
+    (N, 1, 28, 28) -> conv 6@5x5 pad 2 -> pool -> conv 16@5x5 -> pool -> 84 -> logits.
+    """
+    return Sequential([
+        Conv2D(None, 6, 5, padding=2), ReLU(), MaxPool2D(2, 2),
+        Conv2D(None, 16, 5), ReLU(), MaxPool2D(2, 2),
+        Flatten(), Dense(None, 84), ReLU(), Dense(None, num_classes),
+    ], seed=seed, dtype=dtype)
+
+
+def weidman(num_classes: int = 10, seed: int | None = None, dtype: Any = np.float32) -> Sequential:
+    """Seed 002's one-layer CNN: conv 32@5x5 "same", tanh, dropout (keep 0.8), dense -> classes."""
+    return Sequential([
+        Conv2D(None, 32, 5, padding="same"), Tanh(), Flatten(), Dropout(0.2),
+        Dense(None, num_classes),
+    ], seed=seed, dtype=dtype)
+
+
+def mlp(num_classes: int = 10, hidden: int = 128, seed: int | None = None, dtype: Any = np.float32) -> Sequential:
+    """Seed 003's MLP: flatten -> hidden (ReLU) -> classes (784-128-10 on MNIST)."""
+    return Sequential([Flatten(), Dense(None, hidden), ReLU(), Dense(None, num_classes)],
+                      seed=seed, dtype=dtype)
+
+
+MODELS = {"lenet": lenet, "weidman": weidman, "mlp": mlp}

@@ -1,0 +1,181 @@
+"""Optimizers (SGD with momentum, Adam) and learning-rate schedules.
+
+An optimizer holds Parameter handles, not arrays: a handle reads the live
+array from its layer's ``params`` / ``grads`` dicts, so moving a model to
+another backend never leaves the optimizer pointing at stale arrays. Its
+state (momentum, Adam moments) follows the parameters to their backend.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from .backend import asnumpy, backend_of, to_backend
+
+
+class Parameter:
+    """A handle on ``layer.params[key]`` and ``layer.grads[key]``."""
+
+    def __init__(self, layer: Any, key: str, name: str) -> None:
+        self.layer, self.key, self.name = layer, key, name
+
+    @property
+    def data(self) -> Any:
+        return self.layer.params[self.key]
+
+    @property
+    def grad(self) -> Any:
+        return self.layer.grads.get(self.key)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name}, shape={tuple(self.data.shape)})"
+
+
+class Optimizer:
+    """Base class: ``step()`` updates every parameter in place from its gradient."""
+
+    def __init__(self, params: Iterable[Parameter], lr: float) -> None:
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: got no parameters (build the model first, "
+                             f"e.g. model.build(input_shape), or give layers their input sizes)")
+        if not lr > 0:
+            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}")
+        self.lr = float(lr)
+        self.state: dict[str, dict[str, Any]] = {}
+        self.steps = 0
+
+    def _slot(self, p: Parameter, name: str) -> Any:
+        """A state array of p's shape (zeros at first), kept on p's backend."""
+        slots = self.state.setdefault(p.name, {})
+        if name not in slots:
+            slots[name] = p.data * 0
+        elif backend_of(slots[name]) != backend_of(p.data):
+            slots[name] = to_backend(slots[name], backend_of(p.data))
+        return slots[name]
+
+    def step(self) -> None:
+        self.steps += 1
+        for p in self.params:
+            if p.grad is None:
+                continue
+            self._update(p, p.data, p.grad)
+
+    def _update(self, p: Parameter, w: Any, g: Any) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hyper-parameters, step count and state arrays (as NumPy), for checkpoints."""
+        return {"lr": self.lr, "steps": self.steps,
+                "state": {name: {k: asnumpy(v) for k, v in slots.items()}
+                          for name, slots in self.state.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.lr = float(state["lr"])
+        self.steps = int(state["steps"])
+        self.state = {name: dict(slots) for name, slots in state["state"].items()}
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional (Nesterov) momentum and weight decay.
+
+    g <- g + weight_decay * w;  v <- momentum * v + g;
+    w <- w - lr * (g + momentum * v if nesterov else v)   (PyTorch's form).
+    """
+
+    def __init__(self, params: Iterable[Parameter], lr: float = 0.01, momentum: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
+        if nesterov and momentum == 0.0:
+            raise ValueError("SGD: nesterov=True needs a momentum above 0")
+        self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
+
+    def _update(self, p: Parameter, w: Any, g: Any) -> None:
+        if self.weight_decay:
+            g = g + w.dtype.type(self.weight_decay) * w
+        lr = w.dtype.type(self.lr)
+        if self.momentum == 0.0:
+            w -= lr * g
+            return
+        v = self._slot(p, "velocity")
+        v *= w.dtype.type(self.momentum)
+        v += g
+        w -= lr * (g + w.dtype.type(self.momentum) * v if self.nesterov else v)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba): bias-corrected first and second moment estimates.
+
+    m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;
+    w <- w - lr * m_hat / (sqrt(v_hat) + eps).
+    """
+
+    def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+        super().__init__(params, lr)
+        self.b1, self.b2 = (float(b) for b in betas)
+        self.eps, self.weight_decay = float(eps), float(weight_decay)
+
+    def _update(self, p: Parameter, w: Any, g: Any) -> None:
+        if self.weight_decay:
+            g = g + w.dtype.type(self.weight_decay) * w
+        t = w.dtype.type
+        m, v = self._slot(p, "m"), self._slot(p, "v")
+        m *= t(self.b1)
+        m += t(1 - self.b1) * g
+        v *= t(self.b2)
+        v += t(1 - self.b2) * (g * g)
+        step_size = self.lr * math.sqrt(1 - self.b2 ** self.steps) / (1 - self.b1 ** self.steps)
+        w -= t(step_size) * m / ((v ** t(0.5)) + t(self.eps))
+
+
+class LRSchedule:
+    """Sets ``optimizer.lr`` from the epoch count; the Trainer calls ``step()`` after each epoch."""
+
+    def __init__(self, optimizer: Optimizer) -> None:
+        self.optimizer = optimizer
+        self.base_lr = optimizer.lr
+        self.epoch = 0
+
+    def step(self) -> None:
+        self.epoch += 1
+        self.optimizer.lr = self.lr_at(self.epoch)
+
+    def lr_at(self, epoch: int) -> float:
+        raise NotImplementedError
+
+
+class StepLR(LRSchedule):
+    """lr = base_lr * gamma ** (epoch // step_size)."""
+
+    def __init__(self, optimizer: Optimizer, step_size: int, gamma: float = 0.1) -> None:
+        super().__init__(optimizer)
+        self.step_size, self.gamma = int(step_size), float(gamma)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class ExponentialLR(LRSchedule):
+    """lr = base_lr * gamma ** epoch."""
+
+    def __init__(self, optimizer: Optimizer, gamma: float) -> None:
+        super().__init__(optimizer)
+        self.gamma = float(gamma)
+
+    def lr_at(self, epoch: int) -> float:
+        return self.base_lr * self.gamma ** epoch
+
+
+class LinearLR(LRSchedule):
+    """Linear decay from base_lr to final_lr over ``total_epochs`` (seed 002's 'linear' decay)."""
+
+    def __init__(self, optimizer: Optimizer, final_lr: float, total_epochs: int) -> None:
+        super().__init__(optimizer)
+        self.final_lr, self.total_epochs = float(final_lr), int(total_epochs)
+
+    def lr_at(self, epoch: int) -> float:
+        frac = min(epoch, self.total_epochs) / self.total_epochs
+        return self.base_lr + (self.final_lr - self.base_lr) * frac

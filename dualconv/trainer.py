@@ -1,0 +1,189 @@
+"""Trainer: mini-batch training and evaluation of a Sequential model.
+
+One step is forward, loss, backward, optimizer step, all on the model's
+backend. On the GPU the dataset is moved to the device once when it fits
+(else batch by batch), and the loss and accuracy are accumulated on the
+device and read back only every ``log_every`` steps, so a step does no
+host-device copy or synchronization of its own.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .backend import asnumpy, backend_of, get_array_module, to_backend, xp_for
+from .losses import Loss
+from .model import Sequential
+from .optim import LRSchedule, Optimizer
+
+History = dict[str, list[float]]
+
+
+class Trainer:
+    """Trainer(model, loss, optimizer).fit(X, y, epochs, batch_size) -> history.
+
+    ``progress`` turns the per-epoch tqdm bar on or off; ``log_every`` is how
+    many steps pass between reads of the running loss (one device sync each).
+    """
+
+    def __init__(self, model: Sequential, loss: Loss, optimizer: Optimizer,
+                 scheduler: LRSchedule | None = None, progress: bool = True, log_every: int = 20) -> None:
+        self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
+        self.progress = bool(progress)
+        if int(log_every) < 1:
+            raise ValueError(f"Trainer: log_every must be >= 1, got {log_every!r}")
+        self.log_every = int(log_every)
+
+    # -- checks ----------------------------------------------------------------
+    def _check_data(self, X: Any, y: Any, what: str) -> tuple[Any, Any]:
+        if not hasattr(X, "shape") or not hasattr(y, "shape"):
+            raise TypeError(f"Trainer.{what}: X and y must be arrays, got {type(X).__name__} and {type(y).__name__}")
+        if len(X) != len(y):
+            raise ValueError(f"Trainer.{what}: X has {len(X)} samples but y has {len(y)}; they must match")
+        if len(X) == 0:
+            raise ValueError(f"Trainer.{what}: got an empty dataset")
+        y_host = asnumpy(y)
+        if y_host.ndim == 1:
+            if y_host.dtype.kind not in "iu":
+                raise TypeError(f"Trainer.{what}: 1-D labels must be integers, got {y_host.dtype}")
+            classes = self._num_classes(X)
+            if y_host.min() < 0 or (classes is not None and y_host.max() >= classes):
+                raise ValueError(f"Trainer.{what}: labels must be in [0, {classes}), got values from "
+                                 f"{y_host.min()} to {y_host.max()}")
+        return X, y
+
+    def _num_classes(self, X: Any) -> int | None:
+        out = self.model.build((1, *X.shape[1:]))
+        return out[-1] if len(out) == 2 else None
+
+    def _on_device(self, X: Any, y: Any) -> tuple[Any, Any]:
+        """The data on the model's backend when it fits (GPU: under a quarter of free memory)."""
+        if self.model.backend == "numpy":
+            return asnumpy(X), asnumpy(y)
+        if backend_of(X) == "cupy":
+            return X, to_backend(y, "cupy")
+        free, _ = xp_for("cupy").cuda.runtime.memGetInfo()
+        if X.nbytes + y.nbytes < free // 4:
+            return to_backend(X, "cupy"), to_backend(y, "cupy")
+        return X, y
+
+    # -- training ----------------------------------------------------------------
+    def fit(self, X: Any, y: Any, epochs: int = 1, batch_size: int = 64,
+            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
+            seed: int | None = None, initial_epoch: int = 0,
+            on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> History:
+        """Train for epochs [initial_epoch, epochs); returns per-epoch loss and accuracy.
+
+        X: (N, ...) inputs; y: (N,) int labels or (N, C) targets. With ``seed``,
+        epoch e's shuffle order and dropout masks come from (seed, e) alone, so
+        a run resumed at ``initial_epoch`` (model and optimizer state restored)
+        ends exactly where an uninterrupted one does.
+        """
+        if int(batch_size) < 1:
+            raise ValueError(f"Trainer.fit: batch_size must be >= 1, got {batch_size!r}")
+        X, y = self._check_data(X, y, "fit")
+        if validation_data is not None:
+            self._check_data(*validation_data, "fit(validation_data)")
+        X = X if X.dtype == self.model.dtype else X.astype(self.model.dtype)
+        X, y = self._on_device(X, y)
+        history: History = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
+                            "seconds": [], "images_per_second": []}
+        self.loss.check_labels = False
+        try:
+            for epoch in range(initial_epoch, epochs):
+                logs = self._fit_epoch(X, y, epoch, epochs, int(batch_size), shuffle, seed)
+                if validation_data is not None:
+                    val = self.evaluate(*validation_data)
+                    logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+                for key, value in logs.items():
+                    history[key].append(value)
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch, logs)
+        finally:
+            self.loss.check_labels = True
+        return {k: v for k, v in history.items() if v}
+
+    def _fit_epoch(self, X: Any, y: Any, epoch: int, epochs: int, batch_size: int,
+                   shuffle: bool, seed: int | None) -> dict[str, float]:
+        n = len(X)
+        rng = np.random.default_rng(None if seed is None else [seed, epoch])
+        order = rng.permutation(n) if shuffle else np.arange(n)
+        xp = get_array_module(X)
+        order = xp.asarray(order)
+        if seed is not None:
+            self.model.seed_randomness(seed, epoch)
+        self.model.train()
+        loss_sum = correct = 0
+        seen = 0
+        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
+                   disable=not self.progress, leave=False)
+        start = time.perf_counter()
+        steps = (n + batch_size - 1) // batch_size
+        for step in range(steps):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            xb, yb = X[idx], y[idx]
+            batch_loss, batch_correct = self.train_step(xb, yb)
+            loss_sum = loss_sum + batch_loss * len(idx)
+            correct = correct + batch_correct
+            seen += len(idx)
+            if (step + 1) % self.log_every == 0 or step + 1 == steps:
+                running = self.loss.check_finite(float(loss_sum) / seen)
+                bar.set_postfix(loss=f"{running:.4f}", acc=f"{float(correct) / seen:.4f}", refresh=False)
+                bar.update(seen - bar.n)
+        seconds = time.perf_counter() - start
+        bar.close()
+        return {"loss": float(loss_sum) / n, "accuracy": float(correct) / n,
+                "seconds": seconds, "images_per_second": n / seconds}
+
+    def train_step(self, xb: Any, yb: Any) -> tuple[Any, Any]:
+        """One forward/backward/update on a batch; returns (loss, correct count) as device scalars."""
+        out = self.model.forward(xb)
+        value = self.loss.forward(out, yb)
+        self.model.backward(self.loss.backward())
+        self.optimizer.step()
+        return value, _correct(out, yb)
+
+    # -- evaluation ----------------------------------------------------------------
+    def evaluate(self, X: Any, y: Any, batch_size: int = 1000) -> dict[str, float]:
+        """Mean loss and accuracy over (X, y) in eval mode."""
+        X, y = self._check_data(X, y, "evaluate")
+        was_training = self.model.training
+        self.model.eval()
+        loss_sum = correct = 0
+        try:
+            for i in range(0, len(X), batch_size):
+                xb, yb = X[i:i + batch_size], y[i:i + batch_size]
+                out = self.model.forward(xb)
+                loss_sum = loss_sum + self.loss.forward(out, yb) * len(xb)
+                correct = correct + _correct(out, to_backend(yb, backend_of(out)))
+        finally:
+            if was_training:
+                self.model.train()
+        loss = self.loss.check_finite(float(loss_sum) / len(X))
+        return {"loss": loss, "accuracy": float(correct) / len(X)}
+
+    # -- checkpoints ---------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Model weights, optimizer state and schedule position (NumPy arrays)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler_epoch": None if self.scheduler is None else self.scheduler.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler_epoch") is not None:
+            self.scheduler.epoch = int(state["scheduler_epoch"])
+            self.optimizer.lr = self.scheduler.lr_at(self.scheduler.epoch)
+
+
+def _correct(out: Any, target: Any) -> Any:
+    """How many rows of out pick the target class (labels or one-hot), as a device scalar."""
+    labels = target if target.ndim == 1 else target.argmax(axis=1)
+    if out.ndim != 2:
+        return 0
+    return (out.argmax(axis=1) == labels).sum()
