@@ -10,7 +10,7 @@ import numpy as np
 
 from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend, use_backend
 from .layers import LAYER_TYPES, Dropout, Layer
-from .optim import Parameter
+from .optim import Parameter, ParameterView
 
 
 class Sequential:
@@ -86,8 +86,15 @@ class Sequential:
         return asnumpy(self.predict(x, batch_size).argmax(axis=-1))
 
     # -- parameters, modes, devices -------------------------------------------
-    def parameters(self) -> list[Parameter]:
-        """Handles on every parameter, named "<index>.<Layer>.<key>"."""
+    def parameters(self) -> ParameterView:
+        """A live view of every parameter, named "<index>.<Layer>.<key>".
+
+        Live, so an optimizer made before the first forward (lazy layers)
+        still sees the parameters created by it.
+        """
+        return ParameterView(self._parameter_list)
+
+    def _parameter_list(self) -> list[Parameter]:
         return [Parameter(layer, key, f"{i}.{layer.name}.{key}")
                 for i, layer in enumerate(self.layers) for key in layer.params]
 

@@ -31,14 +31,26 @@ class Parameter:
         return f"Parameter({self.name}, shape={tuple(self.data.shape)})"
 
 
+class ParameterView:
+    """The parameters of a model as they are now: iterating asks the model again."""
+
+    def __init__(self, list_parameters: Any) -> None:
+        self._list = list_parameters
+
+    def __iter__(self):
+        return iter(self._list())
+
+    def __len__(self) -> int:
+        return len(self._list())
+
+
 class Optimizer:
     """Base class: ``step()`` updates every parameter in place from its gradient."""
 
     def __init__(self, params: Iterable[Parameter], lr: float) -> None:
-        self.params = list(params)
-        if not self.params:
-            raise ValueError(f"{type(self).__name__}: got no parameters (build the model first, "
-                             f"e.g. model.build(input_shape), or give layers their input sizes)")
+        # A model's parameters() is a live view (lazy layers add parameters at
+        # their first forward), so keep it as it is; anything else is listed now.
+        self.params = params if isinstance(params, ParameterView) else list(params)
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}")
         self.lr = float(lr)
@@ -56,7 +68,10 @@ class Optimizer:
 
     def step(self) -> None:
         self.steps += 1
-        for p in self.params:
+        params = list(self.params)
+        if not params:
+            raise ValueError(f"{type(self).__name__}: there are no parameters to update")
+        for p in params:
             if p.grad is None:
                 continue
             self._update(p, p.data, p.grad)
