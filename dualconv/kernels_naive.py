@@ -1,0 +1,246 @@
+"""Naive loop kernels: the test oracles for kernels_numpy (and so for CUDA).
+
+Each function here has the signature of its twin in kernels_numpy and is
+written straight from the index formula with plain Python loops, in the
+style of the from-scratch NumPy notes (seed 002): one loop per index, one
+scalar multiply-add per iteration. Nothing here calls kernels_numpy; the
+only shared code is get_conv_outsize. They are slow on purpose and meant for
+inputs of a few hundred pixels.
+
+Forward ops read the input pixel seen by kernel offset (ky, kx) from output
+position (oy, ox):
+
+    y = oy*sy - ph + ky*dy,    x = ox*sx - pw + kx*dx
+
+and treat a (y, x) outside [0, H) x [0, W) as padding. Backward ops gather
+instead: for each input pixel (y, x) and each offset (ky, kx) they solve the
+same formula for (oy, ox), which exists when y + ph - ky*dy is a multiple of
+sy in [0, sy*(out_h - 1)] (and likewise for x). The sums run over offsets in
+(ky outer, kx inner) order from 0 in the array's dtype, which is the order
+kernels_numpy promises, so results match it bit for bit.
+
+Shape names: N batch, C channels, H, W input size, kh, kw kernel size, sy, sx
+stride, ph, pw padding, dy, dx dilation, out_h, out_w output size.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .shapes import get_conv_outsize, pair
+
+
+def _source(o: int, k: int, s: int, p: int, d: int) -> int:
+    """The input coordinate read by output o at kernel offset k (may be padding)."""
+    return o * s - p + k * d
+
+
+def _target(i: int, k: int, s: int, p: int, d: int, out: int) -> int | None:
+    """The output coordinate whose offset k reads input i, or None if there is none."""
+    t = i + p - k * d
+    if t < 0 or t % s != 0 or t // s >= out:
+        return None
+    return t // s
+
+
+def im2col(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
+           dy: int = 1, dx: int = 1) -> np.ndarray:
+    """x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w).
+
+    col[c, ky, kx, n, oy, ox] = x[n, c, oy*sy - ph + ky*dy, ox*sx - pw + kx*dx],
+    0 where that pixel is padding.
+    """
+    N, C, H, W = x.shape
+    out_h = get_conv_outsize(H, kh, sy, ph, dy)
+    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    col = np.zeros((C, kh, kw, N, out_h, out_w), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            y = _source(oy, ky, sy, ph, dy)
+                            x_ = _source(ox, kx, sx, pw, dx)
+                            if 0 <= y < H and 0 <= x_ < W:
+                                col[c, ky, kx, n, oy, ox] = x[n, c, y, x_]
+    return col
+
+
+def col2im(col: np.ndarray, H: int, W: int, sy: int, sx: int, ph: int, pw: int,
+           dy: int = 1, dx: int = 1) -> np.ndarray:
+    """col: (C, kh, kw, N, out_h, out_w) -> x: (N, C, H, W).
+
+    x[n, c, y, x] is the sum, over offsets (ky outer, kx inner), of
+    col[c, ky, kx, n, oy, ox] for the (oy, ox) whose window read (y, x).
+    """
+    C, kh, kw, N, out_h, out_w = col.shape
+    img = np.zeros((N, C, H, W), dtype=col.dtype)
+    for n in range(N):
+        for c in range(C):
+            for y in range(H):
+                for x_ in range(W):
+                    total = col.dtype.type(0)
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            oy = _target(y, ky, sy, ph, dy, out_h)
+                            ox = _target(x_, kx, sx, pw, dx, out_w)
+                            if oy is not None and ox is not None:
+                                total += col[c, ky, kx, n, oy, ox]
+                    img[n, c, y, x_] = total
+    return img
+
+
+def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
+                     dy: int = 1, dx: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """x: (N, C, H, W) -> (y, argmax), both (N, C, out_h, out_w), argmax int32.
+
+    argmax is the window-local index ky*kw + kx. Padding reads as -inf. If the
+    window holds a NaN, y is NaN and argmax the first NaN in row-major window
+    order; otherwise y is the window maximum and argmax its first occurrence.
+    """
+    N, C, H, W = x.shape
+    out_h = get_conv_outsize(H, kh, sy, ph, dy)
+    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    out = np.zeros((N, C, out_h, out_w), dtype=x.dtype)
+    argmax = np.zeros((N, C, out_h, out_w), dtype=np.int32)
+    for n in range(N):
+        for c in range(C):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    window = []
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            y = _source(oy, ky, sy, ph, dy)
+                            x_ = _source(ox, kx, sx, pw, dx)
+                            if 0 <= y < H and 0 <= x_ < W:
+                                window.append(x[n, c, y, x_])
+                            else:
+                                window.append(x.dtype.type(-np.inf))
+                    nans = [i for i, v in enumerate(window) if np.isnan(v)]
+                    if nans:
+                        best = nans[0]
+                    else:
+                        best = window.index(max(window))
+                    out[n, c, oy, ox] = window[best]
+                    argmax[n, c, oy, ox] = best
+    return out, argmax
+
+
+def max_pool_backward(dy_out: np.ndarray, argmax: np.ndarray, H: int, W: int,
+                      kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
+                      dy: int = 1, dx: int = 1) -> np.ndarray:
+    """dy_out, argmax: (N, C, out_h, out_w) -> dx: (N, C, H, W).
+
+    dx[n, c, y, x] sums, over offsets (ky outer, kx inner), dy_out at every
+    output (oy, ox) that read (y, x) through offset (ky, kx) and whose argmax
+    is ky*kw + kx.
+    """
+    N, C, out_h, out_w = dy_out.shape
+    grad = np.zeros((N, C, H, W), dtype=dy_out.dtype)
+    for n in range(N):
+        for c in range(C):
+            for y in range(H):
+                for x_ in range(W):
+                    total = dy_out.dtype.type(0)
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            oy = _target(y, ky, sy, ph, dy, out_h)
+                            ox = _target(x_, kx, sx, pw, dx, out_w)
+                            if oy is None or ox is None:
+                                continue
+                            if argmax[n, c, oy, ox] == ky * kw + kx:
+                                total += dy_out[n, c, oy, ox]
+                    grad[n, c, y, x_] = total
+    return grad
+
+
+def avg_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
+                     dy: int = 1, dx: int = 1) -> np.ndarray:
+    """x: (N, C, H, W) -> y: (N, C, out_h, out_w).
+
+    y is the window sum over offsets (ky outer, kx inner), padding adding 0,
+    divided by kh*kw.
+    """
+    N, C, H, W = x.shape
+    out_h = get_conv_outsize(H, kh, sy, ph, dy)
+    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    out = np.zeros((N, C, out_h, out_w), dtype=x.dtype)
+    for n in range(N):
+        for c in range(C):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    total = x.dtype.type(0)
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            y = _source(oy, ky, sy, ph, dy)
+                            x_ = _source(ox, kx, sx, pw, dx)
+                            if 0 <= y < H and 0 <= x_ < W:
+                                total += x[n, c, y, x_]
+                    out[n, c, oy, ox] = total / x.dtype.type(kh * kw)
+    return out
+
+
+def avg_pool_backward(dy_out: np.ndarray, H: int, W: int, kh: int, kw: int,
+                      sy: int, sx: int, ph: int, pw: int,
+                      dy: int = 1, dx: int = 1) -> np.ndarray:
+    """dy_out: (N, C, out_h, out_w) -> dx: (N, C, H, W).
+
+    dx[n, c, y, x] sums, over offsets (ky outer, kx inner), dy_out / (kh*kw)
+    at every output (oy, ox) whose window read (y, x).
+    """
+    N, C, out_h, out_w = dy_out.shape
+    area = dy_out.dtype.type(kh * kw)
+    grad = np.zeros((N, C, H, W), dtype=dy_out.dtype)
+    for n in range(N):
+        for c in range(C):
+            for y in range(H):
+                for x_ in range(W):
+                    total = dy_out.dtype.type(0)
+                    for ky in range(kh):
+                        for kx in range(kw):
+                            oy = _target(y, ky, sy, ph, dy, out_h)
+                            ox = _target(x_, kx, sx, pw, dx, out_w)
+                            if oy is not None and ox is not None:
+                                total += dy_out[n, c, oy, ox] / area
+                    grad[n, c, y, x_] = total
+    return grad
+
+
+def conv2d_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
+                 dilation: int | tuple[int, int] = 1) -> np.ndarray:
+    """Direct cross-correlation, the oracle for Conv2D.
+
+    x: (N, C, H, W), w: (O, C, kh, kw), b: (O,) or None -> y: (N, O, out_h, out_w)
+    with y[n, o, oy, ox] = b[o] + sum over c, ky, kx of
+    w[o, c, ky, kx] * x[n, c, oy*sy - ph + ky*dy, ox*sx - pw + kx*dx]
+    (padding reads as 0). The sum runs c, ky, kx from 0, then adds the bias.
+    """
+    sy, sx = pair(stride, "stride")
+    ph, pw = pair(padding, "padding")
+    dy, dx = pair(dilation, "dilation")
+    N, C, H, W = x.shape
+    O, Cw, kh, kw = w.shape
+    if Cw != C:
+        raise ValueError(f"conv2d_naive: w has {Cw} input channels, x has {C}")
+    out_h = get_conv_outsize(H, kh, sy, ph, dy)
+    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    dtype = np.result_type(x, w)
+    out = np.zeros((N, O, out_h, out_w), dtype=dtype)
+    for n in range(N):
+        for o in range(O):
+            for oy in range(out_h):
+                for ox in range(out_w):
+                    total = dtype.type(0)
+                    for c in range(C):
+                        for ky in range(kh):
+                            for kx in range(kw):
+                                y = _source(oy, ky, sy, ph, dy)
+                                x_ = _source(ox, kx, sx, pw, dx)
+                                if 0 <= y < H and 0 <= x_ < W:
+                                    total += w[o, c, ky, kx] * x[n, c, y, x_]
+                    if b is not None:
+                        total += b[o]
+                    out[n, o, oy, ox] = total
+    return out
+

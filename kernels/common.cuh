@@ -1,0 +1,56 @@
+// Shared helpers for the dualconv kernels (kernels/*.cu).
+//
+// Rules every kernel here follows (see docs/design.md):
+//   * one thread per output element, grid-stride loop, 64-bit (long long) indices;
+//   * gathers only: no atomics, no shared memory, no __syncthreads, so that the
+//     CPU emulation harness (tests/cuda/) can run a grid thread by thread;
+//   * sums visit kernel offsets ky outer, kx inner, in the same order as
+//     dualconv/kernels_numpy.py, so results are bitwise equal to it.
+//
+// Every kernel takes the same geometry arguments, in this order, all long long:
+//   N, C, H, W, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w
+// (dy, dx are the dilation). Arrays are C-contiguous.
+#ifndef DUALCONV_COMMON_CUH
+#define DUALCONV_COMMON_CUH
+
+#define DC_GEOMETRY_PARAMS                                                   \
+    long long N, long long C, long long H, long long W, long long kh,        \
+    long long kw, long long sy, long long sx, long long ph, long long pw,    \
+    long long dy, long long dx, long long out_h, long long out_w
+
+// for (long long i = first; i < total; i += stride): this thread's elements.
+#define DC_GRID_STRIDE_LOOP(i, total)                                        \
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;    \
+         i < (total); i += (long long)blockDim.x * gridDim.x)
+
+// NaN test that needs no math header (NVRTC) and no fast-math assumptions.
+template <typename T>
+__device__ __forceinline__ bool dc_isnan(T v) { return v != v; }
+
+template <typename T> __device__ __forceinline__ T dc_neg_inf();
+template <> __device__ __forceinline__ float dc_neg_inf<float>() {
+    return __int_as_float((int)0xff800000);
+}
+template <> __device__ __forceinline__ double dc_neg_inf<double>() {
+    return __longlong_as_double((long long)0xfff0000000000000ULL);
+}
+
+// Position (y, x) of the input pixel seen by output (oy, ox) at kernel offset
+// (ky, kx); it may fall in the padding (outside [0, H) x [0, W)).
+__device__ __forceinline__ long long dc_src(long long o, long long k, long long s,
+                                           long long p, long long d) {
+    return o * s - p + k * d;
+}
+
+// The output row (or column) that reads pixel coordinate y (unpadded) at kernel
+// offset k, or -1 if none does: y + p - k*d must be a non-negative multiple of
+// s below out.
+__device__ __forceinline__ long long dc_dst(long long y, long long k, long long s,
+                                           long long p, long long d, long long out) {
+    const long long t = y + p - k * d;
+    if (t < 0 || t % s != 0) return -1;
+    const long long o = t / s;
+    return o < out ? o : -1;
+}
+
+#endif  // DUALCONV_COMMON_CUH

@@ -1,0 +1,43 @@
+"""Runs every kernel on a few cases through the AddressSanitizer build of the
+emulation harness; run by test_cuda_asan.py in a subprocess with libasan
+LD_PRELOADed. Usage: asan_driver.py LIB [--overflow]
+
+--overflow launches im2col with a plan for a taller image than the one passed,
+a deliberate out-of-bounds read that ASan must report (the negative control).
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from cuda_emulator import Emulator
+from dualconv import kernels_cuda, kernels_numpy
+from kernel_cases import (ARGS, DTYPES, HAND_PICKED, assert_bitwise_equal, kernel_args,
+                          random_cases)
+
+
+def main() -> int:
+    emulator = Emulator(Path(sys.argv[1]))
+    if "--overflow" in sys.argv:
+        x = np.ones((1, 1, 4, 4), np.float32)
+        launch = kernels_cuda.plan_im2col(np.ones((1, 1, 6, 4), np.float32), 3, 3, 1, 1, 0, 0)
+        emulator.run(dataclasses.replace(launch, args=(x, *launch.args[1:])))
+        print("overflow was not detected")
+        return 0
+    launches = 0
+    for kernel in ARGS:
+        for dtype in DTYPES:
+            for i, case in enumerate(HAND_PICKED + random_cases(seed=7, count=4)):
+                args = kernel_args(kernel, case, dtype, "ties", seed=i)
+                assert_bitwise_equal(emulator.call(kernel, *args),
+                                     getattr(kernels_numpy, kernel)(*args), f"{kernel} {case}")
+                launches += 1
+    print(f"ok: {launches} launches, kernels {sorted(emulator.launched)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

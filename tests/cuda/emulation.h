@@ -1,0 +1,36 @@
+// Lets g++ compile kernels/*.cu as plain C++ so the CPU emulation harness
+// (emulation_harness.cpp) can run a whole CUDA grid sequentially, thread by
+// thread. Only enough CUDA for kernels without shared memory, __syncthreads or
+// atomics (the rule in docs/design.md): the built-in index variables and the
+// intrinsics kernels/common.cuh uses.
+//
+// It lives in tests/cuda/ rather than kernels/ because it is test tooling: it
+// is not CUDA, NVRTC must never see it, and it does not ship in the wheel.
+#pragma once
+
+#include <cstring>
+
+struct dim3 {
+    unsigned int x = 1, y = 1, z = 1;
+};
+
+// Set by the harness before each emulated thread runs.
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+// __restrict__ is a GNU extension g++ already understands.
+
+inline float __int_as_float(int bits) {
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+inline double __longlong_as_double(long long bits) {
+    double d;
+    std::memcpy(&d, &bits, sizeof d);
+    return d;
+}
