@@ -7,7 +7,6 @@ state (momentum, Adam moments) follows the parameters to their backend.
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable
 
 from .backend import asnumpy, backend_of, to_backend
@@ -82,13 +81,14 @@ class Optimizer:
     def state_dict(self) -> dict[str, Any]:
         """Hyper-parameters, step count and state arrays (as NumPy), for checkpoints."""
         return {"lr": self.lr, "steps": self.steps,
-                "state": {name: {k: asnumpy(v) for k, v in slots.items()}
+                "state": {name: {k: asnumpy(v).copy() for k, v in slots.items()}
                           for name, slots in self.state.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.lr = float(state["lr"])
         self.steps = int(state["steps"])
-        self.state = {name: dict(slots) for name, slots in state["state"].items()}
+        self.state = {name: {k: v.copy() for k, v in slots.items()}
+                      for name, slots in state["state"].items()}
 
 
 class SGD(Optimizer):
@@ -142,8 +142,9 @@ class Adam(Optimizer):
         m += t(1 - self.b1) * g
         v *= t(self.b2)
         v += t(1 - self.b2) * (g * g)
-        step_size = self.lr * math.sqrt(1 - self.b2 ** self.steps) / (1 - self.b1 ** self.steps)
-        w -= t(step_size) * m / ((v ** t(0.5)) + t(self.eps))
+        m_hat = m / t(1 - self.b1 ** self.steps)
+        v_hat = v / t(1 - self.b2 ** self.steps)
+        w -= t(self.lr) * m_hat / (v_hat ** t(0.5) + t(self.eps))
 
 
 class LRSchedule:

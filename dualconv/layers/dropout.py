@@ -41,7 +41,7 @@ class Dropout(Layer):
 
     def _forward(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
-            self._cache = None
+            self._cache = tuple(x.shape)
             return x
         xp = get_array_module(x)
         keep = self._generator(xp).random(x.shape, dtype=x.dtype) >= self.p
@@ -50,8 +50,9 @@ class Dropout(Layer):
         self._cache = mask
         return x * mask
 
-    def backward(self, dy: Any) -> Any:
-        if self._cache is None:
+    def _backward(self, dy: Any) -> Any:
+        if isinstance(self._cache, tuple):  # eval mode (or p == 0): the identity
+            self._check_grad_shape(dy, self._cache)
             return dy
         self._check_grad_shape(dy, self._cache.shape)
         return dy * self._cache
