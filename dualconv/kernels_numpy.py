@@ -93,19 +93,20 @@ def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
     out_h = get_conv_outsize(H, kh, sy, ph, dy)
     out_w = get_conv_outsize(W, kw, sx, pw, dx)
     xp_ = _padded(x, ph, pw, fill=-np.inf)
-    y = _window(xp_, 0, 0, out_h, out_w, sy, sx, dy, dx).copy()
+    has_nan = bool(np.isnan(x).any())  # one pass here saves two per offset below
+    y = _window(xp_, 0, 0, out_h, out_w, sy, sx, dy, dx)
     argmax = np.zeros(y.shape, dtype=np.int32)
-    y_is_nan = np.isnan(y)
     for ky in range(kh):
         for kx in range(kw):
             if ky == 0 and kx == 0:
                 continue
             v = _window(xp_, ky, kx, out_h, out_w, sy, sx, dy, dx)
-            v_is_nan = np.isnan(v)
-            take = (v > y) | (v_is_nan & ~y_is_nan)
-            np.copyto(y, v, where=take)
-            argmax[take] = ky * kw + kx
-            y_is_nan |= v_is_nan
+            take = v > y
+            if has_nan:
+                take |= np.isnan(v) & ~np.isnan(y)
+            y = np.where(take, v, y)
+            argmax = np.where(take, np.int32(ky * kw + kx), argmax)
+    y = np.ascontiguousarray(y)
     return y, argmax
 
 

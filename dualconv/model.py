@@ -63,11 +63,15 @@ class Sequential:
 
     __call__ = forward
 
-    def backward(self, dy: Any) -> Any:
-        """Back-propagate the loss gradient; fills every layer's grads. Returns d(input)."""
-        for layer in reversed(self.layers):
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        """Back-propagate the loss gradient; fills every layer's grads.
+
+        Returns d(input), or None with ``input_grad=False`` (training needs
+        only the parameter gradients, so the first layer skips its dx).
+        """
+        for layer in reversed(self.layers[1:]):
             dy = layer.backward(dy)
-        return dy
+        return self.layers[0].backward(dy, input_grad=input_grad)
 
     def predict(self, x: Any, batch_size: int = 256) -> Any:
         """Outputs for x in eval mode, computed in batches; returns them on x's backend."""

@@ -144,7 +144,7 @@ class Trainer:
         """One forward/backward/update on a batch; returns (loss, correct count) as device scalars."""
         out = self.model.forward(xb)
         value = self.loss.forward(out, yb)
-        self.model.backward(self.loss.backward())
+        self.model.backward(self.loss.backward(), input_grad=False)
         self.optimizer.step()
         return value, _correct(out, yb)
 

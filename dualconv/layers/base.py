@@ -29,6 +29,7 @@ class Layer:
         self.dtype = np.dtype(np.float32)
         self._backend: str | None = None
         self._cache: Any = None  # what the last forward kept for backward
+        self._need_input_grad = True  # set by each backward call
 
     # -- building -----------------------------------------------------------
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None = None,
@@ -74,11 +75,17 @@ class Layer:
                             f"got {x.dtype}; cast the input or call .astype() on the layer")
         return self._forward(x)
 
-    def backward(self, dy: Any) -> Any:
-        """Gradient of the loss with respect to the last forward's input."""
+    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+        """Gradient of the loss with respect to the last forward's input.
+
+        Fills ``grads``. With ``input_grad=False`` (the first layer of a
+        model) it returns None, and layers that can skip that work do.
+        """
         if self._cache is None:
             raise RuntimeError(f"{self.name}.backward called before forward")
-        return self._backward(dy)
+        self._need_input_grad = input_grad
+        dx = self._backward(dy)
+        return dx if input_grad else None
 
     def _forward(self, x: Any) -> Any:
         raise NotImplementedError

@@ -107,7 +107,8 @@ class Conv2D(Layer):
     def _backward(self, dy: Any) -> Any:
         x_shape, col = self._cache
         self._check_grad_shape(dy, self.output_shape(x_shape))
-        dx, dw, db = conv2d_backward(dy, x_shape, self.params["weight"], col, self.geometry)
+        dx, dw, db = conv2d_backward(dy, x_shape, self.params["weight"], col, self.geometry,
+                                     need_dx=self._need_input_grad)
         self.grads["weight"] = dw
         if self.use_bias:
             self.grads["bias"] = db

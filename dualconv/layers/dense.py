@@ -62,7 +62,7 @@ class Dense(Layer):
         self.grads["weight"] = x.T @ dy
         if self.use_bias:
             self.grads["bias"] = dy.sum(axis=0)
-        return dy @ self.params["weight"].T
+        return dy @ self.params["weight"].T if self._need_input_grad else None
 
     def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,

@@ -1,0 +1,21 @@
+"""Datasets as NumPy arrays: X float32 (N, 1, H, W) in [0, 1], y int64 (N,)."""
+from .digits import load_digits_dataset
+from .files import ChecksumError, DatasetError, DatasetNotFoundError
+from .idx import IDXFormatError, parse_idx
+from .mnist import load_fashion_mnist, load_mnist
+from .registry import CLASS_NAMES, DATASETS, IMAGE_SIZE, load_dataset
+
+__all__ = [
+    "CLASS_NAMES",
+    "DATASETS",
+    "IMAGE_SIZE",
+    "ChecksumError",
+    "DatasetError",
+    "DatasetNotFoundError",
+    "IDXFormatError",
+    "load_dataset",
+    "load_digits_dataset",
+    "load_fashion_mnist",
+    "load_mnist",
+    "parse_idx",
+]
