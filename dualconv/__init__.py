@@ -1,4 +1,5 @@
 """dualconv: a small CNN library that runs the same code on NumPy and CuPy."""
+from . import models
 from .backend import asnumpy, get_backend, gpu_available, set_backend, use_backend
 from .init import manual_seed
 from .layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, HardTanh, Identity, Layer, LeakyReLU,
@@ -11,7 +12,7 @@ from .trainer import Trainer
 __version__ = "0.1.0"
 
 __all__ = [
-    "asnumpy", "get_backend", "gpu_available", "set_backend", "use_backend", "manual_seed",
+    "models", "asnumpy", "get_backend", "gpu_available", "set_backend", "use_backend", "manual_seed",
     "AvgPool2D", "Conv2D", "Dense", "Dropout", "Flatten", "HardTanh", "Identity", "Layer", "LeakyReLU",
     "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh",
     "BinaryCrossEntropy", "MeanSquaredError", "SoftmaxCrossEntropy",

@@ -5,6 +5,7 @@ changes no global matplotlib state and needs no display.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 from typing import Any
@@ -13,11 +14,7 @@ import numpy as np
 
 
 def matplotlib_available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _figure(width: float, height: float) -> Any:
@@ -31,6 +28,8 @@ def _figure(width: float, height: float) -> Any:
 
 def plot_history(history: dict[str, list], path: str | os.PathLike) -> None:
     """Loss and accuracy per epoch (train and test) side by side, saved as a PNG."""
+    from matplotlib.ticker import MaxNLocator
+
     epochs = np.arange(1, len(history["loss"]) + 1)
     fig = _figure(10, 4)
     for ax, key, title in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy")):
@@ -38,6 +37,7 @@ def plot_history(history: dict[str, list], path: str | os.PathLike) -> None:
         if history.get(f"val_{key}"):
             ax.plot(epochs, history[f"val_{key}"], "s-", label="test")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()

@@ -110,19 +110,18 @@ def check_layer_gradients(layer: Layer, x: Any, rtol: float = 1e-5, atol: float 
     """
     name = type(layer).__name__
     _require_float64(name, "x", x)
+    y = layer.forward(x)  # builds a lazy layer's parameters
     params = getattr(layer, "params", {})
-    grads = getattr(layer, "grads", {})
     for k, p in params.items():
         _require_float64(name, f"params[{k!r}]", p)
-    if set(params) != set(grads):
-        raise AssertionError(f"{name}: params has keys {sorted(params)} but grads has "
-                             f"{sorted(grads)}")
-
-    y = layer.forward(x)
     rng = np.random.default_rng(seed)
     R = to_backend(rng.standard_normal(y.shape), backend_of(y))
     dx = layer.backward(R)
     dx = asnumpy(dx).copy()
+    grads = getattr(layer, "grads", {})
+    if set(params) != set(grads):
+        raise AssertionError(f"{name}: params has keys {sorted(params)} but grads has "
+                             f"{sorted(grads)} after backward")
     analytic = {k: asnumpy(g).copy() for k, g in grads.items()}
 
     def loss() -> float:

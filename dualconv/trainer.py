@@ -164,7 +164,10 @@ class Trainer:
         finally:
             if was_training:
                 self.model.train()
-        loss = self.loss.check_finite(float(loss_sum) / len(X))
+        loss = float(loss_sum) / len(X)
+        if not np.isfinite(loss):
+            raise ValueError(f"Trainer.evaluate: the mean loss is {loss}; check the inputs for NaN/inf "
+                             f"(or the model for diverged weights)")
         return {"loss": loss, "accuracy": float(correct) / len(X)}
 
     # -- checkpoints ---------------------------------------------------------------

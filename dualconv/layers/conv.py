@@ -81,13 +81,12 @@ class Conv2D(Layer):
             return (N, self.out_channels, None, None)
         out_h = get_conv_outsize(H, self.kh, self.sy, self.ph, self.dy)
         out_w = get_conv_outsize(W, self.kw, self.sx, self.pw, self.dx)
+        # The output size is below 1 exactly when the dilated kernel overhangs the padded input.
         span = (self.dy * (self.kh - 1) + 1, self.dx * (self.kw - 1) + 1)
         if span[0] > H + 2 * self.ph or span[1] > W + 2 * self.pw:
             raise ValueError(
                 f"Conv2D: kernel {(self.kh, self.kw)} (dilated span {span}) is larger than the "
                 f"padded input {(H + 2 * self.ph, W + 2 * self.pw)} from input {(H, W)} with padding {(self.ph, self.pw)}")
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f"Conv2D: output size {(out_h, out_w)} is below 1 for input {(H, W)}")
         return (N, self.out_channels, out_h, out_w)
 
     def _check_input(self, x: Any) -> None:

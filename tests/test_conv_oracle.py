@@ -1,0 +1,116 @@
+"""Conv2D's forward against the naive loop convolution (kernels_naive.conv2d_naive)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+
+import dualconv as dc
+from dualconv.kernels_naive import conv2d_naive
+
+TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+@st.composite
+def conv_configs(draw):
+    """A Conv2D configuration and an input it accepts (output at least 1x1)."""
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    sy, sx = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    dy, dx = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    ph, pw = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    span_h, span_w = dy * (kh - 1) + 1, dx * (kw - 1) + 1
+    H = draw(st.integers(max(1, span_h - 2 * ph), max(1, span_h - 2 * ph) + 5))
+    W = draw(st.integers(max(1, span_w - 2 * pw), max(1, span_w - 2 * pw) + 5))
+    return dict(
+        N=draw(st.integers(1, 2)), C=draw(st.integers(1, 3)), O=draw(st.integers(1, 3)),
+        H=H, W=W, kernel=(kh, kw), stride=(sy, sx), padding=(ph, pw), dilation=(dy, dx),
+        bias=draw(st.booleans()), dtype=draw(st.sampled_from([np.float32, np.float64])),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(conv_configs())
+def test_conv2d_forward_matches_naive(cfg: dict) -> None:
+    rng = np.random.default_rng(cfg["seed"])
+    dtype = cfg["dtype"]
+    layer = dc.Conv2D(cfg["C"], cfg["O"], cfg["kernel"], stride=cfg["stride"], padding=cfg["padding"],
+                      dilation=cfg["dilation"], bias=cfg["bias"]).astype(dtype)
+    if cfg["bias"]:
+        layer.params["bias"][...] = rng.standard_normal(cfg["O"])
+    x = rng.standard_normal((cfg["N"], cfg["C"], cfg["H"], cfg["W"])).astype(dtype)
+    y = layer.forward(x)
+    expected = conv2d_naive(x, layer.params["weight"], layer.params.get("bias"),
+                            cfg["stride"], cfg["padding"], cfg["dilation"])
+    assert y.dtype == dtype
+    assert y.shape == expected.shape
+    assert_allclose(y, expected, **TOL[dtype])
+
+
+@settings(max_examples=25, deadline=None, derandomize=True)
+@given(kh=st.sampled_from([1, 3, 5]), kw=st.sampled_from([1, 3, 5]), d=st.integers(1, 2),
+       H=st.integers(1, 7), W=st.integers(1, 7), seed=st.integers(0, 1000))
+def test_same_padding_keeps_height_and_width(kh: int, kw: int, d: int, H: int, W: int, seed: int) -> None:
+    span_h, span_w = d * (kh - 1) + 1, d * (kw - 1) + 1
+    layer = dc.Conv2D(2, 3, (kh, kw), padding="same", dilation=d).astype(np.float64)
+    x = np.random.default_rng(seed).standard_normal((2, 2, H, W))
+    y = layer.forward(x)
+    assert y.shape == (2, 3, H, W)
+    # "same" is the symmetric padding (span - 1) / 2 of the naive convolution
+    expected = conv2d_naive(x, layer.params["weight"], layer.params["bias"], 1,
+                            ((span_h - 1) // 2, (span_w - 1) // 2), d)
+    assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_hand_computed_example() -> None:
+    """x = 1..9 as 3x3, w = [[1, 0], [0, -1]], b = 10: each output is x[i, j] - x[i+1, j+1] + 10 = 6."""
+    layer = dc.Conv2D(1, 1, 2).astype(np.float64)
+    layer.params["weight"][...] = [[[[1, 0], [0, -1]]]]
+    layer.params["bias"][...] = 10
+    x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
+    assert_allclose(layer.forward(x), np.full((1, 1, 2, 2), 6.0))
+    # padding 1, stride 2: windows at rows/cols -1 and 1 of the image
+    layer = dc.Conv2D(1, 1, 2, stride=2, padding=1).astype(np.float64)
+    layer.params["weight"][...] = [[[[1, 0], [0, -1]]]]
+    layer.params["bias"][...] = 0
+    # (oy, ox) = (0, 0): 1*pad - x[0,0] = -1;  (0, 1): pad - x[0, 2] = -3
+    # (1, 0): pad - x[2, 0] = -7;               (1, 1): x[1,1] - x[2,2] = 5 - 9 = -4
+    assert_allclose(layer.forward(x), [[[[-1.0, -3.0], [-7.0, -4.0]]]])
+
+
+def test_lazy_in_channels_inferred_at_first_forward() -> None:
+    layer = dc.Conv2D(None, 4, (3, 2))
+    assert not layer.built and layer.params == {}
+    x = np.random.default_rng(0).standard_normal((2, 5, 6, 6)).astype(np.float32)
+    y = layer.forward(x)
+    assert layer.in_channels == 5
+    assert layer.params["weight"].shape == (4, 5, 3, 2)
+    assert layer.params["bias"].shape == (4,)
+    assert y.shape == (2, 4, 4, 5)
+    assert_allclose(y, conv2d_naive(x, layer.params["weight"], layer.params["bias"]), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="Conv2D"):
+        layer.forward(np.zeros((2, 3, 6, 6), dtype=np.float32))
+
+
+def test_weight_shape_is_out_in_kh_kw() -> None:
+    layer = dc.Conv2D(3, 7, (2, 5))
+    assert layer.params["weight"].shape == (7, 3, 2, 5)
+    assert layer.params["bias"].shape == (7,)
+    assert layer.num_parameters() == 7 * 3 * 2 * 5 + 7
+    assert "bias" not in dc.Conv2D(3, 7, 2, bias=False).params
+
+
+def test_writing_into_params_changes_the_output() -> None:
+    layer = dc.Conv2D(2, 2, 3).astype(np.float64)
+    x = np.random.default_rng(1).standard_normal((1, 2, 4, 4))
+    before = layer.forward(x).copy()
+    layer.params["weight"][1] = 0.0  # in place: second filter off
+    layer.params["bias"][...] = [0.0, 2.5]
+    after = layer.forward(x)
+    assert_allclose(after[:, 1], 2.5)
+    assert_allclose(after[:, 0], before[:, 0])
+    # replacing the array entirely is seen too
+    layer.params["weight"] = np.ones((2, 2, 3, 3))
+    assert_allclose(layer.forward(x)[:, 0], conv2d_naive(x, np.ones((2, 2, 3, 3)), np.zeros(2))[:, 0])

@@ -1,0 +1,225 @@
+"""Sequential: forward/backward, parameters, modes, summary, state, save/load, dtype, init."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+import dualconv as dc
+from dualconv.init import glorot_normal, glorot_uniform, he_normal, he_uniform
+from dualconv.models import lenet, weidman
+
+
+def randn(shape, seed=0, dtype=np.float32):
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+# -- forward / backward ------------------------------------------------------------
+
+def test_forward_is_the_layers_in_order_and_backward_in_reverse() -> None:
+    layers = [dc.Dense(4, 3), dc.Tanh(), dc.Dense(3, 2)]
+    model = dc.Sequential(layers, seed=0, dtype=np.float64)
+    x = randn((5, 4), dtype=np.float64)
+    w1, b1 = layers[0].params["weight"], layers[0].params["bias"]
+    w2, b2 = layers[2].params["weight"], layers[2].params["bias"]
+    h = np.tanh(x @ w1 + b1)
+    y = model.forward(x)
+    assert_allclose(y, h @ w2 + b2, rtol=1e-12)
+    dy = randn((5, 2), 1, np.float64)
+    dx = model.backward(dy)
+    dh = dy @ w2.T
+    assert_allclose(layers[2].grads["weight"], h.T @ dy, rtol=1e-12)
+    assert_allclose(layers[0].grads["weight"], x.T @ (dh * (1 - h ** 2)), rtol=1e-12)
+    assert_allclose(dx, (dh * (1 - h ** 2)) @ w1.T, rtol=1e-12)
+
+
+def test_forward_casts_input_to_the_model_dtype() -> None:
+    model = dc.Sequential([dc.Dense(None, 2)], seed=0)
+    y = model.forward(randn((3, 4), dtype=np.float64))
+    assert y.dtype == np.float32
+
+
+def test_parameter_names() -> None:
+    model = lenet(seed=0)
+    model.build((1, 1, 28, 28))
+    names = [p.name for p in model.parameters()]
+    assert names == ["0.Conv2D.weight", "0.Conv2D.bias", "3.Conv2D.weight", "3.Conv2D.bias",
+                     "7.Dense.weight", "7.Dense.bias", "9.Dense.weight", "9.Dense.bias"]
+
+
+def test_sequential_rejects_non_layers() -> None:
+    with pytest.raises(TypeError, match="Sequential: item 1"):
+        dc.Sequential([dc.ReLU(), "relu"])
+
+
+# -- train / eval -------------------------------------------------------------------
+
+def test_train_and_eval_switch_dropout() -> None:
+    model = dc.Sequential([dc.Dropout(0.5)], seed=0)
+    x = np.ones((20, 20), dtype=np.float32)
+    assert model.training
+    y_train = model.forward(x)
+    assert set(np.unique(y_train)) == {0.0, 2.0}
+    model.eval()
+    assert not model.training and not model.layers[0].training
+    assert_array_equal(model.forward(x), x)
+    model.train()
+    assert model.layers[0].training
+    assert (model.forward(x) == 0).any()
+
+
+# -- summary -----------------------------------------------------------------------
+
+def test_lenet_summary_shapes_and_parameter_count() -> None:
+    model = lenet(seed=0)
+    text = model.summary((1, 1, 28, 28))
+    # counted by hand: conv1 6*1*5*5 + 6, conv2 16*6*5*5 + 16, dense 400*84 + 84, 84*10 + 10
+    total = (6 * 1 * 5 * 5 + 6) + (16 * 6 * 5 * 5 + 16) + (400 * 84 + 84) + (84 * 10 + 10)
+    assert total == 37106
+    assert f"Total params: {total:,}" in text
+    lines = text.splitlines()
+    expected = [("Conv2D-1", "[-1, 6, 28, 28]", "156"), ("ReLU-2", "[-1, 6, 28, 28]", "0"),
+                ("MaxPool2D-3", "[-1, 6, 14, 14]", "0"), ("Conv2D-4", "[-1, 16, 10, 10]", "2,416"),
+                ("ReLU-5", "[-1, 16, 10, 10]", "0"), ("MaxPool2D-6", "[-1, 16, 5, 5]", "0"),
+                ("Flatten-7", "[-1, 400]", "0"), ("Dense-8", "[-1, 84]", "33,684"),
+                ("ReLU-9", "[-1, 84]", "0"), ("Dense-10", "[-1, 10]", "850")]
+    for name, shape, count in expected:
+        row = [line for line in lines if line.split() and line.split()[0] == name]
+        assert len(row) == 1, name
+        assert shape in row[0] and row[0].rstrip().endswith(count), row[0]
+    assert sum(p.data.size for p in model.parameters()) == total
+
+
+def test_summary_of_an_unbuilt_model_needs_a_shape() -> None:
+    with pytest.raises(ValueError, match="summary"):
+        lenet().summary()
+
+
+# -- state ---------------------------------------------------------------------------
+
+def test_state_dict_round_trip() -> None:
+    a, b = lenet(seed=1), lenet(seed=2)
+    x = randn((3, 1, 28, 28))
+    a.forward(x)
+    b.forward(x)
+    assert not np.array_equal(a.predict(x), b.predict(x))
+    state = a.state_dict()
+    b.load_state_dict(state)
+    assert_array_equal(b.predict(x), a.predict(x))
+    state["0.Conv2D.weight"][...] = 0  # a copy: the model is not touched
+    assert a.layers[0].params["weight"].any()
+
+
+def test_load_state_dict_rejects_wrong_names_and_shapes() -> None:
+    model = dc.Sequential([dc.Dense(3, 2)], seed=0)
+    state = model.state_dict()
+    with pytest.raises(ValueError, match="missing"):
+        model.load_state_dict({})
+    with pytest.raises(ValueError, match="0.Dense.weight"):
+        model.load_state_dict({**state, "0.Dense.weight": np.zeros((2, 3))})
+
+
+@pytest.mark.parametrize("make", [lenet, weidman], ids=["lenet", "weidman"])
+def test_save_and_load_give_identical_predictions(make, tmp_path) -> None:
+    model = make(seed=3)
+    x = randn((5, 1, 28, 28), 4)
+    before = model.predict(x)
+    path = tmp_path / "model.npz"
+    model.save(path)
+    loaded = dc.Sequential.load(path)
+    assert [type(la) for la in loaded.layers] == [type(la) for la in model.layers]
+    assert_array_equal(loaded.predict(x), before)
+    assert loaded.dtype == model.dtype
+
+
+def test_save_load_keeps_float64_and_layer_config(tmp_path) -> None:
+    model = dc.Sequential([dc.Conv2D(None, 2, (3, 1), stride=(2, 1), padding=(1, 0),
+                                     bias=False), dc.LeakyReLU(0.2), dc.Flatten(),
+                           dc.Dense(None, 3)], seed=0, dtype=np.float64)
+    x = randn((2, 1, 5, 4), 5, np.float64)
+    y = model.forward(x)
+    model.save(tmp_path / "m.npz")
+    loaded = dc.Sequential.load(tmp_path / "m.npz")
+    assert loaded.dtype == np.float64
+    assert loaded.layers[0].get_config() == model.layers[0].get_config()
+    assert loaded.layers[1].alpha == 0.2
+    assert_array_equal(loaded.forward(x), y)
+
+
+def test_predict_in_batches_equals_forward_in_eval_mode() -> None:
+    model = weidman(seed=0)  # has Dropout, so train-mode forward differs
+    x = randn((10, 1, 28, 28), 6)
+    got = model.predict(x, batch_size=3)
+    assert model.training  # predict restores the mode
+    model.eval()
+    assert_allclose(got, model.forward(x), rtol=1e-5, atol=1e-6)
+    assert got.shape == (10, 10)
+    assert_array_equal(model.predict_classes(x, batch_size=4), got.argmax(axis=1))
+
+
+def test_seed_gives_identical_initial_weights() -> None:
+    x = randn((1, 1, 28, 28))
+    a, b, c = lenet(seed=7), lenet(seed=7), lenet(seed=8)
+    for m in (a, b, c):
+        m.build(x.shape)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    for name in sa:
+        assert_array_equal(sa[name], sb[name])
+    assert not np.array_equal(sa["0.Conv2D.weight"], sc["0.Conv2D.weight"])
+
+
+# -- float64 end to end ---------------------------------------------------------------
+
+def test_float64_model_trains_with_float64_gradients() -> None:
+    model = lenet(seed=0, dtype=np.float64)
+    opt = dc.SGD(model.parameters(), lr=0.1)
+    loss = dc.SoftmaxCrossEntropy()
+    x = randn((4, 1, 28, 28), 7, np.float64)
+    y = np.array([0, 1, 2, 3])
+    out = model.forward(x)
+    assert out.dtype == np.float64
+    first = float(loss.forward(out, y))
+    dx = model.backward(loss.backward())
+    assert dx.dtype == np.float64
+    before = model.state_dict()
+    for p in model.parameters():
+        assert p.data.dtype == np.float64 and p.grad.dtype == np.float64, p.name
+    opt.step()
+    for p in model.parameters():
+        assert p.data.dtype == np.float64
+        assert_allclose(p.data, before[p.name] - 0.1 * p.grad, rtol=1e-12, atol=1e-15)
+    assert float(loss.forward(model.forward(x), y)) < first
+
+
+# -- initializers ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("init, std", [
+    (glorot_normal, lambda fi, fo: np.sqrt(2 / (fi + fo))),
+    (glorot_uniform, lambda fi, fo: np.sqrt(6 / (fi + fo)) / np.sqrt(3)),
+    (he_normal, lambda fi, fo: np.sqrt(2 / fi)),
+    (he_uniform, lambda fi, fo: np.sqrt(6 / fi) / np.sqrt(3)),
+], ids=["glorot_normal", "glorot_uniform", "he_normal", "he_uniform"])
+@pytest.mark.parametrize("shape, fans", [((800, 300), (800, 300)), ((64, 32, 3, 3), (32 * 9, 64 * 9))],
+                         ids=["dense", "conv"])
+def test_initializer_std(init, std, shape, fans) -> None:
+    w = init(shape, np.random.default_rng(0))
+    assert w.shape == shape
+    assert abs(w.mean()) < 0.05 * std(*fans)
+    assert w.std() == pytest.approx(std(*fans), rel=0.02)
+
+
+@pytest.mark.parametrize("name, std", [("glorot", np.sqrt(2 / (500 + 400))), ("he", np.sqrt(2 / 500))])
+def test_layers_use_their_weight_init(name, std) -> None:
+    model = dc.Sequential([dc.Dense(500, 400, weight_init=name)], seed=0)
+    w = model.layers[0].params["weight"]
+    assert w.std() == pytest.approx(std, rel=0.02)
+    assert not model.layers[0].params["bias"].any()  # biases start at zero
+    conv = dc.Conv2D(40, 50, 3, weight_init=name)
+    fan_in, fan_out = 40 * 9, 50 * 9
+    want = np.sqrt(2 / (fan_in + fan_out)) if name == "glorot" else np.sqrt(2 / fan_in)
+    assert conv.params["weight"].std() == pytest.approx(want, rel=0.03)
+
+
+def test_unknown_initializer_is_rejected() -> None:
+    with pytest.raises(ValueError, match="initializer"):
+        dc.Dense(3, 2, weight_init="xavier_magic")
