@@ -145,7 +145,7 @@ class ToyLinearForgetsBiasGrad(ToyLinear):
 
 def test_mismatched_params_and_grads_keys_are_reported() -> None:
     layer = ToyLinearForgetsBiasGrad(4, 3)
-    with pytest.raises(AssertionError, match="ToyLinear: params has keys"):
+    with pytest.raises(AssertionError, match="ToyLinearForgetsBiasGrad: params has keys"):
         check_layer_gradients(layer, np.ones((2, 4)))
 
 
