@@ -3,12 +3,11 @@ from .digits import load_digits_dataset
 from .files import ChecksumError, DatasetError, DatasetNotFoundError
 from .idx import IDXFormatError, parse_idx
 from .mnist import load_fashion_mnist, load_mnist
-from .registry import CLASS_NAMES, DATASETS, IMAGE_SIZE, load_dataset
+from .registry import CLASS_NAMES, DATASETS, load_dataset
 
 __all__ = [
     "CLASS_NAMES",
     "DATASETS",
-    "IMAGE_SIZE",
     "ChecksumError",
     "DatasetError",
     "DatasetNotFoundError",

@@ -17,8 +17,6 @@ CLASS_NAMES = {
     ),
 }
 
-IMAGE_SIZE = {"mnist": 28, "fashion-mnist": 28, "digits": 8}
-
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> tuple[Split, Split]:
     """``(X_train, y_train), (X_test, y_test)`` of the dataset ``name`` (one of DATASETS).
