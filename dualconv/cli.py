@@ -40,6 +40,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd",
     "lr": None,  # per optimizer, see DEFAULT_LR
     "momentum": 0.9,
+    "lr_decay": 1.0,
     "seed": 0,
     "limit": None,
 }
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=_positive_float,
                        help=f"learning rate (default: {DEFAULT_LR['sgd']} for sgd, {DEFAULT_LR['adam']} for adam)")
     train.add_argument("--momentum", type=float, help="SGD momentum (default: 0.9)")
+    train.add_argument("--lr-decay", type=float, metavar="GAMMA",
+                       help="multiply the learning rate by GAMMA after every epoch (default: 1.0, constant)")
     train.add_argument("--seed", type=int, help="seed of the initial weights, shuffling and dropout (default: 0)")
     _add_data_dir(train)
     train.add_argument("--out", type=Path, help="directory for checkpoint.npz, model.npz, metrics.json and plots")
@@ -153,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .losses import SoftmaxCrossEntropy
     from .trainer import Trainer
+    from .optim import ExponentialLR
 
     backend = _set_backend(args.backend)
     out: Path | None = args.out
@@ -176,12 +180,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         X_train, y_train = X_train[: config["limit"]], y_train[: config["limit"]]
 
     model, optimizer = _model_and_optimizer(config, X_train.shape[1:])
+    schedule = ExponentialLR(optimizer, gamma=config.get("lr_decay", 1.0))
     history: dict[str, list] = {}
     start_epoch = 0
     if resumed is not None:
         model.load_state_dict(resumed.model_state)
         optimizer.load_state_dict(resumed.optimizer_state)
         history, start_epoch = resumed.history, resumed.epoch
+        schedule.epoch = start_epoch
+        optimizer.lr = schedule.lr_at(start_epoch)
         print(f"resuming {out / CHECKPOINT} after epoch {start_epoch}")
 
     print(f"{config['model']} on {config['dataset']} ({len(X_train)} train, {len(X_test)} test images), "
@@ -197,7 +204,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             checkpoint.save_checkpoint(out / CHECKPOINT, model, optimizer, epoch + 1, history,
                                        meta={"config": config})
 
-    trainer = Trainer(model, SoftmaxCrossEntropy(), optimizer, progress=not args.no_progress)
+    trainer = Trainer(model, SoftmaxCrossEntropy(), optimizer, scheduler=schedule,
+                      progress=not args.no_progress)
     wall = time.perf_counter()
     if start_epoch >= args.epochs:
         print(f"already trained for {start_epoch} epochs (--epochs {args.epochs}); nothing to do")
