@@ -1,12 +1,14 @@
 """LeNet training throughput: dualconv (NumPy) against PyTorch CPU, same run.
 
     python benchmarks/lenet_vs_torch.py [--batch-sizes 64 256] [--cycles 3] [--threads 2]
+                                        [--dualconv-blas-threads 1]
 
 Each (implementation, batch size) runs in its own fresh process, cycled
 ``--cycles`` times so both sides see the same machine noise; the report is
 the median images/s of each and their ratio. Both sides get the same thread
 count and the same glibc malloc settings. PyTorch is the peer: without it
-installed, only dualconv's figures are printed.
+installed, only dualconv's figures are printed. ``--dualconv-blas-threads``
+gives NumPy's BLAS its own thread count (PyTorch keeps ``--threads``).
 """
 from __future__ import annotations
 
@@ -68,14 +70,16 @@ def run_torch(batch: int, steps: int) -> float:
     return batch * steps / (time.perf_counter() - start)
 
 
-def worker(impl: str, batch: int, threads: int) -> None:
+def worker(impl: str, batch: int, threads: int, blas_threads: int | None) -> None:
     steps = max(20, 8192 // batch)
     if impl == "torch":
         import torch
         torch.set_num_threads(threads)
         rate = run_torch(batch, steps)
     else:
-        rate = run_dualconv(batch, steps)
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(limits=blas_threads or threads, user_api="blas"):
+            rate = run_dualconv(batch, steps)
     print(json.dumps({"impl": impl, "batch": batch, "images_per_second": rate}))
 
 
@@ -84,10 +88,11 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dualconv-blas-threads", type=int, default=None)
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), args.threads)
+        worker(args.worker[0], int(args.worker[1]), args.threads, args.dualconv_blas_threads)
         return
     try:
         import torch  # noqa: F401
@@ -101,7 +106,8 @@ def main() -> None:
     for _ in range(args.cycles):
         for batch in args.batch_sizes:
             for impl in impls:
-                out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
+                blas = ["--dualconv-blas-threads", str(args.dualconv_blas_threads)] if args.dualconv_blas_threads else []
+                out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), *blas,
                                       "--worker", impl, str(batch)],
                                      env=env, check=True, capture_output=True, text=True).stdout
                 rates.setdefault((impl, batch), []).append(json.loads(out.splitlines()[-1])["images_per_second"])
