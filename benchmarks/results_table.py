@@ -8,8 +8,8 @@ Rows are benchmarks (and their non-backend parameters); columns are the
 backends numpy, torch, cupy, torch-cuda, and the ratios numpy/torch and
 cupy/torch-cuda (value divided by value: for times and memory, above 1 means
 dualconv is slower / bigger; for images/s and GB/s, above 1 means dualconv is
-faster). GPU columns are left out when the file has no GPU figures, unless
---all-columns. Skipped or failed cases print as "-".
+faster). GPU columns, and rows with no figure at all, are left out when the
+file has none, unless --all-columns. Skipped or failed cases print as "-".
 
 This module sits in the benchmark package only to be found easily; it defines
 no benchmarks.
@@ -133,6 +133,8 @@ def table(rows: list[dict[str, Any]], all_columns: bool = False) -> str:
     header = ["benchmark", "params", "unit", *backends, *(f"{a}/{b}" for a, b in ratios)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for r in rows:
+        if not all_columns and all(_number(r.get(b)) is None for b in backends):
+            continue  # e.g. GPU-only benchmarks on a CPU machine
         short = r["name"].split(".", 1)[-1]
         unit = r["unit"]
         cells = [short, r["params"], unit, *(fmt(_number(r.get(b)), unit) for b in backends)]
