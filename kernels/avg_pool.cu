@@ -14,15 +14,10 @@ __global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y,
         const long long oy = (i / out_w) % out_h;
         const T* plane = x + (i / (out_w * out_h)) * H * W;  // x[n, c]
         T sum = T(0);
-        for (long long ky = 0; ky < kh; ++ky) {
-            const long long iy = dc_src(oy, ky, sy, ph, dy);
-            for (long long kx = 0; kx < kw; ++kx) {
-                const long long ix = dc_src(ox, kx, sx, pw, dx);
-                const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
-                const T v = inside ? plane[iy * W + ix] : T(0);
-                sum = (ky == 0 && kx == 0) ? v : sum + v;
-            }
-        }
+        dc_for_each_in_window(plane, T(0), oy, ox, H, W, kh, kw, sy, sx, ph, pw, dy, dx,
+                              [&](long long ky, long long kx, T v) {
+            sum = (ky == 0 && kx == 0) ? v : sum + v;
+        });
         y[i] = sum / T(kh * kw);
     }
 }
@@ -40,15 +35,10 @@ __global__ void avg_pool_backward(const T* __restrict__ gy, T* __restrict__ gx,
         const long long y = (i / W) % H;
         const long long plane = (i / (W * H)) * out_h * out_w;  // offset of gy[n, c]
         T sum = T(0);
-        for (long long ky = 0; ky < kh; ++ky) {
-            const long long oy = dc_dst(y, ky, sy, ph, dy, out_h);
-            if (oy < 0) continue;
-            for (long long kx = 0; kx < kw; ++kx) {
-                const long long ox = dc_dst(xx, kx, sx, pw, dx, out_w);
-                if (ox < 0) continue;
-                sum += gy[plane + oy * out_w + ox] / area;
-            }
-        }
+        dc_for_each_reader(y, xx, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w,
+                           [&](long long, long long, long long oy, long long ox) {
+            sum += gy[plane + oy * out_w + ox] / area;
+        });
         gx[i] = sum;
     }
 }

@@ -13,15 +13,10 @@ __global__ void col2im(const T* __restrict__ col, T* __restrict__ x, DC_GEOMETRY
         const long long c = r % C;
         const long long n = r / C;
         T sum = T(0);
-        for (long long ky = 0; ky < kh; ++ky) {
-            const long long oy = dc_dst(y, ky, sy, ph, dy, out_h);
-            if (oy < 0) continue;
-            for (long long kx = 0; kx < kw; ++kx) {
-                const long long ox = dc_dst(xx, kx, sx, pw, dx, out_w);
-                if (ox < 0) continue;
-                sum += col[((((c * kh + ky) * kw + kx) * N + n) * out_h + oy) * out_w + ox];
-            }
-        }
+        dc_for_each_reader(y, xx, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w,
+                           [&](long long ky, long long kx, long long oy, long long ox) {
+            sum += col[((((c * kh + ky) * kw + kx) * N + n) * out_h + oy) * out_w + ox];
+        });
         x[i] = sum;
     }
 }

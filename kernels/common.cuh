@@ -53,4 +53,42 @@ __device__ __forceinline__ long long dc_dst(long long y, long long k, long long 
     return o < out ? o : -1;
 }
 
+// Forward (one thread per output): calls body(ky, kx, v) for each element v of
+// the window of output (oy, ox) in plane (one H x W image), ky outer and kx
+// inner, both ascending; v is pad where the window lies in the padding.
+template <typename T, typename Body>
+__device__ __forceinline__ void dc_for_each_in_window(
+        const T* plane, T pad, long long oy, long long ox, long long H, long long W,
+        long long kh, long long kw, long long sy, long long sx, long long ph, long long pw,
+        long long dy, long long dx, Body body) {
+    for (long long ky = 0; ky < kh; ++ky) {
+        const long long iy = dc_src(oy, ky, sy, ph, dy);
+        for (long long kx = 0; kx < kw; ++kx) {
+            const long long ix = dc_src(ox, kx, sx, pw, dx);
+            const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
+            body(ky, kx, inside ? plane[iy * W + ix] : pad);
+        }
+    }
+}
+
+// Backward / fold (one thread per pixel, a gather): calls body(ky, kx, oy, ox)
+// for each output (oy, ox) whose window reads pixel (y, x) at kernel offset
+// (ky, kx), ky outer and kx inner, both ascending: the order in which
+// kernels_numpy adds, so a sum from 0 in body is bitwise equal to it.
+template <typename Body>
+__device__ __forceinline__ void dc_for_each_reader(
+        long long y, long long x, long long kh, long long kw, long long sy, long long sx,
+        long long ph, long long pw, long long dy, long long dx, long long out_h,
+        long long out_w, Body body) {
+    for (long long ky = 0; ky < kh; ++ky) {
+        const long long oy = dc_dst(y, ky, sy, ph, dy, out_h);
+        if (oy < 0) continue;
+        for (long long kx = 0; kx < kw; ++kx) {
+            const long long ox = dc_dst(x, kx, sx, pw, dx, out_w);
+            if (ox < 0) continue;
+            body(ky, kx, oy, ox);
+        }
+    }
+}
+
 #endif  // DUALCONV_COMMON_CUH

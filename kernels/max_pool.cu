@@ -16,18 +16,13 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
         const T* plane = x + (i / (out_w * out_h)) * H * W;  // x[n, c]
         T m = T(0);  // replaced by the (0, 0) element
         int best = 0;
-        for (long long ky = 0; ky < kh; ++ky) {
-            const long long iy = dc_src(oy, ky, sy, ph, dy);
-            for (long long kx = 0; kx < kw; ++kx) {
-                const long long ix = dc_src(ox, kx, sx, pw, dx);
-                const bool inside = iy >= 0 && iy < H && ix >= 0 && ix < W;
-                const T v = inside ? plane[iy * W + ix] : dc_neg_inf<T>();
-                if ((ky == 0 && kx == 0) || v > m || (dc_isnan(v) && !dc_isnan(m))) {
-                    m = v;
-                    best = (int)(ky * kw + kx);
-                }
+        dc_for_each_in_window(plane, dc_neg_inf<T>(), oy, ox, H, W, kh, kw, sy, sx, ph, pw,
+                              dy, dx, [&](long long ky, long long kx, T v) {
+            if ((ky == 0 && kx == 0) || v > m || (dc_isnan(v) && !dc_isnan(m))) {
+                m = v;
+                best = (int)(ky * kw + kx);
             }
-        }
+        });
         y[i] = m;
         argmax[i] = best;
     }
@@ -45,16 +40,11 @@ __global__ void max_pool_backward(const T* __restrict__ gy, const int* __restric
         const long long y = (i / W) % H;
         const long long plane = (i / (W * H)) * out_h * out_w;  // offset of gy[n, c]
         T sum = T(0);
-        for (long long ky = 0; ky < kh; ++ky) {
-            const long long oy = dc_dst(y, ky, sy, ph, dy, out_h);
-            if (oy < 0) continue;
-            for (long long kx = 0; kx < kw; ++kx) {
-                const long long ox = dc_dst(xx, kx, sx, pw, dx, out_w);
-                if (ox < 0) continue;
-                const long long o = plane + oy * out_w + ox;
-                if (argmax[o] == ky * kw + kx) sum += gy[o];
-            }
-        }
+        dc_for_each_reader(y, xx, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w,
+                           [&](long long ky, long long kx, long long oy, long long ox) {
+            const long long o = plane + oy * out_w + ox;
+            if (argmax[o] == ky * kw + kx) sum += gy[o];
+        });
         gx[i] = sum;
     }
 }

@@ -1,51 +1,26 @@
 """Test cases for the CUDA kernels, shared by the CPU-emulated tests
 (tests/cuda/) and the real-GPU parity tests (tests/gpu/).
 
-A case is a window geometry; ``kernel_args`` turns (kernel, case, dtype, value
-kind) into the positional arguments of the kernels_numpy function.
+A case is a window geometry, a ``WindowConfig`` of tests/window_configs.py
+(tests/ is on sys.path: pytest puts the folder of tests/conftest.py there);
+``kernel_args`` turns (kernel, case, dtype, value kind) into the positional
+arguments of the kernels_numpy function.
 """
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
 from typing import Any, Callable
 
 import numpy as np
 
 from dualconv import kernels_numpy
-from dualconv.shapes import get_conv_outsize
+from window_configs import WindowConfig, random_configs
 
 DTYPES = (np.float32, np.float64)
 VALUE_KINDS = ("spread", "ties", "nonfinite")
 
-
-@dataclass(frozen=True)
-class Case:
-    """Input (N, C, H, W) and window kh, kw, stride sy, sx, padding ph, pw, dilation dy, dx."""
-    N: int
-    C: int
-    H: int
-    W: int
-    kh: int
-    kw: int
-    sy: int
-    sx: int
-    ph: int
-    pw: int
-    dy: int = 1
-    dx: int = 1
-
-    @property
-    def window(self) -> tuple[int, ...]:
-        """(kh, kw, sy, sx, ph, pw, dy, dx), the tail of every kernel's arguments."""
-        return astuple(self)[4:]
-
-    @property
-    def out(self) -> tuple[int, int]:
-        return (get_conv_outsize(self.H, self.kh, self.sy, self.ph, self.dy),
-                get_conv_outsize(self.W, self.kw, self.sx, self.pw, self.dx))
-
-    def __str__(self) -> str:
-        return "x{}x{}x{}x{}_k{}x{}_s{}x{}_p{}x{}_d{}x{}".format(*astuple(self))
+# Under the names that tests/cuda and tests/gpu import.
+Case = WindowConfig
+random_cases = random_configs
 
 
 HAND_PICKED = [
@@ -59,22 +34,6 @@ HAND_PICKED = [
     Case(1, 2, 2, 3, 1, 2, 1, 1, 1, 2),          # windows entirely in the padding
     Case(3, 1, 1, 1, 3, 3, 1, 1, 1, 1),          # 1x1 input
 ]
-
-
-def random_cases(seed: int, count: int) -> list[Case]:
-    """``count`` valid random geometries (output at least 1x1), reproducible from seed."""
-    rng = np.random.default_rng(seed)
-    cases: list[Case] = []
-    while len(cases) < count:
-        kh, kw = rng.integers(1, 5, size=2)
-        case = Case(int(rng.integers(1, 4)), int(rng.integers(1, 4)),
-                    int(rng.integers(1, 12)), int(rng.integers(1, 12)),
-                    int(kh), int(kw), int(rng.integers(1, 4)), int(rng.integers(1, 4)),
-                    int(rng.integers(0, kh + 1)), int(rng.integers(0, kw + 1)),
-                    int(rng.integers(1, 4)), int(rng.integers(1, 4)))
-        if min(case.out) >= 1:
-            cases.append(case)
-    return cases
 
 
 def values(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, kind: str) -> np.ndarray:

@@ -36,7 +36,8 @@ def asan_run(tmp_path_factory):
         pytest.skip(f"cannot build with -fsanitize=address: {exc}")
     env = dict(os.environ, LD_PRELOAD=libasan,
                ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
-               PYTHONPATH=os.pathsep.join([str(REPO), str(HERE), os.environ.get("PYTHONPATH", "")]))
+               PYTHONPATH=os.pathsep.join([str(REPO), str(HERE), str(HERE.parent),
+                                           os.environ.get("PYTHONPATH", "")]))
 
     def run(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(HERE / "asan_driver.py"), str(lib), *extra],

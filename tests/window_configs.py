@@ -1,0 +1,75 @@
+"""Random sliding-window geometries, shared by the kernel tests.
+
+One generator, ``draw_config``, driven two ways: by hypothesis (the
+``configs`` strategy in tests/test_kernels_numpy.py) and by a seeded NumPy
+generator (``random_configs``, for the CUDA kernel cases in tests/cuda/ and
+tests/gpu/). Its ranges cover rectangular inputs and kernels, stride,
+padding up to the whole kernel and beyond (windows wholly in the padding),
+dilation, and overlapping windows (stride < kernel).
+"""
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from typing import Callable
+
+import numpy as np
+
+from dualconv.shapes import get_conv_outsize
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Input (N, C, H, W) and window kh, kw, stride sy, sx, padding ph, pw, dilation dy, dx."""
+    N: int
+    C: int
+    H: int
+    W: int
+    kh: int
+    kw: int
+    sy: int
+    sx: int
+    ph: int
+    pw: int
+    dy: int = 1
+    dx: int = 1
+
+    @property
+    def window(self) -> tuple[int, ...]:
+        """(kh, kw, sy, sx, ph, pw, dy, dx), the tail of every kernel's arguments."""
+        return astuple(self)[4:]
+
+    @property
+    def out(self) -> tuple[int, int]:
+        """(out_h, out_w)."""
+        return (get_conv_outsize(self.H, self.kh, self.sy, self.ph, self.dy),
+                get_conv_outsize(self.W, self.kw, self.sx, self.pw, self.dx))
+
+    def __str__(self) -> str:
+        return "x{}x{}x{}x{}_k{}x{}_s{}x{}_p{}x{}_d{}x{}".format(*astuple(self))
+
+
+def draw_config(draw_int: Callable[[int, int], int], overlapping: bool = False) -> WindowConfig:
+    """A config whose output is at least 1x1. ``draw_int(lo, hi)`` returns an
+    integer in [lo, hi], bounds included. ``overlapping``: stride < kernel on
+    both axes, so neighbouring windows share pixels."""
+    k_min = 2 if overlapping else 1
+    kh, kw = draw_int(k_min, 4), draw_int(k_min, 4)
+    sy = draw_int(1, min(3, kh - 1) if overlapping else 3)
+    sx = draw_int(1, min(3, kw - 1) if overlapping else 3)
+    dy, dx = draw_int(1, 3), draw_int(1, 3)
+    ph, pw = draw_int(0, 4), draw_int(0, 4)
+    # The smallest input with an output of 1: padded size = dilated kernel extent.
+    min_h = max(1, dy * (kh - 1) + 1 - 2 * ph)
+    min_w = max(1, dx * (kw - 1) + 1 - 2 * pw)
+    H, W = draw_int(min_h, min_h + 10), draw_int(min_w, min_w + 10)
+    N, C = draw_int(1, 3), draw_int(1, 3)
+    cfg = WindowConfig(N, C, H, W, kh, kw, sy, sx, ph, pw, dy, dx)
+    assert min(cfg.out) >= 1, cfg
+    return cfg
+
+
+def random_configs(seed: int, count: int, overlapping: bool = False) -> list[WindowConfig]:
+    """``count`` configs of ``draw_config``, reproducible from seed."""
+    rng = np.random.default_rng(seed)
+    return [draw_config(lambda lo, hi: int(rng.integers(lo, hi + 1)), overlapping)
+            for _ in range(count)]
