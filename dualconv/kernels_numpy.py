@@ -10,10 +10,18 @@ Shape names (as in Chainer): N batch, C channels, H, W input size, kh, kw
 kernel size, sy, sx stride, ph, pw padding, dy, dx dilation, out_h, out_w
 output size.
 
-The column layout is ``col[c, ky, kx, n, oy, ox]``: reshaped to
-(C*kh*kw, N*out_h*out_w) it is the matrix that a convolution multiplies by its
-(out_channels, C*kh*kw) weight, and each of the kh*kw slice copies below is a
-block of whole output rows.
+Indexing. Images are indexed (N, C, H, W) as in the public API, and columns
+``col[c, ky, kx, n, oy, ox]``: reshaped (C*kh*kw, N*out_h*out_w), the matrix
+a convolution multiplies by its (out_channels, C*kh*kw) weight.
+
+Memory order. Inside, every image is stored batch-last, (C, H, W, N), and
+every column block (C, kh, kw, out_h, out_w, N); the functions return views
+indexed as above. With the batch innermost, the slice copy or add for one
+kernel offset moves runs of out_w*N (stride 1) or N (stride > 1) contiguous
+numbers instead of out_w-long rows, which is what makes these loops fast. A
+convolution's GEMM over batch-last columns writes its output batch-last, so
+activations stay that way from layer to layer; an input in any other memory
+order is copied into batch-last order once, on entry.
 """
 from __future__ import annotations
 
@@ -22,25 +30,46 @@ import numpy as np
 from .shapes import get_conv_outsize
 
 
-def _padded(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
-    """x: (N, C, H, W) -> (N, C, H + 2ph, W + 2pw) with ``fill`` around it."""
+def _batch_last(x: np.ndarray) -> np.ndarray:
+    """x: (N, C, H, W) -> a view of it indexed (C, H, W, N)."""
+    return x.transpose(1, 2, 3, 0)
+
+
+def _batch_first(xb: np.ndarray) -> np.ndarray:
+    """The inverse of _batch_last: xb (C, H, W, N) -> a view indexed (N, C, H, W)."""
+    return xb.transpose(3, 0, 1, 2)
+
+
+def _padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
+    """x: (N, C, H, W) -> a C-contiguous (C, H + 2ph, W + 2pw, N) copy with ``fill`` around it.
+
+    No copy is made when x is already stored batch-last and needs no padding.
+    """
+    xb = _batch_last(x)
     if ph == 0 and pw == 0:
-        return x
-    N, C, H, W = x.shape
-    out = np.full((N, C, H + 2 * ph, W + 2 * pw), fill, dtype=x.dtype)
-    out[:, :, ph:ph + H, pw:pw + W] = x
+        return np.ascontiguousarray(xb)
+    C, H, W, N = xb.shape
+    out = np.full((C, H + 2 * ph, W + 2 * pw, N), fill, dtype=x.dtype)
+    out[:, ph:ph + H, pw:pw + W] = xb
     return out
 
 
-def _window(xp_: np.ndarray, ky: int, kx: int, out_h: int, out_w: int,
-            sy: int, sx: int, dy: int, dx: int) -> np.ndarray:
-    """The strided view of a padded input seen by kernel offset (ky, kx).
+def _unpadded_batch_first(xb: np.ndarray, ph: int, pw: int) -> np.ndarray:
+    """The inverse of _padded_batch_last: (C, Hp, Wp, N) -> (N, C, Hp - 2ph, Wp - 2pw) view."""
+    if ph or pw:
+        xb = xb[:, ph:xb.shape[1] - ph, pw:xb.shape[2] - pw].copy()
+    return _batch_first(xb)
 
-    xp_: (N, C, Hp, Wp) -> (N, C, out_h, out_w); element [n, c, oy, ox] is
-    xp_[n, c, oy*sy + ky*dy, ox*sx + kx*dx].
+
+def _window(xb: np.ndarray, ky: int, kx: int, out_h: int, out_w: int,
+            sy: int, sx: int, dy: int, dx: int) -> np.ndarray:
+    """The strided view of a padded batch-last input seen by kernel offset (ky, kx).
+
+    xb: (C, Hp, Wp, N) -> (C, out_h, out_w, N); element [c, oy, ox, n] is
+    xb[c, oy*sy + ky*dy, ox*sx + kx*dx, n].
     """
     y0, x0 = ky * dy, kx * dx
-    return xp_[:, :, y0:y0 + sy * (out_h - 1) + 1:sy, x0:x0 + sx * (out_w - 1) + 1:sx]
+    return xb[:, y0:y0 + sy * (out_h - 1) + 1:sy, x0:x0 + sx * (out_w - 1) + 1:sx]
 
 
 def im2col(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
@@ -49,18 +78,17 @@ def im2col(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
 
     x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w) with
     col[c, ky, kx, n, oy, ox] = x[n, c, oy*sy - ph + ky*dy, ox*sx - pw + kx*dx]
-    (zero where that falls in the padding).
+    (zero where that falls in the padding). Stored (C, kh, kw, out_h, out_w, N).
     """
     N, C, H, W = x.shape
     out_h = get_conv_outsize(H, kh, sy, ph, dy)
     out_w = get_conv_outsize(W, kw, sx, pw, dx)
-    xp_ = _padded(x, ph, pw)
-    col = np.empty((C, kh, kw, N, out_h, out_w), dtype=x.dtype)
+    xb = _padded_batch_last(x, ph, pw)
+    col = np.empty((C, kh, kw, out_h, out_w, N), dtype=x.dtype)
     for ky in range(kh):
         for kx in range(kw):
-            window = _window(xp_, ky, kx, out_h, out_w, sy, sx, dy, dx)
-            col[:, ky, kx] = window.transpose(1, 0, 2, 3)
-    return col
+            col[:, ky, kx] = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+    return col.transpose(0, 1, 2, 5, 3, 4)
 
 
 def col2im(col: np.ndarray, H: int, W: int, sy: int, sx: int, ph: int, pw: int,
@@ -72,12 +100,13 @@ def col2im(col: np.ndarray, H: int, W: int, sy: int, sx: int, ph: int, pw: int,
     that im2col read from that pixel. Entries that fell in the padding vanish.
     """
     C, kh, kw, N, out_h, out_w = col.shape
-    xp_ = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
+    col_b = col.transpose(0, 1, 2, 4, 5, 3)  # (C, kh, kw, out_h, out_w, N)
+    xb = np.zeros((C, H + 2 * ph, W + 2 * pw, N), dtype=col.dtype)
     for ky in range(kh):
         for kx in range(kw):
-            window = _window(xp_, ky, kx, out_h, out_w, sy, sx, dy, dx)
-            window += col[:, ky, kx].transpose(1, 0, 2, 3)
-    return np.ascontiguousarray(xp_[:, :, ph:ph + H, pw:pw + W])
+            window = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            window += col_b[:, ky, kx]
+    return _unpadded_batch_first(xb, ph, pw)
 
 
 def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
@@ -92,22 +121,32 @@ def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
     N, C, H, W = x.shape
     out_h = get_conv_outsize(H, kh, sy, ph, dy)
     out_w = get_conv_outsize(W, kw, sx, pw, dx)
-    xp_ = _padded(x, ph, pw, fill=-np.inf)
-    has_nan = bool(np.isnan(x).any())  # one pass here saves two per offset below
-    y = _window(xp_, 0, 0, out_h, out_w, sy, sx, dy, dx)
+    xb = _padded_batch_last(x, ph, pw, fill=-np.inf)
+    has_nan = bool(np.isnan(xb).any())
+    y = _window(xb, 0, 0, out_h, out_w, sy, sx, dy, dx).copy()
     argmax = np.zeros(y.shape, dtype=np.int32)
+    take = np.empty(y.shape, dtype=bool)  # where offset (ky, kx) beats the maximum so far
+    k_where_taken = np.empty(y.shape, dtype=np.int32)
     for ky in range(kh):
         for kx in range(kw):
             if ky == 0 and kx == 0:
                 continue
-            v = _window(xp_, ky, kx, out_h, out_w, sy, sx, dy, dx)
-            take = v > y
+            v = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            k = np.int32(ky * kw + kx)
+            np.greater(v, y, out=take)
             if has_nan:
                 take |= np.isnan(v) & ~np.isnan(y)
-            y = np.where(take, v, y)
-            argmax = np.where(take, np.int32(ky * kw + kx), argmax)
-    y = np.ascontiguousarray(y)
-    return y, argmax
+                y = np.where(take, v, y)
+            else:
+                # Branch-free: np.where and masked copies branch per element and
+                # run ~5x slower on random data. np.maximum returns its second
+                # argument on ties, so an equal later value (-0.0 after +0.0
+                # included) never replaces the maximum so far.
+                np.maximum(v, y, out=y)
+            # k exceeds every index stored so far, so "k where taken" is a maximum too.
+            np.multiply(take, k, out=k_where_taken)
+            np.maximum(argmax, k_where_taken, out=argmax)
+    return _batch_first(y), _batch_first(argmax)
 
 
 def max_pool_backward(dy_out: np.ndarray, argmax: np.ndarray, H: int, W: int,
@@ -120,13 +159,25 @@ def max_pool_backward(dy_out: np.ndarray, argmax: np.ndarray, H: int, W: int,
     kx inner) order.
     """
     N, C, out_h, out_w = dy_out.shape
-    xp_ = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dy_out.dtype)
-    zero = np.zeros((), dtype=dy_out.dtype)
+    g = np.ascontiguousarray(_batch_last(dy_out))
+    winner = np.ascontiguousarray(_batch_last(argmax))
+    # Multiplying by the 0/1 "won" mask is branch-free, but inf * 0 is NaN, so
+    # gradients holding an inf or NaN take the exact (slower) np.where route.
+    finite = bool(np.isfinite(g).all())
+    won = np.empty(g.shape, dtype=bool)
+    routed = np.empty(g.shape, dtype=g.dtype)
+    zero = np.zeros((), dtype=g.dtype)
+    xb = np.zeros((C, H + 2 * ph, W + 2 * pw, N), dtype=g.dtype)
     for ky in range(kh):
         for kx in range(kw):
-            window = _window(xp_, ky, kx, out_h, out_w, sy, sx, dy, dx)
-            window += np.where(argmax == ky * kw + kx, dy_out, zero)
-    return np.ascontiguousarray(xp_[:, :, ph:ph + H, pw:pw + W])
+            np.equal(winner, ky * kw + kx, out=won)
+            if finite:
+                np.multiply(g, won, out=routed)
+            else:
+                routed = np.where(won, g, zero)
+            window = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            window += routed
+    return _unpadded_batch_first(xb, ph, pw)
 
 
 def avg_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
@@ -139,15 +190,15 @@ def avg_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
     N, C, H, W = x.shape
     out_h = get_conv_outsize(H, kh, sy, ph, dy)
     out_w = get_conv_outsize(W, kw, sx, pw, dx)
-    xp_ = _padded(x, ph, pw)
-    y = _window(xp_, 0, 0, out_h, out_w, sy, sx, dy, dx).copy()
+    xb = _padded_batch_last(x, ph, pw)
+    y = _window(xb, 0, 0, out_h, out_w, sy, sx, dy, dx).copy()
     for ky in range(kh):
         for kx in range(kw):
             if ky == 0 and kx == 0:
                 continue
-            y += _window(xp_, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            y += _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
     y /= y.dtype.type(kh * kw)
-    return y
+    return _batch_first(y)
 
 
 def avg_pool_backward(dy_out: np.ndarray, H: int, W: int, kh: int, kw: int,
@@ -160,9 +211,10 @@ def avg_pool_backward(dy_out: np.ndarray, H: int, W: int, kh: int, kw: int,
     order.
     """
     N, C, out_h, out_w = dy_out.shape
-    g = dy_out / dy_out.dtype.type(kh * kw)
-    xp_ = np.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=dy_out.dtype)
+    g = np.divide(_batch_last(dy_out), dy_out.dtype.type(kh * kw), order="C")
+    xb = np.zeros((C, H + 2 * ph, W + 2 * pw, N), dtype=dy_out.dtype)
     for ky in range(kh):
         for kx in range(kw):
-            _window(xp_, ky, kx, out_h, out_w, sy, sx, dy, dx)[...] += g
-    return np.ascontiguousarray(xp_[:, :, ph:ph + H, pw:pw + W])
+            window = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            window += g
+    return _unpadded_batch_first(xb, ph, pw)

@@ -5,9 +5,12 @@ Forward:  col = im2col(x)                        (C*kh*kw, N*out_h*out_w)
 Backward: dW  = dy @ col.T,  db = dy.sum(columns),
           dx  = col2im(W.T @ dy)
 
-The GEMM lands in (O, N, out_h, out_w) order; the caller gets it as an
-(N, O, out_h, out_w) view without a copy, and the next im2col reads that view
-directly, so activations stay channel-major between convolutions.
+The GEMMs take the columns with the batch axis last, (C*kh*kw, out_h*out_w*N),
+the order the NumPy im2col stores them in (see kernels_numpy.py), so on the
+CPU every reshape below is free and the output lands batch-last, (O, out_h,
+out_w, N), which the next layer's kernels read without a copy. The caller
+gets (N, O, out_h, out_w) views. (The CUDA kernels store columns batch-major;
+on the GPU the reshape makes one copy, cheap at GPU bandwidth.)
 """
 from __future__ import annotations
 
@@ -27,17 +30,22 @@ class ConvGeometry(NamedTuple):
     dx: int
 
 
+def _columns_batch_last(col: Any) -> Any:
+    """col: (C, kh, kw, N, out_h, out_w) -> (C*kh*kw, out_h*out_w*N) matrix."""
+    C, kh, kw, N, out_h, out_w = col.shape
+    return col.transpose(0, 1, 2, 4, 5, 3).reshape(C * kh * kw, out_h * out_w * N)
+
+
 def conv2d_forward(x: Any, w: Any, b: Any | None, g: ConvGeometry) -> tuple[Any, Any]:
     """x: (N, C, H, W), w: (O, C, kh, kw), b: (O,) or None -> (y (N, O, out_h, out_w), col)."""
-    xp = get_array_module(x)
-    kernels = kernels_for(xp)
+    kernels = kernels_for(get_array_module(x))
     O, C, kh, kw = w.shape
     col = kernels.im2col(x, kh, kw, g.sy, g.sx, g.ph, g.pw, g.dy, g.dx)
     _, _, _, N, out_h, out_w = col.shape
-    y = w.reshape(O, -1) @ col.reshape(C * kh * kw, -1)
+    y = w.reshape(O, -1) @ _columns_batch_last(col)
     if b is not None:
         y += b[:, None]
-    return y.reshape(O, N, out_h, out_w).transpose(1, 0, 2, 3), col
+    return y.reshape(O, out_h, out_w, N).transpose(3, 0, 1, 2), col
 
 
 def conv2d_backward(dy: Any, x_shape: tuple[int, ...], w: Any, col: Any, g: ConvGeometry,
@@ -46,12 +54,14 @@ def conv2d_backward(dy: Any, x_shape: tuple[int, ...], w: Any, col: Any, g: Conv
     xp = get_array_module(dy)
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
-    dy_mat = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(O, -1)
-    col_mat = col.reshape(C * kh * kw, -1)
+    _, _, out_h, out_w = dy.shape
+    dy_mat = xp.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(O, -1)  # (O, out_h*out_w*N)
+    col_mat = _columns_batch_last(col)
     dw = (dy_mat @ col_mat.T).reshape(w.shape)
     db = dy_mat.sum(axis=1)
     dx = None
     if need_dx:
-        dcol = (w.reshape(O, -1).T @ dy_mat).reshape(col.shape)
-        dx = kernels_for(xp).col2im(dcol, H, W, g.sy, g.sx, g.ph, g.pw, g.dy, g.dx)
+        dcol = (w.reshape(O, -1).T @ dy_mat).reshape(C, kh, kw, out_h, out_w, N)
+        dx = kernels_for(xp).col2im(dcol.transpose(0, 1, 2, 5, 3, 4), H, W,
+                                    g.sy, g.sx, g.ph, g.pw, g.dy, g.dx)
     return dx, dw, db
