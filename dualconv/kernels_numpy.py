@@ -16,8 +16,8 @@ a convolution multiplies by its (out_channels, C*kh*kw) weight.
 
 Memory order. Inside, every image is stored batch-last, (C, H, W, N), and
 every column block (C, kh, kw, out_h, out_w, N); the functions return views
-indexed as above. With the batch innermost, the slice copy or add for one
-kernel offset moves runs of out_w*N (stride 1) or N (stride > 1) contiguous
+indexed as above (layout.py). With the batch innermost, the slice copy or add
+for one kernel offset moves runs of out_w*N (stride 1) or N (stride > 1) contiguous
 numbers instead of out_w-long rows, which is what makes these loops fast. A
 convolution's GEMM over batch-last columns writes its output batch-last, so
 activations stay that way from layer to layer; an input in any other memory
@@ -27,17 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .layout import batch_first, batch_last, columns_batch_first, columns_batch_last
 from .shapes import get_conv_outsize
-
-
-def _batch_last(x: np.ndarray) -> np.ndarray:
-    """x: (N, C, H, W) -> a view of it indexed (C, H, W, N)."""
-    return x.transpose(1, 2, 3, 0)
-
-
-def _batch_first(xb: np.ndarray) -> np.ndarray:
-    """The inverse of _batch_last: xb (C, H, W, N) -> a view indexed (N, C, H, W)."""
-    return xb.transpose(3, 0, 1, 2)
 
 
 def _padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
@@ -45,7 +36,7 @@ def _padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np
 
     No copy is made when x is already stored batch-last and needs no padding.
     """
-    xb = _batch_last(x)
+    xb = batch_last(x)
     if ph == 0 and pw == 0:
         return np.ascontiguousarray(xb)
     C, H, W, N = xb.shape
@@ -55,10 +46,11 @@ def _padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np
 
 
 def _unpadded_batch_first(xb: np.ndarray, ph: int, pw: int) -> np.ndarray:
-    """The inverse of _padded_batch_last: (C, Hp, Wp, N) -> (N, C, Hp - 2ph, Wp - 2pw) view."""
+    """The inverse of _padded_batch_last: (C, Hp, Wp, N) -> (N, C, Hp - 2ph, Wp - 2pw),
+    a view of xb, or of a cropped copy when there was padding."""
     if ph or pw:
         xb = xb[:, ph:xb.shape[1] - ph, pw:xb.shape[2] - pw].copy()
-    return _batch_first(xb)
+    return batch_first(xb)
 
 
 def _window(xb: np.ndarray, ky: int, kx: int, out_h: int, out_w: int,
@@ -88,7 +80,7 @@ def im2col(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
     for ky in range(kh):
         for kx in range(kw):
             col[:, ky, kx] = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
-    return col.transpose(0, 1, 2, 5, 3, 4)
+    return columns_batch_first(col)
 
 
 def col2im(col: np.ndarray, H: int, W: int, sy: int, sx: int, ph: int, pw: int,
@@ -100,7 +92,7 @@ def col2im(col: np.ndarray, H: int, W: int, sy: int, sx: int, ph: int, pw: int,
     that im2col read from that pixel. Entries that fell in the padding vanish.
     """
     C, kh, kw, N, out_h, out_w = col.shape
-    col_b = col.transpose(0, 1, 2, 4, 5, 3)  # (C, kh, kw, out_h, out_w, N)
+    col_b = columns_batch_last(col)  # (C, kh, kw, out_h, out_w, N)
     xb = np.zeros((C, H + 2 * ph, W + 2 * pw, N), dtype=col.dtype)
     for ky in range(kh):
         for kx in range(kw):
@@ -146,7 +138,7 @@ def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
             # k exceeds every index stored so far, so "k where taken" is a maximum too.
             np.multiply(take, k, out=k_where_taken)
             np.maximum(argmax, k_where_taken, out=argmax)
-    return _batch_first(y), _batch_first(argmax)
+    return batch_first(y), batch_first(argmax)
 
 
 def max_pool_backward(dy_out: np.ndarray, argmax: np.ndarray, H: int, W: int,
@@ -159,8 +151,8 @@ def max_pool_backward(dy_out: np.ndarray, argmax: np.ndarray, H: int, W: int,
     kx inner) order.
     """
     N, C, out_h, out_w = dy_out.shape
-    g = np.ascontiguousarray(_batch_last(dy_out))
-    winner = np.ascontiguousarray(_batch_last(argmax))
+    g = np.ascontiguousarray(batch_last(dy_out))
+    winner = np.ascontiguousarray(batch_last(argmax))
     # Multiplying by the 0/1 "won" mask is branch-free, but inf * 0 is NaN, so
     # gradients holding an inf or NaN take the exact (slower) np.where route.
     finite = bool(np.isfinite(g).all())
@@ -198,7 +190,7 @@ def avg_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
                 continue
             y += _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
     y /= y.dtype.type(kh * kw)
-    return _batch_first(y)
+    return batch_first(y)
 
 
 def avg_pool_backward(dy_out: np.ndarray, H: int, W: int, kh: int, kw: int,
@@ -211,7 +203,7 @@ def avg_pool_backward(dy_out: np.ndarray, H: int, W: int, kh: int, kw: int,
     order.
     """
     N, C, out_h, out_w = dy_out.shape
-    g = np.divide(_batch_last(dy_out), dy_out.dtype.type(kh * kw), order="C")
+    g = np.divide(batch_last(dy_out), dy_out.dtype.type(kh * kw), order="C")
     xb = np.zeros((C, H + 2 * ph, W + 2 * pw, N), dtype=dy_out.dtype)
     for ky in range(kh):
         for kx in range(kw):

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from ..backend import get_array_module
 from ..kernels_dispatch import kernels_for
+from ..layout import batch_first, batch_last, columns_batch_first, columns_batch_last
 
 
 class ConvGeometry(NamedTuple):
@@ -30,10 +31,10 @@ class ConvGeometry(NamedTuple):
     dx: int
 
 
-def _columns_batch_last(col: Any) -> Any:
+def _column_matrix(col: Any) -> Any:
     """col: (C, kh, kw, N, out_h, out_w) -> (C*kh*kw, out_h*out_w*N) matrix."""
     C, kh, kw, N, out_h, out_w = col.shape
-    return col.transpose(0, 1, 2, 4, 5, 3).reshape(C * kh * kw, out_h * out_w * N)
+    return columns_batch_last(col).reshape(C * kh * kw, out_h * out_w * N)
 
 
 def conv2d_forward(x: Any, w: Any, b: Any | None, g: ConvGeometry) -> tuple[Any, Any]:
@@ -42,10 +43,10 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, g: ConvGeometry) -> tuple[Any,
     O, C, kh, kw = w.shape
     col = kernels.im2col(x, kh, kw, g.sy, g.sx, g.ph, g.pw, g.dy, g.dx)
     _, _, _, N, out_h, out_w = col.shape
-    y = w.reshape(O, -1) @ _columns_batch_last(col)
+    y = w.reshape(O, -1) @ _column_matrix(col)
     if b is not None:
         y += b[:, None]
-    return y.reshape(O, out_h, out_w, N).transpose(3, 0, 1, 2), col
+    return batch_first(y.reshape(O, out_h, out_w, N)), col
 
 
 def conv2d_backward(dy: Any, x_shape: tuple[int, ...], w: Any, col: Any, g: ConvGeometry,
@@ -55,13 +56,13 @@ def conv2d_backward(dy: Any, x_shape: tuple[int, ...], w: Any, col: Any, g: Conv
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
     _, _, out_h, out_w = dy.shape
-    dy_mat = xp.ascontiguousarray(dy.transpose(1, 2, 3, 0)).reshape(O, -1)  # (O, out_h*out_w*N)
-    col_mat = _columns_batch_last(col)
+    dy_mat = xp.ascontiguousarray(batch_last(dy)).reshape(O, -1)  # (O, out_h*out_w*N)
+    col_mat = _column_matrix(col)
     dw = (dy_mat @ col_mat.T).reshape(w.shape)
     db = dy_mat.sum(axis=1)
     dx = None
     if need_dx:
         dcol = (w.reshape(O, -1).T @ dy_mat).reshape(C, kh, kw, out_h, out_w, N)
-        dx = kernels_for(xp).col2im(dcol.transpose(0, 1, 2, 5, 3, 4), H, W,
+        dx = kernels_for(xp).col2im(columns_batch_first(dcol), H, W,
                                     g.sy, g.sx, g.ph, g.pw, g.dy, g.dx)
     return dx, dw, db
