@@ -1,4 +1,4 @@
-"""Conv2D's forward against the naive loop convolution (kernels_naive.conv2d_naive)."""
+"""Conv2D's forward against the loop convolution of the textbook (kernels/reference.py: conv2d)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_allclose
 
 import dualconv as dc
-from dualconv.kernels_naive import conv2d_naive
+from dualconv.kernels.reference import conv2d as reference_conv2d
 
 TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -42,7 +42,7 @@ def test_conv2d_forward_matches_naive(cfg: dict) -> None:
         layer.params["bias"][...] = rng.standard_normal(cfg["O"])
     x = rng.standard_normal((cfg["N"], cfg["C"], cfg["H"], cfg["W"])).astype(dtype)
     y = layer.forward(x)
-    expected = conv2d_naive(x, layer.params["weight"], layer.params.get("bias"),
+    expected = reference_conv2d(x, layer.params["weight"], layer.params.get("bias"),
                             cfg["stride"], cfg["padding"], cfg["dilation"])
     assert y.dtype == dtype
     assert y.shape == expected.shape
@@ -59,7 +59,7 @@ def test_same_padding_keeps_height_and_width(kh: int, kw: int, d: int, H: int, W
     y = layer.forward(x)
     assert y.shape == (2, 3, H, W)
     # "same" is the symmetric padding (span - 1) / 2 of the naive convolution
-    expected = conv2d_naive(x, layer.params["weight"], layer.params["bias"], 1,
+    expected = reference_conv2d(x, layer.params["weight"], layer.params["bias"], 1,
                             ((span_h - 1) // 2, (span_w - 1) // 2), d)
     assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
 
@@ -89,7 +89,7 @@ def test_lazy_in_channels_inferred_at_first_forward() -> None:
     assert layer.params["weight"].shape == (4, 5, 3, 2)
     assert layer.params["bias"].shape == (4,)
     assert y.shape == (2, 4, 4, 5)
-    assert_allclose(y, conv2d_naive(x, layer.params["weight"], layer.params["bias"]), rtol=1e-4, atol=1e-5)
+    assert_allclose(y, reference_conv2d(x, layer.params["weight"], layer.params["bias"]), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="Conv2D"):
         layer.forward(np.zeros((2, 3, 6, 6), dtype=np.float32))
 
@@ -113,4 +113,4 @@ def test_writing_into_params_changes_the_output() -> None:
     assert_allclose(after[:, 0], before[:, 0])
     # replacing the array entirely is seen too
     layer.params["weight"] = np.ones((2, 2, 3, 3))
-    assert_allclose(layer.forward(x)[:, 0], conv2d_naive(x, np.ones((2, 2, 3, 3)), np.zeros(2))[:, 0])
+    assert_allclose(layer.forward(x)[:, 0], reference_conv2d(x, np.ones((2, 2, 3, 3)), np.zeros(2))[:, 0])

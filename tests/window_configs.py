@@ -1,7 +1,7 @@
 """Random sliding-window geometries, shared by the kernel tests.
 
 One generator, ``draw_config``, driven two ways: by hypothesis (the
-``configs`` strategy in tests/test_kernels_numpy.py) and by a seeded NumPy
+``configs`` strategy in tests/test_kernels_cpu.py) and by a seeded NumPy
 generator (``random_configs``, for the CUDA kernel cases in tests/cuda/ and
 tests/gpu/). Its ranges cover rectangular inputs and kernels, stride,
 padding up to the whole kernel and beyond (windows wholly in the padding),
@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from dualconv.shapes import get_conv_outsize
+from dualconv.shapes import Window
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,14 @@ class WindowConfig:
     dx: int = 1
 
     @property
-    def window(self) -> tuple[int, ...]:
-        """(kh, kw, sy, sx, ph, pw, dy, dx), the tail of every kernel's arguments."""
-        return astuple(self)[4:]
+    def window(self) -> Window:
+        """Window(kh, kw, sy, sx, ph, pw, dy, dx), the geometry every kernel takes."""
+        return Window(*astuple(self)[4:])
 
     @property
     def out(self) -> tuple[int, int]:
         """(out_h, out_w)."""
-        return (get_conv_outsize(self.H, self.kh, self.sy, self.ph, self.dy),
-                get_conv_outsize(self.W, self.kw, self.sx, self.pw, self.dx))
+        return self.window.out_size(self.H, self.W)
 
     def __str__(self) -> str:
         return "x{}x{}x{}x{}_k{}x{}_s{}x{}_p{}x{}_d{}x{}".format(*astuple(self))

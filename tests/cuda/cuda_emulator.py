@@ -2,7 +2,7 @@
 
 ``build(out_dir)`` compiles emulation_harness.cpp (which #includes every
 kernels/*.cu through emulation.h) into a shared library; ``Emulator(lib)``
-runs ``dualconv.kernels_cuda`` plans on it with the same grid, block and
+runs ``dualconv.kernels.cuda`` plans on it with the same grid, block and
 arguments that CuPy would launch, through the same ``execute()``.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from dualconv import kernels_cuda
+from dualconv.kernels import cuda
+from dualconv.kernels import sources as cuda_sources
 
 HERE = Path(__file__).resolve().parent
 CXX = shutil.which("g++")
@@ -26,7 +27,7 @@ SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",
 
 def kernel_dir() -> Path:
     """The kernels/ directory whose sources are compiled (the source tree's)."""
-    return Path(str(kernels_cuda._kernel_dir()))
+    return Path(str(cuda_sources.kernel_dir()))
 
 
 def build(out_dir: Path, sanitize: bool = False) -> Path:
@@ -34,10 +35,10 @@ def build(out_dir: Path, sanitize: bool = False) -> Path:
     if CXX is None:
         raise FileNotFoundError("g++ not found on PATH")
     out_dir.mkdir(parents=True, exist_ok=True)
-    sources = [name for name in kernels_cuda.kernel_sources() if name.endswith(".cu")]
+    sources = [name for name in cuda_sources.kernel_sources() if name.endswith(".cu")]
     (out_dir / "kernel_sources.inc").write_text("".join(f'#include "{s}"\n' for s in sources))
     (out_dir / "kernel_registry.inc").write_text(
-        "".join(f"DC_REGISTER({e})\n" for e in kernels_cuda.NAME_EXPRESSIONS))
+        "".join(f"DC_REGISTER({e})\n" for e in cuda.NAME_EXPRESSIONS))
     lib = out_dir / ("libdc_emulated_asan.so" if sanitize else "libdc_emulated.so")
     cmd = [CXX, *CXXFLAGS, *(SANITIZE if sanitize else []),
            f"-I{out_dir}", f"-I{HERE}", f"-I{kernel_dir()}",
@@ -78,7 +79,7 @@ class Emulator:
             raise KeyError(f"kernel {name!r} is not in the emulation library")
         return [(bool(is_ptr[i]), size[i]) for i in range(n)]
 
-    def _call(self, launch: kernels_cuda.Launch, args: tuple[Any, ...]) -> None:
+    def _call(self, launch: cuda.Launch, args: tuple[Any, ...]) -> None:
         """Like cupy's RawKernel call, with the argument types checked against the
         kernel's C++ signature (a mismatch would be silent garbage on a GPU)."""
         sig = self.signature(launch.name)
@@ -105,10 +106,10 @@ class Emulator:
             raise KeyError(f"kernel {launch.name!r} is not in the emulation library")
         self.launched.add(launch.name)
 
-    def run(self, launch: kernels_cuda.Launch) -> Any:
-        """Execute a plan; returns what the kernels_numpy function would."""
-        return kernels_cuda.execute(launch, np, self._call)
+    def run(self, launch: cuda.Launch) -> Any:
+        """Execute a plan; returns what the cpu.py function would."""
+        return cuda.execute(launch, np, self._call)
 
     def call(self, kernel: str, *args: Any) -> Any:
-        """``kernel`` run with the kernels_numpy signature, e.g. call("im2col", x, 3, 3, ...)."""
-        return self.run(kernels_cuda.PLANS[kernel](*args))
+        """``kernel`` run with the kernel signature, e.g. call("im2col", x, Window(3, 3, 1, 1, 0, 0))."""
+        return self.run(cuda.PLANS[kernel](*args))

@@ -1,7 +1,7 @@
 // Lets g++ compile kernels/*.cu as plain C++ so the CPU emulation harness
 // (emulation_harness.cpp) can run a whole CUDA grid sequentially, thread by
 // thread. Only enough CUDA for kernels without shared memory, __syncthreads or
-// atomics (the rule in docs/design.md): the built-in index variables and the
+// atomics (the rules at the top of kernels/common.cuh): the built-in index variables and the
 // intrinsics kernels/common.cuh uses.
 //
 // It lives in tests/cuda/ rather than kernels/ because it is test tooling: it

@@ -5,7 +5,7 @@
 // Two files are generated per build by cuda_emulator.py:
 //   kernel_sources.inc   #include of every kernels/*.cu
 //   kernel_registry.inc  DC_REGISTER(im2col<float>) ... for every name in
-//                        dualconv.kernels_cuda.NAME_EXPRESSIONS
+//                        dualconv.kernels.cuda.NAME_EXPRESSIONS
 #include <cstddef>
 #include <cstring>
 #include <functional>
