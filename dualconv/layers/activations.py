@@ -103,7 +103,7 @@ class Sigmoid(_Elementwise):
 
 
 class Identity(_Elementwise):
-    """y = x (seed 002's Linear activation)."""
+    """y = x (the identity, a 'linear' activation)."""
 
     def _forward(self, x: Any) -> Any:
         self._cache = (x,)

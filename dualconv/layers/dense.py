@@ -1,4 +1,4 @@
-"""Dense: a fully connected layer, y = x @ W + b (seed 002's layout)."""
+"""Dense: a fully connected layer, y = x @ W + b, W stored (in_features, out_features)."""
 from __future__ import annotations
 
 from typing import Any
