@@ -9,7 +9,6 @@ dilation, and overlapping windows (stride < kernel).
 """
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
 from typing import Callable
 
 import numpy as np
@@ -17,26 +16,18 @@ import numpy as np
 from dualconv.shapes import Window
 
 
-@dataclass(frozen=True)
 class WindowConfig:
-    """Input (N, C, H, W) and window kh, kw, stride sy, sx, padding ph, pw, dilation dy, dx."""
-    N: int
-    C: int
-    H: int
-    W: int
-    kh: int
-    kw: int
-    sy: int
-    sx: int
-    ph: int
-    pw: int
-    dy: int = 1
-    dx: int = 1
+    """An input (N, C, H, W) and the Window (kh, kw, sy, sx, ph, pw, dy, dx) sliding
+    over it; ``cfg.kh``, ``cfg.sy``, ... read the window's fields."""
 
-    @property
-    def window(self) -> Window:
-        """Window(kh, kw, sy, sx, ph, pw, dy, dx), the geometry every kernel takes."""
-        return Window(*astuple(self)[4:])
+    def __init__(self, N: int, C: int, H: int, W: int, *window: int) -> None:
+        self.N, self.C, self.H, self.W = N, C, H, W
+        self.window = Window(*window)
+
+    def __getattr__(self, name: str) -> int:
+        if name not in Window._fields:
+            raise AttributeError(name)
+        return getattr(self.window, name)
 
     @property
     def out(self) -> tuple[int, int]:
@@ -44,7 +35,11 @@ class WindowConfig:
         return self.window.out_size(self.H, self.W)
 
     def __str__(self) -> str:
-        return "x{}x{}x{}x{}_k{}x{}_s{}x{}_p{}x{}_d{}x{}".format(*astuple(self))
+        return "x{}x{}x{}x{}_k{}x{}_s{}x{}_p{}x{}_d{}x{}".format(
+            self.N, self.C, self.H, self.W, *self.window)
+
+    def __repr__(self) -> str:
+        return f"WindowConfig({self.N}, {self.C}, {self.H}, {self.W}, {', '.join(map(str, self.window))})"
 
 
 def draw_config(draw_int: Callable[[int, int], int], overlapping: bool = False) -> WindowConfig:

@@ -54,42 +54,38 @@ def twin_for(xp: ModuleType) -> ModuleType:
     return cuda
 
 
-def _twin(a: Any) -> ModuleType:
-    """cpu for a NumPy array, cuda for a CuPy one."""
-    return twin_for(get_array_module(a))
+def _dispatch(kernel: str, *args: Any) -> Any:
+    """Check the arguments once (checks.py), then run ``kernel`` on the twin that
+    matches the first array: cpu for NumPy, cuda for CuPy."""
+    getattr(checks, kernel)(*args)
+    return getattr(twin_for(get_array_module(args[0])), kernel)(*args)
 
 
 def im2col(x: Any, win: Window) -> Any:
     """x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w)."""
-    checks.im2col(x, win)
-    return _twin(x).im2col(x, win)
+    return _dispatch("im2col", x, win)
 
 
 def col2im(col: Any, H: int, W: int, win: Window) -> Any:
     """col: (C, kh, kw, N, out_h, out_w) -> x: (N, C, H, W), overlaps summed."""
-    checks.col2im(col, H, W, win)
-    return _twin(col).col2im(col, H, W, win)
+    return _dispatch("col2im", col, H, W, win)
 
 
 def max_pool_forward(x: Any, win: Window) -> tuple[Any, Any]:
     """x: (N, C, H, W) -> (y, argmax), both (N, C, out_h, out_w)."""
-    checks.max_pool_forward(x, win)
-    return _twin(x).max_pool_forward(x, win)
+    return _dispatch("max_pool_forward", x, win)
 
 
 def max_pool_backward(gy: Any, argmax: Any, H: int, W: int, win: Window) -> Any:
     """gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W)."""
-    checks.max_pool_backward(gy, argmax, H, W, win)
-    return _twin(gy).max_pool_backward(gy, argmax, H, W, win)
+    return _dispatch("max_pool_backward", gy, argmax, H, W, win)
 
 
 def avg_pool_forward(x: Any, win: Window) -> Any:
     """x: (N, C, H, W) -> y: (N, C, out_h, out_w), the window means (padding counts as 0)."""
-    checks.avg_pool_forward(x, win)
-    return _twin(x).avg_pool_forward(x, win)
+    return _dispatch("avg_pool_forward", x, win)
 
 
 def avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Any:
     """gy: (N, C, out_h, out_w) -> gx: (N, C, H, W), each gradient spread over its window."""
-    checks.avg_pool_backward(gy, H, W, win)
-    return _twin(gy).avg_pool_backward(gy, H, W, win)
+    return _dispatch("avg_pool_backward", gy, H, W, win)

@@ -2,7 +2,7 @@
 
 Each function here computes exactly what its namesake in reference.py
 computes (the loop version, written straight from the index formula), and
-the tests hold them to it bit for bit (tests/test_kernels_numpy.py). The
+the tests hold them to it bit for bit (tests/test_kernels_cpu.py). The
 fast version differs only in how it walks the data: instead of one Python
 loop per index it loops over the kh*kw kernel offsets alone, and for each
 offset moves a whole strided slice of the batch at once (``_window``). The

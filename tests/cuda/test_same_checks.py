@@ -70,3 +70,14 @@ GOOD = [
 @pytest.mark.parametrize("kernel, args", GOOD, ids=[k for k, _ in GOOD])
 def test_both_backends_accept_the_same_input(emulator, kernel, args):
     assert_bitwise_equal(emulator.call(kernel, *args), getattr(kernels, kernel)(*args), kernel)
+
+
+def test_dispatch_checks_and_twins_take_the_same_arguments():
+    import inspect
+
+    from dualconv.kernels import checks, cpu, cuda, reference
+    for kernel, _ in GOOD:
+        expected = list(inspect.signature(getattr(cpu, kernel)).parameters)
+        for module in (kernels, checks, reference, cuda):
+            assert list(inspect.signature(getattr(module, kernel)).parameters) == expected, \
+                f"{module.__name__}.{kernel}"
