@@ -59,29 +59,29 @@ def make_op(kernel: str, backend: str, size: str) -> tuple[Callable[[], Any], in
     if backend in ("numpy", "cupy"):
         from dualconv.kernels import twin_for
         from dualconv.shapes import Window
-        kn = twin_for(mod)
+        twin = twin_for(mod)
         win = Window(k, k, s, s, p, p)
         if kernel == "im2col":
-            col = kn.im2col(x, win)
-            return (lambda: kn.im2col(x, win)), nbytes(x) + nbytes(col)
+            col = twin.im2col(x, win)
+            return (lambda: twin.im2col(x, win)), nbytes(x) + nbytes(col)
         if kernel == "col2im":
-            col = kn.im2col(x, win)
-            return (lambda: kn.col2im(col, H, W, win)), nbytes(col) + nbytes(x)
+            col = twin.im2col(x, win)
+            return (lambda: twin.col2im(col, H, W, win)), nbytes(col) + nbytes(x)
         if kernel == "max_pool_forward":
-            y, argmax = kn.max_pool_forward(x, win)
-            return (lambda: kn.max_pool_forward(x, win)), nbytes(x) + nbytes(y) + nbytes(argmax)
+            y, argmax = twin.max_pool_forward(x, win)
+            return (lambda: twin.max_pool_forward(x, win)), nbytes(x) + nbytes(y) + nbytes(argmax)
         if kernel == "max_pool_backward":
-            y, argmax = kn.max_pool_forward(x, win)
+            y, argmax = twin.max_pool_forward(x, win)
             gy = to_backend(rand(tuple(y.shape), seed=1), backend)
-            return ((lambda: kn.max_pool_backward(gy, argmax, H, W, win)),
+            return ((lambda: twin.max_pool_backward(gy, argmax, H, W, win)),
                     nbytes(gy) + nbytes(argmax) + nbytes(x))
         if kernel == "avg_pool_forward":
-            y = kn.avg_pool_forward(x, win)
-            return (lambda: kn.avg_pool_forward(x, win)), nbytes(x) + nbytes(y)
+            y = twin.avg_pool_forward(x, win)
+            return (lambda: twin.avg_pool_forward(x, win)), nbytes(x) + nbytes(y)
         if kernel == "avg_pool_backward":
-            y = kn.avg_pool_forward(x, win)
+            y = twin.avg_pool_forward(x, win)
             gy = to_backend(rand(tuple(y.shape), seed=1), backend)
-            return (lambda: kn.avg_pool_backward(gy, H, W, win)), nbytes(gy) + nbytes(x)
+            return (lambda: twin.avg_pool_backward(gy, H, W, win)), nbytes(gy) + nbytes(x)
         raise ValueError(kernel)
 
     torch = mod

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.testing import assert_allclose, assert_array_equal
+from numpy.testing import assert_array_equal
 
 from dualconv.kernels import cpu, reference
 from dualconv.shapes import Window
 from dualconv.testing import numerical_gradient
+from error_bounds import assert_within, gamma, sum_bound, unit_roundoff
 from window_configs import WindowConfig, draw_config
 
 SETTINGS = settings(deadline=None, derandomize=True, max_examples=150)
@@ -83,9 +84,14 @@ def test_col2im_matches_reference(cfg: WindowConfig, dtype: type, seed: int) -> 
 def test_col2im_is_adjoint_of_im2col(cfg: WindowConfig, seed: int) -> None:
     x = image(cfg, np.float64, seed)
     c = random_input((cfg.C, cfg.kh, cfg.kw, cfg.N, *cfg.out), np.float64, seed + 1)
-    lhs = np.vdot(cpu.im2col(x, cfg.window), c)
-    rhs = np.vdot(x, cpu.col2im(c, cfg.H, cfg.W, cfg.window))
-    assert_allclose(lhs, rhs, rtol=1e-12, atol=1e-12)
+    col = cpu.im2col(x, cfg.window)
+    img = cpu.col2im(c, cfg.H, cfg.W, cfg.window)
+    lhs, rhs = np.vdot(col, c), np.vdot(x, img)
+    # <im2col(x), c> = <x, col2im(c)> exactly; in float64 each side is a sum of
+    # products (col2im adds up to kh*kw column entries per pixel first).
+    bound = sum_bound(col * c) + sum_bound(x * img) + gamma(cfg.kh * cfg.kw, np.float64) * np.vdot(
+        np.abs(x), cpu.col2im(np.abs(c), cfg.H, cfg.W, cfg.window))
+    assert_within(lhs, rhs, bound)
 
 
 @SETTINGS
@@ -102,8 +108,11 @@ def test_im2col_matmul_is_the_reference_convolution(cfg: WindowConfig, O: int, d
         y = y + b[None, :, None, None]
     expected = reference.conv2d(x, w, b, (cfg.sy, cfg.sx), (cfg.ph, cfg.pw), (cfg.dy, cfg.dx))
     assert expected.dtype == dtype
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    assert_allclose(y, expected, rtol=tol, atol=tol)
+    terms = cfg.C * cfg.kh * cfg.kw + (b is not None)
+    magnitude = reference.conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                                   None if b is None else np.abs(b).astype(np.float64),
+                                   (cfg.sy, cfg.sx), (cfg.ph, cfg.pw), (cfg.dy, cfg.dx))
+    assert_within(y, expected, 2 * gamma(terms, dtype) * magnitude)  # BLAS and loops: any order
 
 
 # --- max pooling -----------------------------------------------------------
@@ -176,10 +185,16 @@ def test_max_pool_backward_is_the_gradient_of_forward(cfg: WindowConfig, seed: i
         return float((np.where(np.isfinite(y), y, 0.0) * g).sum())
 
     analytic = cpu.max_pool_backward(g, argmax, cfg.H, cfg.W, cfg.window)
-    # The loss is linear within 0.05 of x, so a step of 1e-3 is exact but for
-    # rounding, which it keeps well below atol even for the largest inputs.
-    numeric = numerical_gradient(loss, x, eps=1e-3)
-    assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+    # The loss is linear within 0.05 of x, so a central difference with step
+    # h = 1e-3 is exact but for rounding: each loss is a sum of y.size products
+    # (error <= gamma * sum|y*g|, twice, divided by 2h), and x + h itself rounds
+    # (relative error u * (|x| + h) / h in the step).
+    h = 1e-3
+    numeric = numerical_gradient(loss, x, eps=h)
+    finite_y = np.where(np.isfinite(y), y, 0.0)
+    bound = (gamma(y.size, np.float64) * np.abs(finite_y * g).sum() / h
+             + 2 * unit_roundoff(np.float64) * (np.abs(x) + h) / h * np.abs(analytic))
+    assert_within(analytic, numeric, bound)
 
 
 def test_max_pool_tie_goes_to_first_in_row_major_order() -> None:
@@ -237,9 +252,15 @@ def test_avg_pool_backward_matches_reference(cfg: WindowConfig, dtype: type, see
 def test_avg_pool_backward_is_adjoint_of_forward(cfg: WindowConfig, seed: int) -> None:
     x = image(cfg, np.float64, seed)
     g = output(cfg, np.float64, seed + 1)
-    lhs = np.vdot(cpu.avg_pool_forward(x, cfg.window), g)
-    rhs = np.vdot(x, cpu.avg_pool_backward(g, cfg.H, cfg.W, cfg.window))
-    assert_allclose(lhs, rhs, rtol=1e-12, atol=1e-12)
+    y = cpu.avg_pool_forward(x, cfg.window)
+    gx = cpu.avg_pool_backward(g, cfg.H, cfg.W, cfg.window)
+    lhs, rhs = np.vdot(y, g), np.vdot(x, gx)
+    # Each side: a window sum (kh*kw terms) scaled, then a dot product.
+    window = gamma(cfg.kh * cfg.kw + 1, np.float64)
+    bound = (sum_bound(y * g) + sum_bound(x * gx)
+             + window * (np.vdot(cpu.avg_pool_forward(np.abs(x), cfg.window), np.abs(g))
+                         + np.vdot(np.abs(x), cpu.avg_pool_backward(np.abs(g), cfg.H, cfg.W, cfg.window))))
+    assert_within(lhs, rhs, bound)
 
 
 def test_avg_pool_padding_counts_as_zero() -> None:
