@@ -154,6 +154,18 @@ def test_non_arrays_and_integer_inputs() -> None:
         dc.Sequential([dc.ReLU()]).forward([1.0])
 
 
+@pytest.mark.parametrize("make", [lambda: dc.MaxPool2D(2), lambda: dc.AvgPool2D(2),
+                                  lambda: dc.Conv2D(None, 2, 3)], ids=["MaxPool2D", "AvgPool2D", "Conv2D"])
+@pytest.mark.parametrize("dtype", [np.float16, np.int32])
+def test_window_layers_take_float32_or_float64_only(make, dtype) -> None:
+    """The kernels exist for float32 and float64 on both backends; anything else is refused
+    by the layer, before a lazy layer would build float16 parameters."""
+    layer = make()
+    with pytest.raises(TypeError, match=rf"{layer.name}: input must be float32 or float64, got {np.dtype(dtype)}"):
+        layer.forward(np.zeros((1, 1, 4, 4), dtype=dtype))
+    assert not layer.built
+
+
 # -- backward ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("make, gy", [
