@@ -143,28 +143,26 @@ class Trainer:
         self.model.train()
         loss_sum = correct = 0
         seen = 0
-        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
-                   disable=not (self.progress and sys.stderr.isatty()), leave=False)
         start = time.perf_counter()
         steps = (n + batch_size - 1) // batch_size
-        for step in range(steps):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            xb, yb = X[idx], y[idx]
-            batch_loss, batch_correct = self.train_step(xb, yb)
-            guard.after_step(batch_loss, step + 1, (seen, seen + len(idx) - 1))
-            loss_sum = loss_sum + batch_loss * len(idx)
-            correct = correct + batch_correct
-            seen += len(idx)
-            if (step + 1) % self.log_every == 0 or step + 1 == steps:
-                if not guard.all_finite():
-                    bar.close()
-                    guard.restore()
-                    raise guard.error("Trainer.fit", epoch)
-                running = float(loss_sum) / seen
-                bar.set_postfix(loss=f"{running:.4f}", acc=f"{float(correct) / seen:.4f}", refresh=False)
-                bar.update(seen - bar.n)
+        with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
+                  disable=not (self.progress and sys.stderr.isatty()), leave=False) as bar:
+            for step in range(steps):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                xb, yb = X[idx], y[idx]
+                batch_loss, batch_correct = self.train_step(xb, yb)
+                guard.after_step(batch_loss, step + 1, (seen, seen + len(idx) - 1))
+                loss_sum = loss_sum + batch_loss * len(idx)
+                correct = correct + batch_correct
+                seen += len(idx)
+                if (step + 1) % self.log_every == 0 or step + 1 == steps:
+                    if not guard.all_finite():
+                        guard.restore()
+                        raise guard.error("Trainer.fit", epoch)
+                    running = float(loss_sum) / seen
+                    bar.set_postfix(loss=f"{running:.4f}", acc=f"{float(correct) / seen:.4f}", refresh=False)
+                    bar.update(seen - bar.n)
         seconds = time.perf_counter() - start
-        bar.close()
         return {"loss": float(loss_sum) / n, "accuracy": float(correct) / n,
                 "seconds": seconds, "images_per_second": n / seconds}
 
@@ -179,7 +177,7 @@ class Trainer:
     # -- evaluation ----------------------------------------------------------------
     def evaluate(self, X: Any, y: Any, batch_size: int = 1000,
                  confusion_matrix: bool = False) -> dict[str, Any]:
-        """Mean loss and accuracy over (X, y) in eval mode, and the number correct.
+        """Mean loss and accuracy over (X, y) in eval mode.
 
         With ``confusion_matrix=True`` (classifiers) also "confusion_matrix": a
         (classes, classes) list of lists, rows the true class, columns the predicted.
@@ -204,7 +202,7 @@ class Trainer:
         if not np.isfinite(loss):
             raise ValueError(f"Trainer.evaluate: the mean loss is {loss}; check the inputs for NaN/inf "
                              f"(or the model for diverged weights)")
-        result: dict[str, Any] = {"loss": loss, "accuracy": float(correct) / len(X), "correct": int(correct)}
+        result: dict[str, Any] = {"loss": loss, "accuracy": float(correct) / len(X)}
         if confusion_matrix:
             result["confusion_matrix"] = _confusion_matrix(asnumpy(y), predicted, out.shape[1])
         return result
