@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test set to use (default: the one in metrics.json beside the weights, else mnist)")
     _add_data_dir(evaluate)
     _add_backend(evaluate)
-    evaluate.add_argument("--batch-size", type=_positive_int, default=500, help="inference batch (default: 500)")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="inference batch (default: 256)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser(
@@ -231,7 +231,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 130
     wall = time.perf_counter() - wall
 
-    result = trainer.evaluate(X_test, y_test, batch_size=500, confusion_matrix=True)
+    result = trainer.evaluate(X_test, y_test, confusion_matrix=True)
     print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f}")
     metrics = runs.metrics_document(config, backend, history, result, len(X_train), len(X_test), wall, start_epoch)
     model.save(out / MODEL_FILE)

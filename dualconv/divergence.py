@@ -41,10 +41,11 @@ class LastFiniteState:
     def __init__(self, model: Any, optimizer: Any) -> None:
         self.model, self.optimizer = model, optimizer
         self._copies = {key: live.copy() for key, live in self._live().items()}
+        self._initial_keys = set(self._copies)
         self._ok: Any = True
         # (finite flag, loss, step, samples, optimizer.steps after it) of each step since the last check
         self._pending: list[tuple[Any, Any, int, tuple[int, int], int]] = []
-        self._good_steps = optimizer.steps
+        self._good_steps = self._first_steps = optimizer.steps
 
     def _live(self) -> dict[tuple[str, str], Any]:
         arrays = {("param", p.name): p.data for p in self.model.parameters()}
@@ -85,6 +86,10 @@ class LastFiniteState:
             live[...] = self._copies[key]
         bad = next(i for i, item in enumerate(self._pending) if not bool(item[0]))
         self.optimizer.steps = self._pending[bad - 1][4] if bad else self._good_steps
+        if self.optimizer.steps == self._first_steps:  # no good step: drop the slots the bad one created
+            for name, slot in set(self._copies) - self._initial_keys:
+                del self.optimizer.state[name][slot]
+            self.optimizer.state = {name: slots for name, slots in self.optimizer.state.items() if slots}
 
     def error(self, who: str, epoch: int) -> TrainingDiverged:
         """The error to raise after ``restore``: which step failed, and that the weights were kept."""

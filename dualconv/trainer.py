@@ -175,7 +175,7 @@ class Trainer:
         return value, _correct(out, yb)
 
     # -- evaluation ----------------------------------------------------------------
-    def evaluate(self, X: Any, y: Any, batch_size: int = 1000,
+    def evaluate(self, X: Any, y: Any, batch_size: int = 256,
                  confusion_matrix: bool = False) -> dict[str, Any]:
         """Mean loss and accuracy over (X, y) in eval mode.
 
