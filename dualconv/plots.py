@@ -43,7 +43,10 @@ def plot_history(history: dict[str, list], path: str | os.PathLike) -> None:
                             va="center")
         ax.set_xlabel("epoch")
         ax.set_xlim(0.5, len(epochs) + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
