@@ -196,8 +196,6 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{backend} backend, {device_name(backend)}; {sum(la.num_parameters() for la in model.layers):,} "
           f"parameters")
 
-    done = [start_epoch]
-
     def on_epoch_end(epoch: int, logs: dict[str, float]) -> None:
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
@@ -206,28 +204,29 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{logs['images_per_second']:,.0f} img/s  {logs['seconds']:.1f} s", flush=True)
         checkpoint.save_checkpoint(out / CHECKPOINT, trainer.state_dict(), epoch + 1, history,
                                    meta={"config": config})
-        done[0] = epoch + 1
 
     wall = time.perf_counter()
     if start_epoch >= args.epochs:
         print(f"already trained for {start_epoch} epochs (--epochs {args.epochs}); nothing to do")
     else:
         try:
-            trainer.fit(X_train, y_train, epochs=args.epochs, batch_size=config["batch_size"],
-                        validation_data=(X_test, y_test), shuffle=True, seed=config["seed"],
-                        initial_epoch=start_epoch, on_epoch_end=on_epoch_end)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # fit reports non-finite losses
+                trainer.fit(X_train, y_train, epochs=args.epochs, batch_size=config["batch_size"],
+                            validation_data=(X_test, y_test), shuffle=True, seed=config["seed"],
+                            initial_epoch=start_epoch, on_epoch_end=on_epoch_end)
         except TrainingDiverged as exc:
-            lower = f"--lr {trainer.optimizer.lr / 10:g}"
-            if done[0] < 1:
+            lower, saved = f"--lr {trainer.optimizer.lr / 10:g}", _saved_epoch(out / CHECKPOINT)
+            if not saved:
                 raise CLIError(f"{exc} No checkpoint was written (one is written after each epoch); "
                                f"train again with a lower learning rate, e.g. {lower}") from None
-            raise CLIError(f"{exc} The checkpoint of epoch {done[0]} is kept in {out}; continue from it with a "
+            raise CLIError(f"{exc} The checkpoint of epoch {saved} is kept in {out}; continue from it with a "
                            f"lower learning rate: dualconv train --out {out} --resume {lower}") from None
         except KeyboardInterrupt:
-            where = (f"the checkpoint of epoch {done[0]} is in {out}; continue with --resume "
-                     f"(dualconv train --out {out} --resume)" if done[0] >= 1 else
+            saved = _saved_epoch(out / CHECKPOINT)
+            where = (f"the checkpoint of epoch {saved} is in {out}; continue with --resume "
+                     f"(dualconv train --out {out} --resume)" if saved else
                      "no checkpoint yet (one is written after each epoch)")
-            print(f"dualconv train: interrupted during epoch {done[0] + 1}; {where}", file=sys.stderr)
+            print(f"dualconv train: interrupted during epoch {saved + 1}; {where}", file=sys.stderr)
             return 130
     wall = time.perf_counter() - wall
 
@@ -242,6 +241,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("matplotlib is not installed: no PNG plots (pip install 'dualconv[plot]')")
     print(f"wrote {out / MODEL_FILE}, {out / METRICS}")
     return 0
+
+
+def _saved_epoch(path: Path) -> int:
+    """The epochs finished in the checkpoint at ``path`` (0 when there is none)."""
+    try:
+        return checkpoint.load_checkpoint(path).epoch
+    except (OSError, ValueError):
+        return 0
 
 
 def _run_directory(args: argparse.Namespace) -> tuple[Path | None, Any]:
