@@ -172,7 +172,7 @@ class Trainer:
         value = self.loss.forward(out, yb)
         self.model.backward(self.loss.backward(), input_grad=False)
         self.optimizer.step()
-        return value, _correct(out, yb)
+        return value, _correct(out, to_backend(yb, backend_of(out)))
 
     # -- evaluation ----------------------------------------------------------------
     def evaluate(self, X: Any, y: Any, batch_size: int = 256,
