@@ -73,6 +73,14 @@ def test_truncated_model_file(run, tmp_path, command):
 
 # -- settings --------------------------------------------------------------------------
 
+@pytest.fixture
+def no_loading(monkeypatch):
+    def load(*args, **kwargs):
+        raise AssertionError("the data was loaded before the settings were checked")
+
+    monkeypatch.setattr(cli, "load_dataset", load)
+
+
 @pytest.mark.parametrize("args, pattern", [
     (["--momentum", "2"], r"--momentum must be in \[0, 1\), got 2"),
     (["--momentum", "-0.1"], r"--momentum must be in \[0, 1\)"),
@@ -80,28 +88,25 @@ def test_truncated_model_file(run, tmp_path, command):
     (["--lr-decay", "1.5"], r"--lr-decay must be in \(0, 1\]"),
     (["--optimizer", "adam", "--momentum", "0.5"], r"--momentum applies to --optimizer sgd only"),
     (["--data-dir", "/no/such/dir"], r"--data-dir /no/such/dir does not exist"),
-    (["--lr", "-1"], r"argument --lr: must be a positive number, got -1"),
-    (["--epochs", "0"], r"argument --epochs: must be a positive integer, got 0"),
 ])
-def test_bad_settings_are_refused_before_any_data_loads(args, pattern, chdir, monkeypatch, capsys):
-    def no_loading(*a, **k):
-        raise AssertionError("the data was loaded before the settings were checked")
-
-    monkeypatch.setattr(cli, "load_dataset", no_loading)
-    with pytest.raises(SystemExit) if "argument" in pattern else _no_exit() as info:
-        code = cli.main(["train", *QUICK, *args])
-    code = info.value.code if "argument" in pattern else code
+def test_bad_settings_are_refused_before_any_data_loads(args, pattern, chdir, no_loading, capsys):
+    assert cli.main(["train", *QUICK, *args]) == 1
     err = capsys.readouterr().err
-    assert code == 1 and len(err.splitlines()) == 1 and re.search(pattern, err), err
+    assert len(err.splitlines()) == 1 and re.match(rf"dualconv train: error: .*{pattern}", err), err
     assert not (chdir / "runs").exists()
 
 
-class _no_exit:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+@pytest.mark.parametrize("args, pattern", [
+    (["--lr", "-1"], r"argument --lr: must be a positive number, got -1"),
+    (["--epochs", "0"], r"argument --epochs: must be a positive integer, got 0"),
+    (["--batch-size", "1.5"], r"argument --batch-size: must be a positive integer, got 1.5"),
+])
+def test_malformed_options_are_one_line_with_status_1(args, pattern, chdir, no_loading, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", *QUICK, *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and len(err.splitlines()) == 1, err
+    assert re.match(rf"dualconv train: error: {pattern} \(see dualconv train --help\)", err), err
 
 
 def test_bad_settings_in_a_real_process(chdir):
