@@ -215,7 +215,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                             validation_data=(X_test, y_test), shuffle=True, seed=config["seed"],
                             initial_epoch=start_epoch, on_epoch_end=on_epoch_end)
         except TrainingDiverged as exc:
-            lower, saved = f"--lr {trainer.optimizer.lr / 10:g}", _saved_epoch(out / CHECKPOINT)
+            rate = min(trainer.optimizer.lr / 10, runs.DEFAULT_LR[config["optimizer"]])
+            lower, saved = f"--lr {rate:g}", _saved_epoch(out / CHECKPOINT)
             if not saved:
                 raise CLIError(f"{exc} No checkpoint was written (one is written after each epoch); "
                                f"train again with a lower learning rate, e.g. {lower}") from None
