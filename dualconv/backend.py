@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import platform
 from types import ModuleType
 from typing import Any, Iterator
 
@@ -123,3 +124,29 @@ def asnumpy(array: Any) -> np.ndarray:
     if backend_of(array) == "cupy":
         return array.get()
     return np.asarray(array)
+
+
+def device_name(backend: str) -> str:
+    """The GPU's name for "cupy", else the CPU's model name (from /proc/cpuinfo where there is one)."""
+    if backend == "cupy":
+        cupy = _import_cupy()
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of Python, NumPy, CuPy (None when it does not import) and dualconv."""
+    from . import __version__
+
+    cupy = _import_cupy()
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "cupy": None if cupy is None else cupy.__version__, "dualconv": __version__}

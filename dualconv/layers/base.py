@@ -34,7 +34,13 @@ class Layer:
     # -- building -----------------------------------------------------------
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None = None,
               dtype: Any = None) -> tuple[int, ...]:
-        """Create parameters for inputs of ``input_shape``; returns the output shape."""
+        """Create parameters for inputs of ``input_shape``; returns the output shape.
+
+        The shape is checked first (``check_shape``): a rejected shape leaves the
+        layer exactly as it was, unbuilt and without parameters.
+        """
+        if not self.built:
+            self.check_shape(input_shape, dtype if dtype is not None else self.dtype)
         if dtype is not None:
             self.dtype = np.dtype(dtype)
         if not self.built:
@@ -42,6 +48,17 @@ class Layer:
             self._create_params(self._build_shape, rng if rng is not None else default_rng())
             self.built = True
         return self.output_shape(input_shape)
+
+    def check_shape(self, input_shape: tuple[int, ...], dtype: Any = np.float32) -> tuple[int, ...]:
+        """The output shape for an input of ``input_shape`` and ``dtype``, after the same
+        checks ``forward`` makes on an array; raises the same errors and changes nothing."""
+        self._check_input(_ShapeOnly(input_shape, dtype))
+        return self.output_shape(tuple(input_shape))
+
+    @property
+    def needs_build(self) -> bool:
+        """True while a lazy layer still has parameters to create (at its first forward or build)."""
+        return not self.built and type(self)._create_params is not Layer._create_params
 
     def reset_parameters(self, rng: np.random.Generator) -> None:
         """Draw fresh initial parameters from ``rng`` (no-op before the layer is built)."""
@@ -149,3 +166,12 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{self.name}({args})"
+
+
+class _ShapeOnly:
+    """Stands in for an input array when only its shape and dtype are checked."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
+        self.shape = tuple(shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(dtype)
