@@ -73,6 +73,8 @@ def test_wheel_contains_the_kernel_sources(wheel):
     for f in KERNEL_FILES:
         assert f"dualconv/kernels/{f}" in names, f"{f} not shipped; wheel has {names}"
     assert "dualconv/kernels_cuda.py" in names
+    for f in ("emulation_harness.cpp", "emulation.h", "_raw.py", "cuda/runtime.py"):  # the CuPy stand-in
+        assert f"dualconv/testing/fake_cupy/{f}" in names, f"{f} not shipped"
 
 
 def test_installed_package_finds_its_kernels(wheel, tmp_path):

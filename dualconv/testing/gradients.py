@@ -26,7 +26,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .backend import asnumpy, backend_of, to_backend
+from ..backend import asnumpy, backend_of, to_backend
 
 
 class Layer(Protocol):
