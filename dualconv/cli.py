@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import checkpoint, plots
-from .backend import asnumpy, set_backend
+from .backend import asnumpy, describe, set_backend
 from .datasets import CLASS_NAMES, DATASETS, DatasetError, load_dataset
 from .models import MODELS
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dualconv", description="Train and use small CNNs on NumPy (CPU) or CuPy (GPU)."
     )
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,info}")
 
     train = sub.add_parser("train", help="train a model", description="Train a model; see --out for what is saved.")
     train.add_argument("--dataset", choices=DATASETS, help="dataset (default: mnist)")
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(predict)
     predict.add_argument("images", nargs="+", type=Path, help="image files (PNG, 28x28 grayscale for MNIST)")
     predict.set_defaults(func=cmd_predict)
+
+    info = sub.add_parser("info", help="versions, the GPU, and whether a CUDA kernel compiles and runs on it")
+    info.set_defaults(func=lambda args: print(describe()) or 0)
     return parser
 
 

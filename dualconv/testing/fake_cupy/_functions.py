@@ -6,6 +6,7 @@ in it exists in CuPy 14 (a test checks it against the real package).
 """
 from __future__ import annotations
 
+import builtins
 from typing import Any, Sequence
 
 import numpy as np
@@ -145,7 +146,7 @@ def asnumpy(a: Any, stream: Any = None, order: str = "C", out: Any = None, *,
 def get_array_module(*args: Any) -> Any:
     """This module when any argument is a device array, else numpy."""
     import sys
-    if any(isinstance(a, ndarray) for a in args):
+    if builtins.any(isinstance(a, ndarray) for a in args):
         return sys.modules[__name__.rsplit(".", 1)[0]]
     return np
 

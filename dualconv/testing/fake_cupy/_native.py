@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off", "-Wall", "-Werror")
+CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off",
+            "-Wall", "-Werror")
 SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer", "-g")
 KINDS = {0: "i", 1: "u", 2: "f", 3: "b", 4: "?"}
