@@ -51,8 +51,9 @@ def _check_cupy(cupy: ModuleType) -> str | None:
             return "CuPy sees a GPU but a test kernel computed wrong values"
     except Exception as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return (f"CuPy sees a GPU but cannot compile or run a kernel on it ({first}); "
-                f"pip install 'cupy-cuda12x[ctk]' brings the CUDA headers and NVRTC")
+        hint = ("" if getattr(cupy, "_dualconv_emulated", False)
+                else "; pip install 'cupy-cuda12x[ctk]' brings the CUDA headers and NVRTC")
+        return f"CuPy sees a GPU but cannot compile or run a kernel on it ({first}){hint}"
     return None
 
 

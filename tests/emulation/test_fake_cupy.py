@@ -201,3 +201,16 @@ def test_stand_in_modules_import_cleanly():
         assert importlib.import_module("cupy.cuda.runtime").getDeviceCount() == 1
         import cupy
         assert cupy.cuda.Device().compute_capability == "90"
+
+
+def test_without_gpp_the_backend_says_why(monkeypatch, tmp_path):
+    from dualconv import backend
+    monkeypatch.setattr(backend, "_checked", {})
+    monkeypatch.setattr(_native, "_loaded", {})
+    monkeypatch.setenv("DUALCONV_EMULATION_CACHE", str(tmp_path))  # nothing built yet
+    monkeypatch.setattr(_native.shutil, "which", lambda name: None)
+    with emulated_cupy():
+        assert backend.gpu_available() is False
+        assert "needs g++" in backend.cupy_problem()
+        with pytest.raises(RuntimeError, match="backend 'cupy' requested but .*needs g\\+\\+"):
+            backend.set_backend("cupy")

@@ -82,6 +82,14 @@ def _operator(ufunc: np.ufunc, reflected: bool = False, inplace: bool = False):
     return method
 
 
+def _read(convert: Any):
+    """A method that reads the array back to the host (a transfer and a sync) and converts it."""
+    def method(self: "ndarray") -> Any:
+        _counters.to_host()
+        return convert(self._a)
+    return method
+
+
 def _unary(ufunc: np.ufunc):
     return lambda self: ufunc(self)
 
@@ -148,33 +156,9 @@ class ndarray:
         _counters.to_host()
         return self._a.item(*args)
 
-    def tolist(self) -> Any:
-        _counters.to_host()
-        return self._a.tolist()
-
-    def __float__(self) -> float:
-        _counters.to_host()
-        return float(self._a)
-
-    def __int__(self) -> int:
-        _counters.to_host()
-        return int(self._a)
-
-    def __complex__(self) -> complex:
-        _counters.to_host()
-        return complex(self._a)
-
-    def __bool__(self) -> bool:
-        _counters.to_host()
-        return bool(self._a)
-
-    def __repr__(self) -> str:
-        _counters.to_host()
-        return repr(self._a)
-
-    def __str__(self) -> str:
-        _counters.to_host()
-        return str(self._a)
+    tolist = _read(np.ndarray.tolist)
+    __float__, __int__, __complex__, __bool__ = _read(float), _read(int), _read(complex), _read(bool)
+    __repr__, __str__ = _read(repr), _read(str)
 
     # -- views and copies ----------------------------------------------------------
     def reshape(self, *shape: Any, order: str = "C") -> "ndarray":
