@@ -218,3 +218,18 @@ def test_train_step_with_resident_data_transfers_and_syncs_nothing(emu, optimize
         assert c["host_to_device"] == 0 and c["device_to_host"] == 0 and c["syncs"] == 0, c
     assert counts[1] == counts[2] == counts[3]  # steady state (the first step allocates slots)
     assert counts[1]["kernel_launches"] > 0
+
+
+def test_kernel_functions_are_looked_up_once_per_device(emu, monkeypatch):
+    import cupy
+
+    from dualconv import kernels_cuda
+    monkeypatch.setattr(kernels_cuda, "_functions", {})
+    module = kernels_cuda.get_module()
+    looked_up = []
+    original = module.get_function
+    monkeypatch.setattr(module, "get_function", lambda name: looked_up.append(name) or original(name))
+    x = cupy.zeros((2, 1, 6, 6), dtype=cupy.float32)
+    for _ in range(3):
+        kernels_cuda.im2col(x, 3, 3, 1, 1, 0, 0)
+    assert looked_up == ["im2col<float>"]
