@@ -67,11 +67,16 @@ def test_unimplemented_names_raise_attribute_error(cp):
 
 
 def test_real_cupy_is_back_after_the_block():
-    before = sys.modules.get("cupy")
+    import dualconv as dc
+    before, available = sys.modules.get("cupy"), dc.gpu_available()
     with emulated_cupy():
         import cupy
         assert cupy._dualconv_emulated
+        assert dc.gpu_available() is True
+        with dc.use_backend("cupy"):
+            assert type(dc.Dense(3, 2).params["weight"]) is cupy.ndarray
     assert sys.modules.get("cupy") is before
+    assert dc.gpu_available() is available
 
 
 def test_device_arrays_never_become_numpy_implicitly(cp):
