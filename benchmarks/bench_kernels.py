@@ -1,7 +1,7 @@
 """The six kernels: im2col, col2im, max-pool and avg-pool forward/backward.
 
 time_<kernel>(backend, size): one call (synchronized on the GPU).
-  dualconv: dualconv.kernels_for(xp).<kernel>; torch peers: F.unfold (im2col),
+  dualconv: dualconv.kernels.twin_for(xp).<kernel> (the twin, unchecked); torch peers: F.unfold (im2col),
   F.fold (col2im), F.max_pool2d / F.avg_pool2d and their aten backward ops.
 KernelBandwidth.track_gbps / track_copy_gbps / track_percent_of_copy (GPU only):
   GB/s of the kernel (bytes read + bytes written, once each) timed with
@@ -57,29 +57,31 @@ def make_op(kernel: str, backend: str, size: str) -> tuple[Callable[[], Any], in
     x = to_backend(rand((N, C, H, W)), backend)
 
     if backend in ("numpy", "cupy"):
-        from dualconv.kernels_dispatch import kernels_for
-        kn = kernels_for(mod)
+        from dualconv.kernels import twin_for
+        from dualconv.shapes import Window
+        twin = twin_for(mod)
+        win = Window(k, k, s, s, p, p)
         if kernel == "im2col":
-            col = kn.im2col(x, k, k, s, s, p, p)
-            return (lambda: kn.im2col(x, k, k, s, s, p, p)), nbytes(x) + nbytes(col)
+            col = twin.im2col(x, win)
+            return (lambda: twin.im2col(x, win)), nbytes(x) + nbytes(col)
         if kernel == "col2im":
-            col = kn.im2col(x, k, k, s, s, p, p)
-            return (lambda: kn.col2im(col, H, W, s, s, p, p)), nbytes(col) + nbytes(x)
+            col = twin.im2col(x, win)
+            return (lambda: twin.col2im(col, H, W, win)), nbytes(col) + nbytes(x)
         if kernel == "max_pool_forward":
-            y, argmax = kn.max_pool_forward(x, k, k, s, s, p, p)
-            return (lambda: kn.max_pool_forward(x, k, k, s, s, p, p)), nbytes(x) + nbytes(y) + nbytes(argmax)
+            y, argmax = twin.max_pool_forward(x, win)
+            return (lambda: twin.max_pool_forward(x, win)), nbytes(x) + nbytes(y) + nbytes(argmax)
         if kernel == "max_pool_backward":
-            y, argmax = kn.max_pool_forward(x, k, k, s, s, p, p)
+            y, argmax = twin.max_pool_forward(x, win)
             gy = to_backend(rand(tuple(y.shape), seed=1), backend)
-            return ((lambda: kn.max_pool_backward(gy, argmax, H, W, k, k, s, s, p, p)),
+            return ((lambda: twin.max_pool_backward(gy, argmax, H, W, win)),
                     nbytes(gy) + nbytes(argmax) + nbytes(x))
         if kernel == "avg_pool_forward":
-            y = kn.avg_pool_forward(x, k, k, s, s, p, p)
-            return (lambda: kn.avg_pool_forward(x, k, k, s, s, p, p)), nbytes(x) + nbytes(y)
+            y = twin.avg_pool_forward(x, win)
+            return (lambda: twin.avg_pool_forward(x, win)), nbytes(x) + nbytes(y)
         if kernel == "avg_pool_backward":
-            y = kn.avg_pool_forward(x, k, k, s, s, p, p)
+            y = twin.avg_pool_forward(x, win)
             gy = to_backend(rand(tuple(y.shape), seed=1), backend)
-            return (lambda: kn.avg_pool_backward(gy, H, W, k, k, s, s, p, p)), nbytes(gy) + nbytes(x)
+            return (lambda: twin.avg_pool_backward(gy, H, W, win)), nbytes(gy) + nbytes(x)
         raise ValueError(kernel)
 
     torch = mod

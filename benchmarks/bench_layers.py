@@ -7,7 +7,7 @@ Sizes (N, in, out, H, W, kernel, stride, pad):
            (batch 64 takes a NumPy step of seconds; the GPU runs shapes like it in
            bench_kernels' xlarge bandwidth cases)
 
-backward = dx, dW and db from the cached forward (torch: aten.convolution_backward
+backward = gx, gw and gb from the cached forward (torch: aten.convolution_backward
 with all three outputs), so it times the backward alone.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
-"""One training step (forward, loss, backward, SGD with momentum) of the seed models.
+"""One training step (forward, loss, backward, SGD with momentum) of the bundled models.
 
-Models: ``lenet`` (seed 003's LeNet, dualconv.models.lenet) and ``weidman``
-(seed 002's one-layer CNN, dualconv.models.weidman), at batch 64 and 256, on
+Models: ``lenet`` (LeNet, dualconv.models.lenet) and ``weidman``
+(the one-layer CNN, dualconv.models.weidman), at batch 64 and 256, on
 random MNIST-shaped data. The torch peers are the same networks in
 torch.nn (as in benchmarks/lenet_vs_torch.py) with the same optimizer.
 

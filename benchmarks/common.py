@@ -12,7 +12,7 @@ raising NotImplementedError in ``setup`` (asv reports it as skipped, "n/a"),
 never failed. PyTorch and CuPy are imported only inside ``setup`` so that the
 peak-memory figures of the NumPy benchmarks do not include them.
 
-GPU rules (docs/design.md, "Measuring"): kernels are compiled and warmed in
+GPU rules: kernels are compiled and warmed in
 ``setup``; a timed body that launches GPU work synchronizes before it returns;
 bandwidth figures come from ``cupyx.profiler.benchmark`` (CUDA events).
 """

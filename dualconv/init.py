@@ -30,7 +30,7 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def glorot_normal(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Glorot / Xavier normal: std = sqrt(2 / (fan_in + fan_out)) (seed 002's default)."""
+    """Glorot / Xavier normal: std = sqrt(2 / (fan_in + fan_out)) (the default for Dense and Conv2D)."""
     fan_in, fan_out = fans(shape)
     return rng.normal(0.0, np.sqrt(2.0 / (fan_in + fan_out)), size=shape)
 

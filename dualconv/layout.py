@@ -1,7 +1,7 @@
 """Batch-last memory order: the views that move the batch axis to the end and back.
 
 The NumPy kernels store images as (C, H, W, N) and im2col columns as
-(C, kh, kw, out_h, out_w, N) (see kernels_numpy.py); everything else indexes
+(C, kh, kw, out_h, out_w, N) (see kernels/cpu.py); everything else indexes
 them (N, C, H, W) and (C, kh, kw, N, out_h, out_w). These are views, never
 copies, and work on NumPy and CuPy arrays alike.
 """

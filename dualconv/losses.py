@@ -1,4 +1,7 @@
-"""Losses: value = loss.forward(pred, target), dpred = loss.backward().
+"""Losses: value = loss.forward(pred, target), gy = loss.backward().
+
+gy is the gradient of the loss with respect to pred, the gy that the model's
+backward takes.
 
 Every loss is a mean over the batch, so its gradient carries a 1/N.
 """
@@ -55,7 +58,7 @@ class SoftmaxCrossEntropy(Loss):
 
     pred: logits (N, C); target: int labels (N,) in [0, C) or one-hot /
     probability rows (N, C). loss = mean_n(logsumexp(z_n) - sum_c t_nc z_nc);
-    dpred = (softmax(z) - t) / N.
+    gy = (softmax(z) - t) / N.
     """
 
     def _forward(self, pred: Any, target: Any) -> Any:
@@ -126,7 +129,7 @@ class BinaryCrossEntropy(Loss):
 
 
 class MeanSquaredError(Loss):
-    """mean((pred - target)^2) over every element; dpred = 2 (pred - target) / size."""
+    """mean((pred - target)^2) over every element; gy = 2 (pred - target) / size."""
 
     def _forward(self, pred: Any, target: Any) -> Any:
         self._same_shape(pred, target)

@@ -10,7 +10,7 @@ from .model import Sequential
 
 
 def lenet(num_classes: int = 10, seed: int | None = None, dtype: Any = np.float32) -> Sequential:
-    """Seed 003's modern LeNet: two conv blocks (ReLU, max-pool), then 84 -> classes.
+    """A modern LeNet-5: two conv blocks (ReLU, max-pool), then 84 -> classes.
 
     (N, 1, 28, 28) -> conv 6@5x5 pad 2 -> pool -> conv 16@5x5 -> pool -> 84 -> logits.
     """
@@ -22,7 +22,7 @@ def lenet(num_classes: int = 10, seed: int | None = None, dtype: Any = np.float3
 
 
 def weidman(num_classes: int = 10, seed: int | None = None, dtype: Any = np.float32) -> Sequential:
-    """Seed 002's one-layer CNN: conv 32@5x5 "same", tanh, dropout (keep 0.8), dense -> classes."""
+    """Weidman's one-layer CNN: conv 32@5x5 "same", tanh, dropout (keep 0.8), dense -> classes."""
     return Sequential([
         Conv2D(None, 32, 5, padding="same"), Tanh(), Flatten(), Dropout(0.2),
         Dense(None, num_classes),
@@ -30,7 +30,7 @@ def weidman(num_classes: int = 10, seed: int | None = None, dtype: Any = np.floa
 
 
 def mlp(num_classes: int = 10, hidden: int = 128, seed: int | None = None, dtype: Any = np.float32) -> Sequential:
-    """Seed 003's MLP: flatten -> hidden (ReLU) -> classes (784-128-10 on MNIST)."""
+    """A one-hidden-layer MLP: flatten -> hidden (ReLU) -> classes (784-128-10 on MNIST)."""
     return Sequential([Flatten(), Dense(None, hidden), ReLU(), Dense(None, num_classes)],
                       seed=seed, dtype=dtype)
 

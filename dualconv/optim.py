@@ -186,7 +186,7 @@ class ExponentialLR(LRSchedule):
 
 
 class LinearLR(LRSchedule):
-    """Linear decay from base_lr to final_lr over ``total_epochs`` (seed 002's 'linear' decay)."""
+    """Linear decay from base_lr to final_lr over ``total_epochs`` (the 'linear' schedule)."""
 
     def __init__(self, optimizer: Optimizer, final_lr: float, total_epochs: int) -> None:
         super().__init__(optimizer)

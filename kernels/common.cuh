@@ -1,12 +1,12 @@
 // Shared helpers for the dualconv kernels (kernels/*.cu).
 //
-// Rules every kernel here follows (see docs/design.md):
+// Rules every kernel here follows (the kernel contract in ARCHITECTURE.md):
 //   * one thread per output element, grid-stride loop, 64-bit (long long) indices;
 //   * gathers only: no atomics, no shared memory, no __syncthreads, so that the
 //     CPU emulation harness (dualconv/testing/fake_cupy/) can run a grid
 //     thread by thread;
 //   * sums visit kernel offsets ky outer, kx inner, in the same order as
-//     dualconv/kernels_numpy.py, so results are bitwise equal to it.
+//     the CPU twins in dualconv/kernels/cpu.py, so results are bitwise equal to them.
 //     The one exception is float32 subnormals (|x| < 1.18e-38): CuPy compiles
 //     every kernel with -ftz=true, so float32 arithmetic and comparisons read
 //     them as zero and flush subnormal results to zero, where NumPy keeps
@@ -80,7 +80,7 @@ __device__ __forceinline__ void dc_for_each_in_window(
 // Backward / fold (one thread per pixel, a gather): calls body(ky, kx, oy, ox)
 // for each output (oy, ox) whose window reads pixel (y, x) at kernel offset
 // (ky, kx), ky outer and kx inner, both ascending: the order in which
-// kernels_numpy adds, so a sum from 0 in body is bitwise equal to it.
+// dualconv/kernels/cpu.py adds, so a sum from 0 in body is bitwise equal to it.
 template <typename Body>
 __device__ __forceinline__ void dc_for_each_reader(
         long long y, long long x, long long kh, long long kw, long long sy, long long sx,

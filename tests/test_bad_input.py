@@ -154,9 +154,21 @@ def test_non_arrays_and_integer_inputs() -> None:
         dc.Sequential([dc.ReLU()]).forward([1.0])
 
 
+@pytest.mark.parametrize("make", [lambda: dc.MaxPool2D(2), lambda: dc.AvgPool2D(2),
+                                  lambda: dc.Conv2D(None, 2, 3)], ids=["MaxPool2D", "AvgPool2D", "Conv2D"])
+@pytest.mark.parametrize("dtype", [np.float16, np.int32])
+def test_window_layers_take_float32_or_float64_only(make, dtype) -> None:
+    """The kernels exist for float32 and float64 on both backends; anything else is refused
+    by the layer, before a lazy layer would build float16 parameters."""
+    layer = make()
+    with pytest.raises(TypeError, match=rf"{layer.name}: input must be float32 or float64, got {np.dtype(dtype)}"):
+        layer.forward(np.zeros((1, 1, 4, 4), dtype=dtype))
+    assert not layer.built
+
+
 # -- backward ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("make, dy", [
+@pytest.mark.parametrize("make, gy", [
     (lambda: dc.Dense(4, 2), zeros(1, 2)),
     (lambda: dc.Conv2D(1, 2, 3), zeros(1, 2, 2, 2)),
     (lambda: dc.MaxPool2D(2), zeros(1, 1, 1, 1)),
@@ -165,33 +177,33 @@ def test_non_arrays_and_integer_inputs() -> None:
     (lambda: dc.ReLU(), zeros(1, 4)),
     (lambda: dc.Softmax(), zeros(1, 4)),
 ], ids=["Dense", "Conv2D", "MaxPool2D", "AvgPool2D", "Flatten", "ReLU", "Softmax"])
-def test_backward_before_forward(make, dy) -> None:
+def test_backward_before_forward(make, gy) -> None:
     layer = make()
     with pytest.raises(RuntimeError, match=rf"{layer.name}.backward called before forward"):
-        layer.backward(dy)
+        layer.backward(gy)
 
 
 def test_dropout_backward_before_forward() -> None:
     """A training-mode Dropout has no mask before its first forward.
 
-    Regression: Dropout.backward once returned dy unchanged when it had no mask,
+    Regression: Dropout.backward once returned gy unchanged when it had no mask,
     which meant both "eval mode" and "no forward yet".
     """
     with pytest.raises(RuntimeError, match=r"Dropout.backward called before forward"):
         dc.Dropout(0.5).backward(zeros(2, 3))
 
 
-@pytest.mark.parametrize("make, x, dy, pattern", [
+@pytest.mark.parametrize("make, x, gy, pattern", [
     (lambda: dc.Dense(4, 2), zeros(3, 4), zeros(3, 5), r"Dense.backward: expected a gradient of shape \(3, 2\).*got \(3, 5\)"),
     (lambda: dc.Conv2D(1, 2, 3), zeros(1, 1, 4, 4), zeros(1, 2, 3, 3), r"Conv2D.backward: .*\(1, 2, 2, 2\).*got \(1, 2, 3, 3\)"),
     (lambda: dc.MaxPool2D(2), zeros(1, 1, 4, 4), zeros(1, 1, 4, 4), r"MaxPool2D.backward: .*\(1, 1, 2, 2\)"),
     (lambda: dc.Tanh(), zeros(2, 2), zeros(2, 3), r"Tanh.backward: .*\(2, 2\).*got \(2, 3\)"),
 ], ids=["Dense", "Conv2D", "MaxPool2D", "Tanh"])
-def test_backward_gradient_of_the_wrong_shape(make, x, dy, pattern) -> None:
+def test_backward_gradient_of_the_wrong_shape(make, x, gy, pattern) -> None:
     layer = make()
     layer.forward(x)
     with pytest.raises(ValueError, match=pattern):
-        layer.backward(dy)
+        layer.backward(gy)
 
 
 def test_loss_backward_before_forward() -> None:

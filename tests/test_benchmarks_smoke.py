@@ -1,6 +1,6 @@
 """Smoke tests of the asv suite in benchmarks/: it imports, sets up and runs one call per kind.
 
-No speed is asserted (docs/design.md, "Measuring"); these only keep the suite
+No speed is asserted (timings depend on the machine); these only keep the suite
 from rotting between `asv run`s. Small sizes only; the torch peers are tried
 when PyTorch is installed, the GPU backends are checked to skip without a GPU.
 """

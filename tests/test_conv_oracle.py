@@ -1,16 +1,28 @@
-"""Conv2D's forward against the naive loop convolution (kernels_naive.conv2d_naive)."""
+"""Conv2D's forward against the loop convolution of the textbook (kernels/reference.py: conv2d)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from numpy.testing import assert_allclose
+from numpy.testing import assert_array_equal
 
 import dualconv as dc
-from dualconv.kernels_naive import conv2d_naive
+from dualconv.kernels.reference import conv2d as reference_conv2d
+from error_bounds import assert_within, gamma
 
-TOL = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+def conv_error_bound(x, w, b, *geometry) -> np.ndarray:
+    """Twice the rounding bound of one convolution output (C*kh*kw products plus the bias).
+
+    Conv2D (im2col + BLAS) and the reference loops each lie within
+    gamma(K) * conv(|x|, |w|, |b|) of the exact result, so they differ by at most twice that.
+    """
+    terms = int(np.prod(w.shape[1:])) + (b is not None)
+    magnitude = reference_conv2d(np.abs(x).astype(np.float64), np.abs(w).astype(np.float64),
+                             None if b is None else np.abs(b).astype(np.float64), *geometry)
+    return 2 * gamma(terms, x.dtype) * magnitude
 
 
 @st.composite
@@ -33,7 +45,7 @@ def conv_configs(draw):
 
 @settings(max_examples=60, deadline=None, derandomize=True)
 @given(conv_configs())
-def test_conv2d_forward_matches_naive(cfg: dict) -> None:
+def test_conv2d_forward_matches_reference(cfg: dict) -> None:
     rng = np.random.default_rng(cfg["seed"])
     dtype = cfg["dtype"]
     layer = dc.Conv2D(cfg["C"], cfg["O"], cfg["kernel"], stride=cfg["stride"], padding=cfg["padding"],
@@ -42,11 +54,13 @@ def test_conv2d_forward_matches_naive(cfg: dict) -> None:
         layer.params["bias"][...] = rng.standard_normal(cfg["O"])
     x = rng.standard_normal((cfg["N"], cfg["C"], cfg["H"], cfg["W"])).astype(dtype)
     y = layer.forward(x)
-    expected = conv2d_naive(x, layer.params["weight"], layer.params.get("bias"),
+    expected = reference_conv2d(x, layer.params["weight"], layer.params.get("bias"),
                             cfg["stride"], cfg["padding"], cfg["dilation"])
     assert y.dtype == dtype
     assert y.shape == expected.shape
-    assert_allclose(y, expected, **TOL[dtype])
+    bound = conv_error_bound(x, layer.params["weight"], layer.params.get("bias"),
+                             cfg["stride"], cfg["padding"], cfg["dilation"])
+    assert_within(y, expected, bound)
 
 
 @settings(max_examples=25, deadline=None, derandomize=True)
@@ -58,10 +72,10 @@ def test_same_padding_keeps_height_and_width(kh: int, kw: int, d: int, H: int, W
     x = np.random.default_rng(seed).standard_normal((2, 2, H, W))
     y = layer.forward(x)
     assert y.shape == (2, 3, H, W)
-    # "same" is the symmetric padding (span - 1) / 2 of the naive convolution
-    expected = conv2d_naive(x, layer.params["weight"], layer.params["bias"], 1,
-                            ((span_h - 1) // 2, (span_w - 1) // 2), d)
-    assert_allclose(y, expected, rtol=1e-10, atol=1e-12)
+    # "same" is the symmetric padding (span - 1) / 2 of the reference convolution
+    padding = ((span_h - 1) // 2, (span_w - 1) // 2)
+    expected = reference_conv2d(x, layer.params["weight"], layer.params["bias"], 1, padding, d)
+    assert_within(y, expected, conv_error_bound(x, layer.params["weight"], layer.params["bias"], 1, padding, d))
 
 
 def test_hand_computed_example() -> None:
@@ -70,14 +84,14 @@ def test_hand_computed_example() -> None:
     layer.params["weight"][...] = [[[[1, 0], [0, -1]]]]
     layer.params["bias"][...] = 10
     x = np.arange(1.0, 10.0).reshape(1, 1, 3, 3)
-    assert_allclose(layer.forward(x), np.full((1, 1, 2, 2), 6.0))
+    assert_array_equal(layer.forward(x), np.full((1, 1, 2, 2), 6.0))  # small integers: exact
     # padding 1, stride 2: windows at rows/cols -1 and 1 of the image
     layer = dc.Conv2D(1, 1, 2, stride=2, padding=1).astype(np.float64)
     layer.params["weight"][...] = [[[[1, 0], [0, -1]]]]
     layer.params["bias"][...] = 0
     # (oy, ox) = (0, 0): 1*pad - x[0,0] = -1;  (0, 1): pad - x[0, 2] = -3
     # (1, 0): pad - x[2, 0] = -7;               (1, 1): x[1,1] - x[2,2] = 5 - 9 = -4
-    assert_allclose(layer.forward(x), [[[[-1.0, -3.0], [-7.0, -4.0]]]])
+    assert_array_equal(layer.forward(x), [[[[-1.0, -3.0], [-7.0, -4.0]]]])
 
 
 def test_lazy_in_channels_inferred_at_first_forward() -> None:
@@ -89,7 +103,8 @@ def test_lazy_in_channels_inferred_at_first_forward() -> None:
     assert layer.params["weight"].shape == (4, 5, 3, 2)
     assert layer.params["bias"].shape == (4,)
     assert y.shape == (2, 4, 4, 5)
-    assert_allclose(y, conv2d_naive(x, layer.params["weight"], layer.params["bias"]), rtol=1e-4, atol=1e-5)
+    w, b = layer.params["weight"], layer.params["bias"]
+    assert_within(y, reference_conv2d(x, w, b), conv_error_bound(x, w, b))
     with pytest.raises(ValueError, match="Conv2D"):
         layer.forward(np.zeros((2, 3, 6, 6), dtype=np.float32))
 
@@ -109,8 +124,10 @@ def test_writing_into_params_changes_the_output() -> None:
     layer.params["weight"][1] = 0.0  # in place: second filter off
     layer.params["bias"][...] = [0.0, 2.5]
     after = layer.forward(x)
-    assert_allclose(after[:, 1], 2.5)
-    assert_allclose(after[:, 0], before[:, 0])
+    assert_array_equal(after[:, 1], 2.5)  # zero weights: 0 + 2.5 is exact
+    assert_array_equal(after[:, 0], before[:, 0])  # the same sums, in the same order
     # replacing the array entirely is seen too
     layer.params["weight"] = np.ones((2, 2, 3, 3))
-    assert_allclose(layer.forward(x)[:, 0], conv2d_naive(x, np.ones((2, 2, 3, 3)), np.zeros(2))[:, 0])
+    ones = np.ones((2, 2, 3, 3))
+    assert_within(layer.forward(x)[:, 0], reference_conv2d(x, ones, np.zeros(2))[:, 0],
+                  conv_error_bound(x, ones, np.zeros(2))[:, 0])

@@ -18,6 +18,10 @@ import dualconv as dc
 from dualconv.testing import check_layer_gradients, check_loss_gradients
 
 RTOL, ATOL = 1e-5, 1e-7
+"""Central differences in float64 with step 1e-6: the truncation error is
+O(step^2 * |third derivative|) ~ 1e-12 and the rounding error ~ u * |f| / step
+~ 1e-10 for |f| ~ 1, on any machine and in any BLAS summation order (which
+moves f by ~1e-16 relative); RTOL and ATOL sit two orders and more above both."""
 
 
 def check(layer: Any, x: np.ndarray, seed: int = 0) -> None:
@@ -127,8 +131,8 @@ def test_maxpool_negative_inputs_with_padding() -> None:
     x -= x.max() + 1.0
     layer = dc.MaxPool2D(3, stride=1, padding=1)
     check(layer, x)
-    dx = layer.backward(np.ones((1, 1, 4, 4)))
-    assert dx.sum() == pytest.approx(16.0)  # every unit of gradient lands on a real pixel
+    gx = layer.backward(np.ones((1, 1, 4, 4)))
+    assert gx.sum() == pytest.approx(16.0)  # every unit of gradient lands on a real pixel
 
 
 @pytest.mark.parametrize("kwargs, shape", [
@@ -158,8 +162,8 @@ class ReseededDropout:
         self.layer.seed(self.seed)
         return self.layer.forward(x)
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        return self.layer.backward(dy)
+    def backward(self, gy: np.ndarray) -> np.ndarray:
+        return self.layer.backward(gy)
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5])
@@ -176,8 +180,8 @@ def test_dropout_eval_mode_gradient_is_identity() -> None:
     x = randn((3, 5), 12)
     check(layer, x)
     assert_array_equal(layer.forward(x), x)
-    dy = randn((3, 5), 13)
-    assert_array_equal(layer.backward(dy), dy)
+    gy = randn((3, 5), 13)
+    assert_array_equal(layer.backward(gy), gy)
 
 
 def test_dropout_mask_consistency() -> None:
@@ -191,8 +195,8 @@ def test_dropout_mask_consistency() -> None:
     kept = mask != 0
     assert_allclose(mask[kept], 1 / (1 - p), rtol=1e-12)
     assert abs((~kept).mean() - p) < 0.03  # 2000 draws: p within ~4 standard errors
-    dy = randn((50, 40), 15)
-    assert_allclose(layer.backward(dy), dy * mask, rtol=1e-12)
+    gy = randn((50, 40), 15)
+    assert_allclose(layer.backward(gy), gy * mask, rtol=1e-12)
 
 
 def test_dropout_same_seed_same_mask_other_seed_other_mask() -> None:
@@ -237,8 +241,8 @@ def test_elementwise_values_and_derivatives(make: Any, f: Any, df: Any) -> None:
     x = away_from(np.linspace(-3, 3, 25).reshape(5, 5), (-1.0, 0.0, 1.0))
     layer = make()
     assert_allclose(layer.forward(x), f(x), rtol=1e-12, atol=1e-15)
-    dy = randn((5, 5), 17)
-    assert_allclose(layer.backward(dy), dy * df(x), rtol=1e-12, atol=1e-15)
+    gy = randn((5, 5), 17)
+    assert_allclose(layer.backward(gy), gy * df(x), rtol=1e-12, atol=1e-15)
 
 
 def test_softmax_gradients() -> None:
@@ -338,9 +342,9 @@ def test_sequential_chain_rule_matches_finite_differences() -> None:
         return float(loss.forward(model.forward(x), labels))
 
     f()
-    dx = model.backward(loss.backward())
+    gx = model.backward(loss.backward())
     analytic = {p.name: p.grad.copy() for p in model.parameters()}
-    assert_allclose(dx, numerical_gradient(f, x), rtol=1e-5, atol=1e-8)
+    assert_allclose(gx, numerical_gradient(f, x), rtol=1e-5, atol=1e-8)
     for p in model.parameters():
         assert_allclose(analytic[p.name], numerical_gradient(f, p.data), rtol=1e-5, atol=1e-8,
                         err_msg=p.name)
@@ -353,18 +357,18 @@ def test_sequential_chain_rule_matches_finite_differences() -> None:
     (lambda: dc.MaxPool2D(2), (1, 2, 4, 4)),
 ], ids=["Conv2D", "Dense", "Tanh", "MaxPool2D"])
 def test_backward_without_input_grad(make, shape) -> None:
-    """backward(dy, input_grad=False) returns None and the same parameter gradients;
-    the next plain backward computes dx again."""
+    """backward(gy, input_grad=False) returns None and the same parameter gradients;
+    the next plain backward computes gx again."""
     layer = make().astype(np.float64)
     x = tie_free(shape, 27)
     y = layer.forward(x)
-    dy = randn(y.shape, 28)
-    dx_full = layer.backward(dy)
+    gy = randn(y.shape, 28)
+    gx_full = layer.backward(gy)
     full = {k: v.copy() for k, v in layer.grads.items()}
-    assert layer.backward(dy, input_grad=False) is None
+    assert layer.backward(gy, input_grad=False) is None
     for k, v in full.items():
         assert_array_equal(layer.grads[k], v)
-    assert_array_equal(layer.backward(dy), dx_full)
+    assert_array_equal(layer.backward(gy), gx_full)
     check(layer, x)
 
 
@@ -372,10 +376,10 @@ def test_sequential_backward_without_input_grad() -> None:
     model = dc.Sequential([dc.Conv2D(None, 2, 3), dc.ReLU(), dc.Flatten(), dc.Dense(None, 2)],
                           seed=0, dtype=np.float64)
     x = randn((2, 1, 5, 5), 29)
-    dy = randn((2, 2), 30)
+    gy = randn((2, 2), 30)
     model.forward(x)
-    assert model.backward(dy).shape == x.shape
+    assert model.backward(gy).shape == x.shape
     full = {p.name: p.grad.copy() for p in model.parameters()}
-    assert model.backward(dy, input_grad=False) is None
+    assert model.backward(gy, input_grad=False) is None
     for p in model.parameters():
         assert_array_equal(p.grad, full[p.name], err_msg=p.name)

@@ -1,10 +1,10 @@
-"""The hand-worked examples of seed 003 (cross-correlation, padding, stride,
-channels, pooling), checked against kernels_numpy.
+"""Hand-worked examples of a from-scratch convolution tutorial (cross-correlation,
+padding, stride, channels, pooling), checked against the CPU kernels (kernels/cpu.py).
 
-The inputs and the printed outputs are copied from the seed. Where the seed
-shows a result only as a picture, the expected numbers were worked out by hand
-from the seed's inputs and the working is in the test. Convolutions go through
-im2col + a matmul, the way Conv2D computes them; the naive direct convolution
+The inputs and outputs are a tutorial's printed examples, small enough to check
+by hand; where a result was only shown as a picture, the expected numbers were
+worked out by hand from the inputs and the working is in the test. Convolutions go through
+im2col + a matmul, the way Conv2D computes them; the direct loop convolution (kernels/reference.py)
 is held to the same numbers.
 """
 from __future__ import annotations
@@ -13,16 +13,15 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from dualconv import kernels_naive as naive
-from dualconv import kernels_numpy as kn
-from dualconv.shapes import get_conv_outsize
+from dualconv.kernels import cpu, reference
+from dualconv.shapes import Window, get_conv_outsize
 
 
 def conv_im2col(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 0) -> np.ndarray:
     """x: (N, C, H, W), w: (O, C, kh, kw) -> (N, O, out_h, out_w) via im2col + matmul."""
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
-    col = kn.im2col(x, kh, kw, stride, stride, padding, padding)
+    col = cpu.im2col(x, Window(kh, kw, stride, stride, padding, padding))
     out_h, out_w = col.shape[-2:]
     y = w.reshape(O, -1) @ col.reshape(C * kh * kw, -1)
     return y.reshape(O, N, out_h, out_w).transpose(1, 0, 2, 3)
@@ -30,14 +29,14 @@ def conv_im2col(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 0)
 
 CONVS = [
     pytest.param(conv_im2col, id="im2col"),
-    pytest.param(lambda x, w, stride=1, padding=0: naive.conv2d_naive(x, w, None, stride, padding),
-                 id="naive"),
+    pytest.param(lambda x, w, stride=1, padding=0: reference.conv2d(x, w, None, stride, padding),
+                 id="reference"),
 ]
 
 
 @pytest.mark.parametrize("conv", CONVS)
 def test_cross_correlation_2x2_kernel_on_3x3_image(conv) -> None:
-    """img = arange(9) as 3x3, kernel = arange(4) as 2x2; the seed works out the
+    """img = arange(9) as 3x3, kernel = arange(4) as 2x2; the tutorial works out the
     top-left output as 0*0 + 1*1 + 3*2 + 4*3 = 19. The other three by hand:
     1*0+2*1+4*2+5*3 = 25, 3*0+4*1+6*2+7*3 = 37, 4*0+5*1+7*2+8*3 = 43."""
     img = np.arange(9.).reshape(1, 1, 3, 3)
@@ -60,22 +59,22 @@ def test_edge_detection_kernel(conv) -> None:
     assert_array_equal(out, np.tile([0., -1., 0., 0., 0., 1., 0.], (1, 1, 6, 1)))
 
 
-def test_seed_002_padding_and_1d_convolution() -> None:
-    """From seed 002 (its 1D warm-up): [1, 2, 3, 4, 5] padded by one is
+def test_padding_and_1d_convolution() -> None:
+    """A 1-D warm-up: [1, 2, 3, 4, 5] padded by one is
     [0, 1, 2, 3, 4, 5, 0], and cross-correlated with [1, 1, 1] it gives
     [3, 6, 9, 12, 9] (0+1+2, 1+2+3, ...), whose sum is 39."""
     x = np.array([1., 2., 3., 4., 5.]).reshape(1, 1, 1, 5)
-    assert_array_equal(kn.im2col(x, 1, 1, 1, 1, 0, 1).ravel(), [0, 1, 2, 3, 4, 5, 0])
-    col = kn.im2col(x, 1, 3, 1, 1, 0, 1)
+    assert_array_equal(cpu.im2col(x, Window(1, 1, 1, 1, 0, 1)).ravel(), [0, 1, 2, 3, 4, 5, 0])
+    col = cpu.im2col(x, Window(1, 3, 1, 1, 0, 1))
     out = np.ones((1, 3)) @ col.reshape(3, -1)
     assert_array_equal(out.ravel(), [3., 6., 9., 12., 9.])
     assert out.sum() == 39.0
 
 
 def test_padded_image_example() -> None:
-    """arange(1, 10) as 3x3, padded by 1 (seed: F.pad(img, (1, 1, 1, 1)))."""
+    """arange(1, 10) as 3x3, padded by 1 (what F.pad(img, (1, 1, 1, 1)) gives)."""
     img = np.arange(1., 10.).reshape(1, 1, 3, 3)
-    col = kn.im2col(img, 1, 1, 1, 1, 1, 1)
+    col = cpu.im2col(img, Window(1, 1, 1, 1, 1, 1))
     assert_array_equal(col.reshape(5, 5), [[0, 0, 0, 0, 0],
                                            [0, 1, 2, 3, 0],
                                            [0, 4, 5, 6, 0],
@@ -91,7 +90,7 @@ def test_padding_and_stride_with_ones_kernel(conv) -> None:
         0+1+0+4 = 5,  1+2+4+5 = 12, 2+3+5+6 = 16, 3+0+6+0 = 9
         0+4+0+7 = 11, 4+5+7+8 = 24, 5+6+8+9 = 28, 6+0+9+0 = 15
         0+7+0+0 = 7,  7+8+0+0 = 15, 8+9+0+0 = 17, 9+0+0+0 = 9
-    Padding 1, stride 2 (the seed's exercise) keeps rows and columns 0 and 2."""
+    Padding 1, stride 2 (the tutorial's exercise) keeps rows and columns 0 and 2."""
     img = np.arange(1., 10.).reshape(1, 1, 3, 3)
     kernel = np.ones((1, 1, 2, 2))
     padded = conv(img, kernel, padding=1)
@@ -106,7 +105,7 @@ def test_padding_and_stride_with_ones_kernel(conv) -> None:
 @pytest.mark.parametrize("conv", CONVS)
 def test_two_input_channels(conv) -> None:
     """img channels arange(9), arange(1, 10); kernels arange(4), arange(1, 5):
-    the seed prints [[56, 72], [104, 120]] (the per-channel sums added)."""
+    the tutorial prints [[56, 72], [104, 120]] (the per-channel sums added)."""
     img = np.concatenate([np.arange(9.), np.arange(1., 10.)]).reshape(1, 2, 3, 3)
     kernels = np.concatenate([np.arange(4.), np.arange(1., 5.)]).reshape(1, 2, 2, 2)
     assert_array_equal(conv(img, kernels), [[[[56., 72.], [104., 120.]]]])
@@ -116,7 +115,7 @@ def test_two_input_channels(conv) -> None:
 
 @pytest.mark.parametrize("conv", CONVS)
 def test_three_output_channels(conv) -> None:
-    """torch.cat([F.conv2d(img, kernels + i) for i in range(3)]) in the seed; here
+    """torch.cat([F.conv2d(img, kernels + i) for i in range(3)]) in the tutorial; here
     the three kernels are stacked as three output channels of one convolution."""
     img = np.concatenate([np.arange(9.), np.arange(1., 10.)]).reshape(1, 2, 3, 3)
     kernels = np.concatenate([np.arange(4.), np.arange(1., 5.)]).reshape(1, 2, 2, 2)
@@ -127,24 +126,24 @@ def test_three_output_channels(conv) -> None:
 
 
 def test_max_pool_2x2_stride_1() -> None:
-    """arange(9) as 3x3, MaxPool2d(2, stride=1): the seed prints [[4, 5], [7, 8]]."""
+    """arange(9) as 3x3, MaxPool2d(2, stride=1): the tutorial prints [[4, 5], [7, 8]]."""
     img = np.arange(9.).reshape(1, 1, 3, 3)
-    y, argmax = kn.max_pool_forward(img, 2, 2, 1, 1, 0, 0)
+    y, argmax = cpu.max_pool_forward(img, Window(2, 2, 1, 1, 0, 0))
     assert_array_equal(y, [[[[4., 5.], [7., 8.]]]])
     assert_array_equal(argmax, np.full((1, 1, 2, 2), 3))  # bottom-right of each window
 
 
 def test_avg_pool_2x2_stride_1() -> None:
-    """arange(9) as 3x3, AvgPool2d(2, stride=1): the seed prints [[2, 3], [5, 6]]."""
+    """arange(9) as 3x3, AvgPool2d(2, stride=1): the tutorial prints [[2, 3], [5, 6]]."""
     img = np.arange(9.).reshape(1, 1, 3, 3)
-    assert_array_equal(kn.avg_pool_forward(img, 2, 2, 1, 1, 0, 0), [[[[2., 3.], [5., 6.]]]])
+    assert_array_equal(cpu.avg_pool_forward(img, Window(2, 2, 1, 1, 0, 0)), [[[[2., 3.], [5., 6.]]]])
 
 
 def test_max_pool_keeps_channels_apart() -> None:
-    """Two channels arange(9), arange(1, 10): the seed prints
+    """Two channels arange(9), arange(1, 10): the tutorial prints
     [[[4, 5], [7, 8]], [[5, 6], [8, 9]]] (pooled per channel, not summed)."""
     img = np.concatenate([np.arange(9.), np.arange(1., 10.)]).reshape(1, 2, 3, 3)
-    y, _ = kn.max_pool_forward(img, 2, 2, 1, 1, 0, 0)
+    y, _ = cpu.max_pool_forward(img, Window(2, 2, 1, 1, 0, 0))
     assert_array_equal(y, [[[[4., 5.], [7., 8.]], [[5., 6.], [8., 9.]]]])
 
 
@@ -156,8 +155,8 @@ def test_max_pool_keeps_channels_apart() -> None:
     (3, 2, 2, 1, 2),      # the stride example above
 ])
 def test_output_size_exercise_table(size: int, k: int, s: int, p: int, expected: int) -> None:
-    """The seed's output-size exercise, by O = floor((W - F + 2P) / S) + 1,
+    """The tutorial's output-size exercise, by O = floor((W - F + 2P) / S) + 1,
     checked both by the formula and by the shape im2col produces."""
     assert get_conv_outsize(size, k, s, p) == expected
     x = np.zeros((1, 1, size, 3))
-    assert kn.im2col(x, k, 1, s, 1, p, 0).shape[-2] == expected
+    assert cpu.im2col(x, Window(k, 1, s, 1, p, 0)).shape[-2] == expected

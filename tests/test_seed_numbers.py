@@ -1,15 +1,15 @@
-"""The worked numbers of seeds 004 and 000, rebuilt with dualconv layers.
+"""The worked numbers of two published examples, rebuilt with dualconv layers.
 
-Seed 004 (a from-scratch CNN walkthrough) prints a two-layer fully connected
+A from-scratch CNN walkthrough prints a two-layer fully connected
 head: the flattened feature map [15, 8, 20, 5], weights W1..W3 / b1..b3 into a
 ReLU hidden layer (16.6, 12.1, 6.4), then W4..W6 / b4..b6 to the logits
 (7.86, 8.78, 9.64), softmax (0.1059, 0.2658, 0.6282) and, for the class
 "elephant" (index 2), a cross-entropy of 0.464866. Inputs and weights are
-copied from the seed text; the seed writes one weight per output neuron, so
-Dense's (in, out) weight is their transpose. (The seed's working line for h1
+copied from the walkthrough; it writes one weight per output neuron, so
+Dense's (in, out) weight is their transpose. (The walkthrough's working line for h1
 shows "5 x (0.8)", a typo: W1's last weight 0.1 is what gives its 16.6.)
 
-Seed 000 (a PyTorch book) runs Conv2d(1, 1, 3) on a 4x4 image, MaxPool2d(2),
+A PyTorch book runs Conv2d(1, 1, 3) on a 4x4 image, MaxPool2d(2),
 ReLU, Flatten, Linear(1, 1), Sigmoid and prints only: the conv output
 ``sumprod`` [[-0.0143, -0.0636], [-0.0834, -0.0500]], the linear output
 -1.6398 and the sigmoid 0.1625. Its image and weights are not printed, so the
@@ -25,7 +25,7 @@ from numpy.testing import assert_allclose
 
 import dualconv as dc
 
-# -- seed 004 ----------------------------------------------------------------------
+# -- the CNN walkthrough -----------------------------------------------------------
 
 FEATURE_MAP = np.array([[15.0, 8.0], [20.0, 5.0]])
 W1, b1 = [0.5, 0.8, 0.1, 0.1], 0.2
@@ -40,7 +40,7 @@ SOFTMAX = [0.1059, 0.2658, 0.6282]
 CROSS_ENTROPY = 0.464866
 
 
-def seed_004_head() -> dc.Sequential:
+def walkthrough_head() -> dc.Sequential:
     hidden = dc.Dense(4, 3)
     out = dc.Dense(3, 3)
     model = dc.Sequential([dc.Flatten(), hidden, dc.ReLU(), out], dtype=np.float64)
@@ -57,47 +57,47 @@ def test_seed_004_flatten_is_row_major() -> None:
 
 
 def test_seed_004_hidden_layer() -> None:
-    model = seed_004_head()
+    model = walkthrough_head()
     x = FEATURE_MAP.reshape(1, 1, 2, 2)
     h = model.layers[2].forward(model.layers[1].forward(model.layers[0].forward(x)))
     assert_allclose(h, [HIDDEN], rtol=1e-12)
 
 
 def test_seed_004_output_layer() -> None:
-    logits = seed_004_head().forward(FEATURE_MAP.reshape(1, 1, 2, 2))
+    logits = walkthrough_head().forward(FEATURE_MAP.reshape(1, 1, 2, 2))
     assert_allclose(logits, [LOGITS], rtol=1e-12)
 
 
 def test_seed_004_softmax() -> None:
     p = dc.Softmax().forward(np.array([LOGITS]))
-    assert_allclose(p, [SOFTMAX], atol=5e-5)  # the seed rounds to 4 places
+    assert_allclose(p, [SOFTMAX], atol=5e-5)  # the walkthrough rounds to 4 places
 
 
 @pytest.mark.parametrize("target", [np.array([2]), np.array([[0.0, 0.0, 1.0]])], ids=["label", "one-hot"])
 def test_seed_004_cross_entropy(target: np.ndarray) -> None:
     loss = dc.SoftmaxCrossEntropy()
     value = float(loss.forward(np.array([LOGITS]), target))
-    assert value == pytest.approx(CROSS_ENTROPY, abs=5e-7)  # the seed prints 6 places
+    assert value == pytest.approx(CROSS_ENTROPY, abs=5e-7)  # the walkthrough prints 6 places
     # dL/dlogits = softmax - one-hot (batch of one)
     assert_allclose(loss.backward(), [[SOFTMAX[0], SOFTMAX[1], SOFTMAX[2] - 1]], atol=5e-5)
 
 
 def test_seed_004_whole_pipeline_float32() -> None:
-    model = seed_004_head().astype(np.float32)
+    model = walkthrough_head().astype(np.float32)
     loss = dc.SoftmaxCrossEntropy()
     value = float(loss.forward(model.forward(FEATURE_MAP.reshape(1, 1, 2, 2)), np.array([2])))
     assert value == pytest.approx(CROSS_ENTROPY, abs=1e-4)
 
 
-# -- seed 000 ----------------------------------------------------------------------
+# -- the PyTorch book --------------------------------------------------------------
 
 SUMPROD = np.array([[-0.0143, -0.0636], [-0.0834, -0.0500]])
 LINEAR_OUT = -1.6398
 SIGMOID_OUT = 0.1625
 
 
-def seed_000_model() -> tuple[dc.Sequential, np.ndarray]:
-    """The seed's network with a hand-made image and filter that give its ``sumprod``.
+def book_model() -> tuple[dc.Sequential, np.ndarray]:
+    """The book's network with a hand-made image and filter that give its ``sumprod``.
 
     Filter: 2 at its bottom-right tap, 0 elsewhere, bias 0.01, so the output at
     (i, j) is 2 * x[i + 2, j + 2] + 0.01 (cross-correlation, as Conv2d is);
@@ -121,7 +121,7 @@ def seed_000_model() -> tuple[dc.Sequential, np.ndarray]:
 
 
 def test_seed_000_each_stage() -> None:
-    model, x = seed_000_model()
+    model, x = book_model()
     conv, pool, relu, flatten, linear, sigmoid = model.layers
     sumprod = conv.forward(x)
     assert_allclose(sumprod, SUMPROD.reshape(1, 1, 2, 2), rtol=1e-12, atol=1e-15)
@@ -134,14 +134,14 @@ def test_seed_000_each_stage() -> None:
     assert float(sigmoid.forward(z)[0, 0]) == pytest.approx(SIGMOID_OUT, abs=5e-5)
 
 
-def test_seed_000_relu_then_max_as_the_seed_computes_it() -> None:
-    """The seed clamps sumprod first and then takes the max; in either order the pool gives 0."""
+def test_book_relu_then_max_as_the_book_computes_it() -> None:
+    """The book clamps sumprod first and then takes the max; in either order the pool gives 0."""
     relu_first = dc.MaxPool2D(2).forward(dc.ReLU().forward(SUMPROD.reshape(1, 1, 2, 2)))
     assert relu_first.tolist() == [[[[0.0]]]]
 
 
 def test_seed_000_whole_model() -> None:
-    model, x = seed_000_model()
+    model, x = book_model()
     out = model.forward(x)
     assert out.shape == (1, 1)
     assert float(out[0, 0]) == pytest.approx(SIGMOID_OUT, abs=5e-5)

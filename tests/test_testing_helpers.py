@@ -55,7 +55,7 @@ class ToySoftmaxCrossEntropy:
     """Mean over the batch of -log softmax(pred)[target]; pred: (N, K), target: (N,).
 
     ``wrong`` forgets to divide the gradient by N: the loss/gradient mismatch
-    that the released code behind seed 002 shipped in its own form.
+    that published from-scratch code has shipped in its own form.
     """
 
     def __init__(self, wrong: bool = False) -> None:

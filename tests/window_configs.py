@@ -1,7 +1,7 @@
 """Random sliding-window geometries, shared by the kernel tests.
 
 One generator, ``draw_config``, driven two ways: by hypothesis (the
-``configs`` strategy in tests/test_kernels_numpy.py) and by a seeded NumPy
+``configs`` strategy in tests/test_kernels_cpu.py) and by a seeded NumPy
 generator (``random_configs``, for the CUDA kernel cases in tests/cuda/ and
 tests/gpu/). Its ranges cover rectangular inputs and kernels, stride,
 padding up to the whole kernel and beyond (windows wholly in the padding),
@@ -9,43 +9,37 @@ dilation, and overlapping windows (stride < kernel).
 """
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
 from typing import Callable
 
 import numpy as np
 
-from dualconv.shapes import get_conv_outsize
+from dualconv.shapes import Window
 
 
-@dataclass(frozen=True)
 class WindowConfig:
-    """Input (N, C, H, W) and window kh, kw, stride sy, sx, padding ph, pw, dilation dy, dx."""
-    N: int
-    C: int
-    H: int
-    W: int
-    kh: int
-    kw: int
-    sy: int
-    sx: int
-    ph: int
-    pw: int
-    dy: int = 1
-    dx: int = 1
+    """An input (N, C, H, W) and the Window (kh, kw, sy, sx, ph, pw, dy, dx) sliding
+    over it; ``cfg.kh``, ``cfg.sy``, ... read the window's fields."""
 
-    @property
-    def window(self) -> tuple[int, ...]:
-        """(kh, kw, sy, sx, ph, pw, dy, dx), the tail of every kernel's arguments."""
-        return astuple(self)[4:]
+    def __init__(self, N: int, C: int, H: int, W: int, *window: int) -> None:
+        self.N, self.C, self.H, self.W = N, C, H, W
+        self.window = Window(*window)
+
+    def __getattr__(self, name: str) -> int:
+        if name not in Window._fields:
+            raise AttributeError(name)
+        return getattr(self.window, name)
 
     @property
     def out(self) -> tuple[int, int]:
         """(out_h, out_w)."""
-        return (get_conv_outsize(self.H, self.kh, self.sy, self.ph, self.dy),
-                get_conv_outsize(self.W, self.kw, self.sx, self.pw, self.dx))
+        return self.window.out_size(self.H, self.W)
 
     def __str__(self) -> str:
-        return "x{}x{}x{}x{}_k{}x{}_s{}x{}_p{}x{}_d{}x{}".format(*astuple(self))
+        return "x{}x{}x{}x{}_k{}x{}_s{}x{}_p{}x{}_d{}x{}".format(
+            self.N, self.C, self.H, self.W, *self.window)
+
+    def __repr__(self) -> str:
+        return f"WindowConfig({self.N}, {self.C}, {self.H}, {self.W}, {', '.join(map(str, self.window))})"
 
 
 def draw_config(draw_int: Callable[[int, int], int], overlapping: bool = False) -> WindowConfig:

@@ -15,9 +15,9 @@ class _Elementwise(Layer):
         if x.dtype.kind != "f":
             raise TypeError(f"{self.name}: expected a floating-point input, got {x.dtype}")
 
-    def _backward(self, dy: Any) -> Any:
-        self._check_grad_shape(dy, self._cache[0].shape)
-        return dy * self._derivative()
+    def _backward(self, gy: Any) -> Any:
+        self._check_grad_shape(gy, self._cache[0].shape)
+        return gy * self._derivative()
 
 
 class ReLU(_Elementwise):
@@ -103,21 +103,21 @@ class Sigmoid(_Elementwise):
 
 
 class Identity(_Elementwise):
-    """y = x (seed 002's Linear activation)."""
+    """y = x (the identity, a 'linear' activation)."""
 
     def _forward(self, x: Any) -> Any:
         self._cache = (x,)
         return x
 
-    def _backward(self, dy: Any) -> Any:
-        self._check_grad_shape(dy, self._cache[0].shape)
-        return dy
+    def _backward(self, gy: Any) -> Any:
+        self._check_grad_shape(gy, self._cache[0].shape)
+        return gy
 
 
 class Softmax(_Elementwise):
     """y = exp(x - max) / sum(exp(x - max)) over the last axis.
 
-    x: (N, C) -> y: (N, C). Backward: dx = y * (dy - sum(dy * y)). For
+    x: (N, C) -> y: (N, C). Backward: gx = y * (gy - sum(gy * y)). For
     training a classifier, prefer SoftmaxCrossEntropy on the logits (fused
     and stable).
     """
@@ -133,7 +133,7 @@ class Softmax(_Elementwise):
         self._cache = (y,)
         return y
 
-    def _backward(self, dy: Any) -> Any:
+    def _backward(self, gy: Any) -> Any:
         (y,) = self._cache
-        self._check_grad_shape(dy, y.shape)
-        return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+        self._check_grad_shape(gy, y.shape)
+        return y * (gy - (gy * y).sum(axis=1, keepdims=True))

@@ -1,7 +1,7 @@
 """The Layer contract every layer follows.
 
     y = layer.forward(x)      # or layer(x)
-    dx = layer.backward(dy)   # after a forward; fills layer.grads
+    gx = layer.backward(gy)   # after a forward; fills layer.grads
 
 ``layer.params`` and ``layer.grads`` are dicts of the live arrays ("weight",
 "bias"): an optimizer writes into ``params`` in place and the layer sees it.
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import backend_of, get_array_module, get_backend, to_backend, xp_for
+from ..backend import backend_of, get_backend, to_backend, xp_for
 from ..init import default_rng
 
 
@@ -77,7 +77,7 @@ class Layer:
                             f"got {x.dtype}; cast the input or call .astype() on the layer")
         return self._forward(x)
 
-    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+    def backward(self, gy: Any, input_grad: bool = True) -> Any:
         """Gradient of the loss with respect to the last forward's input.
 
         Fills ``grads``. With ``input_grad=False`` (the first layer of a
@@ -86,13 +86,13 @@ class Layer:
         if self._cache is None:
             raise RuntimeError(f"{self.name}.backward called before forward")
         self._need_input_grad = input_grad
-        dx = self._backward(dy)
-        return dx if input_grad else None
+        gx = self._backward(gy)
+        return gx if input_grad else None
 
     def _forward(self, x: Any) -> Any:
         raise NotImplementedError
 
-    def _backward(self, dy: Any) -> Any:
+    def _backward(self, gy: Any) -> Any:
         raise NotImplementedError
 
     def _check_input(self, x: Any) -> None:
@@ -113,11 +113,11 @@ class Layer:
             raise ValueError(
                 f"{self.name}: expected a {ndim}-D input {layout}, got shape {tuple(x.shape)}")
 
-    def _check_grad_shape(self, dy: Any, expected: tuple[int, ...]) -> None:
-        if tuple(dy.shape) != tuple(expected):
+    def _check_grad_shape(self, gy: Any, expected: tuple[int, ...]) -> None:
+        if tuple(gy.shape) != tuple(expected):
             raise ValueError(
                 f"{self.name}.backward: expected a gradient of shape {tuple(expected)} "
-                f"(the forward output), got {tuple(dy.shape)}")
+                f"(the forward output), got {tuple(gy.shape)}")
 
     # -- modes, devices, description ----------------------------------------
     def train(self) -> "Layer":
@@ -159,8 +159,3 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{self.name}({args})"
-
-
-def array_module(x: Any):
-    """numpy or cupy, whichever holds x."""
-    return get_array_module(x)

@@ -1,14 +1,64 @@
-"""Conv2D: a 2-D convolution layer (PyTorch's argument order)."""
+"""Conv2D: a 2-D convolution layer (PyTorch's argument order), as im2col + one GEMM.
+
+Forward:  col = im2col(x)                        (C*kh*kw, N*out_h*out_w)
+          y   = w.reshape(O, C*kh*kw) @ col + b  (O, N*out_h*out_w)
+Backward: gw  = gy @ col.T,  gb = gy.sum(columns),
+          gx  = col2im(w.T @ gy)
+
+The GEMMs take the columns with the batch axis last, (C*kh*kw, out_h*out_w*N),
+the order the NumPy im2col stores them in (see kernels/cpu.py), so on the
+CPU every reshape below is free and the output lands batch-last, (O, out_h,
+out_w, N), which the next layer's kernels read without a copy. The caller
+gets (N, O, out_h, out_w) views. (The CUDA kernels store columns batch-major;
+on the GPU the reshape makes one copy, cheap at GPU bandwidth.)
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from ..functional.conv import ConvGeometry, conv2d_backward, conv2d_forward
+from .. import kernels
+from ..backend import get_array_module
 from ..init import get_initializer
-from ..shapes import get_conv_outsize, pair
+from ..kernels.checks import check_fits, check_float
+from ..layout import batch_first, batch_last, columns_batch_first, columns_batch_last
+from ..shapes import Window, pair
 from .base import Layer
+
+
+def _column_matrix(col: Any) -> Any:
+    """col: (C, kh, kw, N, out_h, out_w) -> (C*kh*kw, out_h*out_w*N) matrix."""
+    C, kh, kw, N, out_h, out_w = col.shape
+    return columns_batch_last(col).reshape(C * kh * kw, out_h * out_w * N)
+
+
+def conv2d_forward(x: Any, w: Any, b: Any | None, win: Window) -> tuple[Any, Any]:
+    """x: (N, C, H, W), w: (O, C, kh, kw), b: (O,) or None -> (y (N, O, out_h, out_w), col)."""
+    O = w.shape[0]
+    col = kernels.im2col(x, win)
+    _, _, _, N, out_h, out_w = col.shape
+    y = w.reshape(O, -1) @ _column_matrix(col)
+    if b is not None:
+        y += b[:, None]
+    return batch_first(y.reshape(O, out_h, out_w, N)), col
+
+
+def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, col: Any, win: Window,
+                    need_gx: bool = True) -> tuple[Any | None, Any, Any]:
+    """gy: (N, O, out_h, out_w) -> (gx (N, C, H, W) or None, gw (O, C, kh, kw), gb (O,))."""
+    xp = get_array_module(gy)
+    O, C, kh, kw = w.shape
+    N, _, H, W = x_shape
+    _, _, out_h, out_w = gy.shape
+    gy_mat = xp.ascontiguousarray(batch_last(gy)).reshape(O, -1)  # (O, out_h*out_w*N)
+    gw = (gy_mat @ _column_matrix(col).T).reshape(w.shape)
+    gb = gy_mat.sum(axis=1)
+    gx = None
+    if need_gx:
+        gcol = (w.reshape(O, -1).T @ gy_mat).reshape(C, kh, kw, out_h, out_w, N)
+        gx = kernels.col2im(columns_batch_first(gcol), H, W, win)
+    return gx, gw, gb
 
 
 class Conv2D(Layer):
@@ -65,8 +115,8 @@ class Conv2D(Layer):
         return pair(padding, "Conv2D padding")
 
     @property
-    def geometry(self) -> ConvGeometry:
-        return ConvGeometry(self.sy, self.sx, self.ph, self.pw, self.dy, self.dx)
+    def window(self) -> Window:
+        return Window(self.kh, self.kw, self.sy, self.sx, self.ph, self.pw, self.dy, self.dx)
 
     def _create_params(self, input_shape: tuple[int, ...], rng: np.random.Generator) -> None:
         self.in_channels = int(input_shape[1])
@@ -79,19 +129,13 @@ class Conv2D(Layer):
         N, _, H, W = input_shape
         if H is None:
             return (N, self.out_channels, None, None)
-        out_h = get_conv_outsize(H, self.kh, self.sy, self.ph, self.dy)
-        out_w = get_conv_outsize(W, self.kw, self.sx, self.pw, self.dx)
-        # The output size is below 1 exactly when the dilated kernel overhangs the padded input.
-        span = (self.dy * (self.kh - 1) + 1, self.dx * (self.kw - 1) + 1)
-        if span[0] > H + 2 * self.ph or span[1] > W + 2 * self.pw:
-            raise ValueError(
-                f"Conv2D: kernel {(self.kh, self.kw)} (dilated span {span}) is larger than the "
-                f"padded input {(H + 2 * self.ph, W + 2 * self.pw)} from input {(H, W)} with padding {(self.ph, self.pw)}")
+        out_h, out_w = check_fits(H, W, self.window, self.name)
         return (N, self.out_channels, out_h, out_w)
 
     def _check_input(self, x: Any) -> None:
         super()._check_input(x)
         self._require_ndim(x, 4, "(N, C, H, W)")
+        check_float(x, "input", self.name)
         if self.in_channels is not None and x.shape[1] != self.in_channels:
             raise ValueError(
                 f"Conv2D: expected {self.in_channels} input channels, got {x.shape[1]} "
@@ -99,19 +143,19 @@ class Conv2D(Layer):
         self.output_shape(tuple(x.shape))
 
     def _forward(self, x: Any) -> Any:
-        y, col = conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.geometry)
+        y, col = conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.window)
         self._cache = (tuple(x.shape), col)
         return y
 
-    def _backward(self, dy: Any) -> Any:
+    def _backward(self, gy: Any) -> Any:
         x_shape, col = self._cache
-        self._check_grad_shape(dy, self.output_shape(x_shape))
-        dx, dw, db = conv2d_backward(dy, x_shape, self.params["weight"], col, self.geometry,
-                                     need_dx=self._need_input_grad)
-        self.grads["weight"] = dw
+        self._check_grad_shape(gy, self.output_shape(x_shape))
+        gx, gw, gb = conv2d_backward(gy, x_shape, self.params["weight"], col, self.window,
+                                     need_gx=self._need_input_grad)
+        self.grads["weight"] = gw
         if self.use_bias:
-            self.grads["bias"] = db
-        return dx
+            self.grads["bias"] = gb
+        return gx
 
     def get_config(self) -> dict[str, Any]:
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,

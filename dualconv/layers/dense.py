@@ -1,4 +1,4 @@
-"""Dense: a fully connected layer, y = x @ W + b (seed 002's layout)."""
+"""Dense: a fully connected layer, y = x @ W + b, W stored (in_features, out_features)."""
 from __future__ import annotations
 
 from typing import Any
@@ -56,13 +56,13 @@ class Dense(Layer):
             y += self.params["bias"]
         return y
 
-    def _backward(self, dy: Any) -> Any:
+    def _backward(self, gy: Any) -> Any:
         x = self._cache
-        self._check_grad_shape(dy, (x.shape[0], self.out_features))
-        self.grads["weight"] = x.T @ dy
+        self._check_grad_shape(gy, (x.shape[0], self.out_features))
+        self.grads["weight"] = x.T @ gy
         if self.use_bias:
-            self.grads["bias"] = dy.sum(axis=0)
-        return dy @ self.params["weight"].T if self._need_input_grad else None
+            self.grads["bias"] = gy.sum(axis=0)
+        return gy @ self.params["weight"].T if self._need_input_grad else None
 
     def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,

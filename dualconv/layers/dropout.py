@@ -67,12 +67,12 @@ class Dropout(Layer):
         self._cache = mask
         return x * mask
 
-    def _backward(self, dy: Any) -> Any:
+    def _backward(self, gy: Any) -> Any:
         if isinstance(self._cache, tuple):  # eval mode (or p == 0): the identity
-            self._check_grad_shape(dy, self._cache)
-            return dy
-        self._check_grad_shape(dy, self._cache.shape)
-        return dy * self._cache
+            self._check_grad_shape(gy, self._cache)
+            return gy
+        self._check_grad_shape(gy, self._cache.shape)
+        return gy * self._cache
 
     def get_config(self) -> dict[str, Any]:
         return {"p": self.p}

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..functional.pool import (avg_pool2d_backward, avg_pool2d_forward, max_pool2d_backward,
-                               max_pool2d_forward)
-from ..shapes import get_conv_outsize, pair
+from .. import kernels
+from ..kernels.checks import check_fits, check_float
+from ..shapes import Window, pair
 from .base import Layer
 
 
@@ -30,21 +30,17 @@ class _Pool2D(Layer):
                              f"got padding {(self.ph, self.pw)} for kernel {(self.kh, self.kw)}")
 
     @property
-    def window(self) -> tuple[int, int, int, int, int, int]:
-        return self.kh, self.kw, self.sy, self.sx, self.ph, self.pw
+    def window(self) -> Window:
+        return Window(self.kh, self.kw, self.sy, self.sx, self.ph, self.pw)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         N, C, H, W = input_shape
-        if self.kh > H + 2 * self.ph or self.kw > W + 2 * self.pw:
-            raise ValueError(f"{self.name}: kernel {(self.kh, self.kw)} is larger than the padded "
-                             f"input {(H + 2 * self.ph, W + 2 * self.pw)} from input {(H, W)}")
-        out_h = get_conv_outsize(H, self.kh, self.sy, self.ph)
-        out_w = get_conv_outsize(W, self.kw, self.sx, self.pw)
-        return (N, C, out_h, out_w)
+        return (N, C, *check_fits(H, W, self.window, self.name))
 
     def _check_input(self, x: Any) -> None:
         super()._check_input(x)
         self._require_ndim(x, 4, "(N, C, H, W)")
+        check_float(x, "input", self.name)
         self.output_shape(tuple(x.shape))
 
     def get_config(self) -> dict[str, Any]:
@@ -56,25 +52,25 @@ class MaxPool2D(_Pool2D):
     """Each output is its window's maximum (padding never wins; first max wins ties)."""
 
     def _forward(self, x: Any) -> Any:
-        y, argmax = max_pool2d_forward(x, *self.window)
+        y, argmax = kernels.max_pool_forward(x, self.window)
         self._cache = (x.shape, argmax)
         return y
 
-    def _backward(self, dy: Any) -> Any:
+    def _backward(self, gy: Any) -> Any:
         x_shape, argmax = self._cache
-        self._check_grad_shape(dy, argmax.shape)
-        return max_pool2d_backward(dy, argmax, x_shape[2], x_shape[3], *self.window)
+        self._check_grad_shape(gy, argmax.shape)
+        return kernels.max_pool_backward(gy, argmax, x_shape[2], x_shape[3], self.window)
 
 
 class AvgPool2D(_Pool2D):
     """Each output is its window's mean; padding counts as zeros (PyTorch's default)."""
 
     def _forward(self, x: Any) -> Any:
-        y = avg_pool2d_forward(x, *self.window)
+        y = kernels.avg_pool_forward(x, self.window)
         self._cache = (x.shape, y.shape)
         return y
 
-    def _backward(self, dy: Any) -> Any:
+    def _backward(self, gy: Any) -> Any:
         x_shape, y_shape = self._cache
-        self._check_grad_shape(dy, y_shape)
-        return avg_pool2d_backward(dy, x_shape[2], x_shape[3], *self.window)
+        self._check_grad_shape(gy, y_shape)
+        return kernels.avg_pool_backward(gy, x_shape[2], x_shape[3], self.window)

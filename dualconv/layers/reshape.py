@@ -24,7 +24,7 @@ class Flatten(Layer):
         self._cache = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def _backward(self, dy: Any) -> Any:
+    def _backward(self, gy: Any) -> Any:
         x_shape = self._cache
-        self._check_grad_shape(dy, self.output_shape(x_shape))
-        return dy.reshape(x_shape)
+        self._check_grad_shape(gy, self.output_shape(x_shape))
+        return gy.reshape(x_shape)

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from cuda_emulator import Emulator
-from dualconv import kernels_cuda, kernels_numpy
+from dualconv.kernels import cpu, cuda
+from dualconv.shapes import Window
 from kernel_cases import (ARGS, DTYPES, HAND_PICKED, assert_bitwise_equal, kernel_args,
                           random_cases)
 
@@ -23,7 +24,7 @@ def main() -> int:
     emulator = Emulator(Path(sys.argv[1]))
     if "--overflow" in sys.argv:
         x = np.ones((1, 1, 4, 4), np.float32)
-        launch = kernels_cuda.plan_im2col(np.ones((1, 1, 6, 4), np.float32), 3, 3, 1, 1, 0, 0)
+        launch = cuda.plan_im2col(np.ones((1, 1, 6, 4), np.float32), Window(3, 3, 1, 1, 0, 0))
         emulator.run(dataclasses.replace(launch, args=(x, *launch.args[1:])))
         print("overflow was not detected")
         return 0
@@ -33,7 +34,7 @@ def main() -> int:
             for i, case in enumerate(HAND_PICKED + random_cases(seed=7, count=4)):
                 args = kernel_args(kernel, case, dtype, "ties", seed=i)
                 assert_bitwise_equal(emulator.call(kernel, *args),
-                                     getattr(kernels_numpy, kernel)(*args), f"{kernel} {case}")
+                                     getattr(cpu, kernel)(*args), f"{kernel} {case}")
                 launches += 1
     print(f"ok: {launches} launches, kernels {sorted(emulator.launched)}")
     return 0

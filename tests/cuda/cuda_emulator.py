@@ -1,8 +1,8 @@
 """The CPU emulation of kernels/*.cu for the kernel tests, built by the emulated CuPy's g++ harness.
 
-``build(out_dir)`` compiles ``kernels_cuda.module_source()`` (every kernels/*.cu,
+``build(out_dir)`` compiles ``sources.module_source()`` (every kernels/*.cu,
 the source CuPy compiles) with dualconv/testing/fake_cupy/emulation_harness.cpp
-into a shared library; ``Emulator(lib)`` runs ``dualconv.kernels_cuda`` plans
+into a shared library; ``Emulator(lib)`` runs ``dualconv.kernels.cuda`` plans
 on NumPy arrays with the same grid, block and arguments that CuPy would launch,
 through the same ``execute()``, each argument checked against the kernel's
 C++ signature.
@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from dualconv import kernels_cuda
+from dualconv.kernels import cuda, sources
 from dualconv.testing.fake_cupy import _native
 
 CXX = shutil.which("g++")
@@ -23,7 +23,7 @@ CXX = shutil.which("g++")
 
 def build(out_dir: Path, sanitize: bool = False) -> Path:
     """Compile the harness and every kernels/*.cu into out_dir; returns the .so path."""
-    return _native.build(kernels_cuda.module_source(), kernels_cuda.NAME_EXPRESSIONS, out_dir, sanitize)
+    return _native.build(sources.module_source(), cuda.NAME_EXPRESSIONS, out_dir, sanitize)
 
 
 class Emulator:
@@ -37,14 +37,14 @@ class Emulator:
         """The kernel instantiations compiled into the library."""
         return self.module.names()
 
-    def _call(self, launch: kernels_cuda.Launch, args: tuple[Any, ...]) -> None:
+    def _call(self, launch: cuda.Launch, args: tuple[Any, ...]) -> None:
         self.module.launch(launch.name, launch.grid, launch.block, args)
         self.launched.add(launch.name)
 
-    def run(self, launch: kernels_cuda.Launch) -> Any:
-        """Execute a plan; returns what the kernels_numpy function would."""
-        return kernels_cuda.execute(launch, np, self._call)
+    def run(self, launch: cuda.Launch) -> Any:
+        """Execute a plan; returns what the cpu.py function would."""
+        return cuda.execute(launch, np, self._call)
 
     def call(self, kernel: str, *args: Any) -> Any:
-        """``kernel`` run with the kernels_numpy signature, e.g. call("im2col", x, 3, 3, ...)."""
-        return self.run(kernels_cuda.PLANS[kernel](*args))
+        """``kernel`` run with the kernel signature, e.g. call("im2col", x, Window(3, 3, 1, 1, 0, 0))."""
+        return self.run(cuda.PLANS[kernel](*args))

@@ -4,7 +4,7 @@
 A case is a window geometry, a ``WindowConfig`` of tests/window_configs.py
 (tests/ is on sys.path: pytest puts the folder of tests/conftest.py there);
 ``kernel_args`` turns (kernel, case, dtype, value kind) into the positional
-arguments of the kernels_numpy function.
+arguments of the kernel function (the same for cpu.py, cuda.py and the plans).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dualconv import kernels_numpy
+from dualconv.kernels import cpu
 from window_configs import WindowConfig, random_configs
 
 DTYPES = (np.float32, np.float64)
@@ -60,24 +60,24 @@ def values(rng: np.random.Generator, shape: tuple[int, ...], dtype: Any, kind: s
 
 def _image_args(case: Case, dtype: Any, kind: str, rng: np.random.Generator) -> tuple:
     x = values(rng, (case.N, case.C, case.H, case.W), dtype, kind)
-    return (x, *case.window)
+    return (x, case.window)
 
 
 def _col2im_args(case: Case, dtype: Any, kind: str, rng: np.random.Generator) -> tuple:
     col = values(rng, (case.C, case.kh, case.kw, case.N, *case.out), dtype, kind)
-    return (col, case.H, case.W, *case.window[2:])
+    return (col, case.H, case.W, case.window)
 
 
 def _max_pool_backward_args(case: Case, dtype: Any, kind: str, rng: np.random.Generator) -> tuple:
     x = values(rng, (case.N, case.C, case.H, case.W), dtype, kind)
-    _, argmax = kernels_numpy.max_pool_forward(x, *case.window)
+    _, argmax = cpu.max_pool_forward(x, case.window)
     gy = values(rng, (case.N, case.C, *case.out), dtype, kind)
-    return (gy, argmax, case.H, case.W, *case.window)
+    return (gy, argmax, case.H, case.W, case.window)
 
 
 def _avg_pool_backward_args(case: Case, dtype: Any, kind: str, rng: np.random.Generator) -> tuple:
     gy = values(rng, (case.N, case.C, *case.out), dtype, kind)
-    return (gy, case.H, case.W, *case.window)
+    return (gy, case.H, case.W, case.window)
 
 
 ARGS: dict[str, Callable[[Case, Any, str, np.random.Generator], tuple]] = {
@@ -88,7 +88,7 @@ ARGS: dict[str, Callable[[Case, Any, str, np.random.Generator], tuple]] = {
     "avg_pool_forward": _image_args,
     "avg_pool_backward": _avg_pool_backward_args,
 }
-"""Kernel name -> builder of its kernels_numpy arguments. The kernels under test."""
+"""Kernel name -> builder of its arguments. The kernels under test."""
 
 
 def kernel_args(kernel: str, case: Case, dtype: Any, kind: str, seed: int = 0) -> tuple:

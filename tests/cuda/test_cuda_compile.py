@@ -2,7 +2,7 @@
 
 Uses NVRTC from the pip package nvidia-cuda-nvrtc-cu12 through ctypes (the
 compiler CuPy itself uses), on exactly the source and options that
-kernels_cuda hands to cupy.RawModule; falls back to nvcc on PATH.
+dualconv.kernels.cuda hands to cupy.RawModule; falls back to nvcc on PATH.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from dualconv import kernels_cuda
+from dualconv.kernels import cuda, sources
 from dualconv.testing.fake_cupy._raw import NVRTC  # libnvrtc (nvidia-cuda-nvrtc-cu12), or None
 
 ARCHES = ["compute_75", "sm_90"]  # PTX for Turing+, CUBIN for Hopper
@@ -58,7 +58,7 @@ def nvrtc_compile(source: str, arch: str,
 
 
 def _options(arch: str) -> list[str]:
-    return [*kernels_cuda.COMPILE_OPTIONS, f"--gpu-architecture={arch}"]
+    return [*cuda.COMPILE_OPTIONS, f"--gpu-architecture={arch}"]
 
 
 def _checker():
@@ -73,11 +73,11 @@ def _checker():
 def nvcc_compile(source: str, arch: str, tmp_path: Path) -> tuple[int, str]:
     """Compile with nvcc; name expressions become host references that instantiate them."""
     refs = "".join(f"void* dc_ref_{i} = (void*)&{e};\n"
-                   for i, e in enumerate(kernels_cuda.NAME_EXPRESSIONS))
+                   for i, e in enumerate(cuda.NAME_EXPRESSIONS))
     src = tmp_path / "dualconv_kernels.cu"
     src.write_text(source + refs)
     kind = "-cubin" if arch.startswith("sm_") else "-ptx"
-    cmd = [NVCC, kind, f"-arch={arch}", *kernels_cuda.COMPILE_OPTIONS, str(src),
+    cmd = [NVCC, kind, f"-arch={arch}", *cuda.COMPILE_OPTIONS, str(src),
            "-o", str(tmp_path / "out")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     return proc.returncode, proc.stdout + proc.stderr
@@ -85,12 +85,12 @@ def nvcc_compile(source: str, arch: str, tmp_path: Path) -> tuple[int, str]:
 
 @pytest.mark.parametrize("arch", ARCHES)
 def test_every_instantiation_compiles(arch, tmp_path):
-    source = kernels_cuda.module_source()
+    source = sources.module_source()
     if NVRTC is not None:
-        rc, log, image, lowered = nvrtc_compile(source, arch, kernels_cuda.NAME_EXPRESSIONS)
+        rc, log, image, lowered = nvrtc_compile(source, arch, cuda.NAME_EXPRESSIONS)
         assert rc == 0, log
         assert image, "NVRTC returned an empty image"
-        assert set(lowered) == set(kernels_cuda.NAME_EXPRESSIONS)
+        assert set(lowered) == set(cuda.NAME_EXPRESSIONS)
         for name, mangled in lowered.items():
             assert name.split("<")[0] in mangled
     elif NVCC is not None:
@@ -107,7 +107,7 @@ def test_compile_errors_name_file_and_line(tmp_path, monkeypatch):
     (tmp_path / "good.cu").write_text('#include "common.cuh"\n__global__ void g() {}\n')
     (tmp_path / "broken.cu").write_text(
         '// a comment\n#include "common.cuh"\n\n__global__ void f() { undefined_name; }\n')
-    monkeypatch.setattr(kernels_cuda, "_kernel_dir", lambda: tmp_path)
-    rc, log, _, _ = nvrtc_compile(kernels_cuda.module_source(), "compute_75", ())
+    monkeypatch.setattr(sources, "kernel_dir", lambda: tmp_path)
+    rc, log, _, _ = nvrtc_compile(sources.module_source(), "compute_75", ())
     assert rc != 0
     assert "broken.cu(4): error" in log, log

@@ -1,5 +1,5 @@
 """Adding a kernel to kernels/*.cu without wiring it up everywhere fails here:
-it must be listed in kernels_cuda.KERNELS (so CuPy instantiates it for every
+it must be listed in cuda.KERNELS (so CuPy instantiates it for every
 dtype), have a plan, and have emulated parity tests."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dualconv import kernels_cuda, kernels_numpy
+from dualconv.kernels import cpu, cuda, sources
 from test_cuda_emulated import KERNELS_UNDER_TEST
 
 GLOBAL = re.compile(r"__global__\s+void\s+(\w+)\s*\(")
@@ -15,7 +15,7 @@ GLOBAL = re.compile(r"__global__\s+void\s+(\w+)\s*\(")
 
 def kernels_in_sources() -> set[str]:
     found: set[str] = set()
-    for name, source in kernels_cuda.kernel_sources().items():
+    for name, source in sources.kernel_sources().items():
         found |= set(GLOBAL.findall(source.read_text()))
     return found
 
@@ -23,14 +23,14 @@ def kernels_in_sources() -> set[str]:
 def test_every_global_is_instantiated_planned_and_tested():
     in_sources = kernels_in_sources()
     assert in_sources, "no __global__ functions found in kernels/*.cu"
-    assert in_sources == set(kernels_cuda.KERNELS), "kernels_cuda.KERNELS is out of date"
-    assert in_sources == set(kernels_cuda.PLANS), "a kernel has no plan_* in kernels_cuda"
+    assert in_sources == set(cuda.KERNELS), "cuda.KERNELS is out of date"
+    assert in_sources == set(cuda.PLANS), "a kernel has no plan_* in cuda.py"
     assert in_sources == set(KERNELS_UNDER_TEST), "a kernel has no emulated parity test"
     for kernel in in_sources:
-        assert hasattr(kernels_numpy, kernel), f"{kernel} has no NumPy reference"
-        assert callable(getattr(kernels_cuda, kernel, None)), f"kernels_cuda.{kernel} missing"
+        assert hasattr(cpu, kernel), f"{kernel} has no CPU twin"
+        assert callable(getattr(cuda, kernel, None)), f"cuda.{kernel} missing"
 
 
 @pytest.mark.cuda_emulated
 def test_emulation_library_holds_every_instantiation(emulator):
-    assert emulator.names() == set(kernels_cuda.NAME_EXPRESSIONS)
+    assert emulator.names() == set(cuda.NAME_EXPRESSIONS)

@@ -1,6 +1,6 @@
 """The CUDA kernels, run on the CPU through the g++ emulation harness, against
 the NumPy reference kernels: bitwise equal, launched with exactly the grid,
-block and arguments the CuPy backend uses (dualconv.kernels_cuda plans)."""
+block and arguments the CuPy backend uses (dualconv.kernels.cuda plans)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +8,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dualconv import kernels_cuda, kernels_numpy
+from dualconv.kernels import cpu, cuda
+from dualconv.shapes import Window
 from kernel_cases import (ARGS, DTYPES, HAND_PICKED, VALUE_KINDS, Case, assert_bitwise_equal,
                           kernel_args, random_cases)
 
@@ -25,7 +26,7 @@ def test_kernel_matches_numpy(emulator, kernel, dtype, kind):
     for i, case in enumerate(CASES):
         args = kernel_args(kernel, case, dtype, kind, seed=i)
         with np.errstate(invalid="ignore"):  # inf - inf in the "nonfinite" sums
-            expected = getattr(kernels_numpy, kernel)(*args)
+            expected = getattr(cpu, kernel)(*args)
         actual = emulator.call(kernel, *args)
         assert_bitwise_equal(actual, expected, f"{kernel} {case} {kind}")
 
@@ -35,67 +36,67 @@ def test_grid_stride_loop_covers_a_small_grid(emulator, kernel):
     """With fewer threads than elements, every thread loops: same result."""
     case = Case(2, 3, 9, 8, 3, 2, 1, 2, 1, 1)
     args = kernel_args(kernel, case, np.float64, "spread")
-    launch = kernels_cuda.PLANS[kernel](*args)
+    launch = cuda.PLANS[kernel](*args)
     small = dataclasses.replace(launch, grid=(3, 1, 1), block=(32, 1, 1))
-    assert_bitwise_equal(emulator.run(small), getattr(kernels_numpy, kernel)(*args), kernel)
+    assert_bitwise_equal(emulator.run(small), getattr(cpu, kernel)(*args), kernel)
 
 
 def test_max_pool_ties_go_to_the_first_maximum(emulator):
     x = np.zeros((1, 1, 3, 3), np.float32)
     x[0, 0, 1, 1] = x[0, 0, 2, 2] = 5.0
-    y, argmax = emulator.call("max_pool_forward", x, 3, 3, 1, 1, 1, 1)
+    y, argmax = emulator.call("max_pool_forward", x, Window(3, 3, 1, 1, 1, 1))
     assert argmax[0, 0, 1, 1] == 4 and argmax[0, 0, 2, 2] == 0
     assert argmax[0, 0, 0, 0] == 8  # x[1, 1]; the zeros and the padding (-inf) lose
-    assert_bitwise_equal((y, argmax), kernels_numpy.max_pool_forward(x, 3, 3, 1, 1, 1, 1))
+    assert_bitwise_equal((y, argmax), cpu.max_pool_forward(x, Window(3, 3, 1, 1, 1, 1)))
 
 
 def test_max_pool_nan_propagates(emulator):
     x = np.array([[[[1.0, np.nan, 7.0, np.nan]]]])
-    y, argmax = emulator.call("max_pool_forward", x, 1, 4, 1, 1, 0, 0)
+    y, argmax = emulator.call("max_pool_forward", x, Window(1, 4, 1, 1, 0, 0))
     assert np.isnan(y[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1
 
 
 def test_strided_input_is_made_contiguous(emulator):
     x = np.random.default_rng(0).standard_normal((2, 3, 8, 10))[:, ::2, :, ::2]
     assert not x.flags.c_contiguous
-    assert_bitwise_equal(emulator.call("im2col", x, 3, 2, 1, 1, 1, 0),
-                         kernels_numpy.im2col(x, 3, 2, 1, 1, 1, 0))
+    assert_bitwise_equal(emulator.call("im2col", x, Window(3, 2, 1, 1, 1, 0)),
+                         cpu.im2col(x, Window(3, 2, 1, 1, 1, 0)))
 
 
 class _Shape:
     """Stands in for an array in a plan: plans read only .shape and .dtype."""
 
     def __init__(self, shape: tuple[int, ...], dtype=np.float32):
-        self.shape, self.dtype = shape, np.dtype(dtype)
+        self.shape, self.dtype, self.ndim = shape, np.dtype(dtype), len(shape)
 
 
 def test_plan_of_a_huge_input_uses_64_bit_arguments_and_a_capped_grid():
-    launch = kernels_cuda.plan_im2col(_Shape((64, 64, 512, 512)), 3, 3, 1, 1, 1, 1)
+    launch = cuda.plan_im2col(_Shape((64, 64, 512, 512)), Window(3, 3, 1, 1, 1, 1))
     assert launch.outputs[0].shape == (64, 3, 3, 64, 512, 512)  # > 2**31 elements
-    assert launch.grid == (kernels_cuda.MAX_GRID, 1, 1)
-    assert launch.block == (kernels_cuda.BLOCK, 1, 1)
+    assert launch.grid == (cuda.MAX_GRID, 1, 1)
+    assert launch.block == (cuda.BLOCK, 1, 1)
     assert all(type(a) is np.int64 for a in launch.args[2:])
     assert launch.name == "im2col<float>"
 
 
 def test_plans_reject_what_would_read_out_of_bounds():
     with pytest.raises(TypeError, match="int32"):
-        kernels_cuda.plan_max_pool_backward(_Shape((1, 1, 2, 2)), _Shape((1, 1, 2, 2), np.int64),
-                                            4, 4, 2, 2, 2, 2, 0, 0)
-    with pytest.raises(ValueError, match="dy_out must have shape"):
-        kernels_cuda.plan_avg_pool_backward(_Shape((1, 1, 3, 2)), 4, 4, 2, 2, 2, 2, 0, 0)
+        cuda.plan_max_pool_backward(_Shape((1, 1, 2, 2)), _Shape((1, 1, 2, 2), np.int64),
+                                   4, 4, Window(2, 2, 2, 2, 0, 0))
+    with pytest.raises(ValueError, match="gy must have shape"):
+        cuda.plan_avg_pool_backward(_Shape((1, 1, 3, 2)), 4, 4, Window(2, 2, 2, 2, 0, 0))
     with pytest.raises(ValueError, match="col has out_h"):
-        kernels_cuda.plan_col2im(_Shape((1, 2, 2, 1, 3, 3)), 4, 4, 2, 2, 0, 0)
+        cuda.plan_col2im(_Shape((1, 2, 2, 1, 3, 3)), 4, 4, Window(2, 2, 2, 2, 0, 0))
     with pytest.raises(ValueError, match="does not fit"):
-        kernels_cuda.plan_im2col(_Shape((1, 1, 2, 2)), 3, 3, 1, 1, 0, 0)
+        cuda.plan_im2col(_Shape((1, 1, 2, 2)), Window(3, 3, 1, 1, 0, 0))
     with pytest.raises(TypeError, match="float32 or float64"):
-        kernels_cuda.plan_im2col(_Shape((1, 1, 2, 2), np.float16), 1, 1, 1, 1, 0, 0)
+        cuda.plan_im2col(_Shape((1, 1, 2, 2), np.float16), Window(1, 1, 1, 1, 0, 0))
 
 
 def test_plans_take_the_numpy_signatures():
     import inspect
-    for name, plan in kernels_cuda.PLANS.items():
-        reference = inspect.signature(getattr(kernels_numpy, name))
+    for name, plan in cuda.PLANS.items():
+        reference = inspect.signature(getattr(cpu, name))
         assert list(inspect.signature(plan).parameters) == list(reference.parameters), name
-        assert (list(inspect.signature(getattr(kernels_cuda, name)).parameters)
+        assert (list(inspect.signature(getattr(cuda, name)).parameters)
                 == list(reference.parameters)), name

@@ -2,7 +2,7 @@
 
 Builds a wheel from a copy of the source tree (so no build/ or egg-info lands
 in the checkout), installs it with no dependencies into a fresh venv, and
-asks the installed dualconv.kernels_cuda for its kernel sources.
+asks the installed dualconv.kernels.sources for its kernel sources.
 """
 from __future__ import annotations
 
@@ -24,20 +24,20 @@ KERNEL_FILES = sorted(p.name for p in (REPO / "kernels").iterdir() if p.suffix i
 CHECK = """
 import importlib.resources, json, shutil
 import dualconv
-from dualconv import kernels_cuda
+from dualconv.kernels import sources
 from dualconv.testing import emulated_cupy
 from dualconv.testing.fake_cupy import _native
 stand_in = None
 if shutil.which("g++"):
     with emulated_cupy():  # the CuPy stand-in, built from the installed harness
         stand_in = {"gpu_available": dualconv.gpu_available(), "harness": str(_native.HERE)}
-found = kernels_cuda.kernel_sources()
+found = sources.kernel_sources()
 print(json.dumps({
-    "module": kernels_cuda.__file__,
-    "resources": sorted(e.name for e in importlib.resources.files("dualconv.kernels").iterdir()),
+    "module": sources.__file__,
+    "resources": sorted(e.name for e in importlib.resources.files(sources.PACKAGE).iterdir()),
     "found": {name: str(path) for name, path in found.items()},
     "texts": {name: path.read_text() for name, path in found.items()},
-    "source_has_line_directives": '#line 1 "im2col.cu"' in kernels_cuda.module_source(),
+    "source_has_line_directives": '#line 1 "im2col.cu"' in sources.module_source(),
     "stand_in": stand_in,
 }))
 """
@@ -79,8 +79,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_contains_the_kernel_sources(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for f in KERNEL_FILES:
-        assert f"dualconv/kernels/{f}" in names, f"{f} not shipped; wheel has {names}"
-    assert "dualconv/kernels_cuda.py" in names
+        assert f"dualconv/kernels/cuda_src/{f}" in names, f"{f} not shipped; wheel has {names}"
+    assert "dualconv/kernels/cuda.py" in names
     for f in ("emulation_harness.cpp", "emulation.h", "_raw.py", "cuda/runtime.py"):  # the CuPy stand-in
         assert f"dualconv/testing/fake_cupy/{f}" in names, f"{f} not shipped"
 

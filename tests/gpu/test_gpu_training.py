@@ -10,6 +10,7 @@ import dualconv as dc
 from dualconv.backend import asnumpy, backend_of, to_backend
 from dualconv.checkpoint import load_checkpoint, save_checkpoint
 from dualconv.models import lenet, weidman
+from dualconv.shapes import Window
 
 pytestmark = pytest.mark.gpu
 
@@ -183,18 +184,19 @@ def test_float32_subnormals_are_flushed_by_the_kernels():
     so float32 subnormals read as zero in kernel arithmetic; float64 keeps them."""
     import cupy
 
-    from dualconv import kernels_cuda, kernels_numpy
+    from dualconv.kernels import cpu, cuda
     emulated = getattr(cupy, "_dualconv_emulated", False)
-    if emulated and not kernels_cuda.get_module()._library().flushes_subnormals:
+    if emulated and not cuda.get_module()._library().flushes_subnormals:
         pytest.skip("no flush-to-zero control on this CPU")
+    win = Window(2, 2, 2, 2, 0, 0)
     x = np.full((1, 1, 2, 2), 4e-39, np.float32)  # below float32's smallest normal, 1.18e-38
-    cpu = kernels_numpy.avg_pool_forward(x, 2, 2, 2, 2, 0, 0)
-    assert cpu[0, 0, 0, 0] != 0                    # NumPy keeps the subnormal mean
-    gpu = kernels_cuda.avg_pool_forward(cupy.asarray(x), 2, 2, 2, 2, 0, 0)
-    assert_array_equal(cupy.asnumpy(gpu), np.zeros_like(cpu))
+    on_cpu = cpu.avg_pool_forward(x, win)
+    assert on_cpu[0, 0, 0, 0] != 0                 # NumPy keeps the subnormal mean
+    on_gpu = cuda.avg_pool_forward(cupy.asarray(x), win)
+    assert_array_equal(cupy.asnumpy(on_gpu), np.zeros_like(on_cpu))
     x64 = x.astype(np.float64) * 1e-270            # subnormal in float64 too
-    assert_array_equal(cupy.asnumpy(kernels_cuda.avg_pool_forward(cupy.asarray(x64), 2, 2, 2, 2, 0, 0)),
-                       kernels_numpy.avg_pool_forward(x64, 2, 2, 2, 2, 0, 0))
+    assert_array_equal(cupy.asnumpy(cuda.avg_pool_forward(cupy.asarray(x64), win)),
+                       cpu.avg_pool_forward(x64, win))
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
@@ -223,13 +225,13 @@ def test_train_step_with_resident_data_transfers_and_syncs_nothing(emu, optimize
 def test_kernel_functions_are_looked_up_once_per_device(emu, monkeypatch):
     import cupy
 
-    from dualconv import kernels_cuda
-    monkeypatch.setattr(kernels_cuda, "_functions", {})
-    module = kernels_cuda.get_module()
+    from dualconv.kernels import cuda
+    monkeypatch.setattr(cuda, "_functions", {})
+    module = cuda.get_module()
     looked_up = []
     original = module.get_function
     monkeypatch.setattr(module, "get_function", lambda name: looked_up.append(name) or original(name))
     x = cupy.zeros((2, 1, 6, 6), dtype=cupy.float32)
     for _ in range(3):
-        kernels_cuda.im2col(x, 3, 3, 1, 1, 0, 0)
+        cuda.im2col(x, Window(3, 3, 1, 1, 0, 0))
     assert looked_up == ["im2col<float>"]

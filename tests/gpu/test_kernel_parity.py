@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dualconv import kernels_numpy
+from dualconv.kernels import cpu
+from dualconv.shapes import Window
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cuda"))
 from kernel_cases import (ARGS, DTYPES, HAND_PICKED, VALUE_KINDS, assert_bitwise_equal,  # noqa: E402
@@ -36,12 +37,12 @@ def _to_host(result, cupy):
 def test_cupy_kernel_matches_numpy(kernel, dtype, kind):
     import cupy
 
-    from dualconv import kernels_cuda
+    from dualconv.kernels import cuda
     for i, case in enumerate(CASES):
         args = kernel_args(kernel, case, dtype, kind, seed=i)
         with np.errstate(invalid="ignore"):
-            expected = getattr(kernels_numpy, kernel)(*args)
-        actual = _to_host(getattr(kernels_cuda, kernel)(*_to_device(args, cupy)), cupy)
+            expected = getattr(cpu, kernel)(*args)
+        actual = _to_host(getattr(cuda, kernel)(*_to_device(args, cupy)), cupy)
         assert_bitwise_equal(actual, expected, f"{kernel} {case} {kind}")
 
 
@@ -49,19 +50,19 @@ def test_cupy_kernels_on_a_larger_input():
     """Enough work for many blocks, with overlapping windows and ties."""
     import cupy
 
-    from dualconv import kernels_cuda
+    from dualconv.kernels import cuda
     rng = np.random.default_rng(3)
     x = rng.integers(-3, 4, size=(8, 16, 33, 31)).astype(np.float32)
-    window = (3, 3, 2, 2, 1, 1, 1, 1)
-    y, argmax = kernels_numpy.max_pool_forward(x, *window)
-    gy, ga = kernels_cuda.max_pool_forward(cupy.asarray(x), *window)
+    window = Window(3, 3, 2, 2, 1, 1, 1, 1)
+    y, argmax = cpu.max_pool_forward(x, window)
+    gy, ga = cuda.max_pool_forward(cupy.asarray(x), window)
     assert_bitwise_equal((cupy.asnumpy(gy), cupy.asnumpy(ga)), (y, argmax))
     g = rng.standard_normal(y.shape).astype(np.float32)
     assert_bitwise_equal(
-        cupy.asnumpy(kernels_cuda.max_pool_backward(cupy.asarray(g), ga, 33, 31, *window)),
-        kernels_numpy.max_pool_backward(g, argmax, 33, 31, *window))
-    col = kernels_numpy.im2col(x, *window)
-    assert_bitwise_equal(cupy.asnumpy(kernels_cuda.im2col(cupy.asarray(x), *window)), col)
+        cupy.asnumpy(cuda.max_pool_backward(cupy.asarray(g), ga, 33, 31, window)),
+        cpu.max_pool_backward(g, argmax, 33, 31, window))
+    col = cpu.im2col(x, window)
+    assert_bitwise_equal(cupy.asnumpy(cuda.im2col(cupy.asarray(x), window)), col)
     assert_bitwise_equal(
-        cupy.asnumpy(kernels_cuda.col2im(cupy.asarray(col), 33, 31, *window[2:])),
-        kernels_numpy.col2im(col, 33, 31, *window[2:]))
+        cupy.asnumpy(cuda.col2im(cupy.asarray(col), 33, 31, window)),
+        cpu.col2im(col, 33, 31, window))

@@ -1,11 +1,11 @@
-"""Naive loop kernels: the test oracles for kernels_numpy (and so for CUDA).
+"""The textbook: every kernel as plain loops, straight from its index formula.
 
-Each function here has the signature of its twin in kernels_numpy and is
-written straight from the index formula with plain Python loops, in the
-style of the from-scratch NumPy notes (seed 002): one loop per index, one
-scalar multiply-add per iteration. Nothing here calls kernels_numpy; the
-only shared code is get_conv_outsize. They are slow on purpose and meant for
-inputs of a few hundred pixels.
+Start here. Each function has the arguments of its fast twins in cpu.py
+(NumPy) and cuda.py (CUDA, kernels/*.cu), computes the same numbers, and is
+written with one Python loop per index and one scalar operation per
+iteration. The tests hold cpu.py to these functions bit for bit, and the
+CUDA kernels to cpu.py. Nothing here calls the twins. They are slow on
+purpose and meant for inputs of a few hundred pixels.
 
 Forward ops read the input pixel seen by kernel offset (ky, kx) from output
 position (oy, ox):
@@ -17,16 +17,18 @@ instead: for each input pixel (y, x) and each offset (ky, kx) they solve the
 same formula for (oy, ox), which exists when y + ph - ky*dy is a multiple of
 sy in [0, sy*(out_h - 1)] (and likewise for x). The sums run over offsets in
 (ky outer, kx inner) order from 0 in the array's dtype, which is the order
-kernels_numpy promises, so results match it bit for bit.
+the twins promise, so results match them bit for bit.
 
-Shape names: N batch, C channels, H, W input size, kh, kw kernel size, sy, sx
-stride, ph, pw padding, dy, dx dilation, out_h, out_w output size.
+Names as in the table of ``dualconv.kernels``: N batch, C channels, H, W
+input size, and a ``Window`` win = (kh, kw kernel size, sy, sx stride, ph, pw
+padding, dy, dx dilation); out_h, out_w output size; gy, gx the gradients
+with respect to the output and the input.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .shapes import get_conv_outsize, pair
+from ..shapes import Window, get_conv_outsize, pair
 
 
 def _source(o: int, k: int, s: int, p: int, d: int) -> int:
@@ -42,16 +44,15 @@ def _target(i: int, k: int, s: int, p: int, d: int, out: int) -> int | None:
     return t // s
 
 
-def im2col(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
-           dy: int = 1, dx: int = 1) -> np.ndarray:
+def im2col(x: np.ndarray, win: Window) -> np.ndarray:
     """x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w).
 
     col[c, ky, kx, n, oy, ox] = x[n, c, oy*sy - ph + ky*dy, ox*sx - pw + kx*dx],
     0 where that pixel is padding.
     """
+    kh, kw, sy, sx, ph, pw, dy, dx = win
     N, C, H, W = x.shape
-    out_h = get_conv_outsize(H, kh, sy, ph, dy)
-    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    out_h, out_w = win.out_size(H, W)
     col = np.zeros((C, kh, kw, N, out_h, out_w), dtype=x.dtype)
     for n in range(N):
         for c in range(C):
@@ -66,14 +67,14 @@ def im2col(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
     return col
 
 
-def col2im(col: np.ndarray, H: int, W: int, sy: int, sx: int, ph: int, pw: int,
-           dy: int = 1, dx: int = 1) -> np.ndarray:
+def col2im(col: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
     """col: (C, kh, kw, N, out_h, out_w) -> x: (N, C, H, W).
 
     x[n, c, y, x] is the sum, over offsets (ky outer, kx inner), of
     col[c, ky, kx, n, oy, ox] for the (oy, ox) whose window read (y, x).
     """
-    C, kh, kw, N, out_h, out_w = col.shape
+    kh, kw, sy, sx, ph, pw, dy, dx = win
+    C, _, _, N, out_h, out_w = col.shape
     img = np.zeros((N, C, H, W), dtype=col.dtype)
     for n in range(N):
         for c in range(C):
@@ -90,17 +91,16 @@ def col2im(col: np.ndarray, H: int, W: int, sy: int, sx: int, ph: int, pw: int,
     return img
 
 
-def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
-                     dy: int = 1, dx: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray]:
     """x: (N, C, H, W) -> (y, argmax), both (N, C, out_h, out_w), argmax int32.
 
     argmax is the window-local index ky*kw + kx. Padding reads as -inf. If the
     window holds a NaN, y is NaN and argmax the first NaN in row-major window
     order; otherwise y is the window maximum and argmax its first occurrence.
     """
+    kh, kw, sy, sx, ph, pw, dy, dx = win
     N, C, H, W = x.shape
-    out_h = get_conv_outsize(H, kh, sy, ph, dy)
-    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    out_h, out_w = win.out_size(H, W)
     out = np.zeros((N, C, out_h, out_w), dtype=x.dtype)
     argmax = np.zeros((N, C, out_h, out_w), dtype=np.int32)
     for n in range(N):
@@ -126,22 +126,21 @@ def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
     return out, argmax
 
 
-def max_pool_backward(dy_out: np.ndarray, argmax: np.ndarray, H: int, W: int,
-                      kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
-                      dy: int = 1, dx: int = 1) -> np.ndarray:
-    """dy_out, argmax: (N, C, out_h, out_w) -> dx: (N, C, H, W).
+def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
+    """gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W).
 
-    dx[n, c, y, x] sums, over offsets (ky outer, kx inner), dy_out at every
+    gx[n, c, y, x] sums, over offsets (ky outer, kx inner), gy at every
     output (oy, ox) that read (y, x) through offset (ky, kx) and whose argmax
     is ky*kw + kx.
     """
-    N, C, out_h, out_w = dy_out.shape
-    grad = np.zeros((N, C, H, W), dtype=dy_out.dtype)
+    kh, kw, sy, sx, ph, pw, dy, dx = win
+    N, C, out_h, out_w = gy.shape
+    grad = np.zeros((N, C, H, W), dtype=gy.dtype)
     for n in range(N):
         for c in range(C):
             for y in range(H):
                 for x_ in range(W):
-                    total = dy_out.dtype.type(0)
+                    total = gy.dtype.type(0)
                     for ky in range(kh):
                         for kx in range(kw):
                             oy = _target(y, ky, sy, ph, dy, out_h)
@@ -149,21 +148,20 @@ def max_pool_backward(dy_out: np.ndarray, argmax: np.ndarray, H: int, W: int,
                             if oy is None or ox is None:
                                 continue
                             if argmax[n, c, oy, ox] == ky * kw + kx:
-                                total += dy_out[n, c, oy, ox]
+                                total += gy[n, c, oy, ox]
                     grad[n, c, y, x_] = total
     return grad
 
 
-def avg_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
-                     dy: int = 1, dx: int = 1) -> np.ndarray:
+def avg_pool_forward(x: np.ndarray, win: Window) -> np.ndarray:
     """x: (N, C, H, W) -> y: (N, C, out_h, out_w).
 
     y is the window sum over offsets (ky outer, kx inner), padding adding 0,
     divided by kh*kw.
     """
+    kh, kw, sy, sx, ph, pw, dy, dx = win
     N, C, H, W = x.shape
-    out_h = get_conv_outsize(H, kh, sy, ph, dy)
-    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    out_h, out_w = win.out_size(H, W)
     out = np.zeros((N, C, out_h, out_w), dtype=x.dtype)
     for n in range(N):
         for c in range(C):
@@ -180,33 +178,32 @@ def avg_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
     return out
 
 
-def avg_pool_backward(dy_out: np.ndarray, H: int, W: int, kh: int, kw: int,
-                      sy: int, sx: int, ph: int, pw: int,
-                      dy: int = 1, dx: int = 1) -> np.ndarray:
-    """dy_out: (N, C, out_h, out_w) -> dx: (N, C, H, W).
+def avg_pool_backward(gy: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
+    """gy: (N, C, out_h, out_w) -> gx: (N, C, H, W).
 
-    dx[n, c, y, x] sums, over offsets (ky outer, kx inner), dy_out / (kh*kw)
+    gx[n, c, y, x] sums, over offsets (ky outer, kx inner), gy / (kh*kw)
     at every output (oy, ox) whose window read (y, x).
     """
-    N, C, out_h, out_w = dy_out.shape
-    area = dy_out.dtype.type(kh * kw)
-    grad = np.zeros((N, C, H, W), dtype=dy_out.dtype)
+    kh, kw, sy, sx, ph, pw, dy, dx = win
+    N, C, out_h, out_w = gy.shape
+    area = gy.dtype.type(kh * kw)
+    grad = np.zeros((N, C, H, W), dtype=gy.dtype)
     for n in range(N):
         for c in range(C):
             for y in range(H):
                 for x_ in range(W):
-                    total = dy_out.dtype.type(0)
+                    total = gy.dtype.type(0)
                     for ky in range(kh):
                         for kx in range(kw):
                             oy = _target(y, ky, sy, ph, dy, out_h)
                             ox = _target(x_, kx, sx, pw, dx, out_w)
                             if oy is not None and ox is not None:
-                                total += dy_out[n, c, oy, ox] / area
+                                total += gy[n, c, oy, ox] / area
                     grad[n, c, y, x_] = total
     return grad
 
 
-def conv2d_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] = 0,
                  dilation: int | tuple[int, int] = 1) -> np.ndarray:
     """Direct cross-correlation, the oracle for Conv2D.
@@ -222,7 +219,7 @@ def conv2d_naive(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     N, C, H, W = x.shape
     O, Cw, kh, kw = w.shape
     if Cw != C:
-        raise ValueError(f"conv2d_naive: w has {Cw} input channels, x has {C}")
+        raise ValueError(f"conv2d: w has {Cw} input channels, x has {C}")
     out_h = get_conv_outsize(H, kh, sy, ph, dy)
     out_w = get_conv_outsize(W, kw, sx, pw, dx)
     dtype = np.result_type(x, w)

@@ -1,14 +1,18 @@
-"""The NumPy reference kernels: im2col, col2im, max-pool and avg-pool.
+"""The CPU twins: im2col, col2im, max-pool and avg-pool, vectorized with NumPy.
 
-These are the textbook versions of the operations that have a CUDA twin in
-kernels/*.cu. Every one is vectorized over the batch and the pixels; the only
-Python loop is over the kh*kw kernel offsets. The CUDA kernels are held to
-these functions bit for bit, so the order of every sum here is part of the
-contract: offsets are visited ky outer, kx inner, and each pixel starts from 0.
+Each function here computes exactly what its namesake in reference.py
+computes (the loop version, written straight from the index formula), and
+the tests hold them to it bit for bit (tests/test_kernels_cpu.py). The
+fast version differs only in how it walks the data: instead of one Python
+loop per index it loops over the kh*kw kernel offsets alone, and for each
+offset moves a whole strided slice of the batch at once (``_window``). The
+order of every sum is the reference's, which is part of the contract the
+CUDA twins (kernels/*.cu, cuda.py) are held to as well: offsets are visited
+ky outer, kx inner, and each pixel starts from 0.
 
-Shape names (as in Chainer): N batch, C channels, H, W input size, kh, kw
-kernel size, sy, sx stride, ph, pw padding, dy, dx dilation, out_h, out_w
-output size.
+Inputs are checked once, by the dispatch point (``dualconv.kernels``); these
+functions trust their arguments. Names as in the table of
+``dualconv.kernels``; ``win`` is a ``Window`` (shapes.py).
 
 Indexing. Images are indexed (N, C, H, W) as in the public API, and columns
 ``col[c, ky, kx, n, oy, ox]``: reshaped (C*kh*kw, N*out_h*out_w), the matrix
@@ -27,8 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layout import batch_first, batch_last, columns_batch_first, columns_batch_last
-from .shapes import get_conv_outsize
+from ..layout import batch_first, batch_last, columns_batch_first, columns_batch_last
+from ..shapes import Window
 
 
 def _padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
@@ -53,19 +57,18 @@ def _unpadded_batch_first(xb: np.ndarray, ph: int, pw: int) -> np.ndarray:
     return batch_first(xb)
 
 
-def _window(xb: np.ndarray, ky: int, kx: int, out_h: int, out_w: int,
-            sy: int, sx: int, dy: int, dx: int) -> np.ndarray:
+def _window(xb: np.ndarray, ky: int, kx: int, out_h: int, out_w: int, win: Window) -> np.ndarray:
     """The strided view of a padded batch-last input seen by kernel offset (ky, kx).
 
     xb: (C, Hp, Wp, N) -> (C, out_h, out_w, N); element [c, oy, ox, n] is
     xb[c, oy*sy + ky*dy, ox*sx + kx*dx, n].
     """
-    y0, x0 = ky * dy, kx * dx
+    sy, sx = win.sy, win.sx
+    y0, x0 = ky * win.dy, kx * win.dx
     return xb[:, y0:y0 + sy * (out_h - 1) + 1:sy, x0:x0 + sx * (out_w - 1) + 1:sx]
 
 
-def im2col(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
-           dy: int = 1, dx: int = 1) -> np.ndarray:
+def im2col(x: np.ndarray, win: Window) -> np.ndarray:
     """Unfold every receptive field of x into a column.
 
     x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w) with
@@ -73,18 +76,17 @@ def im2col(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
     (zero where that falls in the padding). Stored (C, kh, kw, out_h, out_w, N).
     """
     N, C, H, W = x.shape
-    out_h = get_conv_outsize(H, kh, sy, ph, dy)
-    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
+    out_h, out_w = win.out_size(H, W)
     xb = _padded_batch_last(x, ph, pw)
     col = np.empty((C, kh, kw, out_h, out_w, N), dtype=x.dtype)
     for ky in range(kh):
         for kx in range(kw):
-            col[:, ky, kx] = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            col[:, ky, kx] = _window(xb, ky, kx, out_h, out_w, win)
     return columns_batch_first(col)
 
 
-def col2im(col: np.ndarray, H: int, W: int, sy: int, sx: int, ph: int, pw: int,
-           dy: int = 1, dx: int = 1) -> np.ndarray:
+def col2im(col: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
     """Fold columns back into an image, summing where receptive fields overlap.
 
     col: (C, kh, kw, N, out_h, out_w) -> x: (N, C, H, W). The adjoint of im2col:
@@ -92,17 +94,17 @@ def col2im(col: np.ndarray, H: int, W: int, sy: int, sx: int, ph: int, pw: int,
     that im2col read from that pixel. Entries that fell in the padding vanish.
     """
     C, kh, kw, N, out_h, out_w = col.shape
+    ph, pw = win.ph, win.pw
     col_b = columns_batch_last(col)  # (C, kh, kw, out_h, out_w, N)
     xb = np.zeros((C, H + 2 * ph, W + 2 * pw, N), dtype=col.dtype)
     for ky in range(kh):
         for kx in range(kw):
-            window = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            window = _window(xb, ky, kx, out_h, out_w, win)
             window += col_b[:, ky, kx]
     return _unpadded_batch_first(xb, ph, pw)
 
 
-def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
-                     dy: int = 1, dx: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray]:
     """Window maxima and where they were.
 
     x: (N, C, H, W) -> (y, argmax), both (N, C, out_h, out_w); argmax is the
@@ -111,11 +113,11 @@ def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
     (a NaN replaces a number, a later number never replaces a NaN).
     """
     N, C, H, W = x.shape
-    out_h = get_conv_outsize(H, kh, sy, ph, dy)
-    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
+    out_h, out_w = win.out_size(H, W)
     xb = _padded_batch_last(x, ph, pw, fill=-np.inf)
     has_nan = bool(np.isnan(xb).any())
-    y = _window(xb, 0, 0, out_h, out_w, sy, sx, dy, dx).copy()
+    y = _window(xb, 0, 0, out_h, out_w, win).copy()
     argmax = np.zeros(y.shape, dtype=np.int32)
     take = np.empty(y.shape, dtype=bool)  # where offset (ky, kx) beats the maximum so far
     k_where_taken = np.empty(y.shape, dtype=np.int32)
@@ -123,7 +125,7 @@ def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
         for kx in range(kw):
             if ky == 0 and kx == 0:
                 continue
-            v = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            v = _window(xb, ky, kx, out_h, out_w, win)
             k = np.int32(ky * kw + kx)
             np.greater(v, y, out=take)
             if has_nan:
@@ -141,17 +143,16 @@ def max_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int,
     return batch_first(y), batch_first(argmax)
 
 
-def max_pool_backward(dy_out: np.ndarray, argmax: np.ndarray, H: int, W: int,
-                      kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
-                      dy: int = 1, dx: int = 1) -> np.ndarray:
+def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
     """Route each output gradient back to the pixel that won its window.
 
-    dy_out, argmax: (N, C, out_h, out_w) -> dx: (N, C, H, W). Where windows
+    gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W). Where windows
     overlap, a pixel sums the gradients of every window it won, in (ky outer,
     kx inner) order.
     """
-    N, C, out_h, out_w = dy_out.shape
-    g = np.ascontiguousarray(batch_last(dy_out))
+    N, C, out_h, out_w = gy.shape
+    kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
+    g = np.ascontiguousarray(batch_last(gy))
     winner = np.ascontiguousarray(batch_last(argmax))
     # Multiplying by the 0/1 "won" mask is branch-free, but inf * 0 is NaN, so
     # gradients holding an inf or NaN take the exact (slower) np.where route.
@@ -167,46 +168,44 @@ def max_pool_backward(dy_out: np.ndarray, argmax: np.ndarray, H: int, W: int,
                 np.multiply(g, won, out=routed)
             else:
                 routed = np.where(won, g, zero)
-            window = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            window = _window(xb, ky, kx, out_h, out_w, win)
             window += routed
     return _unpadded_batch_first(xb, ph, pw)
 
 
-def avg_pool_forward(x: np.ndarray, kh: int, kw: int, sy: int, sx: int, ph: int, pw: int,
-                     dy: int = 1, dx: int = 1) -> np.ndarray:
+def avg_pool_forward(x: np.ndarray, win: Window) -> np.ndarray:
     """Window means, padding counted as zeros (PyTorch's default).
 
     x: (N, C, H, W) -> y: (N, C, out_h, out_w); the window sum is taken in
     (ky outer, kx inner) order, then divided by kh*kw.
     """
     N, C, H, W = x.shape
-    out_h = get_conv_outsize(H, kh, sy, ph, dy)
-    out_w = get_conv_outsize(W, kw, sx, pw, dx)
+    kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
+    out_h, out_w = win.out_size(H, W)
     xb = _padded_batch_last(x, ph, pw)
-    y = _window(xb, 0, 0, out_h, out_w, sy, sx, dy, dx).copy()
+    y = _window(xb, 0, 0, out_h, out_w, win).copy()
     for ky in range(kh):
         for kx in range(kw):
             if ky == 0 and kx == 0:
                 continue
-            y += _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            y += _window(xb, ky, kx, out_h, out_w, win)
     y /= y.dtype.type(kh * kw)
     return batch_first(y)
 
 
-def avg_pool_backward(dy_out: np.ndarray, H: int, W: int, kh: int, kw: int,
-                      sy: int, sx: int, ph: int, pw: int,
-                      dy: int = 1, dx: int = 1) -> np.ndarray:
+def avg_pool_backward(gy: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
     """Spread each output gradient evenly over its window.
 
-    dy_out: (N, C, out_h, out_w) -> dx: (N, C, H, W); each output gradient is
+    gy: (N, C, out_h, out_w) -> gx: (N, C, H, W); each output gradient is
     divided by kh*kw first, then summed into its pixels in (ky outer, kx inner)
     order.
     """
-    N, C, out_h, out_w = dy_out.shape
-    g = np.divide(batch_last(dy_out), dy_out.dtype.type(kh * kw), order="C")
-    xb = np.zeros((C, H + 2 * ph, W + 2 * pw, N), dtype=dy_out.dtype)
+    N, C, out_h, out_w = gy.shape
+    kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
+    g = np.divide(batch_last(gy), gy.dtype.type(kh * kw), order="C")
+    xb = np.zeros((C, H + 2 * ph, W + 2 * pw, N), dtype=gy.dtype)
     for ky in range(kh):
         for kx in range(kw):
-            window = _window(xb, ky, kx, out_h, out_w, sy, sx, dy, dx)
+            window = _window(xb, ky, kx, out_h, out_w, win)
             window += g
     return _unpadded_batch_first(xb, ph, pw)

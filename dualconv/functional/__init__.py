@@ -1,1 +1,0 @@
-"""Pure forward/backward functions, written once against numpy or cupy arrays."""

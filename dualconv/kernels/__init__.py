@@ -1,0 +1,91 @@
+"""The sliding-window kernels, and the one place that picks the CPU or GPU twin.
+
+Six kernels exist twice: im2col, col2im, and max- and avg-pool forward and
+backward. Everything else in dualconv is written once against ``xp`` (numpy
+or cupy). Open the files in this order:
+
+  reference.py  the textbook: each kernel as plain loops over every index
+  cpu.py        the NumPy twins: the same numbers, one loop over kernel offsets
+  cuda.py       the CUDA twins: plans and CuPy launches of kernels/*.cu
+  sources.py    finds kernels/*.cu and joins them for NVRTC
+  checks.py     the input checks, run here before dispatch (and by the CUDA plans)
+
+A layer calls a function below (hop 1), which checks its inputs once and
+calls the twin for the arrays' module (hop 2); on the GPU the twin plans and
+launches the kernel (hop 3). Both twins return the same bits.
+
+Names (as in Chainer), the same in Python, CUDA, docstrings and tests:
+
+  N, C, H, W       batch, channels, input height and width
+  kh, kw           kernel (window) height and width
+  sy, sx           stride            ph, pw    padding, on each side
+  dy, dx           dilation          win       a Window(kh, kw, sy, sx, ph, pw, dy, dx)
+  out_h, out_w     output height and width
+  ky, kx / oy, ox  a kernel offset / an output position
+  x, y             a kernel's input and output
+  gy, gx           gradients of the loss with respect to y and to x
+  col              im2col's columns, indexed (C, kh, kw, N, out_h, out_w)
+  argmax           max-pool's winner in each window, ky*kw + kx, int32
+
+The contract both twins keep: images are indexed (N, C, H, W), columns
+(C, kh, kw, N, out_h, out_w); sums visit offsets ky outer, kx inner, from 0.
+Memory order differs: cpu.py stores images batch-last (C, H, W, N) and
+columns (C, kh, kw, out_h, out_w, N) and returns views indexed as above;
+cuda.py stores both C-contiguous in the index order.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..backend import get_array_module
+from ..shapes import Window
+from . import checks
+
+
+def twin_for(xp: ModuleType) -> ModuleType:
+    """The kernel module for an array module: cpu for numpy, cuda for cupy."""
+    if xp is np:
+        from . import cpu
+        return cpu
+    from . import cuda
+    return cuda
+
+
+def _dispatch(kernel: str, *args: Any) -> Any:
+    """Check the arguments once (checks.py), then run ``kernel`` on the twin that
+    matches the first array: cpu for NumPy, cuda for CuPy."""
+    getattr(checks, kernel)(*args)
+    return getattr(twin_for(get_array_module(args[0])), kernel)(*args)
+
+
+def im2col(x: Any, win: Window) -> Any:
+    """x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w)."""
+    return _dispatch("im2col", x, win)
+
+
+def col2im(col: Any, H: int, W: int, win: Window) -> Any:
+    """col: (C, kh, kw, N, out_h, out_w) -> x: (N, C, H, W), overlaps summed."""
+    return _dispatch("col2im", col, H, W, win)
+
+
+def max_pool_forward(x: Any, win: Window) -> tuple[Any, Any]:
+    """x: (N, C, H, W) -> (y, argmax), both (N, C, out_h, out_w)."""
+    return _dispatch("max_pool_forward", x, win)
+
+
+def max_pool_backward(gy: Any, argmax: Any, H: int, W: int, win: Window) -> Any:
+    """gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W)."""
+    return _dispatch("max_pool_backward", gy, argmax, H, W, win)
+
+
+def avg_pool_forward(x: Any, win: Window) -> Any:
+    """x: (N, C, H, W) -> y: (N, C, out_h, out_w), the window means (padding counts as 0)."""
+    return _dispatch("avg_pool_forward", x, win)
+
+
+def avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Any:
+    """gy: (N, C, out_h, out_w) -> gx: (N, C, H, W), each gradient spread over its window."""
+    return _dispatch("avg_pool_backward", gy, H, W, win)

@@ -1,0 +1,118 @@
+"""The one set of input checks for the kernels, shared by both backends.
+
+``dualconv.kernels`` runs the check named like the kernel (``im2col``,
+``max_pool_forward``, ...; same arguments) before it dispatches, so the
+NumPy and CUDA twins accept and reject exactly the same inputs. The CUDA
+plans run the same checks again, because a plan can be launched on its own
+and a bad shape there would read out of bounds. The twins themselves
+(reference.py, cpu.py) trust their arguments.
+
+The helpers take ``who``, the name that starts every message: a kernel name
+here, a layer name when a layer calls them (layers/conv.py, layers/pooling.py).
+Checks read only ``.shape``, ``.dtype`` and ``.ndim``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..shapes import Window
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+"""The dtypes every kernel takes, on both backends (CUDA instantiates these two)."""
+
+
+def check_float(a: Any, what: str, who: str) -> np.dtype:
+    """a's dtype, if it is float32 or float64; TypeError otherwise."""
+    dtype = np.dtype(a.dtype)
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{who}: {what} must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def check_window(win: Window, who: str) -> None:
+    """Kernel size, stride and dilation at least 1; padding at least 0."""
+    for name in ("kh", "kw", "sy", "sx", "dy", "dx"):
+        if int(getattr(win, name)) < 1:
+            raise ValueError(f"{who}: {name} must be >= 1, got {getattr(win, name)}")
+    if win.ph < 0 or win.pw < 0:
+        raise ValueError(f"{who}: padding must be >= 0, got {(win.ph, win.pw)}")
+
+
+def check_fits(H: int, W: int, win: Window, who: str) -> tuple[int, int]:
+    """(out_h, out_w) for an H x W input; ValueError when the output would be empty,
+    which is exactly when the dilated kernel is larger than the padded input."""
+    padded = (H + 2 * win.ph, W + 2 * win.pw)
+    if win.span[0] > padded[0] or win.span[1] > padded[1]:
+        dilated = f" (dilated span {win.span})" if (win.dy, win.dx) != (1, 1) else ""
+        raise ValueError(
+            f"{who}: kernel {(win.kh, win.kw)}{dilated} is larger than the padded input "
+            f"{padded} from input {(H, W)} with padding {(win.ph, win.pw)}; "
+            f"the window does not fit, so the output would be empty")
+    return win.out_size(H, W)
+
+
+def check_shape(a: Any, expected: tuple[int, ...], what: str, who: str) -> None:
+    if tuple(a.shape) != tuple(expected):
+        raise ValueError(f"{who}: {what} must have shape {tuple(expected)}, got {tuple(a.shape)}")
+
+
+def _image(x: Any, win: Window, who: str) -> tuple[int, int]:
+    check_float(x, "x", who)
+    if x.ndim != 4:
+        raise ValueError(f"{who}: x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    check_window(win, who)
+    return check_fits(x.shape[2], x.shape[3], win, who)
+
+
+def _pooled_grad(gy: Any, H: int, W: int, win: Window, who: str) -> tuple[int, int]:
+    check_float(gy, "gy", who)
+    check_window(win, who)
+    out_h, out_w = check_fits(H, W, win, who)
+    check_shape(gy, (*gy.shape[:2], out_h, out_w), "gy", who)
+    return out_h, out_w
+
+
+# One check per kernel, with the kernel's own arguments; each returns (out_h, out_w).
+
+def im2col(x: Any, win: Window) -> tuple[int, int]:
+    return _image(x, win, "im2col")
+
+
+def col2im(col: Any, H: int, W: int, win: Window) -> tuple[int, int]:
+    who = "col2im"
+    check_float(col, "col", who)
+    if col.ndim != 6:
+        raise ValueError(f"{who}: col must be 6-D (C, kh, kw, N, out_h, out_w), "
+                         f"got shape {tuple(col.shape)}")
+    check_window(win, who)
+    out = check_fits(H, W, win, who)
+    C, kh, kw, N, out_h, out_w = col.shape
+    if (kh, kw) != (win.kh, win.kw):
+        raise ValueError(f"{who}: col has kh, kw = {(kh, kw)} but the window has {(win.kh, win.kw)}")
+    if (out_h, out_w) != out:
+        raise ValueError(f"{who}: col has out_h, out_w = {(out_h, out_w)} but image {(H, W)} "
+                         f"with this window gives {out}")
+    return out
+
+
+def max_pool_forward(x: Any, win: Window) -> tuple[int, int]:
+    return _image(x, win, "max_pool_forward")
+
+
+def max_pool_backward(gy: Any, argmax: Any, H: int, W: int, win: Window) -> tuple[int, int]:
+    who = "max_pool_backward"
+    if np.dtype(argmax.dtype) != np.int32:
+        raise TypeError(f"{who}: argmax must be int32, got {np.dtype(argmax.dtype)}")
+    out = _pooled_grad(gy, H, W, win, who)
+    check_shape(argmax, gy.shape, "argmax", who)
+    return out
+
+
+def avg_pool_forward(x: Any, win: Window) -> tuple[int, int]:
+    return _image(x, win, "avg_pool_forward")
+
+
+def avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> tuple[int, int]:
+    return _pooled_grad(gy, H, W, win, "avg_pool_backward")
