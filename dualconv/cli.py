@@ -22,7 +22,7 @@ from typing import Any, NoReturn, Sequence
 import numpy as np
 
 from . import __version__, checkpoint, plots, runs
-from .backend import BACKENDS, asnumpy, device_name, set_backend
+from .backend import BACKENDS, asnumpy, describe, device_name, set_backend
 from .datasets import CLASS_NAMES, DATASETS, DatasetError, load_dataset, load_test_split
 from .divergence import TrainingDiverged
 from .models import MODELS
@@ -46,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dualconv", description="Train and use small CNNs on NumPy (CPU) or CuPy (GPU).")
     parser.add_argument("--version", action="version", version=f"dualconv {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,info}")
 
     train = sub.add_parser("train", help="train a model", description="Train a model; see --out for what is saved.")
     train.add_argument("--dataset", choices=DATASETS, help="dataset (default: mnist)")
@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_backend(predict)
     predict.add_argument("images", nargs="+", type=Path, help="image files (PNG, 28x28 grayscale for MNIST)")
     predict.set_defaults(func=cmd_predict)
+
+    info = sub.add_parser("info", help="versions, the GPU, and whether a CUDA kernel compiles and runs on it")
+    info.set_defaults(func=lambda args: print(describe()) or 0)
     return parser
 
 

@@ -167,7 +167,11 @@ class Trainer:
                 "seconds": seconds, "images_per_second": n / seconds}
 
     def train_step(self, xb: Any, yb: Any) -> tuple[Any, Any]:
-        """One forward/backward/update on a batch; returns (loss, correct count) as device scalars."""
+        """One forward/backward/update on a batch; returns (loss, correct count) as device scalars.
+
+        The batch may be on either backend; it is moved to the model's (a copy only if it must move).
+        """
+        xb, yb = to_backend(xb, self.model.backend), to_backend(yb, self.model.backend)
         out = self.model.forward(xb)
         value = self.loss.forward(out, yb)
         self.model.backward(self.loss.backward(), input_grad=False)

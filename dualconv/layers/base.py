@@ -84,6 +84,8 @@ class Layer:
     def forward(self, x: Any) -> Any:
         """Checks and builds, then computes the output (``_forward``)."""
         self._check_input(x)
+        if self.params:
+            self._check_backend(x)
         if not self.built:
             self._backend = backend_of(x)
             self.build(tuple(x.shape), dtype=x.dtype if x.dtype.kind == "f" else None)
@@ -114,6 +116,14 @@ class Layer:
         """Raise a clear error for an input this layer cannot take."""
         if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
             raise TypeError(f"{self.name}: expected an array, got {type(x).__name__}")
+
+    def _check_backend(self, x: Any) -> None:
+        """Parameters and input must live on the same backend (as PyTorch's same-device rule)."""
+        expected, got = backend_of(next(iter(self.params.values()))), backend_of(x)
+        if got != expected:
+            raise TypeError(f"{self.name}: expected all arrays on the same backend, but the input is a "
+                            f"{got} array and the parameters are on {expected}; move the layer with "
+                            f".to({got!r}) or the input with dualconv.backend.to_backend(x, {expected!r})")
 
     def _require_ndim(self, x: Any, ndim: int, layout: str) -> None:
         if x.ndim != ndim:

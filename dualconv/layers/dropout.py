@@ -1,4 +1,4 @@
-"""Dropout: inverted dropout, active only in training mode."""
+"""Dropout: inverted dropout, active only in training mode, with counter-based masks."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,13 +8,32 @@ import numpy as np
 from ..backend import get_array_module
 from .base import Layer
 
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def random_bits(xp: Any, size: int, key: int) -> Any:
+    """``size`` pseudo-random uint64 values, a pure function of (key, index): SplitMix64.
+
+    Element i is splitmix64(key + (i + 1) * golden gamma), computed with
+    elementwise integer operations on ``xp`` (numpy or cupy), so both backends
+    and every GPU model draw the same bits; nothing is kept between calls.
+    """
+    z = xp.arange(1, size + 1, dtype=xp.uint64) * _GAMMA + np.uint64(key)
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
 
 class Dropout(Layer):
     """Zero each input with probability ``p`` and scale the rest by 1/(1-p).
 
-    x: (N, ...) -> y: same shape. In eval mode it is the identity. Masks come
-    from the layer's own generator; ``seed(s)`` makes them reproducible (the
-    Trainer reseeds it every epoch from its seed).
+    x: (N, ...) -> y: same shape. In eval mode it is the identity. The mask of
+    the k-th training forward after ``seed(s)`` is a pure function of (s, k)
+    (see ``random_bits``): the same on NumPy and CuPy and on every GPU. The
+    Trainer reseeds with (seed, epoch, layer index) every epoch, so a mask
+    depends only on (seed, epoch, step).
     """
 
     def __init__(self, p: float = 0.5) -> None:
@@ -22,31 +41,29 @@ class Dropout(Layer):
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"Dropout: p (the drop probability) must be in [0, 1), got {p!r}")
         self.p = float(p)
-        self._seed: int | list[int] | None = None
-        self._rng: Any = None
-        self._rng_xp: Any = None
+        self._seed: list[int] | None = None
+        self._step = 0
 
     def seed(self, seed: int | list[int] | None) -> None:
-        """Restart the mask generator from ``seed`` (an int or a list of ints)."""
-        self._seed = seed
-        self._rng = None
+        """Restart the masks from ``seed`` (an int or a list of ints; None: fresh entropy)."""
+        self._seed = None if seed is None else [int(s) for s in np.atleast_1d(seed)]
+        self._step = 0
 
-    def _generator(self, xp: Any) -> Any:
-        if self._rng is None or self._rng_xp is not xp:
-            seed = self._seed
-            if xp is not np and isinstance(seed, list):  # cupy's generator takes one int
-                seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
-            self._rng, self._rng_xp = xp.random.default_rng(seed), xp
-        return self._rng
+    def _key(self) -> int:
+        if self._seed is None:
+            self._seed = [int(np.random.SeedSequence().entropy % 2**63)]
+        key = np.random.SeedSequence([*self._seed, self._step]).generate_state(1, np.uint64)[0]
+        self._step += 1
+        return int(key)
 
     def _forward(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
             self._cache = tuple(x.shape)
             return x
         xp = get_array_module(x)
-        keep = self._generator(xp).random(x.shape, dtype=x.dtype) >= self.p
-        scale = x.dtype.type(1.0 / (1.0 - self.p))
-        mask = keep * scale
+        threshold = np.uint64(min(2**64 - 1, round(self.p * 2**64)))
+        keep = (random_bits(xp, x.size, self._key()) >= threshold).reshape(x.shape)
+        mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         self._cache = mask
         return x * mask
 
