@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from .layers import Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Tanh
+from .layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, MaxPool2D, ReLU, Tanh
 from .model import Sequential
 
 
@@ -18,6 +18,20 @@ def lenet(num_classes: int = 10, seed: int | None = None, dtype: Any = np.float3
         Conv2D(None, 6, 5, padding=2), ReLU(), MaxPool2D(2, 2),
         Conv2D(None, 16, 5), ReLU(), MaxPool2D(2, 2),
         Flatten(), Dense(None, 84), ReLU(), Dense(None, num_classes),
+    ], seed=seed, dtype=dtype)
+
+
+def lenet_bn(num_classes: int = 10, seed: int | None = None, dtype: Any = np.float32) -> Sequential:
+    """LeNet with batch normalization after each convolution and after the hidden dense layer.
+
+    (N, 1, 28, 28) -> conv 6@5x5 pad 2 -> BN -> pool -> conv 16@5x5 -> BN -> pool
+    -> 84 -> BN -> logits. The layers before a BatchNorm have no bias (its own
+    bias takes that role).
+    """
+    return Sequential([
+        Conv2D(None, 6, 5, padding=2, bias=False), BatchNorm2D(), ReLU(), MaxPool2D(2, 2),
+        Conv2D(None, 16, 5, bias=False), BatchNorm2D(), ReLU(), MaxPool2D(2, 2),
+        Flatten(), Dense(None, 84, bias=False), BatchNorm1D(), ReLU(), Dense(None, num_classes),
     ], seed=seed, dtype=dtype)
 
 
@@ -35,4 +49,4 @@ def mlp(num_classes: int = 10, hidden: int = 128, seed: int | None = None, dtype
                       seed=seed, dtype=dtype)
 
 
-MODELS = {"lenet": lenet, "weidman": weidman, "mlp": mlp}
+MODELS = {"lenet": lenet, "lenet-bn": lenet_bn, "weidman": weidman, "mlp": mlp}
