@@ -25,7 +25,7 @@ import numpy as np
 from . import checkpoint, plots
 from .backend import asnumpy, set_backend
 from .datasets import CLASS_NAMES, DATASETS, DatasetError, load_dataset
-from .models import MODELS
+from .models import MODELS, TRAINING_DEFAULTS
 
 CHECKPOINT = "checkpoint.npz"
 MODEL_FILE = "model.npz"
@@ -251,9 +251,10 @@ def _config(args: argparse.Namespace, saved: dict[str, Any] | None) -> dict[str,
             raise CLIError("--resume continues with the checkpoint's settings, but these differ: "
                            + ", ".join(clashes) + ". Drop them, or train into a new --out.")
         return dict(saved)
-    config = {**CONFIG_DEFAULTS, **explicit}
+    tuned = TRAINING_DEFAULTS.get(explicit.get("model", CONFIG_DEFAULTS["model"]), {})
+    config = {**CONFIG_DEFAULTS, **{k: v for k, v in tuned.items() if k != "lr"}, **explicit}
     if config["lr"] is None:
-        config["lr"] = DEFAULT_LR[config["optimizer"]]
+        config["lr"] = tuned.get("lr", DEFAULT_LR)[config["optimizer"]]
     return config
 
 
