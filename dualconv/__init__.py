@@ -2,8 +2,8 @@
 from . import models
 from .backend import asnumpy, get_backend, gpu_available, set_backend, use_backend
 from .init import manual_seed
-from .layers import (AvgPool2D, Conv2D, Dense, Dropout, Flatten, HardTanh, Identity, Layer, LeakyReLU,
-                     MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten, HardTanh, Identity,
+                     Layer, LeakyReLU, MaxPool2D, ReLU, Sigmoid, Softmax, Tanh)
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam, ExponentialLR, LinearLR, StepLR
@@ -13,8 +13,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "models", "asnumpy", "get_backend", "gpu_available", "set_backend", "use_backend", "manual_seed",
-    "AvgPool2D", "Conv2D", "Dense", "Dropout", "Flatten", "HardTanh", "Identity", "Layer", "LeakyReLU",
-    "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh",
+    "AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten", "HardTanh", "Identity",
+    "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh",
     "BinaryCrossEntropy", "MeanSquaredError", "SoftmaxCrossEntropy",
     "Sequential", "SGD", "Adam", "ExponentialLR", "LinearLR", "StepLR", "Trainer",
 ]

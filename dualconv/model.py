@@ -190,27 +190,41 @@ class Sequential:
         return f"Sequential(\n{inner}\n)"
 
     # -- state ----------------------------------------------------------------
+    def buffers(self) -> dict[str, tuple[Layer, str]]:
+        """Every buffer (non-trained state such as running statistics), named like parameters.
+
+        Maps "<index>.<Layer>.<key>" to (layer, key); the live array is layer.buffers[key].
+        """
+        return {f"{i}.{layer.name}.{key}": (layer, key)
+                for i, layer in enumerate(self.layers) for key in layer.buffers}
+
     def state_dict(self) -> dict[str, np.ndarray]:
-        """Every parameter as a NumPy array, keyed by the parameter's name."""
-        return {p.name: asnumpy(p.data).copy() for p in self.parameters()}
+        """Every parameter and buffer as a NumPy array, keyed by its name."""
+        state = {p.name: asnumpy(p.data).copy() for p in self.parameters()}
+        state.update({name: asnumpy(layer.buffers[key]).copy() for name, (layer, key) in self.buffers().items()})
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy arrays into the parameters (any backend); names and shapes must match.
+        """Copy arrays into the parameters and buffers (any backend); names and shapes must match.
 
-        A model with lazy layers must be built first (it has no parameters to fill yet).
+        Everything is checked before anything is written, so a bad state leaves the
+        model as it was. A model with lazy layers must be built first (it has no
+        parameters to fill yet).
         """
         self._require_built("load_state_dict")
-        params = {p.name: p for p in self.parameters()}
-        missing, unexpected = set(params) - set(state), set(state) - set(params)
+        slots = {p.name: (p.layer.params, p.key) for p in self.parameters()}
+        slots.update({name: (layer.buffers, key) for name, (layer, key) in self.buffers().items()})
+        missing, unexpected = set(slots) - set(state), set(state) - set(slots)
         if missing or unexpected:
             raise ValueError(f"Sequential.load_state_dict: missing {sorted(missing)}, "
                              f"unexpected {sorted(unexpected)}")
-        for name, p in params.items():
-            value = np.asarray(asnumpy(state[name]))
-            if value.shape != tuple(p.data.shape):
-                raise ValueError(f"Sequential.load_state_dict: {name} has shape {tuple(p.data.shape)}, "
-                                 f"got {value.shape}")
-            p.layer.params[p.key] = to_backend(value.astype(self.dtype), self.backend)
+        values = {name: np.asarray(asnumpy(state[name])) for name in slots}
+        for name, (store, key) in slots.items():
+            if values[name].shape != tuple(store[key].shape):
+                raise ValueError(f"Sequential.load_state_dict: {name} has shape {tuple(store[key].shape)}, "
+                                 f"got {values[name].shape}")
+        for name, (store, key) in slots.items():
+            store[key] = to_backend(values[name].astype(self.dtype), self.backend)
 
     def get_config(self) -> dict[str, Any]:
         return {"dtype": self.dtype.name, "input_shape": self.input_shape,

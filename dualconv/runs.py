@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .backend import device_name, versions
+from .models import TRAINING_DEFAULTS
 
 CHECKPOINT = "checkpoint.npz"
 MODEL_FILE = "model.npz"
@@ -92,8 +93,10 @@ def settings(explicit: dict[str, Any], saved: dict[str, Any] | None, done_epochs
     config = {**CONFIG_DEFAULTS, **explicit}
     if config["model"] is None:
         config["model"] = DEFAULT_MODEL[config["dataset"]]
+    tuned = TRAINING_DEFAULTS.get(config["model"], {})  # a model's own defaults (lenet-bn)
+    config.update({k: v for k, v in tuned.items() if k != "lr" and k not in explicit})
     if config["lr"] is None:
-        config["lr"] = DEFAULT_LR[config["optimizer"]]
+        config["lr"] = tuned.get("lr", DEFAULT_LR)[config["optimizer"]]
     return config
 
 

@@ -7,6 +7,10 @@
 "bias"): an optimizer writes into ``params`` in place and the layer sees it.
 Layers whose input size is given as None build their parameters at the first
 forward, from the shape they see (as PyTorch's Lazy layers do).
+
+``layer.buffers`` holds state that is not trained (BatchNorm's running
+statistics): saved, loaded, cast and moved like the parameters, but never
+seen by an optimizer.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ class Layer:
     def __init__(self) -> None:
         self.params: dict[str, Any] = {}
         self.grads: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {}  # non-trained state, e.g. running statistics
         self.training = True
         self.built = False
         self.dtype = np.dtype(np.float32)
@@ -72,6 +77,10 @@ class Layer:
     def _set_param(self, name: str, value: np.ndarray) -> None:
         backend = self._backend or get_backend()
         self.params[name] = to_backend(value.astype(self.dtype), backend)
+
+    def _set_buffer(self, name: str, value: np.ndarray) -> None:
+        backend = self._backend or get_backend()
+        self.buffers[name] = to_backend(value.astype(self.dtype), backend)
 
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Shape of the output for an input of ``input_shape`` (batch dim included)."""
@@ -146,19 +155,20 @@ class Layer:
         return self
 
     def to(self, backend: str) -> "Layer":
-        """Move parameters (and gradients) to "numpy" or "cupy"."""
+        """Move parameters, gradients and buffers to "numpy" or "cupy"."""
         xp_for(backend)  # raises a clear error when the backend cannot run
         self._backend = backend
-        for store in (self.params, self.grads):
+        for store in (self.params, self.grads, self.buffers):
             for key, value in store.items():
                 store[key] = to_backend(value, backend)
         return self
 
     def astype(self, dtype: Any) -> "Layer":
-        """Cast parameters to a floating dtype (float32 or float64)."""
+        """Cast parameters and buffers to a floating dtype (float32 or float64)."""
         self.dtype = np.dtype(dtype)
-        for key, value in self.params.items():
-            self.params[key] = value.astype(self.dtype)
+        for store in (self.params, self.buffers):
+            for key, value in store.items():
+                store[key] = value.astype(self.dtype)
         self.grads.clear()
         return self
 
