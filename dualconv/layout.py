@@ -1,7 +1,7 @@
 """Batch-last memory order: the views that move the batch axis to the end and back.
 
-The NumPy kernels store images as (C, H, W, N) and im2col columns as
-(C, kh, kw, out_h, out_w, N) (see kernels/cpu.py); everything else indexes
+Both kernel twins store images as (C, H, W, N) and im2col columns as
+(C, kh, kw, out_h, out_w, N) (see dualconv/kernels); everything else indexes
 them (N, C, H, W) and (C, kh, kw, N, out_h, out_w). These are views, never
 copies, and work on NumPy and CuPy arrays alike.
 """
@@ -28,3 +28,17 @@ def columns_batch_last(col: Any) -> Any:
 def columns_batch_first(col_b: Any) -> Any:
     """The inverse of columns_batch_last: (C, kh, kw, out_h, out_w, N) -> (C, kh, kw, N, out_h, out_w)."""
     return col_b.transpose(0, 1, 2, 5, 3, 4)
+
+
+def flatten_batch(x: Any) -> Any:
+    """x: (N, d1, d2, ...) -> (N, d1*d2*...), each row in C order.
+
+    When x is stored batch-last this is a view (the transpose of a C-contiguous
+    (d1*d2*..., N) matrix, which a GEMM takes as it is); otherwise x.reshape,
+    which copies only what is not contiguous.
+    """
+    N = x.shape[0]
+    xb = x.transpose(*range(1, x.ndim), 0)
+    if N > 1 and xb.flags.c_contiguous:
+        return xb.reshape(-1, N).T
+    return x.reshape(N, -1)
