@@ -8,18 +8,14 @@
 // outer, kx inner (padding adds +0, as in the NumPy twin), then is divided by
 // kh*kw. One thread per output.
 template <typename T, typename I, int K>
-__global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y,
-                                 DC_WINDOW_PARAMS(I)) {
-    const DcDiv<I> div_n(N, mN), div_ow(out_w, mOW), div_oh(out_h, mOH);
+__global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y, DC_WINDOW_PARAMS(I)) {
+    DC_DIVIDERS(I);
     const T area = T(kh * kw);
     DC_GRID_STRIDE_LOOP(I, i, total) {
-        I r = i;
-        const I n = dc_pop(r, div_n);
-        const I ox = dc_pop(r, div_ow);
-        const I oy = dc_pop(r, div_oh);  // r is now c
+        const DcPos<I> o = dc_position(i, div_n, div_ow, div_oh);
         T sum = -T(0);
-        dc_for_each_in_window<K>(x, n * sn + r * sc, T(0), oy, ox, H, W, sh, sw, kh, kw, sy, sx,
-                              ph, pw, dy, dx, [&](I, T v) { sum += v; });
+        dc_for_each_in_window<K>(x, o.n * sn + o.c * sc, T(0), o.y, o.x, H, W, sh, sw, kh, kw,
+                                 sy, sx, ph, pw, dy, dx, [&](I, T v) { sum += v; });
         y[i] = sum / area;
     }
 }
@@ -30,17 +26,14 @@ __global__ void avg_pool_forward(const T* __restrict__ x, T* __restrict__ y,
 template <typename T, typename I, int K>
 __global__ void avg_pool_backward(const T* __restrict__ gy, T* __restrict__ gx,
                                   DC_WINDOW_PARAMS(I)) {
-    const DcDiv<I> div_n(N, mN), div_w(W, mW), div_h(H, mH), div_sy(sy, mSY), div_sx(sx, mSX);
+    DC_DIVIDERS(I);
     const T area = T(kh * kw);
     DC_GRID_STRIDE_LOOP(I, i, total) {
-        I r = i;
-        const I n = dc_pop(r, div_n);
-        const I xx = dc_pop(r, div_w);
-        const I y = dc_pop(r, div_h);  // r is now c
-        const T* g = gy + n * sn + r * sc;
+        const DcPos<I> p = dc_position(i, div_n, div_w, div_h);
+        const T* g = gy + p.n * sn + p.c * sc;
         T sum = T(0);
-        dc_for_each_reader<K>(y, xx, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w, div_sy, div_sx,
-                           [&](I, I oy, I ox) { sum += g[oy * sh + ox * sw] / area; });
+        dc_for_each_reader<K>(p.y, p.x, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w, div_sy,
+                              div_sx, [&](I, I oy, I ox) { sum += g[oy * sh + ox * sw] / area; });
         gx[i] = sum;
     }
 }

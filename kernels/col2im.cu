@@ -5,18 +5,14 @@
 #include "common.cuh"
 
 template <typename T, typename I>
-__global__ void col2im(const T* __restrict__ col, T* __restrict__ x,
-                       DC_WINDOW_PARAMS(I)) {
-    const DcDiv<I> div_n(N, mN), div_w(W, mW), div_h(H, mH), div_sy(sy, mSY), div_sx(sx, mSX);
+__global__ void col2im(const T* __restrict__ col, T* __restrict__ x, DC_WINDOW_PARAMS(I)) {
+    DC_DIVIDERS(I);
     DC_GRID_STRIDE_LOOP(I, i, total) {
-        I r = i;
-        const I n = dc_pop(r, div_n);
-        const I xx = dc_pop(r, div_w);
-        const I y = dc_pop(r, div_h);  // r is now c
-        const T* cols = col + r * kh * kw * out_h * out_w * N + n;  // col[c, 0, 0, 0, 0, n]
+        const DcPos<I> p = dc_position(i, div_n, div_w, div_h);
+        const T* cols = col + p.c * kh * kw * out_h * out_w * N + p.n;  // col[c, 0, 0, 0, 0, n]
         T sum = T(0);
-        dc_for_each_reader<0>(y, xx, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w, div_sy, div_sx,
-                           [&](I k, I oy, I ox) {
+        dc_for_each_reader<0>(p.y, p.x, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w, div_sy,
+                              div_sx, [&](I k, I oy, I ox) {
             sum += cols[((k * out_h + oy) * out_w + ox) * N];
         });
         x[i] = sum;

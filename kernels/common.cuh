@@ -82,6 +82,28 @@ __device__ __forceinline__ I dc_pop(I& r, const DcDiv<I>& d) {
     return rem;
 }
 
+// The dividers the window kernels decode indices with, from DC_WINDOW_PARAMS
+// (a kernel uses some of them; the compiler drops the others).
+#define DC_DIVIDERS(I)                                                              \
+    const DcDiv<I> div_n(N, mN), div_h(H, mH), div_w(W, mW), div_oh(out_h, mOH),    \
+        div_ow(out_w, mOW), div_kh(kh, mKH), div_kw(kw, mKW), div_sy(sy, mSY),      \
+        div_sx(sx, mSX)
+
+// Where element i of a C-contiguous (C, rows, cols, N) array lies.
+template <typename I> struct DcPos { I c, y, x, n; };
+
+template <typename I>
+__device__ __forceinline__ DcPos<I> dc_position(I i, const DcDiv<I>& div_n,
+                                                const DcDiv<I>& div_cols,
+                                                const DcDiv<I>& div_rows) {
+    DcPos<I> p;
+    p.n = dc_pop(i, div_n);
+    p.x = dc_pop(i, div_cols);
+    p.y = dc_pop(i, div_rows);
+    p.c = i;
+    return p;
+}
+
 // NaN test that needs no math header (NVRTC) and no fast-math assumptions.
 template <typename T>
 __device__ __forceinline__ bool dc_isnan(T v) { return v != v; }

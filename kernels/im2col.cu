@@ -5,19 +5,16 @@
 #include "common.cuh"
 
 template <typename T, typename I>
-__global__ void im2col(const T* __restrict__ x, T* __restrict__ col,
-                       DC_WINDOW_PARAMS(I)) {
-    const DcDiv<I> div_n(N, mN), div_ow(out_w, mOW), div_oh(out_h, mOH), div_kw(kw, mKW),
-        div_kh(kh, mKH);
+__global__ void im2col(const T* __restrict__ x, T* __restrict__ col, DC_WINDOW_PARAMS(I)) {
+    DC_DIVIDERS(I);
     DC_GRID_STRIDE_LOOP(I, i, total) {
-        I r = i;
-        const I n = dc_pop(r, div_n);
-        const I ox = dc_pop(r, div_ow);
-        const I oy = dc_pop(r, div_oh);
-        const I kx = dc_pop(r, div_kw);
-        const I ky = dc_pop(r, div_kh);  // r is now c
-        const I y = oy * sy - ph + ky * dy;
-        const I xx = ox * sx - pw + kx * dx;
-        col[i] = dc_below(y, H) && dc_below(xx, W) ? x[n * sn + r * sc + y * sh + xx * sw] : T(0);
+        const DcPos<I> o = dc_position(i, div_n, div_ow, div_oh);  // o.c runs over (c, ky, kx)
+        I c = o.c;
+        const I kx = dc_pop(c, div_kw);
+        const I ky = dc_pop(c, div_kh);
+        const I y = o.y * sy - ph + ky * dy;
+        const I xx = o.x * sx - pw + kx * dx;
+        col[i] = dc_below(y, H) && dc_below(xx, W) ? x[o.n * sn + c * sc + y * sh + xx * sw]
+                                                   : T(0);
     }
 }

@@ -11,16 +11,13 @@
 template <typename T, typename I, int K>
 __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
                                  int* __restrict__ argmax, DC_WINDOW_PARAMS(I)) {
-    const DcDiv<I> div_n(N, mN), div_ow(out_w, mOW), div_oh(out_h, mOH);
+    DC_DIVIDERS(I);
     DC_GRID_STRIDE_LOOP(I, i, total) {
-        I r = i;
-        const I n = dc_pop(r, div_n);
-        const I ox = dc_pop(r, div_ow);
-        const I oy = dc_pop(r, div_oh);  // r is now c
+        const DcPos<I> o = dc_position(i, div_n, div_ow, div_oh);
         T m = dc_neg_inf<T>();
         int best = 0;
-        dc_for_each_in_window<K>(x, n * sn + r * sc, dc_neg_inf<T>(), oy, ox, H, W, sh, sw, kh, kw,
-                              sy, sx, ph, pw, dy, dx, [&](I k, T v) {
+        dc_for_each_in_window<K>(x, o.n * sn + o.c * sc, dc_neg_inf<T>(), o.y, o.x, H, W, sh, sw,
+                                 kh, kw, sy, sx, ph, pw, dy, dx, [&](I k, T v) {
             // v > m, or v is NaN and m is not: "not v <= m" is both, unless m is NaN
             if (!(v <= m) && !dc_isnan(m)) {
                 m = v;
@@ -37,20 +34,16 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
 // sums, from 0, ky outer and kx inner, the gradient of every window whose
 // argmax is this pixel.
 template <typename T, typename I, int K>
-__global__ void max_pool_backward(const T* __restrict__ gy,
-                                  const int* __restrict__ argmax, T* __restrict__ gx,
-                                  DC_WINDOW_PARAMS(I)) {
-    const DcDiv<I> div_n(N, mN), div_w(W, mW), div_h(H, mH), div_sy(sy, mSY), div_sx(sx, mSX);
+__global__ void max_pool_backward(const T* __restrict__ gy, const int* __restrict__ argmax,
+                                  T* __restrict__ gx, DC_WINDOW_PARAMS(I)) {
+    DC_DIVIDERS(I);
     DC_GRID_STRIDE_LOOP(I, i, total) {
-        I r = i;
-        const I n = dc_pop(r, div_n);
-        const I xx = dc_pop(r, div_w);
-        const I y = dc_pop(r, div_h);  // r is now c
-        const T* g = gy + n * sn + r * sc;
-        const int* a = argmax + r * out_h * out_w * N + n;
+        const DcPos<I> p = dc_position(i, div_n, div_w, div_h);
+        const T* g = gy + p.n * sn + p.c * sc;
+        const int* a = argmax + p.c * out_h * out_w * N + p.n;
         T sum = T(0);
-        dc_for_each_reader<K>(y, xx, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w, div_sy, div_sx,
-                           [&](I k, I oy, I ox) {
+        dc_for_each_reader<K>(p.y, p.x, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w, div_sy,
+                              div_sx, [&](I k, I oy, I ox) {
             if (a[(oy * out_w + ox) * N] == (int)k) sum += g[oy * sh + ox * sw];
         });
         gx[i] = sum;
