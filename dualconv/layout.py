@@ -9,25 +9,34 @@ from __future__ import annotations
 
 from typing import Any
 
+BATCH_LAST = (1, 2, 3, 0)
+"""The axes that view (N, C, H, W) as (C, H, W, N)."""
+BATCH_FIRST = (3, 0, 1, 2)
+"""The axes that view (C, H, W, N) as (N, C, H, W)."""
+COLUMNS_BATCH_LAST = (0, 1, 2, 4, 5, 3)
+"""The axes that view (C, kh, kw, N, out_h, out_w) as (C, kh, kw, out_h, out_w, N)."""
+COLUMNS_BATCH_FIRST = (0, 1, 2, 5, 3, 4)
+"""The axes that view (C, kh, kw, out_h, out_w, N) as (C, kh, kw, N, out_h, out_w)."""
+
 
 def batch_last(x: Any) -> Any:
     """x: (N, C, H, W) -> a view of it indexed (C, H, W, N)."""
-    return x.transpose(1, 2, 3, 0)
+    return x.transpose(BATCH_LAST)
 
 
 def batch_first(xb: Any) -> Any:
     """The inverse of batch_last: xb (C, H, W, N) -> a view indexed (N, C, H, W)."""
-    return xb.transpose(3, 0, 1, 2)
+    return xb.transpose(BATCH_FIRST)
 
 
 def columns_batch_last(col: Any) -> Any:
     """col: (C, kh, kw, N, out_h, out_w) -> a view indexed (C, kh, kw, out_h, out_w, N)."""
-    return col.transpose(0, 1, 2, 4, 5, 3)
+    return col.transpose(COLUMNS_BATCH_LAST)
 
 
 def columns_batch_first(col_b: Any) -> Any:
     """The inverse of columns_batch_last: (C, kh, kw, out_h, out_w, N) -> (C, kh, kw, N, out_h, out_w)."""
-    return col_b.transpose(0, 1, 2, 5, 3, 4)
+    return col_b.transpose(COLUMNS_BATCH_FIRST)
 
 
 def flatten_batch(x: Any) -> Any:

@@ -23,6 +23,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..layout import BATCH_FIRST, BATCH_LAST, COLUMNS_BATCH_FIRST, COLUMNS_BATCH_LAST
 from ..shapes import Window
 from . import checks
 from .launch import (Input, Launch, Output, as_laid_out, element_strides, execute, index_dtype,
@@ -74,16 +75,6 @@ the fused optimizer kernels round each operation as NumPy does (bitwise parity).
 
 
 # ---------------------------------------------------------------- plans
-
-BATCH_LAST = (1, 2, 3, 0)
-"""(N, C, H, W) -> (C, H, W, N): how images are stored."""
-BATCH_FIRST = (3, 0, 1, 2)
-"""A (C, H, W, N) buffer seen as (N, C, H, W)."""
-COLUMNS_BATCH_LAST = (0, 1, 2, 4, 5, 3)
-"""(C, kh, kw, N, out_h, out_w) -> (C, kh, kw, out_h, out_w, N): how columns are stored."""
-COLUMNS_BATCH_FIRST = (0, 1, 2, 5, 3, 4)
-"""A (C, kh, kw, out_h, out_w, N) buffer seen as (C, kh, kw, N, out_h, out_w)."""
-
 
 def _window_launch(kernel: str, dtype: np.dtype, total: int, arrays: Sequence[Any],
                    image: Input | None, nchw: tuple[int, int, int, int], win: Window,
