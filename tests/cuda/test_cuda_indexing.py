@@ -14,18 +14,9 @@ import pytest
 
 from dualconv.kernels import cpu, cuda, launch
 from dualconv.shapes import Window
-from kernel_cases import ARGS, DTYPES, HAND_PICKED, assert_bitwise_equal, kernel_args
+from kernel_cases import ARGS, DTYPES, HAND_PICKED, Shaped, assert_bitwise_equal, kernel_args
 
 pytestmark = pytest.mark.cuda_emulated
-
-
-class _Shape:
-    """Stands in for a C-contiguous array in a plan, which reads only shape, strides and dtype."""
-
-    def __init__(self, shape: tuple[int, ...], dtype=np.float32):
-        self.shape, self.dtype, self.ndim = shape, np.dtype(dtype), len(shape)
-        self.strides = tuple(int(np.prod(shape[k + 1:])) * self.dtype.itemsize
-                             for k in range(len(shape)))
 
 
 def _scalars(plan: launch.Launch) -> list[np.generic]:
@@ -33,7 +24,7 @@ def _scalars(plan: launch.Launch) -> list[np.generic]:
 
 
 def test_more_than_2_31_elements_run_the_64_bit_kernel_without_allocating():
-    plan = cuda.plan_im2col(_Shape((64, 64, 512, 512)), Window(3, 3, 1, 1, 1, 1))
+    plan = cuda.plan_im2col(Shaped((64, 64, 512, 512)), Window(3, 3, 1, 1, 1, 1))
     assert np.prod(plan.outputs[0].shape) > 2**31
     assert plan.name == "im2col<float, long long>"
     geometry = [a for a in _scalars(plan) if a.dtype.kind == "i"]
@@ -42,7 +33,7 @@ def test_more_than_2_31_elements_run_the_64_bit_kernel_without_allocating():
 
 
 def test_a_lenet_sized_plan_runs_the_32_bit_kernel():
-    plan = cuda.plan_im2col(_Shape((256, 1, 28, 28)), Window(5, 5, 1, 1, 2, 2))
+    plan = cuda.plan_im2col(Shaped((256, 1, 28, 28)), Window(5, 5, 1, 1, 2, 2))
     assert plan.name == "im2col<float, int>"
     assert all(a.dtype == np.int32 for a in _scalars(plan) if a.dtype.kind == "i")
 
