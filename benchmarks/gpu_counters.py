@@ -47,7 +47,8 @@ def _optimizer(name: str, model: Any) -> dc.Optimizer:
     raise ValueError(f"optimizer must be 'sgd-momentum' or 'adam', got {name!r}")
 
 
-def step_counters(optimizer: str = "sgd-momentum", batch: int = 64, steps: int = 3) -> dict[str, float]:
+def step_counters(optimizer: str = "sgd-momentum", batch: int = 64,
+                  steps: int = 3) -> dict[str, float]:
     """Counters per training step of LeNet, data resident on the device (mean of ``steps``)."""
     with emulated_cupy() as emu:
         cupy = emu.cupy

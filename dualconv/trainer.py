@@ -189,7 +189,8 @@ class Trainer:
         X, y = self._check_data(X, y, "evaluate")  # every label, checked once
         was_training = self.model.training
         self.model.eval()
-        check_labels, self.loss.check_labels = self.loss.check_labels, False  # not per batch (a sync)
+        # labels were checked above, so not again per batch (each check is a device sync)
+        check_labels, self.loss.check_labels = self.loss.check_labels, False
         loss_sum = correct = 0
         predicted = []
         try:

@@ -128,7 +128,8 @@ def _same(arrays: dict[str, Any], who: str) -> None:
             continue
         check_shape(a, first.shape, name, who)
         if np.dtype(a.dtype) != dtype:
-            raise TypeError(f"{who}: {name} must be {dtype} like {first_name}, got {np.dtype(a.dtype)}")
+            raise TypeError(f"{who}: {name} must be {dtype} like {first_name}, "
+                            f"got {np.dtype(a.dtype)}")
 
 
 def sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
