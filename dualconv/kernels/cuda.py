@@ -85,7 +85,8 @@ def _window_launch(kernel: str, dtype: np.dtype, total: int, arrays: Sequence[An
     itype = index_dtype([*extents, padded], total)
     strides = element_strides(image) if image is not None else (0, 0, 0, 0)
     divisors = (N, H, W, *out, win.kh, win.kw, win.sy, win.sx)
-    magics = [magic(d) if itype == np.int32 else np.uint64(0) for d in divisors]
+    # An empty batch runs no thread: any divisor will do for it.
+    magics = [magic(max(d, 1)) if itype == np.int32 else np.uint64(0) for d in divisors]
     scalars = [itype.type(v) for v in (total, N, C, H, W, *win, *out, *strides)]
     template = f"{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}" + ("" if side is None else f", {side}")
     return launch_1d(f"{kernel}<{template}>", total, (*arrays, *scalars, *magics))

@@ -14,7 +14,8 @@ import pytest
 
 from dualconv.kernels import cpu, cuda, launch
 from dualconv.shapes import Window
-from kernel_cases import ARGS, DTYPES, HAND_PICKED, Shaped, assert_bitwise_equal, kernel_args
+from kernel_cases import (ARGS, DTYPES, HAND_PICKED, Case, Shaped, assert_bitwise_equal,
+                          kernel_args)
 
 pytestmark = pytest.mark.cuda_emulated
 
@@ -114,3 +115,9 @@ def test_pooling_gradients_are_read_where_they_lie(emulator, kernel):
         args = (gy, argmax, 8, 8, win) if kernel == "max_pool_backward" else (gy, 8, 8, win)
         assert_bitwise_equal(emulator.call(kernel, *args), getattr(cpu, kernel)(*args),
                              f"{kernel} {name}")
+
+
+@pytest.mark.parametrize("kernel", tuple(ARGS))
+def test_an_empty_batch_runs_no_thread(emulator, kernel):
+    args = kernel_args(kernel, Case(0, 2, 6, 6, 2, 2, 2, 2, 0, 0), np.float32, "spread")
+    assert_bitwise_equal(emulator.call(kernel, *args), getattr(cpu, kernel)(*args), kernel)
