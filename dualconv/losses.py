@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import kernels
 from .backend import backend_of, get_array_module, to_backend
 
 
@@ -51,7 +52,8 @@ class SoftmaxCrossEntropy(Loss):
 
     pred: logits (N, C); target: int labels (N,) in [0, C) or one-hot /
     probability rows (N, C). loss = mean_n(logsumexp(z_n) - sum_c t_nc z_nc);
-    gy = (softmax(z) - t) / N.
+    gy = (softmax(z) - t) / N, computed with the loss. Integer labels take the
+    fused kernel (dualconv.kernels.softmax_cross_entropy: one launch on the GPU).
     """
 
     def _forward(self, pred: Any, target: Any) -> Any:
@@ -67,21 +69,19 @@ class SoftmaxCrossEntropy(Loss):
             if self.check_labels and N and (int(target.min()) < 0 or int(target.max()) >= C):
                 raise ValueError(f"{self.name}: labels must be in [0, {C}), got values from "
                                  f"{int(target.min())} to {int(target.max())}")
-            onehot = xp.zeros_like(pred)
-            onehot[xp.arange(N), target] = 1
-            target = onehot
-        else:
-            self._same_shape(pred, target)
-            target = target.astype(pred.dtype, copy=False)
+            rows, gy = kernels.softmax_cross_entropy(pred, target)  # one launch on the GPU
+            self._cache = gy
+            return rows.mean()
+        self._same_shape(pred, target)
+        target = target.astype(pred.dtype, copy=False)
         shifted = pred - pred.max(axis=1, keepdims=True)
         log_z = xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
         log_p = shifted - log_z
-        self._cache = (xp.exp(log_p), target)
+        self._cache = (xp.exp(log_p) - target) / pred.dtype.type(N)
         return -(target * log_p).sum() / pred.dtype.type(N)
 
     def _backward(self) -> Any:
-        p, target = self._cache
-        return (p - target) / p.dtype.type(p.shape[0])
+        return self._cache
 
 
 class BinaryCrossEntropy(Loss):

@@ -4,11 +4,14 @@ An optimizer holds Parameter handles, not arrays: a handle reads the live
 array from its layer's ``params`` / ``grads`` dicts, so moving a model to
 another backend never leaves the optimizer pointing at stale arrays. Its
 state (momentum, Adam moments) follows the parameters to their backend.
+Each parameter's update is one call of dualconv.kernels (sgd_update,
+adam_update): plain NumPy on the CPU, one fused kernel launch on the GPU.
 """
 from __future__ import annotations
 
 from typing import Any, Iterable
 
+from . import kernels
 from .backend import asnumpy, backend_of, to_backend
 
 
@@ -115,16 +118,8 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
 
     def _update(self, p: Parameter, w: Any, g: Any) -> None:
-        if self.weight_decay:
-            g = g + w.dtype.type(self.weight_decay) * w
-        lr = w.dtype.type(self.lr)
-        if self.momentum == 0.0:
-            w -= lr * g
-            return
-        v = self._slot(p, "velocity")
-        v *= w.dtype.type(self.momentum)
-        v += g
-        w -= lr * (g + w.dtype.type(self.momentum) * v if self.nesterov else v)
+        v = self._slot(p, "velocity") if self.momentum else None
+        kernels.sgd_update(w, g, v, self.lr, self.momentum, self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -141,17 +136,9 @@ class Adam(Optimizer):
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
     def _update(self, p: Parameter, w: Any, g: Any) -> None:
-        if self.weight_decay:
-            g = g + w.dtype.type(self.weight_decay) * w
-        t = w.dtype.type
         m, v = self._slot(p, "m"), self._slot(p, "v")
-        m *= t(self.b1)
-        m += t(1 - self.b1) * g
-        v *= t(self.b2)
-        v += t(1 - self.b2) * (g * g)
-        m_hat = m / t(1 - self.b1 ** self.steps)
-        v_hat = v / t(1 - self.b2 ** self.steps)
-        w -= t(self.lr) * m_hat / (v_hat ** t(0.5) + t(self.eps))
+        kernels.adam_update(w, g, m, v, self.lr, self.b1, self.b2, self.eps, self.weight_decay,
+                            self.steps)
 
 
 class LRSchedule:

@@ -186,9 +186,11 @@ class Trainer:
         With ``confusion_matrix=True`` (classifiers) also "confusion_matrix": a
         (classes, classes) list of lists, rows the true class, columns the predicted.
         """
-        X, y = self._check_data(X, y, "evaluate")
+        X, y = self._check_data(X, y, "evaluate")  # every label, checked once
         was_training = self.model.training
         self.model.eval()
+        # labels were checked above, so not again per batch (each check is a device sync)
+        check_labels, self.loss.check_labels = self.loss.check_labels, False
         loss_sum = correct = 0
         predicted = []
         try:
@@ -200,6 +202,7 @@ class Trainer:
                 if confusion_matrix:
                     predicted.append(out.argmax(axis=1))
         finally:
+            self.loss.check_labels = check_labels
             if was_training:
                 self.model.train()
         loss = float(loss_sum) / len(X)

@@ -1,26 +1,27 @@
-// Max pooling, forward and backward.
+// Max pooling, forward and backward. K is the window side when it is known at
+// compile time (2), else 0 (see common.cuh).
 #include "common.cuh"
 
-// x: (N, C, H, W) -> y, argmax: (N, C, out_h, out_w). argmax is the
-// window-local index ky*kw + kx (int32). Padding is -inf. The scan starts from
-// the window's (0, 0) element; a later element wins only if it is greater, or
-// is NaN while the current maximum is not: the first maximum wins ties and NaN
-// propagates. One thread per output.
-template <typename T>
+// x: images indexed (n, c, y, x), read through strides -> y, argmax:
+// (C, out_h, out_w, N) C-contiguous. argmax is the window-local index
+// ky*kw + kx (int32). Padding is -inf. The scan starts from -inf with
+// argmax 0; an element wins only if it is greater, or is NaN while the
+// maximum so far is not: the first maximum wins ties and NaN propagates.
+// One thread per output.
+template <typename T, typename I, int K>
 __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
-                                 int* __restrict__ argmax, DC_GEOMETRY_PARAMS) {
-    const long long total = N * C * out_h * out_w;
-    DC_GRID_STRIDE_LOOP(i, total) {
-        const long long ox = i % out_w;
-        const long long oy = (i / out_w) % out_h;
-        const T* plane = x + (i / (out_w * out_h)) * H * W;  // x[n, c]
-        T m = T(0);  // replaced by the (0, 0) element
+                                 int* __restrict__ argmax, DC_WINDOW_PARAMS(I)) {
+    DC_DIVIDERS(I);
+    DC_GRID_STRIDE_LOOP(I, i, total) {
+        const DcPos<I> o = dc_position(i, div_n, div_ow, div_oh);
+        T m = dc_neg_inf<T>();
         int best = 0;
-        dc_for_each_in_window(plane, dc_neg_inf<T>(), oy, ox, H, W, kh, kw, sy, sx, ph, pw,
-                              dy, dx, [&](long long ky, long long kx, T v) {
-            if ((ky == 0 && kx == 0) || v > m || (dc_isnan(v) && !dc_isnan(m))) {
+        dc_for_each_in_window<K>(x, o.n * sn + o.c * sc, dc_neg_inf<T>(), o.y, o.x, H, W, sh, sw,
+                                 kh, kw, sy, sx, ph, pw, dy, dx, [&](I k, T v) {
+            // v > m, or v is NaN and m is not: "not v <= m" is both, unless m is NaN
+            if (!(v <= m) && !dc_isnan(m)) {
                 m = v;
-                best = (int)(ky * kw + kx);
+                best = (int)k;
             }
         });
         y[i] = m;
@@ -28,22 +29,22 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
     }
 }
 
-// gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W). Gather: one thread
-// per pixel sums, from 0, ky outer and kx inner, the gradient of every window
-// whose argmax is this pixel.
-template <typename T>
+// gy: indexed (n, c, oy, ox), read through strides; argmax: (C, out_h, out_w, N)
+// C-contiguous -> gx: (C, H, W, N) C-contiguous. Gather: one thread per pixel
+// sums, from 0, ky outer and kx inner, the gradient of every window whose
+// argmax is this pixel.
+template <typename T, typename I, int K>
 __global__ void max_pool_backward(const T* __restrict__ gy, const int* __restrict__ argmax,
-                                  T* __restrict__ gx, DC_GEOMETRY_PARAMS) {
-    const long long total = N * C * H * W;
-    DC_GRID_STRIDE_LOOP(i, total) {
-        const long long xx = i % W;
-        const long long y = (i / W) % H;
-        const long long plane = (i / (W * H)) * out_h * out_w;  // offset of gy[n, c]
+                                  T* __restrict__ gx, DC_WINDOW_PARAMS(I)) {
+    DC_DIVIDERS(I);
+    DC_GRID_STRIDE_LOOP(I, i, total) {
+        const DcPos<I> p = dc_position(i, div_n, div_w, div_h);
+        const T* g = gy + p.n * sn + p.c * sc;
+        const int* a = argmax + p.c * out_h * out_w * N + p.n;
         T sum = T(0);
-        dc_for_each_reader(y, xx, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w,
-                           [&](long long ky, long long kx, long long oy, long long ox) {
-            const long long o = plane + oy * out_w + ox;
-            if (argmax[o] == ky * kw + kx) sum += gy[o];
+        dc_for_each_reader<K>(p.y, p.x, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w, div_sy,
+                              div_sx, [&](I k, I oy, I ox) {
+            if (a[(oy * out_w + ox) * N] == (int)k) sum += g[oy * sh + ox * sw];
         });
         gx[i] = sum;
     }

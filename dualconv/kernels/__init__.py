@@ -1,12 +1,15 @@
-"""The sliding-window kernels, and the one place that picks the CPU or GPU twin.
+"""The kernels that exist twice, and the one place that picks the CPU or GPU twin.
 
-Six kernels exist twice: im2col, col2im, and max- and avg-pool forward and
-backward. Everything else in dualconv is written once against ``xp`` (numpy
-or cupy). Open the files in this order:
+Six sliding-window kernels exist twice: im2col, col2im, and max- and avg-pool
+forward and backward; so do three fused ones, the SGD and Adam updates and
+softmax cross-entropy (one GPU launch each; plain NumPy on the CPU).
+Everything else in dualconv is written once against ``xp`` (numpy or cupy).
+Open the files in this order:
 
   reference.py  the textbook: each kernel as plain loops over every index
   cpu.py        the NumPy twins: the same numbers, one loop over kernel offsets
   cuda.py       the CUDA twins: plans and CuPy launches of kernels/*.cu
+  launch.py     what a launch is: arguments, memory orders, 32- or 64-bit indices
   sources.py    finds kernels/*.cu and joins them for NVRTC
   checks.py     the input checks, run here before dispatch (and by the CUDA plans)
 
@@ -29,9 +32,14 @@ Names (as in Chainer), the same in Python, CUDA, docstrings and tests:
 
 The contract both twins keep: images are indexed (N, C, H, W), columns
 (C, kh, kw, N, out_h, out_w); sums visit offsets ky outer, kx inner, from 0.
-Memory order differs: cpu.py stores images batch-last (C, H, W, N) and
-columns (C, kh, kw, out_h, out_w, N) and returns views indexed as above;
-cuda.py stores both C-contiguous in the index order.
+Memory order, the same on both twins: images are stored batch-last
+(C, H, W, N) and columns (C, kh, kw, out_h, out_w, N), and returned as views
+indexed as above (layout.py), so the reshapes around a convolution's GEMM and
+the pools' inputs cost no copy on either backend. Inputs in another order are
+accepted: the CPU twins copy them into batch-last order, the CUDA twins read
+them through their strides. The window kernels are bitwise equal on both
+twins; so are the SGD and Adam updates; softmax cross-entropy agrees within a
+few ulp (exp and log differ between libraries).
 """
 from __future__ import annotations
 
@@ -89,3 +97,21 @@ def avg_pool_forward(x: Any, win: Window) -> Any:
 def avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Any:
     """gy: (N, C, out_h, out_w) -> gx: (N, C, H, W), each gradient spread over its window."""
     return _dispatch("avg_pool_backward", gy, H, W, win)
+
+
+def sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
+               weight_decay: float, nesterov: bool) -> None:
+    """One SGD step on w in place, and on its velocity v (None when momentum is 0)."""
+    _dispatch("sgd_update", w, g, v, lr, momentum, weight_decay, nesterov)
+
+
+def adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
+                eps: float, weight_decay: float, step: int) -> None:
+    """One Adam step (``step`` counts from 1) on w and its moments m, v in place."""
+    _dispatch("adam_update", w, g, m, v, lr, b1, b2, eps, weight_decay, step)
+
+
+def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:
+    """z: logits (N, C), labels: ints (N,) -> (loss (N,) per row, gz (N, C), the
+    gradient of loss.mean())."""
+    return _dispatch("softmax_cross_entropy", z, labels)

@@ -116,3 +116,41 @@ def avg_pool_forward(x: Any, win: Window) -> tuple[int, int]:
 
 def avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> tuple[int, int]:
     return _pooled_grad(gy, H, W, win, "avg_pool_backward")
+
+
+# The fused updates and loss: one float dtype and one shape for every array.
+
+def _same(arrays: dict[str, Any], who: str) -> None:
+    first_name, first = next(iter(arrays.items()))
+    dtype = check_float(first, first_name, who)
+    for name, a in arrays.items():
+        if a is None:
+            continue
+        check_shape(a, first.shape, name, who)
+        if np.dtype(a.dtype) != dtype:
+            raise TypeError(f"{who}: {name} must be {dtype} like {first_name}, "
+                            f"got {np.dtype(a.dtype)}")
+
+
+def sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
+               weight_decay: float, nesterov: bool) -> None:
+    if v is None and momentum != 0:
+        raise ValueError("sgd_update: momentum needs a velocity array v")
+    _same(dict(w=w, g=g, v=v), "sgd_update")
+
+
+def adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
+                eps: float, weight_decay: float, step: int) -> None:
+    if int(step) < 1:
+        raise ValueError(f"adam_update: step counts from 1, got {step}")
+    _same(dict(w=w, g=g, m=m, v=v), "adam_update")
+
+
+def softmax_cross_entropy(z: Any, labels: Any) -> None:
+    who = "softmax_cross_entropy"
+    check_float(z, "z", who)
+    if z.ndim != 2:
+        raise ValueError(f"{who}: z must be 2-D (N, C), got shape {tuple(z.shape)}")
+    check_shape(labels, z.shape[:1], "labels", who)
+    if np.dtype(labels.dtype).kind not in "iu":
+        raise TypeError(f"{who}: labels must be integers, got {np.dtype(labels.dtype)}")

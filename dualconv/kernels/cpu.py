@@ -209,3 +209,67 @@ def avg_pool_backward(gy: np.ndarray, H: int, W: int, win: Window) -> np.ndarray
             window = _window(xb, ky, kx, out_h, out_w, win)
             window += g
     return _unpadded_batch_first(xb, ph, pw)
+
+
+# ---------------------------------------------------------------- fused updates and loss
+# Twins of kernels/optimizers.cu and kernels/softmax_cross_entropy.cu: the plain
+# NumPy expressions, which are as fast as anything on the CPU.
+
+
+def sgd_update(w: np.ndarray, g: np.ndarray, v: np.ndarray | None, lr: float, momentum: float,
+               weight_decay: float, nesterov: bool) -> None:
+    """One SGD step in place (PyTorch's form); v is the velocity (None when momentum is 0).
+
+    g <- g + weight_decay * w;  v <- momentum * v + g;
+    w <- w - lr * (g + momentum * v if nesterov else v)   (w <- w - lr * g without momentum).
+    Every scalar is rounded to w's dtype first, and each operation rounds as written:
+    the CUDA twin does the same operations in the same order.
+    """
+    t = w.dtype.type
+    if weight_decay:
+        g = g + t(weight_decay) * w
+    if momentum == 0.0:
+        w -= t(lr) * g
+        return
+    v *= t(momentum)
+    v += g
+    w -= t(lr) * (g + t(momentum) * v if nesterov else v)
+
+
+def adam_update(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float, b1: float,
+                b2: float, eps: float, weight_decay: float, step: int) -> None:
+    """One Adam step in place (step counts from 1): bias-corrected moments m, v.
+
+    g <- g + weight_decay * w;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
+    w <- w - lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps).
+    """
+    t = w.dtype.type
+    if weight_decay:
+        g = g + t(weight_decay) * w
+    m *= t(b1)
+    m += t(1 - b1) * g
+    v *= t(b2)
+    v += t(1 - b2) * (g * g)
+    m_hat = m / t(1 - b1 ** step)
+    v_hat = v / t(1 - b2 ** step)
+    w -= t(lr) * m_hat / (np.sqrt(v_hat) + t(eps))
+
+
+def softmax_cross_entropy(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Softmax cross-entropy of logits z: (N, C) against int labels (N,) in [0, C).
+
+    Returns (loss, gz): loss (N,) holds each row's -log softmax(z)[label], and
+    gz (N, C) = (softmax(z) - onehot(labels)) / N, the gradient of loss.mean().
+    Log-sum-exp is shifted by the row maximum. exp and log differ by an ulp or
+    two between libraries, so the CUDA twin matches this within a stated bound,
+    not bit for bit.
+    """
+    N = z.shape[0]
+    rows = np.arange(N)
+    shifted = z - z.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = shifted - log_z
+    gz = np.exp(log_p)
+    gz[rows, labels] -= 1
+    gz /= z.dtype.type(N)
+    return -log_p[rows, labels], gz

@@ -1,141 +1,215 @@
 """The CUDA twins: the kernels of kernels/*.cu, planned here and launched through CuPy.
 
-Same functions, same arguments as cpu.py, on cupy arrays, with results
-bitwise equal to it (see the rules in kernels/common.cuh). The .cu files are
-found and joined into one translation unit by sources.py.
+Same functions, same arguments and same memory orders as cpu.py, on cupy
+arrays, with results bitwise equal to it (see the rules in
+kernels/common.cuh): images are stored batch-last (C, H, W, N) and columns
+(C, kh, kw, out_h, out_w, N), and returned as the same (N, C, H, W) and
+(C, kh, kw, N, out_h, out_w) views. Image inputs are read through their
+strides, so a batch-first or batch-last array costs no copy.
 
 * plans: ``plan_<kernel>(...)`` take the kernel function's arguments but read
-  only ``.shape`` / ``.dtype`` of the arrays, run the same check as the
-  dispatch point (checks.py), and return a ``Launch`` (kernel name, grid,
-  block, arguments). They are pure Python and need no CuPy, so the CPU
-  emulation in tests/cuda/ launches exactly what CuPy does;
-* launch: the six kernel functions, each ``execute(plan_<kernel>(...), cupy, ...)``.
+  only ``.shape``, ``.strides`` and ``.dtype`` of the arrays, run the same
+  check as the dispatch point (checks.py), pick the 32- or 64-bit
+  instantiation (launch.index_dtype), and return a ``Launch``. They need no
+  CuPy, so the CPU emulation launches exactly what CuPy does;
+* launch: each kernel function is ``execute(plan_<kernel>(...), cupy, ...)``.
 
 CuPy is imported only when a kernel runs, so this module imports without it.
 """
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..layout import BATCH_FIRST, BATCH_LAST, COLUMNS_BATCH_FIRST, COLUMNS_BATCH_LAST
 from ..shapes import Window
 from . import checks
+from .launch import (Input, Launch, Output, as_laid_out, element_strides, execute, index_dtype,
+                     launch_1d, magic)
+from .launch import BLOCK, MAX_GRID  # noqa: F401  (part of this module's interface, as before)
 from .sources import module_source
 
-KERNELS = ("im2col", "col2im", "max_pool_forward", "max_pool_backward",
-           "avg_pool_forward", "avg_pool_backward")
-"""Every __global__ template in kernels/*.cu."""
+FLOAT_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+"""The float dtypes the kernels are instantiated for, and their C names."""
 
-CTYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
-"""The dtypes the kernels are instantiated for, and their C names."""
+INDEX_TYPES = {np.dtype(np.int32): "int", np.dtype(np.int64): "long long"}
+"""The index types: 32-bit whenever every index fits (launch.index_dtype)."""
 
-NAME_EXPRESSIONS = tuple(f"{k}<{t}>" for k in KERNELS for t in CTYPES.values())
-"""The instantiations compiled into the module, e.g. "im2col<float>"."""
+POOL_SIDES = (0, 2)
+"""Pooling kernels are compiled for any window (0) and for 2x2 (2, unrolled)."""
 
-COMPILE_OPTIONS = ("--std=c++17",)
-"""NVRTC options (CuPy adds the architecture); the compile-check test uses them too."""
+TEMPLATES = {
+    "im2col": "T, I", "col2im": "T, I",
+    "max_pool_forward": "T, I, K", "max_pool_backward": "T, I, K",
+    "avg_pool_forward": "T, I, K", "avg_pool_backward": "T, I, K",
+    "sgd_update": "T, I", "adam_update": "T, I",
+    "softmax_cross_entropy": "T, L, I",
+}
+"""Every __global__ template in kernels/*.cu, with its template parameters:
+T float type, I index type, K pooling window side, L label type (long long)."""
 
-BLOCK = 256
-"""Threads per block."""
+KERNELS = tuple(TEMPLATES)
 
-MAX_GRID = 65535
-"""Most blocks a launch asks for; grid-stride loops cover any remainder."""
+
+def _instantiations(kernel: str) -> list[str]:
+    names = []
+    for t in FLOAT_TYPES.values():
+        for i in INDEX_TYPES.values():
+            params = {"T": [t], "I": [i], "K": [str(k) for k in POOL_SIDES], "L": ["long long"]}
+            combos: list[list[str]] = [[]]
+            for p in TEMPLATES[kernel].split(", "):
+                combos = [c + [v] for c in combos for v in params[p]]
+            names.extend(f"{kernel}<{', '.join(c)}>" for c in combos)
+    return names
+
+
+NAME_EXPRESSIONS = tuple(n for k in KERNELS for n in _instantiations(k))
+"""The instantiations compiled into the module, e.g. "im2col<float, int>"."""
+
+COMPILE_OPTIONS = ("--std=c++17", "--fmad=false")
+"""NVRTC options (CuPy adds -ftz=true and the architecture); the compile-check
+test uses them too. ``--fmad=false``: no a*b + c is contracted into an FMA, so
+the fused optimizer kernels round each operation as NumPy does (bitwise parity)."""
 
 
 # ---------------------------------------------------------------- plans
 
-@dataclass(frozen=True)
-class Output:
-    """An output buffer the launcher allocates (C-contiguous, uninitialized)."""
-    shape: tuple[int, ...]
-    dtype: np.dtype
+def _window_launch(kernel: str, dtype: np.dtype, total: int, arrays: Sequence[Any],
+                   image: Input | None, nchw: tuple[int, int, int, int], win: Window,
+                   out: tuple[int, int], extents: Sequence[int], side: int | None = None) -> Launch:
+    """A window kernel's launch: its arrays, then DC_WINDOW_PARAMS (common.cuh)."""
+    N, C, H, W = nchw
+    padded = C * (H + 2 * win.ph + win.kh * win.dy) * (W + 2 * win.pw + win.kw * win.dx) * N
+    itype = index_dtype([*extents, padded], total)
+    strides = element_strides(image) if image is not None else (0, 0, 0, 0)
+    divisors = (N, H, W, *out, win.kh, win.kw, win.sy, win.sx)
+    # An empty batch runs no thread: any divisor will do for it.
+    magics = [magic(max(d, 1)) if itype == np.int32 else np.uint64(0) for d in divisors]
+    scalars = [itype.type(v) for v in (total, N, C, H, W, *win, *out, *strides)]
+    template = f"{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}" + ("" if side is None else f", {side}")
+    return launch_1d(f"{kernel}<{template}>", total, (*arrays, *scalars, *magics))
 
 
-@dataclass(frozen=True)
-class Launch:
-    """One kernel launch: ``name<<<grid, block>>>(*args)``.
-
-    args are, in the kernel's parameter order: input arrays (anything with
-    .shape/.dtype; the launcher makes them contiguous), ``Output`` buffers, and
-    np.int64 scalars for the ``long long`` parameters.
-    """
-    name: str
-    grid: tuple[int, int, int]
-    block: tuple[int, int, int]
-    args: tuple[Any, ...]
-
-    @property
-    def outputs(self) -> tuple[Output, ...]:
-        return tuple(a for a in self.args if isinstance(a, Output))
-
-
-def _launch(kernel: str, dtype: np.dtype, work: int, args: Sequence[Any]) -> Launch:
-    """A 1-D launch of ``kernel<ctype>`` with one thread per work item."""
-    blocks = min(MAX_GRID, max(1, -(-work // BLOCK)))
-    return Launch(f"{kernel}<{CTYPES[dtype]}>", (blocks, 1, 1), (BLOCK, 1, 1), tuple(args))
-
-
-def _geometry(N: int, C: int, H: int, W: int, win: Window,
-              out: tuple[int, int]) -> tuple[np.int64, ...]:
-    """The 14 geometry arguments every kernel takes (kernels/common.cuh), as np.int64."""
-    return tuple(np.int64(v) for v in (N, C, H, W, *win, *out))
+def _side(win: Window) -> int:
+    """The compiled pooling window for win: 2 for 2x2, else 0 (any)."""
+    return win.kh if win.kh == win.kw and win.kh in POOL_SIDES else 0
 
 
 def plan_im2col(x: Any, win: Window) -> Launch:
     """x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w); one thread per col element."""
-    out_h, out_w = checks.im2col(x, win)
+    out = checks.im2col(x, win)
     N, C, H, W = x.shape
-    col = Output((C, win.kh, win.kw, N, out_h, out_w), np.dtype(x.dtype))
-    return _launch("im2col", col.dtype, C * win.kh * win.kw * N * out_h * out_w,
-                   (x, col, *_geometry(N, C, H, W, win, (out_h, out_w))))
+    image = as_laid_out(x, BATCH_LAST)
+    col = Output((C, win.kh, win.kw, *out, N), np.dtype(x.dtype), COLUMNS_BATCH_FIRST)
+    total = C * win.kh * win.kw * out[0] * out[1] * N
+    return _window_launch("im2col", col.dtype, total, (image, col), image, (N, C, H, W), win,
+                          out, [N * C * H * W])
 
 
 def plan_col2im(col: Any, H: int, W: int, win: Window) -> Launch:
     """col: (C, kh, kw, N, out_h, out_w) -> x: (N, C, H, W); one thread per pixel."""
     out = checks.col2im(col, H, W, win)
     C, _, _, N, _, _ = col.shape
-    x = Output((N, C, H, W), np.dtype(col.dtype))
-    return _launch("col2im", x.dtype, N * C * H * W, (col, x, *_geometry(N, C, H, W, win, out)))
+    x = Output((C, H, W, N), np.dtype(col.dtype), BATCH_FIRST)
+    return _window_launch("col2im", x.dtype, C * H * W * N, (Input(col, COLUMNS_BATCH_LAST), x),
+                          None, (N, C, H, W), win, out, [int(np.prod(col.shape))])
 
 
 def plan_max_pool_forward(x: Any, win: Window) -> Launch:
     """x: (N, C, H, W) -> y, argmax (int32): (N, C, out_h, out_w); one thread per output."""
     out = checks.max_pool_forward(x, win)
     N, C, H, W = x.shape
-    y = Output((N, C, *out), np.dtype(x.dtype))
-    argmax = Output((N, C, *out), np.dtype(np.int32))
-    return _launch("max_pool_forward", y.dtype, N * C * out[0] * out[1],
-                   (x, y, argmax, *_geometry(N, C, H, W, win, out)))
+    image = as_laid_out(x, BATCH_LAST)
+    y = Output((C, *out, N), np.dtype(x.dtype), BATCH_FIRST)
+    argmax = Output((C, *out, N), np.dtype(np.int32), BATCH_FIRST)
+    return _window_launch("max_pool_forward", y.dtype, C * out[0] * out[1] * N, (image, y, argmax),
+                          image, (N, C, H, W), win, out, [N * C * H * W], _side(win))
 
 
 def plan_max_pool_backward(gy: Any, argmax: Any, H: int, W: int, win: Window) -> Launch:
     """gy, argmax (int32): (N, C, out_h, out_w) -> gx: (N, C, H, W); one thread per pixel."""
     out = checks.max_pool_backward(gy, argmax, H, W, win)
     N, C = gy.shape[:2]
-    gx = Output((N, C, H, W), np.dtype(gy.dtype))
-    return _launch("max_pool_backward", gx.dtype, N * C * H * W,
-                   (gy, argmax, gx, *_geometry(N, C, H, W, win, out)))
+    grad = as_laid_out(gy, BATCH_LAST)
+    gx = Output((C, H, W, N), np.dtype(gy.dtype), BATCH_FIRST)
+    return _window_launch("max_pool_backward", gx.dtype, C * H * W * N,
+                          (grad, Input(argmax, BATCH_LAST), gx), grad, (N, C, H, W), win, out,
+                          [N * C * out[0] * out[1]], _side(win))
 
 
 def plan_avg_pool_forward(x: Any, win: Window) -> Launch:
     """x: (N, C, H, W) -> y: (N, C, out_h, out_w); one thread per output."""
     out = checks.avg_pool_forward(x, win)
     N, C, H, W = x.shape
-    y = Output((N, C, *out), np.dtype(x.dtype))
-    return _launch("avg_pool_forward", y.dtype, N * C * out[0] * out[1],
-                   (x, y, *_geometry(N, C, H, W, win, out)))
+    image = as_laid_out(x, BATCH_LAST)
+    y = Output((C, *out, N), np.dtype(x.dtype), BATCH_FIRST)
+    return _window_launch("avg_pool_forward", y.dtype, C * out[0] * out[1] * N, (image, y), image,
+                          (N, C, H, W), win, out, [N * C * H * W], _side(win))
 
 
 def plan_avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Launch:
     """gy: (N, C, out_h, out_w) -> gx: (N, C, H, W); one thread per pixel."""
     out = checks.avg_pool_backward(gy, H, W, win)
     N, C = gy.shape[:2]
-    gx = Output((N, C, H, W), np.dtype(gy.dtype))
-    return _launch("avg_pool_backward", gx.dtype, N * C * H * W,
-                   (gy, gx, *_geometry(N, C, H, W, win, out)))
+    grad = as_laid_out(gy, BATCH_LAST)
+    gx = Output((C, H, W, N), np.dtype(gy.dtype), BATCH_FIRST)
+    return _window_launch("avg_pool_backward", gx.dtype, C * H * W * N, (grad, gx), grad,
+                          (N, C, H, W), win, out, [N * C * out[0] * out[1]], _side(win))
+
+
+def _elementwise(kernel: str, arrays: dict[str, Any], scalars: Sequence[float | bool]) -> Launch:
+    """A fused update in place, one thread per element, of arrays that passed the
+    kernel's check. The gradient g is only read (laid out C-contiguous if it is
+    not); the others must be C-contiguous already, since a copy would lose the update."""
+    args = []
+    for name, a in arrays.items():
+        if name == "g":
+            args.append(Input(a, tuple(range(a.ndim))))
+        elif a.flags.c_contiguous:
+            args.append(a)
+        else:
+            raise ValueError(f"{kernel}: {name} must be C-contiguous (it is updated in place)")
+    first = next(iter(arrays.values()))
+    dtype = np.dtype(first.dtype)
+    n = int(np.prod(first.shape, dtype=np.int64))
+    itype = index_dtype([n], n)
+    values = [np.int32(v) if isinstance(v, bool) else dtype.type(v) for v in scalars]
+    return launch_1d(f"{kernel}<{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}>", n,
+                     (*args, itype.type(n), *values))
+
+
+def plan_sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
+                    weight_decay: float, nesterov: bool) -> Launch:
+    """Updates w, and the velocity v unless momentum is 0 (v may then be None), in place."""
+    checks.sgd_update(w, g, v, lr, momentum, weight_decay, nesterov)
+    arrays = dict(w=w, g=g, v=w if v is None else v)  # v is not read when momentum is 0
+    return _elementwise("sgd_update", arrays, (lr, momentum, weight_decay, bool(nesterov)))
+
+
+def plan_adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
+                     eps: float, weight_decay: float, step: int) -> Launch:
+    """Updates w and the moments m, v in place for Adam's step ``step`` (from 1)."""
+    checks.adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step)
+    return _elementwise("adam_update", dict(w=w, g=g, m=m, v=v),
+                        (lr, b1, b2, 1 - b1, 1 - b2, 1 - b1 ** step, 1 - b2 ** step, eps,
+                         weight_decay))
+
+
+def plan_softmax_cross_entropy(z: Any, labels: Any) -> Launch:
+    """z: (N, C) logits, labels: int64 (N,) -> loss (N,), gz (N, C); one thread per row."""
+    checks.softmax_cross_entropy(z, labels)
+    if np.dtype(labels.dtype) != np.int64:
+        raise TypeError(f"softmax_cross_entropy: the kernel reads int64 labels, got "
+                        f"{np.dtype(labels.dtype)} (softmax_cross_entropy() converts them)")
+    N, C = z.shape
+    dtype = np.dtype(z.dtype)
+    itype = index_dtype([N * C], N)
+    return launch_1d(f"softmax_cross_entropy<{FLOAT_TYPES[dtype]}, long long, "
+                     f"{INDEX_TYPES[itype]}>", N,
+                     (Input(z, (0, 1)), Input(labels, (0,)), Output((N,), dtype),
+                      Output((N, C), dtype), itype.type(N), itype.type(C)))
 
 
 PLANS: dict[str, Callable[..., Launch]] = {
@@ -145,27 +219,11 @@ PLANS: dict[str, Callable[..., Launch]] = {
     "max_pool_backward": plan_max_pool_backward,
     "avg_pool_forward": plan_avg_pool_forward,
     "avg_pool_backward": plan_avg_pool_backward,
+    "sgd_update": plan_sgd_update,
+    "adam_update": plan_adam_update,
+    "softmax_cross_entropy": plan_softmax_cross_entropy,
 }
 """Kernel name -> its plan function (same arguments as the kernel function)."""
-
-
-def execute(launch: Launch, xp: Any, call: Callable[[Launch, tuple[Any, ...]], None]) -> Any:
-    """Run a plan: make inputs contiguous, allocate outputs with ``xp``, then
-    ``call(launch, args)``. Returns the outputs as cpu.py does (one
-    array, or a tuple of them). Shared by CuPy and the CPU emulation."""
-    args: list[Any] = []
-    outputs: list[Any] = []
-    for a in launch.args:
-        if isinstance(a, Output):
-            buf = xp.empty(a.shape, dtype=a.dtype)
-            outputs.append(buf)
-            args.append(buf)
-        elif isinstance(a, np.generic):
-            args.append(a)
-        else:
-            args.append(xp.ascontiguousarray(a))
-    call(launch, tuple(args))
-    return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 # ---------------------------------------------------------------- CuPy
@@ -239,3 +297,23 @@ def avg_pool_forward(x: Any, win: Window) -> Any:
 def avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Any:
     """gy: (N, C, out_h, out_w) -> gx: (N, C, H, W); see cpu.avg_pool_backward."""
     return _run(plan_avg_pool_backward(gy, H, W, win))
+
+
+def sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
+               weight_decay: float, nesterov: bool) -> None:
+    """One SGD step in place, one launch; see cpu.sgd_update."""
+    _run(plan_sgd_update(w, g, v, lr, momentum, weight_decay, nesterov))
+
+
+def adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
+                eps: float, weight_decay: float, step: int) -> None:
+    """One Adam step in place, one launch; see cpu.adam_update."""
+    _run(plan_adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step))
+
+
+def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:
+    """z: (N, C), labels: int (N,) -> (loss (N,), gz (N, C)), one launch (labels of
+    another integer dtype are converted first); see cpu.softmax_cross_entropy."""
+    if np.dtype(labels.dtype) != np.int64:
+        labels = labels.astype(np.int64)
+    return _run(plan_softmax_cross_entropy(z, labels))

@@ -6,11 +6,10 @@ Backward: gw  = gy @ col.T,  gb = gy.sum(columns),
           gx  = col2im(w.T @ gy)
 
 The GEMMs take the columns with the batch axis last, (C*kh*kw, out_h*out_w*N),
-the order the NumPy im2col stores them in (see kernels/cpu.py), so on the
-CPU every reshape below is free and the output lands batch-last, (O, out_h,
-out_w, N), which the next layer's kernels read without a copy. The caller
-gets (N, O, out_h, out_w) views. (The CUDA kernels store columns batch-major;
-on the GPU the reshape makes one copy, cheap at GPU bandwidth.)
+the order both im2col twins store them in (see dualconv/kernels), so on
+either backend every reshape below is free and the output lands batch-last,
+(O, out_h, out_w, N), which the next layer's kernels read without a copy. The
+caller gets (N, O, out_h, out_w) views.
 """
 from __future__ import annotations
 

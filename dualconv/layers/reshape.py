@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from ..layout import flatten_batch
 from .base import Layer
 
 
@@ -22,7 +23,7 @@ class Flatten(Layer):
 
     def _forward(self, x: Any) -> Any:
         self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        return flatten_batch(x)  # a view of batch-last activations, as the pools return them
 
     def _backward(self, gy: Any) -> Any:
         x_shape = self._cache

@@ -36,8 +36,22 @@ def main() -> int:
                 assert_bitwise_equal(emulator.call(kernel, *args),
                                      getattr(cpu, kernel)(*args), f"{kernel} {case}")
                 launches += 1
+    launches += fused_runs(emulator)
     print(f"ok: {launches} launches, kernels {sorted(emulator.launched)}")
     return 0
+
+
+def fused_runs(emulator: Emulator) -> int:
+    """The fused kernels on sizes that leave a partial block; returns the launch count."""
+    rng = np.random.default_rng(5)
+    for dtype in DTYPES:
+        w, g, m, v = (rng.standard_normal(257).astype(dtype) for _ in range(4))
+        emulator.call("sgd_update", w, g, None, 0.1, 0.0, 0.01, False)
+        emulator.call("sgd_update", w, g, m, 0.1, 0.9, 0.0, True)
+        emulator.call("adam_update", w, g, m, np.abs(v), 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
+        emulator.call("softmax_cross_entropy", rng.standard_normal((257, 10)).astype(dtype),
+                      rng.integers(-1, 11, 257))
+    return 4 * len(DTYPES)
 
 
 if __name__ == "__main__":

@@ -114,3 +114,13 @@ def assert_bitwise_equal(actual: Any, desired: Any, context: str = "") -> None:
         bits = f"u{desired.dtype.itemsize}"
         np.testing.assert_array_equal(actual.view(bits)[~nan], desired.view(bits)[~nan],
                                       err_msg=f"{context}: bit patterns differ (signed zero?)")
+
+
+class Shaped:
+    """Stands in for a C-contiguous array in a plan, which reads only .shape, .strides,
+    .dtype and .ndim: a plan for an input too large to allocate."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any = np.float32):
+        self.shape, self.dtype, self.ndim = shape, np.dtype(dtype), len(shape)
+        self.strides = tuple(int(np.prod(shape[k + 1:])) * self.dtype.itemsize
+                             for k in range(len(shape)))

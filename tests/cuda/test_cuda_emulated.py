@@ -10,8 +10,8 @@ import pytest
 
 from dualconv.kernels import cpu, cuda
 from dualconv.shapes import Window
-from kernel_cases import (ARGS, DTYPES, HAND_PICKED, VALUE_KINDS, Case, assert_bitwise_equal,
-                          kernel_args, random_cases)
+from kernel_cases import (ARGS, DTYPES, HAND_PICKED, VALUE_KINDS, Case, Shaped,
+                          assert_bitwise_equal, kernel_args, random_cases)
 
 pytestmark = pytest.mark.cuda_emulated
 
@@ -63,34 +63,18 @@ def test_strided_input_is_made_contiguous(emulator):
                          cpu.im2col(x, Window(3, 2, 1, 1, 1, 0)))
 
 
-class _Shape:
-    """Stands in for an array in a plan: plans read only .shape and .dtype."""
-
-    def __init__(self, shape: tuple[int, ...], dtype=np.float32):
-        self.shape, self.dtype, self.ndim = shape, np.dtype(dtype), len(shape)
-
-
-def test_plan_of_a_huge_input_uses_64_bit_arguments_and_a_capped_grid():
-    launch = cuda.plan_im2col(_Shape((64, 64, 512, 512)), Window(3, 3, 1, 1, 1, 1))
-    assert launch.outputs[0].shape == (64, 3, 3, 64, 512, 512)  # > 2**31 elements
-    assert launch.grid == (cuda.MAX_GRID, 1, 1)
-    assert launch.block == (cuda.BLOCK, 1, 1)
-    assert all(type(a) is np.int64 for a in launch.args[2:])
-    assert launch.name == "im2col<float>"
-
-
 def test_plans_reject_what_would_read_out_of_bounds():
     with pytest.raises(TypeError, match="int32"):
-        cuda.plan_max_pool_backward(_Shape((1, 1, 2, 2)), _Shape((1, 1, 2, 2), np.int64),
+        cuda.plan_max_pool_backward(Shaped((1, 1, 2, 2)), Shaped((1, 1, 2, 2), np.int64),
                                    4, 4, Window(2, 2, 2, 2, 0, 0))
     with pytest.raises(ValueError, match="gy must have shape"):
-        cuda.plan_avg_pool_backward(_Shape((1, 1, 3, 2)), 4, 4, Window(2, 2, 2, 2, 0, 0))
+        cuda.plan_avg_pool_backward(Shaped((1, 1, 3, 2)), 4, 4, Window(2, 2, 2, 2, 0, 0))
     with pytest.raises(ValueError, match="col has out_h"):
-        cuda.plan_col2im(_Shape((1, 2, 2, 1, 3, 3)), 4, 4, Window(2, 2, 2, 2, 0, 0))
+        cuda.plan_col2im(Shaped((1, 2, 2, 1, 3, 3)), 4, 4, Window(2, 2, 2, 2, 0, 0))
     with pytest.raises(ValueError, match="does not fit"):
-        cuda.plan_im2col(_Shape((1, 1, 2, 2)), Window(3, 3, 1, 1, 0, 0))
+        cuda.plan_im2col(Shaped((1, 1, 2, 2)), Window(3, 3, 1, 1, 0, 0))
     with pytest.raises(TypeError, match="float32 or float64"):
-        cuda.plan_im2col(_Shape((1, 1, 2, 2), np.float16), Window(1, 1, 1, 1, 0, 0))
+        cuda.plan_im2col(Shaped((1, 1, 2, 2), np.float16), Window(1, 1, 1, 1, 0, 0))
 
 
 def test_plans_take_the_numpy_signatures():

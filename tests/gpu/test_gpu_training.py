@@ -233,4 +233,4 @@ def test_kernel_functions_are_looked_up_once_per_device(emu, monkeypatch):
     x = cupy.zeros((2, 1, 6, 6), dtype=cupy.float32)
     for _ in range(3):
         cuda.im2col(x, Window(3, 3, 1, 1, 0, 0))
-    assert looked_up == ["im2col<float>"]
+    assert looked_up == ["im2col<float, int>"]

@@ -8,7 +8,13 @@
 // kernels/: it is not CUDA, and NVRTC never sees it.
 #pragma once
 
+#include <cmath>
 #include <cstring>
+
+// The math functions CUDA provides unqualified in device code.
+using std::exp;
+using std::log;
+using std::sqrt;
 
 struct dim3 {
     unsigned int x = 1, y = 1, z = 1;

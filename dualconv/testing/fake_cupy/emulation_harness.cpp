@@ -4,7 +4,7 @@
 //
 // Two files are generated per build by _native.py:
 //   module.cu            the module's source
-//   kernel_registry.inc  DC_REGISTER(im2col<float>) ... for every kernel name
+//   kernel_registry.inc  DC_REGISTER(im2col<float, int>) ... for every kernel name
 //
 // Kernels with a float (or float*) parameter run with the CPU's flush-to-zero
 // and denormals-are-zero modes on, as CuPy compiles every kernel with
@@ -79,7 +79,8 @@ Entry make_entry(const char* name, void (*kernel)(A...)) {
     };
 }
 
-#define DC_REGISTER(expr) make_entry(#expr, &expr),
+// Variadic: a name such as im2col<float, int> holds commas.
+#define DC_REGISTER(...) make_entry(#__VA_ARGS__, &__VA_ARGS__),
 
 const std::vector<Entry>& registry() {
     static const std::vector<Entry> entries = {

@@ -1,0 +1,115 @@
+"""The fused kernels (kernels/optimizers.cu, kernels/softmax_cross_entropy.cu),
+run on the CPU through the g++ emulation, against their CPU twins.
+
+The optimizer kernels do the twins' operations in the same order, and the
+module is compiled with --fmad=false (no contraction into an FMA), so they are
+bitwise equal. Softmax cross-entropy calls exp and log, whose last bits differ
+between libraries: it is held to an error bound derived below.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dualconv.kernels import cpu, cuda
+from kernel_cases import DTYPES, assert_bitwise_equal
+
+pytestmark = pytest.mark.cuda_emulated
+
+FUSED_UNDER_TEST = ("sgd_update", "adam_update", "softmax_cross_entropy")
+
+SGD_SETTINGS = [  # momentum, nesterov, weight decay
+    (0.0, False, 0.0), (0.0, False, 0.01), (0.9, False, 0.0), (0.9, True, 0.0),
+    (0.5, True, 1e-3), (0.99, False, 0.1)]
+
+
+def _spread(rng: np.random.Generator, n: int, dtype) -> np.ndarray:
+    return (rng.standard_normal(n) * 10.0 ** rng.integers(-3, 3, n)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("momentum, nesterov, weight_decay", SGD_SETTINGS)
+def test_sgd_update_matches_the_cpu_twin(emulator, dtype, momentum, nesterov, weight_decay):
+    rng = np.random.default_rng(0)
+    w, v = _spread(rng, 1003, dtype), _spread(rng, 1003, dtype)
+    w_emu, v_emu = w.copy(), v.copy()
+    for step in range(3):
+        g = _spread(rng, 1003, dtype)
+        cpu.sgd_update(w, g, v if momentum else None, 0.05, momentum, weight_decay, nesterov)
+        emulator.call("sgd_update", w_emu, g, v_emu if momentum else None, 0.05, momentum,
+                      weight_decay, nesterov)
+        assert_bitwise_equal(w_emu, w, f"w after step {step}")
+        assert_bitwise_equal(v_emu, v, f"velocity after step {step}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("weight_decay", [0.0, 0.01])
+def test_adam_update_matches_the_cpu_twin(emulator, dtype, weight_decay):
+    rng = np.random.default_rng(1)
+    w, m = _spread(rng, 777, dtype), _spread(rng, 777, dtype)
+    v = np.abs(_spread(rng, 777, dtype))
+    state_emu = [a.copy() for a in (w, m, v)]
+    for step in (1, 2, 3, 10):
+        g = _spread(rng, 777, dtype)
+        cpu.adam_update(w, g, m, v, 1e-3, 0.9, 0.999, 1e-8, weight_decay, step)
+        emulator.call("adam_update", *state_emu[:1], g, *state_emu[1:], 1e-3, 0.9, 0.999, 1e-8,
+                      weight_decay, step)
+        for name, ours, theirs in zip("wmv", state_emu, (w, m, v)):
+            assert_bitwise_equal(ours, theirs, f"{name} after step {step}")
+
+
+def test_updates_refuse_arrays_they_could_not_update_in_place():
+    w = np.zeros((4, 6), np.float32)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        cuda.plan_sgd_update(w.T, np.zeros((6, 4), np.float32), None, 0.1, 0.0, 0.0, False)
+    with pytest.raises(ValueError, match="shape"):
+        cuda.plan_adam_update(w, w, w, np.zeros(3, np.float32), 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
+
+
+def _softmax_bound(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bounds on |kernel - twin| for (loss, gz), from the computation.
+
+    Each side: exp and log within 2 ulp (CUDA's documented bound for expf and
+    logf, which the C and NumPy libraries meet too), so each term of the
+    C-term sum is within 2 eps relative and the sum within (C + 2) eps; log_z
+    is then within (C + 4) eps (1 + |log_z|). The row loss log_z - shifted
+    adds eps |loss|; p = exp(shifted - log_z) is within 2 eps + the argument's
+    error, relative, and gz = (p - t) / N adds eps |p - t| / N. Two sides, so twice.
+    Plus the smallest normal number: the GPU flushes float32 subnormals to zero
+    (CuPy's -ftz=true; the emulation does the same), which moves a result by less.
+    """
+    eps = np.finfo(z.dtype).eps
+    z64 = z.astype(np.float64)
+    N, C = z.shape
+    shifted = z64 - z64.max(axis=1, keepdims=True)
+    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    log_p = shifted - log_z
+    err_log_z = (C + 4) * eps * (1 + np.abs(log_z))
+    loss = -log_p[np.arange(N), labels]
+    loss_bound = 2 * (err_log_z[:, 0] + eps * np.abs(loss))
+    p = np.exp(log_p)
+    t = np.eye(C)[labels]
+    gz_bound = 2 * (p * (err_log_z + eps * np.abs(log_p) + 2 * eps) + eps * np.abs(p - t)) / N
+    tiny = np.finfo(z.dtype).tiny
+    return loss_bound + tiny, gz_bound + tiny
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("scale", [0.1, 5.0, 80.0])
+def test_softmax_cross_entropy_matches_the_cpu_twin_within_its_bound(emulator, dtype, scale):
+    rng = np.random.default_rng(int(scale * 10))
+    z = (rng.standard_normal((67, 10)) * scale).astype(dtype)
+    labels = rng.integers(0, 10, 67)
+    loss, gz = cpu.softmax_cross_entropy(z, labels)
+    loss_emu, gz_emu = emulator.call("softmax_cross_entropy", z, labels)
+    assert loss_emu.dtype == loss.dtype and gz_emu.shape == gz.shape
+    loss_bound, gz_bound = _softmax_bound(z, labels)
+    assert np.all(np.abs(loss_emu.astype(np.float64) - loss) <= loss_bound)
+    assert np.all(np.abs(gz_emu.astype(np.float64) - gz) <= gz_bound)
+
+
+def test_softmax_cross_entropy_row_of_a_bad_label_is_nan(emulator):
+    z = np.zeros((3, 4), np.float32)
+    loss, gz = emulator.call("softmax_cross_entropy", z, np.array([0, 4, -1]))
+    assert loss[0] == pytest.approx(np.log(4.0)) and np.isnan(loss[1]) and np.isnan(loss[2])
+    assert np.all(np.isfinite(gz))
