@@ -152,6 +152,8 @@ def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: W
     """
     N, C, out_h, out_w = gy.shape
     kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
+    if (win.sy, win.sx, ph, pw, win.dy, win.dx) == (kh, kw, 0, 0, 1, 1):
+        return _max_pool_backward_tiled(gy, argmax, H, W, win)
     g = np.ascontiguousarray(batch_last(gy))
     winner = np.ascontiguousarray(batch_last(argmax))
     # Multiplying by the 0/1 "won" mask is branch-free, but inf * 0 is NaN, so
@@ -171,6 +173,41 @@ def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: W
             window = _window(xb, ky, kx, out_h, out_w, win)
             window += routed
     return _unpadded_batch_first(xb, ph, pw)
+
+
+def _max_pool_backward_tiled(gy: np.ndarray, argmax: np.ndarray, H: int, W: int,
+                             win: Window) -> np.ndarray:
+    """max_pool_backward for windows that tile the image (stride = kernel, no
+    padding, no dilation), such as LeNet's 2x2 pooling: one write per pixel.
+
+    gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W). Each pixel lies in
+    at most one window, so its gradient is a single term, and gx can be
+    written straight into place instead of summed into a zeroed image: seen
+    as (C, out_h, kh, out_w, kw, N), offset (ky, kx) of every window is one
+    strided slice of gx, and it receives gy where argmax == ky*kw + kx and 0
+    elsewhere. Rows and columns past the last whole window get 0.
+
+    Bit for bit the general path: that one adds each routed term to 0, so a
+    pixel gets 0 + gy (which turns -0.0 into +0.0 and keeps inf and NaN) or
+    +0.0. Here gy + 0 is taken once per window, and the routing multiplies
+    its bit pattern, read as an integer, by the 0/1 "won" mask: the integer
+    product is that bit pattern or 0, which is +0.0, with no float multiply
+    to turn inf * 0 into NaN.
+    """
+    N, C, out_h, out_w = gy.shape
+    kh, kw = win.kh, win.kw
+    bits = np.dtype(f"int{8 * gy.dtype.itemsize}")
+    g = np.add(batch_last(gy), gy.dtype.type(0), order="C").view(bits)  # (C, out_h, out_w, N)
+    winner = np.ascontiguousarray(batch_last(argmax))
+    whole = H == out_h * kh and W == out_w * kw
+    gxb = (np.empty if whole else np.zeros)((C, H, W, N), dtype=gy.dtype)
+    tiles = gxb.view(bits)[:, :out_h * kh, :out_w * kw].reshape(C, out_h, kh, out_w, kw, N)
+    won = np.empty(g.shape, dtype=bool)
+    for ky in range(kh):
+        for kx in range(kw):
+            np.equal(winner, ky * kw + kx, out=won)
+            np.multiply(g, won, out=tiles[:, :, ky, :, kx])
+    return batch_first(gxb)
 
 
 def avg_pool_forward(x: np.ndarray, win: Window) -> np.ndarray:
