@@ -9,7 +9,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend, use_backend
-from .layers import LAYER_TYPES, Dropout, Layer
+from .layers import LAYER_TYPES, Dropout, Layer, MaxPool2D, ReLU
 from .optim import Parameter, ParameterView
 
 
@@ -35,6 +35,7 @@ class Sequential:
         for layer in self.layers:
             layer.reset_parameters(self._rng)
             layer.astype(self.dtype).to(self.backend)
+        self._run_order: list[Layer] = []  # the layers as the last forward ran them
         self.input_shape: tuple[int, ...] | None = None
 
     # -- shapes ---------------------------------------------------------------
@@ -57,21 +58,24 @@ class Sequential:
         x = to_backend(x, self.backend)
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
-        for layer in self.layers:
+        self._run_order = run_order(self.layers)
+        for layer in self._run_order:
             x = layer.forward(x)
         return x
 
     __call__ = forward
 
-    def backward(self, dy: Any, input_grad: bool = True) -> Any:
+    def backward(self, gy: Any, input_grad: bool = True) -> Any:
         """Back-propagate the loss gradient; fills every layer's grads.
 
-        Returns d(input), or None with ``input_grad=False`` (training needs
-        only the parameter gradients, so the first layer skips its dx).
+        Returns the gradient of the input, or None with ``input_grad=False``
+        (training needs only the parameter gradients, so the first layer
+        skips its gx). The layers run in the reverse of the last forward's order.
         """
-        for layer in reversed(self.layers[1:]):
-            dy = layer.backward(dy)
-        return self.layers[0].backward(dy, input_grad=input_grad)
+        order = self._run_order or self.layers
+        for layer in reversed(order[1:]):
+            gy = layer.backward(gy)
+        return order[0].backward(gy, input_grad=input_grad)
 
     def predict(self, x: Any, batch_size: int = 256) -> Any:
         """Outputs for x in eval mode, computed in batches; returns them on x's backend."""
@@ -206,6 +210,33 @@ class Sequential:
                 model.build((1, *config["input_shape"][1:]))
         model.load_state_dict(state)
         return model
+
+
+def run_order(layers: list[Layer]) -> list[Layer]:
+    """The order the layers run in: as listed, except that a ReLU directly
+    followed by a MaxPool2D runs after it, on the pooled output.
+
+    The result is the same and the ReLU touches kh*kw times fewer numbers
+    (4x for 2x2 pooling). ReLU is nondecreasing, so the maximum of the ReLUs
+    of a window is the ReLU of its maximum; NaN propagates through both in
+    either order, and MaxPool2D's padding never fills a whole window, so a
+    window's maximum is always an image pixel. Gradients are the same too:
+    when a window's maximum is positive, ReLU leaves every value above 0 as
+    it is, so the first maximum (the pixel that gets the gradient) is the
+    same pixel in x and in ReLU(x), and ReLU passes the gradient; when it is
+    0 or less (or NaN), both orders give the window's pixels 0. (Only a
+    signed zero may differ, and with a NaN or inf *gradient* a non-positive
+    window routes it to a different pixel of that window.)
+    """
+    order = list(layers)
+    i = 0
+    while i < len(order) - 1:
+        if type(order[i]) is ReLU and type(order[i + 1]) is MaxPool2D:
+            order[i], order[i + 1] = order[i + 1], order[i]
+            i += 2
+        else:
+            i += 1
+    return order
 
 
 def _tuples(config: dict[str, Any]) -> dict[str, Any]:
