@@ -28,3 +28,16 @@ def columns_batch_last(col: Any) -> Any:
 def columns_batch_first(col_b: Any) -> Any:
     """The inverse of columns_batch_last: (C, kh, kw, out_h, out_w, N) -> (C, kh, kw, N, out_h, out_w)."""
     return col_b.transpose(0, 1, 2, 5, 3, 4)
+
+
+def in_memory_order_of(flat: Any, like: Any) -> Any:
+    """flat: (like.size,) -> a view shaped like ``like`` whose elements lie in
+    memory in the same order as like's, for an array stored in any permutation
+    of its axes (batch-last images, feature-major matrices, C order).
+
+    flat[0], flat[1], ... fill like's elements in the order like keeps them in
+    memory; for a C-contiguous ``like`` this is flat.reshape(like.shape).
+    """
+    axes = sorted(range(like.ndim), key=lambda a: -abs(like.strides[a]))  # slowest-varying first
+    stored = flat.reshape([like.shape[a] for a in axes])
+    return stored.transpose([axes.index(a) for a in range(like.ndim)])

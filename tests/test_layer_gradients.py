@@ -105,6 +105,16 @@ def test_dense_gradients(bias: bool) -> None:
     assert sorted(layer.grads) == (["bias", "weight"] if bias else ["weight"])
 
 
+def test_dense_input_gradient_keeps_a_feature_major_input_order() -> None:
+    """x stored feature-major (Flatten of batch-last images): gx is stored the same
+    way, and the gradients still match finite differences."""
+    layer = dc.Dense(4, 3).astype(np.float64)
+    x = np.asfortranarray(randn((5, 4), 4))
+    layer.forward(x)
+    assert layer.backward(np.ones((5, 3))).flags.f_contiguous
+    check(layer, x)
+
+
 def test_dense_lazy_float64_gradients() -> None:
     layer = dc.Dense(None, 2)
     check(layer, randn((3, 6), 5))
@@ -210,6 +220,23 @@ def test_dropout_same_seed_same_mask_other_seed_other_mask() -> None:
     c = layer.forward(x)
     assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_dropout_mask_follows_the_memory_order_of_its_input() -> None:
+    """The random numbers fill the mask in x's memory order: for x stored
+    feature-major (as Flatten leaves batch-last images), the mask read in memory
+    order is the generator's stream, and y keeps x's memory order."""
+    p = 0.5
+    layer = dc.Dropout(p)
+    layer.seed(4)
+    x = np.asfortranarray(np.abs(randn((6, 9), 16)) + 0.5)
+    y = layer.forward(x)
+    assert y.flags.f_contiguous
+    stream = np.random.default_rng(4).random(x.size, dtype=x.dtype)
+    expected = (stream >= p) * x.dtype.type(1 / (1 - p))
+    assert_array_equal((y / x).ravel(order="F"), expected)
+    gy = randn((6, 9), 17)
+    assert_array_equal(layer.backward(gy), gy * (y / x))
 
 
 # -- activations ----------------------------------------------------------------------
