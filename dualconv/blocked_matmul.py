@@ -8,9 +8,9 @@ tuned for square matrices; done in blocks of a few thousand columns, each
 block is a small product whose operands sit in the L2 cache. On the Intel
 Xeon (AVX-512) kind of machine, where OpenBLAS has small-matrix kernels that
 skip its packing copies for products under about a million multiply-adds,
-the blocked products run 2-4x faster (measured: 17-35 GFLOP/s whole, 60-95
-blocked, for LeNet's conv1 shapes); elsewhere a block that fits in L2 costs
-no more than the whole.
+the blocked products run 2-4x faster (measured on one core: 17-35 GFLOP/s
+whole, 45-95 blocked, for LeNet's conv1 shapes); elsewhere a block that fits
+in L2 costs no more than the whole.
 
 Both functions compute exactly the product, as BLAS would: every element of
 ``a @ b`` is one dot product, in any blocking. Column blocks change nothing
@@ -29,17 +29,21 @@ import numpy as np
 
 from .backend import get_array_module
 
-BLOCK_MULTIPLY_ADDS = 2 ** 19
-"""Multiply-adds per block product: under OpenBLAS's small-matrix limit (about 10^6),
-with operands of a few hundred KB at LeNet's shapes, well inside a 1-2 MiB L2 cache."""
+BLOCK_MULTIPLY_ADDS = 10 ** 6
+"""Multiply-adds per block product: OpenBLAS's limit for its small-matrix kernels
+(SkylakeX and later: products of at most 100^3 multiply-adds skip the packing)."""
 
-MIN_BLOCK = 512
-"""Fewest columns per block, so that the per-call cost of BLAS stays small."""
+MIN_BLOCK = 1024
+"""Fewest columns worth a block. A product whose rows x inner size leaves fewer
+under the limit above (LeNet's conv2, 16 x 150) runs whole: measured, its blocks
+were slower than one call."""
 
 
-def block_size(rows: int, inner: int) -> int:
-    """Columns per block of a (rows x inner) @ (inner x columns) product."""
-    return max(MIN_BLOCK, BLOCK_MULTIPLY_ADDS // max(1, rows * inner))
+def block_size(rows: int, inner: int) -> int | None:
+    """Columns per block of a (rows x inner) @ (inner x columns) product, or None
+    for "one call": when blocks under BLOCK_MULTIPLY_ADDS would be narrower than MIN_BLOCK."""
+    step = BLOCK_MULTIPLY_ADDS // max(1, rows * inner)
+    return step if step >= MIN_BLOCK else None
 
 
 def matmul_column_blocks(a: Any, b: Any) -> Any:
@@ -50,7 +54,7 @@ def matmul_column_blocks(a: Any, b: Any) -> Any:
     xp = get_array_module(a)
     M, K = a.shape
     step = block_size(M, K)
-    if xp is not np or b.shape[1] <= step:
+    if xp is not np or step is None or b.shape[1] <= step:
         return a @ b
     out = np.empty((M, b.shape[1]), dtype=np.result_type(a, b))
     for j in range(0, b.shape[1], step):
@@ -68,7 +72,7 @@ def matmul_inner_blocks(a: Any, b: Any) -> Any:
     xp = get_array_module(a)
     M, P = a.shape
     step = block_size(M, b.shape[1])
-    if xp is not np or P <= step:
+    if xp is not np or step is None or P <= step:
         return a @ b
     out = a[:, :step] @ b[:step]
     part = np.empty_like(out)

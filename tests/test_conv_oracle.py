@@ -143,8 +143,9 @@ def test_conv2d_in_blocks_matches_reference(monkeypatch, N: int, H: int, W: int,
     column count N*out_h*out_w is never a multiple of 7 here), against the
     reference's loops: its convolution, and gw, gx from its im2col and col2im
     in float64."""
-    monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 7)
-    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 1)
+    monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
+    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * 3 * 18)  # (O x C*kh*kw) = 3 x 18
+    assert blocked_matmul.block_size(3, 18) == blocked_matmul.block_size(18, 3) == 7
     rng = np.random.default_rng(N * H)
     layer = dc.Conv2D(2, 3, 3, stride=stride, padding=padding)
     layer.params["bias"][...] = rng.standard_normal(3)
