@@ -172,6 +172,18 @@ def test_predict_in_batches_equals_forward_in_eval_mode() -> None:
     assert_array_equal(model.predict_classes(x, batch_size=4), got.argmax(axis=1))
 
 
+def test_predict_default_batches_cover_every_image() -> None:
+    """The CPU default (PREDICT_BATCH_SIZE, 32) on 70 images: batches 32, 32, 6."""
+    from dualconv.model import PREDICT_BATCH_SIZE
+    assert PREDICT_BATCH_SIZE["numpy"] == 32
+    model = lenet(seed=1)
+    x = randn((70, 1, 28, 28), 8)
+    got = model.predict(x)
+    bound = forward_error_bound(model, x)
+    assert got.shape == (70, 10)
+    assert_within(got, exact_forward(model, x), bound, "predict: ")
+
+
 def test_seed_gives_identical_initial_weights() -> None:
     x = randn((1, 1, 28, 28))
     a, b, c = lenet(seed=7), lenet(seed=7), lenet(seed=8)
