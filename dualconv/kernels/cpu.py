@@ -113,10 +113,24 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
     (a NaN replaces a number, a later number never replaces a NaN).
     """
     N, C, H, W = x.shape
-    kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
     out_h, out_w = win.out_size(H, W)
-    xb = _padded_batch_last(x, ph, pw, fill=-np.inf)
-    has_nan = bool(np.isnan(xb).any())
+    xb = _padded_batch_last(x, win.ph, win.pw, fill=-np.inf)
+    y, argmax = _max_pool_scan(xb, out_h, out_w, win, nan_aware=False)
+    # np.maximum propagates NaN, so a window holding a NaN has a NaN maximum: checking
+    # the (kh*kw times smaller) output finds every window the fast scan got wrong.
+    if np.isnan(y).any():
+        y, argmax = _max_pool_scan(xb, out_h, out_w, win, nan_aware=True)
+    return batch_first(y), batch_first(argmax)
+
+
+def _max_pool_scan(xb: np.ndarray, out_h: int, out_w: int, win: Window,
+                   nan_aware: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The running maximum and its offset over a padded batch-last input.
+
+    xb: (C, Hp, Wp, N) -> (y, argmax), both (C, out_h, out_w, N). Without
+    ``nan_aware`` it is branch-free and right for every window without a NaN.
+    """
+    kh, kw = win.kh, win.kw
     y = _window(xb, 0, 0, out_h, out_w, win).copy()
     argmax = np.zeros(y.shape, dtype=np.int32)
     take = np.empty(y.shape, dtype=bool)  # where offset (ky, kx) beats the maximum so far
@@ -128,7 +142,7 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
             v = _window(xb, ky, kx, out_h, out_w, win)
             k = np.int32(ky * kw + kx)
             np.greater(v, y, out=take)
-            if has_nan:
+            if nan_aware:
                 take |= np.isnan(v) & ~np.isnan(y)
                 y = np.where(take, v, y)
             else:
@@ -140,7 +154,7 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
             # k exceeds every index stored so far, so "k where taken" is a maximum too.
             np.multiply(take, k, out=k_where_taken)
             np.maximum(argmax, k_where_taken, out=argmax)
-    return batch_first(y), batch_first(argmax)
+    return y, argmax
 
 
 def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
