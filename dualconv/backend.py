@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import platform
 from types import ModuleType
 from typing import Any, Iterator
 
@@ -29,22 +30,51 @@ def _import_cupy() -> ModuleType | None:
     return cupy
 
 
-def cupy_problem() -> str | None:
-    """Why the CuPy backend cannot run here, or None when it can."""
-    cupy = _import_cupy()
-    if cupy is None:
-        return "CuPy is not installed (pip install 'dualconv[gpu]')"
+PROBE = r'''
+extern "C" __global__ void dualconv_probe(float* x) { x[threadIdx.x] = 2.0f * threadIdx.x; }
+'''
+"""The kernel gpu_available() compiles and runs: "auto" must not pick a GPU that then fails."""
+
+_checked: dict[int, tuple[Any, str | None]] = {}
+
+
+def _check_cupy(cupy: ModuleType) -> str | None:
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:
         return f"CuPy is installed but no GPU is usable: {exc}"
     if count < 1:
         return "CuPy is installed but no GPU is usable: no CUDA device found"
+    try:
+        x = cupy.zeros(4, dtype=cupy.float32)
+        cupy.RawModule(code=PROBE).get_function("dualconv_probe")((1,), (4,), (x,))
+        if x.get().tolist() != [0.0, 2.0, 4.0, 6.0]:
+            return "CuPy sees a GPU but a test kernel computed wrong values"
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = ("" if getattr(cupy, "_dualconv_emulated", False)
+                else "; pip install 'cupy-cuda12x[ctk]' brings the CUDA headers and NVRTC")
+        return f"CuPy sees a GPU but cannot compile or run a kernel on it ({first}){hint}"
     return None
 
 
+def cupy_problem() -> str | None:
+    """Why the CuPy backend cannot run here, or None when it can.
+
+    Checks once per process (per CuPy module) that a device exists and that a
+    small kernel compiles, runs and returns the right values.
+    """
+    cupy = _import_cupy()
+    if cupy is None:
+        return "CuPy is not installed (pip install 'dualconv[gpu]')"
+    cached = _checked.get(id(cupy))
+    if cached is None or cached[0] is not cupy:
+        cached = _checked[id(cupy)] = (cupy, _check_cupy(cupy))
+    return cached[1]
+
+
 def gpu_available() -> bool:
-    """True when CuPy imports and sees at least one CUDA device. Never raises."""
+    """True when CuPy imports, sees a CUDA device and compiles a kernel for it. Never raises."""
     try:
         return cupy_problem() is None
     except Exception:
@@ -123,3 +153,69 @@ def asnumpy(array: Any) -> np.ndarray:
     if backend_of(array) == "cupy":
         return array.get()
     return np.asarray(array)
+
+
+def device_name(backend: str) -> str:
+    """The GPU's name for "cupy", else the CPU's model name (from /proc/cpuinfo where there is one)."""
+    if backend == "cupy":
+        cupy = _import_cupy()
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of Python, NumPy, CuPy (None when it does not import) and dualconv."""
+    from . import __version__
+
+    cupy = _import_cupy()
+    return {"python": platform.python_version(), "numpy": np.__version__,
+            "cupy": None if cupy is None else cupy.__version__, "dualconv": __version__}
+
+
+def emulated() -> bool:
+    """True when "cupy" is the CPU stand-in (dualconv.testing.emulated_cupy)."""
+    return bool(getattr(_import_cupy(), "_dualconv_emulated", False))
+
+
+def describe() -> str:
+    """Versions, the device and the kernel compile check, for ``dualconv info``."""
+    from . import __version__
+    lines = [f"dualconv {__version__}, python {platform.python_version()}, numpy {np.__version__}"]
+    cupy = _import_cupy()
+    if cupy is None:
+        lines.append("cupy: not installed (pip install 'dualconv[gpu]')")
+    else:
+        how = " (emulated on the CPU by dualconv.testing, DUALCONV_EMULATE_GPU)" if emulated() else ""
+        lines.append(f"cupy {cupy.__version__}{how}")
+    problem = cupy_problem()
+    if problem is None:
+        rt = cupy.cuda.runtime
+        props = rt.getDeviceProperties(rt.getDevice())
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+        lines.append(f"CUDA runtime {rt.runtimeGetVersion()}, driver {rt.driverGetVersion()}")
+        lines.append(f"device {rt.getDevice()}: {name}, compute capability {props['major']}.{props['minor']}, "
+                     f"{props['totalGlobalMem'] / 2**30:.1f} GiB")
+        lines.append("kernel compile check: ok")
+    else:
+        lines.append(f"kernel compile check: {problem}")
+    lines.append(f"--backend auto picks: {'cupy' if problem is None else 'numpy'}")
+    return "\n".join(lines)
+
+
+def _emulate_from_environment() -> None:
+    """DUALCONV_EMULATE_GPU=1: the CuPy stand-in for the whole process."""
+    if os.environ.get("DUALCONV_EMULATE_GPU", "").strip() not in ("", "0"):
+        from .testing.emulation import install
+        install()
+
+
+_emulate_from_environment()

@@ -1,21 +1,30 @@
-"""Training checkpoints that survive a kill at any moment.
+"""Every save and load of dualconv: model files, training checkpoints, JSON documents.
 
-Every file is written atomically: into a temporary file in the same directory,
-flushed and fsync'ed, then moved over the old one with ``os.replace`` (and the
-directory fsync'ed), so a reader only ever sees the previous complete file or
-the new complete file.
-
-A checkpoint is one ``.npz``: the model's weights under ``model/<param>``, the
-optimizer's state arrays under ``optim/<param>/<slot>``, and a JSON document
+A **model file** (``Sequential.save`` / ``Sequential.load``) is one ``.npz``: the
+weights under their parameter names and the architecture as a JSON document
+``__config__``. A **checkpoint** (``save_checkpoint`` / ``load_checkpoint``) is one
+``.npz`` holding a ``Trainer.state_dict()``: the weights under ``model/<param>``,
+the optimizer's state arrays under ``optim/<param>/<slot>``, and a JSON document
 ``__meta__`` with the number of finished epochs, the optimizer's scalars, the
-history so far and whatever the caller adds (the command line's arguments).
+schedule's position, the history so far and whatever the caller adds (the command
+line's settings).
+
+Every file is written atomically: into a temporary file in the same directory
+(created with the user's normal file mode, as umask allows), flushed and fsync'ed,
+then moved over the old one with ``os.replace`` (and the directory fsync'ed), so a
+reader only ever sees the previous complete file or the new complete file.
+
+Reading a file that is not what it should be (empty, truncated, a PNG, a
+checkpoint where a model is expected) raises ValueError naming the file.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import tempfile
+import secrets
+import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +32,11 @@ from typing import Any, Iterator
 import numpy as np
 
 FORMAT_VERSION = 1
+MODEL_KEY = "__config__"
+CHECKPOINT_KEY = "__meta__"
 
+
+# -- atomic writes ---------------------------------------------------------------------
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -33,10 +46,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _new_temporary(path)
     try:
-        yield Path(tmp)
+        yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +57,17 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)
+
+
+def _new_temporary(path: Path) -> Path:
+    """An empty new file beside ``path``, mode 0666 less the umask (like any file the user writes)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -66,34 +89,104 @@ def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
     write_bytes_atomic(path, (json.dumps(document, indent=2) + "\n").encode())
 
 
-def save_model_atomic(model: Any, path: str | os.PathLike) -> None:
-    """``model.save(path)`` (architecture + weights .npz), atomically."""
+def _write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
-        model.save(tmp)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
 
+
+# -- reading, with one clear error for every unreadable file ---------------------------------
+
+def _read_npz(path: str | os.PathLike, key: str, what: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON document under ``key`` and the other arrays of an .npz written by this module.
+
+    Raises FileNotFoundError for a missing file and ValueError, naming the file and
+    saying it is not a dualconv ``what``, for anything else that cannot be read.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:  # FileNotFoundError / IsADirectoryError / PermissionError as they are
+        head = f.read(4)
+    document: Any = None
+    if not head:
+        reason = "the file is empty"
+    elif head != b"PK\x03\x04":
+        reason = "it is not an .npz archive"
+    else:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                names = data.files
+                if key in names:
+                    document = json.loads(str(data[key]))
+                    arrays = {k: data[k] for k in names if k != key}
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as exc:
+            reason = f"it is damaged or truncated ({type(exc).__name__}: {exc})"
+        else:
+            if isinstance(document, dict):
+                return document, arrays
+            if key in names:
+                reason = f"its {key} entry is not a JSON object"
+            else:
+                kind = ("a training checkpoint" if CHECKPOINT_KEY in names else
+                        "a model file" if MODEL_KEY in names else "an .npz of other arrays")
+                reason = f"it is {kind} (no {key} entry)"
+    raise ValueError(f"{path} is not a dualconv {what}: {reason}")
+
+
+# -- model files ----------------------------------------------------------------------
+
+def save_model(model: Any, path: str | os.PathLike) -> None:
+    """Architecture (JSON) and weights of a built Sequential in one .npz, atomically."""
+    arrays = model.state_dict()
+    arrays[MODEL_KEY] = np.array(json.dumps(model.get_config()))
+    _write_npz(path, arrays)
+
+
+def load_model(path: str | os.PathLike, backend: str | None = None) -> Any:
+    """The Sequential saved in ``path``, on ``backend`` (default: the current one)."""
+    from .backend import use_backend
+    from .layers import LAYER_TYPES
+    from .model import Sequential
+
+    config, state = _read_npz(path, MODEL_KEY, "model file (an .npz written by Sequential.save)")
+    try:
+        layers = [LAYER_TYPES[item["type"]](**_tuples(item["config"])) for item in config["layers"]]
+        dtype, input_shape = config["dtype"], config["input_shape"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a dualconv model file: its architecture cannot be read "
+                         f"({type(exc).__name__}: {exc})") from None
+    with use_backend(backend) if backend is not None else nullcontext():
+        model = Sequential(layers, dtype=dtype)
+        if input_shape is not None:
+            model.build((1, *input_shape[1:]))
+    try:
+        model.load_state_dict(state)
+    except ValueError as exc:
+        raise ValueError(f"{path}: the weights do not fit the architecture: {exc}") from None
+    return model
+
+
+def _tuples(config: dict[str, Any]) -> dict[str, Any]:
+    """JSON turns tuples into lists; layer constructors want pairs as tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+# -- training checkpoints ---------------------------------------------------------------
 
 @dataclass
 class Checkpoint:
-    """What a checkpoint restores: finished epochs, weights, optimizer state, metadata."""
+    """What a checkpoint restores: finished epochs, a ``Trainer.state_dict()``, history, metadata."""
 
     epoch: int  # epochs finished; training resumes at this epoch index
-    model_state: dict[str, np.ndarray]
-    optimizer_state: dict[str, Any]
+    state: dict[str, Any]  # for Trainer.load_state_dict: model, optimizer, scheduler_epoch
     history: dict[str, list]
     meta: dict[str, Any]
 
 
-def save_checkpoint(
-    path: str | os.PathLike,
-    model: Any,
-    optimizer: Any,
-    epoch: int,
-    history: dict[str, list],
-    meta: dict[str, Any] | None = None,
-) -> None:
-    """Write model + optimizer state after ``epoch`` finished epochs, atomically."""
-    opt = optimizer.state_dict()
-    arrays = {f"model/{name}": value for name, value in model.state_dict().items()}
+def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], epoch: int,
+                    history: dict[str, list], meta: dict[str, Any] | None = None) -> None:
+    """Write ``state`` (a Trainer.state_dict()) after ``epoch`` finished epochs, atomically."""
+    opt = state["optimizer"]
+    arrays = {f"model/{name}": np.asarray(value) for name, value in state["model"].items()}
     for param, slots in opt["state"].items():
         for slot, value in slots.items():
             arrays[f"optim/{param}/{slot}"] = np.asarray(value)
@@ -101,29 +194,28 @@ def save_checkpoint(
         "format": FORMAT_VERSION,
         "epoch": int(epoch),
         "optimizer": {k: v for k, v in opt.items() if k != "state"},
+        "scheduler_epoch": state.get("scheduler_epoch"),
         "history": history,
         "meta": meta or {},
     }
-    arrays["__meta__"] = np.array(json.dumps(document))
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    arrays[CHECKPOINT_KEY] = np.array(json.dumps(document))
+    _write_npz(path, arrays)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint written by save_checkpoint."""
-    with np.load(path, allow_pickle=False) as data:
-        if "__meta__" not in data.files:
-            raise ValueError(f"{path} is not a dualconv checkpoint (no __meta__)")
-        document = json.loads(str(data["__meta__"]))
-        arrays = {k: data[k] for k in data.files if k != "__meta__"}
+    """Read a checkpoint written by save_checkpoint (ValueError naming the file if it is not one)."""
+    document, arrays = _read_npz(path, CHECKPOINT_KEY, "checkpoint (an .npz written by save_checkpoint)")
     if document.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {document.get('format')!r}, expected {FORMAT_VERSION}")
     model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
-    state: dict[str, dict[str, np.ndarray]] = {}
+    optim: dict[str, dict[str, np.ndarray]] = {}
     for key, value in arrays.items():
         if key.startswith("optim/"):
             _, param, slot = key.split("/", 2)
-            state.setdefault(param, {})[slot] = value
-    optimizer_state = dict(document["optimizer"], state=state)
-    return Checkpoint(document["epoch"], model_state, optimizer_state, document["history"], document["meta"])
+            optim.setdefault(param, {})[slot] = value
+    try:
+        state = {"model": model_state, "optimizer": dict(document["optimizer"], state=optim),
+                 "scheduler_epoch": document.get("scheduler_epoch", document["epoch"])}
+        return Checkpoint(int(document["epoch"]), state, document["history"], document["meta"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path} is not a dualconv checkpoint: {type(exc).__name__}: {exc}") from None

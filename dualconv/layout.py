@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from .backend import get_array_module
+
 
 def batch_last(x: Any) -> Any:
     """x: (N, C, H, W) -> a view of it indexed (C, H, W, N)."""
@@ -30,14 +34,21 @@ def columns_batch_first(col_b: Any) -> Any:
     return col_b.transpose(0, 1, 2, 5, 3, 4)
 
 
-def in_memory_order_of(flat: Any, like: Any) -> Any:
-    """flat: (like.size,) -> a view shaped like ``like`` whose elements lie in
-    memory in the same order as like's, for an array stored in any permutation
-    of its axes (batch-last images, feature-major matrices, C order).
+def row_major_index(x: Any) -> Any:
+    """The row-major (C-order) number of every element of x, as uint64, in an array
+    shaped like x and stored in the same memory order as x (batch-last images,
+    feature-major matrices, C order: any permutation of the axes).
 
-    flat[0], flat[1], ... fill like's elements in the order like keeps them in
-    memory; for a C-contiguous ``like`` this is flat.reshape(like.shape).
+    Element [n, c, h, w] of a 4-D x holds n*C*H*W + c*H*W + h*W + w. The array
+    is a sum of one arange per axis, broadcast in x's memory order, so nothing
+    is transposed.
     """
-    axes = sorted(range(like.ndim), key=lambda a: -abs(like.strides[a]))  # slowest-varying first
-    stored = flat.reshape([like.shape[a] for a in axes])
-    return stored.transpose([axes.index(a) for a in range(like.ndim)])
+    xp = get_array_module(x)
+    axes = sorted(range(x.ndim), key=lambda a: -abs(x.strides[a]))  # slowest-varying first
+    index = xp.zeros((1,) * x.ndim, dtype=xp.uint64)
+    for position, axis in enumerate(axes):
+        shape = [1] * x.ndim
+        shape[position] = x.shape[axis]
+        row_major_stride = np.uint64(int(np.prod(x.shape[axis + 1:], dtype=np.int64)))
+        index = index + (xp.arange(x.shape[axis], dtype=xp.uint64) * row_major_stride).reshape(shape)
+    return index.transpose([axes.index(a) for a in range(x.ndim)])

@@ -13,7 +13,7 @@ from .backend import backend_of, get_array_module, to_backend
 
 
 class Loss:
-    """Base class: checks shapes, keeps what backward needs, raises on a non-finite value."""
+    """Base class: checks shapes and keeps what backward needs (the Trainer catches non-finite values)."""
 
     def __init__(self) -> None:
         self._cache: Any = None
@@ -44,13 +44,6 @@ class Loss:
         if tuple(pred.shape) != tuple(target.shape):
             raise ValueError(f"{self.name}: predictions have shape {tuple(pred.shape)} but targets "
                              f"have shape {tuple(target.shape)}; they must match")
-
-    def check_finite(self, value: float) -> float:
-        """Raise a clear error when a loss value read on the host is NaN or infinite."""
-        if value != value or value in (float("inf"), float("-inf")):
-            raise ValueError(f"{self.name}: the loss is {value}; training diverged "
-                             f"(lower the learning rate or check the inputs for NaN/inf)")
-        return value
 
 
 class SoftmaxCrossEntropy(Loss):

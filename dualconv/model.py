@@ -1,15 +1,14 @@
 """Sequential: a stack of layers, run forward in order and backward in reverse."""
 from __future__ import annotations
 
-import json
 import os
-from contextlib import nullcontext
 from typing import Any, Iterable
 
 import numpy as np
 
-from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend, use_backend
-from .layers import LAYER_TYPES, Dropout, Layer, MaxPool2D, ReLU
+from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend
+from .layers import Dropout, Layer, MaxPool2D, ReLU, Softmax
+from .layers.activations import softmax
 from .optim import Parameter, ParameterView
 
 
@@ -44,24 +43,45 @@ class Sequential:
             layer.astype(self.dtype).to(self.backend)
         self._run_order: list[Layer] = []  # the layers as the last forward ran them
         self.input_shape: tuple[int, ...] | None = None
+        self._checked_input: tuple[tuple[int, ...], np.dtype] | None = None  # last input shape checked
 
     # -- shapes ---------------------------------------------------------------
     def build(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Create every lazy parameter for inputs of ``input_shape`` (batch dim included)."""
-        shape = tuple(input_shape)
-        self.input_shape = (None, *shape[1:])
-        for layer in self.layers:
+        """Create every lazy parameter for inputs of ``input_shape`` (batch dim included).
+
+        Atomic: the whole chain of shapes is checked first (``check_shapes``), so
+        a shape any layer rejects leaves the model exactly as it was.
+        """
+        shapes = self.check_shapes(input_shape)
+        for layer, shape in zip(self.layers, shapes):
             layer._backend = self.backend
-            shape = layer.build(shape, rng=self._rng, dtype=self.dtype)
-        return shape
+            layer.build(shape, rng=self._rng, dtype=self.dtype)
+        self.input_shape = (None, *tuple(input_shape)[1:])
+        self._checked_input = (tuple(input_shape)[1:], self.dtype)
+        return shapes[-1]
+
+    def check_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Every layer's input shape for a model input of ``input_shape``, then the output shape.
+
+        Each layer makes the checks its forward makes (number of dimensions,
+        channels, window sizes); the first one that fails raises its error, naming
+        the layer. Nothing is built or changed.
+        """
+        shapes = [tuple(input_shape)]
+        for layer in self.layers:
+            shapes.append(tuple(layer.check_shape(shapes[-1], self.dtype)))
+        return shapes
 
     # -- compute --------------------------------------------------------------
     def forward(self, x: Any) -> Any:
         """x: (N, ...) -> the last layer's output. Casts x to the model's dtype and backend."""
         if not hasattr(x, "shape"):
             raise TypeError(f"Sequential: expected an array input, got {type(x).__name__}")
-        if self.input_shape is None or any(not layer.built for layer in self.layers):
+        if self.input_shape is None or any(layer.needs_build for layer in self.layers):
             self.build(tuple(x.shape))
+        elif self._checked_input != (tuple(x.shape)[1:], self.dtype):
+            self.check_shapes(tuple(x.shape))  # a new shape: reject it before any layer runs
+            self._checked_input = (tuple(x.shape)[1:], self.dtype)
         x = to_backend(x, self.backend)
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
@@ -73,11 +93,11 @@ class Sequential:
     __call__ = forward
 
     def backward(self, gy: Any, input_grad: bool = True) -> Any:
-        """Back-propagate the loss gradient; fills every layer's grads.
+        """Back-propagate gy, the loss gradient for the output; fills every layer's grads.
 
-        Returns the gradient of the input, or None with ``input_grad=False``
-        (training needs only the parameter gradients, so the first layer
-        skips its gx). The layers run in the reverse of the last forward's order.
+        Returns gx, the gradient for the input, or None with ``input_grad=False``
+        (training needs only the parameter gradients, so the first layer skips gx).
+        The layers run in the reverse of the last forward's order (run_order).
         """
         order = self._run_order or self.layers
         for layer in reversed(order[1:]):
@@ -100,6 +120,14 @@ class Sequential:
                 self.train()
         outs = [to_backend(o, backend_of(x)) for o in outs]
         return get_array_module(outs[0]).concatenate(outs)
+
+    def predict_proba(self, x: Any, batch_size: int | None = None) -> Any:
+        """Class probabilities (N, classes): the softmax of predict's logits, on x's backend.
+
+        A model that already ends in a Softmax layer returns its outputs unchanged.
+        """
+        out = self.predict(x, batch_size)
+        return out if isinstance(self.layers[-1], Softmax) else softmax(out)
 
     def predict_classes(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """argmax of predict over the last axis, as a NumPy int array."""
@@ -183,7 +211,11 @@ class Sequential:
         return {p.name: asnumpy(p.data).copy() for p in self.parameters()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Copy arrays into the parameters (any backend); names and shapes must match."""
+        """Copy arrays into the parameters (any backend); names and shapes must match.
+
+        A model with lazy layers must be built first (it has no parameters to fill yet).
+        """
+        self._require_built("load_state_dict")
         params = {p.name: p for p in self.parameters()}
         missing, unexpected = set(params) - set(state), set(state) - set(params)
         if missing or unexpected:
@@ -200,28 +232,29 @@ class Sequential:
         return {"dtype": self.dtype.name, "input_shape": self.input_shape,
                 "layers": [{"type": layer.name, "config": layer.get_config()} for layer in self.layers]}
 
+    def _require_built(self, what: str) -> None:
+        lazy = [f"{i}.{layer.name}" for i, layer in enumerate(self.layers) if layer.needs_build]
+        if lazy:
+            raise ValueError(f"Sequential.{what}: the model is not built yet (lazy layers {', '.join(lazy)} have "
+                             f"no parameters); call model.build(input_shape), e.g. build((1, 1, 28, 28)), "
+                             f"or run one batch through it first")
+
     def save(self, path: str | os.PathLike) -> None:
-        """Architecture (JSON) and weights in one .npz that loads on either backend."""
-        arrays = self.state_dict()
-        arrays["__config__"] = np.array(json.dumps(self.get_config()))
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        """Architecture (JSON) and weights in one .npz that loads on either backend (written atomically)."""
+        self._require_built("save")
+        from .checkpoint import save_model
+
+        save_model(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str | None = None) -> "Sequential":
-        """Rebuild a model saved with save(); on ``backend`` (default: the current one)."""
-        with np.load(path, allow_pickle=False) as data:
-            if "__config__" not in data:
-                raise ValueError(f"Sequential.load: {path} holds no model architecture (__config__)")
-            config = json.loads(str(data["__config__"]))
-            state = {k: data[k] for k in data.files if k != "__config__"}
-        layers = [LAYER_TYPES[item["type"]](**_tuples(item["config"])) for item in config["layers"]]
-        with use_backend(backend) if backend is not None else nullcontext():
-            model = cls(layers, dtype=config["dtype"])
-            if config["input_shape"] is not None:
-                model.build((1, *config["input_shape"][1:]))
-        model.load_state_dict(state)
-        return model
+        """Rebuild a model saved with save(); on ``backend`` (default: the current one).
+
+        Raises ValueError naming the file when it is not a dualconv model file.
+        """
+        from .checkpoint import load_model
+
+        return load_model(path, backend)
 
 
 def run_order(layers: list[Layer]) -> list[Layer]:
@@ -249,9 +282,4 @@ def run_order(layers: list[Layer]) -> list[Layer]:
         else:
             i += 1
     return order
-
-
-def _tuples(config: dict[str, Any]) -> dict[str, Any]:
-    """JSON turns tuples into lists; layer constructors want pairs as tuples."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
 

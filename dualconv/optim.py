@@ -85,9 +85,16 @@ class Optimizer:
                           for name, slots in self.state.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict()``; each state array goes to its parameter's backend."""
         self.lr = float(state["lr"])
         self.steps = int(state["steps"])
-        self.state = {name: {k: v.copy() for k, v in slots.items()}
+        backends = {p.name: backend_of(p.data) for p in self.params}
+
+        def own_copy(value: Any, name: str) -> Any:
+            moved = to_backend(value, backends.get(name, backend_of(value)))
+            return moved.copy() if moved is value else moved
+
+        self.state = {name: {k: own_copy(v, name) for k, v in slots.items()}
                       for name, slots in state["state"].items()}
 
 

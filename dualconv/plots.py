@@ -33,11 +33,20 @@ def plot_history(history: dict[str, list], path: str | os.PathLike) -> None:
     epochs = np.arange(1, len(history["loss"]) + 1)
     fig = _figure(10, 4)
     for ax, key, title in zip(fig.subplots(1, 2), ("loss", "accuracy"), ("Loss", "Accuracy")):
-        ax.plot(epochs, history[key], "o-", label="train")
+        curves = [(history[key], "o-", "train")]
         if history.get(f"val_{key}"):
-            ax.plot(epochs, history[f"val_{key}"], "s-", label="test")
+            curves.append((history[f"val_{key}"], "s-", "test"))
+        for values, style, label in curves:
+            ax.plot(epochs, values, style, label=label)
+            if len(epochs) == 1:  # a single point per curve: write its value beside it
+                ax.annotate(f"{values[0]:.4f}", (1, values[0]), xytext=(8, 0), textcoords="offset points",
+                            va="center")
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlim(0.5, len(epochs) + 0.5)
+        if len(epochs) <= 12:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
@@ -68,3 +77,33 @@ def plot_filters(weight: np.ndarray, path: str | os.PathLike) -> None:
         ax.set_title(str(i), fontsize=8)
     fig.suptitle(f"first-layer filters {tuple(weight.shape)}")
     fig.savefig(path)
+
+
+def write_run_plots(model: Any, history: dict[str, list], out: str | os.PathLike,
+                    input_shape: tuple[int, ...]) -> list[str]:
+    """training_curves.png and filters.png of a run in ``out``; returns the names written."""
+    from pathlib import Path
+
+    written = []
+    if history.get("loss"):
+        plot_history(history, Path(out) / "training_curves.png")
+        written.append("training_curves.png")
+    filters = first_layer_filters(model, input_shape)
+    if filters is not None:
+        plot_filters(filters, Path(out) / "filters.png")
+        written.append("filters.png")
+    return written
+
+
+def first_layer_filters(model: Any, input_shape: tuple[int, ...]) -> np.ndarray | None:
+    """The first weight as images (O, C, kh, kw): a conv kernel, or a Dense layer on raw pixels."""
+    from .backend import asnumpy
+
+    for p in model.parameters():
+        weight = asnumpy(p.data)
+        if weight.ndim == 4:
+            return weight
+        if weight.ndim == 2 and weight.shape[0] == int(np.prod(input_shape)):
+            return weight.T.reshape(-1, *input_shape)[:32]
+        return None
+    return None

@@ -5,9 +5,14 @@ backend. On the GPU the dataset is moved to the device once when it fits
 (else batch by batch), and the loss and accuracy are accumulated on the
 device and read back only every ``log_every`` steps, so a step does no
 host-device copy or synchronization of its own.
+
+A step whose loss is NaN or infinite never reaches the weights: see
+``divergence.LastFiniteState`` for how that is done without a per-step sync.
 """
 from __future__ import annotations
 
+import numbers
+import sys
 import time
 from typing import Any, Callable
 
@@ -15,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .backend import asnumpy, backend_of, get_array_module, to_backend, xp_for
+from .divergence import LastFiniteState
 from .losses import Loss
 from .model import Sequential
 from .optim import LRSchedule, Optimizer
@@ -25,11 +31,13 @@ History = dict[str, list[float]]
 class Trainer:
     """Trainer(model, loss, optimizer).fit(X, y, epochs, batch_size) -> history.
 
-    ``progress`` turns the per-epoch tqdm bar on or off; ``log_every`` is how
-    many steps pass between reads of the running loss (one device sync each).
+    ``progress`` turns the per-epoch tqdm bar on or off (it also stays off when
+    stderr is not a terminal); ``log_every`` is how many steps pass between reads
+    of the running loss (one device sync each). ``optimizer`` may be None for a
+    Trainer that only evaluates.
     """
 
-    def __init__(self, model: Sequential, loss: Loss, optimizer: Optimizer,
+    def __init__(self, model: Sequential, loss: Loss, optimizer: Optimizer | None = None,
                  scheduler: LRSchedule | None = None, progress: bool = True, log_every: int = 20) -> None:
         self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
         self.progress = bool(progress)
@@ -62,11 +70,11 @@ class Trainer:
     def _on_device(self, X: Any, y: Any) -> tuple[Any, Any]:
         """The data on the model's backend when it fits (GPU: under a quarter of free memory)."""
         if self.model.backend == "numpy":
-            return asnumpy(X), asnumpy(y)
+            return (asnumpy(X) if backend_of(X) == "cupy" else X), asnumpy(y)
         if backend_of(X) == "cupy":
             return X, to_backend(y, "cupy")
         free, _ = xp_for("cupy").cuda.runtime.memGetInfo()
-        if X.nbytes + y.nbytes < free // 4:
+        if isinstance(X, np.ndarray) and X.nbytes + y.nbytes < free // 4:
             return to_backend(X, "cupy"), to_backend(y, "cupy")
         return X, y
 
@@ -77,13 +85,27 @@ class Trainer:
             on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> History:
         """Train for epochs [initial_epoch, epochs); returns per-epoch loss and accuracy.
 
-        X: (N, ...) inputs; y: (N,) int labels or (N, C) targets. With ``seed``,
-        epoch e's shuffle order and dropout masks come from (seed, e) alone, so
-        a run resumed at ``initial_epoch`` (model and optimizer state restored)
-        ends exactly where an uninterrupted one does.
+        X: (N, ...) inputs (an array, or an array-like that indexes batches, such
+        as the datasets' ``ScaledImages``); y: (N,) int labels or (N, C) targets.
+        With ``seed``, epoch e's shuffle order and dropout masks come from (seed, e)
+        alone, so a run resumed at ``initial_epoch`` (model and optimizer state
+        restored) ends exactly where an uninterrupted one does.
+
+        Raises ``divergence.TrainingDiverged`` (a ValueError) when a loss turns NaN
+        or infinite, naming the epoch and step; the model and optimizer then hold
+        the state after the last finite step.
         """
-        if int(batch_size) < 1:
-            raise ValueError(f"Trainer.fit: batch_size must be >= 1, got {batch_size!r}")
+        if self.optimizer is None:
+            raise ValueError("Trainer.fit: this Trainer has no optimizer; pass one to Trainer(model, loss, optimizer)")
+        for name, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1),
+                                   ("initial_epoch", initial_epoch, 0)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise TypeError(f"Trainer.fit: {name} must be an integer, got {value!r}")
+            if value < least:
+                raise ValueError(f"Trainer.fit: {name} must be >= {least}, got {value!r}")
+        if initial_epoch >= epochs:
+            raise ValueError(f"Trainer.fit: initial_epoch ({initial_epoch}) must be below epochs ({epochs}); "
+                             f"epochs is the total to reach, not the number to add")
         X, y = self._check_data(X, y, "fit")
         if validation_data is not None:
             self._check_data(*validation_data, "fit(validation_data)")
@@ -92,9 +114,10 @@ class Trainer:
         history: History = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
                             "seconds": [], "images_per_second": []}
         self.loss.check_labels = False
+        guard = LastFiniteState(self.model, self.optimizer)
         try:
             for epoch in range(initial_epoch, epochs):
-                logs = self._fit_epoch(X, y, epoch, epochs, int(batch_size), shuffle, seed)
+                logs = self._fit_epoch(X, y, epoch, epochs, int(batch_size), shuffle, seed, guard)
                 if validation_data is not None:
                     val = self.evaluate(*validation_data)
                     logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
@@ -109,7 +132,7 @@ class Trainer:
         return {k: v for k, v in history.items() if v}
 
     def _fit_epoch(self, X: Any, y: Any, epoch: int, epochs: int, batch_size: int,
-                   shuffle: bool, seed: int | None) -> dict[str, float]:
+                   shuffle: bool, seed: int | None, guard: LastFiniteState) -> dict[str, float]:
         n = len(X)
         rng = np.random.default_rng(None if seed is None else [seed, epoch])
         order = rng.permutation(n) if shuffle else np.arange(n)
@@ -120,47 +143,62 @@ class Trainer:
         self.model.train()
         loss_sum = correct = 0
         seen = 0
-        bar = tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
-                   disable=not self.progress, leave=False)
         start = time.perf_counter()
         steps = (n + batch_size - 1) // batch_size
-        for step in range(steps):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            xb, yb = X[idx], y[idx]
-            batch_loss, batch_correct = self.train_step(xb, yb)
-            loss_sum = loss_sum + batch_loss * len(idx)
-            correct = correct + batch_correct
-            seen += len(idx)
-            if (step + 1) % self.log_every == 0 or step + 1 == steps:
-                running = self.loss.check_finite(float(loss_sum) / seen)
-                bar.set_postfix(loss=f"{running:.4f}", acc=f"{float(correct) / seen:.4f}", refresh=False)
-                bar.update(seen - bar.n)
+        with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
+                  disable=not (self.progress and sys.stderr.isatty()), leave=False) as bar:
+            for step in range(steps):
+                idx = order[step * batch_size:(step + 1) * batch_size]
+                xb, yb = X[idx], y[idx]
+                batch_loss, batch_correct = self.train_step(xb, yb)
+                guard.after_step(batch_loss, step + 1, (seen, seen + len(idx) - 1))
+                loss_sum = loss_sum + batch_loss * len(idx)
+                correct = correct + batch_correct
+                seen += len(idx)
+                if (step + 1) % self.log_every == 0 or step + 1 == steps:
+                    if not guard.all_finite():
+                        guard.restore()
+                        raise guard.error("Trainer.fit", epoch)
+                    running = float(loss_sum) / seen
+                    bar.set_postfix(loss=f"{running:.4f}", acc=f"{float(correct) / seen:.4f}", refresh=False)
+                    bar.update(seen - bar.n)
         seconds = time.perf_counter() - start
-        bar.close()
         return {"loss": float(loss_sum) / n, "accuracy": float(correct) / n,
                 "seconds": seconds, "images_per_second": n / seconds}
 
     def train_step(self, xb: Any, yb: Any) -> tuple[Any, Any]:
-        """One forward/backward/update on a batch; returns (loss, correct count) as device scalars."""
+        """One forward/backward/update on a batch; returns (loss, correct count) as device scalars.
+
+        The batch may be on either backend; it is moved to the model's (a copy only if it must move).
+        """
+        xb, yb = to_backend(xb, self.model.backend), to_backend(yb, self.model.backend)
         out = self.model.forward(xb)
         value = self.loss.forward(out, yb)
         self.model.backward(self.loss.backward(), input_grad=False)
         self.optimizer.step()
-        return value, _correct(out, yb)
+        return value, _correct(out, to_backend(yb, backend_of(out)))
 
     # -- evaluation ----------------------------------------------------------------
-    def evaluate(self, X: Any, y: Any, batch_size: int = 1000) -> dict[str, float]:
-        """Mean loss and accuracy over (X, y) in eval mode."""
+    def evaluate(self, X: Any, y: Any, batch_size: int = 256,
+                 confusion_matrix: bool = False) -> dict[str, Any]:
+        """Mean loss and accuracy over (X, y) in eval mode.
+
+        With ``confusion_matrix=True`` (classifiers) also "confusion_matrix": a
+        (classes, classes) list of lists, rows the true class, columns the predicted.
+        """
         X, y = self._check_data(X, y, "evaluate")
         was_training = self.model.training
         self.model.eval()
         loss_sum = correct = 0
+        predicted = []
         try:
             for i in range(0, len(X), batch_size):
                 xb, yb = X[i:i + batch_size], y[i:i + batch_size]
                 out = self.model.forward(xb)
                 loss_sum = loss_sum + self.loss.forward(out, yb) * len(xb)
                 correct = correct + _correct(out, to_backend(yb, backend_of(out)))
+                if confusion_matrix:
+                    predicted.append(out.argmax(axis=1))
         finally:
             if was_training:
                 self.model.train()
@@ -168,7 +206,10 @@ class Trainer:
         if not np.isfinite(loss):
             raise ValueError(f"Trainer.evaluate: the mean loss is {loss}; check the inputs for NaN/inf "
                              f"(or the model for diverged weights)")
-        return {"loss": loss, "accuracy": float(correct) / len(X)}
+        result: dict[str, Any] = {"loss": loss, "accuracy": float(correct) / len(X)}
+        if confusion_matrix:
+            result["confusion_matrix"] = _confusion_matrix(asnumpy(y), predicted, out.shape[1])
+        return result
 
     # -- checkpoints ---------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -182,6 +223,14 @@ class Trainer:
         if self.scheduler is not None and state.get("scheduler_epoch") is not None:
             self.scheduler.epoch = int(state["scheduler_epoch"])
             self.optimizer.lr = self.scheduler.lr_at(self.scheduler.epoch)
+
+
+def _confusion_matrix(y: np.ndarray, predicted: list[Any], classes: int) -> list[list[int]]:
+    """counts[t, p]: how many samples of true class t were predicted as p."""
+    truth = y if y.ndim == 1 else y.argmax(axis=1)
+    guess = np.concatenate([asnumpy(p) for p in predicted])
+    counts = np.bincount(truth * classes + guess, minlength=classes * classes)
+    return counts.reshape(classes, classes).tolist()
 
 
 def _correct(out: Any, target: Any) -> Any:

@@ -3,9 +3,15 @@
 // Rules every kernel here follows (the kernel contract in ARCHITECTURE.md):
 //   * one thread per output element, grid-stride loop, 64-bit (long long) indices;
 //   * gathers only: no atomics, no shared memory, no __syncthreads, so that the
-//     CPU emulation harness (tests/cuda/) can run a grid thread by thread;
+//     CPU emulation harness (dualconv/testing/fake_cupy/) can run a grid
+//     thread by thread;
 //   * sums visit kernel offsets ky outer, kx inner, in the same order as
 //     the CPU twins in dualconv/kernels/cpu.py, so results are bitwise equal to them.
+//     The one exception is float32 subnormals (|x| < 1.18e-38): CuPy compiles
+//     every kernel with -ftz=true, so float32 arithmetic and comparisons read
+//     them as zero and flush subnormal results to zero, where NumPy keeps
+//     them (the emulation runs float kernels with FTZ/DAZ on to match; shown
+//     by tests/gpu/test_gpu_training.py). float64 is not affected.
 //
 // Every kernel takes the same geometry arguments, in this order, all long long:
 //   N, C, H, W, kh, kw, sy, sx, ph, pw, dy, dx, out_h, out_w

@@ -1,6 +1,7 @@
 """Backend selection: set_backend / get_backend / use_backend, DUALCONV_BACKEND,
 "auto", gpu_available, and moving models. No GPU here: CuPy's presence and
-absence are simulated by replacing backend._import_cupy."""
+absence are simulated by replacing backend._import_cupy (a usable GPU by the
+emulated CuPy of dualconv.testing, which compiles and runs the probe kernel)."""
 from __future__ import annotations
 
 import types
@@ -17,6 +18,7 @@ from dualconv import backend
 def fresh_backend(monkeypatch):
     """No explicit choice and no environment variable at the start of each test."""
     monkeypatch.setattr(backend, "_global", None)
+    monkeypatch.setattr(backend, "_checked", {})  # the once-per-process GPU check, redone per test
     monkeypatch.delenv("DUALCONV_BACKEND", raising=False)
     assert backend._current.get() is None
 
@@ -33,8 +35,9 @@ def fake_cupy(count: int = 1, error: Exception | None = None) -> types.SimpleNam
 
 @pytest.fixture
 def with_gpu(monkeypatch):
-    """Pretend CuPy imports and sees one device (only backend names are used, no arrays)."""
-    monkeypatch.setattr(backend, "_import_cupy", lambda: fake_cupy(1))
+    """CuPy imports, sees one device and compiles kernels: the emulated CuPy."""
+    from dualconv.testing import fake_cupy as emulated
+    monkeypatch.setattr(backend, "_import_cupy", lambda: emulated)
 
 
 @pytest.fixture
@@ -143,7 +146,8 @@ def test_auto_picks_numpy_without_cupy_and_cupy_with_a_gpu(monkeypatch) -> None:
     assert dc.set_backend("auto") == "numpy"
     monkeypatch.setattr(backend, "_import_cupy", lambda: fake_cupy(0))
     assert dc.set_backend("auto") == "numpy"
-    monkeypatch.setattr(backend, "_import_cupy", lambda: fake_cupy(2))
+    from dualconv.testing import fake_cupy as emulated
+    monkeypatch.setattr(backend, "_import_cupy", lambda: emulated)
     assert dc.set_backend("auto") == "cupy"
 
 
@@ -170,6 +174,34 @@ def test_gpu_available_never_raises(monkeypatch, import_cupy) -> None:
 
 def test_gpu_available_true_with_a_device(with_gpu) -> None:
     assert dc.gpu_available() is True
+
+
+def test_auto_skips_a_gpu_that_cannot_compile_kernels(monkeypatch) -> None:
+    """A device is found but the first compile fails (e.g. no CUDA headers): "auto" says numpy."""
+    from dualconv.testing import fake_cupy as emulated
+
+    class NoHeaders:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError("Failed to find CUDA headers; pip install cupy-cuda12x[ctk]")
+    broken = types.SimpleNamespace(**{n: getattr(emulated, n) for n in ("cuda", "zeros", "float32")},
+                                   RawModule=NoHeaders)
+    monkeypatch.setattr(backend, "_import_cupy", lambda: broken)
+    assert dc.gpu_available() is False
+    assert "cannot compile or run a kernel" in backend.cupy_problem()
+    assert dc.set_backend("auto") == "numpy"
+    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested but .*Failed to find CUDA headers"):
+        dc.set_backend("cupy")
+
+
+def test_gpu_check_runs_once_per_process(monkeypatch, with_gpu) -> None:
+    from dualconv.testing import fake_cupy as emulated
+    compiled = []
+    real = emulated.RawModule
+    monkeypatch.setattr(emulated, "RawModule", lambda *a, **k: compiled.append(1) or real(*a, **k))
+    for _ in range(3):
+        assert dc.gpu_available()
+        backend.xp_for("cupy")
+    assert len(compiled) == 1
 
 
 # -- arrays and models ---------------------------------------------------------------

@@ -61,7 +61,8 @@ def test_train_writes_every_output(trained, capsys):
     assert not list(trained.glob(".*.tmp"))  # no temporary files left behind
 
 
-def test_train_prints_a_line_per_epoch(tmp_path, capsys):
+def test_train_prints_a_line_per_epoch(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # without --out the run goes to runs/<dataset>-<model>-<n>
     assert run_cli(*DIGITS, "--model", "mlp", "--epochs", "2", "--optimizer", "adam") == 0
     out = capsys.readouterr().out
     lines = [line for line in out.splitlines() if line.startswith("epoch ")]
@@ -110,9 +111,9 @@ def test_adam_resume_in_steps_gives_identical_weights(tmp_path):
 
 
 def test_resume_refuses_changed_settings(trained, tmp_path, capsys):
-    assert run_cli(*DIGITS, "--epochs", "4", "--out", trained, "--resume", "--lr", "0.2") == 1
+    assert run_cli(*DIGITS, "--epochs", "4", "--out", trained, "--resume", "--batch-size", "32") == 1
     err = capsys.readouterr().err
-    assert "--lr 0.2 (checkpoint: 0.05)" in err and "new --out" in err
+    assert "--batch-size 32 (checkpoint: 64)" in err and "new --out" in err
 
 
 def test_resume_without_checkpoint_starts_from_scratch(tmp_path, capsys):
@@ -129,7 +130,7 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(trained, capsys):
 
 
 def test_evaluate_rejects_a_dataset_of_another_shape(trained, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "load_dataset", lambda name, data_dir: (None, (np.zeros((2, 1, 28, 28)), None)))
+    monkeypatch.setattr(cli, "load_test_split", lambda name, data_dir, uint8: (np.zeros((2, 1, 28, 28)), None))
     assert run_cli("evaluate", "--weights", trained / "model.npz", "--dataset", "mnist") == 1
     assert "(1, 8, 8)" in capsys.readouterr().err
 
@@ -174,6 +175,7 @@ def test_missing_mnist_is_one_clear_error(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("DUALCONV_DATA", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     monkeypatch.setattr(dataset_files, "download", offline)
+    monkeypatch.chdir(tmp_path)
     assert run_cli("train", "--no-progress") == 1
     err = capsys.readouterr().err
     assert err.startswith("dualconv train: error: MNIST") and "Traceback" not in err
@@ -181,7 +183,7 @@ def test_missing_mnist_is_one_clear_error(tmp_path, monkeypatch, capsys):
 
 
 def test_lenet_on_digits_is_a_clear_error(capsys):
-    assert run_cli("train", "--dataset", "digits", "--no-progress") == 1
+    assert run_cli("train", "--dataset", "digits", "--model", "lenet", "--no-progress") == 1
     assert "Try --model weidman" in capsys.readouterr().err
 
 

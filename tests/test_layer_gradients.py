@@ -222,21 +222,29 @@ def test_dropout_same_seed_same_mask_other_seed_other_mask() -> None:
     assert not np.array_equal(a, c)
 
 
-def test_dropout_mask_follows_the_memory_order_of_its_input() -> None:
-    """The random numbers fill the mask in x's memory order: for x stored
-    feature-major (as Flatten leaves batch-last images), the mask read in memory
-    order is the generator's stream, and y keeps x's memory order."""
+def test_dropout_mask_is_the_same_in_any_memory_order() -> None:
+    """Element [n, f] draws the bits of its row-major number whatever the input's
+    memory order: a feature-major x (as Flatten leaves batch-last images) gets the
+    mask a C-ordered x gets, stored feature-major like x (so x * mask is fast).
+    Oracle: the mask from random_bits over np.arange, the row-major numbers."""
+    from dualconv.layers.dropout import random_bits
     p = 0.5
+    x = np.abs(randn((6, 9), 16)) + 0.5  # nonzero, so y / x is the mask
+    masks = []
+    for stored in (np.ascontiguousarray(x), np.asfortranarray(x)):
+        layer = dc.Dropout(p)
+        layer.seed(4)
+        y = layer.forward(stored)
+        assert y.flags.f_contiguous == stored.flags.f_contiguous and layer._cache.strides == stored.strides
+        masks.append(y / stored)
+        gy = randn((6, 9), 17)
+        assert_array_equal(layer.backward(gy), gy * masks[-1])
     layer = dc.Dropout(p)
     layer.seed(4)
-    x = np.asfortranarray(np.abs(randn((6, 9), 16)) + 0.5)
-    y = layer.forward(x)
-    assert y.flags.f_contiguous
-    stream = np.random.default_rng(4).random(x.size, dtype=x.dtype)
-    expected = (stream >= p) * x.dtype.type(1 / (1 - p))
-    assert_array_equal((y / x).ravel(order="F"), expected)
-    gy = randn((6, 9), 17)
-    assert_array_equal(layer.backward(gy), gy * (y / x))
+    bits = random_bits(np, np.arange(x.size, dtype=np.uint64), layer._key())
+    expected = (bits >= np.uint64(2**63)).reshape(x.shape) * 2.0
+    assert_array_equal(masks[0], expected)
+    assert_array_equal(masks[1], expected)
 
 
 # -- activations ----------------------------------------------------------------------

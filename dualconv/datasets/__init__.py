@@ -2,8 +2,9 @@
 from .digits import load_digits_dataset
 from .files import ChecksumError, DatasetError, DatasetNotFoundError
 from .idx import IDXFormatError, parse_idx
+from .images import ScaledImages
 from .mnist import load_fashion_mnist, load_mnist
-from .registry import CLASS_NAMES, DATASETS, load_dataset
+from .registry import CLASS_NAMES, DATASETS, load_dataset, load_test_split
 
 __all__ = [
     "CLASS_NAMES",
@@ -12,9 +13,11 @@ __all__ = [
     "DatasetError",
     "DatasetNotFoundError",
     "IDXFormatError",
+    "ScaledImages",
     "load_dataset",
     "load_digits_dataset",
     "load_fashion_mnist",
     "load_mnist",
+    "load_test_split",
     "parse_idx",
 ]

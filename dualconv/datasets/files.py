@@ -58,6 +58,7 @@ class FileSet:
     files: tuple[RemoteFile, ...]
     mirrors: tuple[str, ...]  # base URLs ending in "/"
     system_dirs: tuple[str, ...] = field(default=())
+    debian_package: str | None = None  # a package that installs the files into system_dirs
 
 
 def cache_dir(subdir: str) -> Path:
@@ -140,19 +141,24 @@ def _shorten(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def fetch(fileset: FileSet, data_dir: str | os.PathLike | None = None) -> dict[str, bytes]:
-    """The decompressed, verified content of every file of ``fileset``, by file name.
+def fetch(fileset: FileSet, data_dir: str | os.PathLike | None = None,
+          names: tuple[str, ...] | None = None) -> dict[str, bytes]:
+    """The decompressed, verified content of every file of ``fileset`` (or of ``names``), by file name.
 
     Raises DatasetNotFoundError or ChecksumError, once, covering every file that
-    could not be had, with what to do about it.
+    could not be had, with what to do about it; DatasetNotFoundError at once when
+    ``data_dir`` is given but is not a directory.
     """
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise DatasetNotFoundError(f"the data directory {data_dir} does not exist (or is not a directory)")
+    wanted = [f for f in fileset.files if names is None or f.name in names]
     dirs = search_dirs(fileset, data_dir)
     cache = cache_dir(fileset.subdir)
     contents: dict[str, bytes] = {}
     corrupt: dict[str, list[ChecksumError]] = {}
     missing: list[str] = []
     download_error: str | None = None
-    for remote in fileset.files:
+    for remote in wanted:
         for d in dirs:
             path = d / remote.name
             if not path.is_file():
@@ -175,15 +181,16 @@ def fetch(fileset: FileSet, data_dir: str | os.PathLike | None = None) -> dict[s
     if not missing:
         return contents
     bad = [exc for name in missing for exc in corrupt.get(name, [])]
-    raise _problem(fileset, dirs, missing, bad, download_error)
+    raise _problem(fileset, dirs, missing, bad, download_error, len(wanted))
 
 
 def _problem(
-    fileset: FileSet, dirs: list[Path], missing: list[str], corrupt: list[ChecksumError], download_error: str | None
+    fileset: FileSet, dirs: list[Path], missing: list[str], corrupt: list[ChecksumError], download_error: str | None,
+    wanted: int,
 ) -> DatasetError:
     names = ", ".join(f.name for f in fileset.files)
     lines = [
-        f"{fileset.title}: {len(missing)} of its {len(fileset.files)} files could not be loaded: {', '.join(missing)}.",
+        f"{fileset.title}: {len(missing)} of the {wanted} files needed could not be loaded: {', '.join(missing)}.",
     ]
     lines += [f"  {exc}" for exc in corrupt]
     lines += [
@@ -191,8 +198,9 @@ def _problem(
         + ("." if os.environ.get(DATA_ENV) else f" (${DATA_ENV} is not set)."),
         f"Downloading into {cache_dir(fileset.subdir)} failed ({download_error}).",
         f"Put the four files {names} in ${DATA_ENV}/{fileset.subdir} or in a directory given as "
-        f"--data-dir (data_dir=...), or choose another dataset: --dataset mnist|fashion-mnist|digits "
-        f"(digits ships with scikit-learn and works offline).",
+        f"--data-dir (data_dir=...)"
+        + (f" (Debian: apt install {fileset.debian_package})" if fileset.debian_package else "")
+        + ", or use --dataset digits, which ships with scikit-learn and works offline.",
     ]
     message = "\n".join(lines)
     if corrupt:

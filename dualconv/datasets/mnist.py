@@ -13,6 +13,7 @@ import numpy as np
 
 from .files import FileSet, RemoteFile, fetch
 from .idx import parse_idx
+from .images import ScaledImages
 
 TRAIN_IMAGES = "train-images-idx3-ubyte.gz"
 TRAIN_LABELS = "train-labels-idx1-ubyte.gz"
@@ -79,17 +80,25 @@ FASHION_MNIST = FileSet(
         "https://fashion-mnist.s3.eu-central-1.amazonaws.com/",
         "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
     ),
-    system_dirs=("/usr/share/datasets/fashion-mnist",),  # Debian's dataset-fashion-mnist
+    system_dirs=("/usr/share/datasets/fashion-mnist",),
+    debian_package="dataset-fashion-mnist",
 )
 
 Split = tuple[np.ndarray, np.ndarray]
 
 
-def _images(content: bytes, name: str) -> np.ndarray:
-    raw = parse_idx(content, name)
+SPLITS = {"train": (TRAIN_IMAGES, TRAIN_LABELS), "test": (TEST_IMAGES, TEST_LABELS)}
+
+
+def _images(content: bytes, name: str, uint8: bool) -> np.ndarray | ScaledImages:
+    raw = parse_idx(content, name)  # a view of content, no copy
     if raw.ndim != 3:
         raise ValueError(f"{name}: expected images (N, H, W), got shape {raw.shape}")
-    return (raw.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+    if uint8:
+        return ScaledImages(raw[:, None, :, :], 255.0)
+    images = raw[:, None, :, :].astype(np.float32)
+    images /= np.float32(255.0)  # in place: one float32 copy, not two
+    return images
 
 
 def _labels(content: bytes, name: str, count: int) -> np.ndarray:
@@ -99,17 +108,28 @@ def _labels(content: bytes, name: str, count: int) -> np.ndarray:
     return raw.astype(np.int64)
 
 
-def load_idx_dataset(fileset: FileSet, data_dir: str | os.PathLike | None = None) -> tuple[Split, Split]:
+def load_idx_dataset(fileset: FileSet, data_dir: str | os.PathLike | None = None,
+                     uint8: bool = False) -> tuple[Split, Split]:
     """``(X_train, y_train), (X_test, y_test)`` of an MNIST-format dataset.
 
-    X: float32 (N, 1, 28, 28) in [0, 1]; y: int64 (N,) in 0..9.
+    X: float32 (N, 1, 28, 28) in [0, 1]; y: int64 (N,) in 0..9. With ``uint8``,
+    X is a ScaledImages over the file's uint8 pixels (scaled batch by batch).
     """
     files = fetch(fileset, data_dir)
-    X_train = _images(files[TRAIN_IMAGES], TRAIN_IMAGES)
-    X_test = _images(files[TEST_IMAGES], TEST_IMAGES)
-    y_train = _labels(files[TRAIN_LABELS], TRAIN_LABELS, len(X_train))
-    y_test = _labels(files[TEST_LABELS], TEST_LABELS, len(X_test))
-    return (X_train, y_train), (X_test, y_test)
+    splits = []
+    for images, labels in SPLITS.values():
+        X = _images(files.pop(images), images, uint8)
+        splits.append((X, _labels(files.pop(labels), labels, len(X))))
+    return splits[0], splits[1]
+
+
+def load_idx_split(fileset: FileSet, split: str, data_dir: str | os.PathLike | None = None,
+                   uint8: bool = False) -> Split:
+    """``(X, y)`` of one split, "train" or "test", reading only that split's two files."""
+    images, labels = SPLITS[split]
+    files = fetch(fileset, data_dir, names=(images, labels))
+    X = _images(files[images], images, uint8)
+    return X, _labels(files[labels], labels, len(X))
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None) -> tuple[Split, Split]:

@@ -170,7 +170,8 @@ def execute(launch: Launch, xp: Any, call: Callable[[Launch, tuple[Any, ...]], N
 
 # ---------------------------------------------------------------- CuPy
 
-_modules: dict[int, Any] = {}
+_modules: dict[tuple[int, int], Any] = {}
+_functions: dict[tuple[int, int, str], Any] = {}
 _modules_lock = threading.Lock()
 
 
@@ -178,19 +179,30 @@ def get_module() -> Any:
     """The cupy.RawModule of every kernel for the current device, compiled once."""
     import cupy
 
-    device = cupy.cuda.runtime.getDevice()
+    key = (id(cupy), cupy.cuda.runtime.getDevice())  # the CuPy module too: the stand-in is another
     with _modules_lock:
-        module = _modules.get(device)
+        module = _modules.get(key)
         if module is None:
             module = cupy.RawModule(code=module_source(), options=COMPILE_OPTIONS,
                                     name_expressions=NAME_EXPRESSIONS)
             module.compile()  # surface compile errors (with file:line) here
-            _modules[device] = module
+            _modules[key] = module
     return module
 
 
+def get_function(name: str) -> Any:
+    """The kernel ``name`` for the current device, looked up once (each lookup is a driver call)."""
+    import cupy
+
+    key = (id(cupy), cupy.cuda.runtime.getDevice(), name)
+    function = _functions.get(key)
+    if function is None:
+        function = _functions[key] = get_module().get_function(name)
+    return function
+
+
 def _cupy_call(launch: Launch, args: tuple[Any, ...]) -> None:
-    get_module().get_function(launch.name)(launch.grid, launch.block, args)
+    get_function(launch.name)(launch.grid, launch.block, args)
 
 
 def _run(launch: Launch) -> Any:

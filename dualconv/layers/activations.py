@@ -7,6 +7,13 @@ from ..backend import get_array_module
 from .base import Layer
 
 
+def softmax(x: Any) -> Any:
+    """exp(x - max) / sum(exp(x - max)) over the last axis, on x's backend."""
+    xp = get_array_module(x)
+    e = xp.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 class _Elementwise(Layer):
     """y = f(x) elementwise; backward multiplies by f'(x), computed from what forward kept."""
 
@@ -127,9 +134,7 @@ class Softmax(_Elementwise):
         self._require_ndim(x, 2, "(N, classes)")
 
     def _forward(self, x: Any) -> Any:
-        xp = get_array_module(x)
-        e = xp.exp(x - x.max(axis=1, keepdims=True))
-        y = e / e.sum(axis=1, keepdims=True)
+        y = softmax(x)
         self._cache = (y,)
         return y
 

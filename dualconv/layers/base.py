@@ -34,7 +34,13 @@ class Layer:
     # -- building -----------------------------------------------------------
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None = None,
               dtype: Any = None) -> tuple[int, ...]:
-        """Create parameters for inputs of ``input_shape``; returns the output shape."""
+        """Create parameters for inputs of ``input_shape``; returns the output shape.
+
+        The shape is checked first (``check_shape``): a rejected shape leaves the
+        layer exactly as it was, unbuilt and without parameters.
+        """
+        if not self.built:
+            self.check_shape(input_shape, dtype if dtype is not None else self.dtype)
         if dtype is not None:
             self.dtype = np.dtype(dtype)
         if not self.built:
@@ -42,6 +48,17 @@ class Layer:
             self._create_params(self._build_shape, rng if rng is not None else default_rng())
             self.built = True
         return self.output_shape(input_shape)
+
+    def check_shape(self, input_shape: tuple[int, ...], dtype: Any = np.float32) -> tuple[int, ...]:
+        """The output shape for an input of ``input_shape`` and ``dtype``, after the same
+        checks ``forward`` makes on an array; raises the same errors and changes nothing."""
+        self._check_input(_ShapeOnly(input_shape, dtype))
+        return self.output_shape(tuple(input_shape))
+
+    @property
+    def needs_build(self) -> bool:
+        """True while a lazy layer still has parameters to create (at its first forward or build)."""
+        return not self.built and type(self)._create_params is not Layer._create_params
 
     def reset_parameters(self, rng: np.random.Generator) -> None:
         """Draw fresh initial parameters from ``rng`` (no-op before the layer is built)."""
@@ -67,6 +84,8 @@ class Layer:
     def forward(self, x: Any) -> Any:
         """Checks and builds, then computes the output (``_forward``)."""
         self._check_input(x)
+        if self.params:
+            self._check_backend(x)
         if not self.built:
             self._backend = backend_of(x)
             self.build(tuple(x.shape), dtype=x.dtype if x.dtype.kind == "f" else None)
@@ -97,6 +116,14 @@ class Layer:
         """Raise a clear error for an input this layer cannot take."""
         if not hasattr(x, "ndim") or not hasattr(x, "dtype"):
             raise TypeError(f"{self.name}: expected an array, got {type(x).__name__}")
+
+    def _check_backend(self, x: Any) -> None:
+        """Parameters and input must live on the same backend (as PyTorch's same-device rule)."""
+        expected, got = backend_of(next(iter(self.params.values()))), backend_of(x)
+        if got != expected:
+            raise TypeError(f"{self.name}: expected all arrays on the same backend, but the input is a "
+                            f"{got} array and the parameters are on {expected}; move the layer with "
+                            f".to({got!r}) or the input with dualconv.backend.to_backend(x, {expected!r})")
 
     def _require_ndim(self, x: Any, ndim: int, layout: str) -> None:
         if x.ndim != ndim:
@@ -149,3 +176,12 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{self.name}({args})"
+
+
+class _ShapeOnly:
+    """Stands in for an input array when only its shape and dtype are checked."""
+
+    def __init__(self, shape: tuple[int, ...], dtype: Any) -> None:
+        self.shape = tuple(shape)
+        self.ndim = len(self.shape)
+        self.dtype = np.dtype(dtype)

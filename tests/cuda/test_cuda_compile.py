@@ -14,25 +14,10 @@ from pathlib import Path
 import pytest
 
 from dualconv.kernels import cuda, sources
+from dualconv.testing.fake_cupy._raw import NVRTC  # libnvrtc (nvidia-cuda-nvrtc-cu12), or None
 
 ARCHES = ["compute_75", "sm_90"]  # PTX for Turing+, CUBIN for Hopper
 
-
-def _load_nvrtc() -> ctypes.CDLL | None:
-    try:
-        import nvidia.cuda_nvrtc
-    except ImportError:
-        return None
-    for root in nvidia.cuda_nvrtc.__path__:
-        for lib in sorted(Path(root, "lib").glob("libnvrtc.so.*")):
-            try:
-                return ctypes.CDLL(str(lib))
-            except OSError:
-                continue
-    return None
-
-
-NVRTC = _load_nvrtc()
 NVCC = shutil.which("nvcc")
 
 

@@ -22,8 +22,15 @@ REPO = Path(__file__).resolve().parents[2]
 KERNEL_FILES = sorted(p.name for p in (REPO / "kernels").iterdir() if p.suffix in (".cu", ".cuh"))
 
 CHECK = """
-import importlib.resources, json
+import importlib.resources, json, shutil
+import dualconv
 from dualconv.kernels import sources
+from dualconv.testing import emulated_cupy
+from dualconv.testing.fake_cupy import _native
+stand_in = None
+if shutil.which("g++"):
+    with emulated_cupy():  # the CuPy stand-in, built from the installed harness
+        stand_in = {"gpu_available": dualconv.gpu_available(), "harness": str(_native.HERE)}
 found = sources.kernel_sources()
 print(json.dumps({
     "module": sources.__file__,
@@ -31,6 +38,7 @@ print(json.dumps({
     "found": {name: str(path) for name, path in found.items()},
     "texts": {name: path.read_text() for name, path in found.items()},
     "source_has_line_directives": '#line 1 "im2col.cu"' in sources.module_source(),
+    "stand_in": stand_in,
 }))
 """
 
@@ -73,6 +81,8 @@ def test_wheel_contains_the_kernel_sources(wheel):
     for f in KERNEL_FILES:
         assert f"dualconv/kernels/cuda_src/{f}" in names, f"{f} not shipped; wheel has {names}"
     assert "dualconv/kernels/cuda.py" in names
+    for f in ("emulation_harness.cpp", "emulation.h", "_raw.py", "cuda/runtime.py"):  # the CuPy stand-in
+        assert f"dualconv/testing/fake_cupy/{f}" in names, f"{f} not shipped"
 
 
 def test_installed_package_finds_its_kernels(wheel, tmp_path):
@@ -83,7 +93,8 @@ def test_installed_package_finds_its_kernels(wheel, tmp_path):
           "--no-deps", "--no-index", str(wheel)])
     # numpy & co. come from this interpreter's site-packages, placed on
     # PYTHONPATH (which ignores .pth files, so no editable install leaks in).
-    env = dict(os.environ, PYTHONPATH=sysconfig.get_paths()["purelib"])
+    env = dict(os.environ, PYTHONPATH=sysconfig.get_paths()["purelib"],
+               DUALCONV_EMULATION_CACHE=str(tmp_path / "emulation_cache"))
     proc = _run([str(python), "-c", CHECK], env=env, cwd=tmp_path)
     report = json.loads(proc.stdout)
     assert Path(report["module"]).is_relative_to(venv), report["module"]
@@ -93,3 +104,6 @@ def test_installed_package_finds_its_kernels(wheel, tmp_path):
         assert Path(path).is_relative_to(venv), f"{name} found outside the install: {path}"
         assert report["texts"][name] == (REPO / "kernels" / name).read_text()
     assert report["source_has_line_directives"]
+    if report["stand_in"] is not None:
+        assert report["stand_in"]["gpu_available"]
+        assert Path(report["stand_in"]["harness"]).is_relative_to(venv)

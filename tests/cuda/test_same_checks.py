@@ -4,8 +4,12 @@ Each bad input goes through the dispatch point with NumPy arrays (which would
 run the CPU twin) and through the emulated CUDA kernel (the plan CuPy would
 launch, run by the g++ emulation); both must raise the same error with the
 same message. A good input of the same shape then runs on both and agrees.
+The same holds for the whole path a layer takes on a GPU, the dispatch point
+given device arrays of the emulated CuPy (whose RawModule runs the plan).
 """
 from __future__ import annotations
+
+import shutil
 
 import numpy as np
 import pytest
@@ -46,15 +50,23 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("kernel, args, error, pattern", BAD,
-                         ids=[f"{k}-{i}" for i, (k, *_) in enumerate(BAD)])
-def test_both_backends_reject_the_same_input(emulator, kernel, args, error, pattern):
-    with pytest.raises(error, match=pattern) as on_cpu:
+each_bad_input = pytest.mark.parametrize("kernel, args, error, pattern", BAD,
+                                         ids=[f"{k}-{i}" for i, (k, *_) in enumerate(BAD)])
+
+
+def _assert_same_error(kernel, args, error, pattern, on_cuda) -> None:
+    """The CPU path and ``on_cuda()`` raise ``error`` matching ``pattern``, with one message."""
+    with pytest.raises(error, match=pattern) as cpu_error:
         getattr(kernels, kernel)(*args)
-    with pytest.raises(error, match=pattern) as on_cuda:
-        emulator.call(kernel, *args)
-    assert str(on_cpu.value) == str(on_cuda.value)
-    assert str(on_cpu.value).startswith(f"{kernel}: ")
+    with pytest.raises(error, match=pattern) as cuda_error:
+        on_cuda()
+    assert str(cpu_error.value) == str(cuda_error.value)
+    assert str(cpu_error.value).startswith(f"{kernel}: ")
+
+
+@each_bad_input
+def test_both_backends_reject_the_same_input(emulator, kernel, args, error, pattern):
+    _assert_same_error(kernel, args, error, pattern, lambda: emulator.call(kernel, *args))
 
 
 GOOD = [
@@ -70,6 +82,37 @@ GOOD = [
 @pytest.mark.parametrize("kernel, args", GOOD, ids=[k for k, _ in GOOD])
 def test_both_backends_accept_the_same_input(emulator, kernel, args):
     assert_bitwise_equal(emulator.call(kernel, *args), getattr(kernels, kernel)(*args), kernel)
+
+
+@pytest.fixture
+def stand_in():
+    """The emulated CuPy module (dualconv.testing.emulated_cupy), active for the test."""
+    if shutil.which("g++") is None:
+        pytest.skip("the emulated CuPy needs g++")
+    from dualconv.testing import emulated_cupy
+    with emulated_cupy():
+        import cupy
+        yield cupy
+
+
+def _on_device(args, cupy):
+    return tuple(cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args)
+
+
+def _on_host(result, cupy):
+    return tuple(map(cupy.asnumpy, result)) if isinstance(result, tuple) else cupy.asnumpy(result)
+
+
+@each_bad_input
+def test_dispatch_rejects_the_same_input_on_the_stand_in(stand_in, kernel, args, error, pattern):
+    _assert_same_error(kernel, args, error, pattern,
+                       lambda: getattr(kernels, kernel)(*_on_device(args, stand_in)))
+
+
+@pytest.mark.parametrize("kernel, args", GOOD, ids=[k for k, _ in GOOD])
+def test_dispatch_accepts_the_same_input_on_the_stand_in(stand_in, kernel, args):
+    on_device = getattr(kernels, kernel)(*_on_device(args, stand_in))
+    assert_bitwise_equal(_on_host(on_device, stand_in), getattr(kernels, kernel)(*args), kernel)
 
 
 def test_dispatch_checks_and_twins_take_the_same_arguments():

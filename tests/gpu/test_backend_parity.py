@@ -1,7 +1,7 @@
 """Every layer, loss and a LeNet training run on CuPy against the NumPy path.
 
-Runs only where a GPU is usable (marker ``gpu``); the kernels' own bitwise
-parity is in test_kernel_parity.py.
+Runs on a GPU when one is usable, else on the emulated CuPy (see conftest.py);
+the kernels' own bitwise parity is in test_kernel_parity.py.
 """
 from __future__ import annotations
 
@@ -10,11 +10,10 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 import dualconv as dc
-from dualconv.backend import asnumpy, gpu_available, to_backend
+from dualconv.backend import asnumpy, to_backend
 from dualconv.models import lenet
 
-pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not gpu_available(), reason="no usable GPU (CuPy missing or no device)")]
+pytestmark = pytest.mark.gpu
 
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
 

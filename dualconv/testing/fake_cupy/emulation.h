@@ -1,11 +1,11 @@
-// Lets g++ compile kernels/*.cu as plain C++ so the CPU emulation harness
-// (emulation_harness.cpp) can run a whole CUDA grid sequentially, thread by
-// thread. Only enough CUDA for kernels without shared memory, __syncthreads or
-// atomics (the rules at the top of kernels/common.cuh): the built-in index variables and the
-// intrinsics kernels/common.cuh uses.
+// Lets g++ compile CUDA C source (a cupy.RawModule's code) as plain C++ so
+// the CPU emulation harness (emulation_harness.cpp) can run a whole CUDA grid
+// sequentially, thread by thread. Only enough CUDA for kernels without shared
+// memory, __syncthreads or atomics (the rules at the top of kernels/common.cuh):
+// the built-in index variables and the intrinsics kernels/common.cuh uses.
 //
-// It lives in tests/cuda/ rather than kernels/ because it is test tooling: it
-// is not CUDA, NVRTC must never see it, and it does not ship in the wheel.
+// It is part of the emulated CuPy (dualconv.testing.fake_cupy), not of
+// kernels/: it is not CUDA, and NVRTC never sees it.
 #pragma once
 
 #include <cstring>

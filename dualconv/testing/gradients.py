@@ -3,7 +3,7 @@
 The layer contract checked here:
 
 - ``layer.forward(x) -> y``;
-- ``layer.backward(dy) -> dx``, valid after a forward of the same x;
+- ``layer.backward(gy) -> gx``, valid after a forward of the same x;
 - ``layer.params`` and ``layer.grads``: dicts with the same keys ("weight",
   "bias", ...) of live arrays, so writing into ``params[k]`` changes what the
   next forward computes, and ``grads[k]`` holds dL/d params[k] after backward.
@@ -26,7 +26,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from .backend import asnumpy, backend_of, to_backend
+from ..backend import asnumpy, backend_of, to_backend
 
 
 class Layer(Protocol):
@@ -37,7 +37,7 @@ class Layer(Protocol):
 
     def forward(self, x: Any) -> Any: ...
 
-    def backward(self, dy: Any) -> Any: ...
+    def backward(self, gy: Any) -> Any: ...
 
 
 class Loss(Protocol):
@@ -116,8 +116,8 @@ def check_layer_gradients(layer: Layer, x: Any, rtol: float = 1e-5, atol: float 
         _require_float64(name, f"params[{k!r}]", p)
     rng = np.random.default_rng(seed)
     R = to_backend(rng.standard_normal(y.shape), backend_of(y))
-    dx = layer.backward(R)
-    dx = asnumpy(dx).copy()
+    gx = layer.backward(R)
+    gx = asnumpy(gx).copy()
     grads = getattr(layer, "grads", {})
     if set(params) != set(grads):
         raise AssertionError(f"{name}: params has keys {sorted(params)} but grads has "
@@ -127,7 +127,7 @@ def check_layer_gradients(layer: Layer, x: Any, rtol: float = 1e-5, atol: float 
     def loss() -> float:
         return float((layer.forward(x) * R).sum())
 
-    _assert_close(name, "the input x", dx, numerical_gradient(loss, x, eps), rtol, atol)
+    _assert_close(name, "the input x", gx, numerical_gradient(loss, x, eps), rtol, atol)
     for k, p in params.items():
         _assert_close(name, f"params[{k!r}]", analytic[k], numerical_gradient(loss, p, eps),
                       rtol, atol)

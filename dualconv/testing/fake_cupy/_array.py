@@ -1,0 +1,269 @@
+"""The emulated device array: host memory behind CuPy's rules.
+
+A ``ndarray`` wraps a NumPy array that stands for device memory. It is not a
+NumPy array and never turns into one implicitly: ``np.asarray(d)`` raises
+TypeError, a NumPy array mixed into a device operation raises TypeError, and
+reductions return 0-d device arrays. The ways back to the host are .get(),
+cupy.asnumpy, float/int/bool/complex and .item(), as in CuPy. Every operation
+is counted (see _counters.py).
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any
+
+import numpy as np
+
+from . import _counters
+
+IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
+            "Please use `.get()` to construct a NumPy array explicitly.")
+
+
+def wrap(a: Any) -> "ndarray":
+    """A device array holding ``a`` (a NumPy array or scalar; not copied)."""
+    out = ndarray.__new__(ndarray)
+    out._a = a if type(a) is np.ndarray else np.asarray(a)
+    return out
+
+
+def operand(x: Any, what: str) -> Any:
+    """The value to compute with: a device array's memory, or a scalar as it is.
+    Host arrays and anything else raise TypeError, as in CuPy."""
+    if isinstance(x, ndarray):
+        return x._a
+    if isinstance(x, (numbers.Number, np.generic)) or x is None:
+        return x
+    raise TypeError(f"Unsupported type {type(x)}" + (f" (in {what})" if what else ""))
+
+
+def device(x: Any, what: str) -> "ndarray":
+    if not isinstance(x, ndarray):
+        raise TypeError(f"{what}: expected a cupy.ndarray, got {type(x)}")
+    return x
+
+
+def _index(key: Any) -> tuple[Any, bool]:
+    """(the index for NumPy, whether it is advanced indexing, i.e. launches a kernel)."""
+    items = key if isinstance(key, tuple) else (key,)
+    out, advanced = [], False
+    for item in items:
+        if isinstance(item, ndarray):
+            out.append(item._a)
+            advanced = True
+        elif isinstance(item, (np.ndarray, list)):
+            _counters.to_device()  # CuPy copies a host index to the device first
+            out.append(np.asarray(item))
+            advanced = True
+        else:
+            out.append(item)
+    return (tuple(out) if isinstance(key, tuple) else out[0]), advanced
+
+
+def _reduction(name: str):
+    def method(self: "ndarray", *args: Any, **kwargs: Any) -> "ndarray":
+        out = kwargs.pop("out", None)
+        if out is not None:
+            kwargs["out"] = device(out, name)._a
+        _counters.launch()
+        with np.errstate(all="ignore"):
+            result = getattr(self._a, name)(*args, **kwargs)
+        return out if out is not None else wrap(result)
+    method.__name__ = name
+    method.__doc__ = f"{name} on the device; returns a device array (0-d for a full reduction)."
+    return method
+
+
+def _operator(ufunc: np.ufunc, reflected: bool = False, inplace: bool = False):
+    def method(self: "ndarray", other: Any) -> Any:
+        if inplace:
+            return ufunc(self, other, out=self)
+        return ufunc(other, self) if reflected else ufunc(self, other)
+    return method
+
+
+def _read(convert: Any):
+    """A method that reads the array back to the host (a transfer and a sync) and converts it."""
+    def method(self: "ndarray") -> Any:
+        _counters.to_host()
+        return convert(self._a)
+    return method
+
+
+def _unary(ufunc: np.ufunc):
+    return lambda self: ufunc(self)
+
+
+class ndarray:
+    """cupy.ndarray on the CPU (see the module docstring)."""
+
+    __slots__ = ("_a",)
+    __array_priority__ = 100
+    __hash__ = None  # type: ignore[assignment]
+
+    def __init__(self, shape: Any, dtype: Any = float, order: str = "C") -> None:
+        self._a = np.empty(shape, dtype=dtype, order=order)
+
+    # -- NumPy interoperation, as CuPy does it ---------------------------------
+    def __array__(self, *args: Any, **kwargs: Any) -> np.ndarray:
+        raise TypeError(IMPLICIT)
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        from ._functions import apply_ufunc
+        return apply_ufunc(ufunc, method, inputs, kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        from . import _functions
+        name = getattr(func, "__name__", "")
+        impl = getattr(_functions, name, None) if getattr(func, "__module__", "") == "numpy" else None
+        if impl is None or name.startswith("_") or name not in _functions.__all__:
+            return NotImplemented
+        return impl(*args, **kwargs)
+
+    # -- attributes ---------------------------------------------------------------
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    nbytes = property(lambda self: self._a.nbytes)
+    itemsize = property(lambda self: self._a.itemsize)
+    strides = property(lambda self: self._a.strides)
+    flags = property(lambda self: self._a.flags)
+    T = property(lambda self: wrap(self._a.T))
+
+    @property
+    def device(self) -> Any:
+        from .cuda import Device
+        return Device(0)
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    # -- back to the host ----------------------------------------------------------
+    def get(self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> np.ndarray:
+        """A NumPy copy of the array (one device-to-host transfer)."""
+        _counters.to_host()
+        if out is not None:
+            out[...] = self._a
+            return out
+        return np.array(self._a, order=order)
+
+    def item(self, *args: Any) -> Any:
+        _counters.to_host()
+        return self._a.item(*args)
+
+    tolist = _read(np.ndarray.tolist)
+    __float__, __int__, __complex__, __bool__ = _read(float), _read(int), _read(complex), _read(bool)
+    __repr__, __str__ = _read(repr), _read(str)
+
+    # -- views and copies ----------------------------------------------------------
+    def reshape(self, *shape: Any, order: str = "C") -> "ndarray":
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        result = self._a.reshape(shape, order=order)
+        if result.size and not np.may_share_memory(result, self._a):
+            _counters.launch(result.nbytes)
+        return wrap(result)
+
+    def ravel(self, order: str = "C") -> "ndarray":
+        return self.reshape(-1, order=order)
+
+    def flatten(self, order: str = "C") -> "ndarray":
+        _counters.launch(self.nbytes)
+        return wrap(self._a.flatten(order))
+
+    def transpose(self, *axes: Any) -> "ndarray":
+        return wrap(self._a.transpose(*axes))
+
+    def swapaxes(self, a: int, b: int) -> "ndarray":
+        return wrap(self._a.swapaxes(a, b))
+
+    def squeeze(self, axis: Any = None) -> "ndarray":
+        return wrap(self._a.squeeze(axis))
+
+    def view(self, dtype: Any = None) -> "ndarray":
+        return wrap(self._a.view() if dtype is None else self._a.view(dtype))
+
+    def copy(self, order: str = "C") -> "ndarray":
+        _counters.launch(self.nbytes)
+        return wrap(self._a.copy(order))
+
+    def astype(self, dtype: Any, order: str = "K", casting: Any = None, subok: Any = None,
+               copy: bool = True) -> "ndarray":
+        if not copy and np.dtype(dtype) == self.dtype:
+            return self
+        result = self._a.astype(dtype, order=order, copy=True)
+        _counters.launch(result.nbytes)
+        return wrap(result)
+
+    def fill(self, value: Any) -> None:
+        _counters.launch()
+        self._a.fill(operand(value, "fill"))
+
+    # -- indexing ------------------------------------------------------------------
+    def __getitem__(self, key: Any) -> "ndarray":
+        index, advanced = _index(key)
+        result = self._a[index]
+        if advanced:
+            _counters.launch()
+        return wrap(result)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        index, _ = _index(key)
+        if isinstance(value, np.ndarray):
+            _counters.to_device()
+        else:
+            value = operand(value, "__setitem__")
+        _counters.launch()
+        self._a[index] = value
+
+    # -- compute -------------------------------------------------------------------
+    sum = _reduction("sum")
+    mean = _reduction("mean")
+    max = _reduction("max")
+    min = _reduction("min")
+    argmax = _reduction("argmax")
+    argmin = _reduction("argmin")
+    prod = _reduction("prod")
+    var = _reduction("var")
+    std = _reduction("std")
+    any = _reduction("any")
+    all = _reduction("all")
+    cumsum = _reduction("cumsum")
+
+    def dot(self, other: Any) -> "ndarray":
+        return np.matmul(self, other) if self.ndim and getattr(other, "ndim", 0) else np.multiply(self, other)
+
+    def clip(self, min: Any = None, max: Any = None) -> "ndarray":
+        from ._functions import clip
+        return clip(self, min, max)
+
+    __add__, __radd__, __iadd__ = (_operator(np.add), _operator(np.add, True), _operator(np.add, inplace=True))
+    __sub__, __rsub__, __isub__ = (_operator(np.subtract), _operator(np.subtract, True),
+                                   _operator(np.subtract, inplace=True))
+    __mul__, __rmul__, __imul__ = (_operator(np.multiply), _operator(np.multiply, True),
+                                   _operator(np.multiply, inplace=True))
+    __truediv__, __rtruediv__, __itruediv__ = (_operator(np.true_divide), _operator(np.true_divide, True),
+                                               _operator(np.true_divide, inplace=True))
+    __floordiv__, __rfloordiv__ = _operator(np.floor_divide), _operator(np.floor_divide, True)
+    __mod__, __rmod__ = _operator(np.remainder), _operator(np.remainder, True)
+    __pow__, __rpow__, __ipow__ = (_operator(np.power), _operator(np.power, True),
+                                   _operator(np.power, inplace=True))
+    __matmul__, __rmatmul__ = _operator(np.matmul), _operator(np.matmul, True)
+    __and__, __rand__, __iand__ = (_operator(np.bitwise_and), _operator(np.bitwise_and, True),
+                                   _operator(np.bitwise_and, inplace=True))
+    __or__, __ror__, __ior__ = (_operator(np.bitwise_or), _operator(np.bitwise_or, True),
+                                _operator(np.bitwise_or, inplace=True))
+    __xor__, __rxor__ = _operator(np.bitwise_xor), _operator(np.bitwise_xor, True)
+    __lshift__, __rshift__ = _operator(np.left_shift), _operator(np.right_shift)
+    __lt__, __le__, __gt__, __ge__ = (_operator(np.less), _operator(np.less_equal),
+                                      _operator(np.greater), _operator(np.greater_equal))
+    __eq__, __ne__ = _operator(np.equal), _operator(np.not_equal)  # type: ignore[assignment]
+    __neg__, __pos__, __abs__, __invert__ = (_unary(np.negative), _unary(np.positive),
+                                             _unary(np.absolute), _unary(np.invert))
+
+
+ndarray.__module__ = "cupy"

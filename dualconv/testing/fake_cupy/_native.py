@@ -1,0 +1,173 @@
+"""CUDA C source run on the CPU: built by g++ into a shared library, launched through ctypes.
+
+``load(code, names)`` compiles ``code`` (a RawModule's source) together with
+emulation_harness.cpp, which runs a whole grid thread by thread, and returns a
+``NativeModule``. Libraries are cached on disk under a hash of everything that
+goes into them (``$DUALCONV_EMULATION_CACHE``, default
+``~/.cache/dualconv/emulated_cupy``) and in memory per process, so a source
+is compiled once per machine.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off",
+            "-Wall", "-Werror")
+SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+            "-fno-omit-frame-pointer", "-g")
+KINDS = {0: "i", 1: "u", 2: "f", 3: "b", 4: "?"}
+"""The harness's type codes, as NumPy dtype kinds."""
+
+_loaded: dict[str, "NativeModule"] = {}
+_lock = threading.Lock()
+
+
+def compiler() -> str:
+    """Path of g++; raises a plain RuntimeError when there is none."""
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("g++")
+    if cxx is None:
+        raise RuntimeError("the emulated CuPy needs g++ to run CUDA kernels on the CPU, and no g++ "
+                           "was found on PATH (install it, e.g. apt-get install g++)")
+    return cxx
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DUALCONV_EMULATION_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "dualconv" / "emulated_cupy"
+
+
+def build(code: str, names: Sequence[str], out_dir: Path, sanitize: bool = False) -> Path:
+    """Compile ``code`` and the harness into out_dir; returns the .so path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "module.cu").write_text(code)
+    (out_dir / "kernel_registry.inc").write_text("".join(f"DC_REGISTER({n})\n" for n in names))
+    lib = out_dir / ("libdc_emulated_asan.so" if sanitize else "libdc_emulated.so")
+    cmd = [compiler(), *CXXFLAGS, *(SANITIZE if sanitize else ()), f"-I{out_dir}", f"-I{HERE}",
+           str(HERE / "emulation_harness.cpp"), "-o", str(lib)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"g++ could not build the CPU emulation of the module "
+                           f"({' '.join(cmd)}):\n{proc.stderr}")
+    return lib
+
+
+def _key(code: str, names: Sequence[str]) -> str:
+    digest = hashlib.sha256()
+    for part in (code, "\n".join(names), " ".join(CXXFLAGS),
+                 (HERE / "emulation_harness.cpp").read_text(), (HERE / "emulation.h").read_text()):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:24]
+
+
+def load(code: str, names: Sequence[str]) -> "NativeModule":
+    """The module built from ``code`` with kernels ``names``: from memory, the disk cache, or g++."""
+    key = _key(code, names)
+    with _lock:
+        module = _loaded.get(key)
+        if module is None:
+            lib = cache_dir() / key / "libdc_emulated.so"
+            if not lib.is_file():
+                lib.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=lib.parent.parent) as tmp:
+                    built = build(code, names, Path(tmp))
+                    os.replace(built, lib)  # atomic: a parallel build just wins or loses
+            module = _loaded[key] = NativeModule(lib)
+    return module
+
+
+class NativeModule:
+    """The kernels of one built library: names, C++ signatures, and launches."""
+
+    def __init__(self, lib_path: Path):
+        self.lib = ctypes.CDLL(str(lib_path))
+        self.lib.dc_name.restype = ctypes.c_char_p
+        ints = ctypes.POINTER(ctypes.c_int)
+        self.lib.dc_signature.argtypes = [ctypes.c_char_p, ints, ints, ints, ctypes.c_int]
+        self.lib.dc_launch.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint),
+                                       ctypes.POINTER(ctypes.c_uint),
+                                       ctypes.POINTER(ctypes.c_void_p)]
+        self.flushes_subnormals = bool(self.lib.dc_flushes_subnormals())
+        self._signatures: dict[str, list[tuple[bool, int, str]]] = {}
+
+    def names(self) -> set[str]:
+        """The kernel names compiled into the library."""
+        return {self.lib.dc_name(i).decode() for i in range(self.lib.dc_count())}
+
+    def signature(self, name: str) -> list[tuple[bool, int, str]]:
+        """[(is_pointer, size, dtype kind) of the scalar or pointee] per kernel parameter."""
+        sig = self._signatures.get(name)
+        if sig is None:
+            cap = 64
+            is_ptr, size, kind = (ctypes.c_int * cap)(), (ctypes.c_int * cap)(), (ctypes.c_int * cap)()
+            n = self.lib.dc_signature(name.encode(), is_ptr, size, kind, cap)
+            if n < 0:
+                raise KeyError(f"kernel {name!r} is not in the emulation library")
+            sig = self._signatures[name] = [(bool(is_ptr[i]), size[i], KINDS[kind[i]]) for i in range(n)]
+        return sig
+
+    def launch(self, name: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any]) -> None:
+        """Run ``name<<<grid, block>>>(*args)``; args are host arrays (for pointer
+        parameters) and NumPy scalars, checked against the C++ signature."""
+        sig = self.signature(name)
+        if len(sig) != len(args):
+            raise TypeError(f"kernel {name} takes {len(sig)} arguments, got {len(args)}")
+        values = [_value(name, i, s, a) for i, (s, a) in enumerate(zip(sig, args))]
+        params = (ctypes.c_void_p * max(1, len(values)))(
+            *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+        grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
+        self.lib.dc_launch(name.encode(), (ctypes.c_uint * 3)(*grid3), (ctypes.c_uint * 3)(*block3), params)
+
+
+_CTYPES = {("i", 1): ctypes.c_int8, ("i", 2): ctypes.c_int16, ("i", 4): ctypes.c_int32,
+           ("i", 8): ctypes.c_int64, ("u", 1): ctypes.c_uint8, ("u", 2): ctypes.c_uint16,
+           ("u", 4): ctypes.c_uint32, ("u", 8): ctypes.c_uint64, ("f", 4): ctypes.c_float,
+           ("f", 8): ctypes.c_double, ("b", 1): ctypes.c_bool}
+
+
+def _describe(is_ptr: bool, size: int, kind: str) -> str:
+    base = {"i": "int", "u": "uint", "f": "float", "b": "bool"}.get(kind, "?")
+    return f"{'pointer to ' if is_ptr else ''}{base}{size * 8}"
+
+
+def _value(name: str, i: int, sig: tuple[bool, int, str], a: Any) -> Any:
+    is_ptr, size, kind = sig
+    expects = _describe(is_ptr, size, kind)
+    if isinstance(a, np.ndarray):
+        if not is_ptr or a.dtype.itemsize != size or (kind != "?" and a.dtype.kind != kind):
+            raise TypeError(f"kernel {name} argument {i}: got a {a.dtype} array, expects {expects}")
+        if not a.flags.c_contiguous:
+            raise TypeError(f"kernel {name} argument {i}: the array is not C-contiguous (kernels "
+                            f"ignore strides); pass ascontiguousarray(...)")
+        return ctypes.c_void_p(a.ctypes.data)
+    if isinstance(a, np.generic):
+        dtype = a.dtype
+    elif isinstance(a, bool):
+        dtype = np.dtype(np.bool_)
+    elif isinstance(a, int):
+        dtype = np.dtype(np.int64)  # CuPy passes a Python int as long long
+    elif isinstance(a, float):
+        dtype = np.dtype(np.float64)  # ... and a Python float as double
+    else:
+        raise TypeError(f"kernel {name} argument {i}: unsupported type {type(a).__name__}")
+    if is_ptr or dtype.itemsize != size or dtype.kind != kind:
+        raise TypeError(f"kernel {name} argument {i}: got a {dtype} scalar, expects {expects}")
+    return _CTYPES[(kind, size)](a.item() if isinstance(a, np.generic) else a)
+
+
+def _dim3(dims: Any, what: str) -> tuple[int, int, int]:
+    dims = (dims,) if isinstance(dims, (int, np.integer)) else tuple(dims)
+    if not 1 <= len(dims) <= 3 or any(int(d) < 1 for d in dims):
+        raise ValueError(f"{what} must be 1 to 3 positive ints, got {dims}")
+    return tuple(int(d) for d in dims) + (1,) * (3 - len(dims))
