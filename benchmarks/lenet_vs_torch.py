@@ -30,8 +30,8 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from machine_info import describe  # noqa: E402
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout, for `benchmarks`
+from benchmarks.machine_info import describe  # noqa: E402
 
 MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 
@@ -40,20 +40,6 @@ def images(n: int, seed: int = 0):
     import numpy as np
     rng = np.random.default_rng(seed)
     return rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
-
-
-def torch_model(name: str):
-    from torch import nn
-    if name == "lenet":
-        return nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
-            nn.Flatten(), nn.Linear(400, 84), nn.ReLU(), nn.Linear(84, 10))
-    if name == "weidman":
-        return nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2), nn.Tanh(), nn.Flatten(), nn.Dropout(0.2),
-            nn.Linear(32 * 28 * 28, 10))
-    raise ValueError(f"unknown model {name!r}")
 
 
 def timed(run, repeats: int) -> float:
@@ -83,6 +69,7 @@ def run_dualconv(task: str, name: str, batch: int, repeats: int) -> float:
 
 def run_torch(task: str, name: str, batch: int, repeats: int) -> float:
     import torch
+    from benchmarks.bench_training import torch_model
     torch.manual_seed(0)
     model = torch_model(name)
     if task == "predict":
