@@ -1,18 +1,29 @@
-"""LeNet training throughput: dualconv against PyTorch, same run, on the CPU or the GPU.
+"""Training and inference throughput: dualconv against PyTorch, same run, on the CPU or the GPU.
 
-    python benchmarks/lenet_vs_torch.py [--device cpu|cuda] [--batch-sizes 64 256] [--cycles 3]
-                                        [--threads 2] [--dualconv-blas-threads 1]
+    python benchmarks/lenet_vs_torch.py [--device cpu|cuda] [--models lenet weidman]
+                                        [--batch-sizes 64 256] [--inference-batch 1000]
+                                        [--cycles 3] [--threads 2]
+                                        [--dualconv-blas-threads 1] [--json results.json]
 
 --device cpu (default): dualconv's NumPy backend against PyTorch on the CPU.
 --device cuda: dualconv's CuPy backend against PyTorch with cuDNN, the data
 resident on the GPU for both, each side synchronized before the clock stops.
 
-Each (implementation, batch size) runs in its own fresh process, cycled
-``--cycles`` times so both sides see the same machine noise; the report is
-the median images/s of each and their ratio. Both sides get the same thread
-count and the same glibc malloc settings. PyTorch is the peer: without it
-installed, only dualconv's figures are printed. ``--dualconv-blas-threads``
-gives NumPy's BLAS its own thread count (PyTorch keeps ``--threads``).
+Models: ``lenet`` (dualconv.models.lenet) and ``weidman`` (the one-layer CNN of
+dualconv.models.weidman), each against the same network in torch.nn. Tasks:
+training steps (forward, loss, backward, SGD with momentum) at each batch size,
+and inference, ``model.predict`` on ``--inference-batch`` images (PyTorch: one
+forward of them under ``torch.inference_mode``).
+
+Each (implementation, task, model, batch size) runs in its own fresh process,
+cycled ``--cycles`` times so both sides see the same machine noise; the report
+is the median images/s of each and their ratio. Both sides get the same thread
+count and the same glibc malloc settings. ``--dualconv-blas-threads`` gives
+NumPy's BLAS its own thread count (PyTorch keeps ``--threads``). The report
+starts with the machine: its kind, CPU model, BLAS and the kernel the BLAS
+chose (benchmarks/machine_info.py), and the load average before and after,
+since the machines are shared. PyTorch is the peer: without it installed,
+only dualconv's figures are printed.
 """
 from __future__ import annotations
 
@@ -23,6 +34,9 @@ import statistics
 import subprocess
 import sys
 import time
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout, for `benchmarks`
+from benchmarks.machine_info import describe  # noqa: E402
 
 MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
 
@@ -37,85 +51,108 @@ def _cpu_done() -> None:
     """On the CPU the work is done when the call returns: nothing to wait for."""
 
 
-def run_dualconv(batch: int, steps: int, device: str = "cpu") -> float:
+def timed(run, repeats: int, sync=_cpu_done) -> float:
+    """Seconds for ``repeats`` calls of run(i), after 3 warm-up calls; ``sync`` waits for the device."""
+    for i in range(3):
+        run(i)
+    sync()
+    start = time.perf_counter()
+    for i in range(repeats):
+        run(i)
+    sync()
+    return time.perf_counter() - start
+
+
+def run_dualconv(task: str, name: str, batch: int, repeats: int, device: str = "cpu") -> float:
     import dualconv as dc
-    from dualconv.models import lenet
-    X, y = images(batch * steps)
-    model = lenet(seed=0)
-    sync = _cpu_done
+    from dualconv import models
+    model = getattr(models, name)(seed=0)
+    move, sync = (lambda a: a), _cpu_done
     if device == "cuda":
         import cupy
         model.to("cupy")
-        X, y = cupy.asarray(X), cupy.asarray(y)
-        sync = cupy.cuda.Device().synchronize
+        move, sync = cupy.asarray, cupy.cuda.Device().synchronize
+    if task == "predict":
+        X = move(images(batch)[0])
+        return batch * repeats / timed(lambda i: model.predict(X), repeats, sync)
+    X, y = (move(a) for a in images(batch * repeats))
     trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(),
                          dc.SGD(model.parameters(), lr=0.01, momentum=0.9), progress=False)
-    trainer.fit(X[:batch * 5], y[:batch * 5], epochs=1, batch_size=batch, shuffle=False)  # warm-up
-    trainer.loss.check_labels = False  # as inside fit: no label check (a GPU sync) per step
-    sync()
-    start = time.perf_counter()
-    for i in range(steps):
-        trainer.train_step(X[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch])
-    sync()
-    return batch * steps / (time.perf_counter() - start)
+    trainer.loss.check_labels = False  # as Trainer.fit does: no label check (a GPU sync) per step
+    batches = [(X[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(repeats)]
+    return batch * repeats / timed(lambda i: trainer.train_step(*batches[i % repeats]), repeats, sync)
 
 
-def run_torch(batch: int, steps: int, device: str = "cpu") -> float:
+def run_torch(task: str, name: str, batch: int, repeats: int, device: str = "cpu") -> float:
     import torch
-    from torch import nn
-    X, y = images(batch * steps)
-    X, y = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+    from benchmarks.bench_training import torch_model
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
     sync = torch.cuda.synchronize if device == "cuda" else _cpu_done
-    model = nn.Sequential(
-        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Flatten(), nn.Linear(400, 84), nn.ReLU(), nn.Linear(84, 10)).to(device)
+    model = torch_model(name).to(device)
+    if task == "predict":
+        X = torch.from_numpy(images(batch)[0]).to(device)
+        model.eval()
+
+        def forward(i: int) -> None:
+            with torch.inference_mode():
+                model(X)
+        return batch * repeats / timed(forward, repeats, sync)
+    X, y = (torch.from_numpy(a).to(device) for a in images(batch * repeats))
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = torch.nn.CrossEntropyLoss()
 
     def step(i: int) -> None:
+        i %= repeats
         opt.zero_grad()
         loss = loss_fn(model(X[i * batch:(i + 1) * batch]), y[i * batch:(i + 1) * batch])
         loss.backward()
         opt.step()
-
-    for i in range(5):
-        step(i)
-    sync()
-    start = time.perf_counter()
-    for i in range(steps):
-        step(i)
-    sync()
-    return batch * steps / (time.perf_counter() - start)
+    return batch * repeats / timed(step, repeats, sync)
 
 
-def worker(impl: str, batch: int, threads: int, blas_threads: int | None, device: str) -> None:
-    steps = max(20, 8192 // batch)
+def worker(impl: str, task: str, name: str, batch: int, threads: int, blas_threads: int | None,
+           device: str) -> None:
+    images_per_run = 8192 if task == "train" else 5 * batch
+    repeats = max(5 if task == "predict" else 20, images_per_run // batch)
     if impl == "torch":
         import torch
         torch.set_num_threads(threads)
-        rate = run_torch(batch, steps, device)
+        rate = run_torch(task, name, batch, repeats, device)
     else:
         from threadpoolctl import threadpool_limits
         with threadpool_limits(limits=blas_threads or threads, user_api="blas"):
-            rate = run_dualconv(batch, steps, device)
-    print(json.dumps({"impl": impl, "batch": batch, "images_per_second": rate}))
+            rate = run_dualconv(task, name, batch, repeats, device)
+    print(json.dumps({"images_per_second": rate}))
+
+
+def header(args: argparse.Namespace, impls: list[str]) -> dict:
+    import numpy
+    info = {"machine": describe(), "numpy": numpy.__version__, "threads": args.threads,
+            "dualconv_blas_threads": args.dualconv_blas_threads or args.threads,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "loadavg_before": os.getloadavg()[0]}
+    if "torch" in impls:
+        import torch
+        info["torch"] = torch.__version__
+    return info
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--models", nargs="+", default=["lenet", "weidman"], choices=["lenet", "weidman"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--inference-batch", type=int, default=1000, help="0 skips inference")
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dualconv-blas-threads", type=int, default=None)
-    parser.add_argument("--worker", nargs=2, metavar=("IMPL", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--json", help="also write the machine, settings and every rate to this file")
+    parser.add_argument("--worker", nargs=4, metavar=("IMPL", "TASK", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), args.threads, args.dualconv_blas_threads,
-               args.device)
+        impl, task, name, batch = args.worker
+        worker(impl, task, name, int(batch), args.threads, args.dualconv_blas_threads, args.device)
         return
     try:
         import torch  # noqa: F401
@@ -123,26 +160,45 @@ def main() -> None:
     except ImportError:
         impls = ["dualconv"]
         print("PyTorch is not installed: no peer to compare against")
+    info = header(args, impls)
+    m = info["machine"]
+    print(f"machine: {m['kind']}: {m['cpu']}, {m['num_cpu']} CPUs; BLAS {m['blas']}")
+    print(f"numpy {info['numpy']}, torch {info.get('torch', '-')}; threads {args.threads}, "
+          f"dualconv BLAS threads {info['dualconv_blas_threads']}; {info['date']}; "
+          f"load average {info['loadavg_before']:.1f}", flush=True)
+    cases = [("train", name, batch) for name in args.models for batch in args.batch_sizes]
+    if args.inference_batch:
+        cases += [("predict", name, args.inference_batch) for name in args.models]
     env = dict(os.environ, GLIBC_TUNABLES=MALLOC, OMP_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    rates: dict[tuple[str, int], list[float]] = {}
+    blas = ["--dualconv-blas-threads", str(args.dualconv_blas_threads)] if args.dualconv_blas_threads else []
+    rates: dict[tuple[str, str, str, int], list[float]] = {}
     for _ in range(args.cycles):
-        for batch in args.batch_sizes:
+        for task, name, batch in cases:
             for impl in impls:
-                blas = ["--dualconv-blas-threads", str(args.dualconv_blas_threads)] if args.dualconv_blas_threads else []
                 out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), *blas,
-                                      "--device", args.device,
-                                      "--worker", impl, str(batch)],
+                                      "--device", args.device, "--worker", impl, task, name, str(batch)],
                                      env=env, check=True, capture_output=True, text=True).stdout
-                rates.setdefault((impl, batch), []).append(json.loads(out.splitlines()[-1])["images_per_second"])
-    print(f"{'batch':>5}  {'dualconv img/s':>15}  {'torch img/s':>12}  {'ratio':>6}")
-    for batch in args.batch_sizes:
-        ours = statistics.median(rates[("dualconv", batch)])
+                rate = json.loads(out.splitlines()[-1])["images_per_second"]
+                rates.setdefault((impl, task, name, batch), []).append(rate)
+    info["loadavg_after"] = os.getloadavg()[0]
+    print(f"load average after: {info['loadavg_after']:.1f}")
+    print(f"{'model':>8}  {'task':>7}  {'batch':>5}  {'dualconv img/s':>15}  {'torch img/s':>12}  {'ratio':>6}")
+    rows = []
+    for task, name, batch in cases:
+        ours = statistics.median(rates[("dualconv", task, name, batch)])
+        row = {"model": name, "task": task, "batch": batch,
+               "dualconv": rates[("dualconv", task, name, batch)]}
         if "torch" in impls:
-            theirs = statistics.median(rates[("torch", batch)])
-            print(f"{batch:>5}  {ours:>15.0f}  {theirs:>12.0f}  {ours / theirs:>6.2f}")
+            theirs = statistics.median(rates[("torch", task, name, batch)])
+            row.update(torch=rates[("torch", task, name, batch)], ratio=ours / theirs)
+            print(f"{name:>8}  {task:>7}  {batch:>5}  {ours:>15.0f}  {theirs:>12.0f}  {ours / theirs:>6.2f}")
         else:
-            print(f"{batch:>5}  {ours:>15.0f}")
+            print(f"{name:>8}  {task:>7}  {batch:>5}  {ours:>15.0f}")
+        rows.append(row)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**info, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/results_table.py                      # newest results file under benchmarks/results
     python benchmarks/results_table.py benchmarks/results/MACHINE/COMMIT-ENV.json
-    python benchmarks/results_table.py --machine vm --all-columns
+    python benchmarks/results_table.py --machine intel-avx512-2cpu --all-columns
 
 Rows are benchmarks (and their non-backend parameters); columns are the
 backends numpy, torch, cupy, torch-cuda, and the ratios numpy/torch and

@@ -167,6 +167,27 @@ def test_max_pool_backward_any_config(cfg: WindowConfig, dtype: type, seed: int)
     assert_array_equal(got, reference.max_pool_backward(g, argmax, cfg.H, cfg.W, cfg.window))
 
 
+@settings(deadline=None, derandomize=True, max_examples=60)
+@given(kh=st.integers(1, 3), kw=st.integers(1, 3), extra_h=st.integers(0, 2), extra_w=st.integers(0, 2),
+       N=st.integers(1, 3), dtype=DTYPES, seed=SEEDS, kind=st.sampled_from(["normal", "ints", "nan"]))
+def test_max_pool_backward_tiling_windows_bit_for_bit(kh: int, kw: int, extra_h: int, extra_w: int,
+                                                      N: int, dtype: type, seed: int, kind: str) -> None:
+    """Windows that tile the image (stride = kernel, no padding) take a one-write
+    path; it must give the reference's bits, signed zeros, inf and NaN included,
+    also when the image has rows or columns past the last whole window."""
+    win = Window(kh, kw, kh, kw, 0, 0)
+    H, W = 2 * kh + extra_h % kh, 2 * kw + extra_w % kw
+    x = random_input((N, 2, H, W), dtype, seed, kind)
+    _, argmax = cpu.max_pool_forward(x, win)
+    g = random_input((N, 2, *win.out_size(H, W)), dtype, seed + 1)
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, np.nan], dtype=dtype)
+    g.reshape(-1)[: specials.size] = specials[: g.size]
+    got = cpu.max_pool_backward(g, argmax, H, W, win)
+    expected = reference.max_pool_backward(g, argmax, H, W, win)
+    bits = np.dtype(f"int{8 * np.dtype(dtype).itemsize}")
+    assert_array_equal(np.ascontiguousarray(got).view(bits), np.ascontiguousarray(expected).view(bits))
+
+
 @settings(deadline=None, derandomize=True, max_examples=25)
 @given(cfg=configs(overlapping=True), seed=SEEDS)
 def test_max_pool_backward_is_the_gradient_of_forward(cfg: WindowConfig, seed: int) -> None:

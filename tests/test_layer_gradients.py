@@ -105,6 +105,16 @@ def test_dense_gradients(bias: bool) -> None:
     assert sorted(layer.grads) == (["bias", "weight"] if bias else ["weight"])
 
 
+def test_dense_input_gradient_keeps_a_feature_major_input_order() -> None:
+    """x stored feature-major (Flatten of batch-last images): gx is stored the same
+    way, and the gradients still match finite differences."""
+    layer = dc.Dense(4, 3).astype(np.float64)
+    x = np.asfortranarray(randn((5, 4), 4))
+    layer.forward(x)
+    assert layer.backward(np.ones((5, 3))).flags.f_contiguous
+    check(layer, x)
+
+
 def test_dense_lazy_float64_gradients() -> None:
     layer = dc.Dense(None, 2)
     check(layer, randn((3, 6), 5))
@@ -210,6 +220,31 @@ def test_dropout_same_seed_same_mask_other_seed_other_mask() -> None:
     c = layer.forward(x)
     assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+
+
+def test_dropout_mask_is_the_same_in_any_memory_order() -> None:
+    """Element [n, f] draws the bits of its row-major number whatever the input's
+    memory order: a feature-major x (as Flatten leaves batch-last images) gets the
+    mask a C-ordered x gets, stored feature-major like x (so x * mask is fast).
+    Oracle: the mask from random_bits over np.arange, the row-major numbers."""
+    from dualconv.layers.dropout import random_bits
+    p = 0.5
+    x = np.abs(randn((6, 9), 16)) + 0.5  # nonzero, so y / x is the mask
+    masks = []
+    for stored in (np.ascontiguousarray(x), np.asfortranarray(x)):
+        layer = dc.Dropout(p)
+        layer.seed(4)
+        y = layer.forward(stored)
+        assert y.flags.f_contiguous == stored.flags.f_contiguous and layer._cache.strides == stored.strides
+        masks.append(y / stored)
+        gy = randn((6, 9), 17)
+        assert_array_equal(layer.backward(gy), gy * masks[-1])
+    layer = dc.Dropout(p)
+    layer.seed(4)
+    bits = random_bits(np, np.arange(x.size, dtype=np.uint64), layer._key())
+    expected = (bits >= np.uint64(2**63)).reshape(x.shape) * 2.0
+    assert_array_equal(masks[0], expected)
+    assert_array_equal(masks[1], expected)
 
 
 # -- activations ----------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Sequential: forward/backward, parameters, modes, summary, state, save/load, dtype, init."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
@@ -170,6 +172,18 @@ def test_predict_in_batches_equals_forward_in_eval_mode() -> None:
     assert_array_equal(model.predict_classes(x, batch_size=4), got.argmax(axis=1))
 
 
+def test_predict_default_batches_cover_every_image() -> None:
+    """The CPU default (PREDICT_BATCH_SIZE, 32) on 70 images: batches 32, 32, 6."""
+    from dualconv.model import PREDICT_BATCH_SIZE
+    assert PREDICT_BATCH_SIZE["numpy"] == 32
+    model = lenet(seed=1)
+    x = randn((70, 1, 28, 28), 8)
+    got = model.predict(x)
+    bound = forward_error_bound(model, x)
+    assert got.shape == (70, 10)
+    assert_within(got, exact_forward(model, x), bound, "predict: ")
+
+
 def test_seed_gives_identical_initial_weights() -> None:
     x = randn((1, 1, 28, 28))
     a, b, c = lenet(seed=7), lenet(seed=7), lenet(seed=8)
@@ -239,3 +253,39 @@ def test_layers_use_their_weight_init(name, std) -> None:
 def test_unknown_initializer_is_rejected() -> None:
     with pytest.raises(ValueError, match="initializer"):
         dc.Dense(3, 2, weight_init="xavier_magic")
+
+
+@pytest.mark.parametrize("pool", [(2,), (3, 2, 1), ((2, 3),)])
+@pytest.mark.parametrize("kind", ["ties", "nan"])
+def test_relu_then_max_pool_runs_pooled_first_with_the_same_results(pool: tuple, kind: str) -> None:
+    """Sequential runs a ReLU that precedes a MaxPool2D after the pooling
+    (model.run_order). Oracle: the same layers run one by one in the listed
+    order. Inputs full of ties (small integers, so ReLU makes many zeros) or
+    NaN; outputs, parameter gradients and the input gradient must be equal."""
+    rng = np.random.default_rng(7)
+    model = dc.Sequential([dc.Conv2D(2, 3, 1, bias=False), dc.ReLU(), dc.MaxPool2D(*pool), dc.Flatten(),
+                           dc.Dense(None, 4)],
+                          seed=0, dtype=np.float64)
+    model.build((3, 2, 7, 8))
+    conv = model.layers[0]
+    conv.params["weight"][...] = rng.integers(-1, 2, conv.params["weight"].shape)  # integer outputs: ties
+    x = rng.integers(-2, 3, (3, 2, 7, 8)).astype(np.float64)
+    if kind == "nan":
+        x[rng.random(x.shape) < 0.1] = np.nan
+    y = model.forward(x)
+    assert [type(layer) for layer in model._run_order[:3]] == [dc.Conv2D, dc.MaxPool2D, dc.ReLU]
+    gy = rng.integers(-3, 4, y.shape).astype(np.float64)
+    gx = model.backward(gy)
+
+    twins = copy.deepcopy(model.layers)
+    h = x
+    for layer in twins:
+        h = layer.forward(h)
+    assert_array_equal(y, h)
+    g = gy
+    for layer in reversed(twins):
+        g = layer.backward(g)
+    assert_array_equal(gx, g)
+    for mine, theirs in zip(model.layers, twins):
+        for key in mine.grads:
+            assert_array_equal(mine.grads[key], theirs.grads[key], err_msg=f"{mine.name}.{key}")

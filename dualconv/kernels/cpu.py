@@ -113,10 +113,24 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
     (a NaN replaces a number, a later number never replaces a NaN).
     """
     N, C, H, W = x.shape
-    kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
     out_h, out_w = win.out_size(H, W)
-    xb = _padded_batch_last(x, ph, pw, fill=-np.inf)
-    has_nan = bool(np.isnan(xb).any())
+    xb = _padded_batch_last(x, win.ph, win.pw, fill=-np.inf)
+    y, argmax = _max_pool_scan(xb, out_h, out_w, win, nan_aware=False)
+    # np.maximum propagates NaN, so a window holding a NaN has a NaN maximum: checking
+    # the (kh*kw times smaller) output finds every window the fast scan got wrong.
+    if np.isnan(y).any():
+        y, argmax = _max_pool_scan(xb, out_h, out_w, win, nan_aware=True)
+    return batch_first(y), batch_first(argmax)
+
+
+def _max_pool_scan(xb: np.ndarray, out_h: int, out_w: int, win: Window,
+                   nan_aware: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The running maximum and its offset over a padded batch-last input.
+
+    xb: (C, Hp, Wp, N) -> (y, argmax), both (C, out_h, out_w, N). Without
+    ``nan_aware`` it is branch-free and right for every window without a NaN.
+    """
+    kh, kw = win.kh, win.kw
     y = _window(xb, 0, 0, out_h, out_w, win).copy()
     argmax = np.zeros(y.shape, dtype=np.int32)
     take = np.empty(y.shape, dtype=bool)  # where offset (ky, kx) beats the maximum so far
@@ -128,7 +142,7 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
             v = _window(xb, ky, kx, out_h, out_w, win)
             k = np.int32(ky * kw + kx)
             np.greater(v, y, out=take)
-            if has_nan:
+            if nan_aware:
                 take |= np.isnan(v) & ~np.isnan(y)
                 y = np.where(take, v, y)
             else:
@@ -140,7 +154,7 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
             # k exceeds every index stored so far, so "k where taken" is a maximum too.
             np.multiply(take, k, out=k_where_taken)
             np.maximum(argmax, k_where_taken, out=argmax)
-    return batch_first(y), batch_first(argmax)
+    return y, argmax
 
 
 def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
@@ -152,6 +166,8 @@ def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: W
     """
     N, C, out_h, out_w = gy.shape
     kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
+    if (win.sy, win.sx, ph, pw, win.dy, win.dx) == (kh, kw, 0, 0, 1, 1):
+        return _max_pool_backward_tiled(gy, argmax, H, W, win)
     g = np.ascontiguousarray(batch_last(gy))
     winner = np.ascontiguousarray(batch_last(argmax))
     # Multiplying by the 0/1 "won" mask is branch-free, but inf * 0 is NaN, so
@@ -171,6 +187,41 @@ def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: W
             window = _window(xb, ky, kx, out_h, out_w, win)
             window += routed
     return _unpadded_batch_first(xb, ph, pw)
+
+
+def _max_pool_backward_tiled(gy: np.ndarray, argmax: np.ndarray, H: int, W: int,
+                             win: Window) -> np.ndarray:
+    """max_pool_backward for windows that tile the image (stride = kernel, no
+    padding, no dilation), such as LeNet's 2x2 pooling: one write per pixel.
+
+    gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W). Each pixel lies in
+    at most one window, so its gradient is a single term, and gx can be
+    written straight into place instead of summed into a zeroed image: seen
+    as (C, out_h, kh, out_w, kw, N), offset (ky, kx) of every window is one
+    strided slice of gx, and it receives gy where argmax == ky*kw + kx and 0
+    elsewhere. Rows and columns past the last whole window get 0.
+
+    Bit for bit the general path: that one adds each routed term to 0, so a
+    pixel gets 0 + gy (which turns -0.0 into +0.0 and keeps inf and NaN) or
+    +0.0. Here gy + 0 is taken once per window, and the routing multiplies
+    its bit pattern, read as an integer, by the 0/1 "won" mask: the integer
+    product is that bit pattern or 0, which is +0.0, with no float multiply
+    to turn inf * 0 into NaN.
+    """
+    N, C, out_h, out_w = gy.shape
+    kh, kw = win.kh, win.kw
+    bits = np.dtype(f"int{8 * gy.dtype.itemsize}")
+    g = np.add(batch_last(gy), gy.dtype.type(0), order="C").view(bits)  # (C, out_h, out_w, N)
+    winner = np.ascontiguousarray(batch_last(argmax))
+    whole = H == out_h * kh and W == out_w * kw
+    gxb = (np.empty if whole else np.zeros)((C, H, W, N), dtype=gy.dtype)
+    tiles = gxb.view(bits)[:, :out_h * kh, :out_w * kw].reshape(C, out_h, kh, out_w, kw, N)
+    won = np.empty(g.shape, dtype=bool)
+    for ky in range(kh):
+        for kx in range(kw):
+            np.equal(winner, ky * kw + kx, out=won)
+            np.multiply(g, won, out=tiles[:, :, ky, :, kx])
+    return batch_first(gxb)
 
 
 def avg_pool_forward(x: np.ndarray, win: Window) -> np.ndarray:

@@ -5,6 +5,9 @@ Forward:  col = im2col(x)                        (C*kh*kw, N*out_h*out_w)
 Backward: gw  = gy @ col.T,  gb = gy.sum(columns),
           gx  = col2im(w.T @ gy)
 
+The three products are skinny (a few rows against N*out_h*out_w columns);
+on the CPU they run in L2-sized blocks (blocked_matmul.py).
+
 The GEMMs take the columns with the batch axis last, (C*kh*kw, out_h*out_w*N),
 the order both im2col twins store them in (see dualconv/kernels), so on
 either backend every reshape below is free and the output lands batch-last,
@@ -19,6 +22,7 @@ import numpy as np
 
 from .. import kernels
 from ..backend import get_array_module
+from ..blocked_matmul import matmul_column_blocks, matmul_inner_blocks
 from ..init import get_initializer
 from ..kernels.checks import check_fits, check_float
 from ..layout import batch_first, batch_last, columns_batch_first, columns_batch_last
@@ -37,7 +41,7 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, win: Window) -> tuple[Any, Any
     O = w.shape[0]
     col = kernels.im2col(x, win)
     _, _, _, N, out_h, out_w = col.shape
-    y = w.reshape(O, -1) @ _column_matrix(col)
+    y = matmul_column_blocks(w.reshape(O, -1), _column_matrix(col))
     if b is not None:
         y += b[:, None]
     return batch_first(y.reshape(O, out_h, out_w, N)), col
@@ -51,11 +55,13 @@ def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, col: Any, win: Wi
     N, _, H, W = x_shape
     _, _, out_h, out_w = gy.shape
     gy_mat = xp.ascontiguousarray(batch_last(gy)).reshape(O, -1)  # (O, out_h*out_w*N)
-    gw = (gy_mat @ _column_matrix(col).T).reshape(w.shape)
+    # gw.T = col @ gy.T: the same sums as gy @ col.T, in the orientation OpenBLAS runs
+    # 1.1-1.8x faster for these shapes (a long inner dimension, stride 1 in both).
+    gw = matmul_inner_blocks(_column_matrix(col), gy_mat.T).T.reshape(w.shape)
     gb = gy_mat.sum(axis=1)
     gx = None
     if need_gx:
-        gcol = (w.reshape(O, -1).T @ gy_mat).reshape(C, kh, kw, out_h, out_w, N)
+        gcol = matmul_column_blocks(w.reshape(O, -1).T, gy_mat).reshape(C, kh, kw, out_h, out_w, N)
         gx = kernels.col2im(columns_batch_first(gcol), H, W, win)
     return gx, gw, gb
 

@@ -62,7 +62,15 @@ class Dense(Layer):
         self.grads["weight"] = x.T @ gy
         if self.use_bias:
             self.grads["bias"] = gy.sum(axis=0)
-        return gy @ self.params["weight"].T if self._need_input_grad else None
+        if not self._need_input_grad:
+            return None
+        w = self.params["weight"]
+        if x.flags.f_contiguous and not x.flags.c_contiguous:
+            # x is stored feature-major, as Flatten leaves batch-last images: computing
+            # gx.T = w @ gy.T stores gx the same way, so the layers below (elementwise
+            # gradients, the pooling kernels) read it without a transposing copy.
+            return (w @ gy.T).T
+        return gy @ w.T
 
     def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,

@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_array_module
+from ..layout import row_major_index
 from .base import Layer
 
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -13,14 +14,15 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def random_bits(xp: Any, size: int, key: int) -> Any:
-    """``size`` pseudo-random uint64 values, a pure function of (key, index): SplitMix64.
+def random_bits(xp: Any, index: Any, key: int) -> Any:
+    """One pseudo-random uint64 per entry of ``index`` (uint64 element numbers, any shape
+    and memory order), a pure function of (key, number): SplitMix64.
 
-    Element i is splitmix64(key + (i + 1) * golden gamma), computed with
-    elementwise integer operations on ``xp`` (numpy or cupy), so both backends
-    and every GPU model draw the same bits; nothing is kept between calls.
+    Element number i gets splitmix64(key + (i + 1) * golden gamma), computed
+    with elementwise integer operations on ``xp`` (numpy or cupy), so both
+    backends and every GPU model draw the same bits; nothing is kept between calls.
     """
-    z = xp.arange(1, size + 1, dtype=xp.uint64) * _GAMMA + np.uint64(key)
+    z = (index + np.uint64(1)) * _GAMMA + np.uint64(key)
     z = (z ^ (z >> np.uint64(30))) * _MIX1
     z = (z ^ (z >> np.uint64(27))) * _MIX2
     return z ^ (z >> np.uint64(31))
@@ -62,7 +64,12 @@ class Dropout(Layer):
             return x
         xp = get_array_module(x)
         threshold = np.uint64(min(2**64 - 1, round(self.p * 2**64)))
-        keep = (random_bits(xp, x.size, self._key()) >= threshold).reshape(x.shape)
+        # Element [n, ...] draws the bits of its row-major number, whatever x's memory
+        # order, so the mask is the same on every backend; and the mask is stored in
+        # x's memory order, so that x * mask (and gy * mask in backward) walk both
+        # arrays in step: with a C-ordered mask over a batch-last x, NumPy's
+        # elementwise loops stride across memory and run several times slower.
+        keep = random_bits(xp, row_major_index(x), self._key()) >= threshold
         mask = keep * x.dtype.type(1.0 / (1.0 - self.p))
         self._cache = mask
         return x * mask

@@ -1,0 +1,55 @@
+"""blocked_matmul: the block products equal one product, within its rounding bound."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dualconv import blocked_matmul
+from dualconv.blocked_matmul import block_size, matmul_column_blocks, matmul_inner_blocks
+from error_bounds import assert_within, matmul_bound
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("P", [1, 6, 7, 8, 50])
+def test_column_blocks_equal_the_product(monkeypatch, dtype: type, P: int) -> None:
+    """Blocks of 7 columns: P below, at, just past and well past a block boundary."""
+    monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
+    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * 3 * 5)
+    assert block_size(3, 5) == 7
+    rng = np.random.default_rng(P)
+    a = rng.standard_normal((3, 5)).astype(dtype)
+    b = rng.standard_normal((P, 5)).astype(dtype).T  # a transposed view, as conv's col.T
+    got = matmul_column_blocks(a, b)
+    assert got.shape == (3, P) and got.dtype == dtype
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert_within(got, exact, matmul_bound(a, b) + matmul_bound(a, b, np.float64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("P", [1, 6, 7, 8, 50])
+def test_inner_blocks_equal_the_product(monkeypatch, dtype: type, P: int) -> None:
+    """The sum over P in blocks of 7: one partial product, or several added in order."""
+    monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
+    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * 4 * 3)
+    assert block_size(4, 3) == 7
+    rng = np.random.default_rng(100 + P)
+    a = rng.standard_normal((4, P)).astype(dtype)
+    b = rng.standard_normal((3, P)).astype(dtype).T
+    got = matmul_inner_blocks(a, b)
+    assert got.shape == (4, 3) and got.dtype == dtype
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    assert_within(got, exact, matmul_bound(a, b) + matmul_bound(a, b, np.float64))
+
+
+def test_block_size_keeps_blocks_under_the_limit_and_not_narrow() -> None:
+    # LeNet conv1 (6 x 25): a few thousand columns, at most 10^6 multiply-adds per block
+    assert 6 * 25 * block_size(6, 25) <= blocked_matmul.BLOCK_MULTIPLY_ADDS
+    assert block_size(6, 25) >= blocked_matmul.MIN_BLOCK
+    assert block_size(400, 400) is None  # blocks would be narrow: one call
+
+
+def test_products_too_wide_for_blocks_are_one_call() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((400, 400)), rng.standard_normal((400, 3000))
+    assert_within(matmul_column_blocks(a, b), a @ b, 2 * matmul_bound(a, b))
+    assert_within(matmul_inner_blocks(b.T, a), b.T @ a, 2 * matmul_bound(b.T, a))
