@@ -67,6 +67,33 @@ def step_counters(optimizer: str = "sgd-momentum", batch: int = 64,
         return {k: v / steps for k, v in emu.counters.items()}
 
 
+def fit_step_counters(optimizer: str = "sgd-momentum", batch: int = 64,
+                      steps: int = 3) -> dict[str, float]:
+    """Counters per step inside ``Trainer.fit`` (batch gather, running sums and the
+    divergence guard included), data resident on the device.
+
+    Two fits of one epoch, of ``steps`` and ``2 * steps`` batches, with ``log_every``
+    past the epoch's end: their difference over ``steps`` is the cost of one step,
+    without what each fit pays once (its shuffle order, the guard's setup, the epoch's
+    reads of the running loss).
+    """
+    with emulated_cupy() as emu:
+        cupy = emu.cupy
+        X, y = _data(batch * 2 * steps)
+        Xd, yd = cupy.asarray(X), cupy.asarray(y)
+        model = lenet(seed=0)
+        model.to("cupy")
+        trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(), _optimizer(optimizer, model),
+                             progress=False, log_every=4 * steps)
+        trainer.fit(Xd[:batch * WARMUP_STEPS], yd[:batch * WARMUP_STEPS], batch_size=batch, seed=0)
+        counted = []
+        for n in (steps, 2 * steps):
+            emu.reset_counters()
+            trainer.fit(Xd[:batch * n], yd[:batch * n], batch_size=batch, seed=0)
+            counted.append(dict(emu.counters))
+        return {k: (counted[1][k] - counted[0][k]) / steps for k in counted[0]}
+
+
 def evaluate_syncs(batches: int = 4, batch: int = 64) -> int:
     """Syncs of one Trainer.evaluate over ``batches`` batches of resident data."""
     with emulated_cupy() as emu:
