@@ -21,10 +21,11 @@ code 2s and run while the verdict exceeds it, so the rest of a step whose update
 failed still runs (and fills its last-good arrays) whatever the launch order;
 every thread that sees a non-finite result stores the same value, 2s + 1.
 
-Nothing reads the verdict back during a step, so a GPU step gains no sync; a
-LeNet step inside fit costs one launch more than ``train_step`` alone (plus the
-batch gather and the running sums of fit), and the guard holds one last-good
-copy of the weights and optimizer state.
+Nothing reads the verdict back during a step, so a GPU step gains no sync and
+no copy launch: the guard costs one launch per step (the loss check), and one
+last-good copy of the weights and optimizer state in memory. On NumPy the same
+twins (cpu.py) copy and check each updated array, about 0.1-0.2 ms per LeNet
+step at batch 64, under 0.2% of the step.
 
 The host reads the verdict only where the Trainer already reads the running loss
 (every ``log_every`` steps and at the end of each epoch). When a step failed,
