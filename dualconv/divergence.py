@@ -96,7 +96,9 @@ class LastFiniteState:
         self._pending.append(_Step(step, samples, self.optimizer.steps, self._slot_keys()))
 
     def check_loss(self, loss: Any) -> None:
-        """The step's loss (a device scalar) is known: flag the step if it is not finite."""
+        """The step's loss (a 0-d array on the model's backend) is known: flag the step
+        if it is not finite."""
+        loss = get_array_module(self.verdict).asarray(loss)  # a NumPy scalar becomes 0-d; no copy
         self._pending[-1].loss = loss
         kernels.flag_nonfinite_loss(loss, self.verdict, self.code)
 

@@ -11,10 +11,13 @@ kernels instead, which skip a failed step without a host sync (divergence.py).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from . import kernels
 from .backend import asnumpy, backend_of, to_backend
+
+if TYPE_CHECKING:
+    from .divergence import LastFiniteState
 
 
 class Parameter:
@@ -70,7 +73,7 @@ class Optimizer:
             slots[name] = to_backend(slots[name], backend_of(p.data))
         return slots[name]
 
-    def step(self, guard: Any = None) -> None:
+    def step(self, guard: LastFiniteState | None = None) -> None:
         """Update every parameter that has a gradient, in place.
 
         ``guard``: fit's divergence guard (a divergence.LastFiniteState), or None.
@@ -86,7 +89,7 @@ class Optimizer:
                 continue
             self._update(p, p.data, p.grad, guard)
 
-    def _update(self, p: Parameter, w: Any, g: Any, guard: Any) -> None:
+    def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -125,7 +128,7 @@ class SGD(Optimizer):
             raise ValueError("SGD: nesterov=True needs a momentum above 0")
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
 
-    def _update(self, p: Parameter, w: Any, g: Any, guard: Any) -> None:
+    def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         v = self._slot(p, "velocity") if self.momentum else None
         settings = (self.lr, self.momentum, self.weight_decay, self.nesterov)
         if guard is None:
@@ -149,7 +152,7 @@ class Adam(Optimizer):
         self.b1, self.b2 = (float(b) for b in betas)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
-    def _update(self, p: Parameter, w: Any, g: Any, guard: Any) -> None:
+    def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         m, v = self._slot(p, "m"), self._slot(p, "v")
         settings = (self.lr, self.b1, self.b2, self.eps, self.weight_decay, self.steps)
         if guard is None:

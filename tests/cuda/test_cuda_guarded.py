@@ -134,7 +134,8 @@ OK = np.array([NO_FAILURE], np.int32)
     ("sgd_update_guarded", (W, W, None, W[:3], None, OK, 4, 0.1, 0.0, 0.0, False), r"w_last must have shape"),
     ("adam_update_guarded", (W, W, W, W, W, W, W.astype(np.float64), OK, 4, 0.1, 0.9, 0.999, 1e-8, 0.0, 1),
      r"v_last must be float32"),
-    ("flag_nonfinite_loss", (W[0], OK.astype(np.int64), 4), r"verdict must be an int32 array of shape \(1,\)"),
+    ("flag_nonfinite_loss", (W[0], OK.astype(np.int64), 4),
+     r"verdict must be an int32 array of shape \(1,\)"),
     ("flag_nonfinite_loss", (W[0], OK, 3), r"code must be 2 \* step"),
     ("flag_nonfinite_loss", (W, OK, 4), r"loss must be a scalar"),
 ])
