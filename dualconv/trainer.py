@@ -117,10 +117,12 @@ class Trainer:
         history: History = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
                             "seconds": [], "images_per_second": []}
         self.loss.check_labels = False
-        guard = self._guard = LastFiniteState(self.model, self.optimizer)
+        guard = LastFiniteState(self.model, self.optimizer)
         try:
             for epoch in range(initial_epoch, epochs):
+                self._guard = guard  # train_step runs under it in the epoch's loop only
                 logs = self._fit_epoch(X, y, epoch, epochs, int(batch_size), shuffle, seed, guard)
+                self._guard = None
                 if validation_data is not None:
                     val = self.evaluate(*validation_data)
                     logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])

@@ -92,6 +92,17 @@ def test_a_non_finite_update_is_rolled_back_to_the_last_finite_step(optimizer, l
     assert_same_state(failed, reference)
 
 
+def test_train_step_called_between_epochs_runs_unguarded() -> None:
+    """An on_epoch_end callback may train a step itself: it is a plain train_step."""
+    guarded, plain = trainer(), trainer()
+    guarded.fit(X, Y, epochs=2, batch_size=8, shuffle=False,
+                on_epoch_end=lambda epoch, logs: guarded.train_step(X[:8], Y[:8]))
+    for _ in range(2):
+        plain.fit(X, Y, epochs=1, batch_size=8, shuffle=False)
+        plain.train_step(X[:8], Y[:8])
+    assert_same_state(guarded, plain)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_nan_in_a_later_epoch_names_that_epoch() -> None:
     Xn = np.concatenate([X, X[:4]])
