@@ -33,7 +33,8 @@ The host reads the verdict only where the Trainer already reads the running loss
 were never changed, after a non-finite update the arrays it changed are copied
 back from their last-good arrays; optimizer slots created by the failed step are
 dropped and the optimizer's step count is set back. ``error`` then names the
-epoch, the step and its samples.
+epoch, the step and its samples. Not covered: buffers that a forward pass updates
+(BatchNorm's running statistics), which no optimizer kernel writes.
 """
 from __future__ import annotations
 
