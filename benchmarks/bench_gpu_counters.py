@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .gpu_counters import evaluate_syncs, step_counters
+from .gpu_counters import evaluate_syncs, fit_step_counters, step_counters
 
 
 class GpuStepCounters:
@@ -21,6 +21,8 @@ class GpuStepCounters:
         return {"sgd-64": step_counters("sgd-momentum", 64),
                 "adam-64": step_counters("adam", 64),
                 "sgd-256": step_counters("sgd-momentum", 256),
+                "fit-sgd-64": fit_step_counters("sgd-momentum", 64),
+                "fit-adam-64": fit_step_counters("adam", 64),
                 "evaluate_syncs": evaluate_syncs(4, 64)}
 
     def track_launches_sgd_momentum_step(self, counted: dict[str, Any]) -> float:
@@ -30,6 +32,18 @@ class GpuStepCounters:
     def track_launches_adam_step(self, counted: dict[str, Any]) -> float:
         """Kernel launches per Adam step, batch 64 (goal <= 72)."""
         return counted["adam-64"]["kernel_launches"]
+
+    def track_launches_sgd_momentum_fit_step(self, counted: dict[str, Any]) -> float:
+        """Kernel launches per SGD-momentum step inside Trainer.fit, batch 64 (goal <= 64)."""
+        return counted["fit-sgd-64"]["kernel_launches"]
+
+    def track_launches_adam_fit_step(self, counted: dict[str, Any]) -> float:
+        """Kernel launches per Adam step inside Trainer.fit, batch 64 (goal <= 72)."""
+        return counted["fit-adam-64"]["kernel_launches"]
+
+    def track_copy_bytes_fit_step(self, counted: dict[str, Any]) -> float:
+        """Device-to-device copy bytes per step inside Trainer.fit, SGD momentum plus Adam, batch 64."""
+        return counted["fit-sgd-64"]["copy_bytes"] + counted["fit-adam-64"]["copy_bytes"]
 
     def track_copy_bytes_step_batch_256(self, counted: dict[str, Any]) -> float:
         """Device-to-device copy bytes per SGD-momentum step, batch 256 (goal <= 1 MB)."""
@@ -46,6 +60,9 @@ class GpuStepCounters:
 
     track_launches_sgd_momentum_step.unit = "launches"
     track_launches_adam_step.unit = "launches"
+    track_launches_sgd_momentum_fit_step.unit = "launches"
+    track_launches_adam_fit_step.unit = "launches"
+    track_copy_bytes_fit_step.unit = "bytes"
     track_copy_bytes_step_batch_256.unit = "bytes"
     track_syncs_and_transfers_per_step.unit = "count"
     track_evaluate_syncs_4_batches.unit = "syncs"

@@ -6,12 +6,16 @@ Runs LeNet with MNIST-shaped data resident on the (emulated) device under
 ``dualconv.testing.emulated_cupy()`` and reports, per training step, the
 counters a GPU pays for: kernel launches, device-to-device copy bytes, host
 transfers and syncs (dualconv/testing/fake_cupy/_counters.py says what each
-counts), and the syncs of one ``Trainer.evaluate`` call. The asv suite tracks
-the same figures (bench_gpu_counters.py), so a regression shows in CI's quick run.
+counts), and the syncs of one ``Trainer.evaluate`` call. It counts a bare
+``Trainer.train_step`` and a step inside ``Trainer.fit``, which adds the batch
+gather, the running sums and the divergence guard (dualconv/divergence.py). The
+asv suite tracks the same figures (bench_gpu_counters.py), so a regression shows
+in CI's quick run.
 
 Goals (issue: "The GPU step does only the work it must"): at batch 64, at most
-64 launches per SGD-momentum step and 72 per Adam step; at batch 256, at most
-1 MB of device-to-device copies per step; no sync and no transfer inside a step.
+64 launches per SGD-momentum step and 72 per Adam step, inside fit too; at batch
+256, at most 1 MB of device-to-device copies per step; no sync and no transfer
+inside a step.
 """
 from __future__ import annotations
 
@@ -67,6 +71,33 @@ def step_counters(optimizer: str = "sgd-momentum", batch: int = 64,
         return {k: v / steps for k, v in emu.counters.items()}
 
 
+def fit_step_counters(optimizer: str = "sgd-momentum", batch: int = 64,
+                      steps: int = 3) -> dict[str, float]:
+    """Counters per step inside ``Trainer.fit`` (batch gather, running sums and the
+    divergence guard included), data resident on the device.
+
+    Two fits of one epoch, of ``steps`` and ``2 * steps`` batches, with ``log_every``
+    past the epoch's end: their difference over ``steps`` is the cost of one step,
+    without what each fit pays once (its shuffle order, the guard's setup, the epoch's
+    reads of the running loss).
+    """
+    with emulated_cupy() as emu:
+        cupy = emu.cupy
+        X, y = _data(batch * 2 * steps)
+        Xd, yd = cupy.asarray(X), cupy.asarray(y)
+        model = lenet(seed=0)
+        model.to("cupy")
+        trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(), _optimizer(optimizer, model),
+                             progress=False, log_every=4 * steps)
+        trainer.fit(Xd[:batch * WARMUP_STEPS], yd[:batch * WARMUP_STEPS], batch_size=batch, seed=0)
+        counted = []
+        for n in (steps, 2 * steps):
+            emu.reset_counters()
+            trainer.fit(Xd[:batch * n], yd[:batch * n], batch_size=batch, seed=0)
+            counted.append(dict(emu.counters))
+        return {k: (counted[1][k] - counted[0][k]) / steps for k in counted[0]}
+
+
 def evaluate_syncs(batches: int = 4, batch: int = 64) -> int:
     """Syncs of one Trainer.evaluate over ``batches`` batches of resident data."""
     with emulated_cupy() as emu:
@@ -88,13 +119,21 @@ def report() -> dict[str, float]:
     sgd = step_counters("sgd-momentum", 64)
     adam = step_counters("adam", 64)
     big = step_counters("sgd-momentum", 256)
+    fit_sgd = fit_step_counters("sgd-momentum", 64)
+    fit_adam = fit_step_counters("adam", 64)
+    every = (sgd, adam, big, fit_sgd, fit_adam)
     return {
         "launches per SGD-momentum step, batch 64 (goal <= 64)": sgd["kernel_launches"],
         "launches per Adam step, batch 64 (goal <= 72)": adam["kernel_launches"],
+        "launches per SGD-momentum step inside fit, batch 64 (goal <= 64)":
+            fit_sgd["kernel_launches"],
+        "launches per Adam step inside fit, batch 64 (goal <= 72)": fit_adam["kernel_launches"],
         "device-to-device copy bytes per step, batch 256 (goal <= 1 MB)": big["copy_bytes"],
-        "syncs per step (goal 0)": sgd["syncs"] + adam["syncs"] + big["syncs"],
+        "device-to-device copy bytes per step inside fit, batch 64, SGD momentum plus Adam":
+            fit_sgd["copy_bytes"] + fit_adam["copy_bytes"],
+        "syncs per step (goal 0)": sum(c["syncs"] for c in every),
         "transfers per step (goal 0)": sum(c["host_to_device"] + c["device_to_host"]
-                                           for c in (sgd, adam, big)),
+                                           for c in every),
         "syncs of evaluate over 4 batches": evaluate_syncs(4),
     }
 

@@ -62,6 +62,9 @@ LENET = {
     "sgd_update": [Workload("per element")],
     "adam_update": [Workload("per element")],
     "softmax_cross_entropy": [Workload("per row of 10 classes", (10,))],
+    "sgd_update_guarded": [Workload("per element")],
+    "adam_update_guarded": [Workload("per element")],
+    "flag_nonfinite_loss": [Workload("per step")],
 }
 """The loop trip counts of one element at LeNet sizes, per kernel."""
 

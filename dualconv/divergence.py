@@ -1,27 +1,53 @@
 """Non-finite losses: stop training with the weights of the last good step.
 
-The guard keeps a second copy of every weight and optimizer state array, on the
-same device, that always holds the state after the last step whose loss was
-finite (and whose update left the weights finite). After each step it computes
-a device-side flag ``ok &= isfinite(loss) & isfinite(sum of the weights)`` and
-copies the live arrays into the copy under that flag (``xp.copyto(..., where=ok)``):
-once a step fails, the flag stays False and the copy stops following. Nothing
-of this reads a value back to the host, so a GPU step gains no synchronization;
-it costs one masked copy of the weights and optimizer state per step and twice
-their memory (PyTorch's GradScaler instead skips a step on a device-side
-found-inf flag). For LeNet at batch 64 on the CPU that is about 0.1 ms per step,
-under 1% of the step.
+The design, the same on both backends (as PyTorch's GradScaler, which skips a
+step on a device-side found-inf flag): the guard keeps one int32 on the model's
+device, the verdict, and ``Trainer.fit`` runs every step through it:
 
-The host reads the flag only where the Trainer already reads the running loss
-(every ``log_every`` steps and at the end of each epoch). When it is False,
-``restore`` copies the last good state back into the model and optimizer and
-``error`` names the epoch, the step and its samples.
+* after the loss, one launch (``kernels.flag_nonfinite_loss``) marks the step as
+  failed when its loss is NaN or infinite;
+* the optimizer then updates each parameter with the guarded kernels
+  (``kernels.sgd_update_guarded``, ``adam_update_guarded``): one launch each, as
+  without the guard. They read the verdict and skip the update when this step's
+  loss or an earlier step failed, so a failed step and the ones after it never
+  touch the weights. Otherwise they first copy every element they update into a
+  last-good array (the state before the step), then flag the step as failed if
+  any weight or optimizer state element they wrote is not finite.
+
+The verdict encodes which step failed and how: NO_FAILURE while every step was
+finite, 2s when the loss of step s (counted from the last good check) was not
+finite, 2s + 1 when its update left a non-finite value. Step s's kernels get the
+code 2s and run while the verdict exceeds it, so the rest of a step whose update
+failed still runs (and fills its last-good arrays) whatever the launch order;
+every thread that sees a non-finite result stores the same value, 2s + 1.
+
+Nothing reads the verdict back during a step, so a GPU step gains no sync and
+no copy launch: the guard costs one launch per step (the loss check), and one
+last-good copy of the weights and optimizer state in memory. On NumPy the same
+twins (cpu.py) copy and check each updated array, about 0.1-0.2 ms per LeNet
+step at batch 64, under 0.2% of the step.
+
+The host reads the verdict only where the Trainer already reads the running loss
+(every ``log_every`` steps and at the end of each epoch). When a step failed,
+``restore`` puts the last good state back: after a non-finite loss the weights
+were never changed, after a non-finite update the arrays it changed are copied
+back from their last-good arrays; optimizer slots created by the failed step are
+dropped and the optimizer's step count is set back. ``error`` then names the
+epoch, the step and its samples. Not covered: buffers that a forward pass updates
+(BatchNorm's running statistics), which no optimizer kernel writes.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
-from .backend import get_array_module
+import numpy as np
+
+from . import kernels
+from .backend import get_array_module, xp_for
+
+NO_FAILURE = 2**31 - 1
+"""The verdict while every step was finite (the largest int32)."""
 
 
 class TrainingDiverged(ValueError):
@@ -36,68 +62,93 @@ class TrainingDiverged(ValueError):
         self.epoch, self.step, self.samples = epoch, step, samples
 
 
+@dataclass
+class _Step:
+    """What the host knows of one step since the last check of the verdict."""
+    epoch_step: int
+    samples: tuple[int, int]
+    steps_before: int                   # optimizer.steps before the step
+    slots_before: set[tuple[str, str]]  # the optimizer's (parameter, slot) keys before it
+    loss: Any = None
+    updated: list[tuple[str, str]] = field(default_factory=list)  # arrays its kernels guarded
+
+
 class LastFiniteState:
-    """A device-side copy of the model's weights and the optimizer's state after the last finite step."""
+    """The divergence guard of one ``fit``: a device verdict and a last-good copy of
+    every array the optimizer updates (see the module docstring)."""
 
     def __init__(self, model: Any, optimizer: Any) -> None:
         self.model, self.optimizer = model, optimizer
-        self._copies = {key: live.copy() for key, live in self._live().items()}
-        self._initial_keys = set(self._copies)
-        self._ok: Any = True
-        # (finite flag, loss, step, samples, optimizer.steps after it) of each step since the last check
-        self._pending: list[tuple[Any, Any, int, tuple[int, int], int]] = []
-        self._good_steps = self._first_steps = optimizer.steps
+        self.verdict = xp_for(model.backend).full(1, NO_FAILURE, dtype=np.int32)
+        self._last: dict[tuple[str, str], Any] = {}
+        self._pending: list[_Step] = []
+        self._failed: tuple[_Step, bool] | None = None  # (the step, whether its update failed)
+
+    @property
+    def code(self) -> int:
+        """The current step's code for the kernels: 2s, s counted from the last good check."""
+        return 2 * len(self._pending)
+
+    def _slot_keys(self) -> set[tuple[str, str]]:
+        return {(name, slot) for name, slots in self.optimizer.state.items() for slot in slots}
+
+    def begin_step(self, step: int, samples: tuple[int, int]) -> None:
+        """Step ``step`` of the epoch (1-based) starts; it trains on positions ``samples``."""
+        self._pending.append(_Step(step, samples, self.optimizer.steps, self._slot_keys()))
+
+    def check_loss(self, loss: Any) -> None:
+        """The step's loss (a 0-d array on the model's backend) is known: flag the step
+        if it is not finite."""
+        loss = get_array_module(self.verdict).asarray(loss)  # a NumPy scalar becomes 0-d; no copy
+        self._pending[-1].loss = loss
+        kernels.flag_nonfinite_loss(loss, self.verdict, self.code)
+
+    def last_good(self, name: str, slot: str, live: Any) -> Any:
+        """The array a guarded update copies ``live`` into before changing it: the
+        weight (slot "param") or optimizer slot ``slot`` of parameter ``name``."""
+        key = (name, slot)
+        self._pending[-1].updated.append(key)
+        last = self._last.get(key)
+        if last is None or last.shape != live.shape or last.dtype != live.dtype \
+                or get_array_module(last) is not get_array_module(live):
+            last = self._last[key] = get_array_module(live).empty_like(live)
+        return last
+
+    def all_finite(self) -> bool:
+        """Whether every step so far was finite (one read of the device verdict)."""
+        verdict = int(self.verdict[0])
+        if verdict == NO_FAILURE:
+            self._pending.clear()
+            return True
+        self._failed = (self._pending[verdict // 2 - 1], verdict % 2 == 1)
+        return False
 
     def _live(self) -> dict[tuple[str, str], Any]:
-        arrays = {("param", p.name): p.data for p in self.model.parameters()}
+        arrays = {(p.name, "param"): p.data for p in self.model.parameters()}
         for name, slots in self.optimizer.state.items():
             for slot, value in slots.items():
                 arrays[(name, slot)] = value
         return arrays
 
-    def _follow(self, ok: Any) -> None:
-        for key, live in self._live().items():
-            xp = get_array_module(live)
-            copy = self._copies.get(key)
-            if copy is None:  # a slot the optimizer just created: before this step it was zeros
-                copy = self._copies[key] = xp.zeros_like(live)
-            xp.copyto(copy, live, where=ok)
-
-    def after_step(self, loss: Any, step: int, samples: tuple[int, int]) -> None:
-        """Record step ``step`` (its loss a device scalar): follow it if everything is still finite."""
-        params = [p.data for p in self.model.parameters()]
-        xp = get_array_module(loss, *params)
-        finite = xp.isfinite(loss) & xp.isfinite(sum(w.sum() for w in params))
-        self._ok = finite & self._ok
-        self._pending.append((finite, loss, step, samples, self.optimizer.steps))
-        self._follow(self._ok)
-
-    def all_finite(self) -> bool:
-        """Whether every step so far was finite (one read of a device flag)."""
-        if bool(self._ok):
-            if self._pending:
-                self._good_steps = self._pending[-1][4]
-            self._pending.clear()
-            return True
-        return False
-
     def restore(self) -> None:
-        """Put the last good state back into the live arrays (in place)."""
-        for key, live in self._live().items():
-            live[...] = self._copies[key]
-        bad = next(i for i, item in enumerate(self._pending) if not bool(item[0]))
-        self.optimizer.steps = self._pending[bad - 1][4] if bad else self._good_steps
-        if self.optimizer.steps == self._first_steps:  # no good step: drop the slots the bad one created
-            for name, slot in set(self._copies) - self._initial_keys:
-                del self.optimizer.state[name][slot]
-            self.optimizer.state = {name: slots for name, slots in self.optimizer.state.items() if slots}
+        """Put the last good state back into the live arrays (in place), after all_finite() was False."""
+        failed, update_failed = self._failed
+        if update_failed:
+            live = self._live()
+            for key in failed.updated:
+                live[key][...] = self._last[key]
+        for name, slot in self._slot_keys() - failed.slots_before:
+            del self.optimizer.state[name][slot]
+        self.optimizer.state = {name: slots for name, slots in self.optimizer.state.items() if slots}
+        self.optimizer.steps = failed.steps_before
 
     def error(self, who: str, epoch: int) -> TrainingDiverged:
         """The error to raise after ``restore``: which step failed, and that the weights were kept."""
-        _, loss, step, (first, last), _ = next(item for item in self._pending if not bool(item[0]))
-        value = float(loss)
-        what = (f"the loss became {value}" if value != value or abs(value) == float("inf")
-                else f"the update made the weights non-finite (the loss was {value:.4g})")
+        failed, update_failed = self._failed
+        step, (first, last) = failed.epoch_step, failed.samples
+        value = float(failed.loss)
+        what = (f"the update made the weights non-finite (the loss was {value:.4g})" if update_failed
+                else f"the loss became {value}")
         kept = f"after step {step - 1}, the last finite step" if step > 1 else "at the start of the epoch"
         return TrainingDiverged(
             f"{who}: {what} at epoch {epoch + 1}, step {step} (samples {first}-{last} of the epoch's order); "

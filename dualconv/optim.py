@@ -6,13 +6,18 @@ another backend never leaves the optimizer pointing at stale arrays. Its
 state (momentum, Adam moments) follows the parameters to their backend.
 Each parameter's update is one call of dualconv.kernels (sgd_update,
 adam_update): plain NumPy on the CPU, one fused kernel launch on the GPU.
+Inside ``Trainer.fit``, ``step(guard)`` runs the guarded versions of the same
+kernels instead, which skip a failed step without a host sync (divergence.py).
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from . import kernels
 from .backend import asnumpy, backend_of, to_backend
+
+if TYPE_CHECKING:
+    from .divergence import LastFiniteState
 
 
 class Parameter:
@@ -68,7 +73,13 @@ class Optimizer:
             slots[name] = to_backend(slots[name], backend_of(p.data))
         return slots[name]
 
-    def step(self) -> None:
+    def step(self, guard: LastFiniteState | None = None) -> None:
+        """Update every parameter that has a gradient, in place.
+
+        ``guard``: fit's divergence guard (a divergence.LastFiniteState), or None.
+        With it, each update runs only while no step failed, after a copy of what it
+        changes into ``guard.last_good(...)``, and flags non-finite results.
+        """
         self.steps += 1
         params = list(self.params)
         if not params:
@@ -76,9 +87,9 @@ class Optimizer:
         for p in params:
             if p.grad is None:
                 continue
-            self._update(p, p.data, p.grad)
+            self._update(p, p.data, p.grad, guard)
 
-    def _update(self, p: Parameter, w: Any, g: Any) -> None:
+    def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
@@ -117,9 +128,15 @@ class SGD(Optimizer):
             raise ValueError("SGD: nesterov=True needs a momentum above 0")
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
 
-    def _update(self, p: Parameter, w: Any, g: Any) -> None:
+    def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         v = self._slot(p, "velocity") if self.momentum else None
-        kernels.sgd_update(w, g, v, self.lr, self.momentum, self.weight_decay, self.nesterov)
+        settings = (self.lr, self.momentum, self.weight_decay, self.nesterov)
+        if guard is None:
+            kernels.sgd_update(w, g, v, *settings)
+            return
+        v_last = None if v is None else guard.last_good(p.name, "velocity", v)
+        kernels.sgd_update_guarded(w, g, v, guard.last_good(p.name, "param", w), v_last,
+                                   guard.verdict, guard.code, *settings)
 
 
 class Adam(Optimizer):
@@ -135,10 +152,15 @@ class Adam(Optimizer):
         self.b1, self.b2 = (float(b) for b in betas)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
-    def _update(self, p: Parameter, w: Any, g: Any) -> None:
+    def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         m, v = self._slot(p, "m"), self._slot(p, "v")
-        kernels.adam_update(w, g, m, v, self.lr, self.b1, self.b2, self.eps, self.weight_decay,
-                            self.steps)
+        settings = (self.lr, self.b1, self.b2, self.eps, self.weight_decay, self.steps)
+        if guard is None:
+            kernels.adam_update(w, g, m, v, *settings)
+            return
+        kernels.adam_update_guarded(w, g, m, v, *(guard.last_good(p.name, slot, a) for slot, a in
+                                                  (("param", w), ("m", m), ("v", v))),
+                                    guard.verdict, guard.code, *settings)
 
 
 class LRSchedule:

@@ -6,8 +6,10 @@ backend. On the GPU the dataset is moved to the device once when it fits
 device and read back only every ``log_every`` steps, so a step does no
 host-device copy or synchronization of its own.
 
-A step whose loss is NaN or infinite never reaches the weights: see
-``divergence.LastFiniteState`` for how that is done without a per-step sync.
+A step whose loss is NaN or infinite never reaches the weights: inside
+``fit``, ``train_step`` runs under the fit's divergence guard
+(``divergence.LastFiniteState``), which skips such a step on the device,
+without a per-step sync.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ class Trainer:
         if int(log_every) < 1:
             raise ValueError(f"Trainer: log_every must be >= 1, got {log_every!r}")
         self.log_every = int(log_every)
+        self._guard: LastFiniteState | None = None  # fit's divergence guard while fit runs
 
     # -- checks ----------------------------------------------------------------
     def _check_data(self, X: Any, y: Any, what: str) -> tuple[Any, Any]:
@@ -117,7 +120,9 @@ class Trainer:
         guard = LastFiniteState(self.model, self.optimizer)
         try:
             for epoch in range(initial_epoch, epochs):
+                self._guard = guard  # train_step runs under it in the epoch's loop only
                 logs = self._fit_epoch(X, y, epoch, epochs, int(batch_size), shuffle, seed, guard)
+                self._guard = None
                 if validation_data is not None:
                     val = self.evaluate(*validation_data)
                     logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
@@ -129,6 +134,7 @@ class Trainer:
                     on_epoch_end(epoch, logs)
         finally:
             self.loss.check_labels = True
+            self._guard = None
         return {k: v for k, v in history.items() if v}
 
     def _fit_epoch(self, X: Any, y: Any, epoch: int, epochs: int, batch_size: int,
@@ -150,8 +156,8 @@ class Trainer:
             for step in range(steps):
                 idx = order[step * batch_size:(step + 1) * batch_size]
                 xb, yb = X[idx], y[idx]
+                guard.begin_step(step + 1, (seen, seen + len(idx) - 1))
                 batch_loss, batch_correct = self.train_step(xb, yb)
-                guard.after_step(batch_loss, step + 1, (seen, seen + len(idx) - 1))
                 loss_sum = loss_sum + batch_loss * len(idx)
                 correct = correct + batch_correct
                 seen += len(idx)
@@ -170,12 +176,16 @@ class Trainer:
         """One forward/backward/update on a batch; returns (loss, correct count) as device scalars.
 
         The batch may be on either backend; it is moved to the model's (a copy only if it must move).
+        Inside ``fit`` the step runs under fit's divergence guard: the loss is checked on
+        the device and the optimizer skips the update when it is not finite.
         """
         xb, yb = to_backend(xb, self.model.backend), to_backend(yb, self.model.backend)
         out = self.model.forward(xb)
         value = self.loss.forward(out, yb)
         self.model.backward(self.loss.backward(), input_grad=False)
-        self.optimizer.step()
+        if self._guard is not None:
+            self._guard.check_loss(value)
+        self.optimizer.step(self._guard)
         return value, _correct(out, to_backend(yb, backend_of(out)))
 
     # -- evaluation ----------------------------------------------------------------

@@ -3,46 +3,132 @@
 // optimizer's NumPy expressions do (dualconv/optim.py); the module is compiled
 // with --fmad=false, so no a*b + c is contracted and the results are bitwise
 // equal to NumPy's.
+//
+// The *_guarded kernels are the same updates under fit's divergence guard
+// (dualconv/divergence.py), which keeps one int32, the verdict, on the device:
+// NO_FAILURE (2^31 - 1) while every step was finite, else 2s when the loss of
+// guard step s was NaN or infinite (flag_nonfinite_loss), or 2s + 1 when step
+// s's update left a weight or state element non-finite. Step s's kernels get
+// code = 2s and
+//   * run only when verdict > code (no earlier step failed and this step's loss
+//     is finite), else leave every array untouched: a failed step and the ones
+//     after it change nothing, and nothing is read back to the host;
+//   * first copy each element they update into its last-good array (w_last,
+//     v_last, m_last), which then holds the state before step s;
+//   * store code + 1 into the verdict from any thread whose results are not
+//     finite. Every such store writes the same value, and code + 1 > code, so
+//     the rest of step s still runs, whatever the order of threads and
+//     launches: a benign, deterministic store, not an atomic.
 #include "common.cuh"
 
-// SGD (PyTorch's form), for n elements:
+// SGD (PyTorch's form) on one element, in place:
 //   g <- g + weight_decay * w   (when weight_decay != 0)
 //   w <- w - lr * g             (momentum == 0; v is not touched)
 //   v <- v * momentum + g;  w <- w - lr * (nesterov ? g + momentum * v : v)
-template <typename T, typename I>
-__global__ void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ v,
-                           I n, T lr, T momentum, T weight_decay, int nesterov) {
-    DC_GRID_STRIDE_LOOP(I, i, n) {
-        const T wi = w[i];
-        T gi = g[i];
-        if (weight_decay != T(0)) gi = gi + weight_decay * wi;
-        if (momentum == T(0)) {
-            w[i] = wi - lr * gi;
-            continue;
-        }
-        const T vi = v[i] * momentum + gi;
-        v[i] = vi;
-        w[i] = wi - lr * (nesterov ? gi + momentum * vi : vi);
+template <typename T>
+__device__ __forceinline__ void dc_sgd_element(T& w, T g, T& v, T lr, T momentum, T weight_decay,
+                                               int nesterov) {
+    if (weight_decay != T(0)) g = g + weight_decay * w;
+    if (momentum == T(0)) {
+        w = w - lr * g;
+        return;
     }
+    v = v * momentum + g;
+    w = w - lr * (nesterov ? g + momentum * v : v);
 }
 
-// Adam, for n elements, with c1 = 1 - b1, c2 = 1 - b2, and the bias
+// Adam on one element, in place, with c1 = 1 - b1, c2 = 1 - b2, and the bias
 // corrections bc1 = 1 - b1^t, bc2 = 1 - b2^t computed on the host:
 //   g <- g + weight_decay * w   (when weight_decay != 0)
 //   m <- m * b1 + c1 * g;  v <- v * b2 + c2 * (g * g)
 //   w <- w - lr * (m / bc1) / (sqrt(v / bc2) + eps)
+template <typename T>
+__device__ __forceinline__ void dc_adam_element(T& w, T g, T& m, T& v, T lr, T b1, T b2, T c1,
+                                                T c2, T bc1, T bc2, T eps, T weight_decay) {
+    if (weight_decay != T(0)) g = g + weight_decay * w;
+    m = m * b1 + c1 * g;
+    v = v * b2 + c2 * (g * g);
+    w = w - lr * (m / bc1) / (sqrt(v / bc2) + eps);
+}
+
+// x is neither NaN nor infinite: x - x is exactly 0 for every finite x (a
+// subnormal flushed to zero included) and NaN otherwise.
+template <typename T>
+__device__ __forceinline__ bool dc_isfinite(T x) { return x - x == T(0); }
+
+// SGD for n elements (v is not read or written when momentum is 0).
+template <typename T, typename I>
+__global__ void sgd_update(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ v,
+                           I n, T lr, T momentum, T weight_decay, int nesterov) {
+    DC_GRID_STRIDE_LOOP(I, i, n) {
+        T wi = w[i];
+        T vi = momentum == T(0) ? T(0) : v[i];
+        dc_sgd_element(wi, g[i], vi, lr, momentum, weight_decay, nesterov);
+        w[i] = wi;
+        if (momentum != T(0)) v[i] = vi;
+    }
+}
+
+// Adam for n elements.
 template <typename T, typename I>
 __global__ void adam_update(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ m,
                             T* __restrict__ v, I n, T lr, T b1, T b2, T c1, T c2, T bc1,
                             T bc2, T eps, T weight_decay) {
     DC_GRID_STRIDE_LOOP(I, i, n) {
-        const T wi = w[i];
-        T gi = g[i];
-        if (weight_decay != T(0)) gi = gi + weight_decay * wi;
-        const T mi = m[i] * b1 + c1 * gi;
-        const T vi = v[i] * b2 + c2 * (gi * gi);
+        T wi = w[i], mi = m[i], vi = v[i];
+        dc_adam_element(wi, g[i], mi, vi, lr, b1, b2, c1, c2, bc1, bc2, eps, weight_decay);
         m[i] = mi;
         v[i] = vi;
-        w[i] = wi - lr * (mi / bc1) / (sqrt(vi / bc2) + eps);
+        w[i] = wi;
     }
+}
+
+// sgd_update under the guard (see the top of this file); verdict: one int.
+template <typename T, typename I>
+__global__ void sgd_update_guarded(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ v,
+                                   T* __restrict__ w_last, T* __restrict__ v_last,
+                                   int* __restrict__ verdict, I n, T lr, T momentum,
+                                   T weight_decay, int nesterov, int code) {
+    if (*verdict <= code) return;
+    DC_GRID_STRIDE_LOOP(I, i, n) {
+        T wi = w[i];
+        T vi = momentum == T(0) ? T(0) : v[i];
+        w_last[i] = wi;
+        if (momentum != T(0)) v_last[i] = vi;
+        dc_sgd_element(wi, g[i], vi, lr, momentum, weight_decay, nesterov);
+        w[i] = wi;
+        if (momentum != T(0)) v[i] = vi;
+        if (!dc_isfinite(wi) || !dc_isfinite(vi)) *verdict = code + 1;
+    }
+}
+
+// adam_update under the guard (see the top of this file); verdict: one int.
+template <typename T, typename I>
+__global__ void adam_update_guarded(T* __restrict__ w, const T* __restrict__ g,
+                                    T* __restrict__ m, T* __restrict__ v,
+                                    T* __restrict__ w_last, T* __restrict__ m_last,
+                                    T* __restrict__ v_last, int* __restrict__ verdict, I n,
+                                    T lr, T b1, T b2, T c1, T c2, T bc1, T bc2, T eps,
+                                    T weight_decay, int code) {
+    if (*verdict <= code) return;
+    DC_GRID_STRIDE_LOOP(I, i, n) {
+        T wi = w[i], mi = m[i], vi = v[i];
+        w_last[i] = wi;
+        m_last[i] = mi;
+        v_last[i] = vi;
+        dc_adam_element(wi, g[i], mi, vi, lr, b1, b2, c1, c2, bc1, bc2, eps, weight_decay);
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = wi;
+        if (!dc_isfinite(wi) || !dc_isfinite(mi) || !dc_isfinite(vi)) *verdict = code + 1;
+    }
+}
+
+// The guard's check of step code / 2's loss (one thread): a NaN or infinite
+// loss marks the step as failed, unless an earlier step already failed.
+template <typename T>
+__global__ void flag_nonfinite_loss(const T* __restrict__ loss, int* __restrict__ verdict,
+                                    int code) {
+    if (blockIdx.x == 0 && threadIdx.x == 0 && !dc_isfinite(*loss) && *verdict > code)
+        *verdict = code;
 }

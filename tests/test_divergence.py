@@ -62,6 +62,47 @@ def test_nan_in_a_batch_keeps_the_state_of_the_last_finite_step(optimizer, log_e
     assert_same_state(failed, reference)
 
 
+class GradientBlowsUpAt(dc.SoftmaxCrossEntropy):
+    """Softmax cross-entropy whose gradient is infinite (or NaN) at its ``at``-th step,
+    while the loss stays finite: only the check of the updated weights can see it."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at, self.calls = at, 0
+
+    def _backward(self):
+        self.calls += 1
+        gz = super()._backward()
+        return gz * gz.dtype.type(np.inf) if self.calls == self.at else gz
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("log_every", [1, 3, 20])
+@pytest.mark.parametrize("bad_step", [1, 4])
+def test_a_non_finite_update_is_rolled_back_to_the_last_finite_step(optimizer, log_every, bad_step) -> None:
+    failed = trainer(optimizer, log_every=log_every, loss=GradientBlowsUpAt(bad_step))
+    with pytest.raises(TrainingDiverged, match=rf"the update made the weights non-finite \(the loss was "
+                                               rf"[0-9.]+\) at epoch 1, step {bad_step} "):
+        failed.fit(X, Y, epochs=1, batch_size=4, shuffle=False)
+    reference = trainer(optimizer)
+    reference.model.build((1, 1, 4, 4))
+    if bad_step > 1:
+        reference.fit(X[:(bad_step - 1) * 4], Y[:(bad_step - 1) * 4], epochs=1, batch_size=4, shuffle=False)
+    assert_same_state(failed, reference)
+
+
+def test_train_step_called_between_epochs_runs_unguarded() -> None:
+    """An on_epoch_end callback may train a step itself: it is a plain train_step."""
+    guarded, plain = trainer(), trainer()
+    guarded.fit(X, Y, epochs=2, batch_size=8, shuffle=False,
+                on_epoch_end=lambda epoch, logs: guarded.train_step(X[:8], Y[:8]))
+    for _ in range(2):
+        plain.fit(X, Y, epochs=1, batch_size=8, shuffle=False)
+        plain.train_step(X[:8], Y[:8])
+    assert_same_state(guarded, plain)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_nan_in_a_later_epoch_names_that_epoch() -> None:
     Xn = np.concatenate([X, X[:4]])

@@ -2,7 +2,8 @@
 
 Six sliding-window kernels exist twice: im2col, col2im, and max- and avg-pool
 forward and backward; so do three fused ones, the SGD and Adam updates and
-softmax cross-entropy (one GPU launch each; plain NumPy on the CPU).
+softmax cross-entropy (one GPU launch each; plain NumPy on the CPU), and
+the divergence guard's versions of the two updates and its loss check.
 Everything else in dualconv is written once against ``xp`` (numpy or cupy).
 Open the files in this order:
 
@@ -109,6 +110,30 @@ def adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
                 eps: float, weight_decay: float, step: int) -> None:
     """One Adam step (``step`` counts from 1) on w and its moments m, v in place."""
     _dispatch("adam_update", w, g, m, v, lr, b1, b2, eps, weight_decay, step)
+
+
+def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
+                       verdict: Any, code: int, lr: float, momentum: float, weight_decay: float,
+                       nesterov: bool) -> None:
+    """sgd_update under fit's divergence guard (divergence.py): runs only while
+    verdict[0] > code, first copies w (and v) into w_last (v_last), and sets
+    verdict[0] = code + 1 when a result is not finite. verdict: int32 (1,)."""
+    _dispatch("sgd_update_guarded", w, g, v, w_last, v_last, verdict, code, lr, momentum,
+              weight_decay, nesterov)
+
+
+def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
+                        verdict: Any, code: int, lr: float, b1: float, b2: float, eps: float,
+                        weight_decay: float, step: int) -> None:
+    """adam_update under fit's divergence guard, as sgd_update_guarded."""
+    _dispatch("adam_update_guarded", w, g, m, v, w_last, m_last, v_last, verdict, code, lr, b1,
+              b2, eps, weight_decay, step)
+
+
+def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
+    """The divergence guard's loss check: verdict[0] = code when the scalar loss is NaN
+    or infinite and verdict[0] > code (no earlier step failed)."""
+    _dispatch("flag_nonfinite_loss", loss, verdict, code)
 
 
 def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:

@@ -146,6 +146,43 @@ def adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
     _same(dict(w=w, g=g, m=m, v=v), "adam_update")
 
 
+def _verdict(verdict: Any, code: int, who: str) -> None:
+    """The divergence guard's verdict: one int32, updated in place; code: 2 * step >= 2."""
+    if np.dtype(verdict.dtype) != np.int32 or tuple(verdict.shape) != (1,):
+        raise TypeError(f"{who}: verdict must be an int32 array of shape (1,), got "
+                        f"{np.dtype(verdict.dtype)} {tuple(verdict.shape)}")
+    if not 2 <= int(code) < 2**31 - 2 or int(code) % 2:
+        raise ValueError(f"{who}: code must be 2 * step for a step in [1, 2^30), got {code}")
+
+
+def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
+                       verdict: Any, code: int, lr: float, momentum: float,
+                       weight_decay: float, nesterov: bool) -> None:
+    who = "sgd_update_guarded"
+    if (v is None) != (v_last is None):
+        raise ValueError(f"{who}: v and v_last go together (both None without momentum)")
+    sgd_update(w, g, v, lr, momentum, weight_decay, nesterov)
+    _same(dict(w=w, w_last=w_last, v_last=v_last), who)
+    _verdict(verdict, code, who)
+
+
+def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
+                        verdict: Any, code: int, lr: float, b1: float, b2: float, eps: float,
+                        weight_decay: float, step: int) -> None:
+    who = "adam_update_guarded"
+    adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step)
+    _same(dict(w=w, w_last=w_last, m_last=m_last, v_last=v_last), who)
+    _verdict(verdict, code, who)
+
+
+def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
+    who = "flag_nonfinite_loss"
+    check_float(loss, "loss", who)
+    if tuple(loss.shape) != ():
+        raise ValueError(f"{who}: loss must be a scalar (0-d array), got shape {tuple(loss.shape)}")
+    _verdict(verdict, code, who)
+
+
 def softmax_cross_entropy(z: Any, labels: Any) -> None:
     who = "softmax_cross_entropy"
     check_float(z, "z", who)

@@ -324,3 +324,44 @@ def softmax_cross_entropy(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     gz[rows, labels] -= 1
     gz /= z.dtype.type(N)
     return -log_p[rows, labels], gz
+
+
+# ---------------------------------------------------------------- the divergence guard's kernels
+# Twins of the *_guarded kernels and flag_nonfinite_loss (kernels/optimizers.cu): the
+# updates above, run only while the verdict allows, after a copy of the state into the
+# last-good arrays, followed by the finiteness check (dualconv/divergence.py explains).
+
+
+def sgd_update_guarded(w: np.ndarray, g: np.ndarray, v: np.ndarray | None, w_last: np.ndarray,
+                       v_last: np.ndarray | None, verdict: np.ndarray, code: int, lr: float,
+                       momentum: float, weight_decay: float, nesterov: bool) -> None:
+    """sgd_update, unless verdict[0] <= code (then nothing changes); w (and v) are
+    first copied into w_last (v_last); a non-finite result sets verdict[0] = code + 1."""
+    if verdict[0] <= code:
+        return
+    np.copyto(w_last, w)
+    if v is not None:
+        np.copyto(v_last, v)
+    sgd_update(w, g, v, lr, momentum, weight_decay, nesterov)
+    if not (np.isfinite(w).all() and (v is None or np.isfinite(v).all())):
+        verdict[0] = code + 1
+
+
+def adam_update_guarded(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray,
+                        w_last: np.ndarray, m_last: np.ndarray, v_last: np.ndarray,
+                        verdict: np.ndarray, code: int, lr: float, b1: float, b2: float,
+                        eps: float, weight_decay: float, step: int) -> None:
+    """adam_update under the guard, as sgd_update_guarded."""
+    if verdict[0] <= code:
+        return
+    for live, last in ((w, w_last), (m, m_last), (v, v_last)):
+        np.copyto(last, live)
+    adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step)
+    if not (np.isfinite(w).all() and np.isfinite(m).all() and np.isfinite(v).all()):
+        verdict[0] = code + 1
+
+
+def flag_nonfinite_loss(loss: np.ndarray, verdict: np.ndarray, code: int) -> None:
+    """verdict[0] = code when the scalar loss is NaN or infinite and verdict[0] > code."""
+    if not np.isfinite(loss) and verdict[0] > code:
+        verdict[0] = code

@@ -18,6 +18,7 @@ CuPy is imported only when a kernel runs, so this module imports without it.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any, Callable, Sequence
 
@@ -46,6 +47,7 @@ TEMPLATES = {
     "avg_pool_forward": "T, I, K", "avg_pool_backward": "T, I, K",
     "sgd_update": "T, I", "adam_update": "T, I",
     "softmax_cross_entropy": "T, L, I",
+    "sgd_update_guarded": "T, I", "adam_update_guarded": "T, I", "flag_nonfinite_loss": "T",
 }
 """Every __global__ template in kernels/*.cu, with its template parameters:
 T float type, I index type, K pooling window side, L label type (long long)."""
@@ -62,7 +64,7 @@ def _instantiations(kernel: str) -> list[str]:
             for p in TEMPLATES[kernel].split(", "):
                 combos = [c + [v] for c in combos for v in params[p]]
             names.extend(f"{kernel}<{', '.join(c)}>" for c in combos)
-    return names
+    return list(dict.fromkeys(names))  # once each, for a kernel without an index type
 
 
 NAME_EXPRESSIONS = tuple(n for k in KERNELS for n in _instantiations(k))
@@ -159,10 +161,12 @@ def plan_avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Launch:
                           (N, C, H, W), win, out, [N * C * out[0] * out[1]], _side(win))
 
 
-def _elementwise(kernel: str, arrays: dict[str, Any], scalars: Sequence[float | bool]) -> Launch:
+def _elementwise(kernel: str, arrays: dict[str, Any],
+                 scalars: Sequence[float | bool | np.int32]) -> Launch:
     """A fused update in place, one thread per element, of arrays that passed the
     kernel's check. The gradient g is only read (laid out C-contiguous if it is
-    not); the others must be C-contiguous already, since a copy would lose the update."""
+    not); the others must be C-contiguous already, since a copy would lose the update.
+    Scalars become the arrays' float type, except bools and np.int32 (C ints)."""
     args = []
     for name, a in arrays.items():
         if name == "g":
@@ -175,7 +179,7 @@ def _elementwise(kernel: str, arrays: dict[str, Any], scalars: Sequence[float | 
     dtype = np.dtype(first.dtype)
     n = int(np.prod(first.shape, dtype=np.int64))
     itype = index_dtype([n], n)
-    values = [np.int32(v) if isinstance(v, bool) else dtype.type(v) for v in scalars]
+    values = [np.int32(v) if isinstance(v, (bool, np.int32)) else dtype.type(v) for v in scalars]
     return launch_1d(f"{kernel}<{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}>", n,
                      (*args, itype.type(n), *values))
 
@@ -195,6 +199,48 @@ def plan_adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: f
     return _elementwise("adam_update", dict(w=w, g=g, m=m, v=v),
                         (lr, b1, b2, 1 - b1, 1 - b2, 1 - b1 ** step, 1 - b2 ** step, eps,
                          weight_decay))
+
+
+def plan_sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
+                            verdict: Any, code: int, lr: float, momentum: float,
+                            weight_decay: float, nesterov: bool) -> Launch:
+    """sgd_update under fit's divergence guard: skips unless verdict > code, first
+    copies w (and v) into w_last (v_last), flags a non-finite result (optimizers.cu)."""
+    checks.sgd_update_guarded(w, g, v, w_last, v_last, verdict, code, lr, momentum,
+                              weight_decay, nesterov)
+    v, v_last = (w, w_last) if v is None else (v, v_last)  # neither is touched when momentum is 0
+    arrays = dict(w=w, g=g, v=v, w_last=w_last, v_last=v_last)
+    return _with_verdict(_elementwise("sgd_update_guarded", arrays,
+                                      (lr, momentum, weight_decay, bool(nesterov))),
+                         len(arrays), verdict, code)
+
+
+def plan_adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any,
+                             v_last: Any, verdict: Any, code: int, lr: float, b1: float,
+                             b2: float, eps: float, weight_decay: float, step: int) -> Launch:
+    """adam_update under fit's divergence guard (see plan_sgd_update_guarded)."""
+    checks.adam_update_guarded(w, g, m, v, w_last, m_last, v_last, verdict, code, lr, b1, b2,
+                               eps, weight_decay, step)
+    arrays = dict(w=w, g=g, m=m, v=v, w_last=w_last, m_last=m_last, v_last=v_last)
+    return _with_verdict(_elementwise("adam_update_guarded", arrays,
+                                      (lr, b1, b2, 1 - b1, 1 - b2, 1 - b1 ** step,
+                                       1 - b2 ** step, eps, weight_decay)),
+                         len(arrays), verdict, code)
+
+
+def _with_verdict(launch: Launch, arrays: int, verdict: Any, code: int) -> Launch:
+    """``launch`` with the guard's verdict after its arrays and its step code last."""
+    args = launch.args
+    return dataclasses.replace(launch, args=(*args[:arrays], verdict, *args[arrays:],
+                                             np.int32(code)))
+
+
+def plan_flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> Launch:
+    """loss: a float scalar (0-d); sets verdict to code when it is NaN or infinite and
+    no earlier step failed. One thread."""
+    checks.flag_nonfinite_loss(loss, verdict, code)
+    return launch_1d(f"flag_nonfinite_loss<{FLOAT_TYPES[np.dtype(loss.dtype)]}>", 1,
+                     (loss, verdict, np.int32(code)))
 
 
 def plan_softmax_cross_entropy(z: Any, labels: Any) -> Launch:
@@ -222,6 +268,9 @@ PLANS: dict[str, Callable[..., Launch]] = {
     "sgd_update": plan_sgd_update,
     "adam_update": plan_adam_update,
     "softmax_cross_entropy": plan_softmax_cross_entropy,
+    "sgd_update_guarded": plan_sgd_update_guarded,
+    "adam_update_guarded": plan_adam_update_guarded,
+    "flag_nonfinite_loss": plan_flag_nonfinite_loss,
 }
 """Kernel name -> its plan function (same arguments as the kernel function)."""
 
@@ -317,3 +366,24 @@ def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:
     if np.dtype(labels.dtype) != np.int64:
         labels = labels.astype(np.int64)
     return _run(plan_softmax_cross_entropy(z, labels))
+
+
+def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
+                       verdict: Any, code: int, lr: float, momentum: float, weight_decay: float,
+                       nesterov: bool) -> None:
+    """One guarded SGD step in place, one launch; see cpu.sgd_update_guarded."""
+    _run(plan_sgd_update_guarded(w, g, v, w_last, v_last, verdict, code, lr, momentum,
+                                 weight_decay, nesterov))
+
+
+def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
+                        verdict: Any, code: int, lr: float, b1: float, b2: float, eps: float,
+                        weight_decay: float, step: int) -> None:
+    """One guarded Adam step in place, one launch; see cpu.adam_update_guarded."""
+    _run(plan_adam_update_guarded(w, g, m, v, w_last, m_last, v_last, verdict, code, lr, b1,
+                                  b2, eps, weight_decay, step))
+
+
+def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
+    """The guard's check of a step's loss, one launch; see cpu.flag_nonfinite_loss."""
+    _run(plan_flag_nonfinite_loss(loss, verdict, code))

@@ -51,7 +51,17 @@ def fused_runs(emulator: Emulator) -> int:
         emulator.call("adam_update", w, g, m, np.abs(v), 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)
         emulator.call("softmax_cross_entropy", rng.standard_normal((257, 10)).astype(dtype),
                       rng.integers(-1, 11, 257))
-    return 4 * len(DTYPES)
+        verdict = np.array([2**31 - 1], np.int32)
+        last = [np.empty_like(w) for _ in range(3)]
+        emulator.call("sgd_update_guarded", w, g, None, last[0], None, verdict, 2, 0.1, 0.0, 0.0,
+                      False)
+        emulator.call("sgd_update_guarded", w, g, m, last[0], last[1], verdict, 4, 0.1, 0.9, 0.0,
+                      True)
+        emulator.call("adam_update_guarded", w, g, m, np.abs(v), *last, verdict, 6, 1e-3, 0.9,
+                      0.999, 1e-8, 0.0, 1)
+        emulator.call("flag_nonfinite_loss", np.array(np.nan, dtype), verdict, 8)
+        assert verdict[0] == 8, verdict
+    return 8 * len(DTYPES)
 
 
 if __name__ == "__main__":

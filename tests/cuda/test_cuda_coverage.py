@@ -10,6 +10,7 @@ import pytest
 from dualconv.kernels import cpu, cuda, sources
 from test_cuda_emulated import KERNELS_UNDER_TEST
 from test_cuda_fused import FUSED_UNDER_TEST
+from test_cuda_guarded import GUARDED_UNDER_TEST
 
 GLOBAL = re.compile(r"__global__\s+void\s+(\w+)\s*\(")
 
@@ -26,7 +27,7 @@ def test_every_global_is_instantiated_planned_and_tested():
     assert in_sources, "no __global__ functions found in kernels/*.cu"
     assert in_sources == set(cuda.KERNELS), "cuda.KERNELS is out of date"
     assert in_sources == set(cuda.PLANS), "a kernel has no plan_* in cuda.py"
-    assert in_sources == set(KERNELS_UNDER_TEST + FUSED_UNDER_TEST), \
+    assert in_sources == set(KERNELS_UNDER_TEST + FUSED_UNDER_TEST + GUARDED_UNDER_TEST), \
         "a kernel has no emulated parity test"
     for kernel in in_sources:
         assert hasattr(cpu, kernel), f"{kernel} has no CPU twin"

@@ -12,7 +12,7 @@ from dualconv.models import lenet
 pytestmark = pytest.mark.gpu
 
 LAUNCH_BUDGET = {"sgd": 64, "adam": 72}
-"""Kernel launches per LeNet training step at batch 64."""
+"""Kernel launches per LeNet training step at batch 64, inside Trainer.fit too."""
 COPY_BUDGET = 1 << 20
 """Device-to-device copy bytes per LeNet step at batch 256."""
 
@@ -47,6 +47,36 @@ def test_a_lenet_step_at_batch_64_stays_within_its_launch_budget(emu, optimizer)
     counts = _counted_step(emu, *_resident_trainer(emu, optimizer, 64, 3))
     assert 0 < counts["kernel_launches"] <= LAUNCH_BUDGET[optimizer], counts
     assert counts["syncs"] == counts["host_to_device"] == counts["device_to_host"] == 0, counts
+
+
+def _counted_fit_step(emu, trainer, batches) -> dict[str, float]:
+    """Counters of one step inside Trainer.fit: fits of 2 and of 4 batches after a
+    warm-up fit, their difference halved (what a fit pays once cancels), with the
+    running loss read only at the end of the epoch."""
+    cupy = emu.cupy
+    X = cupy.concatenate([xb for xb, _ in batches])
+    y = cupy.concatenate([yb for _, yb in batches])
+    batch = len(batches[0][1])
+    trainer.log_every = len(batches)
+    trainer.fit(X[:2 * batch], y[:2 * batch], batch_size=batch, seed=0)
+    counts = []
+    for n in (2, 4):
+        emu.reset_counters()
+        trainer.fit(X[:n * batch], y[:n * batch], batch_size=batch, seed=0)
+        counts.append(dict(emu.counters))
+    return {k: (counts[1][k] - counts[0][k]) / 2 for k in counts[0]}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_a_lenet_step_inside_fit_stays_within_its_launch_budget(emu, optimizer):
+    """fit adds the batch gather, the running sums and the divergence guard (one loss
+    check; the guarded updates replace the plain ones) to train_step's launches."""
+    counts = _counted_fit_step(emu, *_resident_trainer(emu, optimizer, 64, 4))
+    assert 0 < counts["kernel_launches"] <= LAUNCH_BUDGET[optimizer], counts
+    assert counts["syncs"] == counts["host_to_device"] == counts["device_to_host"] == 0, counts
+    # the last-good copy is written by the update kernels: no copy beyond train_step's own
+    alone = _counted_step(emu, *_resident_trainer(emu, optimizer, 64, 3))
+    assert counts["copy_bytes"] == alone["copy_bytes"], (counts, alone)
 
 
 def test_a_lenet_step_at_batch_256_copies_at_most_a_megabyte(emu):
