@@ -1,6 +1,6 @@
 """Datasets: IDX parsing, MNIST lookup and checksums (offline), digits.
 
-Real MNIST comes from $DUALCONV_DATA/mnist (CI: DUALCONV_DATA=../shared/data);
+Real MNIST comes from $DUALCONV_DATA/mnist (CI sets DUALCONV_DATA to its data folder);
 those tests are skipped when the files are absent. No test touches the network:
 the downloader is replaced by one that fails (or copies a local file).
 """
@@ -31,7 +31,7 @@ def _real_mnist_dir() -> Path | None:
 
 REAL = _real_mnist_dir()
 needs_mnist = pytest.mark.skipif(
-    REAL is None, reason="real MNIST not found: set DUALCONV_DATA=../shared/data (files in $DUALCONV_DATA/mnist)"
+    REAL is None, reason="real MNIST not found: set DUALCONV_DATA (files in $DUALCONV_DATA/mnist)"
 )
 
 

@@ -24,7 +24,7 @@ DATA = os.environ.get("DUALCONV_DATA")
 HAVE_MNIST = bool(DATA) and all((Path(DATA) / "mnist" / n).is_file() for n in NAMES)
 
 
-@pytest.mark.skipif(not HAVE_MNIST, reason="real MNIST not found: set DUALCONV_DATA=../shared/data "
+@pytest.mark.skipif(not HAVE_MNIST, reason="real MNIST not found: set DUALCONV_DATA "
                     "(files in $DUALCONV_DATA/mnist)")
 def test_lenet_reaches_95_percent_after_one_epoch_on_10000_images(tmp_path):
     start = time.perf_counter()
