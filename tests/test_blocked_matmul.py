@@ -11,32 +11,27 @@ from error_bounds import assert_within, matmul_bound
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("P", [1, 6, 7, 8, 50])
-def test_column_blocks_equal_the_product(monkeypatch, dtype: type, P: int) -> None:
-    """Blocks of 7 columns: P below, at, just past and well past a block boundary."""
+@pytest.mark.parametrize("blocked", ["columns", "inner"])
+def test_blocks_equal_the_product(monkeypatch, blocked: str, dtype: type, P: int) -> None:
+    """Blocks of 7: P below, at, just past and well past a block boundary.
+
+    "columns" splits the P output columns of (3 x 5) @ (5 x P); "inner" splits the
+    sum over P of (4 x P) @ (P x 3): one partial product, or several added in order.
+    """
+    M, K = (3, 5) if blocked == "columns" else (4, 3)
     monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
-    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * 3 * 5)
-    assert block_size(3, 5) == 7
+    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * M * K)
+    assert block_size(M, K) == 7
     rng = np.random.default_rng(P)
-    a = rng.standard_normal((3, 5)).astype(dtype)
-    b = rng.standard_normal((P, 5)).astype(dtype).T  # a transposed view, as conv's col.T
-    got = matmul_column_blocks(a, b)
-    assert got.shape == (3, P) and got.dtype == dtype
-    exact = a.astype(np.float64) @ b.astype(np.float64)
-    assert_within(got, exact, matmul_bound(a, b) + matmul_bound(a, b, np.float64))
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("P", [1, 6, 7, 8, 50])
-def test_inner_blocks_equal_the_product(monkeypatch, dtype: type, P: int) -> None:
-    """The sum over P in blocks of 7: one partial product, or several added in order."""
-    monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
-    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * 4 * 3)
-    assert block_size(4, 3) == 7
-    rng = np.random.default_rng(100 + P)
-    a = rng.standard_normal((4, P)).astype(dtype)
-    b = rng.standard_normal((3, P)).astype(dtype).T
-    got = matmul_inner_blocks(a, b)
-    assert got.shape == (4, 3) and got.dtype == dtype
+    if blocked == "columns":
+        a = rng.standard_normal((M, K)).astype(dtype)
+        b = rng.standard_normal((P, K)).astype(dtype).T  # a transposed view, as conv's col.T
+        got, shape = matmul_column_blocks(a, b), (M, P)
+    else:
+        a = rng.standard_normal((M, P)).astype(dtype)
+        b = rng.standard_normal((K, P)).astype(dtype).T
+        got, shape = matmul_inner_blocks(a, b), (M, K)
+    assert got.shape == shape and got.dtype == dtype
     exact = a.astype(np.float64) @ b.astype(np.float64)
     assert_within(got, exact, matmul_bound(a, b) + matmul_bound(a, b, np.float64))
 

@@ -221,18 +221,7 @@ class ndarray:
         self._a[index] = value
 
     # -- compute -------------------------------------------------------------------
-    sum = _reduction("sum")
-    mean = _reduction("mean")
-    max = _reduction("max")
-    min = _reduction("min")
-    argmax = _reduction("argmax")
-    argmin = _reduction("argmin")
-    prod = _reduction("prod")
-    var = _reduction("var")
-    std = _reduction("std")
-    any = _reduction("any")
-    all = _reduction("all")
-    cumsum = _reduction("cumsum")
+    # the reductions (sum, mean, ...) are attached after the class: see REDUCTIONS
 
     def dot(self, other: Any) -> "ndarray":
         return np.matmul(self, other) if self.ndim and getattr(other, "ndim", 0) else np.multiply(self, other)
@@ -267,3 +256,8 @@ class ndarray:
 
 
 ndarray.__module__ = "cupy"
+
+
+REDUCTIONS = ("sum", "mean", "max", "min", "argmax", "argmin", "prod", "var", "std", "any", "all", "cumsum")
+for _name in REDUCTIONS:  # each a method returning a 0-d (or reduced) device array, one launch
+    setattr(ndarray, _name, _reduction(_name))
