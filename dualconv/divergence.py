@@ -33,8 +33,14 @@ The host reads the verdict only where the Trainer already reads the running loss
 were never changed, after a non-finite update the arrays it changed are copied
 back from their last-good arrays; optimizer slots created by the failed step are
 dropped and the optimizer's step count is set back. ``error`` then names the
-epoch, the step and its samples. Not covered: buffers that a forward pass updates
-(BatchNorm's running statistics), which no optimizer kernel writes.
+epoch, the step and its samples.
+
+Buffers (BatchNorm's running statistics) are written by the forward pass, not by
+an optimizer kernel, so the guard keeps their last-good copies itself: after each
+step's update, ``end_step`` copies every buffer into its last-good array only
+while the verdict is still NO_FAILURE (one comparison with the verdict, then one
+masked copy per buffer, on the device and without a sync; nothing at all for a
+model without buffers), and ``restore`` copies them back.
 """
 from __future__ import annotations
 
@@ -81,6 +87,7 @@ class LastFiniteState:
         self.model, self.optimizer = model, optimizer
         self.verdict = xp_for(model.backend).full(1, NO_FAILURE, dtype=np.int32)
         self._last: dict[tuple[str, str], Any] = {}
+        self._last_buffers: dict[str, Any] = {}  # buffer name -> its copy after the last good step
         self._pending: list[_Step] = []
         self._failed: tuple[_Step, bool] | None = None  # (the step, whether its update failed)
 
@@ -95,6 +102,11 @@ class LastFiniteState:
     def begin_step(self, step: int, samples: tuple[int, int]) -> None:
         """Step ``step`` of the epoch (1-based) starts; it trains on positions ``samples``."""
         self._pending.append(_Step(step, samples, self.optimizer.steps, self._slot_keys()))
+        for name, (layer, key) in self.model.buffers().items():
+            live, last = layer.buffers[key], self._last_buffers.get(name)
+            if last is None or last.shape != live.shape or last.dtype != live.dtype \
+                    or get_array_module(last) is not get_array_module(live):
+                self._last_buffers[name] = live.copy()  # the state before this fit's first step
 
     def check_loss(self, loss: Any) -> None:
         """The step's loss (a 0-d array on the model's backend) is known: flag the step
@@ -113,6 +125,17 @@ class LastFiniteState:
                 or get_array_module(last) is not get_array_module(live):
             last = self._last[key] = get_array_module(live).empty_like(live)
         return last
+
+    def end_step(self) -> None:
+        """The step's forward and update were launched: copy every buffer into its
+        last-good array while no step has failed (a masked copy, no host read)."""
+        buffers = self.model.buffers()
+        if not buffers:
+            return
+        xp = get_array_module(self.verdict)
+        no_failure = self.verdict == NO_FAILURE  # (1,) bool, broadcast over each buffer
+        for name, (layer, key) in buffers.items():
+            xp.copyto(self._last_buffers[name], layer.buffers[key], where=no_failure)
 
     def all_finite(self) -> bool:
         """Whether every step so far was finite (one read of the device verdict)."""
@@ -137,6 +160,8 @@ class LastFiniteState:
             live = self._live()
             for key in failed.updated:
                 live[key][...] = self._last[key]
+        for name, (layer, key) in self.model.buffers().items():
+            layer.buffers[key][...] = self._last_buffers[name]
         for name, slot in self._slot_keys() - failed.slots_before:
             del self.optimizer.state[name][slot]
         self.optimizer.state = {name: slots for name, slots in self.optimizer.state.items() if slots}

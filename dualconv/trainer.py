@@ -186,6 +186,8 @@ class Trainer:
         if self._guard is not None:
             self._guard.check_loss(value)
         self.optimizer.step(self._guard)
+        if self._guard is not None:
+            self._guard.end_step()
         return value, _correct(out, to_backend(yb, backend_of(out)))
 
     # -- evaluation ----------------------------------------------------------------
