@@ -67,9 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_dir(train)
     train.add_argument("--out", type=Path, help="directory for checkpoint.npz, model.npz, metrics.json and plots "
                        "(default: a new runs/<dataset>-<model>-<n>)")
-    train.add_argument("--resume", action="store_true",
-                       help="continue from the checkpoint in --out (same settings; --epochs may grow, --lr change)")
-    train.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    existing_run = train.add_mutually_exclusive_group()
+    existing_run.add_argument("--resume", action="store_true",
+                              help="continue from the checkpoint in --out (same settings; --epochs may grow, "
+                              "--lr change); an existing --out without one starts from scratch")
+    existing_run.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when "
                        "stderr is not a terminal)")
     train.add_argument("--limit", type=_positive_int, metavar="N",
@@ -266,10 +268,12 @@ def _run_directory(args: argparse.Namespace) -> tuple[Path | None, Any]:
         raise CLIError(f"--out {out} is a file; give a directory")
     existing = runs.holds_run(out)
     if args.resume:
+        if not out.exists():
+            raise CLIError(f"nothing to resume in {out}: it does not exist; drop --resume to start a new run")
         if not (out / CHECKPOINT).is_file():
             if existing:
                 raise CLIError(f"{out} holds {', '.join(existing)} but no {CHECKPOINT} to resume from; "
-                               f"pass --overwrite to start over there, or choose another --out")
+                               f"pass --overwrite instead of --resume to start over there, or choose another --out")
             print(f"no {CHECKPOINT} in {out}: starting from scratch")
             return out, None
         try:

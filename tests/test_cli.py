@@ -116,7 +116,8 @@ def test_resume_refuses_changed_settings(trained, tmp_path, capsys):
     assert "--batch-size 32 (checkpoint: 64)" in err and "new --out" in err
 
 
-def test_resume_without_checkpoint_starts_from_scratch(tmp_path, capsys):
+def test_resume_in_an_existing_directory_without_checkpoint_starts_from_scratch(tmp_path, capsys):
+    (tmp_path / "fresh").mkdir()  # e.g. made by a job script that always passes --resume
     assert run_cli(*DIGITS, "--model", "mlp", "--out", tmp_path / "fresh", "--resume") == 0
     assert "starting from scratch" in capsys.readouterr().out
     assert checkpoint.load_checkpoint(tmp_path / "fresh" / "checkpoint.npz").epoch == 1
