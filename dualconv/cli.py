@@ -141,8 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(sys.stderr)
-        return 2
+        parser.error("give a command: train, evaluate, predict or info")
     try:
         return args.func(args)
     except (CLIError, DatasetError, runs.SettingsError) as exc:
@@ -182,6 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     (X_train, y_train), (X_test, y_test) = load_dataset(config["dataset"], args.data_dir, uint8=True)
     if config["limit"] is not None:
+        if config["limit"] > len(X_train):
+            print(f"note: --limit {config['limit']} exceeds the {len(X_train)} training images of "
+                  f"{config['dataset']}; training on all of them")
         X_train, y_train = X_train.head(config["limit"]), y_train[: config["limit"]]
     trainer = _trainer(config, X_train.shape[1:], progress=not args.no_progress)
     if out is None:

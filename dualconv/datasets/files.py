@@ -202,7 +202,7 @@ def _problem(
         + (f" (Debian: apt install {fileset.debian_package})" if fileset.debian_package else "")
         + ", or use --dataset digits, which ships with scikit-learn and works offline.",
     ]
-    message = "\n".join(lines)
+    message = "; ".join(line.strip().rstrip(".") for line in lines) + "."  # one line, as the CLI prints it
     if corrupt:
         return ChecksumError(message)
     return DatasetNotFoundError(message)
