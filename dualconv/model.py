@@ -6,6 +6,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from .arguments import check_batch_size
 from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend
 from .layers import Dropout, Layer, MaxPool2D, ReLU, Softmax
 from .layers.activations import softmax
@@ -109,8 +110,7 @@ class Sequential:
 
         ``batch_size`` defaults to PREDICT_BATCH_SIZE for the model's backend.
         """
-        if batch_size is None:
-            batch_size = PREDICT_BATCH_SIZE.get(self.backend, 256)
+        batch_size = self._batch_size("predict", batch_size)
         was_training = self.training
         self.eval()
         try:
@@ -126,12 +126,18 @@ class Sequential:
 
         A model that already ends in a Softmax layer returns its outputs unchanged.
         """
-        out = self.predict(x, batch_size)
+        out = self.predict(x, self._batch_size("predict_proba", batch_size))
         return out if isinstance(self.layers[-1], Softmax) else softmax(out)
 
     def predict_classes(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """argmax of predict over the last axis, as a NumPy int array."""
-        return asnumpy(self.predict(x, batch_size).argmax(axis=-1))
+        return asnumpy(self.predict(x, self._batch_size("predict_classes", batch_size)).argmax(axis=-1))
+
+    def _batch_size(self, method: str, batch_size: int | None) -> int:
+        """``batch_size`` checked for ``method``; None is PREDICT_BATCH_SIZE for the model's backend."""
+        if batch_size is None:
+            return PREDICT_BATCH_SIZE.get(self.backend, 256)
+        return check_batch_size(f"Sequential.{method}", batch_size)
 
     # -- parameters, modes, devices -------------------------------------------
     def parameters(self) -> ParameterView:

@@ -13,7 +13,6 @@ without a per-step sync.
 """
 from __future__ import annotations
 
-import numbers
 import sys
 import time
 from typing import Any, Callable
@@ -21,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from .arguments import check_batch_size, check_integer
 from .backend import asnumpy, backend_of, get_array_module, to_backend, xp_for
 from .divergence import LastFiniteState
 from .losses import Loss
@@ -100,12 +100,9 @@ class Trainer:
         """
         if self.optimizer is None:
             raise ValueError("Trainer.fit: this Trainer has no optimizer; pass one to Trainer(model, loss, optimizer)")
-        for name, value, least in (("epochs", epochs, 1), ("batch_size", batch_size, 1),
-                                   ("initial_epoch", initial_epoch, 0)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-                raise TypeError(f"Trainer.fit: {name} must be an integer, got {value!r}")
-            if value < least:
-                raise ValueError(f"Trainer.fit: {name} must be >= {least}, got {value!r}")
+        check_integer("Trainer.fit", "epochs", epochs, 1)
+        batch_size = check_batch_size("Trainer.fit", batch_size)
+        check_integer("Trainer.fit", "initial_epoch", initial_epoch, 0)
         if initial_epoch >= epochs:
             raise ValueError(f"Trainer.fit: initial_epoch ({initial_epoch}) must be below epochs ({epochs}); "
                              f"epochs is the total to reach, not the number to add")
@@ -121,7 +118,7 @@ class Trainer:
         try:
             for epoch in range(initial_epoch, epochs):
                 self._guard = guard  # train_step runs under it in the epoch's loop only
-                logs = self._fit_epoch(X, y, epoch, epochs, int(batch_size), shuffle, seed, guard)
+                logs = self._fit_epoch(X, y, epoch, epochs, batch_size, shuffle, seed, guard)
                 self._guard = None
                 if validation_data is not None:
                     val = self.evaluate(*validation_data)
@@ -198,6 +195,7 @@ class Trainer:
         With ``confusion_matrix=True`` (classifiers) also "confusion_matrix": a
         (classes, classes) list of lists, rows the true class, columns the predicted.
         """
+        batch_size = check_batch_size("Trainer.evaluate", batch_size)
         X, y = self._check_data(X, y, "evaluate")  # every label, checked once
         was_training = self.model.training
         self.model.eval()
