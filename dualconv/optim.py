@@ -58,6 +58,8 @@ class Optimizer:
         # A model's parameters() is a live view (lazy layers add parameters at
         # their first forward), so keep it as it is; anything else is listed now.
         self.params = params if isinstance(params, ParameterView) else list(params)
+        if not isinstance(self.params, ParameterView) and not self.params:
+            raise ValueError(f"{type(self).__name__}: got an empty parameter list; pass model.parameters()")
         if not lr > 0:
             raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr!r}")
         self.lr = float(lr)
@@ -126,6 +128,7 @@ class SGD(Optimizer):
             raise ValueError(f"SGD: momentum must be in [0, 1), got {momentum!r}")
         if nesterov and momentum == 0.0:
             raise ValueError("SGD: nesterov=True needs a momentum above 0")
+        _check_weight_decay("SGD", weight_decay)
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
@@ -149,6 +152,14 @@ class Adam(Optimizer):
     def __init__(self, params: Iterable[Parameter], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr)
+        if len(betas) != 2:
+            raise ValueError(f"Adam: betas must be a pair (b1, b2), got {betas!r}")
+        for i, beta in enumerate(betas):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Adam: betas[{i}] (b{i + 1}) must be in [0, 1), got {beta!r}")
+        if not eps > 0:
+            raise ValueError(f"Adam: eps must be positive, got {eps!r}")
+        _check_weight_decay("Adam", weight_decay)
         self.b1, self.b2 = (float(b) for b in betas)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
@@ -161,6 +172,11 @@ class Adam(Optimizer):
         kernels.adam_update_guarded(w, g, m, v, *(guard.last_good(p.name, slot, a) for slot, a in
                                                   (("param", w), ("m", m), ("v", v))),
                                     guard.verdict, guard.code, *settings)
+
+
+def _check_weight_decay(owner: str, weight_decay: float) -> None:
+    if not weight_decay >= 0:
+        raise ValueError(f"{owner}: weight_decay must be >= 0, got {weight_decay!r}")
 
 
 class LRSchedule:
