@@ -175,16 +175,19 @@ class CNNClassifier(ClassifierMixin, BaseEstimator):
 
     # -- prediction -----------------------------------------------------------------
     def predict_proba(self, X: Any) -> np.ndarray:
-        """(n_samples, n_classes) class probabilities (softmax of the logits), rows summing to 1."""
+        """(n_samples, n_classes) class probabilities, rows summing to 1 (float64).
+
+        Those of ``Sequential.predict_proba``: the softmax of the logits, or the outputs
+        of a model that ends in a Softmax layer; normalized again in float64.
+        """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, allow_nd=True, dtype=(np.float64, np.float32))
         X = self._images(X, "predict").astype(self._dtype, copy=False)
         self.model_.to(self._backend_name())
         with use_backend(self._backend_name()):
-            logits = asnumpy(self.model_.predict(X, batch_size=max(int(self.batch_size), 256)))
-        logits = logits.astype(np.float64)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return exp / exp.sum(axis=1, keepdims=True)
+            proba = asnumpy(self.model_.predict_proba(X, batch_size=max(int(self.batch_size), 256)))
+        proba = proba.astype(np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X: Any) -> np.ndarray:
         """The most probable class of each row, as labels from classes_."""
