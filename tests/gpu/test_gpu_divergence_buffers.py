@@ -9,6 +9,7 @@ import pytest
 import dualconv as dc
 from test_divergence import assert_same_state
 from test_divergence_buffers import BATCH, X, Y, bn_trainer, failed_and_reference
+from test_gpu_step_budget import _counted_fit_step
 
 pytestmark = [pytest.mark.gpu, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
@@ -26,22 +27,17 @@ def test_a_nan_image_on_the_gpu_leaves_the_running_statistics_of_the_last_finite
 
 
 def test_the_buffer_copies_cost_one_launch_per_buffer_and_one_comparison_per_step(emu):
-    """A LeNet-BN fit of 4 steps minus one of 2, halved: the guard's share of a step,
-    measured against the same fits with the buffer copies left out."""
+    """The guard's share of a LeNet-BN step inside fit, against the same fits with
+    the buffer copies left out (the guard then sees no buffer)."""
     def per_step(copy_buffers: bool) -> dict[str, float]:
         with dc.use_backend("cupy"):
             trainer = bn_trainer("sgd")
             if not copy_buffers:
-                trainer.model.buffers = dict  # the guard then sees no buffer
+                trainer.model.buffers = dict
             Xd, Yd = emu.cupy.asarray(X), emu.cupy.asarray(Y)
-            trainer.fit(Xd[:2 * BATCH], Yd[:2 * BATCH], batch_size=BATCH, seed=0)
-            counts = []
-            for n in (2, 4):
-                emu.reset_counters()
-                trainer.fit(Xd[:n * BATCH], Yd[:n * BATCH], batch_size=BATCH, seed=0)
-                counts.append(dict(emu.counters))
-        return {k: (counts[1][k] - counts[0][k]) / 2 for k in counts[0]}
+            batches = [(Xd[i * BATCH:(i + 1) * BATCH], Yd[i * BATCH:(i + 1) * BATCH]) for i in range(4)]
+            return _counted_fit_step(emu, trainer, batches)
 
     with_copies, without = per_step(True), per_step(False)
     assert with_copies["syncs"] == with_copies["device_to_host"] == with_copies["host_to_device"] == 0
-    assert with_copies["kernel_launches"] - without["kernel_launches"] == 1 + 6
+    assert with_copies["kernel_launches"] - without["kernel_launches"] == 1 + 6  # six buffers
