@@ -49,10 +49,10 @@ def test_layer_forward_backward_matches_numpy(name, make, shape, dtype):
     y_cpu = cpu.forward(x)
     y_gpu = gpu.forward(to_backend(x, "cupy"))
     assert_allclose(asnumpy(y_gpu), y_cpu, rtol=RTOL[dtype], atol=RTOL[dtype])
-    dy = rng.standard_normal(y_cpu.shape).astype(dtype)
-    dx_cpu = cpu.backward(dy)
-    dx_gpu = gpu.backward(to_backend(dy, "cupy"))
-    assert_allclose(asnumpy(dx_gpu), dx_cpu, rtol=RTOL[dtype], atol=RTOL[dtype])
+    gy = rng.standard_normal(y_cpu.shape).astype(dtype)
+    gx_cpu = cpu.backward(gy)
+    gx_gpu = gpu.backward(to_backend(gy, "cupy"))
+    assert_allclose(asnumpy(gx_gpu), gx_cpu, rtol=RTOL[dtype], atol=RTOL[dtype])
     for key in cpu.grads:
         assert_allclose(asnumpy(gpu.grads[key]), cpu.grads[key], rtol=RTOL[dtype], atol=RTOL[dtype])
 

@@ -39,8 +39,8 @@ def test_batchnorm_forward_backward_and_running_stats_match_numpy(name, cls, sha
     getattr(gpu, mode)()
     tol = RTOL[dtype]
     assert_allclose(asnumpy(gpu.forward(to_backend(x, "cupy"))), cpu.forward(x), rtol=tol, atol=tol)
-    dy = rng.standard_normal(shape).astype(dtype)
-    assert_allclose(asnumpy(gpu.backward(to_backend(dy, "cupy"))), cpu.backward(dy), rtol=tol, atol=tol)
+    gy = rng.standard_normal(shape).astype(dtype)
+    assert_allclose(asnumpy(gpu.backward(to_backend(gy, "cupy"))), cpu.backward(gy), rtol=tol, atol=tol)
     for store_gpu, store_cpu in ((gpu.grads, cpu.grads), (gpu.buffers, cpu.buffers)):
         for key in store_cpu:
             assert type(store_gpu[key]).__module__.startswith("cupy")
