@@ -12,6 +12,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 import dualconv as dc
 from dualconv.backend import asnumpy, to_backend
 from dualconv.models import lenet
+from digits_28 import digits_28
 
 pytestmark = pytest.mark.gpu
 
@@ -77,15 +78,8 @@ def test_loss_matches_numpy(loss_case, dtype):
     assert_allclose(asnumpy(gpu.backward()), cpu.backward(), rtol=RTOL[dtype], atol=RTOL[dtype])
 
 
-def _digits_28(n: int):
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    X = np.pad(np.kron(d.images[:n] / 16.0, np.ones((3, 3))), ((0, 0), (2, 2), (2, 2)))
-    return X[:, None].astype(np.float32), d.target[:n]
-
-
 def test_lenet_50_steps_same_losses_on_both_backends():
-    X, y = _digits_28(50 * 16)
+    X, y = digits_28(50 * 16)
     losses = {}
     for backend in ("numpy", "cupy"):
         with dc.use_backend(backend):
@@ -104,7 +98,7 @@ def test_lenet_50_steps_same_losses_on_both_backends():
 
 
 def test_trainer_fit_on_gpu_then_saved_model_predicts_the_same_on_cpu(tmp_path):
-    X, y = _digits_28(600)
+    X, y = digits_28(600)
     with dc.use_backend("cupy"):
         model = lenet(seed=0)
         trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(),
@@ -118,7 +112,7 @@ def test_trainer_fit_on_gpu_then_saved_model_predicts_the_same_on_cpu(tmp_path):
 
 
 def test_model_and_optimizer_state_move_between_backends():
-    X, y = _digits_28(64)
+    X, y = digits_28(64)
     model = lenet(seed=1)
     opt = dc.SGD(model.parameters(), lr=0.05, momentum=0.9)
     trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(), opt, progress=False)

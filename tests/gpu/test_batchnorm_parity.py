@@ -12,6 +12,7 @@ from numpy.testing import assert_allclose
 import dualconv as dc
 from dualconv.backend import asnumpy, to_backend
 from dualconv.models import lenet_bn
+from digits_28 import digits_28
 
 pytestmark = pytest.mark.gpu  # on a GPU when usable, else on the emulated CuPy (conftest.py)
 
@@ -48,10 +49,7 @@ def test_batchnorm_forward_backward_and_running_stats_match_numpy(name, cls, sha
 
 
 def test_lenet_bn_20_steps_same_losses_and_running_stats_on_both_backends():
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    X = np.pad(np.kron(d.images[:320] / 16.0, np.ones((3, 3))), ((0, 0), (2, 2), (2, 2)))[:, None]
-    X, y = X.astype(np.float32), d.target[:320]
+    X, y = digits_28(320)
     losses, states = {}, {}
     for backend in ("numpy", "cupy"):
         with dc.use_backend(backend):

@@ -11,17 +11,9 @@ from dualconv.backend import asnumpy, backend_of, to_backend
 from dualconv.checkpoint import load_checkpoint, save_checkpoint
 from dualconv.models import lenet, weidman
 from dualconv.shapes import Window
+from digits_28 import digits_28
 
 pytestmark = pytest.mark.gpu
-
-
-def _digits_28(n: int, seed: int = 0):
-    """n sklearn digits upscaled to 28x28 (float32, (n, 1, 28, 28)) and their labels."""
-    from sklearn.datasets import load_digits
-    d = load_digits()
-    idx = np.random.default_rng(seed).permutation(len(d.target))[:n]
-    X = np.pad(np.kron(d.images[idx] / 16.0, np.ones((3, 3))), ((0, 0), (2, 2), (2, 2)))
-    return X[:, None].astype(np.float32), d.target[idx]
 
 
 def _trainer(model, optimizer: str = "sgd", lr: float | None = None) -> dc.Trainer:
@@ -37,7 +29,7 @@ def _weights(model) -> dict[str, np.ndarray]:
 
 
 def test_train_step_with_host_batches_equals_device_batches():
-    X, y = _digits_28(64)
+    X, y = digits_28(64, seed=0)
     results = []
     for move in (False, True):
         with dc.use_backend("cupy"):
@@ -59,7 +51,7 @@ def test_train_step_with_host_batches_equals_device_batches():
 def test_fit_with_the_data_kept_on_the_host(monkeypatch):
     """When the data set does not fit the device, batches move one by one: same result."""
     import cupy
-    X, y = _digits_28(96)
+    X, y = digits_28(96, seed=0)
     histories, weights = [], []
     for free in (None, 0):
         if free is not None:
@@ -91,7 +83,7 @@ def test_dropout_masks_are_the_same_on_both_backends():
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_dropout_model_trains_the_same_on_both_backends(optimizer):
     """weidman (conv, tanh, Dropout) for 2 epochs: GPU losses follow the CPU's."""
-    X, y = _digits_28(128)
+    X, y = digits_28(128, seed=0)
     losses = {}
     for backend in ("numpy", "cupy"):
         with dc.use_backend(backend):
@@ -104,7 +96,7 @@ def test_dropout_model_trains_the_same_on_both_backends(optimizer):
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_resume_from_a_checkpoint_on_the_gpu_is_bitwise(tmp_path, optimizer):
-    X, y = _digits_28(96)
+    X, y = digits_28(96, seed=0)
 
     def run(epochs, start=0, state=None):
         with dc.use_backend("cupy"):
@@ -127,7 +119,7 @@ def test_resume_from_a_checkpoint_on_the_gpu_is_bitwise(tmp_path, optimizer):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_model_to_round_trips_carry_the_optimizer_state(optimizer):
     """numpy -> cupy -> numpy between steps ends where three NumPy steps end."""
-    X, y = _digits_28(96)
+    X, y = digits_28(96, seed=0)
     batches = [(X[i * 32:(i + 1) * 32], y[i * 32:(i + 1) * 32]) for i in range(3)]
     reference = lenet(seed=8)
     ref_trainer = _trainer(reference, optimizer)
@@ -148,7 +140,7 @@ def test_model_to_round_trips_carry_the_optimizer_state(optimizer):
 
 
 def test_predict_and_evaluate_on_the_gpu_take_host_or_device_data():
-    X, y = _digits_28(300)
+    X, y = digits_28(300, seed=0)
     cpu = lenet(seed=3)
     _trainer(cpu).fit(X, y, epochs=1, batch_size=32, seed=0)
     gpu = lenet(seed=3)
@@ -200,7 +192,7 @@ def test_float32_subnormals_are_flushed_by_the_kernels():
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_train_step_with_resident_data_transfers_and_syncs_nothing(emu, optimizer):
-    X, y = _digits_28(64 * 4)
+    X, y = digits_28(64 * 4, seed=0)
     with dc.use_backend("cupy"):
         model = lenet(seed=0)
         trainer = _trainer(model, optimizer)
