@@ -197,3 +197,125 @@ def cross_entropy_loss_bound(model: dc.Sequential, x: np.ndarray, labels: np.nda
         - z[np.arange(len(z)), labels]
     carried = 4 * d.max(axis=1) * (1 + 2 * unit_roundoff(model.dtype))
     return float((carried + rows).mean()) + 2 * mean_bound(exact_rows, np.zeros_like(exact_rows), model.dtype)
+
+
+def batchnorm_bounds(layer: Any, x: np.ndarray, gy: np.ndarray | None = None,
+                     dtype: Any = None) -> dict[str, np.ndarray]:
+    """Bounds for one BatchNorm1D/2D computation in ``dtype`` (x's by default), first
+    order, in the layer's mode: "y", "gx" and "grad:weight", "grad:bias" (with gy),
+    "running_mean", "running_var" (training mode).
+
+    Per channel, n values: the mean is within gamma(n + 1) mean|x|; c = x - mean adds
+    u|c|; the variance mean(c^2) moves by mean(2|c| dc) and rounds within gamma(n + 2);
+    1 / sqrt(var + eps) is off by dvar / (2 (var + eps)) relative, plus 3u (the addition,
+    sqrt, division); x_hat = c inv_std and y = x_hat w + b add their roundings. In eval
+    mode the running statistics are rounded to the dtype (u each). The backward repeats
+    this for gx = inv_std (g - mean(g) - x_hat mean(g x_hat)), g = gy w.
+    """
+    dtype = dtype or x.dtype
+    u = unit_roundoff(dtype)
+    x = np.asarray(x, dtype=np.float64)
+    axes = tuple(a for a in range(x.ndim) if a != 1)
+    shape = (1, x.shape[1]) + (1,) * (x.ndim - 2)
+    n = x.size // x.shape[1]
+    w = layer.params["weight"].astype(np.float64).reshape(shape)
+    b = layer.params["bias"].astype(np.float64).reshape(shape)
+    eps = layer.eps
+    if layer.training:
+        mean = x.mean(axis=axes, keepdims=True)
+        dm = gamma(n + 1, dtype) * np.abs(x).mean(axis=axes, keepdims=True)
+        c = x - mean
+        var = (c * c).mean(axis=axes, keepdims=True)
+        dc = dm + u * np.abs(c)
+        dvar = (2 * np.abs(c) * dc + dc * dc).mean(axis=axes, keepdims=True) + gamma(n + 2, dtype) * var
+    else:
+        mean = layer.buffers["running_mean"].reshape(shape)
+        var = layer.buffers["running_var"].reshape(shape)
+        c = x - mean
+        dc = u * np.abs(mean) + u * np.abs(c) * (1 + u)
+        dvar = u * var
+    inv = 1 / np.sqrt(var + eps)
+    r = (dvar + u * (var + eps)) / (2 * (var + eps)) + 3 * u
+    x_hat = c * inv
+    dxh = (dc * inv + np.abs(x_hat) * r + u * np.abs(x_hat)) * (1 + 2 * u)
+    y = x_hat * w + b
+    out = {"y": (np.abs(w) * dxh + u * np.abs(x_hat * w) + u * np.abs(y)) * (1 + 2 * u)}
+    if layer.training:
+        m = layer.momentum
+        step = 2 * gamma(4, dtype)
+        running_mean = layer.buffers["running_mean"]
+        out["running_mean"] = m * dm.reshape(-1) + step * ((1 - m) * np.abs(running_mean) + m * np.abs(mean.reshape(-1)))
+        unbiased = var.reshape(-1) * n / (n - 1)
+        out["running_var"] = (m * (dvar.reshape(-1) * n / (n - 1) + 2 * u * unbiased)
+                              + step * ((1 - m) * np.abs(layer.buffers["running_var"]) + m * unbiased))
+    if gy is None:
+        return out
+    gy = np.asarray(gy, dtype=np.float64)
+    out["grad:weight"] = (np.abs(gy) * dxh).sum(axis=axes) + gamma(n, dtype) * np.abs(gy * x_hat).sum(axis=axes)
+    out["grad:bias"] = gamma(n, dtype) * np.abs(gy).sum(axis=axes)
+    g = gy * w
+    dg = u * np.abs(g)
+    if layer.training:
+        a = g.mean(axis=axes, keepdims=True)
+        da = dg.mean(axis=axes, keepdims=True) + gamma(n + 1, dtype) * np.abs(g).mean(axis=axes, keepdims=True)
+        q = (g * x_hat).mean(axis=axes, keepdims=True)
+        dq = ((np.abs(g) * dxh + np.abs(x_hat) * dg).mean(axis=axes, keepdims=True)
+              + gamma(n + 2, dtype) * np.abs(g * x_hat).mean(axis=axes, keepdims=True))
+        inner = g - a - x_hat * q
+        d_inner = dg + da + dxh * np.abs(q) + np.abs(x_hat) * dq + 3 * u * (np.abs(g) + np.abs(a) + np.abs(x_hat * q))
+    else:
+        inner, d_inner = g, dg
+    out["gx"] = (inv * d_inner + np.abs(inner) * inv * r + u * np.abs(inner * inv)) * (1 + 2 * u)
+    return out
+
+
+
+def assert_step_layer_by_layer(cpu_model: dc.Sequential, gpu_model: dc.Sequential, x: np.ndarray,
+                               labels: np.ndarray) -> None:
+    """One training-mode forward and backward (SoftmaxCrossEntropy) of two models in the same
+    state, one on NumPy and one on CuPy, compared layer by layer: each GPU layer takes the
+    CPU layer's input (or gradient), so every output, input gradient, parameter gradient
+    and running statistic is held to twice its own one-layer bound (layer_bounds,
+    batchnorm_bounds; Dropout draws the same mask on both and rounds one product).
+    Leaves the CPU model's grads filled, ready for an optimizer step.
+    """
+    from dualconv.backend import asnumpy, to_backend
+    from error_bounds import assert_within
+    u = unit_roundoff(cpu_model.dtype)
+    inputs, running_bounds = [], {}
+    h = x
+    for index, (cpu, gpu) in enumerate(zip(cpu_model.layers, gpu_model.layers)):
+        inputs.append(h)
+        is_bn = isinstance(cpu, (dc.BatchNorm1D, dc.BatchNorm2D))
+        if is_bn:
+            bounds = batchnorm_bounds(cpu, h)
+            running_bounds[index] = bounds
+        out = cpu.forward(h)
+        on_gpu = asnumpy(gpu.forward(to_backend(h, "cupy")))
+        if isinstance(cpu, dc.Dropout):
+            bound = u * np.abs(out)
+        else:
+            bound = bounds["y"] if is_bn else layer_bounds(cpu, h, np.zeros_like(out))["y"]
+        assert_within(on_gpu, out, 2 * bound, f"layer {index} {cpu.name} y: ")
+        for key in ("running_mean", "running_var") if is_bn else ():
+            assert_within(asnumpy(gpu.buffers[key]), cpu.buffers[key], 2 * bounds[key],
+                          f"layer {index} {cpu.name} {key}: ")
+        h = out
+    loss = dc.SoftmaxCrossEntropy()
+    loss.forward(h, labels)
+    g = loss.backward()
+    for index in reversed(range(len(cpu_model.layers))):
+        cpu, gpu = cpu_model.layers[index], gpu_model.layers[index]
+        gx = cpu.backward(g)
+        gx_gpu = asnumpy(gpu.backward(to_backend(g, "cupy")))
+        if isinstance(cpu, dc.Dropout):
+            bounds = {"gx": u * np.abs(gx)}
+        elif isinstance(cpu, (dc.BatchNorm1D, dc.BatchNorm2D)):
+            bounds = batchnorm_bounds(cpu, inputs[index], g)
+        else:
+            bounds = layer_bounds(cpu, inputs[index], g)
+        assert_within(gx_gpu, gx, 2 * bounds["gx"], f"layer {index} {cpu.name} gx: ")
+        for key in cpu.grads:
+            assert_within(asnumpy(gpu.grads[key]), cpu.grads[key], 2 * bounds[f"grad:{key}"],
+                          f"layer {index} {cpu.name} grad {key}: ")
+        g = gx
