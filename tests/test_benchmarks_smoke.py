@@ -94,18 +94,24 @@ def _numpy(a) -> np.ndarray:
     return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
+def _one_timed_call(cls, backend: str) -> np.ndarray:
+    """Set up a kernel benchmark at lenet2, run its time_ method, check that it made exactly
+    one call of the kernel, and return what that call returned."""
+    bench = cls()
+    bench.setup(backend, "lenet2")
+    returned = _recorded(bench, "op")
+    getattr(bench, f"time_{cls.kernel}")(backend, "lenet2")
+    assert len(returned) == 1
+    return _numpy(returned[0])
+
+
 @pytest.mark.parametrize("backend", _backends())
 def test_im2col_time_class_times_one_im2col(backend):
     """lenet2's im2col (N 64, C 6, 14x14, 5x5, stride 1, no padding): one call, whose
     columns are the input's pixels, col[c, ky, kx, n, oy, ox] = x[n, c, oy + ky, ox + kx]."""
     N, C, H, W, k, _, _ = bench_kernels.CONV_SIZES["lenet2"]
-    bench = bench_kernels.Im2col()
-    bench.setup(backend, "lenet2")
-    returned = _recorded(bench, "op")
-    bench.time_im2col(backend, "lenet2")
-    assert len(returned) == 1
+    col = _one_timed_call(bench_kernels.Im2col, backend)
     out_h, out_w = H - k + 1, W - k + 1
-    col = _numpy(returned[0])
     if backend == "torch":  # F.unfold: (N, C*kh*kw, out_h*out_w)
         col = col.reshape(N, C, k, k, out_h, out_w).transpose(1, 2, 3, 0, 4, 5)
     assert col.shape == (C, k, k, N, out_h, out_w)
@@ -120,12 +126,7 @@ def test_max_pool_backward_time_class_times_one_backward(backend):
     """lenet2's 2x2 stride-2 pool: one call, which puts each gy at its window's maximum
     of x and zeros elsewhere."""
     N, C, H, W, k, _, _ = bench_kernels.POOL_SIZES["lenet2"]
-    bench = bench_kernels.MaxPoolBackward()
-    bench.setup(backend, "lenet2")
-    returned = _recorded(bench, "op")
-    bench.time_max_pool_backward(backend, "lenet2")
-    assert len(returned) == 1
-    gx = _numpy(returned[0])
+    gx = _one_timed_call(bench_kernels.MaxPoolBackward, backend)
     assert gx.shape == (N, C, H, W)
     windows = common.rand((N, C, H, W)).reshape(N, C, H // k, k, W // k, k).transpose(0, 1, 2, 4, 3, 5)
     winner = windows.reshape(N, C, H // k, W // k, k * k).argmax(axis=-1)
