@@ -1,4 +1,5 @@
-"""Ready-made models: the networks of the seeds, with lazy input sizes."""
+"""Ready-made models (LeNet, LeNet with batch normalization, the one-layer CNN
+"weidman" and an MLP), with lazy input sizes."""
 from __future__ import annotations
 
 from typing import Any

@@ -8,6 +8,7 @@ from numpy.testing import assert_allclose
 import dualconv as dc
 from dualconv.checkpoint import load_checkpoint, save_checkpoint
 from dualconv.testing import check_layer_gradients
+from error_bounds import assert_within, gamma
 
 EPS64 = np.finfo(np.float64).eps
 
@@ -71,20 +72,39 @@ def test_batchnorm2d_hand_worked_per_channel():
 
 
 def test_running_statistics_follow_a_naive_loop():
+    """The loop sums in another order than NumPy, so the two differ by rounding only.
+
+    Bounds, per channel and step, for the n = 24 values v with mean m (Higham's
+    gamma(k) = k u / (1 - k u), error_bounds.py): each side's batch mean is within
+    gamma(n + 1) sum|v| / n of the exact one (n terms, one division); each side's
+    unbiased variance within gamma(n + 8) sum (v - m)^2 / (n - 1) plus n dm^2 / (n - 1)
+    for a mean off by dm (the subtraction, square, sum, division and the n / (n - 1)
+    scaling: fewer than n + 8 roundings). The update r' = 0.7 r + 0.3 b carries an
+    earlier difference e to 0.7 e, adds 0.3 times the batch statistics' difference, and
+    rounds its products and sum (0.7 against 1 - 0.3 included) within gamma(4) on each side.
+    """
     rng = np.random.default_rng(3)
     layer = dc.BatchNorm2D(3, momentum=0.3).astype(np.float64)
     mean, var = np.zeros(3), np.ones(3)
+    mean_bound, var_bound = np.zeros(3), np.zeros(3)
     for _ in range(4):
         x = rng.standard_normal((2, 3, 3, 4)) * 2 + rng.standard_normal(3).reshape(1, 3, 1, 1)
         layer.forward(x)
         for c in range(3):
             values = [x[n, c, i, j] for n in range(2) for i in range(3) for j in range(4)]
-            m = sum(values) / len(values)
-            unbiased = sum((v - m) ** 2 for v in values) / (len(values) - 1)
+            n = len(values)
+            m = sum(values) / n
+            squares = [(v - m) ** 2 for v in values]
+            unbiased = sum(squares) / (n - 1)
+            dm = 2 * gamma(n + 1, np.float64) * sum(abs(v) for v in values) / n
+            dvar = 2 * (gamma(n + 8, np.float64) * sum(squares) / (n - 1) + n * dm ** 2 / (n - 1))
+            rounding = 2 * gamma(4, np.float64)
+            mean_bound[c] = 0.7 * mean_bound[c] + 0.3 * dm + rounding * (0.7 * abs(mean[c]) + 0.3 * abs(m))
+            var_bound[c] = 0.7 * var_bound[c] + 0.3 * dvar + rounding * (0.7 * var[c] + 0.3 * unbiased)
             mean[c] = 0.7 * mean[c] + 0.3 * m
             var[c] = 0.7 * var[c] + 0.3 * unbiased
-    assert_allclose(layer.buffers["running_mean"], mean, rtol=1e-13, atol=1e-15)
-    assert_allclose(layer.buffers["running_var"], var, rtol=1e-13)
+    assert_within(layer.buffers["running_mean"], mean, mean_bound)
+    assert_within(layer.buffers["running_var"], var, var_bound)
 
 
 def test_float32_output_is_normalized_per_channel():

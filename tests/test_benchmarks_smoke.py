@@ -11,7 +11,9 @@ import json
 import os
 import sys
 
+import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -19,6 +21,7 @@ if ROOT not in sys.path:
 
 import dualconv as dc  # noqa: E402
 from benchmarks import bench_kernels, bench_layers, bench_training, common, results_table  # noqa: E402
+from error_bounds import assert_within, sum_bound  # noqa: E402
 
 BENCH_MODULES = [bench_kernels, bench_layers, bench_training]
 PREFIXES = ("time_", "track_", "peakmem_", "mem_")
@@ -76,28 +79,121 @@ def test_kernel_ops_run(kernel, backend):
     assert nbytes > 0
 
 
-@pytest.mark.parametrize("backend", _backends())
-def test_kernel_time_classes_run(backend):
-    for cls in (bench_kernels.Im2col, bench_kernels.MaxPoolBackward):
-        bench = cls()
-        bench.setup(backend, "lenet2")
-        getattr(bench, f"time_{cls.kernel}")(backend, "lenet2")
+def _recorded(bench, attr: str) -> list:
+    """Replace the zero-argument call ``bench.<attr>`` by one that records what it returns."""
+    original, returned = getattr(bench, attr), []
+
+    def call():
+        returned.append(original())
+        return returned[-1]
+    setattr(bench, attr, call)
+    return returned
+
+
+def _numpy(a) -> np.ndarray:
+    return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def _one_timed_call(cls, backend: str) -> np.ndarray:
+    """Set up a kernel benchmark at lenet2, run its time_ method, check that it made exactly
+    one call of the kernel, and return what that call returned."""
+    bench = cls()
+    bench.setup(backend, "lenet2")
+    returned = _recorded(bench, "op")
+    getattr(bench, f"time_{cls.kernel}")(backend, "lenet2")
+    assert len(returned) == 1
+    return _numpy(returned[0])
 
 
 @pytest.mark.parametrize("backend", _backends())
-def test_conv_layer_benchmark_runs(backend):
+def test_im2col_time_class_times_one_im2col(backend):
+    """lenet2's im2col (N 64, C 6, 14x14, 5x5, stride 1, no padding): one call, whose
+    columns are the input's pixels, col[c, ky, kx, n, oy, ox] = x[n, c, oy + ky, ox + kx]."""
+    N, C, H, W, k, _, _ = bench_kernels.CONV_SIZES["lenet2"]
+    col = _one_timed_call(bench_kernels.Im2col, backend)
+    out_h, out_w = H - k + 1, W - k + 1
+    if backend == "torch":  # F.unfold: (N, C*kh*kw, out_h*out_w)
+        col = col.reshape(N, C, k, k, out_h, out_w).transpose(1, 2, 3, 0, 4, 5)
+    assert col.shape == (C, k, k, N, out_h, out_w)
+    x = common.rand((N, C, H, W))
+    for ky in range(k):
+        for kx in range(k):
+            assert_array_equal(col[:, ky, kx], x[:, :, ky:ky + out_h, kx:kx + out_w].transpose(1, 0, 2, 3))
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_max_pool_backward_time_class_times_one_backward(backend):
+    """lenet2's 2x2 stride-2 pool: one call, which puts each gy at its window's maximum
+    of x and zeros elsewhere."""
+    N, C, H, W, k, _, _ = bench_kernels.POOL_SIZES["lenet2"]
+    gx = _one_timed_call(bench_kernels.MaxPoolBackward, backend)
+    assert gx.shape == (N, C, H, W)
+    windows = common.rand((N, C, H, W)).reshape(N, C, H // k, k, W // k, k).transpose(0, 1, 2, 4, 3, 5)
+    winner = windows.reshape(N, C, H // k, W // k, k * k).argmax(axis=-1)
+    gy = common.rand((N, C, H // k, W // k), seed=1)
+    expected = (np.arange(k * k) == winner[..., None]) * gy[..., None]
+    expected = expected.reshape(N, C, H // k, W // k, k, k).transpose(0, 1, 2, 4, 3, 5).reshape(N, C, H, W)
+    assert_array_equal(gx, expected)
+
+
+@pytest.mark.parametrize("backend", _backends())
+def test_conv_layer_benchmark_times_one_forward_and_one_backward(backend):
+    """lenet2's conv2 (64 x 6 x 14 x 14 -> 16 channels, 5x5): forward gives (64, 16, 10, 10);
+    backward gives gx (64, 6, 14, 14) (torch: with gw and gb, gb being gy summed)."""
+    N, cin, cout, H, W, k, _, _ = bench_layers.CONV_LAYERS["lenet2"]
     bench = bench_layers.Conv2D()
     bench.setup(backend, "lenet2")
+    forwards, backwards = _recorded(bench, "forward"), _recorded(bench, "backward")
     bench.time_forward(backend, "lenet2")
     bench.time_backward(backend, "lenet2")
+    assert len(forwards) == 1 and len(backwards) == 1
+    out = (N, cout, H - k + 1, W - k + 1)
+    assert _numpy(forwards[0]).shape == out
+    if backend == "torch":
+        gx, gw, gb = (_numpy(g) for g in backwards[0])
+        assert gw.shape == (cout, cin, k, k)
+        gy = common.rand(out, seed=1).astype(np.float64)
+        assert_within(gb, gy.sum(axis=(0, 2, 3)), 2 * sum_bound(gy, axis=(0, 2, 3), dtype=np.float32))
+    else:
+        gx = _numpy(backwards[0])
+    assert gx.shape == (N, cin, H, W)
 
 
 @pytest.mark.parametrize("backend", _backends())
 @pytest.mark.parametrize("model", bench_training.MODELS)
-def test_train_step_benchmark_runs(model, backend):
+def test_train_step_benchmark_runs_one_step(model, backend, monkeypatch):
+    """time_train_step runs exactly one training step (one optimizer step), of a finite loss."""
+    losses, updates = [], []
+    if backend == "torch":
+        import torch
+        sgd_step, loss_forward = torch.optim.SGD.step, torch.nn.CrossEntropyLoss.forward
+
+        def counted_step(self, *args, **kwargs):
+            updates.append(1)
+            return sgd_step(self, *args, **kwargs)
+
+        def recorded_loss(self, *args):
+            out = loss_forward(self, *args)
+            losses.append(float(out.detach()))
+            return out
+        monkeypatch.setattr(torch.optim.SGD, "step", counted_step)
+        monkeypatch.setattr(torch.nn.CrossEntropyLoss, "forward", recorded_loss)
+    else:
+        train_step = dc.Trainer.train_step
+
+        def recorded_step(self, *args):
+            out = train_step(self, *args)
+            losses.append(float(out[0]))
+            updates.append(1)
+            return out
+        monkeypatch.setattr(dc.Trainer, "train_step", recorded_step)
     bench = bench_training.TrainStep()
     bench.setup(model, backend, 64)
+    losses.clear()  # the warm-up steps of setup
+    updates.clear()
     bench.time_train_step(model, backend, 64)
+    assert len(updates) == 1 and len(losses) == 1
+    assert np.isfinite(losses[0]) and losses[0] > 0
     bench.peakmem_train_step(model, backend, 64)
     rate = common.images_per_second(bench.step, bench.sync, 64, min_steps=1, min_seconds=0.0)
     assert rate > 0

@@ -1,4 +1,4 @@
-"""The CPU twins (kernels/cpu.py) against the loop versions of kernels/reference.py.
+"""The CPU twins (dualconv/kernels/cpu.py) against the loop versions of dualconv/kernels/reference.py.
 
 Configs are drawn by hypothesis through window_configs.draw_config (the
 generator the CUDA kernel cases use too): rectangular inputs and kernels,

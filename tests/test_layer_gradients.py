@@ -1,4 +1,5 @@
-"""Finite-difference gradient checks, in float64, of every layer and every loss.
+"""Finite-difference gradient checks, in float64, of every layer (the losses'
+are in test_loss_gradients.py).
 
 Each layer's backward (dL/dx) and grads (dL/dparams) are compared with central
 differences of L = sum(forward(x) * R) for a fixed random R (see
@@ -15,14 +16,8 @@ import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 import dualconv as dc
-from dualconv.testing import check_layer_gradients, check_loss_gradients
-
-RTOL, ATOL = 1e-5, 1e-7
-"""Central differences in float64 with step 1e-6: the truncation error is
-O(step^2 * |third derivative|) ~ 1e-12 and the rounding error ~ u * |f| / step
-~ 1e-10 for |f| ~ 1, on any machine and in any BLAS summation order (which
-moves f by ~1e-16 relative); RTOL and ATOL sit two orders and more above both."""
-
+from dualconv.testing import check_layer_gradients
+from gradient_checks import ATOL, RTOL, randn
 
 def check(layer: Any, x: np.ndarray, seed: int = 0) -> None:
     """check_layer_gradients on a dualconv layer.
@@ -50,10 +45,6 @@ def tie_free(shape: tuple[int, ...], seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     n = int(np.prod(shape))
     return (rng.permutation(n) * 0.05 - n * 0.025).reshape(shape).astype(np.float64)
-
-
-def randn(shape: tuple[int, ...], seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal(shape)
 
 
 # -- Conv2D ------------------------------------------------------------------------
@@ -296,69 +287,6 @@ def test_softmax_large_logits_are_stable() -> None:
     check(dc.Softmax(), x)
 
 
-# -- losses ---------------------------------------------------------------------------
-
-def test_softmax_cross_entropy_int_labels() -> None:
-    pred = 2 * randn((5, 4), 19)
-    target = np.array([0, 3, 1, 1, 2])
-    loss = dc.SoftmaxCrossEntropy()
-    check_loss_gradients(loss, pred, target)
-    logp = pred - np.log(np.exp(pred).sum(axis=1, keepdims=True))
-    assert float(loss.forward(pred, target)) == pytest.approx(-logp[np.arange(5), target].mean(), rel=1e-12)
-
-
-def test_softmax_cross_entropy_one_hot_and_soft_targets() -> None:
-    pred = 2 * randn((5, 4), 20)
-    labels = np.array([2, 0, 3, 1, 2])
-    onehot = np.eye(4)[labels]
-    loss = dc.SoftmaxCrossEntropy()
-    check_loss_gradients(loss, pred, onehot)
-    assert float(loss.forward(pred, onehot)) == pytest.approx(float(loss.forward(pred, labels)), rel=1e-12)
-    soft = np.abs(randn((5, 4), 21))
-    soft /= soft.sum(axis=1, keepdims=True)
-    check_loss_gradients(loss, pred, soft)
-    logp = pred - np.log(np.exp(pred).sum(axis=1, keepdims=True))
-    assert float(loss.forward(pred, soft)) == pytest.approx(-(soft * logp).sum() / 5, rel=1e-12)
-
-
-def test_binary_cross_entropy_probabilities() -> None:
-    rng = np.random.default_rng(22)
-    pred = rng.uniform(0.05, 0.95, size=(4, 3))
-    target = rng.integers(0, 2, size=(4, 3)).astype(np.float64)
-    target[0, 0] = 0.3  # soft targets are allowed too
-    loss = dc.BinaryCrossEntropy()
-    check_loss_gradients(loss, pred, target)
-    expected = -(target * np.log(pred) + (1 - target) * np.log(1 - pred)).mean()
-    assert float(loss.forward(pred, target)) == pytest.approx(expected, rel=1e-12)
-
-
-def test_binary_cross_entropy_from_logits() -> None:
-    rng = np.random.default_rng(23)
-    pred = 3 * rng.standard_normal((4, 3))
-    target = rng.integers(0, 2, size=(4, 3)).astype(np.float64)
-    loss = dc.BinaryCrossEntropy(from_logits=True)
-    check_loss_gradients(loss, pred, target)
-    p = 1 / (1 + np.exp(-pred))
-    expected = -(target * np.log(p) + (1 - target) * np.log(1 - p)).mean()
-    assert float(loss.forward(pred, target)) == pytest.approx(expected, rel=1e-10)
-
-
-def test_binary_cross_entropy_from_logits_is_stable_for_large_logits() -> None:
-    pred = np.array([[800.0, -800.0]])
-    target = np.array([[0.0, 1.0]])
-    loss = dc.BinaryCrossEntropy(from_logits=True)
-    assert float(loss.forward(pred, target)) == pytest.approx(800.0, rel=1e-12)
-    assert_allclose(loss.backward(), [[0.5, -0.5]], rtol=1e-12)  # (sigmoid - t) / 2
-
-
-def test_mean_squared_error() -> None:
-    pred = randn((3, 4), 24)
-    target = randn((3, 4), 25)
-    loss = dc.MeanSquaredError()
-    check_loss_gradients(loss, pred, target)
-    assert float(loss.forward(pred, target)) == pytest.approx(((pred - target) ** 2).mean(), rel=1e-12)
-
-
 # -- a whole model ----------------------------------------------------------------------
 
 def test_sequential_chain_rule_matches_finite_differences() -> None:
@@ -379,9 +307,9 @@ def test_sequential_chain_rule_matches_finite_differences() -> None:
     f()
     gx = model.backward(loss.backward())
     analytic = {p.name: p.grad.copy() for p in model.parameters()}
-    assert_allclose(gx, numerical_gradient(f, x), rtol=1e-5, atol=1e-8)
+    assert_allclose(gx, numerical_gradient(f, x), rtol=RTOL, atol=ATOL)
     for p in model.parameters():
-        assert_allclose(analytic[p.name], numerical_gradient(f, p.data), rtol=1e-5, atol=1e-8,
+        assert_allclose(analytic[p.name], numerical_gradient(f, p.data), rtol=RTOL, atol=ATOL,
                         err_msg=p.name)
 
 

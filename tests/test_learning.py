@@ -1,7 +1,6 @@
 """End-to-end learning: LeNet learns scikit-learn's digits; training is reproducible.
 
-The 8x8 digits are scaled up to LeNet's 28x28 by repeating each pixel 3x3
-(24x24) and padding 2 zeros on each side.
+The 8x8 digits are scaled up to LeNet's 28x28 (tests/digits_28.py).
 """
 from __future__ import annotations
 
@@ -12,13 +11,8 @@ from numpy.testing import assert_array_equal
 import dualconv as dc
 from dualconv.datasets.digits import load_digits_dataset
 from dualconv.models import lenet
+from digits_28 import to_28x28
 from error_bounds import TRANSCENDENTAL_ULPS, forward_error_bound, gamma, unit_roundoff
-
-
-def to_28x28(X: np.ndarray) -> np.ndarray:
-    """(N, 1, 8, 8) -> (N, 1, 28, 28): each pixel becomes a 3x3 block, then a 2-pixel zero border."""
-    big = np.kron(X, np.ones((1, 1, 3, 3), dtype=X.dtype))
-    return np.pad(big, ((0, 0), (0, 0), (2, 2), (2, 2)))
 
 
 @pytest.fixture(scope="module")

@@ -34,15 +34,15 @@ def test_forward_is_the_layers_in_order_and_backward_in_reverse() -> None:
     # for the few ULP by which the two h may differ.
     h_slack = 2 * TRANSCENDENTAL_ULPS * unit_roundoff(np.float64) * np.abs(h)
     assert_within(y, h @ w2 + b2, 2 * matmul_bound(h, w2) + h_slack @ np.abs(w2))
-    dy = randn((5, 2), 1, np.float64)
-    dx = model.backward(dy)
-    dh = dy @ w2.T
-    assert_within(layers[2].grads["weight"], h.T @ dy, 2 * matmul_bound(h.T, dy) + h_slack.T @ np.abs(dy))
-    local = dh * (1 - h ** 2)
-    local_slack = 8 * unit_roundoff(np.float64) * np.abs(dh) * (1 + h ** 2) + np.abs(dh) * 2 * np.abs(h) * h_slack
+    gy = randn((5, 2), 1, np.float64)
+    gx = model.backward(gy)
+    gh = gy @ w2.T
+    assert_within(layers[2].grads["weight"], h.T @ gy, 2 * matmul_bound(h.T, gy) + h_slack.T @ np.abs(gy))
+    local = gh * (1 - h ** 2)
+    local_slack = 8 * unit_roundoff(np.float64) * np.abs(gh) * (1 + h ** 2) + np.abs(gh) * 2 * np.abs(h) * h_slack
     assert_within(layers[0].grads["weight"], x.T @ local,
                   2 * matmul_bound(x.T, local) + np.abs(x.T) @ local_slack)
-    assert_within(dx, local @ w1.T, 2 * matmul_bound(local, w1.T) + local_slack @ np.abs(w1.T))
+    assert_within(gx, local @ w1.T, 2 * matmul_bound(local, w1.T) + local_slack @ np.abs(w1.T))
 
 
 def test_forward_casts_input_to_the_model_dtype() -> None:
@@ -206,8 +206,8 @@ def test_float64_model_trains_with_float64_gradients() -> None:
     out = model.forward(x)
     assert out.dtype == np.float64
     first = float(loss.forward(out, y))
-    dx = model.backward(loss.backward())
-    assert dx.dtype == np.float64
+    gx = model.backward(loss.backward())
+    assert gx.dtype == np.float64
     before = model.state_dict()
     for p in model.parameters():
         assert p.data.dtype == np.float64 and p.grad.dtype == np.float64, p.name

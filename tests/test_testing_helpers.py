@@ -11,7 +11,7 @@ from dualconv.testing import check_layer_gradients, check_loss_gradients, numeri
 class ToyLinear:
     """y = x @ weight + bias; x: (N, D), weight: (D, M), bias: (M,) -> y: (N, M).
 
-    ``mistake`` plants one bug: "dx" (dx doubled), "weight" (grad of the first
+    ``mistake`` plants one bug: "gx" (gx doubled), "weight" (grad of the first
     sample only, not summed over the batch), "bias" (mean over the batch
     instead of the sum).
     """
@@ -27,12 +27,12 @@ class ToyLinear:
         self.x = x
         return x @ self.params["weight"] + self.params["bias"]
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
+    def backward(self, gy: np.ndarray) -> np.ndarray:
         x = self.x
-        self.grads["weight"][...] = (x[:1].T @ dy[:1]) if self.mistake == "weight" else x.T @ dy
-        self.grads["bias"][...] = dy.mean(0) if self.mistake == "bias" else dy.sum(0)
-        dx = dy @ self.params["weight"].T
-        return 2 * dx if self.mistake == "dx" else dx
+        self.grads["weight"][...] = (x[:1].T @ gy[:1]) if self.mistake == "weight" else x.T @ gy
+        self.grads["bias"][...] = gy.mean(0) if self.mistake == "bias" else gy.sum(0)
+        gx = gy @ self.params["weight"].T
+        return 2 * gx if self.mistake == "gx" else gx
 
 
 class ToyTanh:
@@ -47,8 +47,8 @@ class ToyTanh:
         self.y = np.tanh(x)
         return self.y
 
-    def backward(self, dy: np.ndarray) -> np.ndarray:
-        return dy * (1 - self.y if self.wrong else 1 - self.y ** 2)
+    def backward(self, gy: np.ndarray) -> np.ndarray:
+        return gy * (1 - self.y if self.wrong else 1 - self.y ** 2)
 
 
 class ToySoftmaxCrossEntropy:
@@ -111,7 +111,7 @@ def test_correct_parameterless_layer_passes() -> None:
 
 
 @pytest.mark.parametrize("mistake, named", [
-    ("dx", "the input x"),
+    ("gx", "the input x"),
     ("weight", "params['weight']"),
     ("bias", "params['bias']"),
 ])
@@ -137,10 +137,10 @@ def test_float32_is_refused() -> None:
 class ToyLinearForgetsBiasGrad(ToyLinear):
     """A layer whose backward leaves grads without the bias entry."""
 
-    def backward(self, dy):
-        dx = super().backward(dy)
+    def backward(self, gy):
+        gx = super().backward(gy)
         del self.grads["bias"]
-        return dx
+        return gx
 
 
 def test_mismatched_params_and_grads_keys_are_reported() -> None:

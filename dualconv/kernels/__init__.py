@@ -1,9 +1,10 @@
 """The kernels that exist twice, and the one place that picks the CPU or GPU twin.
 
-Six sliding-window kernels exist twice: im2col, col2im, and max- and avg-pool
-forward and backward; so do three fused ones, the SGD and Adam updates and
-softmax cross-entropy (one GPU launch each; plain NumPy on the CPU), and
-the divergence guard's versions of the two updates and its loss check.
+Twelve kernels exist twice. Six slide a window: im2col, col2im, and max- and
+avg-pool forward and backward. Six are fused so that a GPU step launches few
+kernels (one launch each on the GPU; the plain NumPy expressions on the CPU):
+sgd_update, adam_update, softmax_cross_entropy, and the divergence guard's
+sgd_update_guarded, adam_update_guarded and flag_nonfinite_loss.
 Everything else in dualconv is written once against ``xp`` (numpy or cupy).
 Open the files in this order:
 
@@ -16,20 +17,10 @@ Open the files in this order:
 
 A layer calls a function below (hop 1), which checks its inputs once and
 calls the twin for the arrays' module (hop 2); on the GPU the twin plans and
-launches the kernel (hop 3). Both twins return the same bits.
+launches the kernel (hop 3).
 
-Names (as in Chainer), the same in Python, CUDA, docstrings and tests:
-
-  N, C, H, W       batch, channels, input height and width
-  kh, kw           kernel (window) height and width
-  sy, sx           stride            ph, pw    padding, on each side
-  dy, dx           dilation          win       a Window(kh, kw, sy, sx, ph, pw, dy, dx)
-  out_h, out_w     output height and width
-  ky, kx / oy, ox  a kernel offset / an output position
-  x, y             a kernel's input and output
-  gy, gx           gradients of the loss with respect to y and to x
-  col              im2col's columns, indexed (C, kh, kw, N, out_h, out_w)
-  argmax           max-pool's winner in each window, ky*kw + kx, int32
+The names (N, C, H, W; kh, kw; sy, sx; ph, pw; dy, dx for dilation; gy, gx for
+gradients; col; argmax) are Chainer's, tabled once in ARCHITECTURE.md, "Names".
 
 The contract both twins keep: images are indexed (N, C, H, W), columns
 (C, kh, kw, N, out_h, out_w); sums visit offsets ky outer, kx inner, from 0.
@@ -38,9 +29,15 @@ Memory order, the same on both twins: images are stored batch-last
 indexed as above (layout.py), so the reshapes around a convolution's GEMM and
 the pools' inputs cost no copy on either backend. Inputs in another order are
 accepted: the CPU twins copy them into batch-last order, the CUDA twins read
-them through their strides. The window kernels are bitwise equal on both
-twins; so are the SGD and Adam updates; softmax cross-entropy agrees within a
-few ulp (exp and log differ between libraries).
+them through their strides.
+
+How equal the twins are: the window kernels and the four update and loss-check
+kernels return the same bits on both twins (the CUDA module is compiled with
+--fmad=false), with one exception: the GPU flushes float32 subnormals
+(|x| < 1.18e-38) to zero (CuPy's -ftz=true, kernels/common.cuh), where NumPy
+keeps them. softmax_cross_entropy calls exp and log, which differ between
+libraries by up to 2 ulp each, so it agrees within the bound derived in
+tests/cuda/test_cuda_fused.py (about (C + 4) eps (1 + |log-sum-exp|) per row).
 """
 from __future__ import annotations
 

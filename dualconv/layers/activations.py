@@ -62,7 +62,7 @@ class LeakyReLU(_Elementwise):
 
 
 class Tanh(_Elementwise):
-    """y = tanh(x); dy/dx = 1 - y^2."""
+    """y = tanh(x); the derivative is 1 - y^2."""
 
     def _forward(self, x: Any) -> Any:
         y = get_array_module(x).tanh(x)
@@ -96,7 +96,7 @@ class HardTanh(_Elementwise):
 
 
 class Sigmoid(_Elementwise):
-    """y = 1 / (1 + exp(-x)); dy/dx = y (1 - y)."""
+    """y = 1 / (1 + exp(-x)); the derivative is y (1 - y)."""
 
     def _forward(self, x: Any) -> Any:
         xp = get_array_module(x)

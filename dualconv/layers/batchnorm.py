@@ -100,22 +100,22 @@ class _BatchNorm(Layer):
             running = self.buffers[key]
             self.buffers[key] = (1 - m) * running + (m * batch).astype(running.dtype)
 
-    def _backward(self, dy: Any) -> Any:
+    def _backward(self, gy: Any) -> Any:
         x_hat, inv_std, axes, training = self._cache
-        self._check_grad_shape(dy, x_hat.shape)
+        self._check_grad_shape(gy, x_hat.shape)
         if self.affine:
-            self.grads["weight"] = (dy * x_hat).sum(axis=axes)
-            self.grads["bias"] = dy.sum(axis=axes)
+            self.grads["weight"] = (gy * x_hat).sum(axis=axes)
+            self.grads["bias"] = gy.sum(axis=axes)
         if not self._need_input_grad:
             return None
-        dx_hat = dy * self.params["weight"].reshape(inv_std.shape) if self.affine else dy
+        gx_hat = gy * self.params["weight"].reshape(inv_std.shape) if self.affine else gy
         if not training:  # the running statistics are constants
-            return dx_hat * inv_std
+            return gx_hat * inv_std
         # x_hat depends on x through the batch mean and variance too:
-        # dx = inv_std * (dx_hat - mean(dx_hat) - x_hat * mean(dx_hat * x_hat))
-        mean_dx_hat = dx_hat.mean(axis=axes, keepdims=True)
-        mean_dx_hat_x_hat = (dx_hat * x_hat).mean(axis=axes, keepdims=True)
-        return inv_std * (dx_hat - mean_dx_hat - x_hat * mean_dx_hat_x_hat)
+        # gx = inv_std * (gx_hat - mean(gx_hat) - x_hat * mean(gx_hat * x_hat))
+        mean_gx_hat = gx_hat.mean(axis=axes, keepdims=True)
+        mean_gx_hat_x_hat = (gx_hat * x_hat).mean(axis=axes, keepdims=True)
+        return inv_std * (gx_hat - mean_gx_hat - x_hat * mean_gx_hat_x_hat)
 
     def get_config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,

@@ -13,6 +13,7 @@ import pytest
 
 from dualconv.kernels import cpu, cuda
 from kernel_cases import DTYPES, assert_bitwise_equal
+from layer_error_bounds import softmax_cross_entropy_rows_bound
 
 pytestmark = pytest.mark.cuda_emulated
 
@@ -66,34 +67,6 @@ def test_updates_refuse_arrays_they_could_not_update_in_place():
         cuda.plan_adam_update(w, w, w, np.zeros(3, np.float32), 0.1, 0.9, 0.999, 1e-8, 0.0, 1)
 
 
-def _softmax_bound(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds on |kernel - twin| for (loss, gz), from the computation.
-
-    Each side: exp and log within 2 ulp (CUDA's documented bound for expf and
-    logf, which the C and NumPy libraries meet too), so each term of the
-    C-term sum is within 2 eps relative and the sum within (C + 2) eps; log_z
-    is then within (C + 4) eps (1 + |log_z|). The row loss log_z - shifted
-    adds eps |loss|; p = exp(shifted - log_z) is within 2 eps + the argument's
-    error, relative, and gz = (p - t) / N adds eps |p - t| / N. Two sides, so twice.
-    Plus the smallest normal number: the GPU flushes float32 subnormals to zero
-    (CuPy's -ftz=true; the emulation does the same), which moves a result by less.
-    """
-    eps = np.finfo(z.dtype).eps
-    z64 = z.astype(np.float64)
-    N, C = z.shape
-    shifted = z64 - z64.max(axis=1, keepdims=True)
-    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    log_p = shifted - log_z
-    err_log_z = (C + 4) * eps * (1 + np.abs(log_z))
-    loss = -log_p[np.arange(N), labels]
-    loss_bound = 2 * (err_log_z[:, 0] + eps * np.abs(loss))
-    p = np.exp(log_p)
-    t = np.eye(C)[labels]
-    gz_bound = 2 * (p * (err_log_z + eps * np.abs(log_p) + 2 * eps) + eps * np.abs(p - t)) / N
-    tiny = np.finfo(z.dtype).tiny
-    return loss_bound + tiny, gz_bound + tiny
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
 @pytest.mark.parametrize("scale", [0.1, 5.0, 80.0])
 def test_softmax_cross_entropy_matches_the_cpu_twin_within_its_bound(emulator, dtype, scale):
@@ -103,7 +76,7 @@ def test_softmax_cross_entropy_matches_the_cpu_twin_within_its_bound(emulator, d
     loss, gz = cpu.softmax_cross_entropy(z, labels)
     loss_emu, gz_emu = emulator.call("softmax_cross_entropy", z, labels)
     assert loss_emu.dtype == loss.dtype and gz_emu.shape == gz.shape
-    loss_bound, gz_bound = _softmax_bound(z, labels)
+    loss_bound, gz_bound = softmax_cross_entropy_rows_bound(z, labels)
     assert np.all(np.abs(loss_emu.astype(np.float64) - loss) <= loss_bound)
     assert np.all(np.abs(gz_emu.astype(np.float64) - gz) <= gz_bound)
 

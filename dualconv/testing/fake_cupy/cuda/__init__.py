@@ -21,10 +21,6 @@ class Device:
         props = runtime.getDeviceProperties(0)
         return f"{props['major']}{props['minor']}"
 
-    @property
-    def mem_info(self) -> tuple[int, int]:
-        return runtime.memGetInfo()
-
     def synchronize(self) -> None:
         _counters.sync()
 

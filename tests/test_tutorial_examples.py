@@ -1,10 +1,10 @@
 """Hand-worked examples of a from-scratch convolution tutorial (cross-correlation,
-padding, stride, channels, pooling), checked against the CPU kernels (kernels/cpu.py).
+padding, stride, channels, pooling), checked against the CPU kernels (dualconv/kernels/cpu.py).
 
 The inputs and outputs are a tutorial's printed examples, small enough to check
 by hand; where a result was only shown as a picture, the expected numbers were
 worked out by hand from the inputs and the working is in the test. Convolutions go through
-im2col + a matmul, the way Conv2D computes them; the direct loop convolution (kernels/reference.py)
+im2col + a matmul, the way Conv2D computes them; the direct loop convolution (dualconv/kernels/reference.py)
 is held to the same numbers.
 """
 from __future__ import annotations
