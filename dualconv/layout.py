@@ -57,8 +57,9 @@ def flatten_batch(x: Any) -> Any:
     return x.reshape(N, -1)
 
 
-def row_major_index(x: Any) -> Any:
-    """The row-major (C-order) number of every element of x, as uint64, in an array
+def row_major_index(x: Any, dtype: Any = np.uint64) -> Any:
+    """The row-major (C-order) number of every element of x, as ``dtype`` (an unsigned
+    integer type that holds x.size - 1), in an array
     shaped like x and stored in the same memory order as x (batch-last images,
     feature-major matrices, C order: any permutation of the axes).
 
@@ -68,10 +69,10 @@ def row_major_index(x: Any) -> Any:
     """
     xp = get_array_module(x)
     axes = sorted(range(x.ndim), key=lambda a: -abs(x.strides[a]))  # slowest-varying first
-    index = xp.zeros((1,) * x.ndim, dtype=xp.uint64)
+    index = xp.zeros((1,) * x.ndim, dtype=dtype)
     for position, axis in enumerate(axes):
         shape = [1] * x.ndim
         shape[position] = x.shape[axis]
-        row_major_stride = np.uint64(int(np.prod(x.shape[axis + 1:], dtype=np.int64)))
-        index = index + (xp.arange(x.shape[axis], dtype=xp.uint64) * row_major_stride).reshape(shape)
+        row_major_stride = np.dtype(dtype).type(int(np.prod(x.shape[axis + 1:], dtype=np.int64)))
+        index = index + (xp.arange(x.shape[axis], dtype=dtype) * row_major_stride).reshape(shape)
     return index.transpose([axes.index(a) for a in range(x.ndim)])

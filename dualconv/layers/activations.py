@@ -71,7 +71,8 @@ class Tanh(_Elementwise):
 
     def _derivative(self) -> Any:
         (y,) = self._cache
-        return 1 - y * y
+        d = y * y
+        return get_array_module(y).subtract(1, d, out=d)  # 1 - y^2, in the one temporary
 
 
 class HardTanh(_Elementwise):
