@@ -55,9 +55,14 @@ def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, col: Any, win: Wi
     N, _, H, W = x_shape
     _, _, out_h, out_w = gy.shape
     gy_mat = xp.ascontiguousarray(batch_last(gy)).reshape(O, -1)  # (O, out_h*out_w*N)
-    # gw.T = col @ gy.T: the same sums as gy @ col.T, in the orientation OpenBLAS runs
-    # 1.1-1.8x faster for these shapes (a long inner dimension, stride 1 in both).
-    gw = matmul_inner_blocks(_column_matrix(col), gy_mat.T).T.reshape(w.shape)
+    # gw = gy @ col.T. On the CPU, gw.T = col @ gy.T makes the same sums in the
+    # orientation OpenBLAS runs 1.1-1.8x faster for these shapes (a long inner
+    # dimension, stride 1 in both); transposing it back copies a few KB. cuBLAS
+    # takes either, so the GPU computes gw as it is stored: no copy.
+    if xp is np:
+        gw = matmul_inner_blocks(_column_matrix(col), gy_mat.T).T.reshape(w.shape)
+    else:
+        gw = (gy_mat @ _column_matrix(col).T).reshape(w.shape)
     gb = gy_mat.sum(axis=1)
     gx = None
     if need_gx:
