@@ -56,6 +56,12 @@ NO_FAILURE = 2**31 - 1
 """The verdict while every step was finite (the largest int32)."""
 
 
+def _fits(last: Any, live: Any) -> bool:
+    """Whether a kept last-good array can hold ``live``: same shape, dtype and backend."""
+    return (last is not None and last.shape == live.shape and last.dtype == live.dtype
+            and get_array_module(last) is get_array_module(live))
+
+
 class TrainingDiverged(ValueError):
     """The loss (or the weights) became NaN or infinite; the model holds the last good step's state.
 
@@ -103,9 +109,8 @@ class LastFiniteState:
         """Step ``step`` of the epoch (1-based) starts; it trains on positions ``samples``."""
         self._pending.append(_Step(step, samples, self.optimizer.steps, self._slot_keys()))
         for name, (layer, key) in self.model.buffers().items():
-            live, last = layer.buffers[key], self._last_buffers.get(name)
-            if last is None or last.shape != live.shape or last.dtype != live.dtype \
-                    or get_array_module(last) is not get_array_module(live):
+            live = layer.buffers[key]
+            if not _fits(self._last_buffers.get(name), live):
                 self._last_buffers[name] = live.copy()  # the state before this fit's first step
 
     def check_loss(self, loss: Any) -> None:
@@ -121,8 +126,7 @@ class LastFiniteState:
         key = (name, slot)
         self._pending[-1].updated.append(key)
         last = self._last.get(key)
-        if last is None or last.shape != live.shape or last.dtype != live.dtype \
-                or get_array_module(last) is not get_array_module(live):
+        if not _fits(last, live):
             last = self._last[key] = get_array_module(live).empty_like(live)
         return last
 

@@ -332,19 +332,26 @@ def softmax_cross_entropy(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
 # last-good arrays, followed by the finiteness check (dualconv/divergence.py explains).
 
 
+def _guarded(verdict: np.ndarray, code: int, state: list[tuple[np.ndarray, np.ndarray]], update) -> None:
+    """Run ``update()`` unless verdict[0] <= code (then nothing changes): first copy each
+    live array of ``state`` (live, last) into its last, then set verdict[0] = code + 1
+    if any live array holds a non-finite value."""
+    if verdict[0] <= code:
+        return
+    for live, last in state:
+        np.copyto(last, live)
+    update()
+    if not all(np.isfinite(live).all() for live, _ in state):
+        verdict[0] = code + 1
+
+
 def sgd_update_guarded(w: np.ndarray, g: np.ndarray, v: np.ndarray | None, w_last: np.ndarray,
                        v_last: np.ndarray | None, verdict: np.ndarray, code: int, lr: float,
                        momentum: float, weight_decay: float, nesterov: bool) -> None:
     """sgd_update, unless verdict[0] <= code (then nothing changes); w (and v) are
     first copied into w_last (v_last); a non-finite result sets verdict[0] = code + 1."""
-    if verdict[0] <= code:
-        return
-    np.copyto(w_last, w)
-    if v is not None:
-        np.copyto(v_last, v)
-    sgd_update(w, g, v, lr, momentum, weight_decay, nesterov)
-    if not (np.isfinite(w).all() and (v is None or np.isfinite(v).all())):
-        verdict[0] = code + 1
+    state = [(w, w_last)] + ([] if v is None else [(v, v_last)])
+    _guarded(verdict, code, state, lambda: sgd_update(w, g, v, lr, momentum, weight_decay, nesterov))
 
 
 def adam_update_guarded(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray,
@@ -352,13 +359,8 @@ def adam_update_guarded(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarr
                         verdict: np.ndarray, code: int, lr: float, b1: float, b2: float,
                         eps: float, weight_decay: float, step: int) -> None:
     """adam_update under the guard, as sgd_update_guarded."""
-    if verdict[0] <= code:
-        return
-    for live, last in ((w, w_last), (m, m_last), (v, v_last)):
-        np.copyto(last, live)
-    adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step)
-    if not (np.isfinite(w).all() and np.isfinite(m).all() and np.isfinite(v).all()):
-        verdict[0] = code + 1
+    _guarded(verdict, code, [(w, w_last), (m, m_last), (v, v_last)],
+             lambda: adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step))
 
 
 def flag_nonfinite_loss(loss: np.ndarray, verdict: np.ndarray, code: int) -> None:
