@@ -203,7 +203,10 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"{backend} backend, {device_name(backend)}; {sum(la.num_parameters() for la in model.layers):,} "
           f"parameters")
 
+    saved = start_epoch  # the epochs finished in out/checkpoint.npz (0: none there)
+
     def on_epoch_end(epoch: int, logs: dict[str, float]) -> None:
+        nonlocal saved
         for key, value in logs.items():
             history.setdefault(key, []).append(value)
         print(f"epoch {epoch + 1}/{args.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
@@ -211,6 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{logs['images_per_second']:,.0f} img/s  {logs['seconds']:.1f} s", flush=True)
         checkpoint.save_checkpoint(out / CHECKPOINT, trainer.state_dict(), epoch + 1, history,
                                    meta={"config": config})
+        saved = epoch + 1
 
     wall = time.perf_counter()
     if start_epoch >= args.epochs:
@@ -223,14 +227,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                             initial_epoch=start_epoch, on_epoch_end=on_epoch_end)
         except TrainingDiverged as exc:
             rate = min(trainer.optimizer.lr / 10, runs.DEFAULT_LR[config["optimizer"]])
-            lower, saved = f"--lr {rate:g}", _saved_epoch(out / CHECKPOINT)
+            lower = f"--lr {rate:g}"
             if not saved:
                 raise CLIError(f"{exc} No checkpoint was written (one is written after each epoch); "
                                f"train again with a lower learning rate, e.g. {lower}") from None
             raise CLIError(f"{exc} The checkpoint of epoch {saved} is kept in {out}; continue from it with a "
                            f"lower learning rate: dualconv train --out {out} --resume {lower}") from None
         except KeyboardInterrupt:
-            saved = _saved_epoch(out / CHECKPOINT)
             where = (f"the checkpoint of epoch {saved} is in {out}; continue with --resume "
                      f"(dualconv train --out {out} --resume)" if saved else
                      "no checkpoint yet (one is written after each epoch)")
@@ -249,14 +252,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print("matplotlib is not installed: no PNG plots (pip install 'dualconv[plot]')")
     print(f"wrote {out / MODEL_FILE}, {out / METRICS}")
     return 0
-
-
-def _saved_epoch(path: Path) -> int:
-    """The epochs finished in the checkpoint at ``path`` (0 when there is none)."""
-    try:
-        return checkpoint.load_checkpoint(path).epoch
-    except (OSError, ValueError):
-        return 0
 
 
 def _run_directory(args: argparse.Namespace) -> tuple[Path | None, Any]:
