@@ -55,24 +55,3 @@ def flatten_batch(x: Any) -> Any:
     if N > 1 and xb.flags.c_contiguous:
         return xb.reshape(-1, N).T
     return x.reshape(N, -1)
-
-
-def row_major_index(x: Any, dtype: Any = np.uint64) -> Any:
-    """The row-major (C-order) number of every element of x, as ``dtype`` (an unsigned
-    integer type that holds x.size - 1), in an array
-    shaped like x and stored in the same memory order as x (batch-last images,
-    feature-major matrices, C order: any permutation of the axes).
-
-    Element [n, c, h, w] of a 4-D x holds n*C*H*W + c*H*W + h*W + w. The array
-    is a sum of one arange per axis, broadcast in x's memory order, so nothing
-    is transposed.
-    """
-    xp = get_array_module(x)
-    axes = sorted(range(x.ndim), key=lambda a: -abs(x.strides[a]))  # slowest-varying first
-    index = xp.zeros((1,) * x.ndim, dtype=dtype)
-    for position, axis in enumerate(axes):
-        shape = [1] * x.ndim
-        shape[position] = x.shape[axis]
-        row_major_stride = np.dtype(dtype).type(int(np.prod(x.shape[axis + 1:], dtype=np.int64)))
-        index = index + (xp.arange(x.shape[axis], dtype=dtype) * row_major_stride).reshape(shape)
-    return index.transpose([axes.index(a) for a in range(x.ndim)])

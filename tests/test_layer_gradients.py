@@ -214,11 +214,10 @@ def test_dropout_same_seed_same_mask_other_seed_other_mask() -> None:
 
 
 def test_dropout_mask_is_the_same_in_any_memory_order() -> None:
-    """Element [n, f] draws the bits of its row-major number whatever the input's
-    memory order: a feature-major x (as Flatten leaves batch-last images) gets the
-    mask a C-ordered x gets, stored feature-major like x (so x * mask is fast).
-    Oracle: the mask from random_bits over np.arange, the row-major numbers."""
-    from dualconv.layers.dropout import random_bits
+    """Element [n, f] gets the same keep decision whatever the input's memory order:
+    a feature-major x (as Flatten leaves batch-last images) gets the mask a C-ordered
+    x gets, stored feature-major like x (so x * mask is fast), and backward applies it.
+    (The mask itself is checked against a scalar reference in test_dropout_bits.py.)"""
     p = 0.5
     x = np.abs(randn((6, 9), 16)) + 0.5  # nonzero, so y / x is the mask
     masks = []
@@ -230,12 +229,8 @@ def test_dropout_mask_is_the_same_in_any_memory_order() -> None:
         masks.append(y / stored)
         gy = randn((6, 9), 17)
         assert_array_equal(layer.backward(gy), gy * masks[-1])
-    layer = dc.Dropout(p)
-    layer.seed(4)
-    bits = random_bits(np, np.arange(x.size, dtype=np.uint32), layer._key())
-    expected = (bits >= np.uint32(2**31)).reshape(x.shape) * 2.0
-    assert_array_equal(masks[0], expected)
-    assert_array_equal(masks[1], expected)
+    assert_array_equal(masks[0], masks[1])
+    assert set(np.unique(masks[0])) == {0.0, 2.0}
 
 
 # -- activations ----------------------------------------------------------------------

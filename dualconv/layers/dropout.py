@@ -1,4 +1,9 @@
-"""Dropout: inverted dropout, active only in training mode, with counter-based masks."""
+"""Dropout: inverted dropout, active only in training mode, with counter-based masks.
+
+The mask is a pure function of (key, element): the same on NumPy and CuPy, on
+every GPU model, and whatever the input's memory order. The recipe is built so
+that NumPy makes it in few passes over memory (see ``dropout``).
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,82 +11,111 @@ from typing import Any
 import numpy as np
 
 from ..backend import get_array_module
-from ..layout import row_major_index
 from .base import Layer
 
 _MIX1 = np.uint32(0x7FEB352D)
 _MIX2 = np.uint32(0x846CA68B)
-_LOW32 = np.uint64(0xFFFFFFFF)
-# Elements hashed at a time on NumPy: the hash makes about fifteen passes over its
-# numbers, and a block of 2**16 (256 kB of uint32) keeps them in the L2 cache instead
-# of streaming a whole batch's worth through memory fifteen times.
 NUMPY_BLOCK = 1 << 16
+"""Pair words hashed at a time on NumPy. The final round makes about ten passes over
+its words, and a block of 2**16 (256 kB of uint32) keeps them in the L2 cache."""
 
 
-def lowbias32(z: Any) -> Any:
+def lowbias32(z: Any, scratch: Any | None = None) -> Any:
     """Chris Wellons' "lowbias32" integer hash, applied in place to the uint32 array z.
 
     Two xorshift-multiply rounds and a final xorshift: a bijection of the 32-bit
-    integers (each step is invertible) with good avalanche, and lowbias32(0) == 0.
+    integers (each step is invertible) with good avalanche. ``scratch``, an
+    array like z, holds the shifted words (without it each shift allocates one).
     """
-    z ^= z >> np.uint32(16)
-    z *= _MIX1
-    z ^= z >> np.uint32(15)
-    z *= _MIX2
-    z ^= z >> np.uint32(16)
+    xp = get_array_module(z)
+    if scratch is None:
+        scratch = xp.empty_like(z)
+    for shift, multiplier in ((16, _MIX1), (15, _MIX2), (16, None)):
+        xp.right_shift(z, np.uint32(shift), out=scratch)
+        z ^= scratch
+        if multiplier is not None:
+            z *= multiplier
     return z
 
 
-def random_bits(xp: Any, index: Any, key: int) -> Any:
-    """One pseudo-random uint32 per entry of ``index`` (element numbers, uint32 or
-    uint64, any shape and memory order), a pure function of (key, number).
-
-    With h = lowbias32 and the 64-bit key split into halves k_lo and k_hi, element
-    number i = hi * 2**32 + lo draws h(h(lo ^ k_lo) ^ h(hi) ^ k_hi). Below 2**32, hi
-    is 0 and h(0) == 0, so a uint32 index computes h(h(i ^ k_lo) ^ k_hi) in 32-bit
-    arithmetic alone (twice as fast as 64-bit on the CPU) and gets the bits the same
-    numbers would get as uint64. The operations are elementwise integer ones on
-    ``xp`` (numpy or cupy), so both backends and every GPU model draw the same bits.
-    """
-    k_lo, k_hi = np.uint32(key & 0xFFFFFFFF), np.uint32((key >> 32) & 0xFFFFFFFF)
-    if index.dtype == np.uint64:
-        z = (index & _LOW32).astype(np.uint32) ^ k_lo
-        high = lowbias32((index >> np.uint64(32)).astype(np.uint32))
-    else:
-        z, high = index.astype(np.uint32) ^ k_lo, None
-    z = lowbias32(z)
-    z ^= k_hi
-    if high is not None:
-        z ^= high
+def keyed_hash(numbers: Any, key: int) -> Any:
+    """u_i = h(h(i ^ k_lo) ^ k_hi) for each uint32 number i, with h = lowbias32 and
+    k_lo, k_hi the low and high halves of the 64-bit key: a bijection of the
+    32-bit integers for each key. Returns a new uint32 array."""
+    z = numbers.astype(np.uint32)
+    z ^= np.uint32(key & 0xFFFFFFFF)
+    lowbias32(z)
+    z ^= np.uint32((key >> 32) & 0xFFFFFFFF)
     return lowbias32(z)
 
 
-def dropout_mask(x: Any, key: int, p: float) -> Any:
-    """The inverted-dropout mask for x: 0 where the element is dropped, 1/(1-p) where
-    it is kept, with x's shape, dtype and memory order.
+def _batch_last_rows(x: Any) -> Any | None:
+    """x: (N, ...) stored batch-last -> the (features, N) matrix view of its memory, else None."""
+    xb = x.transpose(*range(1, x.ndim), 0)
+    return xb.reshape(-1, x.shape[0]) if xb.flags.c_contiguous else None
 
-    Element [n, ...] is kept when random_bits(its row-major number, key) >= p * 2**32,
-    whatever x's memory order, so the mask is the same on every backend. The mask is
-    stored in x's memory order, so that x * mask (and gy * mask in backward) walk
-    both arrays in step: with a C-ordered mask over a batch-last x, NumPy's elementwise
-    loops stride across memory and run several times slower. The numbers are uint32
-    when x has fewer than 2**32 elements (see random_bits). On NumPy the hash runs
-    over blocks of NUMPY_BLOCK numbers in memory order (a pure function of each
-    number, so blocking changes no bit); CuPy takes the whole array in one pass.
+
+def dropout(x: Any, key: int, p: float) -> tuple[Any, Any]:
+    """Inverted dropout of x: (y, mask), both shaped like x, y = x * mask.
+
+    mask is 0 where an element is dropped and 1/(1 - p) where it is kept. Which
+    elements drop is a pure function of (key, n, j), for sample n and j the
+    row-major number of the element within its sample (F features per sample):
+
+        u_i        = keyed_hash(i, key)                    for i < F + ceil(N/2)
+        word(j, m) = lowbias32(u_j ^ u_(F + m))            one 32-bit word per two samples
+        bits(n, j) = word(j, n // 2), low 16 bits for even n, high 16 for odd n
+        kept       = bits(n, j) >= round(p * 2**16)
+
+    So the drop probability is p rounded to a multiple of 2**-16 (at most 1 - 2**-16).
+    keyed_hash is a bijection, so u_j ^ u_(F+m) is never 0; each word is one
+    lowbias32 of numbers that differ for every (j, m).
+
+    Why this shape: a hash per element costs about twenty passes over memory on
+    NumPy. Here the keyed hash runs over F + N/2 numbers only, the final round
+    over N*F/2 words, and each word gives two samples' bits. Stored (features, N),
+    as the batch-last activations of this library are, the two samples of a word
+    are neighbours in memory: the 16-bit halves of the words, read in place, are
+    the bits in the mask's own order (little-endian, as x86, ARM and CUDA are).
+
+    On NumPy the words, masks and products are made a block of NUMPY_BLOCK words
+    at a time, so they stay in the L2 cache; CuPy takes the whole array at once.
+    y and mask are stored in x's memory order (made batch-last, then copied into
+    x's order when that differs).
     """
     xp = get_array_module(x)
-    threshold = np.uint32(min(2**32 - 1, round(p * 2**32)))
+    N = x.shape[0]
+    F = x.size // N if N else 0
+    M = (N + 1) // 2
+    if F + M >= 2**32:
+        raise ValueError(f"Dropout: at most 2**32 features per sample and samples, got shape {tuple(x.shape)}")
+    threshold = np.uint16(min(2**16 - 1, round(p * 2**16)))
     scale = x.dtype.type(1.0 / (1.0 - p))
-    numbers = row_major_index(x, np.uint32 if x.size <= 2**32 else np.uint64)
-    axes = sorted(range(x.ndim), key=lambda a: -abs(numbers.strides[a]))  # slowest-varying first
-    in_memory_order = numbers.transpose(axes).reshape(-1)  # a view: row_major_index stores them so
-    mask = xp.empty(x.size, dtype=x.dtype)
-    block = NUMPY_BLOCK if xp is np else max(1, x.size)
-    for start in range(0, x.size, block):
-        stop = min(x.size, start + block)
-        keep = random_bits(xp, in_memory_order[start:stop], key) >= threshold
-        xp.multiply(keep, scale, out=mask[start:stop])
-    return mask.reshape([x.shape[a] for a in axes]).transpose([axes.index(a) for a in range(x.ndim)])
+    u = keyed_hash(xp.arange(F + M, dtype=np.uint32), key)
+    u_feature, u_pair = u[:F, None], u[None, F:]
+    mask = xp.empty((F, N), dtype=x.dtype)
+    x_rows = _batch_last_rows(x) if N else None
+    y = xp.empty_like(mask) if x_rows is not None else None
+    rows = max(1, NUMPY_BLOCK // max(1, M)) if xp is np else max(1, F)
+    words, scratch = xp.empty((rows, M), dtype=np.uint32), xp.empty((rows, M), dtype=np.uint32)
+    keep = xp.empty((rows, N), dtype=bool)
+    for r0 in range(0, F, rows):
+        r1 = min(F, r0 + rows)
+        w, k = words[:r1 - r0], keep[:r1 - r0]
+        xp.bitwise_xor(u_feature[r0:r1], u_pair, out=w)
+        lowbias32(w, scratch[:r1 - r0])
+        xp.greater_equal(w.view(np.uint16)[:, :N], threshold, out=k)  # halves in sample order
+        xp.multiply(k, scale, out=mask[r0:r1])
+        if y is not None:
+            xp.multiply(x_rows[r0:r1], mask[r0:r1], out=y[r0:r1])
+    as_x = x.shape[1:] + (N,)
+    order = (x.ndim - 1, *range(x.ndim - 1))
+    mask = mask.reshape(as_x).transpose(order)
+    if y is not None:
+        return y.reshape(as_x).transpose(order), mask
+    stored_like_x = xp.empty_like(x)  # so that x * mask and gy * mask walk both in step
+    stored_like_x[...] = mask
+    return x * stored_like_x, stored_like_x
 
 
 class Dropout(Layer):
@@ -89,7 +123,7 @@ class Dropout(Layer):
 
     x: (N, ...) -> y: same shape. In eval mode it is the identity. The mask of
     the k-th training forward after ``seed(s)`` is a pure function of (s, k)
-    (see ``random_bits``): the same on NumPy and CuPy and on every GPU. The
+    (see ``dropout``): the same on NumPy and CuPy and on every GPU. The
     Trainer reseeds with (seed, epoch, layer index) every epoch, so a mask
     depends only on (seed, epoch, step).
     """
@@ -118,9 +152,8 @@ class Dropout(Layer):
         if not self.training or self.p == 0.0:
             self._cache = tuple(x.shape)
             return x
-        mask = dropout_mask(x, self._key(), self.p)
-        self._cache = mask
-        return x * mask
+        y, self._cache = dropout(x, self._key(), self.p)
+        return y
 
     def _backward(self, gy: Any) -> Any:
         if isinstance(self._cache, tuple):  # eval mode (or p == 0): the identity

@@ -105,6 +105,20 @@ def test_numpy_functions_dispatch_to_the_device(cp, emu):
         np.linalg.norm(d)  # not offered: NumPy finds no implementation
 
 
+def test_augmented_assignment_writes_into_the_array_as_cupy_does(cp):
+    """a op= b changes a itself (real CuPy's ndarray defines every in-place operator):
+    a function that updates an array it was given sees the change through the caller's name."""
+    start = np.array([0b1011, 6, 255], dtype=np.uint32)
+    operations = [("+=", np.add), ("-=", np.subtract), ("*=", np.multiply), ("&=", np.bitwise_and),
+                  ("|=", np.bitwise_or), ("^=", np.bitwise_xor), ("<<=", np.left_shift),
+                  (">>=", np.right_shift)]
+    for symbol, ufunc in operations:
+        d = cp.asarray(start)
+        alias = d
+        exec(f"alias {symbol} np.uint32(3)", {"np": np}, {"alias": alias})  # the caller keeps d
+        np.testing.assert_array_equal(d.get(), ufunc(start, np.uint32(3)), err_msg=symbol)
+
+
 def test_reductions_are_0d_device_arrays_read_back_only_explicitly(cp, emu):
     d = cp.asarray(np.array([1.5, 2.5, -4.0]))
     total = d.sum()

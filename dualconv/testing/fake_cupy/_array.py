@@ -246,8 +246,12 @@ class ndarray:
                                    _operator(np.bitwise_and, inplace=True))
     __or__, __ror__, __ior__ = (_operator(np.bitwise_or), _operator(np.bitwise_or, True),
                                 _operator(np.bitwise_or, inplace=True))
-    __xor__, __rxor__ = _operator(np.bitwise_xor), _operator(np.bitwise_xor, True)
-    __lshift__, __rshift__ = _operator(np.left_shift), _operator(np.right_shift)
+    __xor__, __rxor__, __ixor__ = (_operator(np.bitwise_xor), _operator(np.bitwise_xor, True),
+                                   _operator(np.bitwise_xor, inplace=True))
+    __lshift__, __rlshift__, __ilshift__ = (_operator(np.left_shift), _operator(np.left_shift, True),
+                                            _operator(np.left_shift, inplace=True))
+    __rshift__, __rrshift__, __irshift__ = (_operator(np.right_shift), _operator(np.right_shift, True),
+                                            _operator(np.right_shift, inplace=True))
     __lt__, __le__, __gt__, __ge__ = (_operator(np.less), _operator(np.less_equal),
                                       _operator(np.greater), _operator(np.greater_equal))
     __eq__, __ne__ = _operator(np.equal), _operator(np.not_equal)  # type: ignore[assignment]
