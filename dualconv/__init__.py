@@ -7,6 +7,7 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam, ExponentialLR, LinearLR, StepLR
+from .threads import num_threads, set_num_threads
 from .trainer import Trainer
 
 __version__ = "0.1.0"
@@ -17,4 +18,5 @@ __all__ = [
     "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh",
     "BinaryCrossEntropy", "MeanSquaredError", "SoftmaxCrossEntropy",
     "Sequential", "SGD", "Adam", "ExponentialLR", "LinearLR", "StepLR", "Trainer",
+    "num_threads", "set_num_threads",
 ]

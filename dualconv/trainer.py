@@ -26,6 +26,7 @@ from .divergence import LastFiniteState
 from .losses import Loss
 from .model import Sequential
 from .optim import LRSchedule, Optimizer
+from .parts import train_step_gradients, trains_in_parts
 
 History = dict[str, list[float]]
 
@@ -177,15 +178,19 @@ class Trainer:
         the device and the optimizer skips the update when it is not finite.
         """
         xb, yb = to_backend(xb, self.model.backend), to_backend(yb, self.model.backend)
-        out = self.model.forward(xb)
-        value = self.loss.forward(out, yb)
-        self.model.backward(self.loss.backward(), input_grad=False)
+        if trains_in_parts(self.model, len(xb)):  # on the CPU: see parts.py
+            value, correct = train_step_gradients(self.model, self.loss, xb, yb, _correct)
+        else:
+            out = self.model.forward(xb)
+            value = self.loss.forward(out, yb)
+            self.model.backward(self.loss.backward(), input_grad=False)
+            correct = _correct(out, to_backend(yb, backend_of(out)))
         if self._guard is not None:
             self._guard.check_loss(value)
         self.optimizer.step(self._guard)
         if self._guard is not None:
             self._guard.end_step()
-        return value, _correct(out, to_backend(yb, backend_of(out)))
+        return value, correct
 
     # -- evaluation ----------------------------------------------------------------
     def evaluate(self, X: Any, y: Any, batch_size: int = 256,

@@ -172,16 +172,28 @@ def test_predict_in_batches_equals_forward_in_eval_mode() -> None:
     assert_array_equal(model.predict_classes(x, batch_size=4), got.argmax(axis=1))
 
 
-def test_predict_default_batches_cover_every_image() -> None:
-    """The CPU default (PREDICT_BATCH_SIZE, 32) on 70 images: batches 32, 32, 6."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_predict_default_batches_cover_every_image(threads: int) -> None:
+    """The CPU default (PREDICT_BATCH_SIZE) on 2.5 batches' worth of images: two full
+    batches and a half one, on one thread or spread over two; every output within the
+    forward error bound of the float64 forward, and the same bits on one or two threads."""
     from dualconv.model import PREDICT_BATCH_SIZE
-    assert PREDICT_BATCH_SIZE["numpy"] == 32
+    from dualconv.threads import set_num_threads
+    size = PREDICT_BATCH_SIZE["numpy"]
     model = lenet(seed=1)
-    x = randn((70, 1, 28, 28), 8)
-    got = model.predict(x)
-    bound = forward_error_bound(model, x)
-    assert got.shape == (70, 10)
-    assert_within(got, exact_forward(model, x), bound, "predict: ")
+    x = randn((2 * size + size // 2, 1, 28, 28), 8)
+    set_num_threads(threads)
+    try:
+        got = model.predict(x)
+    finally:
+        set_num_threads(None)
+    assert got.shape == (len(x), 10)
+    assert_within(got, exact_forward(model, x), forward_error_bound(model, x), "predict: ")
+    set_num_threads(1)
+    try:
+        assert_array_equal(model.predict(x), got)
+    finally:
+        set_num_threads(None)
 
 
 def test_seed_gives_identical_initial_weights() -> None:

@@ -14,6 +14,7 @@ seen by an optimizer.
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -144,6 +145,27 @@ class Layer:
             raise ValueError(
                 f"{self.name}.backward: expected a gradient of shape {tuple(expected)} "
                 f"(the forward output), got {tuple(gy.shape)}")
+
+    # -- a batch computed in parts (dualconv/parts.py) ------------------------
+    couples_samples = False
+    """True where one sample's output depends on the other samples of its batch (BatchNorm
+    in training): a model holding such a layer computes every batch whole."""
+
+    def replica(self) -> "Layer":
+        """A twin that computes another part of a batch, on another thread: it shares this
+        layer's parameters and buffers (the same arrays) and has its own cache and gradients."""
+        twin = copy.copy(self)
+        twin.grads, twin._cache = {}, None
+        return twin
+
+    def start_parts(self) -> None:
+        """Called before a training batch is computed in parts, before any replica is made."""
+
+    def enter_part(self, first_sample: int) -> None:
+        """Called on the layer (or replica) that computes the part starting at ``first_sample``, before its forward."""
+
+    def end_parts(self) -> None:
+        """Called after every part of the batch has run."""
 
     # -- modes, devices, description ----------------------------------------
     def train(self) -> "Layer":

@@ -26,6 +26,10 @@ class _BatchNorm(Layer):
     ndims: tuple[int, ...] = ()
     layout = ""
 
+    @property
+    def couples_samples(self) -> bool:  # type: ignore[override]
+        return self.training  # batch statistics in training; running ones in eval
+
     def __init__(self, num_features: int | None = None, eps: float = 1e-5, momentum: float = 0.1,
                  affine: bool = True) -> None:
         super().__init__()

@@ -55,7 +55,7 @@ def _batch_last_rows(x: Any) -> Any | None:
     return xb.reshape(-1, x.shape[0]) if xb.flags.c_contiguous else None
 
 
-def dropout(x: Any, key: int, p: float) -> tuple[Any, Any]:
+def dropout(x: Any, key: int, p: float, first_sample: int = 0) -> tuple[Any, Any]:
     """Inverted dropout of x: (y, mask), both shaped like x, y = x * mask.
 
     mask is 0 where an element is dropped and 1/(1 - p) where it is kept. Which
@@ -66,6 +66,10 @@ def dropout(x: Any, key: int, p: float) -> tuple[Any, Any]:
         word(j, m) = lowbias32(u_j ^ u_(F + m))            one 32-bit word per two samples
         bits(n, j) = word(j, n // 2), low 16 bits for even n, high 16 for odd n
         kept       = bits(n, j) >= round(p * 2**16)
+
+    ``first_sample`` (even) says that x holds samples first_sample, first_sample + 1, ...
+    of a larger batch: n counts from it, so a batch computed in parts (parts.py) drops
+    exactly what it drops whole.
 
     So the drop probability is p rounded to a multiple of 2**-16 (at most 1 - 2**-16).
     keyed_hash is a bijection, so u_j ^ u_(F+m) is never 0; each word is one
@@ -87,11 +91,16 @@ def dropout(x: Any, key: int, p: float) -> tuple[Any, Any]:
     N = x.shape[0]
     F = x.size // N if N else 0
     M = (N + 1) // 2
-    if F + M >= 2**32:
+    if first_sample % 2:
+        raise ValueError(f"Dropout: a part of a batch must start at an even sample, got {first_sample}")
+    if F + first_sample // 2 + M >= 2**32:
         raise ValueError(f"Dropout: at most 2**32 features per sample and samples, got shape {tuple(x.shape)}")
     threshold = np.uint16(min(2**16 - 1, round(p * 2**16)))
     scale = x.dtype.type(1.0 / (1.0 - p))
-    u = keyed_hash(xp.arange(F + M, dtype=np.uint32), key)
+    numbers = xp.arange(F + M, dtype=np.uint32)
+    if first_sample:
+        numbers[F:] += np.uint32(first_sample // 2)
+    u = keyed_hash(numbers, key)
     u_feature, u_pair = u[:F, None], u[None, F:]
     mask = xp.empty((F, N), dtype=x.dtype)
     x_rows = _batch_last_rows(x) if N else None
@@ -135,6 +144,8 @@ class Dropout(Layer):
         self.p = float(p)
         self._seed: list[int] | None = None
         self._step = 0
+        self._batch_key: int | None = None  # one key for every part of a batch run in parts
+        self._part: tuple[int, int] | None = None  # (key, first sample) of the part to run next
 
     def seed(self, seed: int | list[int] | None) -> None:
         """Restart the masks from ``seed`` (an int or a list of ints; None: fresh entropy)."""
@@ -148,11 +159,21 @@ class Dropout(Layer):
         self._step += 1
         return int(key)
 
+    def start_parts(self) -> None:
+        self._batch_key = self._key() if self.training and self.p else None
+
+    def enter_part(self, first_sample: int) -> None:
+        self._part = None if self._batch_key is None else (self._batch_key, first_sample)
+
+    def end_parts(self) -> None:
+        self._batch_key = self._part = None
+
     def _forward(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
             self._cache = tuple(x.shape)
             return x
-        y, self._cache = dropout(x, self._key(), self.p)
+        key, first_sample = self._part if self._part is not None else (self._key(), 0)
+        y, self._cache = dropout(x, key, self.p, first_sample)
         return y
 
     def _backward(self, gy: Any) -> Any:

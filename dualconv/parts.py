@@ -1,0 +1,129 @@
+"""A large training batch computed in parts, on dualconv's threads (CPU).
+
+Why: on the CPU a LeNet batch of 256 images moves each activation through memory
+at several MB a layer, more than the L2 cache holds; a part of 128 is nearer it.
+And parts can run on both cores at once (threads.py). Measured on the 2-core
+Intel machine, one LeNet SGD step at batch 256: 18 ms whole, 15 ms in two parts
+on one thread, 13.5 ms on two threads.
+
+What it computes. Every loss of this library is a mean over the batch, so the
+batch's gradient is the weighted sum of its parts' gradients,
+
+    grad = sum_p (n_p / N) * grad_p,     loss = sum_p (n_p / N) * loss_p,
+
+for parts of n_p samples out of N, each grad_p computed by the plain layer code
+on its part alone. The parts' terms are added in part order on the calling
+thread, and the parts depend on N alone (part_ranges), so the result does not
+depend on the number of threads. It differs from the whole batch's only in rounding: the batch sums
+are split into partial sums (and the weights n_p / N rounded; for N a power-of-two
+multiple of the part size they are exact).
+
+Dropout draws one key per batch and counts samples from each part's first, so a
+part drops exactly what the whole batch would (layers/dropout.py). A model with a
+layer that couples samples (BatchNorm in training: batch statistics) computes
+every batch whole, and so does one on the GPU, where a whole batch is fastest.
+"""
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Callable
+
+from .threads import num_threads, run_on_threads
+
+if TYPE_CHECKING:
+    from .losses import Loss
+    from .model import Sequential
+
+MIN_PART = 64
+"""Fewest samples in a part. Each part pays the layers' fixed cost per call (about
+0.6 ms of Python and NumPy call overhead for a LeNet step), and threads working on
+smaller parts hand the GIL to each other too often: LeNet's step at batch 256 took
+20 ms in parts of 32 on two threads, 15.5 in parts of 64, 13.5 in parts of 128."""
+
+MAX_PART = 128
+"""Most samples in a part, so that a large batch keeps its activations near the
+cache: on one thread LeNet's step at batch 256 took 18 ms whole, 15 in two parts."""
+
+Counter = Callable[[Any, Any], Any]  # (outputs, targets) -> how many are right, a device scalar
+
+
+def part_ranges(n: int) -> list[tuple[int, int]]:
+    """[start, stop) of each part of a batch of n samples, in order.
+
+    A batch of fewer than 2 * MIN_PART samples is one part. Otherwise it splits into
+    max(2, ceil(n / MAX_PART)) parts of equal, even size (the last one shorter by
+    what is left over): two parts at least, one for each core of a 2-core machine,
+    and each starting at an even sample, as Dropout's masks require. The parts
+    depend on n alone, never on the number of threads, so neither do the results.
+    """
+    if n < 2 * MIN_PART:
+        return [(0, n)]
+    count = max(2, -(-n // MAX_PART))
+    size = -(-n // count)
+    size += size % 2
+    return [(start, min(n, start + size)) for start in range(0, n, size)]
+
+
+def in_groups(items: list[Any], groups: int) -> list[list[Any]]:
+    """items split into ``groups`` consecutive runs, their lengths differing by at most one."""
+    size, extra = divmod(len(items), groups)
+    bounds = [g * size + min(g, extra) for g in range(groups + 1)]
+    return [items[bounds[g]:bounds[g + 1]] for g in range(groups)]
+
+
+def trains_in_parts(model: "Sequential", n: int) -> bool:
+    """Whether a training batch of n samples runs in parts: on the CPU, for a built model
+    without sample-coupling layers, when n makes more than one part."""
+    return (model.backend == "numpy" and len(part_ranges(n)) > 1 and model.input_shape is not None
+            and not any(layer.needs_build or layer.couples_samples for layer in model.layers))
+
+
+def train_step_gradients(model: "Sequential", loss: "Loss", xb: Any, yb: Any,
+                         count_correct: Counter) -> tuple[Any, Any]:
+    """Forward and backward of the batch (xb, yb) in parts; fills every layer's grads
+    with the batch's gradients. Returns (loss, correct count) as 0-d arrays."""
+    N = len(xb)
+    ranges = part_ranges(N)
+    threads = min(num_threads(), len(ranges))
+    for layer in model.layers:
+        layer.start_parts()
+    try:
+        crews = [(model, loss)] + [(model.replica(), copy.copy(loss)) for _ in range(threads - 1)]
+        tasks = [_part_runner(crew, xb, yb, group, count_correct)
+                 for crew, group in zip(crews, in_groups(ranges, threads))]
+        results = [part for group in run_on_threads(tasks) for part in group]
+    finally:
+        for layer in model.layers:
+            layer.end_parts()
+    value, correct, grads = results[0]
+    for part_value, part_correct, part_grads in results[1:]:
+        value, correct = value + part_value, correct + part_correct
+        for key, g in part_grads.items():
+            grads[key] += g
+    for (index, name), g in grads.items():
+        model.layers[index].grads[name] = g
+    return value, correct
+
+
+def _part_runner(crew: tuple["Sequential", "Loss"], xb: Any, yb: Any, ranges: list[tuple[int, int]],
+                 count_correct: Counter) -> Callable[[], list[tuple[Any, Any, dict[tuple[int, str], Any]]]]:
+    """A task that runs the parts ``ranges`` of (xb, yb) one after another on one model
+    (the model or a replica) and returns, per part, its weighted loss, its correct count
+    and its weighted gradients {(layer index, name): array}."""
+    model, loss = crew
+
+    def run() -> list[tuple[Any, Any, dict[tuple[int, str], Any]]]:
+        out = []
+        for start, stop in ranges:
+            for layer in model.layers:
+                layer.enter_part(start)
+            pred = model.forward(xb[start:stop])
+            value = loss.forward(pred, yb[start:stop])
+            model.backward(loss.backward(), input_grad=False)
+            weight = model.dtype.type((stop - start) / len(xb))
+            grads = {(i, name): g * weight for i, layer in enumerate(model.layers)
+                     for name, g in layer.grads.items()}
+            out.append((value * weight, count_correct(pred, yb[start:stop]), grads))
+        return out
+
+    return run

@@ -1,0 +1,107 @@
+"""A training batch computed in parts (dualconv/parts.py) on one or two threads.
+
+Oracle: the plain layer code run on each part by itself (a second model with the
+same weights, no parts machinery), each part's gradients and loss weighted by its
+share of the batch and added in part order, as the batch mean requires. With the
+shares 1/2 (two parts of 128) the weights are exact powers of two.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+import dualconv as dc
+from dualconv.layers.dropout import dropout
+from dualconv.models import lenet, lenet_bn, weidman
+from dualconv.parts import in_groups, part_ranges, trains_in_parts
+from dualconv.threads import set_num_threads
+
+KEY = 0x5DEECE66D_0000_0001
+
+
+def test_part_ranges_follow_the_documented_rule() -> None:
+    """Under 128 samples one part; else max(2, ceil(n / 128)) parts of ceil(n / count)
+    rounded up to even (worked by hand)."""
+    assert part_ranges(127) == [(0, 127)]
+    assert part_ranges(128) == [(0, 64), (64, 128)]
+    assert part_ranges(130) == [(0, 66), (66, 130)]  # 65 -> 66
+    assert part_ranges(256) == [(0, 128), (128, 256)]
+    assert part_ranges(300) == [(0, 100), (100, 200), (200, 300)]
+    assert part_ranges(301) == [(0, 102), (102, 204), (204, 301)]  # ceil(301/3) = 101 -> 102
+
+
+def test_in_groups_splits_into_consecutive_runs() -> None:
+    assert in_groups([1, 2, 3, 4, 5], 2) == [[1, 2, 3], [4, 5]]
+    assert in_groups([1, 2], 2) == [[1], [2]]
+    assert in_groups([1, 2, 3], 1) == [[1, 2, 3]]
+
+
+@pytest.mark.parametrize("batch_last", [False, True])
+def test_dropout_of_a_part_is_that_part_of_the_whole_batch(batch_last: bool) -> None:
+    x = np.random.default_rng(1).standard_normal((11, 3, 5)).astype(np.float32)
+    if batch_last:
+        x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)
+    y_whole, mask_whole = dropout(x, KEY, 0.4)
+    for start, stop in [(0, 4), (4, 11), (2, 3), (10, 11)]:
+        y, mask = dropout(x[start:stop], KEY, 0.4, first_sample=start)
+        assert_array_equal(mask, mask_whole[start:stop])
+        assert_array_equal(y, y_whole[start:stop])
+    with pytest.raises(ValueError, match="Dropout: a part of a batch must start at an even sample, got 3"):
+        dropout(x[3:], KEY, 0.4, first_sample=3)
+
+
+def _part_by_part(model: dc.Sequential, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, int, dict]:
+    """The oracle: each part through the plain model code, weighted, summed in order."""
+    loss = dc.SoftmaxCrossEntropy()
+    total_loss, correct, grads = None, 0, {}
+    for layer in model.layers:
+        layer.start_parts()
+    for start, stop in part_ranges(len(X)):
+        for layer in model.layers:
+            layer.enter_part(start)  # Dropout: the whole batch's key, counted from start
+        out = model.forward(X[start:stop])
+        correct += int((out.argmax(axis=1) == y[start:stop]).sum())
+        value = loss.forward(out, y[start:stop])
+        model.backward(loss.backward(), input_grad=False)
+        w = model.dtype.type((stop - start) / len(X))
+        total_loss = value * w if total_loss is None else total_loss + value * w
+        for i, layer in enumerate(model.layers):
+            for name, g in layer.grads.items():
+                grads[(i, name)] = g * w if (i, name) not in grads else grads[(i, name)] + g * w
+    for layer in model.layers:
+        layer.end_parts()
+    return total_loss, correct, grads
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("make, n", [(lenet, 256), (weidman, 256), (lenet, 130)])
+def test_a_step_in_parts_is_the_weighted_sum_of_its_parts(make, n: int, threads: int) -> None:
+    rng = np.random.default_rng(3)
+    X = rng.random((n, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, n)
+    model, oracle = make(seed=5), make(seed=5)
+    for m in (model, oracle):
+        m.build((1, 1, 28, 28))
+        m.seed_randomness(9)
+    assert trains_in_parts(model, n)
+    trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(), dc.SGD(model.parameters(), lr=0.01))
+    set_num_threads(threads)
+    try:
+        value, correct = trainer.train_step(X, y)
+    finally:
+        set_num_threads(None)
+    expected_loss, expected_correct, expected_grads = _part_by_part(oracle, X, y)
+    assert value == expected_loss and int(correct) == expected_correct
+    for (i, name), g in expected_grads.items():
+        assert_array_equal(model.layers[i].grads[name], g, err_msg=f"layer {i} {name}")
+
+
+def test_models_whose_layers_couple_samples_train_whole() -> None:
+    """BatchNorm's training statistics are over the batch: LeNet-BN never splits one;
+    in eval mode it would not couple samples."""
+    model = lenet_bn(seed=0)
+    model.build((1, 1, 28, 28))
+    assert not trains_in_parts(model, 256)
+    assert not model.layers[1].eval().couples_samples
+    assert trains_in_parts(lenet(seed=0).eval(), 256) is False  # not built yet: builds whole first
