@@ -105,3 +105,26 @@ def test_models_whose_layers_couple_samples_train_whole() -> None:
     assert not trains_in_parts(model, 256)
     assert not model.layers[1].eval().couples_samples
     assert trains_in_parts(lenet(seed=0).eval(), 256) is False  # not built yet: builds whole first
+
+
+def test_a_layer_written_outside_dualconv_keeps_batches_whole_until_it_says_otherwise() -> None:
+    class Centre(dc.Layer):
+        """Subtracts the batch mean: each sample's output depends on the others."""
+
+        def _forward(self, x):
+            self._cache = x.shape
+            return x - x.mean(axis=0)
+
+        def _backward(self, gy):
+            return gy - gy.mean(axis=0)
+
+    model = dc.Sequential([dc.Flatten(), Centre(), dc.Dense(None, 10)], seed=0)
+    model.build((1, 1, 28, 28))
+    assert not trains_in_parts(model, 256)
+
+    class PerSample(Centre):
+        couples_samples = False
+
+    model = dc.Sequential([dc.Flatten(), PerSample(), dc.Dense(None, 10)], seed=0)
+    model.build((1, 1, 28, 28))
+    assert trains_in_parts(model, 256)

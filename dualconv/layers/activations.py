@@ -17,6 +17,8 @@ def softmax(x: Any) -> Any:
 class _Elementwise(Layer):
     """y = f(x) elementwise; backward multiplies by f'(x), computed from what forward kept."""
 
+    couples_samples = False
+
     def _check_input(self, x: Any) -> None:
         super()._check_input(x)
         if x.dtype.kind != "f":

@@ -147,9 +147,11 @@ class Layer:
                 f"(the forward output), got {tuple(gy.shape)}")
 
     # -- a batch computed in parts (dualconv/parts.py) ------------------------
-    couples_samples = False
-    """True where one sample's output depends on the other samples of its batch (BatchNorm
-    in training): a model holding such a layer computes every batch whole."""
+    couples_samples = True
+    """Whether one sample's output may depend on the other samples of its batch (BatchNorm
+    in training does): a model holding such a layer computes every batch whole. Each
+    built-in layer that works sample by sample says False; a layer written outside
+    dualconv is taken to couple its samples until it says otherwise."""
 
     def replica(self) -> "Layer":
         """A twin that computes another part of a batch, on another thread: it shares this

@@ -80,6 +80,8 @@ class Conv2D(Layer):
     int, a pair, "valid" (0) or "same" (output size = input size; stride 1).
     """
 
+    couples_samples = False
+
     def __init__(self, in_channels: int | None, out_channels: int,
                  kernel_size: int | tuple[int, int], stride: int | tuple[int, int] = 1,
                  padding: int | tuple[int, int] | str = 0, dilation: int | tuple[int, int] = 1,

@@ -16,6 +16,8 @@ class Dense(Layer):
     ``in_features=None`` is inferred at the first forward.
     """
 
+    couples_samples = False
+
     def __init__(self, in_features: int | None, out_features: int, bias: bool = True,
                  weight_init: str = "glorot") -> None:
         super().__init__()

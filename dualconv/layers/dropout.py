@@ -137,6 +137,8 @@ class Dropout(Layer):
     depends only on (seed, epoch, step).
     """
 
+    couples_samples = False
+
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= float(p) < 1.0:

@@ -16,6 +16,8 @@ class _Pool2D(Layer):
     kernel size; a stride below it gives overlapping windows.
     """
 
+    couples_samples = False
+
     def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
                  padding: int | tuple[int, int] = 0) -> None:
         super().__init__()

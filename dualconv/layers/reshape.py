@@ -12,6 +12,8 @@ from .base import Layer
 class Flatten(Layer):
     """x: (N, d1, d2, ...) -> y: (N, d1*d2*...)."""
 
+    couples_samples = False
+
     def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         return (input_shape[0], int(np.prod(input_shape[1:])))
 
