@@ -211,7 +211,8 @@ class Trainer:
         try:
             for i in range(0, len(X), batch_size):
                 xb, yb = X[i:i + batch_size], y[i:i + batch_size]
-                out = self.model.forward(xb)
+                # on the CPU predict shares the batch between the cores (parts.py, threads.py)
+                out = self.model.predict(xb) if self.model.backend == "numpy" else self.model.forward(xb)
                 loss_sum = loss_sum + self.loss.forward(out, yb) * len(xb)
                 correct = correct + _correct(out, to_backend(yb, backend_of(out)))
                 if confusion_matrix:
