@@ -2,6 +2,7 @@
 
 Why: on the CPU a LeNet batch of 256 images moves each activation through memory
 at several MB a layer, more than the L2 cache holds; a part of 128 is nearer it.
+How many samples make a part depends on how much a sample makes (part_ranges).
 And parts can run on both cores at once (threads.py). Measured on the 2-core
 Intel machine, one LeNet SGD step at batch 256: 18 ms whole, 15 ms in two parts
 on one thread, 13.5 ms on two threads.
@@ -28,37 +29,58 @@ from __future__ import annotations
 import copy
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
 from .threads import num_threads, run_on_threads
 
 if TYPE_CHECKING:
     from .losses import Loss
     from .model import Sequential
 
-MIN_PART = 64
-"""Fewest samples in a part. Each part pays the layers' fixed cost per call (about
-0.6 ms of Python and NumPy call overhead for a LeNet step), and threads working on
-smaller parts hand the GIL to each other too often: LeNet's step at batch 256 took
-20 ms in parts of 32 on two threads, 15.5 in parts of 64, 13.5 in parts of 128."""
+PART_MIN_NUMBERS = 2**20
+"""Fewest activation numbers a part makes in its forward pass (its samples times
+numbers_per_sample). A part's NumPy calls must be long: each part pays the layers'
+fixed cost per call (about 0.6 ms of Python and call overhead for a LeNet step), and
+threads working on small parts hand the GIL to each other too often. Measured on two
+threads: LeNet's step at batch 64 took 4.4 ms whole and 5.5 ms in parts of 32 (0.5M
+numbers each); the one-layer CNN "weidman" (100k numbers a sample) 11.8 ms whole and
+10.6 ms in parts of 32 (3.2M numbers each)."""
 
-MAX_PART = 128
-"""Most samples in a part, so that a large batch keeps its activations near the
-cache: on one thread LeNet's step at batch 256 took 18 ms whole, 15 in two parts."""
+PART_MAX_NUMBERS = 2**23
+"""Most activation numbers a part makes, so that a large batch keeps its activations
+near the cache: weidman's step at batch 256 took 36 ms in two parts (12.8M numbers
+each) and 32 ms in four; on one thread LeNet's took 18 ms whole (3.8M numbers) and
+15 ms in two parts."""
 
 Counter = Callable[[Any, Any], Any]  # (outputs, targets) -> how many are right, a device scalar
 
 
-def part_ranges(n: int) -> list[tuple[int, int]]:
-    """[start, stop) of each part of a batch of n samples, in order.
+def numbers_per_sample(model: "Sequential") -> int:
+    """How many numbers the layers of a built model output for one sample, all together."""
+    shapes = model.check_shapes((1, *model.input_shape[1:]))
+    return sum(int(np.prod(shape[1:])) for shape in shapes[1:])
 
-    A batch of fewer than 2 * MIN_PART samples is one part. Otherwise it splits into
-    max(2, ceil(n / MAX_PART)) parts of equal, even size (the last one shorter by
-    what is left over): two parts at least, one for each core of a 2-core machine,
-    and each starting at an even sample, as Dropout's masks require. The parts
-    depend on n alone, never on the number of threads, so neither do the results.
+
+def part_ranges(n: int, per_sample: int) -> list[tuple[int, int]]:
+    """[start, stop) of each part of a batch of n samples that make ``per_sample``
+    activation numbers each, in order.
+
+    Parts hold between ceil(PART_MIN_NUMBERS / per_sample) samples (rounded up to even)
+    and PART_MAX_NUMBERS / per_sample. A batch too small for two parts is one part;
+    otherwise it splits into max(2, ceil(n / most)) parts of equal, even size (the last
+    one shorter by what is left over), or as many as the fewest allow: two parts at
+    least, one for each core of a 2-core machine, each starting at an even sample, as
+    Dropout's masks require. The parts depend on n and the model alone, never on the
+    number of threads, so neither do the results.
     """
-    if n < 2 * MIN_PART:
+    fewest = -(-PART_MIN_NUMBERS // max(1, per_sample))
+    fewest += fewest % 2
+    most = max(fewest, PART_MAX_NUMBERS // max(1, per_sample))
+    count = max(2, -(-n // most))
+    if n // count < fewest:
+        count = n // fewest
+    if count < 2:
         return [(0, n)]
-    count = max(2, -(-n // MAX_PART))
     size = -(-n // count)
     size += size % 2
     return [(start, min(n, start + size)) for start in range(0, n, size)]
@@ -74,8 +96,9 @@ def in_groups(items: list[Any], groups: int) -> list[list[Any]]:
 def trains_in_parts(model: "Sequential", n: int) -> bool:
     """Whether a training batch of n samples runs in parts: on the CPU, for a built model
     without sample-coupling layers, when n makes more than one part."""
-    return (model.backend == "numpy" and len(part_ranges(n)) > 1 and model.input_shape is not None
-            and not any(layer.needs_build or layer.couples_samples for layer in model.layers))
+    return (model.backend == "numpy" and model.input_shape is not None
+            and not any(layer.needs_build or layer.couples_samples for layer in model.layers)
+            and len(part_ranges(n, numbers_per_sample(model))) > 1)
 
 
 def train_step_gradients(model: "Sequential", loss: "Loss", xb: Any, yb: Any,
@@ -83,7 +106,7 @@ def train_step_gradients(model: "Sequential", loss: "Loss", xb: Any, yb: Any,
     """Forward and backward of the batch (xb, yb) in parts; fills every layer's grads
     with the batch's gradients. Returns (loss, correct count) as 0-d arrays."""
     N = len(xb)
-    ranges = part_ranges(N)
+    ranges = part_ranges(N, numbers_per_sample(model))
     threads = min(num_threads(), len(ranges))
     for layer in model.layers:
         layer.start_parts()

@@ -14,23 +14,34 @@ from numpy.testing import assert_array_equal
 import dualconv as dc
 from dualconv.layers.dropout import dropout
 from dualconv.models import lenet, lenet_bn, weidman
-from dualconv.parts import in_groups, part_ranges, trains_in_parts
+from dualconv.parts import in_groups, numbers_per_sample, part_ranges, trains_in_parts
 from dualconv.threads import set_num_threads
 
 KEY = 0x5DEECE66D_0000_0001
 
 
+def test_numbers_per_sample_adds_up_every_layer_output() -> None:
+    """LeNet on 28x28: 6x28x28 (conv, ReLU), 6x14x14, 16x10x10 (conv, ReLU), 16x5x5 (pool,
+    Flatten), 84 (Dense, ReLU), 10, worked by hand."""
+    model = lenet(seed=0)
+    model.build((1, 1, 28, 28))
+    assert numbers_per_sample(model) == 2 * 4704 + 1176 + 2 * 1600 + 2 * 400 + 2 * 84 + 10
+
+
 def test_part_ranges_follow_the_documented_rule() -> None:
-    """Under 128 samples one part; else max(2, ceil(n / 128)) parts of ceil(n / count)
-    rounded up to even (worked by hand)."""
-    assert part_ranges(127) == [(0, 127)]
-    assert part_ranges(128) == [(0, 64), (64, 128)]
-    assert part_ranges(130) == [(0, 66), (66, 130)]  # 65 -> 66
-    assert part_ranges(256) == [(0, 128), (128, 256)]
-    assert part_ranges(300) == [(0, 100), (100, 200), (200, 300)]
-    assert part_ranges(301) == [(0, 102), (102, 204), (204, 301)]  # ceil(301/3) = 101 -> 102
-
-
+    """Worked by hand from the docstring, with 2**20 and 2**23 numbers a part at least and
+    at most. 16384 numbers a sample: parts of 64 to 512 samples; 100,000 a sample: 12 to
+    83 (ceil(10.49) = 11, made even)."""
+    assert part_ranges(127, 16384) == [(0, 127)]
+    assert part_ranges(128, 16384) == [(0, 64), (64, 128)]
+    assert part_ranges(130, 16384) == [(0, 66), (66, 130)]  # 65 -> 66
+    assert part_ranges(1030, 16384) == [(0, 344), (344, 688), (688, 1030)]  # 3 parts, 343.3 -> 344
+    assert part_ranges(64, 100_000) == [(0, 32), (32, 64)]
+    assert part_ranges(256, 100_000) == [(0, 64), (64, 128), (128, 192), (192, 256)]  # ceil(256/83) = 4
+    assert part_ranges(23, 100_000) == [(0, 23)]  # two parts would hold under 12
+    assert part_ranges(36, 100_000) == [(0, 18), (18, 36)]
+    # fewest 1 -> 2, most 4: ceil(10 / 4) = 3 parts of ceil(10 / 3) = 4
+    assert part_ranges(10, 2**21) == [(0, 4), (4, 8), (8, 10)]
 def test_in_groups_splits_into_consecutive_runs() -> None:
     assert in_groups([1, 2, 3, 4, 5], 2) == [[1, 2, 3], [4, 5]]
     assert in_groups([1, 2], 2) == [[1], [2]]
@@ -57,7 +68,7 @@ def _part_by_part(model: dc.Sequential, X: np.ndarray, y: np.ndarray) -> tuple[n
     total_loss, correct, grads = None, 0, {}
     for layer in model.layers:
         layer.start_parts()
-    for start, stop in part_ranges(len(X)):
+    for start, stop in part_ranges(len(X), numbers_per_sample(model)):
         for layer in model.layers:
             layer.enter_part(start)  # Dropout: the whole batch's key, counted from start
         out = model.forward(X[start:stop])
@@ -75,7 +86,7 @@ def _part_by_part(model: dc.Sequential, X: np.ndarray, y: np.ndarray) -> tuple[n
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("make, n", [(lenet, 256), (weidman, 256), (lenet, 130)])
+@pytest.mark.parametrize("make, n", [(lenet, 256), (weidman, 256), (weidman, 66), (lenet, 146)])
 def test_a_step_in_parts_is_the_weighted_sum_of_its_parts(make, n: int, threads: int) -> None:
     rng = np.random.default_rng(3)
     X = rng.random((n, 1, 28, 28), dtype=np.float32)
@@ -120,11 +131,11 @@ def test_a_layer_written_outside_dualconv_keeps_batches_whole_until_it_says_othe
 
     model = dc.Sequential([dc.Flatten(), Centre(), dc.Dense(None, 10)], seed=0)
     model.build((1, 1, 28, 28))
-    assert not trains_in_parts(model, 256)
+    assert not trains_in_parts(model, 4096)
 
     class PerSample(Centre):
         couples_samples = False
 
     model = dc.Sequential([dc.Flatten(), PerSample(), dc.Dense(None, 10)], seed=0)
     model.build((1, 1, 28, 28))
-    assert trains_in_parts(model, 256)
+    assert trains_in_parts(model, 4096)  # 1578 numbers a sample: parts of 666 and more
