@@ -89,6 +89,18 @@ def _workers(count: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def _forget_threads_after_fork() -> None:
+    """A forked child has none of its parent's threads: it starts its own pool when it
+    needs one (an inherited pool would queue work for workers that do not exist)."""
+    global _pool, _pool_lock, _blas_lock, _blas_users, _blas_limiter
+    _pool, _pool_lock, _blas_lock = None, threading.Lock(), threading.Lock()
+    _blas_users, _blas_limiter = 0, None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads_after_fork)
+
+
 class _blas_on_one_thread:
     """Holds every loaded BLAS at one thread while any caller is inside; the last
     one out restores the settings found by the first one in."""

@@ -64,3 +64,24 @@ def test_a_failing_task_raises_after_all_finish_and_the_blas_is_restored() -> No
         threads.run_on_threads([fail, slow])
     assert done == [True]
     assert _blas_threads() == before
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_runs_tasks_on_threads_of_its_own() -> None:
+    """After the parent has used its workers, a child forked from it (multiprocessing's
+    default on Linux) still gets its tasks done: it starts its own workers."""
+    import multiprocessing
+
+    assert threads.run_on_threads([lambda: 1, lambda: 2]) == [1, 2]
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(threads.run_on_threads, ([_one, _two],))
+        assert result.get(timeout=60) == [1, 2]
+
+
+def _one() -> int:
+    return 1
+
+
+def _two() -> int:
+    return 2
