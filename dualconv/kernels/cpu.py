@@ -5,7 +5,8 @@ computes (the loop version, written straight from the index formula), and
 the tests hold them to it bit for bit (tests/test_kernels_cpu.py). The
 fast version differs only in how it walks the data: instead of one Python
 loop per index it loops over the kh*kw kernel offsets alone, and for each
-offset moves a whole strided slice of the batch at once (``_window``). The
+offset moves a whole strided slice of the batch at once (``_window``; im2col,
+which only copies, moves every offset's slice in one copy of a strided view). The
 order of every sum is the reference's, which is part of the contract the
 CUDA twins (kernels/*.cu, cuda.py) are held to as well: offsets are visited
 ky outer, kx inner, and each pixel starts from 0.
