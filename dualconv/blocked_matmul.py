@@ -49,16 +49,23 @@ def block_size(rows: int, inner: int) -> int | None:
 def matmul_column_blocks(a: Any, b: Any) -> Any:
     """a: (M, K), b: (K, P) -> a @ b: (M, P), computed a block of b's columns at a time.
 
-    For P much larger than M and K (a weight times im2col columns).
+    For P much larger than M and K (a weight times im2col columns). The whole
+    blocks are one stack of (K x step) matrices, b viewed (blocks, K, step), multiplied
+    in one batched call (NumPy runs one BLAS product per block, without coming back
+    to Python); the columns left over past the last whole block are one more call.
     """
     xp = get_array_module(a)
     M, K = a.shape
+    P = b.shape[1]
     step = block_size(M, K)
-    if xp is not np or step is None or b.shape[1] <= step:
+    if xp is not np or step is None or P <= step:
         return a @ b
-    out = np.empty((M, b.shape[1]), dtype=np.result_type(a, b))
-    for j in range(0, b.shape[1], step):
-        np.matmul(a, b[:, j:j + step], out=out[:, j:j + step])
+    out = np.empty((M, P), dtype=np.result_type(a, b))
+    blocks = P // step
+    whole = blocks * step
+    np.matmul(a, _column_stack(b[:, :whole], blocks), out=_column_stack(out[:, :whole], blocks))
+    if whole < P:
+        np.matmul(a, b[:, whole:], out=out[:, whole:])
     return out
 
 
@@ -66,17 +73,25 @@ def matmul_inner_blocks(a: Any, b: Any) -> Any:
     """a: (M, P), b: (P, K) -> a @ b: (M, K), summing over P a block at a time.
 
     For P much larger than M and K (an output gradient times the transposed
-    im2col columns: a convolution's weight gradient). Partial products are
-    added in block order.
+    im2col columns: a convolution's weight gradient). The whole blocks' partial
+    products come from one batched call, (blocks, M, step) @ (blocks, step, K), and
+    are added in block order; the rest of P, past the last whole block, is added last.
     """
     xp = get_array_module(a)
     M, P = a.shape
     step = block_size(M, b.shape[1])
     if xp is not np or step is None or P <= step:
         return a @ b
-    out = a[:, :step] @ b[:step]
-    part = np.empty_like(out)
-    for j in range(step, P, step):
-        np.matmul(a[:, j:j + step], b[j:j + step], out=part)
-        out += part
+    blocks = P // step
+    whole = blocks * step
+    partial = np.matmul(_column_stack(a[:, :whole], blocks), b[:whole].reshape(blocks, step, -1))
+    out = np.add.reduce(partial, axis=0)  # block 0 + block 1 + ..., in order
+    if whole < P:
+        out += a[:, whole:] @ b[whole:]
     return out
+
+
+def _column_stack(m: np.ndarray, blocks: int) -> np.ndarray:
+    """m: (R, blocks * step) -> a view (blocks, R, step): block j is m[:, j*step:(j+1)*step]."""
+    R, P = m.shape
+    return m.reshape(R, blocks, P // blocks).transpose(1, 0, 2)

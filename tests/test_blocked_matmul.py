@@ -48,3 +48,16 @@ def test_products_too_wide_for_blocks_are_one_call() -> None:
     a, b = rng.standard_normal((400, 400)), rng.standard_normal((400, 3000))
     assert_within(matmul_column_blocks(a, b), a @ b, 2 * matmul_bound(a, b))
     assert_within(matmul_inner_blocks(b.T, a), b.T @ a, 2 * matmul_bound(b.T, a))
+
+
+def test_inner_blocks_add_the_block_products_in_block_order(monkeypatch) -> None:
+    """The batched call gives each block's product as one BLAS call would, and they are
+    added first to last, then the leftover columns: the same bits as that loop."""
+    monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
+    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 5 * 6 * 3)
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal((6, 23)).astype(np.float32), rng.standard_normal((23, 3)).astype(np.float32)
+    expected = a[:, 0:5] @ b[0:5]
+    for start in range(5, 23, 5):
+        expected = expected + a[:, start:start + 5] @ b[start:start + 5]
+    np.testing.assert_array_equal(matmul_inner_blocks(a, b), expected)
