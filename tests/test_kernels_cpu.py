@@ -228,6 +228,35 @@ def test_max_pool_tie_goes_to_first_in_row_major_order() -> None:
     assert_array_equal(gx, [[[[0., 1., 0.], [0., 0., 0.]]]])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("N", [1, 3, 40])
+def test_max_pool_signed_zero_ties_keep_the_first_zeros_bits(dtype: type, N: int) -> None:
+    """Windows of +0.0 and -0.0 (equal as numbers): the maximum is the first zero in
+    row-major window order, sign bit included, and argmax points at it; the reference
+    loops say the same. N = 40 runs NumPy's vector loops, not only their tails."""
+    rng = np.random.default_rng(N)
+    x = np.where(rng.random((N, 2, 4, 6)) < 0.5, 0.0, -0.0).astype(dtype)
+    x[0, 0, 0, :3] = [-0.0, 0.0, -1.0]
+    for win in (Window(2, 2, 2, 2, 0, 0), Window(2, 3, 1, 1, 0, 0)):
+        y, argmax = cpu.max_pool_forward(x, win)
+        y_ref, argmax_ref = reference.max_pool_forward(x, win)
+        assert_array_equal(np.signbit(y), np.signbit(y_ref))
+        assert_array_equal(argmax, argmax_ref)
+    assert np.signbit(cpu.max_pool_forward(x, Window(2, 2, 2, 2, 0, 0))[0][0, 0, 0, 0])
+
+
+def test_max_pool_window_of_more_than_127_offsets() -> None:
+    """A 12 x 11 window (132 offsets: argmax weights past int8) with many ties, against
+    the reference loops."""
+    x = np.random.default_rng(2).integers(0, 4, (2, 3, 25, 23)).astype(np.float32)
+    win = Window(12, 11, 3, 2, 1, 0)
+    y, argmax = cpu.max_pool_forward(x, win)
+    y_ref, argmax_ref = reference.max_pool_forward(x, win)
+    assert_array_equal(y, y_ref)
+    assert_array_equal(argmax, argmax_ref)
+    assert argmax_ref.max() > 0 and (argmax_ref == 0).any()
+
+
 def test_max_pool_nan_wins_and_first_nan_is_the_argmax() -> None:
     x = np.array([[[[1., np.nan],
                     [np.nan, 5.]]]], dtype=np.float32)

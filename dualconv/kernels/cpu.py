@@ -129,35 +129,52 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
 
 def _max_pool_scan(xb: np.ndarray, out_h: int, out_w: int, win: Window,
                    nan_aware: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The running maximum and its offset over a padded batch-last input.
+    """The window maxima and their offsets over a padded batch-last input.
 
     xb: (C, Hp, Wp, N) -> (y, argmax), both (C, out_h, out_w, N). Without
     ``nan_aware`` it is branch-free and right for every window without a NaN.
     """
+    if nan_aware:
+        return _max_pool_scan_nan_aware(xb, out_h, out_w, win)
+    kh, kw = win.kh, win.kw
+    offsets = [(ky, kx) for ky in range(kh) for kx in range(kw)]
+    # The maximum, from the last offset back to the first: np.maximum returns its
+    # second argument on ties, so of equal values (-0.0 and +0.0 included) the one
+    # at the first offset in row-major window order is the one kept.
+    y = _window(xb, *offsets[-1], out_h, out_w, win).copy()
+    for ky, kx in reversed(offsets[:-1]):
+        np.maximum(y, _window(xb, ky, kx, out_h, out_w, win), out=y)
+    # Where it was: the first offset k whose value equals the maximum. Giving offset
+    # k the weight K - k, the largest weight among the equal ones is the first's, so
+    # argmax = K - max_k(weight_k * equal_k). The weights fit int8 up to 127 offsets
+    # (a quarter of int32's memory traffic); larger windows count in int32.
+    K = kh * kw
+    small = np.int8 if K <= 127 else np.int32
+    equal = np.empty(y.shape, dtype=bool)
+    weighted = np.empty(y.shape, dtype=small)
+    first = np.ones(y.shape, dtype=small)  # the last offset, weight 1, if no earlier one equals
+    for k, (ky, kx) in enumerate(offsets[:-1]):
+        np.equal(_window(xb, ky, kx, out_h, out_w, win), y, out=equal)
+        np.multiply(equal, small(K - k), out=weighted)
+        np.maximum(first, weighted, out=first)
+    return y, np.subtract(K, first, dtype=np.int32)
+
+
+def _max_pool_scan_nan_aware(xb: np.ndarray, out_h: int, out_w: int,
+                             win: Window) -> tuple[np.ndarray, np.ndarray]:
+    """_max_pool_scan for windows holding NaN: a running maximum over the offsets in
+    row-major order, where a NaN replaces a number and nothing replaces a NaN."""
     kh, kw = win.kh, win.kw
     y = _window(xb, 0, 0, out_h, out_w, win).copy()
     argmax = np.zeros(y.shape, dtype=np.int32)
-    take = np.empty(y.shape, dtype=bool)  # where offset (ky, kx) beats the maximum so far
-    k_where_taken = np.empty(y.shape, dtype=np.int32)
     for ky in range(kh):
         for kx in range(kw):
             if ky == 0 and kx == 0:
                 continue
             v = _window(xb, ky, kx, out_h, out_w, win)
-            k = np.int32(ky * kw + kx)
-            np.greater(v, y, out=take)
-            if nan_aware:
-                take |= np.isnan(v) & ~np.isnan(y)
-                y = np.where(take, v, y)
-            else:
-                # Branch-free: np.where and masked copies branch per element and
-                # run ~5x slower on random data. np.maximum returns its second
-                # argument on ties, so an equal later value (-0.0 after +0.0
-                # included) never replaces the maximum so far.
-                np.maximum(v, y, out=y)
-            # k exceeds every index stored so far, so "k where taken" is a maximum too.
-            np.multiply(take, k, out=k_where_taken)
-            np.maximum(argmax, k_where_taken, out=argmax)
+            take = (v > y) | (np.isnan(v) & ~np.isnan(y))
+            y = np.where(take, v, y)
+            argmax = np.where(take, np.int32(ky * kw + kx), argmax)
     return y, argmax
 
 
@@ -220,11 +237,9 @@ def _max_pool_backward_tiled(gy: np.ndarray, argmax: np.ndarray, H: int, W: int,
     whole = H == out_h * kh and W == out_w * kw
     gxb = (np.empty if whole else np.zeros)((C, H, W, N), dtype=gy.dtype)
     tiles = gxb.view(bits)[:, :out_h * kh, :out_w * kw].reshape(C, out_h, kh, out_w, kw, N)
-    won = np.empty(g.shape, dtype=bool)
-    for ky in range(kh):
-        for kx in range(kw):
-            np.equal(winner, ky * kw + kx, out=won)
-            np.multiply(g, won, out=tiles[:, :, ky, :, kx])
+    offset = np.arange(kh * kw, dtype=np.int32).reshape(kh, kw, 1, 1, 1, 1)
+    won = np.equal(winner, offset)  # (kh, kw, C, out_h, out_w, N): every offset at once
+    np.multiply(g, won, out=tiles.transpose(2, 4, 0, 1, 3, 5))
     return batch_first(gxb)
 
 
