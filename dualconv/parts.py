@@ -4,8 +4,8 @@ Why: on the CPU a LeNet batch of 256 images moves each activation through memory
 at several MB a layer, more than the L2 cache holds; a part of 128 is nearer it.
 How many samples make a part depends on how much a sample makes (part_ranges).
 And parts can run on both cores at once (threads.py). Measured on the 2-core
-Intel machine, one LeNet SGD step at batch 256: 18 ms whole, 15 ms in two parts
-on one thread, 13.5 ms on two threads.
+Intel machine, one LeNet SGD step at batch 256: 22 ms whole on one core, about
+15 ms in two parts on one thread, 11.8 ms on two threads.
 
 What it computes. Every loss of this library is a mean over the batch, so the
 batch's gradient is the weighted sum of its parts' gradients,
