@@ -111,7 +111,8 @@ def test_augmented_assignment_writes_into_the_array_as_cupy_does(cp):
     start = np.array([0b1011, 6, 255], dtype=np.uint32)
     operations = [("+=", np.add), ("-=", np.subtract), ("*=", np.multiply), ("&=", np.bitwise_and),
                   ("|=", np.bitwise_or), ("^=", np.bitwise_xor), ("<<=", np.left_shift),
-                  (">>=", np.right_shift)]
+                  (">>=", np.right_shift), ("//=", np.floor_divide), ("%=", np.remainder),
+                  ("**=", np.power)]
     for symbol, ufunc in operations:
         d = cp.asarray(start)
         alias = d

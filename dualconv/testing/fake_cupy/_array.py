@@ -230,34 +230,24 @@ class ndarray:
         from ._functions import clip
         return clip(self, min, max)
 
-    __add__, __radd__, __iadd__ = (_operator(np.add), _operator(np.add, True), _operator(np.add, inplace=True))
-    __sub__, __rsub__, __isub__ = (_operator(np.subtract), _operator(np.subtract, True),
-                                   _operator(np.subtract, inplace=True))
-    __mul__, __rmul__, __imul__ = (_operator(np.multiply), _operator(np.multiply, True),
-                                   _operator(np.multiply, inplace=True))
-    __truediv__, __rtruediv__, __itruediv__ = (_operator(np.true_divide), _operator(np.true_divide, True),
-                                               _operator(np.true_divide, inplace=True))
-    __floordiv__, __rfloordiv__ = _operator(np.floor_divide), _operator(np.floor_divide, True)
-    __mod__, __rmod__ = _operator(np.remainder), _operator(np.remainder, True)
-    __pow__, __rpow__, __ipow__ = (_operator(np.power), _operator(np.power, True),
-                                   _operator(np.power, inplace=True))
-    __matmul__, __rmatmul__ = _operator(np.matmul), _operator(np.matmul, True)
-    __and__, __rand__, __iand__ = (_operator(np.bitwise_and), _operator(np.bitwise_and, True),
-                                   _operator(np.bitwise_and, inplace=True))
-    __or__, __ror__, __ior__ = (_operator(np.bitwise_or), _operator(np.bitwise_or, True),
-                                _operator(np.bitwise_or, inplace=True))
-    __xor__, __rxor__, __ixor__ = (_operator(np.bitwise_xor), _operator(np.bitwise_xor, True),
-                                   _operator(np.bitwise_xor, inplace=True))
-    __lshift__, __rlshift__, __ilshift__ = (_operator(np.left_shift), _operator(np.left_shift, True),
-                                            _operator(np.left_shift, inplace=True))
-    __rshift__, __rrshift__, __irshift__ = (_operator(np.right_shift), _operator(np.right_shift, True),
-                                            _operator(np.right_shift, inplace=True))
     __lt__, __le__, __gt__, __ge__ = (_operator(np.less), _operator(np.less_equal),
                                       _operator(np.greater), _operator(np.greater_equal))
     __eq__, __ne__ = _operator(np.equal), _operator(np.not_equal)  # type: ignore[assignment]
     __neg__, __pos__, __abs__, __invert__ = (_unary(np.negative), _unary(np.positive),
                                              _unary(np.absolute), _unary(np.invert))
 
+
+# a + b, b + a and a += b for each arithmetic operator, as CuPy's ndarray has them;
+# a @= b exists in neither CuPy nor this stand-in.
+_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "truediv": np.true_divide,
+           "floordiv": np.floor_divide, "mod": np.remainder, "pow": np.power, "matmul": np.matmul,
+           "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
+           "lshift": np.left_shift, "rshift": np.right_shift}
+for _name, _ufunc in _BINARY.items():
+    setattr(ndarray, f"__{_name}__", _operator(_ufunc))
+    setattr(ndarray, f"__r{_name}__", _operator(_ufunc, reflected=True))
+    if _name != "matmul":
+        setattr(ndarray, f"__i{_name}__", _operator(_ufunc, inplace=True))
 
 ndarray.__module__ = "cupy"
 
