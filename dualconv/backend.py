@@ -208,7 +208,19 @@ def describe() -> str:
     else:
         lines.append(f"kernel compile check: {problem}")
     lines.append(f"--backend auto picks: {'cupy' if problem is None else 'numpy'}")
+    lines.append(_describe_cpu())
     return "\n".join(lines)
+
+
+def _describe_cpu() -> str:
+    """dualconv's CPU threads and each BLAS NumPy loaded, with its kernel and threads."""
+    from threadpoolctl import threadpool_info
+
+    from .threads import num_threads
+    blas = [f"{lib['internal_api']} {lib['version']} ({lib.get('architecture') or 'kernel not reported'}, "
+            f"{lib['num_threads']} threads)" for lib in threadpool_info() if lib["user_api"] == "blas"]
+    return (f"CPU threads: {num_threads()} (DUALCONV_NUM_THREADS or dualconv.set_num_threads); "
+            f"BLAS: {', '.join(blas) or 'none found'}")
 
 
 def _emulate_from_environment() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -153,6 +154,14 @@ def test_predict_classifies_pngs_and_rejects_other_sizes(trained, tmp_path, caps
     Image.new("L", (28, 28)).save(big)
     assert run_cli("predict", "--weights", trained / "model.npz", big) == 1
     assert "the model expects 8x8 grayscale" in capsys.readouterr().err
+
+
+def test_info_reports_the_cpu_threads_and_the_blas(capsys, monkeypatch):
+    monkeypatch.setenv("DUALCONV_NUM_THREADS", "1")
+    assert run_cli("info") == 0
+    out = capsys.readouterr().out
+    assert "CPU threads: 1 (DUALCONV_NUM_THREADS" in out
+    assert re.search(r"BLAS: \w+ [\d.]+ \(.+, \d+ threads\)", out), out
 
 
 def test_help_names_the_image_size(capsys):
