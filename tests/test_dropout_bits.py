@@ -1,8 +1,6 @@
-"""Dropout's counter-based masks (dualconv.layers.dropout) against a scalar Python
-reference, and the statistics of the masks they make.
-
-Oracle: lowbias32, the keyed hash and the per-element recipe of ``dropout``'s
-docstring written out on Python ints, one element at a time.
+"""Dropout's counter-based masks: the CPU twin (dualconv.kernels.cpu.dropout_forward)
+against the loops of reference.dropout_forward, its hash against a scalar Python
+lowbias32, and the statistics of the masks they make.
 """
 from __future__ import annotations
 
@@ -11,8 +9,8 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import dualconv as dc
-from dualconv.layers import dropout as dropout_module
-from dualconv.layers.dropout import dropout, keyed_hash, lowbias32
+from dualconv.kernels import cpu, reference
+from dualconv.kernels.cpu import keyed_hash, lowbias32
 
 KEY = 0x0123_4567_89AB_CDEF
 
@@ -29,19 +27,6 @@ def keyed_hash_reference(i: int, key: int) -> int:
     return lowbias32_reference(lowbias32_reference(i ^ (key & 0xFFFFFFFF)) ^ (key >> 32))
 
 
-def kept_reference(shape: tuple[int, ...], key: int, p: float) -> np.ndarray:
-    """The keep decision of every element of an x of ``shape``, one element at a time."""
-    N, F = shape[0], int(np.prod(shape[1:]))
-    threshold = round(p * 2**16)
-    kept = np.zeros((N, F), dtype=bool)
-    for n in range(N):
-        for j in range(F):
-            word = lowbias32_reference(keyed_hash_reference(j, key) ^ keyed_hash_reference(F + n // 2, key))
-            bits = (word >> 16) if n % 2 else (word & 0xFFFF)
-            kept[n, j] = bits >= threshold
-    return kept.reshape(shape)
-
-
 def test_lowbias32_and_keyed_hash_match_the_reference() -> None:
     numbers = np.array([0, 1, 2, 3, 1000, 2**31, 2**32 - 1], dtype=np.uint32)
     assert_array_equal(lowbias32(numbers.copy()), [lowbias32_reference(int(i)) for i in numbers])
@@ -56,34 +41,45 @@ def stored_alike(a: np.ndarray, b: np.ndarray) -> bool:
 
 @pytest.mark.parametrize("block", [5, 1 << 16])
 @pytest.mark.parametrize("shape", [(3, 2, 4, 5), (4, 7), (1, 6)])
-def test_dropout_is_the_reference_in_any_memory_order_and_block(monkeypatch, block: int,
-                                                                 shape: tuple[int, ...]) -> None:
-    """The mask keeps what the reference keeps, scaled by 1/(1 - p), and y = x * mask
-    exactly, for a C-ordered and a batch-last x, an odd batch (the last pair word is
-    half used), hashed in blocks that do not divide the rows (5) or in one block;
-    mask and y are stored like x."""
-    monkeypatch.setattr(dropout_module, "NUMPY_BLOCK", block)
+@pytest.mark.parametrize("first_sample", [0, 6])
+def test_the_cpu_twin_is_the_reference_in_any_memory_order_and_block(monkeypatch, block: int,
+                                                                     shape: tuple[int, ...],
+                                                                     first_sample: int) -> None:
+    """Mask and y bit for bit the loops', for a C-ordered and a batch-last x, an odd
+    batch (the last pair word half used), a part that starts at sample 6, hashed in
+    blocks that do not divide the rows (5) or in one block; mask and y stored like x."""
+    monkeypatch.setattr(cpu, "DROPOUT_BLOCK", block)
     p = 0.3
-    expected = (kept_reference(shape, KEY, p) / (1 - p)).astype(np.float32)
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    expected_y, expected_mask = reference.dropout_forward(x, KEY, p, first_sample)
+    assert set(np.unique(expected_mask)) <= {np.float32(0), np.float32(1 / (1 - p))}
     c_ordered = np.ascontiguousarray(x)
-    batch_last = np.ascontiguousarray(np.moveaxis(x, 0, -1))
-    batch_last = np.moveaxis(batch_last, -1, 0)
+    batch_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)
     for stored in (c_ordered, batch_last):
-        y, mask = dropout(stored, KEY, p)
+        y, mask = cpu.dropout_forward(stored, KEY, p, first_sample)
         assert mask.dtype == np.float32 and stored_alike(mask, stored) and stored_alike(y, stored)
-        assert_array_equal(mask, expected)
-        assert_array_equal(y, stored * expected)
+        assert_array_equal(mask, expected_mask)
+        assert_array_equal(y, expected_y)
 
 
-def test_the_drop_probability_is_p_rounded_to_a_multiple_of_2_to_the_minus_16() -> None:
-    """p = 0.5 compares the 16-bit halves against 32768: exactly the words' bit 15 and
-    bit 31 decide (bits >= 2**15 iff the top bit of the half is set)."""
+def test_the_reference_hashes_as_lowbias32_says() -> None:
+    """One element worked through the scalar lowbias32 above: sample 1 (odd: the high
+    half) of feature 2, in a batch of 2 samples of 3 features, p = 0.5."""
+    x = np.ones((2, 3), dtype=np.float64)
+    u = [keyed_hash_reference(i, KEY) for i in range(4)]  # features 0-2, then pair 0
+    word = lowbias32_reference(u[2] ^ u[3])
+    _, mask = reference.dropout_forward(x, KEY, 0.5, 0)
+    assert mask[1, 2] == (2.0 if (word >> 16) >= 2**15 else 0.0)
+    assert mask[0, 2] == (2.0 if (word & 0xFFFF) >= 2**15 else 0.0)
+
+
+def test_p_zero_keeps_everything_and_p_just_below_one_keeps_one_in_65536() -> None:
+    """The drop probability is p rounded to a multiple of 2**-16, at most 1 - 2**-16."""
     x = np.ones((4, 300), dtype=np.float32)
-    _, mask = dropout(x, KEY, 0.5)
-    assert_array_equal(mask != 0, kept_reference(x.shape, KEY, 0.5))
-    _, mask = dropout(x, KEY, 0.0)
-    assert (mask == 1).all()
+    assert (cpu.dropout_forward(x, KEY, 0.0, 0)[1] == 1).all()
+    x = np.ones((256, 4096), dtype=np.float32)
+    kept = (cpu.dropout_forward(x, KEY, 1 - 1e-9, 0)[1] != 0).mean()
+    assert abs(kept - 2**-16) < 5 * np.sqrt(2**-16 / x.size)
 
 
 @pytest.mark.parametrize("p", [0.05, 0.2, 0.5, 0.9])

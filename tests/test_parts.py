@@ -12,12 +12,12 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import dualconv as dc
-from dualconv.layers.dropout import dropout
+from dualconv.kernels import dropout_forward
 from dualconv.models import lenet, lenet_bn, weidman
 from dualconv.parts import in_groups, numbers_per_sample, part_ranges, trains_in_parts
 from dualconv.threads import set_num_threads
 
-KEY = 0x5DEECE66D_0000_0001
+KEY = 0x5DEE_CE66_0000_0001
 
 
 def test_numbers_per_sample_adds_up_every_layer_output() -> None:
@@ -53,13 +53,13 @@ def test_dropout_of_a_part_is_that_part_of_the_whole_batch(batch_last: bool) -> 
     x = np.random.default_rng(1).standard_normal((11, 3, 5)).astype(np.float32)
     if batch_last:
         x = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)
-    y_whole, mask_whole = dropout(x, KEY, 0.4)
+    y_whole, mask_whole = dropout_forward(x, KEY, 0.4, 0)
     for start, stop in [(0, 4), (4, 11), (2, 3), (10, 11)]:
-        y, mask = dropout(x[start:stop], KEY, 0.4, first_sample=start)
+        y, mask = dropout_forward(x[start:stop], KEY, 0.4, start)
         assert_array_equal(mask, mask_whole[start:stop])
         assert_array_equal(y, y_whole[start:stop])
-    with pytest.raises(ValueError, match="Dropout: a part of a batch must start at an even sample, got 3"):
-        dropout(x[3:], KEY, 0.4, first_sample=3)
+    with pytest.raises(ValueError, match="dropout_forward: a part of a batch must start at an even sample, got 3"):
+        dropout_forward(x[3:], KEY, 0.4, 3)
 
 
 def _part_by_part(model: dc.Sequential, X: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, int, dict]:

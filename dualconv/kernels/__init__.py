@@ -1,10 +1,11 @@
 """The kernels that exist twice, and the one place that picks the CPU or GPU twin.
 
-Twelve kernels exist twice. Six slide a window: im2col, col2im, and max- and
-avg-pool forward and backward. Six are fused so that a GPU step launches few
-kernels (one launch each on the GPU; the plain NumPy expressions on the CPU):
-sgd_update, adam_update, softmax_cross_entropy, and the divergence guard's
-sgd_update_guarded, adam_update_guarded and flag_nonfinite_loss.
+Thirteen kernels exist twice. Six slide a window: im2col, col2im, and max- and
+avg-pool forward and backward. Seven are fused so that a GPU step launches few
+kernels (one launch each on the GPU; NumPy expressions on the CPU): sgd_update,
+adam_update, softmax_cross_entropy, dropout_forward (Dropout's mask and product),
+and the divergence guard's sgd_update_guarded, adam_update_guarded and
+flag_nonfinite_loss.
 Everything else in dualconv is written once against ``xp`` (numpy or cupy).
 Open the files in this order:
 
@@ -31,8 +32,8 @@ the pools' inputs cost no copy on either backend. Inputs in another order are
 accepted: the CPU twins copy them into batch-last order, the CUDA twins read
 them through their strides.
 
-How equal the twins are: the window kernels and the four update and loss-check
-kernels return the same bits on both twins (the CUDA module is compiled with
+How equal the twins are: the window kernels, the four update and loss-check
+kernels and dropout_forward return the same bits on both twins (the CUDA module is compiled with
 --fmad=false), with one exception: the GPU flushes float32 subnormals
 (|x| < 1.18e-38) to zero (CuPy's -ftz=true, kernels/common.cuh), where NumPy
 keeps them. softmax_cross_entropy calls exp and log, which differ between
@@ -131,6 +132,12 @@ def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
     """The divergence guard's loss check: verdict[0] = code when the scalar loss is NaN
     or infinite and verdict[0] > code (no earlier step failed)."""
     _dispatch("flag_nonfinite_loss", loss, verdict, code)
+
+
+def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> tuple[Any, Any]:
+    """x: (N, ...) -> (y, mask) shaped like x: inverted dropout with the counter-based
+    mask of key (reference.dropout_forward), samples counted from first_sample (even)."""
+    return _dispatch("dropout_forward", x, key, p, first_sample)
 
 
 def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:

@@ -191,3 +191,21 @@ def softmax_cross_entropy(z: Any, labels: Any) -> None:
     check_shape(labels, z.shape[:1], "labels", who)
     if np.dtype(labels.dtype).kind not in "iu":
         raise TypeError(f"{who}: labels must be integers, got {np.dtype(labels.dtype)}")
+
+
+def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> None:
+    who = "dropout_forward"
+    check_float(x, "x", who)
+    if x.ndim < 1:
+        raise ValueError(f"{who}: x must have a batch axis, got a 0-d array")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{who}: p must be in [0, 1), got {p}")
+    if not 0 <= key < 2**64:
+        raise ValueError(f"{who}: the key must be a 64-bit unsigned integer, got {key}")
+    if first_sample < 0 or first_sample % 2:
+        raise ValueError(f"{who}: a part of a batch must start at an even sample, got {first_sample}")
+    N = x.shape[0]
+    features = int(np.prod(x.shape[1:], dtype=np.int64))
+    if features + first_sample // 2 + (N + 1) // 2 >= 2**32:
+        raise ValueError(f"{who}: at most 2**32 features and sample pairs together, got shape "
+                         f"{tuple(x.shape)} from sample {first_sample}")

@@ -386,3 +386,97 @@ def flag_nonfinite_loss(loss: np.ndarray, verdict: np.ndarray, code: int) -> Non
     """verdict[0] = code when the scalar loss is NaN or infinite and verdict[0] > code."""
     if not np.isfinite(loss) and verdict[0] > code:
         verdict[0] = code
+
+
+# ---------------------------------------------------------------- Dropout's masks
+# The twin of kernels/dropout.cu; the recipe, element by element, is
+# reference.dropout_forward.
+
+_MIX1 = np.uint32(0x7FEB352D)
+_MIX2 = np.uint32(0x846CA68B)
+DROPOUT_BLOCK = 1 << 16
+"""Pair words hashed at a time. The final round makes about ten passes over its
+words, and a block of 2**16 (256 kB of uint32) keeps them in the L2 cache."""
+
+
+def lowbias32(z: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
+    """Chris Wellons' "lowbias32" integer hash, applied in place to the uint32 array z.
+
+    Two xorshift-multiply rounds and a final xorshift: a bijection of the 32-bit
+    integers (each step is invertible) with good avalanche. ``scratch``, an
+    array like z, holds the shifted words (without it each shift allocates one).
+    """
+    if scratch is None:
+        scratch = np.empty_like(z)
+    for shift, multiplier in ((16, _MIX1), (15, _MIX2), (16, None)):
+        np.right_shift(z, np.uint32(shift), out=scratch)
+        z ^= scratch
+        if multiplier is not None:
+            z *= multiplier
+    return z
+
+
+def keyed_hash(numbers: np.ndarray, key: int) -> np.ndarray:
+    """u_i = h(h(i ^ k_lo) ^ k_hi) for each uint32 number i, with h = lowbias32 and
+    k_lo, k_hi the low and high halves of the 64-bit key: a bijection of the
+    32-bit integers for each key. Returns a new uint32 array."""
+    z = numbers.astype(np.uint32)
+    z ^= np.uint32(key & 0xFFFFFFFF)
+    lowbias32(z)
+    z ^= np.uint32((key >> 32) & 0xFFFFFFFF)
+    return lowbias32(z)
+
+
+def dropout_forward(x: np.ndarray, key: int, p: float, first_sample: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted dropout of x: (N, ...) -> (y, mask), both shaped like x, y = x * mask.
+
+    mask is 0 where an element drops and 1/(1 - p) where it stays; which drop is
+    reference.dropout_forward's recipe: for sample n (counted from first_sample,
+    even, in a batch computed in parts) and feature j (row-major within the sample),
+    one 32-bit word per pair of samples, lowbias32(u_j ^ u_(F + pair)), gives sample
+    2m its low 16 bits and sample 2m + 1 its high 16 bits, kept when they reach
+    round(p * 2**16); u is the keyed hash.
+
+    Why this shape: a hash per element costs about twenty passes over memory. Here
+    the keyed hash runs over F + N/2 numbers only, the final round over N*F/2
+    words, and each word gives two samples' bits. Stored (features, N), as this
+    library's batch-last activations are, the two samples of a word are neighbours
+    in memory: the 16-bit halves of the words, read in place, are the bits in the
+    mask's own order (little-endian, as x86, ARM and CUDA devices are). Words, masks
+    and products are made DROPOUT_BLOCK words at a time, so they stay in the L2
+    cache. y and mask are stored in x's memory order (made batch-last, then copied
+    into x's order when that differs).
+    """
+    N = x.shape[0]
+    F = x.size // N if N else 0
+    M = (N + 1) // 2
+    threshold = np.uint16(min(2**16 - 1, round(p * 2**16)))
+    scale = x.dtype.type(1.0 / (1.0 - p))
+    numbers = np.arange(F + M, dtype=np.uint32)
+    numbers[F:] += np.uint32(first_sample // 2)
+    u = keyed_hash(numbers, key)
+    u_feature, u_pair = u[:F, None], u[None, F:]
+    mask = np.empty((F, N), dtype=x.dtype)
+    xb = x.transpose(*range(1, x.ndim), 0)
+    x_rows = xb.reshape(F, N) if N and xb.flags.c_contiguous else None
+    y = np.empty_like(mask) if x_rows is not None else None
+    rows = max(1, DROPOUT_BLOCK // max(1, M))
+    words, scratch = np.empty((rows, M), dtype=np.uint32), np.empty((rows, M), dtype=np.uint32)
+    keep = np.empty((rows, N), dtype=bool)
+    for r0 in range(0, F, rows):
+        r1 = min(F, r0 + rows)
+        w, k = words[:r1 - r0], keep[:r1 - r0]
+        np.bitwise_xor(u_feature[r0:r1], u_pair, out=w)
+        lowbias32(w, scratch[:r1 - r0])
+        np.greater_equal(w.view(np.uint16)[:, :N], threshold, out=k)  # halves in sample order
+        np.multiply(k, scale, out=mask[r0:r1])
+        if y is not None:
+            np.multiply(x_rows[r0:r1], mask[r0:r1], out=y[r0:r1])
+    as_x = x.shape[1:] + (N,)
+    order = (x.ndim - 1, *range(x.ndim - 1))
+    mask = mask.reshape(as_x).transpose(order)
+    if y is not None:
+        return y.reshape(as_x).transpose(order), mask
+    stored_like_x = np.empty_like(x)  # so that x * mask and gy * mask walk both in step
+    stored_like_x[...] = mask
+    return x * stored_like_x, stored_like_x

@@ -46,7 +46,7 @@ TEMPLATES = {
     "max_pool_forward": "T, I, K", "max_pool_backward": "T, I, K",
     "avg_pool_forward": "T, I, K", "avg_pool_backward": "T, I, K",
     "sgd_update": "T, I", "adam_update": "T, I",
-    "softmax_cross_entropy": "T, L, I",
+    "softmax_cross_entropy": "T, L, I", "dropout_forward": "T, I",
     "sgd_update_guarded": "T, I", "adam_update_guarded": "T, I", "flag_nonfinite_loss": "T",
 }
 """Every __global__ template in kernels/*.cu, with its template parameters:
@@ -258,6 +258,25 @@ def plan_softmax_cross_entropy(z: Any, labels: Any) -> Launch:
                       Output((N, C), dtype), itype.type(N), itype.type(C)))
 
 
+def plan_dropout_forward(x: Any, key: int, p: float, first_sample: int) -> Launch:
+    """x: (N, ...) -> y, mask shaped like x, computed batch-last (features, N);
+    one thread per element."""
+    checks.dropout_forward(x, key, p, first_sample)
+    N, features = x.shape[0], tuple(x.shape[1:])
+    F = int(np.prod(features, dtype=np.int64))
+    dtype = np.dtype(x.dtype)
+    batch_last = (*range(1, x.ndim), 0)
+    batch_first = (x.ndim - 1, *range(x.ndim - 1))
+    total = F * N
+    itype = index_dtype([total], total)
+    threshold = min(2**16 - 1, round(p * 2**16))
+    return launch_1d(f"dropout_forward<{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}>", total,
+                     (Input(x, batch_last), Output((*features, N), dtype, batch_first),
+                      Output((*features, N), dtype, batch_first), itype.type(total), itype.type(N),
+                      np.uint32(F), np.uint32(first_sample // 2), np.uint32(key & 0xFFFFFFFF),
+                      np.uint32(key >> 32), np.uint32(threshold), dtype.type(1.0 / (1.0 - p))))
+
+
 PLANS: dict[str, Callable[..., Launch]] = {
     "im2col": plan_im2col,
     "col2im": plan_col2im,
@@ -271,6 +290,7 @@ PLANS: dict[str, Callable[..., Launch]] = {
     "sgd_update_guarded": plan_sgd_update_guarded,
     "adam_update_guarded": plan_adam_update_guarded,
     "flag_nonfinite_loss": plan_flag_nonfinite_loss,
+    "dropout_forward": plan_dropout_forward,
 }
 """Kernel name -> its plan function (same arguments as the kernel function)."""
 
@@ -366,6 +386,11 @@ def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:
     if np.dtype(labels.dtype) != np.int64:
         labels = labels.astype(np.int64)
     return _run(plan_softmax_cross_entropy(z, labels))
+
+
+def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> tuple[Any, Any]:
+    """Dropout's mask and product, one launch; see cpu.dropout_forward."""
+    return _run(plan_dropout_forward(x, key, p, first_sample))
 
 
 def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,

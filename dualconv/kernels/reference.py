@@ -241,3 +241,44 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                     out[n, o, oy, ox] = total
     return out
 
+
+
+def _lowbias32(z: int) -> int:
+    """Chris Wellons' lowbias32 hash of a 32-bit unsigned integer."""
+    z ^= z >> 16
+    z = (z * 0x7FEB352D) & 0xFFFFFFFF
+    z ^= z >> 15
+    z = (z * 0x846CA68B) & 0xFFFFFFFF
+    return z ^ (z >> 16)
+
+
+def dropout_forward(x: np.ndarray, key: int, p: float, first_sample: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted dropout of x: (N, ...) -> (y, mask), element by element.
+
+    With F features a sample, k_lo and k_hi the halves of the 64-bit key and
+    u(i) = lowbias32(lowbias32(i ^ k_lo) ^ k_hi), feature j of sample n (counted
+    from first_sample) takes the word lowbias32(u(j) ^ u(F + (first_sample + n) // 2)),
+    its low 16 bits for an even sample, its high 16 bits for an odd one, and stays
+    (mask 1/(1 - p), in x's dtype) when they reach round(p * 2**16); else mask 0.
+    y = x * mask, one product in x's dtype.
+    """
+    N = x.shape[0]
+    F = x.size // N if N else 0
+    k_lo, k_hi = key & 0xFFFFFFFF, key >> 32
+    threshold = min(2**16 - 1, round(p * 2**16))
+    scale = x.dtype.type(1.0 / (1.0 - p))
+    flat = x.reshape(N, F)
+    y, mask = np.zeros((N, F), dtype=x.dtype), np.zeros((N, F), dtype=x.dtype)
+
+    def u(i: int) -> int:
+        return _lowbias32(_lowbias32(i ^ k_lo) ^ k_hi)
+
+    for n in range(N):
+        pair = u(F + (first_sample + n) // 2)
+        for j in range(F):
+            word = _lowbias32(u(j) ^ pair)
+            bits = word >> 16 if n % 2 else word & 0xFFFF
+            if bits >= threshold:
+                mask[n, j] = scale
+            y[n, j] = flat[n, j] * mask[n, j]
+    return y.reshape(x.shape), mask.reshape(x.shape)

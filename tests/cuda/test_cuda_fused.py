@@ -1,9 +1,10 @@
-"""The fused kernels (kernels/optimizers.cu, kernels/softmax_cross_entropy.cu),
-run on the CPU through the g++ emulation, against their CPU twins.
+"""The fused kernels (kernels/optimizers.cu, kernels/softmax_cross_entropy.cu,
+kernels/dropout.cu), run on the CPU through the g++ emulation, against their CPU twins.
 
 The optimizer kernels do the twins' operations in the same order, and the
 module is compiled with --fmad=false (no contraction into an FMA), so they are
-bitwise equal. Softmax cross-entropy calls exp and log, whose last bits differ
+bitwise equal; Dropout's mask is integer arithmetic and one product, bitwise
+equal too. Softmax cross-entropy calls exp and log, whose last bits differ
 between libraries: it is held to an error bound derived below.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from layer_error_bounds import softmax_cross_entropy_rows_bound
 
 pytestmark = pytest.mark.cuda_emulated
 
-FUSED_UNDER_TEST = ("sgd_update", "adam_update", "softmax_cross_entropy")
+FUSED_UNDER_TEST = ("sgd_update", "adam_update", "softmax_cross_entropy", "dropout_forward")
 
 SGD_SETTINGS = [  # momentum, nesterov, weight decay
     (0.0, False, 0.0), (0.0, False, 0.01), (0.9, False, 0.0), (0.9, True, 0.0),
@@ -86,3 +87,23 @@ def test_softmax_cross_entropy_row_of_a_bad_label_is_nan(emulator):
     loss, gz = emulator.call("softmax_cross_entropy", z, np.array([0, 4, -1]))
     assert loss[0] == pytest.approx(np.log(4.0)) and np.isnan(loss[1]) and np.isnan(loss[2])
     assert np.all(np.isfinite(gz))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape, first_sample, p", [((64, 300), 0, 0.2), ((7, 3, 5, 4), 10, 0.5),
+                                                    ((1, 9), 2, 0.0), ((33, 2), 0, 0.95)])
+def test_dropout_forward_matches_the_cpu_twin(emulator, dtype, shape, first_sample, p):
+    """Mask and product bit for bit, for batch-last and C-ordered inputs (the kernel reads
+    the batch-last copy of the latter), an odd batch, a part not at sample 0, p = 0;
+    an inf and a NaN in x give NaN where dropped (0 * inf), as on the CPU."""
+    rng = np.random.default_rng(len(shape) + first_sample)
+    x = rng.standard_normal(shape).astype(dtype)
+    x.flat[:2] = [np.inf, np.nan]
+    batch_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)
+    key = 0xFEDC_BA98_7654_3210
+    for stored in (batch_last, x):
+        y_emu, mask_emu = emulator.call("dropout_forward", stored, key, p, first_sample)
+        with np.errstate(invalid="ignore"):  # 0 * inf
+            y, mask = cpu.dropout_forward(stored, key, p, first_sample)
+        assert_bitwise_equal(mask_emu, mask, "mask")
+        assert_bitwise_equal(y_emu, y, "y")

@@ -37,6 +37,9 @@ BAD = [
     ("avg_pool_forward", (x, too_big), ValueError, r"larger than the padded input \(2, 2\)"),
     ("im2col", (x, too_big), ValueError, r"larger than the padded input \(2, 2\)"),
     ("im2col", (x, Window(1, 1, 0, 1, 0, 0)), ValueError, r"sy must be >= 1"),
+    ("dropout_forward", (x, 12345, 0.25, 1), ValueError, r"must start at an even sample, got 1"),
+    ("dropout_forward", (x, 12345, 1.0, 0), ValueError, r"p must be in \[0, 1\), got 1.0"),
+    ("dropout_forward", (x.astype(np.float16), 12345, 0.25, 0), TypeError, r"float32 or float64, got float16"),
     ("im2col", (x, Window(1, 1, 1, 1, -1, 0)), ValueError, r"padding must be >= 0"),
     ("max_pool_forward", (x[0], fits), ValueError, r"x must be 4-D"),
     ("max_pool_backward", (gy.astype(np.float16), argmax, 2, 2, fits), TypeError, r"gy must be float32"),
@@ -76,6 +79,7 @@ GOOD = [
     ("max_pool_backward", (gy, argmax, 2, 2, fits)),
     ("avg_pool_backward", (gy, 2, 2, fits)),
     ("col2im", (col, 2, 2, fits)),
+    ("dropout_forward", (x, 12345, 0.25, 0)),
 ]
 
 
