@@ -29,6 +29,7 @@ the 2-core machines this library is tuned on."""
 
 _threads: int | None = None
 _pool: ThreadPoolExecutor | None = None
+_pool_size = 0
 _pool_lock = threading.Lock()
 _blas_lock = threading.Lock()
 _blas_users = 0
@@ -65,8 +66,9 @@ def set_num_threads(n: int | None) -> None:
 
 def run_on_threads(tasks: list[Callable[[], T]]) -> list[T]:
     """Run the tasks at once, the first on the calling thread and the others on
-    dualconv's workers, and return their results in order. The BLAS is held at one thread meanwhile. An exception
-    in any task is raised here, after every task has finished."""
+    dualconv's workers, and return their results in order. The BLAS is held at
+    one thread meanwhile. An exception in any task is raised here, after every
+    task has finished."""
     if len(tasks) == 1:
         return [tasks[0]()]
     with _blas_on_one_thread():
@@ -80,20 +82,21 @@ def run_on_threads(tasks: list[Callable[[], T]]) -> list[T]:
 
 
 def _workers(count: int) -> ThreadPoolExecutor:
-    global _pool
+    """The worker pool, with at least ``count`` workers (made, or remade larger, on demand)."""
+    global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or _pool._max_workers < count:
+        if _pool is None or _pool_size < count:
             if _pool is not None:
                 _pool.shutdown(wait=True)
-            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="dualconv")
+            _pool, _pool_size = ThreadPoolExecutor(max_workers=count, thread_name_prefix="dualconv"), count
         return _pool
 
 
 def _forget_threads_after_fork() -> None:
     """A forked child has none of its parent's threads: it starts its own pool when it
     needs one (an inherited pool would queue work for workers that do not exist)."""
-    global _pool, _pool_lock, _blas_lock, _blas_users, _blas_limiter
-    _pool, _pool_lock, _blas_lock = None, threading.Lock(), threading.Lock()
+    global _pool, _pool_size, _pool_lock, _blas_lock, _blas_users, _blas_limiter
+    _pool, _pool_size, _pool_lock, _blas_lock = None, 0, threading.Lock(), threading.Lock()
     _blas_users, _blas_limiter = 0, None
 
 

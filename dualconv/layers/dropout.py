@@ -21,9 +21,9 @@ class Dropout(Layer):
 
     x: (N, ...) -> y: same shape. In eval mode it is the identity. The mask of
     the k-th training forward after ``seed(s)`` is a pure function of (s, k)
-    (see ``dualconv.kernels.dropout_forward``): the same on NumPy and CuPy and on every GPU. The
-    Trainer reseeds with (seed, epoch, layer index) every epoch, so a mask
-    depends only on (seed, epoch, step).
+    (see ``dualconv.kernels.dropout_forward``): the same on NumPy and CuPy and
+    on every GPU. The Trainer reseeds with (seed, epoch, layer index) every
+    epoch, so a mask depends only on (seed, epoch, step).
     """
 
     couples_samples = False
