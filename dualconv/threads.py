@@ -35,6 +35,7 @@ _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limiter: Any = None
 _blas_controller: Any = None  # threadpoolctl's view of the loaded libraries, made once
+_this_thread = threading.local()  # in_task: this thread runs one of run_on_threads' tasks
 
 
 def _cores() -> int:
@@ -69,16 +70,27 @@ def run_on_threads(tasks: list[Callable[[], T]]) -> list[T]:
     dualconv's workers, and return their results in order. The BLAS is held at
     one thread meanwhile. An exception in any task is raised here, after every
     task has finished."""
-    if len(tasks) == 1:
-        return [tasks[0]()]
+    if len(tasks) == 1 or getattr(_this_thread, "in_task", False):
+        # one task, or a task that asks for threads itself (the workers are busy with
+        # its siblings): the tasks run one after another, here
+        return [task() for task in tasks]
     with _blas_on_one_thread():
-        futures = [_workers(len(tasks) - 1).submit(task) for task in tasks[1:]]
+        futures = [_workers(len(tasks) - 1).submit(_as_task, task) for task in tasks[1:]]
         try:
-            first = tasks[0]()
+            first = _as_task(tasks[0])
         finally:
             for future in futures:
                 future.exception()  # wait for every worker before anything is raised
         return [first] + [future.result() for future in futures]
+
+
+def _as_task(task: Callable[[], T]) -> T:
+    """Run ``task`` marked as one of run_on_threads' tasks on this thread."""
+    _this_thread.in_task = True
+    try:
+        return task()
+    finally:
+        _this_thread.in_task = False
 
 
 def _workers(count: int) -> ThreadPoolExecutor:

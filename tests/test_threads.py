@@ -85,3 +85,18 @@ def _one() -> int:
 
 def _two() -> int:
     return 2
+
+
+def test_a_task_that_asks_for_threads_itself_gets_its_results_without_waiting_forever() -> None:
+    """The workers are busy with the outer tasks, so the inner ones run in turn where
+    they were asked for (a model predicting inside a layer of a model trained in parts)."""
+    def outer(i: int):
+        return lambda: threads.run_on_threads([lambda: (i, "a"), lambda: (i, "b")])
+
+    results = []
+    caller = threading.Thread(target=lambda: results.append(threads.run_on_threads([outer(0), outer(1)])),
+                              daemon=True)
+    caller.start()
+    caller.join(timeout=60)
+    assert not caller.is_alive(), "nested run_on_threads waits forever"
+    assert results == [[[(0, "a"), (0, "b")], [(1, "a"), (1, "b")]]]
