@@ -124,6 +124,10 @@ def _check_max_pool_forward(cfg: WindowConfig, x: np.ndarray) -> None:
     assert y.dtype == x.dtype and argmax.dtype == np.int32
     assert_array_equal(y, y_ref)  # NaN positions must agree too
     assert_array_equal(argmax, argmax_ref)
+    values = cpu.max_pool_values(x, cfg.window)  # the maxima alone: the same numbers, signs included
+    assert values.dtype == x.dtype
+    assert_array_equal(values, y_ref)
+    assert_array_equal(np.signbit(values), np.signbit(y_ref))
 
 
 @SETTINGS
@@ -241,6 +245,7 @@ def test_max_pool_signed_zero_ties_keep_the_first_zeros_bits(dtype: type, N: int
         y, argmax = cpu.max_pool_forward(x, win)
         y_ref, argmax_ref = reference.max_pool_forward(x, win)
         assert_array_equal(np.signbit(y), np.signbit(y_ref))
+        assert_array_equal(np.signbit(cpu.max_pool_values(x, win)), np.signbit(y_ref))
         assert_array_equal(argmax, argmax_ref)
     assert np.signbit(cpu.max_pool_forward(x, Window(2, 2, 2, 2, 0, 0))[0][0, 0, 0, 0])
 

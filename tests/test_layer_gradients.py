@@ -185,6 +185,23 @@ def test_dropout_eval_mode_gradient_is_identity() -> None:
     assert_array_equal(layer.backward(gy), gy)
 
 
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1)])
+def test_max_pool_in_eval_mode_gives_the_training_outputs_and_gradients(kwargs) -> None:
+    """Eval mode skips the argmax in forward and finds it in backward: outputs and input
+    gradients bit for bit those of training mode, on small integers (many ties)."""
+    x = np.random.default_rng(3).integers(-2, 3, (2, 3, 7, 7)).astype(np.float32)
+    layer = dc.MaxPool2D(**kwargs)
+    y_train = layer.forward(x)
+    gy = np.random.default_rng(4).standard_normal(y_train.shape).astype(np.float32)
+    gx_train = layer.backward(gy)
+    layer.eval()
+    y_eval = layer.forward(x)
+    assert_array_equal(y_eval, y_train)
+    assert_array_equal(layer.backward(gy), gx_train)
+    with pytest.raises(ValueError, match="expected a gradient of shape"):
+        layer.backward(gy[:, :, :1])
+
+
 def test_dropout_mask_consistency() -> None:
     """Forward zeroes entries and scales the rest by 1/(1-p); backward applies the same mask."""
     p = 0.25

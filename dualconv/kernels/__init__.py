@@ -6,7 +6,9 @@ kernels (one launch each on the GPU; NumPy expressions on the CPU): sgd_update,
 adam_update, softmax_cross_entropy, dropout_forward (Dropout's mask and product),
 and the divergence guard's sgd_update_guarded, adam_update_guarded and
 flag_nonfinite_loss.
-Everything else in dualconv is written once against ``xp`` (numpy or cupy).
+max_pool_values is max_pool_forward without the argmax (eval mode: on the CPU it
+skips finding the winners; on the GPU it is the same launch). Everything else in
+dualconv is written once against ``xp`` (numpy or cupy).
 Open the files in this order:
 
   reference.py  the textbook: each kernel as plain loops over every index
@@ -81,6 +83,12 @@ def col2im(col: Any, H: int, W: int, win: Window) -> Any:
 def max_pool_forward(x: Any, win: Window) -> tuple[Any, Any]:
     """x: (N, C, H, W) -> (y, argmax), both (N, C, out_h, out_w)."""
     return _dispatch("max_pool_forward", x, win)
+
+
+def max_pool_values(x: Any, win: Window) -> Any:
+    """x: (N, C, H, W) -> y: (N, C, out_h, out_w), max_pool_forward's maxima without the
+    argmax (inference: on the CPU it skips finding the winners; on the GPU the same launch)."""
+    return _dispatch("max_pool_values", x, win)
 
 
 def max_pool_backward(gy: Any, argmax: Any, H: int, W: int, win: Window) -> Any:

@@ -101,6 +101,10 @@ def max_pool_forward(x: Any, win: Window) -> tuple[int, int]:
     return _image(x, win, "max_pool_forward")
 
 
+def max_pool_values(x: Any, win: Window) -> tuple[int, int]:
+    return _image(x, win, "max_pool_values")
+
+
 def max_pool_backward(gy: Any, argmax: Any, H: int, W: int, win: Window) -> tuple[int, int]:
     who = "max_pool_backward"
     if np.dtype(argmax.dtype) != np.int32:

@@ -127,6 +127,33 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
     return batch_first(y), batch_first(argmax)
 
 
+def max_pool_values(x: np.ndarray, win: Window) -> np.ndarray:
+    """The window maxima alone: max_pool_forward's y, the same bits, without finding
+    where they were (for inference, where no backward will ask).
+
+    x: (N, C, H, W) -> y: (N, C, out_h, out_w). np.maximum propagates NaN, so a
+    window holding a NaN has a NaN maximum, as max_pool_forward's.
+    """
+    N, C, H, W = x.shape
+    out_h, out_w = win.out_size(H, W)
+    xb = _padded_batch_last(x, win.ph, win.pw, fill=-np.inf)
+    return batch_first(_window_maxima(xb, out_h, out_w, win))
+
+
+def _window_maxima(xb: np.ndarray, out_h: int, out_w: int, win: Window) -> np.ndarray:
+    """xb: (C, Hp, Wp, N) padded batch-last -> each window's maximum, (C, out_h, out_w, N).
+
+    Taken from the last offset back to the first: np.maximum returns its second
+    argument on ties, so of equal values (-0.0 and +0.0 included) the one at the
+    first offset in row-major window order is the one kept.
+    """
+    offsets = [(ky, kx) for ky in range(win.kh) for kx in range(win.kw)]
+    y = _window(xb, *offsets[-1], out_h, out_w, win).copy()
+    for ky, kx in reversed(offsets[:-1]):
+        np.maximum(y, _window(xb, ky, kx, out_h, out_w, win), out=y)
+    return y
+
+
 def _max_pool_scan(xb: np.ndarray, out_h: int, out_w: int, win: Window,
                    nan_aware: bool) -> tuple[np.ndarray, np.ndarray]:
     """The window maxima and their offsets over a padded batch-last input.
@@ -138,12 +165,7 @@ def _max_pool_scan(xb: np.ndarray, out_h: int, out_w: int, win: Window,
         return _max_pool_scan_nan_aware(xb, out_h, out_w, win)
     kh, kw = win.kh, win.kw
     offsets = [(ky, kx) for ky in range(kh) for kx in range(kw)]
-    # The maximum, from the last offset back to the first: np.maximum returns its
-    # second argument on ties, so of equal values (-0.0 and +0.0 included) the one
-    # at the first offset in row-major window order is the one kept.
-    y = _window(xb, *offsets[-1], out_h, out_w, win).copy()
-    for ky, kx in reversed(offsets[:-1]):
-        np.maximum(y, _window(xb, ky, kx, out_h, out_w, win), out=y)
+    y = _window_maxima(xb, out_h, out_w, win)
     # Where it was: the first offset k whose value equals the maximum. Giving offset
     # k the weight K - k, the largest weight among the equal ones is the first's, so
     # argmax = K - max_k(weight_k * equal_k). The weights fit int8 up to 127 offsets

@@ -353,6 +353,12 @@ def max_pool_forward(x: Any, win: Window) -> tuple[Any, Any]:
     return _run(plan_max_pool_forward(x, win))
 
 
+def max_pool_values(x: Any, win: Window) -> Any:
+    """x: (N, C, H, W) -> y: (N, C, out_h, out_w), the maxima alone: max_pool_forward's
+    one launch, which writes the argmax as it goes (dropping it saves no launch)."""
+    return max_pool_forward(x, win)[0]
+
+
 def max_pool_backward(gy: Any, argmax: Any, H: int, W: int, win: Window) -> Any:
     """gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W); see cpu.max_pool_backward."""
     return _run(plan_max_pool_backward(gy, argmax, H, W, win))

@@ -126,6 +126,11 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
     return out, argmax
 
 
+def max_pool_values(x: np.ndarray, win: Window) -> np.ndarray:
+    """x: (N, C, H, W) -> y: (N, C, out_h, out_w), the window maxima of max_pool_forward."""
+    return max_pool_forward(x, win)[0]
+
+
 def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
     """gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W).
 

@@ -51,16 +51,28 @@ class _Pool2D(Layer):
 
 
 class MaxPool2D(_Pool2D):
-    """Each output is its window's maximum (padding never wins; first max wins ties)."""
+    """Each output is its window's maximum (padding never wins; first max wins ties).
+
+    In training the forward also finds each window's winner (the argmax) for the
+    backward. In eval mode it computes the maxima alone and keeps x: inference
+    rarely runs a backward, and one that does (input gradients of a trained model)
+    finds the winners from x then: the same argmax, so the same gradient.
+    """
 
     def _forward(self, x: Any) -> Any:
-        y, argmax = kernels.max_pool_forward(x, self.window)
-        self._cache = (x.shape, argmax)
+        if self.training:
+            y, argmax = kernels.max_pool_forward(x, self.window)
+            self._cache = (x.shape, y.shape, argmax, None)
+        else:
+            y = kernels.max_pool_values(x, self.window)
+            self._cache = (x.shape, y.shape, None, x)
         return y
 
     def _backward(self, gy: Any) -> Any:
-        x_shape, argmax = self._cache
-        self._check_grad_shape(gy, argmax.shape)
+        x_shape, y_shape, argmax, x = self._cache
+        self._check_grad_shape(gy, y_shape)
+        if argmax is None:
+            argmax = kernels.max_pool_forward(x, self.window)[1]
         return kernels.max_pool_backward(gy, argmax, x_shape[2], x_shape[3], self.window)
 
 

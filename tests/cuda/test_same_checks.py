@@ -9,6 +9,7 @@ given device arrays of the emulated CuPy (whose RawModule runs the plan).
 """
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -128,3 +129,23 @@ def test_dispatch_checks_and_twins_take_the_same_arguments():
         for module in (kernels, checks, reference, cuda):
             assert list(inspect.signature(getattr(module, kernel)).parameters) == expected, \
                 f"{module.__name__}.{kernel}"
+
+
+def test_max_pool_values_is_max_pool_forwards_maxima_and_checks_alike(stand_in):
+    """The maxima-alone variant (no plan of its own: on the GPU it is max_pool_forward's
+    launch) takes the same arguments, rejects what max_pool_forward rejects, and gives
+    its y on both backends."""
+    import inspect
+
+    from dualconv.kernels import checks, cpu, cuda, reference
+    expected = list(inspect.signature(cpu.max_pool_values).parameters)
+    for module in (kernels, checks, reference, cuda):
+        assert list(inspect.signature(module.max_pool_values).parameters) == expected
+    for args in ((x, too_big), (x.astype(np.float16), fits)):
+        with pytest.raises((ValueError, TypeError)) as on_host:
+            kernels.max_pool_values(*args)
+        with pytest.raises(on_host.type, match=re.escape(str(on_host.value))):
+            kernels.max_pool_values(*_on_device(args, stand_in))
+    y = kernels.max_pool_forward(x, fits)[0]
+    assert_bitwise_equal(kernels.max_pool_values(x, fits), y, "numpy")
+    assert_bitwise_equal(stand_in.asnumpy(kernels.max_pool_values(*_on_device((x, fits), stand_in))), y, "cupy")
