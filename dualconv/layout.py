@@ -9,10 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from .backend import get_array_module
-
 BATCH_LAST = (1, 2, 3, 0)
 """The axes that view (N, C, H, W) as (C, H, W, N)."""
 BATCH_FIRST = (3, 0, 1, 2)
