@@ -12,14 +12,15 @@ from .backend import asnumpy, backend_of, get_array_module, get_backend, to_back
 from .layers import Dropout, Layer, MaxPool2D, ReLU, Softmax
 from .layers.activations import softmax
 from .optim import Parameter, ParameterView
-from .parts import in_groups
+from .parts import in_groups, predict_batch_size
 from .threads import num_threads, run_on_threads
 
 
 PREDICT_BATCH_SIZE = {"numpy": 128, "cupy": 256}
-"""predict's default batch per backend. On the CPU the batches are shared out over
-dualconv's threads (threads.py), each thread taking a run of them: batches of 128
-keep each thread's NumPy calls long enough that the two rarely wait for the GIL.
+"""predict's default batch per backend; on the CPU the most, for a built model
+parts.predict_batch_size picks a power of two up to it by what a sample makes.
+On the CPU the batches are shared out over dualconv's threads (threads.py), each
+thread taking a run of them: long NumPy calls, so the two rarely wait for the GIL.
 LeNet inference of 1000 images (2-core Intel Xeon, AVX-512): 30k images/s in
 batches of 32 on one thread, 26k in batches of 32 on two, 42k in batches of 128 on
 two. A GPU wants large batches."""
@@ -121,7 +122,8 @@ class Sequential:
     def predict(self, x: Any, batch_size: int | None = None) -> Any:
         """Outputs for x in eval mode, computed in batches; returns them on x's backend.
 
-        ``batch_size`` defaults to PREDICT_BATCH_SIZE for the model's backend.
+        ``batch_size`` defaults to PREDICT_BATCH_SIZE for the model's backend (on the CPU,
+        for a built model, a power of two up to it: parts.predict_batch_size).
         """
         batch_size = self._batch_size("predict", batch_size)
         was_training = self.training
@@ -160,8 +162,11 @@ class Sequential:
         return asnumpy(self.predict(x, self._batch_size("predict_classes", batch_size)).argmax(axis=-1))
 
     def _batch_size(self, method: str, batch_size: int | None) -> int:
-        """``batch_size`` checked for ``method``; None is PREDICT_BATCH_SIZE for the model's backend."""
+        """``batch_size`` checked for ``method``; None is the default described in predict."""
         if batch_size is None:
+            if self.backend == "numpy" and self.input_shape is not None and not any(
+                    layer.needs_build for layer in self.layers):
+                return predict_batch_size(self, PREDICT_BATCH_SIZE["numpy"])
             return PREDICT_BATCH_SIZE.get(self.backend, 256)
         return check_batch_size(f"Sequential.{method}", batch_size)
 

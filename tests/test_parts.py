@@ -139,3 +139,19 @@ def test_a_layer_written_outside_dualconv_keeps_batches_whole_until_it_says_othe
     model = dc.Sequential([dc.Flatten(), PerSample(), dc.Dense(None, 10)], seed=0)
     model.build((1, 1, 28, 28))
     assert trains_in_parts(model, 4096)  # 1578 numbers a sample: parts of 666 and more
+
+
+def test_predict_batch_size_is_the_largest_power_of_two_under_the_part_budget() -> None:
+    """2**23 numbers: LeNet (14,762 a sample, 568 fit) is held to the most given, 128;
+    weidman (100,362 a sample, 83 fit) gets 64; a model making 2**22 a sample gets 16."""
+    from dualconv.parts import predict_batch_size
+    model = lenet(seed=0)
+    model.build((1, 1, 28, 28))
+    assert predict_batch_size(model, 128) == 128 and predict_batch_size(model, 1000) == 512
+    model = weidman(seed=0)
+    model.build((1, 1, 28, 28))
+    assert numbers_per_sample(model) == 4 * 25088 + 10
+    assert predict_batch_size(model, 128) == 64
+    big = dc.Sequential([dc.Flatten()], seed=0)  # 2**22 numbers a sample: 2 would fit
+    big.build((1, 1, 2048, 2048))
+    assert predict_batch_size(big, 128) == 16
