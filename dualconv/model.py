@@ -67,6 +67,11 @@ class Sequential:
         self._checked_input = (tuple(input_shape)[1:], self.dtype)
         return shapes[-1]
 
+    @property
+    def needs_build(self) -> bool:
+        """True until the model knows its input shape and every lazy layer has its parameters."""
+        return self.input_shape is None or any(layer.needs_build for layer in self.layers)
+
     def check_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Every layer's input shape for a model input of ``input_shape``, then the output shape.
 
@@ -84,7 +89,7 @@ class Sequential:
         """x: (N, ...) -> the last layer's output. Casts x to the model's dtype and backend."""
         if not hasattr(x, "shape"):
             raise TypeError(f"Sequential: expected an array input, got {type(x).__name__}")
-        if self.input_shape is None or any(layer.needs_build for layer in self.layers):
+        if self.needs_build:
             self.build(tuple(x.shape))
         elif self._checked_input != (tuple(x.shape)[1:], self.dtype):
             self.check_shapes(tuple(x.shape))  # a new shape: reject it before any layer runs
@@ -131,7 +136,7 @@ class Sequential:
         try:
             starts = list(range(0, len(x), batch_size))
             threads = max(1, min(num_threads(), len(starts))) if self.backend == "numpy" else 1
-            if threads > 1 and (self.input_shape is None or any(layer.needs_build for layer in self.layers)):
+            if threads > 1 and self.needs_build:
                 self.forward(x[:1])  # builds the model (and checks x) before replicas share it
             models = [self] + [self.replica() for _ in range(threads - 1)]
 
@@ -164,8 +169,7 @@ class Sequential:
     def _batch_size(self, method: str, batch_size: int | None) -> int:
         """``batch_size`` checked for ``method``; None is the default described in predict."""
         if batch_size is None:
-            if self.backend == "numpy" and self.input_shape is not None and not any(
-                    layer.needs_build for layer in self.layers):
+            if self.backend == "numpy" and not self.needs_build:
                 return predict_batch_size(self, PREDICT_BATCH_SIZE["numpy"])
             return PREDICT_BATCH_SIZE.get(self.backend, 256)
         return check_batch_size(f"Sequential.{method}", batch_size)

@@ -103,20 +103,20 @@ def in_groups(items: list[Any], groups: int) -> list[list[Any]]:
     return [items[bounds[g]:bounds[g + 1]] for g in range(groups)]
 
 
-def trains_in_parts(model: "Sequential", n: int) -> bool:
-    """Whether a training batch of n samples runs in parts: on the CPU, for a built model
-    without sample-coupling layers, when n makes more than one part."""
-    return (model.backend == "numpy" and model.input_shape is not None
-            and not any(layer.needs_build or layer.couples_samples for layer in model.layers)
-            and len(part_ranges(n, numbers_per_sample(model))) > 1)
+def training_parts(model: "Sequential", n: int) -> list[tuple[int, int]]:
+    """The parts a training batch of n samples runs in: part_ranges on the CPU, for a
+    built model without sample-coupling layers; else the whole batch, [(0, n)]."""
+    if (model.backend != "numpy" or model.needs_build
+            or any(layer.couples_samples for layer in model.layers)):
+        return [(0, n)]
+    return part_ranges(n, numbers_per_sample(model))
 
 
 def train_step_gradients(model: "Sequential", loss: "Loss", xb: Any, yb: Any,
-                         count_correct: Counter) -> tuple[Any, Any]:
-    """Forward and backward of the batch (xb, yb) in parts; fills every layer's grads
-    with the batch's gradients. Returns (loss, correct count) as 0-d arrays."""
-    N = len(xb)
-    ranges = part_ranges(N, numbers_per_sample(model))
+                         ranges: list[tuple[int, int]], count_correct: Counter) -> tuple[Any, Any]:
+    """Forward and backward of the batch (xb, yb) in the parts ``ranges`` (training_parts);
+    fills every layer's grads with the batch's gradients. Returns (loss, correct count)
+    as 0-d arrays."""
     threads = min(num_threads(), len(ranges))
     for layer in model.layers:
         layer.start_parts()

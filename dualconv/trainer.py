@@ -26,7 +26,7 @@ from .divergence import LastFiniteState
 from .losses import Loss
 from .model import Sequential
 from .optim import LRSchedule, Optimizer
-from .parts import train_step_gradients, trains_in_parts
+from .parts import train_step_gradients, training_parts
 
 History = dict[str, list[float]]
 
@@ -178,8 +178,9 @@ class Trainer:
         the device and the optimizer skips the update when it is not finite.
         """
         xb, yb = to_backend(xb, self.model.backend), to_backend(yb, self.model.backend)
-        if trains_in_parts(self.model, len(xb)):  # on the CPU: see parts.py
-            value, correct = train_step_gradients(self.model, self.loss, xb, yb, _correct)
+        ranges = training_parts(self.model, len(xb))
+        if len(ranges) > 1:  # on the CPU: see parts.py
+            value, correct = train_step_gradients(self.model, self.loss, xb, yb, ranges, _correct)
         else:
             out = self.model.forward(xb)
             value = self.loss.forward(out, yb)

@@ -14,7 +14,7 @@ from numpy.testing import assert_array_equal
 import dualconv as dc
 from dualconv.kernels import dropout_forward
 from dualconv.models import lenet, lenet_bn, weidman
-from dualconv.parts import in_groups, numbers_per_sample, part_ranges, trains_in_parts
+from dualconv.parts import in_groups, numbers_per_sample, part_ranges, training_parts
 from dualconv.threads import set_num_threads
 
 KEY = 0x5DEE_CE66_0000_0001
@@ -95,7 +95,7 @@ def test_a_step_in_parts_is_the_weighted_sum_of_its_parts(make, n: int, threads:
     for m in (model, oracle):
         m.build((1, 1, 28, 28))
         m.seed_randomness(9)
-    assert trains_in_parts(model, n)
+    assert len(training_parts(model, n)) > 1
     trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(), dc.SGD(model.parameters(), lr=0.01))
     set_num_threads(threads)
     try:
@@ -113,9 +113,9 @@ def test_models_whose_layers_couple_samples_train_whole() -> None:
     in eval mode it would not couple samples."""
     model = lenet_bn(seed=0)
     model.build((1, 1, 28, 28))
-    assert not trains_in_parts(model, 256)
+    assert training_parts(model, 256) == [(0, 256)]
     assert not model.layers[1].eval().couples_samples
-    assert trains_in_parts(lenet(seed=0).eval(), 256) is False  # not built yet: builds whole first
+    assert training_parts(lenet(seed=0).eval(), 256) == [(0, 256)]  # not built yet: builds whole first
 
 
 def test_a_layer_written_outside_dualconv_keeps_batches_whole_until_it_says_otherwise() -> None:
@@ -131,14 +131,14 @@ def test_a_layer_written_outside_dualconv_keeps_batches_whole_until_it_says_othe
 
     model = dc.Sequential([dc.Flatten(), Centre(), dc.Dense(None, 10)], seed=0)
     model.build((1, 1, 28, 28))
-    assert not trains_in_parts(model, 4096)
+    assert training_parts(model, 4096) == [(0, 4096)]
 
     class PerSample(Centre):
         couples_samples = False
 
     model = dc.Sequential([dc.Flatten(), PerSample(), dc.Dense(None, 10)], seed=0)
     model.build((1, 1, 28, 28))
-    assert trains_in_parts(model, 4096)  # 1578 numbers a sample: parts of 666 and more
+    assert len(training_parts(model, 4096)) > 1  # 1578 numbers a sample: parts of 666 and more
 
 
 def test_predict_batch_size_is_the_largest_power_of_two_under_the_part_budget() -> None:
