@@ -62,15 +62,15 @@ class MaxPool2D(_Pool2D):
     def _forward(self, x: Any) -> Any:
         if self.training:
             y, argmax = kernels.max_pool_forward(x, self.window)
-            self._cache = (x.shape, y.shape, argmax, None)
+            self._cache = (x.shape, argmax, None)
         else:
             y = kernels.max_pool_values(x, self.window)
-            self._cache = (x.shape, y.shape, None, x)
+            self._cache = (x.shape, None, x)
         return y
 
     def _backward(self, gy: Any) -> Any:
-        x_shape, y_shape, argmax, x = self._cache
-        self._check_grad_shape(gy, y_shape)
+        x_shape, argmax, x = self._cache
+        self._check_grad_shape(gy, self.output_shape(x_shape))
         if argmax is None:
             argmax = kernels.max_pool_forward(x, self.window)[1]
         return kernels.max_pool_backward(gy, argmax, x_shape[2], x_shape[3], self.window)
