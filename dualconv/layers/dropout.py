@@ -36,7 +36,7 @@ class Dropout(Layer):
         self._seed: list[int] | None = None
         self._step = 0
         self._batch_key: int | None = None  # one key for every part of a batch run in parts
-        self._part: tuple[int, int] | None = None  # (key, first sample) of the part to run next
+        self._first_sample = 0  # where the part to run next starts in its batch
 
     def seed(self, seed: int | list[int] | None) -> None:
         """Restart the masks from ``seed`` (an int or a list of ints; None: fresh entropy)."""
@@ -54,17 +54,17 @@ class Dropout(Layer):
         self._batch_key = self._key() if self.training and self.p else None
 
     def enter_part(self, first_sample: int) -> None:
-        self._part = None if self._batch_key is None else (self._batch_key, first_sample)
+        self._first_sample = first_sample
 
     def end_parts(self) -> None:
-        self._batch_key = self._part = None
+        self._batch_key, self._first_sample = None, 0
 
     def _forward(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
             self._cache = tuple(x.shape)
             return x
-        key, first_sample = self._part if self._part is not None else (self._key(), 0)
-        y, self._cache = kernels.dropout_forward(x, key, self.p, first_sample)
+        key = self._key() if self._batch_key is None else self._batch_key
+        y, self._cache = kernels.dropout_forward(x, key, self.p, self._first_sample)
         return y
 
     def _backward(self, gy: Any) -> Any:
