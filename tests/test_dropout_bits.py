@@ -1,6 +1,6 @@
 """Dropout's counter-based masks: the CPU twin (dualconv.kernels.cpu.dropout_forward)
-against the loops of reference.dropout_forward, its hash against a scalar Python
-lowbias32, and the statistics of the masks they make.
+against the loops of reference.dropout_forward, its vectorized hash against the
+reference's scalar lowbias32, and the statistics of the masks they make.
 """
 from __future__ import annotations
 
@@ -15,23 +15,15 @@ from dualconv.kernels.cpu import keyed_hash, lowbias32
 KEY = 0x0123_4567_89AB_CDEF
 
 
-def lowbias32_reference(z: int) -> int:
-    z ^= z >> 16
-    z = (z * 0x7FEB352D) & 0xFFFFFFFF
-    z ^= z >> 15
-    z = (z * 0x846CA68B) & 0xFFFFFFFF
-    return z ^ (z >> 16)
-
-
 def keyed_hash_reference(i: int, key: int) -> int:
-    return lowbias32_reference(lowbias32_reference(i ^ (key & 0xFFFFFFFF)) ^ (key >> 32))
+    return reference.lowbias32(reference.lowbias32(i ^ (key & 0xFFFFFFFF)) ^ (key >> 32))
 
 
 def test_lowbias32_and_keyed_hash_match_the_reference() -> None:
     numbers = np.array([0, 1, 2, 3, 1000, 2**31, 2**32 - 1], dtype=np.uint32)
-    assert_array_equal(lowbias32(numbers.copy()), [lowbias32_reference(int(i)) for i in numbers])
+    assert_array_equal(lowbias32(numbers.copy()), [reference.lowbias32(int(i)) for i in numbers])
     assert_array_equal(keyed_hash(numbers, KEY), [keyed_hash_reference(int(i), KEY) for i in numbers])
-    assert lowbias32_reference(1) != 1
+    assert reference.lowbias32(1) != 1
 
 
 def stored_alike(a: np.ndarray, b: np.ndarray) -> bool:
@@ -63,11 +55,11 @@ def test_the_cpu_twin_is_the_reference_in_any_memory_order_and_block(monkeypatch
 
 
 def test_the_reference_hashes_as_lowbias32_says() -> None:
-    """One element worked through the scalar lowbias32 above: sample 1 (odd: the high
+    """One element worked through the reference's scalar lowbias32: sample 1 (odd: the high
     half) of feature 2, in a batch of 2 samples of 3 features, p = 0.5."""
     x = np.ones((2, 3), dtype=np.float64)
     u = [keyed_hash_reference(i, KEY) for i in range(4)]  # features 0-2, then pair 0
-    word = lowbias32_reference(u[2] ^ u[3])
+    word = reference.lowbias32(u[2] ^ u[3])
     _, mask = reference.dropout_forward(x, KEY, 0.5, 0)
     assert mask[1, 2] == (2.0 if (word >> 16) >= 2**15 else 0.0)
     assert mask[0, 2] == (2.0 if (word & 0xFFFF) >= 2**15 else 0.0)

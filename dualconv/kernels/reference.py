@@ -247,9 +247,8 @@ def conv2d(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
     return out
 
 
-
-def _lowbias32(z: int) -> int:
-    """Chris Wellons' lowbias32 hash of a 32-bit unsigned integer."""
+def lowbias32(z: int) -> int:
+    """Chris Wellons' lowbias32 hash of a 32-bit unsigned integer (Dropout's masks)."""
     z ^= z >> 16
     z = (z * 0x7FEB352D) & 0xFFFFFFFF
     z ^= z >> 15
@@ -276,12 +275,12 @@ def dropout_forward(x: np.ndarray, key: int, p: float, first_sample: int) -> tup
     y, mask = np.zeros((N, F), dtype=x.dtype), np.zeros((N, F), dtype=x.dtype)
 
     def u(i: int) -> int:
-        return _lowbias32(_lowbias32(i ^ k_lo) ^ k_hi)
+        return lowbias32(lowbias32(i ^ k_lo) ^ k_hi)
 
     for n in range(N):
         pair = u(F + (first_sample + n) // 2)
         for j in range(F):
-            word = _lowbias32(u(j) ^ pair)
+            word = lowbias32(u(j) ^ pair)
             bits = word >> 16 if n % 2 else word & 0xFFFF
             if bits >= threshold:
                 mask[n, j] = scale
