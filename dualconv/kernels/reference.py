@@ -44,6 +44,19 @@ def _target(i: int, k: int, s: int, p: int, d: int, out: int) -> int | None:
     return t // s
 
 
+def _readers(y: int, x: int, win: Window, out_h: int, out_w: int):
+    """Every (ky, kx, oy, ox), offsets ky outer and kx inner, such that output (oy, ox)
+    read input pixel (y, x) through kernel offset (ky, kx): the terms a backward pass
+    gathers for that pixel (kernels/common.cuh's dc_for_each_reader on the GPU)."""
+    kh, kw, sy, sx, ph, pw, dy, dx = win
+    for ky in range(kh):
+        for kx in range(kw):
+            oy = _target(y, ky, sy, ph, dy, out_h)
+            ox = _target(x, kx, sx, pw, dx, out_w)
+            if oy is not None and ox is not None:
+                yield ky, kx, oy, ox
+
+
 def im2col(x: np.ndarray, win: Window) -> np.ndarray:
     """x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w).
 
@@ -73,7 +86,6 @@ def col2im(col: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
     x[n, c, y, x] is the sum, over offsets (ky outer, kx inner), of
     col[c, ky, kx, n, oy, ox] for the (oy, ox) whose window read (y, x).
     """
-    kh, kw, sy, sx, ph, pw, dy, dx = win
     C, _, _, N, out_h, out_w = col.shape
     img = np.zeros((N, C, H, W), dtype=col.dtype)
     for n in range(N):
@@ -81,12 +93,8 @@ def col2im(col: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
             for y in range(H):
                 for x_ in range(W):
                     total = col.dtype.type(0)
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            oy = _target(y, ky, sy, ph, dy, out_h)
-                            ox = _target(x_, kx, sx, pw, dx, out_w)
-                            if oy is not None and ox is not None:
-                                total += col[c, ky, kx, n, oy, ox]
+                    for ky, kx, oy, ox in _readers(y, x_, win, out_h, out_w):
+                        total += col[c, ky, kx, n, oy, ox]
                     img[n, c, y, x_] = total
     return img
 
@@ -138,7 +146,6 @@ def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: W
     output (oy, ox) that read (y, x) through offset (ky, kx) and whose argmax
     is ky*kw + kx.
     """
-    kh, kw, sy, sx, ph, pw, dy, dx = win
     N, C, out_h, out_w = gy.shape
     grad = np.zeros((N, C, H, W), dtype=gy.dtype)
     for n in range(N):
@@ -146,14 +153,9 @@ def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: W
             for y in range(H):
                 for x_ in range(W):
                     total = gy.dtype.type(0)
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            oy = _target(y, ky, sy, ph, dy, out_h)
-                            ox = _target(x_, kx, sx, pw, dx, out_w)
-                            if oy is None or ox is None:
-                                continue
-                            if argmax[n, c, oy, ox] == ky * kw + kx:
-                                total += gy[n, c, oy, ox]
+                    for ky, kx, oy, ox in _readers(y, x_, win, out_h, out_w):
+                        if argmax[n, c, oy, ox] == ky * win.kw + kx:
+                            total += gy[n, c, oy, ox]
                     grad[n, c, y, x_] = total
     return grad
 
@@ -189,21 +191,16 @@ def avg_pool_backward(gy: np.ndarray, H: int, W: int, win: Window) -> np.ndarray
     gx[n, c, y, x] sums, over offsets (ky outer, kx inner), gy / (kh*kw)
     at every output (oy, ox) whose window read (y, x).
     """
-    kh, kw, sy, sx, ph, pw, dy, dx = win
     N, C, out_h, out_w = gy.shape
-    area = gy.dtype.type(kh * kw)
+    area = gy.dtype.type(win.kh * win.kw)
     grad = np.zeros((N, C, H, W), dtype=gy.dtype)
     for n in range(N):
         for c in range(C):
             for y in range(H):
                 for x_ in range(W):
                     total = gy.dtype.type(0)
-                    for ky in range(kh):
-                        for kx in range(kw):
-                            oy = _target(y, ky, sy, ph, dy, out_h)
-                            ox = _target(x_, kx, sx, pw, dx, out_w)
-                            if oy is not None and ox is not None:
-                                total += gy[n, c, oy, ox] / area
+                    for _, _, oy, ox in _readers(y, x_, win, out_h, out_w):
+                        total += gy[n, c, oy, ox] / area
                     grad[n, c, y, x_] = total
     return grad
 
