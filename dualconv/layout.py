@@ -39,6 +39,16 @@ def columns_batch_first(col_b: Any) -> Any:
     return col_b.transpose(COLUMNS_BATCH_FIRST)
 
 
+def batch_last_axes(ndim: int) -> tuple[int, ...]:
+    """The axes that view an (N, d1, d2, ...) array of any rank as (d1, d2, ..., N)."""
+    return (*range(1, ndim), 0)
+
+
+def batch_first_axes(ndim: int) -> tuple[int, ...]:
+    """The inverse of batch_last_axes: (d1, d2, ..., N) back to (N, d1, d2, ...)."""
+    return (ndim - 1, *range(ndim - 1))
+
+
 def flatten_batch(x: Any) -> Any:
     """x: (N, d1, d2, ...) -> (N, d1*d2*...), each row in C order.
 
@@ -47,7 +57,7 @@ def flatten_batch(x: Any) -> Any:
     which copies only what is not contiguous.
     """
     N = x.shape[0]
-    xb = x.transpose(*range(1, x.ndim), 0)
+    xb = x.transpose(batch_last_axes(x.ndim))
     if N > 1 and xb.flags.c_contiguous:
         return xb.reshape(-1, N).T
     return x.reshape(N, -1)

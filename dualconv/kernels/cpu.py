@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import batch_first, batch_last, columns_batch_first, columns_batch_last
+from ..layout import (batch_first, batch_first_axes, batch_last, batch_last_axes, columns_batch_first,
+                      columns_batch_last)
 from ..shapes import Window
 
 
@@ -479,7 +480,7 @@ def dropout_forward(x: np.ndarray, key: int, p: float, first_sample: int) -> tup
     u = keyed_hash(numbers, key)
     u_feature, u_pair = u[:F, None], u[None, F:]
     mask = np.empty((F, N), dtype=x.dtype)
-    xb = x.transpose(*range(1, x.ndim), 0)
+    xb = x.transpose(batch_last_axes(x.ndim))
     x_rows = xb.reshape(F, N) if N and xb.flags.c_contiguous else None
     y = np.empty_like(mask) if x_rows is not None else None
     rows = max(1, DROPOUT_BLOCK // max(1, M))
@@ -495,10 +496,9 @@ def dropout_forward(x: np.ndarray, key: int, p: float, first_sample: int) -> tup
         if y is not None:
             np.multiply(x_rows[r0:r1], mask[r0:r1], out=y[r0:r1])
     as_x = x.shape[1:] + (N,)
-    order = (x.ndim - 1, *range(x.ndim - 1))
-    mask = mask.reshape(as_x).transpose(order)
+    mask = mask.reshape(as_x).transpose(batch_first_axes(x.ndim))
     if y is not None:
-        return y.reshape(as_x).transpose(order), mask
+        return y.reshape(as_x).transpose(batch_first_axes(x.ndim)), mask
     stored_like_x = np.empty_like(x)  # so that x * mask and gy * mask walk both in step
     stored_like_x[...] = mask
     return x * stored_like_x, stored_like_x

@@ -24,7 +24,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..layout import BATCH_FIRST, BATCH_LAST, COLUMNS_BATCH_FIRST, COLUMNS_BATCH_LAST
+from ..layout import (BATCH_FIRST, BATCH_LAST, COLUMNS_BATCH_FIRST, COLUMNS_BATCH_LAST, batch_first_axes,
+                      batch_last_axes)
 from ..shapes import Window
 from . import checks
 from .launch import (Input, Launch, Output, as_laid_out, element_strides, execute, index_dtype,
@@ -265,14 +266,13 @@ def plan_dropout_forward(x: Any, key: int, p: float, first_sample: int) -> Launc
     N, features = x.shape[0], tuple(x.shape[1:])
     F = int(np.prod(features, dtype=np.int64))
     dtype = np.dtype(x.dtype)
-    batch_last = (*range(1, x.ndim), 0)
-    batch_first = (x.ndim - 1, *range(x.ndim - 1))
     total = F * N
     itype = index_dtype([total], total)
     threshold = min(2**16 - 1, round(p * 2**16))
+    back = batch_first_axes(x.ndim)
     return launch_1d(f"dropout_forward<{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}>", total,
-                     (Input(x, batch_last), Output((*features, N), dtype, batch_first),
-                      Output((*features, N), dtype, batch_first), itype.type(total), itype.type(N),
+                     (Input(x, batch_last_axes(x.ndim)), Output((*features, N), dtype, back),
+                      Output((*features, N), dtype, back), itype.type(total), itype.type(N),
                       np.uint32(F), np.uint32(first_sample // 2), np.uint32(key & 0xFFFFFFFF),
                       np.uint32(key >> 32), np.uint32(threshold), dtype.type(1.0 / (1.0 - p))))
 
