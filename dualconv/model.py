@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -13,7 +13,7 @@ from .layers import Dropout, Layer, MaxPool2D, ReLU, Softmax
 from .layers.activations import softmax
 from .optim import Parameter, ParameterView
 from .parts import in_groups, predict_batch_size
-from .threads import num_threads, run_on_threads
+from .threads import num_threads, run_in_parallel
 
 
 PREDICT_BATCH_SIZE = {"numpy": 128, "cupy": 256}
@@ -139,15 +139,11 @@ class Sequential:
             if threads > 1 and self.needs_build:
                 self.forward(x[:1])  # builds the model (and checks x) before replicas share it
             models = [self] + [self.replica() for _ in range(threads - 1)]
-
-            def batches(model: "Sequential", group: list[int]) -> Callable[[], list[Any]]:
-                return lambda: [model.forward(x[i:i + batch_size]) for i in group]
-
-            # CPU threads each take a run of consecutive batches: the outputs are the
-            # same numbers, in the same order, as one thread's
-            outs = [out for group in run_on_threads([batches(model, group) for model, group in
-                                                     zip(models, in_groups(starts, threads))])
-                    for out in group]
+            # each core takes a run of consecutive batches: the outputs are the same
+            # numbers, in the same order, as one core's
+            calls = [(forward_batches, (model, x[group[0]:group[-1] + batch_size], batch_size))
+                     for model, group in zip(models, in_groups(starts, threads))]
+            outs = [out for group in run_in_parallel(calls) for out in group]
         finally:
             if was_training:
                 self.train()
@@ -310,6 +306,11 @@ class Sequential:
         from .checkpoint import load_model
 
         return load_model(path, backend)
+
+
+def forward_batches(model: Sequential, x: Any, batch_size: int) -> list[Any]:
+    """model.forward of x in consecutive batches of ``batch_size``: the outputs, in order."""
+    return [model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
 
 
 def run_order(layers: list[Layer]) -> list[Layer]:

@@ -1,11 +1,14 @@
-"""A large training batch computed in parts, on dualconv's threads (CPU).
+"""A training batch computed in parts, on both cores (CPU).
 
 Why: on the CPU a LeNet batch of 256 images moves each activation through memory
 at several MB a layer, more than the L2 cache holds; a part of 128 is nearer it.
 How many samples make a part depends on how much a sample makes (part_ranges).
-And parts can run on both cores at once (threads.py). Measured on the 2-core
-Intel machine, one LeNet SGD step at batch 256: 22 ms whole on one core, about
-15 ms in two parts on one thread, 11.8 ms on two threads.
+And parts run on both cores at once: the first on the calling thread, the others
+on dualconv's workers (threads.py; on Linux worker processes, processes.py).
+Measured on the 2-core Intel machine, one LeNet SGD step at batch 256: 22 ms whole
+on one core, about 15 ms in two parts on one thread, 11.8 ms with a worker thread,
+10-11 ms with a worker process; at batch 64, 4.3 ms whole, 3.7 ms in parts of 32
+with a worker process.
 
 What it computes. Every loss of this library is a mean over the batch, so the
 batch's gradient is the weighted sum of its parts' gradients,
@@ -14,8 +17,8 @@ batch's gradient is the weighted sum of its parts' gradients,
 
 for parts of n_p samples out of N, each grad_p computed by the plain layer code
 on its part alone. The parts' terms are added in part order on the calling
-thread, and the parts depend on N alone (part_ranges), so the result does not
-depend on the number of threads. It differs from the whole batch's only in rounding: the batch sums
+thread, and the parts depend on N, the model and the kind of worker alone
+(part_ranges), so the result does not depend on the number of threads. It differs from the whole batch's only in rounding: the batch sums
 are split into partial sums (and the weights n_p / N rounded; for N a power-of-two
 multiple of the part size they are exact).
 
@@ -31,20 +34,21 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .threads import num_threads, run_on_threads
+from .threads import num_threads, run_in_parallel, worker_kind
 
 if TYPE_CHECKING:
     from .losses import Loss
     from .model import Sequential
 
-PART_MIN_NUMBERS = 2**20
+PART_MIN_NUMBERS = {"processes": 2**18, "threads": 2**20}
 """Fewest activation numbers a part makes in its forward pass (its samples times
-numbers_per_sample). A part's NumPy calls must be long: each part pays the layers'
-fixed cost per call (about 0.6 ms of Python and call overhead for a LeNet step), and
-threads working on small parts hand the GIL to each other too often. Measured on two
-threads: LeNet's step at batch 64 took 4.4 ms whole and 5.5 ms in parts of 32 (0.5M
-numbers each); the one-layer CNN "weidman" (100k numbers a sample) 11.8 ms whole and
-10.6 ms in parts of 32 (3.2M numbers each)."""
+numbers_per_sample), by the kind of dualconv's workers (threads.worker_kind). A part
+pays the layers' fixed cost per call (about 0.6 ms of Python and call overhead for a
+LeNet step), and threads working on small parts hand the GIL to each other too often.
+Measured on two threads: LeNet's step at batch 64 took 4.4 ms whole and 5.5 ms in parts
+of 32 (0.5M numbers each); the one-layer CNN "weidman" (100k numbers a sample) 11.8 ms
+whole and 10.6 ms in parts of 32 (3.2M numbers each). A worker process has no GIL to
+share: LeNet's step at batch 64 took 3.7 ms in parts of 32 with one (Intel, 2 cores)."""
 
 PART_MAX_NUMBERS = 2**23
 """Most activation numbers a part makes, so that a large batch keeps its activations
@@ -61,19 +65,19 @@ def numbers_per_sample(model: "Sequential") -> int:
     return sum(int(np.prod(shape[1:])) for shape in shapes[1:])
 
 
-def part_ranges(n: int, per_sample: int) -> list[tuple[int, int]]:
+def part_ranges(n: int, per_sample: int, min_numbers: int) -> list[tuple[int, int]]:
     """[start, stop) of each part of a batch of n samples that make ``per_sample``
     activation numbers each, in order.
 
-    Parts hold between ceil(PART_MIN_NUMBERS / per_sample) samples (rounded up to even)
+    Parts hold between ceil(min_numbers / per_sample) samples (rounded up to even)
     and PART_MAX_NUMBERS / per_sample. A batch too small for two parts is one part;
     otherwise it splits into max(2, ceil(n / most)) parts of equal, even size (the last
     one shorter by what is left over), or as many as the fewest allow: two parts at
     least, one for each core of a 2-core machine, each starting at an even sample, as
-    Dropout's masks require. The parts depend on n and the model alone, never on the
-    number of threads, so neither do the results.
+    Dropout's masks require. The parts depend on these three numbers alone, never on
+    the number of threads, so neither do the results.
     """
-    fewest = -(-PART_MIN_NUMBERS // max(1, per_sample))
+    fewest = -(-min_numbers // max(1, per_sample))
     fewest += fewest % 2
     most = max(fewest, PART_MAX_NUMBERS // max(1, per_sample))
     count = max(2, -(-n // most))
@@ -105,11 +109,12 @@ def in_groups(items: list[Any], groups: int) -> list[list[Any]]:
 
 def training_parts(model: "Sequential", n: int) -> list[tuple[int, int]]:
     """The parts a training batch of n samples runs in: part_ranges on the CPU, for a
-    built model without sample-coupling layers; else the whole batch, [(0, n)]."""
+    built model without sample-coupling layers, with the smallest part the kind of
+    worker allows (PART_MIN_NUMBERS); else the whole batch, [(0, n)]."""
     if (model.backend != "numpy" or model.needs_build
             or any(layer.couples_samples for layer in model.layers)):
         return [(0, n)]
-    return part_ranges(n, numbers_per_sample(model))
+    return part_ranges(n, numbers_per_sample(model), PART_MIN_NUMBERS[worker_kind()])
 
 
 def train_step_gradients(model: "Sequential", loss: "Loss", xb: Any, yb: Any,
@@ -122,9 +127,12 @@ def train_step_gradients(model: "Sequential", loss: "Loss", xb: Any, yb: Any,
         layer.start_parts()
     try:
         crews = [(model, loss)] + [(model.replica(), copy.copy(loss)) for _ in range(threads - 1)]
-        tasks = [_part_runner(crew, xb, yb, group, count_correct)
-                 for crew, group in zip(crews, in_groups(ranges, threads))]
-        results = [part for group in run_on_threads(tasks) for part in group]
+        calls = []
+        for crew, group in zip(crews, in_groups(ranges, threads)):
+            first, last = group[0][0], group[-1][1]
+            calls.append((run_parts, (crew, xb[first:last], yb[first:last], first, group, len(xb),
+                                      count_correct)))
+        results = [part for group in run_in_parallel(calls) for part in group]
     finally:
         for layer in model.layers:
             layer.end_parts()
@@ -138,25 +146,24 @@ def train_step_gradients(model: "Sequential", loss: "Loss", xb: Any, yb: Any,
     return value, correct
 
 
-def _part_runner(crew: tuple["Sequential", "Loss"], xb: Any, yb: Any, ranges: list[tuple[int, int]],
-                 count_correct: Counter) -> Callable[[], list[tuple[Any, Any, dict[tuple[int, str], Any]]]]:
-    """A task that runs the parts ``ranges`` of (xb, yb) one after another on one model
-    (the model or a replica) and returns, per part, its weighted loss, its correct count
-    and its weighted gradients {(layer index, name): array}."""
+def run_parts(crew: tuple["Sequential", "Loss"], xs: Any, ys: Any, offset: int,
+              ranges: list[tuple[int, int]], batch_size: int,
+              count_correct: Counter) -> list[tuple[Any, Any, dict[tuple[int, str], Any]]]:
+    """Run the parts ``ranges`` of a batch of ``batch_size`` samples one after another
+    on one model (the model or a replica); ``xs``, ``ys`` are the batch's samples
+    [offset, offset + len(xs)), which the ranges fall in. Returns, per part, its
+    weighted loss, its correct count and its weighted gradients {(layer index, name): array}."""
     model, loss = crew
-
-    def run() -> list[tuple[Any, Any, dict[tuple[int, str], Any]]]:
-        out = []
-        for start, stop in ranges:
-            for layer in model.layers:
-                layer.enter_part(start)
-            pred = model.forward(xb[start:stop])
-            value = loss.forward(pred, yb[start:stop])
-            model.backward(loss.backward(), input_grad=False)
-            weight = model.dtype.type((stop - start) / len(xb))
-            grads = {(i, name): g * weight for i, layer in enumerate(model.layers)
-                     for name, g in layer.grads.items()}
-            out.append((value * weight, count_correct(pred, yb[start:stop]), grads))
-        return out
-
-    return run
+    out = []
+    for start, stop in ranges:
+        for layer in model.layers:
+            layer.enter_part(start)
+        x, y = xs[start - offset:stop - offset], ys[start - offset:stop - offset]
+        pred = model.forward(x)
+        value = loss.forward(pred, y)
+        model.backward(loss.backward(), input_grad=False)
+        weight = model.dtype.type((stop - start) / batch_size)
+        grads = {(i, name): g * weight for i, layer in enumerate(model.layers)
+                 for name, g in layer.grads.items()}
+        out.append((value * weight, count_correct(pred, y), grads))
+    return out

@@ -172,12 +172,15 @@ def test_predict_in_batches_equals_forward_in_eval_mode() -> None:
     assert_array_equal(model.predict_classes(x, batch_size=4), got.argmax(axis=1))
 
 
+@pytest.mark.parametrize("kind", ["processes", "threads"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_predict_default_batches_cover_every_image(threads: int) -> None:
+def test_predict_default_batches_cover_every_image(threads: int, kind: str, monkeypatch) -> None:
     """The CPU default (PREDICT_BATCH_SIZE) on 2.5 batches' worth of images: two full
-    batches and a half one, on one thread or spread over two; every output within the
-    forward error bound of the float64 forward, and the same bits on one or two threads."""
+    batches and a half one, on one thread or spread over two (a worker process or
+    thread); every output within the forward error bound of the float64 forward, and
+    the same bits on one core or two."""
     from dualconv.model import PREDICT_BATCH_SIZE
+    monkeypatch.setenv("DUALCONV_WORKERS", kind)
     from dualconv.threads import set_num_threads
     size = PREDICT_BATCH_SIZE["numpy"]
     model = lenet(seed=1)

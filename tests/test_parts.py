@@ -32,16 +32,16 @@ def test_part_ranges_follow_the_documented_rule() -> None:
     """Worked by hand from the docstring, with 2**20 and 2**23 numbers a part at least and
     at most. 16384 numbers a sample: parts of 64 to 512 samples; 100,000 a sample: 12 to
     83 (ceil(10.49) = 11, made even)."""
-    assert part_ranges(127, 16384) == [(0, 127)]
-    assert part_ranges(128, 16384) == [(0, 64), (64, 128)]
-    assert part_ranges(130, 16384) == [(0, 66), (66, 130)]  # 65 -> 66
-    assert part_ranges(1030, 16384) == [(0, 344), (344, 688), (688, 1030)]  # 3 parts, 343.3 -> 344
-    assert part_ranges(64, 100_000) == [(0, 32), (32, 64)]
-    assert part_ranges(256, 100_000) == [(0, 64), (64, 128), (128, 192), (192, 256)]  # ceil(256/83) = 4
-    assert part_ranges(23, 100_000) == [(0, 23)]  # two parts would hold under 12
-    assert part_ranges(36, 100_000) == [(0, 18), (18, 36)]
+    assert part_ranges(127, 16384, 2**20) == [(0, 127)]
+    assert part_ranges(128, 16384, 2**20) == [(0, 64), (64, 128)]
+    assert part_ranges(130, 16384, 2**20) == [(0, 66), (66, 130)]  # 65 -> 66
+    assert part_ranges(1030, 16384, 2**20) == [(0, 344), (344, 688), (688, 1030)]  # 3 parts, 343.3 -> 344
+    assert part_ranges(64, 100_000, 2**20) == [(0, 32), (32, 64)]
+    assert part_ranges(256, 100_000, 2**20) == [(0, 64), (64, 128), (128, 192), (192, 256)]  # ceil(256/83) = 4
+    assert part_ranges(23, 100_000, 2**20) == [(0, 23)]  # two parts would hold under 12
+    assert part_ranges(36, 100_000, 2**20) == [(0, 18), (18, 36)]
     # fewest 1 -> 2, most 4: ceil(10 / 4) = 3 parts of ceil(10 / 3) = 4
-    assert part_ranges(10, 2**21) == [(0, 4), (4, 8), (8, 10)]
+    assert part_ranges(10, 2**21, 2**20) == [(0, 4), (4, 8), (8, 10)]
 def test_in_groups_splits_into_consecutive_runs() -> None:
     assert in_groups([1, 2, 3, 4, 5], 2) == [[1, 2, 3], [4, 5]]
     assert in_groups([1, 2], 2) == [[1], [2]]
@@ -68,7 +68,7 @@ def _part_by_part(model: dc.Sequential, X: np.ndarray, y: np.ndarray) -> tuple[n
     total_loss, correct, grads = None, 0, {}
     for layer in model.layers:
         layer.start_parts()
-    for start, stop in part_ranges(len(X), numbers_per_sample(model)):
+    for start, stop in training_parts(model, len(X)):
         for layer in model.layers:
             layer.enter_part(start)  # Dropout: the whole batch's key, counted from start
         out = model.forward(X[start:stop])
@@ -85,9 +85,13 @@ def _part_by_part(model: dc.Sequential, X: np.ndarray, y: np.ndarray) -> tuple[n
     return total_loss, correct, grads
 
 
+@pytest.mark.parametrize("kind", ["processes", "threads"])
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("make, n", [(lenet, 256), (weidman, 256), (weidman, 66), (lenet, 146)])
-def test_a_step_in_parts_is_the_weighted_sum_of_its_parts(make, n: int, threads: int) -> None:
+@pytest.mark.parametrize("make, n", [(lenet, 256), (weidman, 256), (weidman, 66), (lenet, 146), (lenet, 64)])
+def test_a_step_in_parts_is_the_weighted_sum_of_its_parts(make, n: int, threads: int, kind: str,
+                                                          monkeypatch) -> None:
+    """The same bits on one core or two, in a worker process or a worker thread."""
+    monkeypatch.setenv("DUALCONV_WORKERS", kind)
     rng = np.random.default_rng(3)
     X = rng.random((n, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, n)
@@ -95,7 +99,10 @@ def test_a_step_in_parts_is_the_weighted_sum_of_its_parts(make, n: int, threads:
     for m in (model, oracle):
         m.build((1, 1, 28, 28))
         m.seed_randomness(9)
-    assert len(training_parts(model, n)) > 1
+    if kind == "threads" and n == 64:
+        assert training_parts(model, n) == [(0, n)]  # LeNet at 64: parts too small for threads
+    else:
+        assert len(training_parts(model, n)) > 1
     trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(), dc.SGD(model.parameters(), lr=0.01))
     set_num_threads(threads)
     try:
