@@ -51,11 +51,21 @@ def _cpu_done() -> None:
     """On the CPU the work is done when the call returns: nothing to wait for."""
 
 
+WARM_UP_SECONDS = 1.0
+"""Both sides run at least this long (and 3 calls) before the clock starts: the report is
+the steady state. What warms up: caches, allocators, PyTorch's oneDNN primitives, and on
+Linux dualconv's worker process, forked at the first batch in parts (after a fork
+OpenBLAS restarts its thread pool in the caller, and the new thread spins about 0.1 s)."""
+
+
 def timed(run, repeats: int, sync=_cpu_done) -> float:
-    """Seconds for ``repeats`` calls of run(i), after 3 warm-up calls; ``sync`` waits for the device."""
-    for i in range(3):
+    """Seconds for ``repeats`` calls of run(i), after WARM_UP_SECONDS of calls (3 at least);
+    ``sync`` waits for the device."""
+    i, start = 0, time.perf_counter()
+    while i < 3 or time.perf_counter() - start < WARM_UP_SECONDS:
         run(i)
-    sync()
+        sync()
+        i += 1
     start = time.perf_counter()
     for i in range(repeats):
         run(i)

@@ -77,6 +77,11 @@ def run_in_workers(calls: list[Call]) -> list[Any]:
 
 def _run(calls: list[Call]) -> list[Any]:
     workers = _ready_workers(len(calls) - 1)
+    with _on_core(0 if all(worker.core is not None for worker in workers) else None):
+        return _run_on(workers, calls)
+
+
+def _run_on(workers: list["_Worker"], calls: list[Call]) -> list[Any]:
     sent: list[tuple[int, _Worker]] = []
     here = [0]
     try:
@@ -116,17 +121,40 @@ def _ready_workers(count: int) -> list["_Worker"]:
     for i, worker in enumerate(_workers):
         if not worker.alive():
             worker.stop()
-            _workers[i] = _Worker(ARENA_BYTES)
+            _workers[i] = _Worker(ARENA_BYTES, _core(i + 1))
     while len(_workers) < count:
-        _workers.append(_Worker(ARENA_BYTES))
+        _workers.append(_Worker(ARENA_BYTES, _core(len(_workers) + 1)))
     return _workers[:count]
+
+
+def _core(index: int) -> int | None:
+    """The index-th core this thread may use (0: the caller's), None if there are not that many."""
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[index] if index < len(cores) else None
+
+
+class _on_core:
+    """Holds the calling thread on its core ``index`` (the _core rule) meanwhile
+    (None: leaves it alone), then gives it back the cores it had."""
+
+    def __init__(self, index: int | None) -> None:
+        self.index = index
+
+    def __enter__(self) -> None:
+        if self.index is not None:
+            self.mask = os.sched_getaffinity(0)
+            os.sched_setaffinity(0, {_core(self.index)})
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.index is not None:
+            os.sched_setaffinity(0, self.mask)
 
 
 class _Worker:
     """One worker process, its pipe and its arena (parent side)."""
 
-    def __init__(self, arena_bytes: int) -> None:
-        self.arena_bytes = arena_bytes
+    def __init__(self, arena_bytes: int, core: int | None) -> None:
+        self.arena_bytes, self.core = arena_bytes, core
         self.arena = mmap.mmap(-1, arena_bytes)  # MAP_SHARED: the child sees the same pages
         self.calls_half, self.results_half = _halves(self.arena)
         self.conn, child_conn = multiprocessing.Pipe()
@@ -136,7 +164,7 @@ class _Worker:
             # tqdm's monitor): the child runs only _serve, which takes no lock those
             # threads may hold (glibc and OpenBLAS reset theirs at a fork).
             warnings.simplefilter("ignore", DeprecationWarning)
-            self.process = context.Process(target=_serve, args=(child_conn, self.conn, self.arena),
+            self.process = context.Process(target=_serve, args=(child_conn, self.conn, self.arena, core),
                                            name="dualconv-worker", daemon=True)
             self.process.start()
         child_conn.close()
@@ -178,7 +206,7 @@ class _Worker:
     def _grow(self, half_bytes: int) -> None:
         """Replace this worker by one with an arena whose halves hold ``half_bytes``."""
         self.stop()
-        self.__init__(max(2 * half_bytes, self.arena_bytes))  # type: ignore[misc]
+        self.__init__(max(2 * half_bytes, self.arena_bytes), self.core)  # type: ignore[misc]
 
     def stop(self) -> None:
         self.busy = False
@@ -188,9 +216,11 @@ class _Worker:
             self.process.join()
 
 
-def _serve(conn: Any, parents_end: Any, arena: mmap.mmap) -> None:
+def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> None:
     """The worker's loop: run each call received, send back its result or exception."""
     parents_end.close()  # so that the caller's end closing (it exited) ends recv_bytes
+    if core is not None:
+        os.sched_setaffinity(0, {core})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and stops us
     from threadpoolctl import threadpool_limits
     from .threads import set_num_threads

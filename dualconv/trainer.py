@@ -178,6 +178,9 @@ class Trainer:
         the device and the optimizer skips the update when it is not finite.
         """
         xb, yb = to_backend(xb, self.model.backend), to_backend(yb, self.model.backend)
+        if self.model.needs_build and hasattr(xb, "shape"):
+            # as the forward would; so that the first batch, too, may run in parts
+            self.model.build(tuple(xb.shape))
         ranges = training_parts(self.model, len(xb))
         if len(ranges) > 1:  # on the CPU: see parts.py
             value, correct = train_step_gradients(self.model, self.loss, xb, yb, ranges, _correct)
