@@ -69,6 +69,29 @@ def matmul_column_blocks(a: Any, b: Any) -> Any:
     return out
 
 
+def matmul_row_blocks(a: Any, b: Any) -> Any:
+    """a: (M, K), b: (K, N) -> a @ b: (M, N), computed a block of a's rows at a time.
+
+    For M much larger than K and N (a dense layer's weight gradient over many input
+    features, x.T @ gy). The mirror of matmul_column_blocks: the whole blocks are one
+    stack of (step x K) matrices, a viewed (blocks, step, K), in one batched call,
+    and the rows past the last whole block one more call. The result is C-contiguous.
+    """
+    xp = get_array_module(a)
+    M, K = a.shape
+    N = b.shape[1]
+    step = block_size(N, K)
+    if xp is not np or step is None or M <= step:
+        return a @ b
+    out = np.empty((M, N), dtype=np.result_type(a, b))
+    blocks = M // step
+    whole = blocks * step
+    np.matmul(a[:whole].reshape(blocks, step, K), b, out=out[:whole].reshape(blocks, step, N))
+    if whole < M:
+        np.matmul(a[whole:], b, out=out[whole:])
+    return out
+
+
 def matmul_inner_blocks(a: Any, b: Any) -> Any:
     """a: (M, P), b: (P, K) -> a @ b: (M, K), summing over P a block at a time.
 

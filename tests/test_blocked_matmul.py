@@ -5,20 +5,21 @@ import numpy as np
 import pytest
 
 from dualconv import blocked_matmul
-from dualconv.blocked_matmul import block_size, matmul_column_blocks, matmul_inner_blocks
+from dualconv.blocked_matmul import block_size, matmul_column_blocks, matmul_inner_blocks, matmul_row_blocks
 from error_bounds import assert_within, matmul_bound
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("P", [1, 6, 7, 8, 50])
-@pytest.mark.parametrize("blocked", ["columns", "inner"])
+@pytest.mark.parametrize("blocked", ["columns", "inner", "rows"])
 def test_blocks_equal_the_product(monkeypatch, blocked: str, dtype: type, P: int) -> None:
     """Blocks of 7: P below, at, just past and well past a block boundary.
 
     "columns" splits the P output columns of (3 x 5) @ (5 x P); "inner" splits the
-    sum over P of (4 x P) @ (P x 3): one partial product, or several added in order.
+    sum over P of (4 x P) @ (P x 3): one partial product, or several added in order;
+    "rows" splits the P output rows of (P x 5) @ (5 x 3).
     """
-    M, K = (3, 5) if blocked == "columns" else (4, 3)
+    M, K = {"columns": (3, 5), "inner": (4, 3), "rows": (3, 5)}[blocked]
     monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
     monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * M * K)
     assert block_size(M, K) == 7
@@ -27,10 +28,15 @@ def test_blocks_equal_the_product(monkeypatch, blocked: str, dtype: type, P: int
         a = rng.standard_normal((M, K)).astype(dtype)
         b = rng.standard_normal((P, K)).astype(dtype).T  # a transposed view, as conv's col.T
         got, shape = matmul_column_blocks(a, b), (M, P)
-    else:
+    elif blocked == "inner":
         a = rng.standard_normal((M, P)).astype(dtype)
         b = rng.standard_normal((K, P)).astype(dtype).T
         got, shape = matmul_inner_blocks(a, b), (M, K)
+    else:
+        a = rng.standard_normal((K, P)).astype(dtype).T  # a transposed view, as Dense's x.T
+        b = rng.standard_normal((K, M)).astype(dtype)
+        got, shape = matmul_row_blocks(a, b), (P, M)
+        assert got.flags.c_contiguous
     assert got.shape == shape and got.dtype == dtype
     exact = a.astype(np.float64) @ b.astype(np.float64)
     assert_within(got, exact, matmul_bound(a, b) + matmul_bound(a, b, np.float64))
@@ -48,6 +54,7 @@ def test_products_too_wide_for_blocks_are_one_call() -> None:
     a, b = rng.standard_normal((400, 400)), rng.standard_normal((400, 3000))
     assert_within(matmul_column_blocks(a, b), a @ b, 2 * matmul_bound(a, b))
     assert_within(matmul_inner_blocks(b.T, a), b.T @ a, 2 * matmul_bound(b.T, a))
+    assert_within(matmul_row_blocks(b.T, a), b.T @ a, 2 * matmul_bound(b.T, a))
 
 
 def test_inner_blocks_add_the_block_products_in_block_order(monkeypatch) -> None:

@@ -5,6 +5,7 @@ from typing import Any
 
 import numpy as np
 
+from ..blocked_matmul import matmul_inner_blocks, matmul_row_blocks
 from ..init import get_initializer
 from .base import Layer
 
@@ -53,7 +54,10 @@ class Dense(Layer):
 
     def _forward(self, x: Any) -> Any:
         self._cache = x
-        y = x @ self.params["weight"]
+        # y = x @ W; with many input features (weidman: 25,088) summed over them a
+        # block at a time, each block's operands in the L2 cache (blocked_matmul.py):
+        # weidman's forward at batch 64 took 0.93 ms in one call, 0.47 ms blocked
+        y = matmul_inner_blocks(x, self.params["weight"])
         if self.use_bias:
             y += self.params["bias"]
         return y
@@ -61,7 +65,9 @@ class Dense(Layer):
     def _backward(self, gy: Any) -> Any:
         x = self._cache
         self._check_grad_shape(gy, (x.shape[0], self.out_features))
-        self.grads["weight"] = x.T @ gy
+        # gW = x.T @ gy, a block of input features (rows) at a time: the same dot
+        # products (weidman at batch 64: 0.74 ms in one call, 0.46 ms blocked)
+        self.grads["weight"] = matmul_row_blocks(x.T, gy)
         if self.use_bias:
             self.grads["bias"] = gy.sum(axis=0)
         if not self._need_input_grad:
