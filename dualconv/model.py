@@ -19,11 +19,8 @@ from .threads import num_threads, run_in_parallel
 PREDICT_BATCH_SIZE = {"numpy": 128, "cupy": 256}
 """predict's default batch per backend; on the CPU the most, for a built model
 parts.predict_batch_size picks a power of two up to it by what a sample makes.
-On the CPU the batches are shared out over dualconv's threads (threads.py), each
-thread taking a run of them: long NumPy calls, so the two rarely wait for the GIL.
-LeNet inference of 1000 images (2-core Intel Xeon, AVX-512): 30k images/s in
-batches of 32 on one thread, 26k in batches of 32 on two, 42k in batches of 128 on
-two. A GPU wants large batches."""
+On the CPU the batches are shared out over the cores (threads.run_in_parallel),
+each taking a run of them. A GPU wants large batches."""
 
 
 class Sequential:

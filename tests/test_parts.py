@@ -148,17 +148,25 @@ def test_a_layer_written_outside_dualconv_keeps_batches_whole_until_it_says_othe
     assert len(training_parts(model, 4096)) > 1  # 1578 numbers a sample: parts of 666 and more
 
 
-def test_predict_batch_size_is_the_largest_power_of_two_under_the_part_budget() -> None:
-    """2**23 numbers: LeNet (14,762 a sample, 568 fit) is held to the most given, 128;
-    weidman (100,362 a sample, 83 fit) gets 64; a model making 2**22 a sample gets 16."""
+@pytest.mark.parametrize("kind", ["processes", "threads"])
+def test_predict_batch_size_is_the_largest_power_of_two_under_its_budget(kind, monkeypatch) -> None:
+    """Threads, 2**23 numbers and 16 samples at least: LeNet (14,762 a sample, 568 fit) is
+    held to the most given, 128; weidman (100,362 a sample, 83 fit) gets 64; a model making
+    2**22 a sample gets 16. Processes, 2**20 numbers and 32 samples at least: LeNet 71 fit,
+    64; weidman 10 fit, 32."""
     from dualconv.parts import predict_batch_size
+    monkeypatch.setenv("DUALCONV_WORKERS", kind)
     model = lenet(seed=0)
     model.build((1, 1, 28, 28))
-    assert predict_batch_size(model, 128) == 128 and predict_batch_size(model, 1000) == 512
+    if kind == "threads":
+        assert predict_batch_size(model, 128) == 128 and predict_batch_size(model, 1000) == 512
+    else:
+        assert predict_batch_size(model, 128) == 64 and predict_batch_size(model, 1000) == 64
+        assert predict_batch_size(model, 32) == 32 and predict_batch_size(model, 8) == 8  # never past the most
     model = weidman(seed=0)
     model.build((1, 1, 28, 28))
     assert numbers_per_sample(model) == 4 * 25088 + 10
-    assert predict_batch_size(model, 128) == 64
+    assert predict_batch_size(model, 128) == (64 if kind == "threads" else 32)
     big = dc.Sequential([dc.Flatten()], seed=0)  # 2**22 numbers a sample: 2 would fit
     big.build((1, 1, 2048, 2048))
-    assert predict_batch_size(big, 128) == 16
+    assert predict_batch_size(big, 128) == (16 if kind == "threads" else 32)
