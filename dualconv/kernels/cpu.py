@@ -37,7 +37,7 @@ from ..layout import (batch_first, batch_first_axes, batch_last, batch_last_axes
 from ..shapes import Window
 
 
-def _padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
+def padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
     """x: (N, C, H, W) -> a C-contiguous (C, H + 2ph, W + 2pw, N) copy with ``fill`` around it.
 
     No copy is made when x is already stored batch-last and needs no padding.
@@ -52,7 +52,7 @@ def _padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np
 
 
 def _unpadded_batch_first(xb: np.ndarray, ph: int, pw: int) -> np.ndarray:
-    """The inverse of _padded_batch_last: (C, Hp, Wp, N) -> (N, C, Hp - 2ph, Wp - 2pw),
+    """The inverse of padded_batch_last: (C, Hp, Wp, N) -> (N, C, Hp - 2ph, Wp - 2pw),
     a view of xb, or of a cropped copy when there was padding."""
     if ph or pw:
         xb = xb[:, ph:xb.shape[1] - ph, pw:xb.shape[2] - pw].copy()
@@ -79,7 +79,7 @@ def im2col(x: np.ndarray, win: Window) -> np.ndarray:
     """
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
-    xb = _padded_batch_last(x, win.ph, win.pw)
+    xb = padded_batch_last(x, win.ph, win.pw)
     # Every window of every kernel offset at once: a read-only view of xb indexed
     # [c, ky, kx, oy, ox, n] = xb[c, oy*sy + ky*dy, ox*sx + kx*dx, n], the _window of
     # each (ky, kx) side by side. One copy then fills the columns: the same numbers
@@ -119,7 +119,7 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
     """
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
-    xb = _padded_batch_last(x, win.ph, win.pw, fill=-np.inf)
+    xb = padded_batch_last(x, win.ph, win.pw, fill=-np.inf)
     y, argmax = _max_pool_scan(xb, out_h, out_w, win, nan_aware=False)
     # np.maximum propagates NaN, so a window holding a NaN has a NaN maximum: checking
     # the (kh*kw times smaller) output finds every window the fast scan got wrong.
@@ -137,7 +137,7 @@ def max_pool_values(x: np.ndarray, win: Window) -> np.ndarray:
     """
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
-    xb = _padded_batch_last(x, win.ph, win.pw, fill=-np.inf)
+    xb = padded_batch_last(x, win.ph, win.pw, fill=-np.inf)
     return batch_first(_window_maxima(xb, out_h, out_w, win))
 
 
@@ -275,7 +275,7 @@ def avg_pool_forward(x: np.ndarray, win: Window) -> np.ndarray:
     N, C, H, W = x.shape
     kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
     out_h, out_w = win.out_size(H, W)
-    xb = _padded_batch_last(x, ph, pw)
+    xb = padded_batch_last(x, ph, pw)
     y = _window(xb, 0, 0, out_h, out_w, win).copy()
     for ky in range(kh):
         for kx in range(kw):

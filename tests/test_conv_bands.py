@@ -1,0 +1,69 @@
+"""Conv2D's inference forward on the CPU in bands of output rows (conv2d_forward_bands):
+within the dot products' rounding bound of the exact convolution, as the forward that
+keeps its columns is, for any window, band size and input memory order (BLAS may sum
+a band's dot products in another order than the whole product's: measured, the two
+differ in a few last bits); and an eval-mode backward that equals training mode's."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+import dualconv as dc
+from dualconv.layers import conv
+from dualconv.layers.conv import bands_pay, conv2d_forward, conv2d_forward_bands
+from error_bounds import assert_within, gamma
+from window_configs import random_configs
+
+
+@pytest.mark.parametrize("band_numbers", [1, 50, 2**17])
+@pytest.mark.parametrize("cfg", random_configs(seed=11, count=12), ids=str)
+def test_bands_give_the_same_outputs_as_the_whole_forward(cfg, band_numbers: int, monkeypatch) -> None:
+    """Bands of one row, of a few rows with a shorter last band, and one band for all."""
+    monkeypatch.setattr(conv, "BAND_NUMBERS", band_numbers)
+    rng = np.random.default_rng(5)
+    O = 3
+    x = rng.standard_normal((cfg.N, cfg.C, cfg.H, cfg.W)).astype(np.float32)
+    w = rng.standard_normal((O, cfg.C, cfg.kh, cfg.kw)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    f64 = [a.astype(np.float64) for a in (x, w, b)]
+    exact = conv2d_forward(*f64, cfg.window)[0]
+    bound = gamma(cfg.C * cfg.kh * cfg.kw + 1, np.float32) * conv2d_forward(*map(np.abs, f64), cfg.window)[0]
+    whole = conv2d_forward(x, w, b, cfg.window)[0]
+    got = conv2d_forward_bands(x, w, b, cfg.window)
+    assert got.shape == whole.shape and got.dtype == whole.dtype == np.float32
+    assert_within(whole, exact, bound, "whole: ")
+    assert_within(got, exact, bound, "bands: ")
+    batch_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)  # as activations are stored
+    assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window), got)
+    without_bias = conv2d_forward_bands(x, w, None, cfg.window)
+    assert_within(without_bias, conv2d_forward(*f64[:2], None, cfg.window)[0], bound, "no bias: ")
+
+
+def test_bands_are_used_where_they_pay() -> None:
+    """LeNet's two convolutions (25 and 150 column numbers a pixel, 6 and 16 outputs), not
+    weidman's (25 against 32)."""
+    assert bands_pay(np.zeros((6, 1, 5, 5))) and bands_pay(np.zeros((16, 6, 5, 5)))
+    assert not bands_pay(np.zeros((32, 1, 5, 5)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_an_eval_mode_conv_forward_and_backward_equal_training_modes(dtype) -> None:
+    """In eval mode the layer keeps its input instead of its columns and makes them again
+    if a backward asks (saliency maps): the output within the rounding bound of training
+    mode's, and every gradient the same bits."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((9, 6, 12, 12)).astype(dtype)
+    layer = dc.Conv2D(6, 16, 5, padding=1).astype(dtype)
+    gy = rng.standard_normal((9, 16, 10, 10)).astype(dtype)
+    y_train = layer.forward(x)
+    gx_train = layer.backward(gy)
+    grads_train = {k: v.copy() for k, v in layer.grads.items()}
+    layer.eval()
+    w = np.abs(layer.params["weight"]).astype(np.float64)
+    bound = 2 * gamma(6 * 25 + 1, dtype) * conv2d_forward(np.abs(x).astype(np.float64), w,
+                                                          np.abs(layer.params["bias"]), layer.window)[0]
+    assert_within(layer.forward(x), y_train, bound)
+    assert_array_equal(layer.backward(gy), gx_train)
+    for name, g in grads_train.items():
+        assert_array_equal(layer.grads[name], g)
