@@ -30,6 +30,7 @@ every batch whole, and so does one on the GPU, where a whole batch is fastest.
 from __future__ import annotations
 
 import copy
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -60,9 +61,17 @@ Counter = Callable[[Any, Any], Any]  # (outputs, targets) -> how many are right,
 
 
 def numbers_per_sample(model: "Sequential") -> int:
-    """How many numbers the layers of a built model output for one sample, all together."""
-    shapes = model.check_shapes((1, *model.input_shape[1:]))
-    return sum(int(np.prod(shape[1:])) for shape in shapes[1:])
+    """How many numbers the layers of a built model output for one sample, all together.
+    (Remembered per model for its layers and input shape: each training step asks.)"""
+    key = (model.input_shape, tuple(model.layers))  # the layers themselves: compared by identity
+    known = _numbers_per_sample.get(model)
+    if known is None or known[0] != key:
+        shapes = model.check_shapes((1, *model.input_shape[1:]))
+        known = _numbers_per_sample[model] = key, sum(int(np.prod(shape[1:])) for shape in shapes[1:])
+    return known[1]
+
+
+_numbers_per_sample: "weakref.WeakKeyDictionary[Sequential, tuple[Any, int]]" = weakref.WeakKeyDictionary()
 
 
 def part_ranges(n: int, per_sample: int, min_numbers: int) -> list[tuple[int, int]]:
