@@ -115,10 +115,12 @@ class Sequential:
 
     def replica(self) -> "Sequential":
         """A twin that shares this model's parameters and buffers but keeps its own layer
-        caches and gradients, to compute another part of a batch on another thread."""
+        caches and gradients, to compute another part of a batch on another core. It
+        builds nothing (it has no generator to draw parameters from)."""
         twin = copy.copy(self)
         twin.layers = [layer.replica() for layer in self.layers]
         twin._run_order = []
+        twin._rng = None
         return twin
 
     def predict(self, x: Any, batch_size: int | None = None) -> Any:
