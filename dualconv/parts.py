@@ -57,6 +57,14 @@ near the cache: weidman's step at batch 256 took 36 ms in two parts (12.8M numbe
 each) and 32 ms in four; on one thread LeNet's took 18 ms whole (3.8M numbers) and
 15 ms in two parts."""
 
+PART_MAX_SAMPLES = 64
+"""Most samples a part holds. Two cores each working on a part of a large batch share
+the L3 cache and the memory bus: a LeNet part of 128 took 8.6 ms alone and 10.5 ms
+beside another. LeNet's step at batch 256 (2-core Intel, worker process): 19.5-22.4k
+images/s in parts of 128, 22.6-24.2k in parts of 64, 20-20.8k in parts of 32; weidman
+at batch 64 and 256 runs parts of 32 and 64 either way (8.4-9.5k images/s; parts of
+10 made 6.1-7.0k)."""
+
 Counter = Callable[[Any, Any], Any]  # (outputs, targets) -> how many are right, a device scalar
 
 
@@ -78,9 +86,9 @@ def part_ranges(n: int, per_sample: int, min_numbers: int) -> list[tuple[int, in
     """[start, stop) of each part of a batch of n samples that make ``per_sample``
     activation numbers each, in order.
 
-    Parts hold between ceil(min_numbers / per_sample) samples (rounded up to even)
-    and PART_MAX_NUMBERS / per_sample. A batch too small for two parts is one part;
-    otherwise it splits into max(2, ceil(n / most)) parts of equal, even size (the last
+    Parts hold between ceil(min_numbers / per_sample) samples (rounded up to even) and
+    min(PART_MAX_SAMPLES, PART_MAX_NUMBERS / per_sample). A batch too small for two parts
+    is one part; otherwise it splits into max(2, ceil(n / most)) parts of equal, even size (the last
     one shorter by what is left over), or as many as the fewest allow: two parts at
     least, one for each core of a 2-core machine, each starting at an even sample, as
     Dropout's masks require. The parts depend on these three numbers alone, never on
@@ -88,7 +96,7 @@ def part_ranges(n: int, per_sample: int, min_numbers: int) -> list[tuple[int, in
     """
     fewest = -(-min_numbers // max(1, per_sample))
     fewest += fewest % 2
-    most = max(fewest, PART_MAX_NUMBERS // max(1, per_sample))
+    most = max(fewest, min(PART_MAX_SAMPLES, PART_MAX_NUMBERS // max(1, per_sample)))
     count = max(2, -(-n // most))
     if n // count < fewest:
         count = n // fewest
