@@ -151,11 +151,15 @@ class Layer:
     """Whether one sample's output may depend on the other samples of its batch (BatchNorm
     in training does): a model holding such a layer computes every batch whole. Each
     built-in layer that works sample by sample says False; a layer written outside
-    dualconv is taken to couple its samples until it says otherwise."""
+    dualconv is taken to couple its samples until it says otherwise. A layer that says
+    False may see a part of a batch on a replica in a worker process (processes.py):
+    only its gradients come back, so state it changes in forward or backward (other than
+    its cache and grads) stays in that copy."""
 
     def replica(self) -> "Layer":
-        """A twin that computes another part of a batch, on another thread: it shares this
-        layer's parameters and buffers (the same arrays) and has its own cache and gradients."""
+        """A twin that computes another part of a batch, on another core: it shares this
+        layer's parameters and buffers (the same arrays; in a worker process, copies of
+        their numbers) and has its own cache and gradients."""
         twin = copy.copy(self)
         twin.grads, twin._cache = {}, None
         return twin
