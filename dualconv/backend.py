@@ -213,14 +213,15 @@ def describe() -> str:
 
 
 def _describe_cpu() -> str:
-    """dualconv's CPU threads and each BLAS NumPy loaded, with its kernel and threads."""
+    """dualconv's CPU cores and kind of worker, and each BLAS NumPy loaded, with its
+    kernel and threads."""
     from threadpoolctl import threadpool_info
 
-    from .threads import num_threads
+    from .threads import num_threads, worker_kind
     blas = [f"{lib['internal_api']} {lib['version']} ({lib.get('architecture') or 'kernel not reported'}, "
             f"{lib['num_threads']} threads)" for lib in threadpool_info() if lib["user_api"] == "blas"]
-    return (f"CPU threads: {num_threads()} (DUALCONV_NUM_THREADS or dualconv.set_num_threads); "
-            f"BLAS: {', '.join(blas) or 'none found'}")
+    return (f"CPU threads: {num_threads()} (DUALCONV_NUM_THREADS or dualconv.set_num_threads), "
+            f"workers: {worker_kind()} (DUALCONV_WORKERS); BLAS: {', '.join(blas) or 'none found'}")
 
 
 def _emulate_from_environment() -> None:

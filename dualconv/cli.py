@@ -27,6 +27,7 @@ from .datasets import CLASS_NAMES, DATASETS, DatasetError, load_dataset, load_te
 from .divergence import TrainingDiverged
 from .models import MODELS
 from .runs import CHECKPOINT, METRICS, MODEL_FILE
+from .threads import num_threads, worker_kind
 
 
 class CLIError(Exception):
@@ -143,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.error("give a command: train, evaluate, predict or info")
     try:
+        _check_thread_settings()
         return args.func(args)
     except (CLIError, DatasetError, runs.SettingsError) as exc:
         print(f"dualconv {args.command}: error: {exc}", file=sys.stderr)
@@ -150,6 +152,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dualconv {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _check_thread_settings() -> None:
+    """DUALCONV_NUM_THREADS and DUALCONV_WORKERS, read before any work is done."""
+    try:
+        num_threads()
+        worker_kind()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _set_backend(name: str | None) -> str:

@@ -156,11 +156,13 @@ def test_predict_classifies_pngs_and_rejects_other_sizes(trained, tmp_path, caps
     assert "the model expects 8x8 grayscale" in capsys.readouterr().err
 
 
-def test_info_reports_the_cpu_threads_and_the_blas(capsys, monkeypatch):
+def test_info_reports_the_cpu_threads_the_workers_and_the_blas(capsys, monkeypatch):
     monkeypatch.setenv("DUALCONV_NUM_THREADS", "1")
+    monkeypatch.setenv("DUALCONV_WORKERS", "threads")
     assert run_cli("info") == 0
     out = capsys.readouterr().out
     assert "CPU threads: 1 (DUALCONV_NUM_THREADS" in out
+    assert "workers: threads (DUALCONV_WORKERS)" in out
     assert re.search(r"BLAS: \w+ [\d.]+ \(.+, \d+ threads\)", out), out
 
 

@@ -250,3 +250,14 @@ def test_readme_lists_every_train_option():
     assert "--lr-decay" in options and "--overwrite" in options
     missing = [o for o in options if f"`{o}" not in readme and f"{o}`" not in readme and f"{o}," not in readme]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("variable, value, message", [
+    ("DUALCONV_NUM_THREADS", "two", "DUALCONV_NUM_THREADS must be a positive integer, got 'two'"),
+    ("DUALCONV_WORKERS", "fibers", "DUALCONV_WORKERS must be 'processes' or 'threads', got 'fibers'"),
+])
+def test_a_bad_thread_setting_is_one_line_before_any_work(chdir, monkeypatch, capsys, variable, value, message):
+    monkeypatch.setenv(variable, value)
+    assert cli.main(["train", *QUICK, "--out", "run"]) == 1
+    assert capsys.readouterr().err == f"dualconv train: error: {message}\n"
+    assert not (chdir / "run").exists()
