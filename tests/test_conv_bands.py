@@ -1,4 +1,5 @@
-"""Conv2D's inference forward on the CPU in bands of output rows (conv2d_forward_bands):
+"""Conv2D on the CPU: its columns with a row of ones (the bias as one more product
+term), and its inference forward in bands of output rows (conv2d_forward_bands):
 within the dot products' rounding bound of the exact convolution, as the forward that
 keeps its columns is, for any window, band size and input memory order (BLAS may sum
 a band's dot products in another order than the whole product's: measured, the two
@@ -10,6 +11,8 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import dualconv as dc
+from dualconv import kernels
+from dualconv.kernels import cpu
 from dualconv.layers import conv
 from dualconv.layers.conv import bands_pay, conv2d_forward, conv2d_forward_bands
 from error_bounds import assert_within, gamma
@@ -38,6 +41,19 @@ def test_bands_give_the_same_outputs_as_the_whole_forward(cfg, band_numbers: int
     assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window), got)
     without_bias = conv2d_forward_bands(x, w, None, cfg.window)
     assert_within(without_bias, conv2d_forward(*f64[:2], None, cfg.window)[0], bound, "no bias: ")
+
+
+@pytest.mark.parametrize("cfg", random_configs(seed=12, count=12), ids=str)
+def test_im2col_with_ones_is_im2col_and_a_row_of_ones(cfg) -> None:
+    """The columns the CPU convolution multiplies by [w | b]: im2col's (checked against
+    the reference loops elsewhere), as a matrix in its storage order, then ones."""
+    x = np.random.default_rng(3).standard_normal((cfg.N, cfg.C, cfg.H, cfg.W))
+    matrix = cpu.im2col_with_ones(x, cfg.window)
+    col = kernels.im2col(x, cfg.window)  # (C, kh, kw, N, out_h, out_w)
+    expected = np.moveaxis(col, 3, -1).reshape(cfg.C * cfg.kh * cfg.kw, -1)
+    assert matrix.shape == (expected.shape[0] + 1, expected.shape[1]) and matrix.dtype == x.dtype
+    assert_array_equal(matrix[:-1], expected)
+    assert_array_equal(matrix[-1], np.ones(expected.shape[1]))
 
 
 def test_bands_are_used_where_they_pay() -> None:

@@ -39,13 +39,26 @@ def _column_matrix(col: Any) -> Any:
 
 def conv2d_forward(x: Any, w: Any, b: Any | None, win: Window) -> tuple[Any, Any]:
     """x: (N, C, H, W), w: (O, C, kh, kw), b: (O,) or None -> (y (N, O, out_h, out_w), col)."""
-    O = w.shape[0]
-    col = kernels.im2col(x, win)
-    _, _, _, N, out_h, out_w = col.shape
-    y = matmul_column_blocks(w.reshape(O, -1), _column_matrix(col))
-    if b is not None:
-        y += b[:, None]
+    O, C, kh, kw = w.shape
+    N, _, H, W = x.shape
+    out_h, out_w = win.out_size(H, W)
+    if b is not None and isinstance(x, np.ndarray):
+        # on the CPU the bias rides in the GEMM as one more term ([w | b] @ [col; 1]):
+        # no pass of its own over the output
+        columns = cpu.im2col_with_ones(x, win)
+        y = matmul_column_blocks(_with_bias(w, b), columns)
+        col = columns_batch_first(columns[:-1].reshape(C, kh, kw, out_h, out_w, N))
+    else:
+        col = kernels.im2col(x, win)
+        y = matmul_column_blocks(w.reshape(O, -1), _column_matrix(col))
+        if b is not None:
+            y += b[:, None]
     return batch_first(y.reshape(O, out_h, out_w, N)), col
+
+
+def _with_bias(w: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """[w | b]: w (O, C, kh, kw) as an (O, C*kh*kw) matrix with b as one more column."""
+    return np.concatenate([w.reshape(w.shape[0], -1), b[:, None]], axis=1)
 
 
 BAND_NUMBERS = 2**17
@@ -80,13 +93,14 @@ def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win
     xb = cpu.padded_batch_last(x, win.ph, win.pw)  # (C, Hp, Wp, N)
     unpadded = win._replace(ph=0, pw=0)
     y = np.empty((O, out_h, out_w, N), dtype=np.result_type(x, w))
+    weights = w.reshape(O, -1) if b is None else _with_bias(w, b)  # the bias as in conv2d_forward
     for first in range(0, out_h, rows):
         last = min(out_h, first + rows)
         top, bottom = first * win.sy, (last - 1) * win.sy + (kh - 1) * win.dy + 1
-        col = cpu.im2col(batch_first(xb[:, top:bottom]), unpadded)
-        np.matmul(w.reshape(O, -1), _column_matrix(col), out=y[:, first:last].reshape(O, -1))
-    if b is not None:
-        y += b[:, None, None, None]
+        band = batch_first(xb[:, top:bottom])
+        columns = (_column_matrix(cpu.im2col(band, unpadded)) if b is None
+                   else cpu.im2col_with_ones(band, unpadded))
+        np.matmul(weights, columns, out=y[:, first:last].reshape(O, -1))
     return batch_first(y)
 
 
