@@ -23,9 +23,10 @@ How a call travels (``run_in_workers``):
   halted virtual CPU) answers tens of microseconds late and runs cold. LeNet's step
   at batch 64: 17.5k -> 18.4-18.8k images/s. (OpenMP runtimes spin 200 ms.)
 - An exception in the worker is raised in the caller, with the same type and
-  message. A worker that dies (killed) has its call run in the caller instead, and a
-  new one is forked next time. The worker ignores Ctrl-C; an interrupted caller
-  stops its workers, which never leaves a stale result behind.
+  message. A worker that dies (killed), or that cannot load a call (it names a class
+  defined in the caller after the fork, in a notebook cell say), has its call run in
+  the caller instead, and a new one is forked next time. The worker ignores Ctrl-C;
+  an interrupted caller stops its workers, which never leaves a stale result behind.
 """
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ def _run_here(call: Call) -> tuple[bool, Any]:
         return False, error
 
 
-_DIED: Any = object()  # finish_call's answer when the worker died before answering
+_DIED: Any = object()  # finish_call's answer when the worker died before answering, or could not load the call
+_UNKNOWN_HERE = "dualconv worker: the call names what this worker does not have"
 
 
 def _ready_workers(count: int) -> list["_Worker"]:
@@ -208,6 +210,9 @@ class _Worker:
             return _DIED
         self.busy = False
         ok, value, needed = _unpack(message, self.results_half, copy=True)
+        if not ok and isinstance(value, str) and value == _UNKNOWN_HERE:
+            self.stop()  # forked before the call's code existed: the next fork has it
+            return _DIED
         if needed > len(self.results_half):
             self._grow(2 * needed)  # this result came inline; later ones fit the arena
         return ok, value
@@ -244,9 +249,13 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
             return
         try:
             function, args = _unpack(message, calls_half, copy=False)
-            outcome: tuple[bool, Any] = (True, function(*args))
-        except Exception as error:
-            outcome = (False, _picklable(error))
+        except Exception:  # a class or function defined in the caller after this fork
+            outcome: tuple[bool, Any] = (False, _UNKNOWN_HERE)
+        else:
+            try:
+                outcome = (True, function(*args))
+            except Exception as error:
+                outcome = (False, _picklable(error))
         try:
             reply = _pack((*outcome, 0), results_half)
         except _TooLarge as large:

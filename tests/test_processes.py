@@ -153,3 +153,21 @@ def test_a_forked_child_and_a_pool_worker_get_their_calls_done() -> None:
             os._exit(2)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_call_naming_a_class_made_after_the_fork_runs_in_the_caller_then_in_a_new_worker() -> None:
+    """As a layer class defined in a notebook cell after the first training: the worker
+    cannot load the call, so the caller runs it; the next worker, forked now, can."""
+    worker = processes.run_in_workers([(_pid, ()), (_pid, ())])[1]
+    late = type("_Late", (), {"__module__": __name__, "value": 7})
+    globals()["_Late"] = late  # picklable by name here; the worker's copy of this module lacks it
+    try:
+        assert processes.run_in_workers([(_pid, ()), (_value_and_pid, (late(),))]) == [os.getpid(), (7, os.getpid())]
+        value, pid = processes.run_in_workers([(_pid, ()), (_value_and_pid, (late(),))])[1]
+        assert value == 7 and pid not in (worker, os.getpid())
+    finally:
+        del globals()["_Late"]
+
+
+def _value_and_pid(obj) -> tuple[int, int]:
+    return obj.value, os.getpid()
