@@ -122,7 +122,7 @@ def _run_here(call: Call) -> tuple[bool, Any]:
         return False, error
 
 
-_DIED: Any = object()  # finish_call's answer when the worker died before answering, or could not load the call
+_DIED: Any = object()  # finish_call's answer when the worker died, or could not load the call
 _UNKNOWN_HERE = "dualconv worker: the call names what this worker does not have"
 
 
@@ -190,7 +190,7 @@ class _Worker:
         except _TooLarge as large:
             self._grow(2 * large.needed)
             return self.start_call(call)
-        except (pickle.PicklingError, TypeError, AttributeError):
+        except Exception:  # cannot be pickled (a lambda, a lock, a __reduce__ that refuses)
             return False
         try:
             self.conn.send_bytes(message)
