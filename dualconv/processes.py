@@ -18,6 +18,8 @@ How a call travels (``run_in_workers``):
   starts with NumPy and dualconv imported (a few ms), and it holds its BLAS at one
   thread (the caller's own part uses the other core). It is kept for later calls;
   a call too large for its arena replaces it with one with a larger arena.
+- The worker keeps the memory a call frees for the next one (glibc's malloc
+  settings, in the worker alone: ``_keep_freed_memory``).
 - Between calls the worker, and the caller waiting for a result, poll for up to
   ``SPIN_SECONDS`` before they block: a core woken from sleep (on these VMs, a
   halted virtual CPU) answers tens of microseconds late and runs cold. LeNet's step
@@ -31,6 +33,7 @@ How a call travels (``run_in_workers``):
 from __future__ import annotations
 
 import copyreg
+import ctypes
 import io
 import mmap
 import multiprocessing
@@ -236,6 +239,7 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
     if core is not None:
         os.sched_setaffinity(0, {core})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and stops us
+    _keep_freed_memory()
     from threadpoolctl import threadpool_limits
     from .threads import set_num_threads
     threadpool_limits(limits=1, user_api="blas")  # the caller's own part uses the other core
@@ -261,6 +265,26 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
         except _TooLarge as large:
             reply = pickle.dumps((*outcome, large.needed), protocol=pickle.HIGHEST_PROTOCOL)
         conn.send_bytes(reply)
+
+
+def _keep_freed_memory() -> bool:
+    """Tell glibc's malloc, in this worker, to keep the memory a call frees for the next
+    call (no trimming; blocks under 32 MB from the heap, not each its own mapping): a part
+    allocates the same tens of MB at every call, and returning them to the system after
+    each one made every call fault them in again. LeNet at batch 256, the worker as
+    forked: 16.1-17.2k images/s; with this: 22.5-23.7k (Intel, 2 cores). Only the worker:
+    the caller's process and its settings are the user's. False where malloc is not glibc's."""
+    global _malloc_tuned
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    _malloc_tuned = bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
+    return _malloc_tuned
+
+
+_malloc_tuned = False  # in a worker: whether _keep_freed_memory took
 
 
 def _spin_until_readable(conn: Any) -> None:

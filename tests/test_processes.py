@@ -171,3 +171,13 @@ def test_a_call_naming_a_class_made_after_the_fork_runs_in_the_caller_then_in_a_
 
 def _value_and_pid(obj) -> tuple[int, int]:
     return obj.value, os.getpid()
+
+
+def _malloc_tuned() -> tuple[int, bool]:
+    return os.getpid(), processes._malloc_tuned
+
+
+@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "mallopt"), reason="glibc's malloc only")
+def test_the_worker_keeps_freed_memory_and_the_caller_is_left_alone() -> None:
+    (here, tuned_here), (there, tuned_there) = processes.run_in_workers([(_malloc_tuned, ()), (_malloc_tuned, ())])
+    assert here != there and tuned_there and not tuned_here
