@@ -154,13 +154,22 @@ class _on_core:
         self.index = index
 
     def __enter__(self) -> None:
-        if self.index is not None:
-            self.mask = os.sched_getaffinity(0)
-            os.sched_setaffinity(0, {_core(self.index)})
+        self.mask = os.sched_getaffinity(0) if self.index is not None else None
+        if self.mask is not None and not _pin({_core(self.index)}):
+            self.mask = None
 
     def __exit__(self, *exc: Any) -> None:
-        if self.index is not None:
-            os.sched_setaffinity(0, self.mask)
+        if self.mask is not None:
+            _pin(self.mask)
+
+
+def _pin(cores: set[int]) -> bool:
+    """Put the calling thread on ``cores``; False where that is not allowed (a sandbox)."""
+    try:
+        os.sched_setaffinity(0, cores)
+        return True
+    except OSError:
+        return False
 
 
 class _Worker:
@@ -237,7 +246,7 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
     """The worker's loop: run each call received, send back its result or exception."""
     parents_end.close()  # so that the caller's end closing (it exited) ends recv_bytes
     if core is not None:
-        os.sched_setaffinity(0, {core})
+        _pin({core})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and stops us
     _keep_freed_memory()
     from threadpoolctl import threadpool_limits

@@ -181,3 +181,26 @@ def _malloc_tuned() -> tuple[int, bool]:
 def test_the_worker_keeps_freed_memory_and_the_caller_is_left_alone() -> None:
     (here, tuned_here), (there, tuned_there) = processes.run_in_workers([(_malloc_tuned, ()), (_malloc_tuned, ())])
     assert here != there and tuned_there and not tuned_here
+
+
+def _affinity() -> tuple[int, set[int]]:
+    return os.getpid(), os.sched_getaffinity(0)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_the_caller_and_the_worker_run_on_cores_of_their_own_and_the_caller_gets_its_cores_back() -> None:
+    before = os.sched_getaffinity(0)
+    (_, mine), (_, worker) = processes.run_in_workers([(_affinity, ()), (_affinity, ())])
+    cores = sorted(before)
+    assert mine == {cores[0]} and worker == {cores[1]}
+    assert os.sched_getaffinity(0) == before
+
+
+def test_where_cores_cannot_be_chosen_the_calls_still_run(monkeypatch) -> None:
+    def refuse(pid, cores):
+        raise PermissionError("not in this sandbox")
+    monkeypatch.setattr(os, "sched_setaffinity", refuse)
+    before = os.sched_getaffinity(0)
+    results = processes.run_in_workers([(_pid, ()), (_pid, ())])
+    assert results[0] == os.getpid() != results[1]
+    assert os.sched_getaffinity(0) == before
