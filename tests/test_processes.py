@@ -204,3 +204,19 @@ def test_where_cores_cannot_be_chosen_the_calls_still_run(monkeypatch) -> None:
     results = processes.run_in_workers([(_pid, ()), (_pid, ())])
     assert results[0] == os.getpid() != results[1]
     assert os.sched_getaffinity(0) == before
+
+
+def test_code_changed_in_the_caller_reaches_a_new_worker(monkeypatch) -> None:
+    """A layer method patched after the worker was forked (as a notebook cell redefines
+    one): every batch of predict, the worker's share too, runs the new code."""
+    import dualconv as dc
+    from dualconv.models import lenet
+    model = lenet(seed=0)
+    x = np.random.default_rng(0).random((256, 1, 28, 28), dtype=np.float32)
+    model.predict(x, batch_size=64)  # the worker exists, with the code as it is
+    monkeypatch.setattr(processes, "CODE_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(dc.ReLU, "_forward", lambda self, x: self._set_cache_and_zero(x))
+    monkeypatch.setattr(dc.ReLU, "_set_cache_and_zero", lambda self, x: setattr(self, "_cache", (x,)) or x * 0,
+                        raising=False)
+    out = model.predict(x, batch_size=64)
+    assert_array_equal(out, np.broadcast_to(out[0], out.shape))  # every ReLU zero: the last bias alone
