@@ -47,6 +47,7 @@ import signal
 import sys
 import threading
 import time
+import types
 import warnings
 from typing import Any, Callable
 
@@ -195,19 +196,24 @@ def _code_if_due() -> int | None:
 
 
 def _code() -> int:
-    """A fingerprint of the code a worker runs: the objects bound in dualconv's modules
-    and in __main__, and in the classes they define. A worker is forked with the caller's
-    code and keeps it; when a class or function there is redefined (a notebook cell run
-    again, importlib.reload, monkeypatching) the fingerprint changes and the worker is
-    forked again. (Not seen: a function's code replaced in place, or other modules.)"""
+    """A fingerprint of the code a worker runs: the classes and functions bound in
+    dualconv's modules and in __main__, and what the classes defined there hold. A worker
+    is forked with the caller's code and keeps it; when such a class or function is
+    redefined (a notebook cell run again, importlib.reload, monkeypatching a method) the
+    fingerprint changes and the worker is forked again. Other values (a script's loop
+    variables, a module's settings) are not part of it, nor is a function's code replaced
+    in place, nor any other module."""
     parts = []
     for name, module in list(sys.modules.items()):
         if name == "__main__" or name == "dualconv" or name.startswith("dualconv."):
-            namespace = vars(module)
-            parts.append(tuple(map(id, namespace.values())))
-            parts.extend(tuple(map(id, vars(value).values())) for value in list(namespace.values())
-                         if type(value) is type and value.__module__ == name)
+            code = [value for value in list(vars(module).values()) if isinstance(value, _CODE)]
+            parts.append(tuple(map(id, code)))
+            parts.extend(tuple(map(id, vars(value).values())) for value in code
+                         if isinstance(value, type) and value.__module__ == name)
     return hash(tuple(parts))
+
+
+_CODE = (type, types.FunctionType)
 
 
 def forget_stale_workers() -> None:

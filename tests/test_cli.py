@@ -72,7 +72,11 @@ def test_train_prints_a_line_per_epoch(tmp_path, capsys, monkeypatch):
 
 def test_resume_after_sigkill_gives_identical_weights(trained, tmp_path):
     out = tmp_path / "killed"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    # On one core: the run's worker process would take the second one, and this test
+    # must see the first checkpoint and kill the run before its last epoch ends. Results
+    # do not depend on the number of cores, so the resumed run still matches `trained`.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               DUALCONV_NUM_THREADS="1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "dualconv", *DIGITS, "--epochs", "3", "--out", str(out)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

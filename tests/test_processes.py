@@ -220,3 +220,14 @@ def test_code_changed_in_the_caller_reaches_a_new_worker(monkeypatch) -> None:
                         raising=False)
     out = model.predict(x, batch_size=64)
     assert_array_equal(out, np.broadcast_to(out[0], out.shape))  # every ReLU zero: the last bias alone
+
+
+def test_values_that_are_not_code_do_not_make_a_new_worker(monkeypatch) -> None:
+    """A script's loop variables in __main__, a module's counters: the same worker."""
+    import sys
+    monkeypatch.setattr(processes, "CODE_CHECK_SECONDS", 0.0)
+    first = processes.run_in_workers([(_pid, ()), (_pid, ())])[1]
+    main = sys.modules["__main__"]
+    for step in range(3):
+        monkeypatch.setattr(main, "_dualconv_test_step", object(), raising=False)
+        assert processes.run_in_workers([(_pid, ()), (_pid, ())])[1] == first
