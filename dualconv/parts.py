@@ -18,9 +18,10 @@ batch's gradient is the weighted sum of its parts' gradients,
 for parts of n_p samples out of N, each grad_p computed by the plain layer code
 on its part alone. The parts' terms are added in part order on the calling
 thread, and the parts depend on N, the model and the kind of worker alone
-(part_ranges), so the result does not depend on the number of threads. It differs from the whole batch's only in rounding: the batch sums
-are split into partial sums (and the weights n_p / N rounded; for N a power-of-two
-multiple of the part size they are exact).
+(part_ranges), so the result does not depend on the number of threads. It differs
+from the whole batch's only in rounding: the batch sums are split into partial sums
+(and the weights n_p / N rounded; for N a power-of-two multiple of the part size
+they are exact).
 
 Dropout draws one key per batch and counts samples from each part's first, so a
 part drops exactly what the whole batch would (layers/dropout.py). A model with a
