@@ -12,9 +12,12 @@ GpuMemory.track_device_peak_mib     GPU only: device memory a step needs (MiB)
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from .common import BACKENDS, GPU_BACKENDS, images_per_second, mnist_like, require, synchronizer, to_backend
+
+WARM_UP_SECONDS = 0.5
 
 MODELS = ["lenet", "weidman"]
 BATCHES = [64, 256]
@@ -66,9 +69,15 @@ def make_step(model_name: str, backend: str, batch: int) -> Callable[[], None]:
             loss.backward()
             opt.step()
     sync = synchronizer(backend)
-    for _ in range(3):  # build lazy layers, compile GPU kernels, cuDNN search, optimizer state
+    # build lazy layers, compile GPU kernels, cuDNN search, optimizer state; and on the
+    # CPU dualconv's worker process, forked at the first step (after a fork OpenBLAS
+    # restarts its pool in the caller, whose new thread spins for ~0.1 s): 3 steps and
+    # WARM_UP_SECONDS at least, the same for every backend
+    start, steps = time.perf_counter(), 0
+    while steps < 3 or time.perf_counter() - start < WARM_UP_SECONDS:
         step()
-    sync()
+        sync()
+        steps += 1
     return step
 
 
