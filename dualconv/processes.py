@@ -82,8 +82,9 @@ def available() -> bool:
 def run_in_workers(calls: list[Call]) -> list[Any]:
     """Run calls[0] here and each later call in a worker process at the same time;
     returns their results in order. An exception in any call is raised here, after
-    every call has finished. A call that cannot be pickled runs here, after calls[0],
-    and so do all of them while another thread of this process uses the workers."""
+    every call has finished. A call that cannot be pickled runs here, after calls[0]
+    (with a RuntimeWarning the first time), and so do all of them while another thread
+    of this process uses the workers."""
     if not _lock.acquire(blocking=False):
         return [function(*args) for function, args in calls]
     try:
@@ -258,7 +259,10 @@ class _Worker:
         except _TooLarge as large:
             self._grow(2 * large.needed)
             return self.start_call(call)
-        except Exception:  # cannot be pickled (a lambda, a lock, a __reduce__ that refuses)
+        except Exception as error:  # cannot be pickled (a lambda, a lock, a __reduce__ that refuses)
+            _warn_once(f"dualconv: a call cannot go to a worker process ({type(error).__name__}: {error}); "
+                       f"it runs in the calling process, on one core. A model whose layers pickle "
+                       f"(no lambdas or open files as attributes) uses both.")
             return False
         try:
             self.conn.send_bytes(message)
@@ -350,6 +354,17 @@ def _keep_freed_memory() -> bool:
 
 
 _malloc_tuned = False  # in a worker: whether _keep_freed_memory took
+
+
+_warned = False  # _warn_once has warned in this process
+
+
+def _warn_once(message: str) -> None:
+    """A RuntimeWarning, the first time only (a training loop would repeat it every step)."""
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def _spin_until_readable(conn: Any) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -103,8 +104,13 @@ def test_an_exception_in_a_worker_is_raised_in_the_caller_after_every_call_finis
     assert processes.run_in_workers([(_pid, ()), (_pid, ())])[1] != os.getpid()  # the worker lives on
 
 
-def test_a_call_that_cannot_be_pickled_runs_in_the_caller() -> None:
-    assert processes.run_in_workers([(_pid, ()), (_call, (lambda: os.getpid(),))]) == [os.getpid()] * 2
+def test_a_call_that_cannot_be_pickled_runs_in_the_caller_with_a_warning_once() -> None:
+    processes._warned = False
+    with pytest.warns(RuntimeWarning, match="cannot go to a worker process .*it runs in the calling process"):
+        assert processes.run_in_workers([(_pid, ()), (_call, (lambda: os.getpid(),))]) == [os.getpid()] * 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not a second time
+        assert processes.run_in_workers([(_pid, ()), (_call, (lambda: os.getpid(),))]) == [os.getpid()] * 2
 
 
 def test_a_worker_that_dies_has_its_call_run_in_the_caller_and_is_replaced() -> None:
