@@ -20,8 +20,8 @@ How a call travels (``run_in_workers``):
   a call too large for its arena replaces it with one with a larger arena.
 - A worker runs the code it was forked with. When the caller's changes (a notebook
   cell redefining a layer, monkeypatching, importlib.reload of a dualconv module; see
-  _code), the worker is forked again: checked every CODE_CHECK_SECONDS and at every
-  Trainer.fit.
+  _code), the worker is forked again: checked every CODE_CHECK_SECONDS and at the
+  first call of every Trainer.fit.
 - The worker keeps the memory a call frees for the next one (glibc's malloc
   settings, in the worker alone: ``_keep_freed_memory``).
 - Between calls the worker, and the caller waiting for a result, poll for up to
@@ -95,7 +95,7 @@ def run_in_workers(calls: list[Call]) -> list[Any]:
 
 def _run(calls: list[Call]) -> list[Any]:
     workers = _ready_workers(len(calls) - 1)
-    with _on_core(0 if all(worker.core is not None for worker in workers) else None):
+    with _on_first_core(all(worker.core is not None for worker in workers)):
         return _run_on(workers, calls)
 
 
@@ -153,16 +153,17 @@ def _core(index: int) -> int | None:
     return cores[index] if index < len(cores) else None
 
 
-class _on_core:
-    """Holds the calling thread on its core ``index`` (the _core rule) meanwhile
-    (None: leaves it alone), then gives it back the cores it had."""
+class _on_first_core:
+    """Holds the calling thread on the first core it may use (the workers have the
+    others) meanwhile, then gives it back the cores it had; with ``pin`` False, or where
+    a sandbox refuses, leaves it alone."""
 
-    def __init__(self, index: int | None) -> None:
-        self.index = index
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
 
     def __enter__(self) -> None:
-        self.mask = os.sched_getaffinity(0) if self.index is not None else None
-        if self.mask is not None and not _pin({_core(self.index)}):
+        self.mask = os.sched_getaffinity(0) if self.pin else None
+        if self.mask is not None and not _pin({min(self.mask)}):
             self.mask = None
 
     def __exit__(self, *exc: Any) -> None:
@@ -217,15 +218,12 @@ def _code() -> int:
 _CODE = (type, types.FunctionType)
 
 
-def forget_stale_workers() -> None:
-    """Stop the workers whose code differs from the caller's now (Trainer.fit calls this
-    first: training after code was changed never runs half a batch on the old code)."""
+def check_code_at_next_call() -> None:
+    """Make the next call compare the caller's code with its workers' whatever the time
+    (Trainer.fit calls this first: training after code was changed never runs half a
+    batch on the old code)."""
     global _code_checked_at
     _code_checked_at = float("-inf")
-    code = _code_if_due()
-    for worker in _workers:
-        if worker.code != code:
-            worker.stop()
 
 
 class _Worker:

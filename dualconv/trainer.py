@@ -27,7 +27,7 @@ from .losses import Loss
 from .model import Sequential
 from .optim import LRSchedule, Optimizer
 from .parts import train_step_gradients, training_parts
-from .processes import forget_stale_workers
+from .processes import check_code_at_next_call
 
 History = dict[str, list[float]]
 
@@ -114,7 +114,7 @@ class Trainer:
         X = X if X.dtype == self.model.dtype else X.astype(self.model.dtype)
         X, y = self._on_device(X, y)
         if self.model.backend == "numpy":
-            forget_stale_workers()  # code changed since a worker was forked (a notebook cell) is used
+            check_code_at_next_call()  # code changed since a worker was forked (a notebook cell) is used
         history: History = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
                             "seconds": [], "images_per_second": []}
         self.loss.check_labels = False
