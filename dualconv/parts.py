@@ -108,18 +108,19 @@ def part_ranges(n: int, per_sample: int, min_numbers: int) -> list[tuple[int, in
     return [(start, min(n, start + size)) for start in range(0, n, size)]
 
 
-PREDICT_BATCH_RULE = {"processes": (2**20, 32), "threads": (PART_MAX_NUMBERS, 16)}
+PREDICT_BATCH_RULE = {"processes": (2**21, 32), "threads": (PART_MAX_NUMBERS, 16)}
 """(most activation numbers, fewest samples) of predict's CPU batch, by the kind of
 dualconv's workers. Measured on the 2-core Intel machine, 1000 images: with a worker
-process LeNet 58-63k images/s in batches of 64, 46-56k in 128; weidman 39-43k in
-batches of 32, 32-40k in 64. On two threads, fewer, longer calls win: weidman 33k
-images/s in batches of 64, 25-28k in 83, 96 or 128; LeNet 45k in 64, 49k in 128."""
+process LeNet 78-88k images/s in batches of 64, 81-91k in 128, 57-59k in 256; weidman
+41-43k in batches of 32, 36-38k in 16, 38-40k in 48. On two threads, fewer, longer
+calls win: weidman 33k images/s in batches of 64, 25-28k in 83, 96 or 128; LeNet 45k in
+64, 49k in 128."""
 
 
 def predict_batch_size(model: "Sequential", most: int) -> int:
     """predict's batch on the CPU: the largest power of two up to ``most`` whose forward
     makes at most the PREDICT_BATCH_RULE's numbers, and no fewer samples than it says.
-    With worker processes LeNet (14,762 numbers a sample) gets 64 and weidman
+    With worker processes LeNet (14,762 numbers a sample) gets 128 and weidman
     (100,362) 32; with threads, 128 and 64."""
     budget, fewest = PREDICT_BATCH_RULE[worker_kind()]
     fits = max(1, budget // max(1, numbers_per_sample(model)))

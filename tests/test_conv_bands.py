@@ -13,17 +13,16 @@ from numpy.testing import assert_array_equal
 import dualconv as dc
 from dualconv import kernels
 from dualconv.kernels import cpu
-from dualconv.layers import conv
-from dualconv.layers.conv import bands_pay, conv2d_forward, conv2d_forward_bands
+from dualconv.shapes import Window
+from dualconv.layers.conv import band_rows, conv2d_forward, conv2d_forward_bands
 from error_bounds import assert_within, gamma
 from window_configs import random_configs
 
 
-@pytest.mark.parametrize("band_numbers", [1, 50, 2**17])
+@pytest.mark.parametrize("rows", [1, 2, 3, 1000])
 @pytest.mark.parametrize("cfg", random_configs(seed=11, count=12), ids=str)
-def test_bands_give_the_same_outputs_as_the_whole_forward(cfg, band_numbers: int, monkeypatch) -> None:
+def test_bands_give_the_same_outputs_as_the_whole_forward(cfg, rows: int) -> None:
     """Bands of one row, of a few rows with a shorter last band, and one band for all."""
-    monkeypatch.setattr(conv, "BAND_NUMBERS", band_numbers)
     rng = np.random.default_rng(5)
     O = 3
     x = rng.standard_normal((cfg.N, cfg.C, cfg.H, cfg.W)).astype(np.float32)
@@ -33,13 +32,13 @@ def test_bands_give_the_same_outputs_as_the_whole_forward(cfg, band_numbers: int
     exact = conv2d_forward(*f64, cfg.window)[0]
     bound = gamma(cfg.C * cfg.kh * cfg.kw + 1, np.float32) * conv2d_forward(*map(np.abs, f64), cfg.window)[0]
     whole = conv2d_forward(x, w, b, cfg.window)[0]
-    got = conv2d_forward_bands(x, w, b, cfg.window)
+    got = conv2d_forward_bands(x, w, b, cfg.window, rows)
     assert got.shape == whole.shape and got.dtype == whole.dtype == np.float32
     assert_within(whole, exact, bound, "whole: ")
     assert_within(got, exact, bound, "bands: ")
     batch_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)  # as activations are stored
-    assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window), got)
-    without_bias = conv2d_forward_bands(x, w, None, cfg.window)
+    assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window, rows), got)
+    without_bias = conv2d_forward_bands(x, w, None, cfg.window, rows)
     assert_within(without_bias, conv2d_forward(*f64[:2], None, cfg.window)[0], bound, "no bias: ")
 
 
@@ -56,11 +55,21 @@ def test_im2col_with_ones_is_im2col_and_a_row_of_ones(cfg) -> None:
     assert_array_equal(matrix[-1], np.ones(expected.shape[1]))
 
 
-def test_bands_are_used_where_they_pay() -> None:
-    """LeNet's two convolutions (25 and 150 column numbers a pixel, 6 and 16 outputs), not
-    weidman's (25 against 32)."""
-    assert bands_pay(np.zeros((6, 1, 5, 5))) and bands_pay(np.zeros((16, 6, 5, 5)))
-    assert not bands_pay(np.zeros((32, 1, 5, 5)))
+def test_bands_are_sized_for_the_small_matrix_kernels() -> None:
+    """A band holds the most output rows whose product stays within BLOCK_MULTIPLY_ADDS
+    (one at least); a row over it runs in bands only where the columns outweigh the
+    outputs twice over. Worked by hand for 28x28 and 14x14 inputs, 5x5 kernels."""
+    same, valid = Window(5, 5, 1, 1, 2, 2, 1, 1), Window(5, 5, 1, 1, 0, 0, 1, 1)
+    # LeNet's conv1 at 64 images: a row is 6 * 26 * 28 * 64 = 279,552 multiply-adds: 3 rows
+    assert band_rows(np.zeros((6, 1, 5, 5)), True, (64, 1, 28, 28), same) == 3
+    assert band_rows(np.zeros((6, 1, 5, 5)), False, (64, 1, 28, 28), same) == 3  # 268,800 a row
+    # conv2 at 64: a row is 16 * 151 * 10 * 64 = 1,546,240, but 150 column numbers to 16 outputs
+    assert band_rows(np.zeros((16, 6, 5, 5)), True, (64, 6, 14, 14), valid) == 1
+    # weidman's conv: at 32 a row is 32 * 26 * 28 * 32 = 745,472; at 64 twice that, and
+    # 25 column numbers against 32 outputs: whole
+    assert band_rows(np.zeros((32, 1, 5, 5)), True, (32, 1, 28, 28), same) == 1
+    assert band_rows(np.zeros((32, 1, 5, 5)), True, (64, 1, 28, 28), same) is None
+    assert band_rows(np.zeros((32, 1, 5, 5)), True, (8, 1, 28, 28), same) == 5  # 186,368 a row
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

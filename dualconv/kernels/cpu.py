@@ -77,7 +77,7 @@ def im2col(x: np.ndarray, win: Window) -> np.ndarray:
     col[c, ky, kx, n, oy, ox] = x[n, c, oy*sy - ph + ky*dy, ox*sx - pw + kx*dx]
     (zero where that falls in the padding). Stored (C, kh, kw, out_h, out_w, N).
     """
-    return columns_batch_first(np.ascontiguousarray(_all_windows(x, win)))
+    return columns_batch_first(np.ascontiguousarray(all_windows(x, win)))
 
 
 def im2col_with_ones(x: np.ndarray, win: Window) -> np.ndarray:
@@ -86,7 +86,7 @@ def im2col_with_ones(x: np.ndarray, win: Window) -> np.ndarray:
     bias added as one more term of each dot product instead of a pass of its own over
     the output (weidman's convolution at 32 images: 0.67 -> 0.59 ms on one core).
     A helper of the CPU convolution, not one of the kernels with twins."""
-    windows = _all_windows(x, win)
+    windows = all_windows(x, win)
     C, kh, kw, out_h, out_w, N = windows.shape
     matrix = np.empty((C * kh * kw + 1, out_h * out_w * N), dtype=x.dtype)
     np.copyto(matrix[:-1].reshape(windows.shape), windows)
@@ -94,12 +94,13 @@ def im2col_with_ones(x: np.ndarray, win: Window) -> np.ndarray:
     return matrix
 
 
-def _all_windows(x: np.ndarray, win: Window) -> np.ndarray:
+def all_windows(x: np.ndarray, win: Window) -> np.ndarray:
     """x: (N, C, H, W) -> a read-only view (C, kh, kw, out_h, out_w, N) of its padded
     batch-last copy: every window of every kernel offset at once,
     [c, ky, kx, oy, ox, n] = xb[c, oy*sy + ky*dy, ox*sx + kx*dx, n], the _window of each
     (ky, kx) side by side. One copy then fills the columns: the same numbers as a loop
-    of kh*kw slice copies, in one NumPy call instead of kh*kw."""
+    of kh*kw slice copies, in one NumPy call instead of kh*kw. (The CPU convolution's
+    inference forward copies its columns from this view a band of output rows at a time.)"""
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
     xb = padded_batch_last(x, win.ph, win.pw)

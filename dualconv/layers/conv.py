@@ -23,7 +23,7 @@ import numpy as np
 from .. import kernels
 from ..backend import get_array_module
 from ..kernels import cpu
-from ..blocked_matmul import matmul_column_blocks, matmul_inner_blocks
+from ..blocked_matmul import BLOCK_MULTIPLY_ADDS, matmul_column_blocks, matmul_inner_blocks
 from ..init import get_initializer
 from ..kernels.checks import check_fits, check_float
 from ..layout import batch_first, batch_last, columns_batch_first, columns_batch_last
@@ -61,45 +61,55 @@ def _with_bias(w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([w.reshape(w.shape[0], -1), b[:, None]], axis=1)
 
 
-BAND_NUMBERS = 2**17
-"""Column numbers per band of conv2d_forward_bands (512 KB in float32): a band's
-columns are written and read back inside the L2 cache."""
+def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) -> int | None:
+    """Output rows per band of conv2d_forward_bands for the weight w (O, C, kh, kw) and an
+    input of x_shape, or None where bands do not pay (conv2d_forward is faster).
 
-
-def bands_pay(w: Any) -> bool:
-    """Whether conv2d_forward_bands beats conv2d_forward for the weight w (O, C, kh, kw):
-    when the columns (C*kh*kw numbers an output pixel) outweigh the output (O) twice
-    over. Measured on one core (Intel), 64 images: LeNet's conv1 (25 vs 6) 0.59 -> 0.44 ms,
-    conv2 (150 vs 16) 0.49 -> 0.38; weidman's conv (25 vs 32) 0.68 -> 0.72 at best."""
+    A band is as many rows as keep its product within BLOCK_MULTIPLY_ADDS, the size
+    OpenBLAS multiplies without packing copies, and one row at least. Bands pay where a
+    row's product is that small, or where the columns (C*kh*kw numbers an output pixel)
+    outweigh the output (O) twice over, so that writing them to memory and reading them
+    back costs more than a larger product. Measured on one core (Intel): LeNet's conv1
+    at 64 images (3 rows a band) 0.66 -> 0.41 ms, conv2 (one row: 1.5M multiply-adds,
+    but 150 column numbers to 16 outputs) 0.95 -> 0.62; weidman's conv at 32 (one row)
+    0.61 -> 0.55, at 64 (a row of 1.5M, 26 column numbers to 32 outputs) 1.36 -> 1.6,
+    so it runs whole.
+    """
     O, C, kh, kw = w.shape
-    return C * kh * kw >= 2 * O
+    N, _, H, W = x_shape
+    out_w = win.out_size(H, W)[1]
+    inner = C * kh * kw
+    rows = BLOCK_MULTIPLY_ADDS // (O * (inner + int(bias)) * out_w * N)
+    if rows == 0 and inner < 2 * O:
+        return None
+    return max(1, rows)
 
 
-def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window) -> np.ndarray:
-    """conv2d_forward's output without the columns (inference, on the CPU): x (N, C, H, W)
-    -> y (N, O, out_h, out_w).
+def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window,
+                         rows: int) -> np.ndarray:
+    """conv2d_forward's output without the columns (inference, on the CPU), ``rows``
+    output rows at a time (band_rows): x (N, C, H, W) -> y (N, O, out_h, out_w).
 
     conv2d_forward writes every column (LeNet's conv1 at 64 images: 5 MB) and the GEMM
-    reads them back from memory. Here a band of output rows at a time has its columns
-    made (im2col of the input rows the band reads) and multiplied while they are in the
-    cache, about BAND_NUMBERS numbers a band. Every output is the same dot product as
+    reads them back from memory. Here one band's columns at a time are copied from the
+    input's windows into one small matrix, which the band's product reads while it is
+    in the cache, and the next band reuses. Every output is the same dot product as
     conv2d_forward's, which BLAS may sum in another order for a band's narrower matrix:
     the two agree within that product's rounding bound, not always to the last bit.
     """
     O, C, kh, kw = w.shape
     N, _, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
-    rows = max(1, BAND_NUMBERS // (C * kh * kw * out_w * N))
-    xb = cpu.padded_batch_last(x, win.ph, win.pw)  # (C, Hp, Wp, N)
-    unpadded = win._replace(ph=0, pw=0)
-    y = np.empty((O, out_h, out_w, N), dtype=np.result_type(x, w))
+    windows = cpu.all_windows(x, win)  # (C, kh, kw, out_h, out_w, N), a view
     weights = w.reshape(O, -1) if b is None else _with_bias(w, b)  # the bias as in conv2d_forward
+    inner = C * kh * kw
+    matrix = np.empty((weights.shape[1], rows * out_w * N), dtype=x.dtype)
+    matrix[inner:] = 1  # the row of ones that multiplies the bias
+    y = np.empty((O, out_h, out_w, N), dtype=np.result_type(x, w))
     for first in range(0, out_h, rows):
         last = min(out_h, first + rows)
-        top, bottom = first * win.sy, (last - 1) * win.sy + (kh - 1) * win.dy + 1
-        band = batch_first(xb[:, top:bottom])
-        columns = (_column_matrix(cpu.im2col(band, unpadded)) if b is None
-                   else cpu.im2col_with_ones(band, unpadded))
+        columns = matrix[:, :(last - first) * out_w * N]
+        np.copyto(columns[:inner].reshape(C, kh, kw, last - first, out_w, N), windows[:, :, :, first:last])
         np.matmul(weights, columns, out=y[:, first:last].reshape(O, -1))
     return batch_first(y)
 
@@ -213,10 +223,12 @@ class Conv2D(Layer):
 
     def _forward(self, x: Any) -> Any:
         w, b = self.params["weight"], self.params.get("bias")
-        if not self.training and isinstance(x, np.ndarray) and bands_pay(w):
+        rows = (band_rows(w, b is not None, x.shape, self.window)
+                if not self.training and isinstance(x, np.ndarray) else None)
+        if rows:
             # inference on the CPU: no columns kept; a backward (rare in eval mode) makes them again
             self._cache = (tuple(x.shape), x)
-            return conv2d_forward_bands(x, w, b, self.window)
+            return conv2d_forward_bands(x, w, b, self.window, rows)
         y, col = conv2d_forward(x, w, b, self.window)
         self._cache = (tuple(x.shape), col)
         return y
