@@ -1,9 +1,10 @@
 """Conv2D on the CPU: its columns with a row of ones (the bias as one more product
-term), and its inference forward in bands of output rows (conv2d_forward_bands):
-within the dot products' rounding bound of the exact convolution, as the forward that
-keeps its columns is, for any window, band size and input memory order (BLAS may sum
-a band's dot products in another order than the whole product's: measured, the two
-differ in a few last bits); and an eval-mode backward that equals training mode's."""
+term), and its forward in bands of output rows (conv2d_forward_bands; in training it
+keeps the columns, in inference it reuses one small matrix): within the dot products'
+rounding bound of the exact convolution, for any window, band size and input memory
+order (BLAS may sum a band's dot products in another order than the whole product's:
+measured, the two differ in a few last bits); and an eval-mode backward that equals
+training mode's."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,34 +13,49 @@ from numpy.testing import assert_array_equal
 
 import dualconv as dc
 from dualconv import kernels
-from dualconv.kernels import cpu
+from dualconv.kernels import cpu, reference
 from dualconv.shapes import Window
 from dualconv.layers.conv import band_rows, conv2d_forward, conv2d_forward_bands
 from error_bounds import assert_within, gamma
 from window_configs import random_configs
 
 
+@pytest.mark.parametrize("keep_columns", [False, True])
 @pytest.mark.parametrize("rows", [1, 2, 3, 1000])
 @pytest.mark.parametrize("cfg", random_configs(seed=11, count=12), ids=str)
-def test_bands_give_the_same_outputs_as_the_whole_forward(cfg, rows: int) -> None:
-    """Bands of one row, of a few rows with a shorter last band, and one band for all."""
+def test_bands_give_the_same_outputs_as_the_whole_product(cfg, rows: int, keep_columns: bool) -> None:
+    """Bands of one row, of a few rows with a shorter last band, and one band for all:
+    the outputs within the rounding bound of the exact convolution, and the columns kept
+    for training exactly im2col's."""
     rng = np.random.default_rng(5)
     O = 3
     x = rng.standard_normal((cfg.N, cfg.C, cfg.H, cfg.W)).astype(np.float32)
     w = rng.standard_normal((O, cfg.C, cfg.kh, cfg.kw)).astype(np.float32)
     b = rng.standard_normal(O).astype(np.float32)
-    f64 = [a.astype(np.float64) for a in (x, w, b)]
-    exact = conv2d_forward(*f64, cfg.window)[0]
-    bound = gamma(cfg.C * cfg.kh * cfg.kw + 1, np.float32) * conv2d_forward(*map(np.abs, f64), cfg.window)[0]
-    whole = conv2d_forward(x, w, b, cfg.window)[0]
-    got = conv2d_forward_bands(x, w, b, cfg.window, rows)
-    assert got.shape == whole.shape and got.dtype == whole.dtype == np.float32
-    assert_within(whole, exact, bound, "whole: ")
+    exact = _exact(x, w, b, cfg.window)
+    bound = gamma(cfg.C * cfg.kh * cfg.kw + 1, np.float32) * _exact(np.abs(x), np.abs(w), np.abs(b), cfg.window)
+    got, col = conv2d_forward_bands(x, w, b, cfg.window, rows, keep_columns)
+    assert got.shape == exact.shape and got.dtype == np.float32
     assert_within(got, exact, bound, "bands: ")
+    if keep_columns:
+        assert_array_equal(col, kernels.im2col(x, cfg.window))
+    else:
+        assert col is None
     batch_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)  # as activations are stored
-    assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window, rows), got)
-    without_bias = conv2d_forward_bands(x, w, None, cfg.window, rows)
-    assert_within(without_bias, conv2d_forward(*f64[:2], None, cfg.window)[0], bound, "no bias: ")
+    assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window, rows, keep_columns)[0], got)
+    without_bias = conv2d_forward_bands(x, w, None, cfg.window, rows, keep_columns)[0]
+    assert_within(without_bias, _exact(x, w, None, cfg.window), bound, "no bias: ")
+
+
+def _exact(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win) -> np.ndarray:
+    """The convolution in float64 from the reference im2col: exact for these purposes
+    (its rounding is 2^-29 of float32's)."""
+    col = reference.im2col(x.astype(np.float64), win)  # (C, kh, kw, N, out_h, out_w)
+    O = w.shape[0]
+    y = w.astype(np.float64).reshape(O, -1) @ col.reshape(col.shape[0] * col.shape[1] * col.shape[2], -1)
+    if b is not None:
+        y += b.astype(np.float64)[:, None]
+    return np.moveaxis(y.reshape(O, *col.shape[3:]), 0, 1)
 
 
 @pytest.mark.parametrize("cfg", random_configs(seed=12, count=12), ids=str)
@@ -57,19 +73,24 @@ def test_im2col_with_ones_is_im2col_and_a_row_of_ones(cfg) -> None:
 
 def test_bands_are_sized_for_the_small_matrix_kernels() -> None:
     """A band holds the most output rows whose product stays within BLOCK_MULTIPLY_ADDS
-    (one at least); a row over it runs in bands only where the columns outweigh the
-    outputs twice over. Worked by hand for 28x28 and 14x14 inputs, 5x5 kernels."""
+    (one at least). Bands run where the columns outweigh the outputs twice over, and in
+    inference also where one row's product is within the limit. Worked by hand for 28x28
+    and 14x14 inputs, 5x5 kernels."""
     same, valid = Window(5, 5, 1, 1, 2, 2, 1, 1), Window(5, 5, 1, 1, 0, 0, 1, 1)
+    lenet1, lenet2, weidman = np.zeros((6, 1, 5, 5)), np.zeros((16, 6, 5, 5)), np.zeros((32, 1, 5, 5))
     # LeNet's conv1 at 64 images: a row is 6 * 26 * 28 * 64 = 279,552 multiply-adds: 3 rows
-    assert band_rows(np.zeros((6, 1, 5, 5)), True, (64, 1, 28, 28), same) == 3
-    assert band_rows(np.zeros((6, 1, 5, 5)), False, (64, 1, 28, 28), same) == 3  # 268,800 a row
+    assert band_rows(lenet1, True, (64, 1, 28, 28), same) == 3
+    assert band_rows(lenet1, False, (64, 1, 28, 28), same) == 3  # 268,800 a row
+    assert band_rows(lenet1, True, (32, 1, 28, 28), same, keep_columns=True) == 7  # 139,776 a row
     # conv2 at 64: a row is 16 * 151 * 10 * 64 = 1,546,240, but 150 column numbers to 16 outputs
-    assert band_rows(np.zeros((16, 6, 5, 5)), True, (64, 6, 14, 14), valid) == 1
-    # weidman's conv: at 32 a row is 32 * 26 * 28 * 32 = 745,472; at 64 twice that, and
-    # 25 column numbers against 32 outputs: whole
-    assert band_rows(np.zeros((32, 1, 5, 5)), True, (32, 1, 28, 28), same) == 1
-    assert band_rows(np.zeros((32, 1, 5, 5)), True, (64, 1, 28, 28), same) is None
-    assert band_rows(np.zeros((32, 1, 5, 5)), True, (8, 1, 28, 28), same) == 5  # 186,368 a row
+    assert band_rows(lenet2, True, (64, 6, 14, 14), valid) == 1
+    assert band_rows(lenet2, True, (64, 6, 14, 14), valid, keep_columns=True) == 1
+    # weidman's conv (25 column numbers against 32 outputs): at 32 a row is 32 * 26 * 28 *
+    # 32 = 745,472, in bands for inference only; at 64 twice that: whole
+    assert band_rows(weidman, True, (32, 1, 28, 28), same) == 1
+    assert band_rows(weidman, True, (32, 1, 28, 28), same, keep_columns=True) is None
+    assert band_rows(weidman, True, (64, 1, 28, 28), same) is None
+    assert band_rows(weidman, True, (8, 1, 28, 28), same) == 5  # 186,368 a row
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

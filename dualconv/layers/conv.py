@@ -42,6 +42,9 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, win: Window) -> tuple[Any, Any
     O, C, kh, kw = w.shape
     N, _, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
+    rows = band_rows(w, b is not None, x.shape, win, keep_columns=True) if isinstance(x, np.ndarray) else None
+    if rows:
+        return conv2d_forward_bands(x, w, b, win, rows, keep_columns=True)
     if b is not None and isinstance(x, np.ndarray):
         # on the CPU the bias rides in the GEMM as one more term ([w | b] @ [col; 1]):
         # no pass of its own over the output
@@ -61,40 +64,44 @@ def _with_bias(w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([w.reshape(w.shape[0], -1), b[:, None]], axis=1)
 
 
-def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) -> int | None:
+def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window,
+              keep_columns: bool = False) -> int | None:
     """Output rows per band of conv2d_forward_bands for the weight w (O, C, kh, kw) and an
-    input of x_shape, or None where bands do not pay (conv2d_forward is faster).
+    input of x_shape, or None where bands do not pay (the whole product is faster).
 
     A band is as many rows as keep its product within BLOCK_MULTIPLY_ADDS, the size
-    OpenBLAS multiplies without packing copies, and one row at least. Bands pay where a
-    row's product is that small, or where the columns (C*kh*kw numbers an output pixel)
-    outweigh the output (O) twice over, so that writing them to memory and reading them
-    back costs more than a larger product. Measured on one core (Intel): LeNet's conv1
-    at 64 images (3 rows a band) 0.66 -> 0.41 ms, conv2 (one row: 1.5M multiply-adds,
-    but 150 column numbers to 16 outputs) 0.95 -> 0.62; weidman's conv at 32 (one row)
-    0.61 -> 0.55, at 64 (a row of 1.5M, 26 column numbers to 32 outputs) 1.36 -> 1.6,
-    so it runs whole.
+    OpenBLAS multiplies without packing copies, and one row at least. Bands pay where
+    the columns (C*kh*kw numbers an output pixel) outweigh the output (O) twice over,
+    so that reading them back from memory costs more than a larger product; and, where
+    the columns are not kept (inference), where one row's product is that small.
+    Measured on one core (Intel), inference: LeNet's conv1 at 64 images (3 rows a band)
+    0.66 -> 0.41 ms, conv2 (one row: 1.5M multiply-adds, but 150 column numbers to 16
+    outputs) 0.95 -> 0.62; weidman's conv at 32 (one row) 0.61 -> 0.55, at 64 (a row of
+    1.5M, 26 column numbers to 32 outputs) 1.36 -> 1.6, so it runs whole. Training,
+    the columns kept: LeNet's conv1 at 32 0.33 -> 0.29, at 64 0.62 -> 0.58, conv2 at 64
+    0.93 -> 0.77; weidman's at 32 0.77 -> 0.80, so it runs whole.
     """
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
     out_w = win.out_size(H, W)[1]
     inner = C * kh * kw
     rows = BLOCK_MULTIPLY_ADDS // (O * (inner + int(bias)) * out_w * N)
-    if rows == 0 and inner < 2 * O:
+    if inner < 2 * O and (rows == 0 or keep_columns):
         return None
     return max(1, rows)
 
 
 def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window,
-                         rows: int) -> np.ndarray:
-    """conv2d_forward's output without the columns (inference, on the CPU), ``rows``
-    output rows at a time (band_rows): x (N, C, H, W) -> y (N, O, out_h, out_w).
+                         rows: int, keep_columns: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """conv2d_forward on the CPU, ``rows`` output rows at a time (band_rows): x (N, C, H, W)
+    -> (y (N, O, out_h, out_w), col as conv2d_forward's, or None without keep_columns).
 
-    conv2d_forward writes every column (LeNet's conv1 at 64 images: 5 MB) and the GEMM
-    reads them back from memory. Here one band's columns at a time are copied from the
-    input's windows into one small matrix, which the band's product reads while it is
-    in the cache, and the next band reuses. Every output is the same dot product as
-    conv2d_forward's, which BLAS may sum in another order for a band's narrower matrix:
+    The whole product writes every column (LeNet's conv1 at 64 images: 5 MB) and then
+    reads them back from memory. Here a band's columns are copied from the input's
+    windows and multiplied while they are in the cache: into their place in the whole
+    column matrix, kept for the backward (keep_columns), or else into one small matrix
+    that every band reuses (inference). Every output is the same dot product as the
+    whole product's, which BLAS may sum in another order for a band's narrower matrix:
     the two agree within that product's rounding bound, not always to the last bit.
     """
     O, C, kh, kw = w.shape
@@ -103,15 +110,18 @@ def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win
     windows = cpu.all_windows(x, win)  # (C, kh, kw, out_h, out_w, N), a view
     weights = w.reshape(O, -1) if b is None else _with_bias(w, b)  # the bias as in conv2d_forward
     inner = C * kh * kw
-    matrix = np.empty((weights.shape[1], rows * out_w * N), dtype=x.dtype)
+    row = out_w * N  # columns an output row
+    matrix = np.empty((weights.shape[1], (out_h if keep_columns else rows) * row), dtype=x.dtype)
     matrix[inner:] = 1  # the row of ones that multiplies the bias
     y = np.empty((O, out_h, out_w, N), dtype=np.result_type(x, w))
     for first in range(0, out_h, rows):
         last = min(out_h, first + rows)
-        columns = matrix[:, :(last - first) * out_w * N]
+        start = first * row if keep_columns else 0
+        columns = matrix[:, start:start + (last - first) * row]
         np.copyto(columns[:inner].reshape(C, kh, kw, last - first, out_w, N), windows[:, :, :, first:last])
         np.matmul(weights, columns, out=y[:, first:last].reshape(O, -1))
-    return batch_first(y)
+    col = columns_batch_first(matrix[:inner].reshape(C, kh, kw, out_h, out_w, N)) if keep_columns else None
+    return batch_first(y), col
 
 
 def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, col: Any, win: Window,
@@ -275,7 +285,7 @@ class Conv2D(Layer):
         if rows:
             # inference on the CPU: no columns kept; a backward (rare in eval mode) makes them again
             self._cache = (tuple(x.shape), x)
-            return conv2d_forward_bands(x, w, b, self.window, rows)
+            return conv2d_forward_bands(x, w, b, self.window, rows)[0]
         y, col = conv2d_forward(x, w, b, self.window)
         self._cache = (tuple(x.shape), col)
         return y
