@@ -51,7 +51,7 @@ def padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.
     return out
 
 
-def _unpadded_batch_first(xb: np.ndarray, ph: int, pw: int) -> np.ndarray:
+def unpadded_batch_first(xb: np.ndarray, ph: int, pw: int) -> np.ndarray:
     """The inverse of padded_batch_last: (C, Hp, Wp, N) -> (N, C, Hp - 2ph, Wp - 2pw),
     a view of xb, or of a cropped copy when there was padding."""
     if ph or pw:
@@ -125,38 +125,7 @@ def col2im(col: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
         for kx in range(kw):
             window = _window(xb, ky, kx, out_h, out_w, win)
             window += col_b[:, ky, kx]
-    return _unpadded_batch_first(xb, ph, pw)
-
-
-def col2im_wide(wide: np.ndarray, H: int, W: int, win: Window) -> np.ndarray:
-    """col2im for a window of stride 1, from columns stored "wide": each row of out_w
-    columns followed by zeros up to the padded image's width Wp = W + 2*pw.
-
-    wide: (C, kh, kw, out_h, Wp, N), zero where the column index is out_w or more
-    -> x: (N, C, H, W), bit for bit col2im's (and the reference's) for the columns
-    wide[..., :out_w, :]. A helper of the CPU convolution's backward, not one of
-    the kernels with twins.
-
-    Why wide. With stride 1, kernel offset (ky, kx) reads the padded image from pixel
-    (ky*dy, kx*dx) on, out_w pixels a row; with the columns at the padded image's
-    pitch, everything it folds back is one contiguous run of the padded image per
-    channel, so each offset's fold is one add over C long runs instead of C*out_h
-    short ones (NumPy pays per run: LeNet's conv2 at 32 images, 0.31 ms -> 0.14 ms).
-    The zeros land between the rows and add +0.0, which changes no sum: every pixel
-    starts at +0.0 and adds its terms in col2im's order, and a sum that starts at
-    +0.0 is never -0.0 (x + 0.0 is x for every other x, inf and NaN included).
-    """
-    C, kh, kw, out_h, Wp, N = wide.shape
-    Hp, out_w = H + 2 * win.ph, Wp - (kw - 1) * win.dx
-    xb = np.zeros((C, Hp * Wp * N), dtype=wide.dtype)
-    runs = wide.reshape(C, kh, kw, out_h * Wp * N)
-    length = ((out_h - 1) * Wp + out_w) * N  # from the first column to the last one kept
-    for ky in range(kh):
-        for kx in range(kw):
-            start = (ky * win.dy * Wp + kx * win.dx) * N
-            target = xb[:, start:start + length]
-            np.add(target, runs[:, ky, kx, :length], out=target)
-    return _unpadded_batch_first(xb.reshape(C, Hp, Wp, N), win.ph, win.pw)
+    return unpadded_batch_first(xb, ph, pw)
 
 
 def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray]:
@@ -280,7 +249,7 @@ def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: W
                 routed = np.where(won, g, zero)
             window = _window(xb, ky, kx, out_h, out_w, win)
             window += routed
-    return _unpadded_batch_first(xb, ph, pw)
+    return unpadded_batch_first(xb, ph, pw)
 
 
 def _max_pool_backward_tiled(gy: np.ndarray, argmax: np.ndarray, H: int, W: int,
@@ -351,7 +320,7 @@ def avg_pool_backward(gy: np.ndarray, H: int, W: int, win: Window) -> np.ndarray
         for kx in range(kw):
             window = _window(xb, ky, kx, out_h, out_w, win)
             window += g
-    return _unpadded_batch_first(xb, ph, pw)
+    return unpadded_batch_first(xb, ph, pw)
 
 
 # ---------------------------------------------------------------- fused updates and loss
