@@ -17,6 +17,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 import dualconv as dc
 from dualconv.testing import check_layer_gradients
+from error_bounds import assert_within, gamma
 from gradient_checks import ATOL, RTOL, randn
 
 def check(layer: Any, x: np.ndarray, seed: int = 0) -> None:
@@ -104,6 +105,24 @@ def test_dense_input_gradient_keeps_a_feature_major_input_order() -> None:
     layer.forward(x)
     assert layer.backward(np.ones((5, 3))).flags.f_contiguous
     check(layer, x)
+
+
+@pytest.mark.parametrize("features", [4, 25088])
+def test_dense_forward_of_a_feature_major_input(features: int) -> None:
+    """x stored feature-major is multiplied as y.T = W.T @ x.T: within the rounding bound
+    of the exact x @ W + b, as a C-ordered x is (25,088 features, weidman's: summed in
+    blocks)."""
+    rng = np.random.default_rng(8)
+    layer = dc.Dense(features, 10)
+    layer.params["bias"][...] = rng.standard_normal(10)
+    x = rng.standard_normal((32, features)).astype(np.float32)
+    w, b = (layer.params[k].astype(np.float64) for k in ("weight", "bias"))
+    exact = x.astype(np.float64) @ w + b
+    bound = gamma(features + 1, np.float32) * (np.abs(x).astype(np.float64) @ np.abs(w) + np.abs(b))
+    for stored in (np.ascontiguousarray(x), np.asfortranarray(x)):
+        y = layer.forward(stored)
+        assert y.shape == (32, 10) and y.dtype == np.float32
+        assert_within(y, exact, bound)
 
 
 def test_dense_lazy_float64_gradients() -> None:
