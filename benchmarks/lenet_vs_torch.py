@@ -3,7 +3,8 @@
     python benchmarks/lenet_vs_torch.py [--device cpu|cuda] [--models lenet weidman]
                                         [--batch-sizes 64 256] [--inference-batch 1000]
                                         [--cycles 3] [--threads 2]
-                                        [--dualconv-blas-threads 1] [--json results.json]
+                                        [--dualconv-blas-threads 1] [--dualconv-blas-coretype SkylakeX]
+                                        [--json results.json]
 
 --device cpu (default): dualconv's NumPy backend against PyTorch on the CPU.
 --device cuda: dualconv's CuPy backend against PyTorch with cuDNN, the data
@@ -19,7 +20,12 @@ Each (implementation, task, model, batch size) runs in its own fresh process,
 cycled ``--cycles`` times so both sides see the same machine noise; the report
 is the median images/s of each and their ratio. Both sides get the same thread
 count and the same glibc malloc settings. ``--dualconv-blas-threads`` gives
-NumPy's BLAS its own thread count (PyTorch keeps ``--threads``). The report
+NumPy's BLAS its own thread count (PyTorch keeps ``--threads``), and
+``--dualconv-blas-coretype`` the kernels NumPy's OpenBLAS uses (OPENBLAS_CORETYPE,
+read when NumPy loads it; the machine line names the kernels it picks by itself).
+On the AMD EPYC kind it picks its Haswell kernels, without the small-matrix kernels
+the Intel kind's SkylakeX ones have, which dualconv's blocked products are sized
+for; that CPU has AVX-512 too. The report
 starts with the machine: its kind, CPU model, BLAS and the kernel the BLAS
 chose (benchmarks/machine_info.py), and the load average before and after,
 since the machines are shared. PyTorch is the peer: without it installed,
@@ -140,6 +146,7 @@ def header(args: argparse.Namespace, impls: list[str]) -> dict:
     import numpy
     info = {"machine": describe(), "numpy": numpy.__version__, "threads": args.threads,
             "dualconv_blas_threads": args.dualconv_blas_threads or args.threads,
+            "dualconv_blas_coretype": args.dualconv_blas_coretype,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "loadavg_before": os.getloadavg()[0]}
     if "torch" in impls:
@@ -157,6 +164,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dualconv-blas-threads", type=int, default=None)
+    parser.add_argument("--dualconv-blas-coretype", default=None,
+                        help="OPENBLAS_CORETYPE for dualconv's processes (say SkylakeX or Haswell)")
     parser.add_argument("--json", help="also write the machine, settings and every rate to this file")
     parser.add_argument("--worker", nargs=4, metavar=("IMPL", "TASK", "MODEL", "BATCH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -176,6 +185,8 @@ def main() -> None:
     print(f"numpy {info['numpy']}, torch {info.get('torch', '-')}; threads {args.threads}, "
           f"dualconv BLAS threads {info['dualconv_blas_threads']}; {info['date']}; "
           f"load average {info['loadavg_before']:.1f}", flush=True)
+    if args.dualconv_blas_coretype:
+        print(f"dualconv's OpenBLAS kernels: {args.dualconv_blas_coretype} (OPENBLAS_CORETYPE)", flush=True)
     cases = [("train", name, batch) for name in args.models for batch in args.batch_sizes]
     if args.inference_batch:
         cases += [("predict", name, args.inference_batch) for name in args.models]
@@ -186,9 +197,12 @@ def main() -> None:
     for _ in range(args.cycles):
         for task, name, batch in cases:
             for impl in impls:
+                run_env = env
+                if impl == "dualconv" and args.dualconv_blas_coretype:
+                    run_env = dict(env, OPENBLAS_CORETYPE=args.dualconv_blas_coretype)
                 out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), *blas,
                                       "--device", args.device, "--worker", impl, task, name, str(batch)],
-                                     env=env, check=True, capture_output=True, text=True).stdout
+                                     env=run_env, check=True, capture_output=True, text=True).stdout
                 rate = json.loads(out.splitlines()[-1])["images_per_second"]
                 rates.setdefault((impl, task, name, batch), []).append(rate)
     info["loadavg_after"] = os.getloadavg()[0]
