@@ -58,11 +58,12 @@ class Dense(Layer):
         # y = x @ W; with many input features (weidman: 25,088) summed over them a
         # block at a time, each block's operands in the L2 cache (blocked_matmul.py):
         # weidman's forward at batch 64 took 0.93 ms in one call, 0.47 ms blocked
-        if x.flags.f_contiguous and not x.flags.c_contiguous:
-            # x stored feature-major (Flatten of batch-last images): y.T = W.T @ x.T,
-            # the same products, each operand's blocks read along its storage order
-            # (weidman at 32 images, one core: 0.25 -> 0.19 ms); y comes out the same way
-            y = matmul_inner_blocks(w.T, x.T).T
+        if isinstance(x, np.ndarray) and x.flags.f_contiguous and not x.flags.c_contiguous:
+            # on the CPU, x stored feature-major (Flatten of batch-last images): y.T =
+            # W.T @ x.T, the same products, each operand's blocks read along its storage
+            # order (weidman at 32 images, one core: 0.25 -> 0.19 ms); y, a few numbers a
+            # sample, is copied to rows (the loss and this backward are faster on them)
+            y = np.ascontiguousarray(matmul_inner_blocks(w.T, x.T).T)
         else:
             y = matmul_inner_blocks(x, w)
         if self.use_bias:
