@@ -6,7 +6,10 @@ Backward: gw  = gy @ col.T,  gb = gy.sum(columns),
           gx  = col2im(w.T @ gy)
 
 The three products are skinny (a few rows against N*out_h*out_w columns);
-on the CPU they run in L2-sized blocks (blocked_matmul.py).
+on the CPU they run in L2-sized blocks (blocked_matmul.py), the forward in bands
+of output rows (conv2d_forward_bands), and for stride 1 gx a kernel offset at a
+time (_input_gradient_wide): the same sums, made while their operands are in the
+cache. The GPU makes each product in one call.
 
 The GEMMs take the columns with the batch axis last, (C*kh*kw, out_h*out_w*N),
 the order both im2col twins store them in (see dualconv/kernels), so on
