@@ -100,7 +100,7 @@ def all_windows(x: np.ndarray, win: Window) -> np.ndarray:
     [c, ky, kx, oy, ox, n] = xb[c, oy*sy + ky*dy, ox*sx + kx*dx, n], the _window of each
     (ky, kx) side by side. One copy then fills the columns: the same numbers as a loop
     of kh*kw slice copies, in one NumPy call instead of kh*kw. (The CPU convolution's
-    inference forward copies its columns from this view a band of output rows at a time.)"""
+    forward in bands copies its columns from this view a band of output rows at a time.)"""
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
     xb = padded_batch_last(x, win.ph, win.pw)
