@@ -130,6 +130,8 @@ class Sequential:
         for a built model, a power of two up to it: parts.predict_batch_size).
         """
         batch_size = self._batch_size("predict", batch_size)
+        if hasattr(x, "shape") and (len(x.shape) == 0 or x.shape[0] == 0):
+            raise ValueError(f"Sequential.predict: expected one sample or more, got an array of shape {tuple(x.shape)}")
         was_training = self.training
         self.eval()
         try:

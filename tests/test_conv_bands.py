@@ -113,3 +113,14 @@ def test_an_eval_mode_conv_forward_and_backward_equal_training_modes(dtype) -> N
     assert_array_equal(layer.backward(gy), gx_train)
     for name, g in grads_train.items():
         assert_array_equal(layer.grads[name], g)
+
+
+def test_an_empty_batch_runs_as_the_whole_product() -> None:
+    """No bands for a batch of no images (band_rows would divide by zero); the layer's
+    forward gives (0, O, out_h, out_w) in training and in eval mode."""
+    same = Window(5, 5, 1, 1, 2, 2, 1, 1)
+    assert band_rows(np.zeros((6, 1, 5, 5)), True, (0, 1, 28, 28), same) is None
+    layer = dc.Conv2D(1, 6, 5, padding=2)
+    for mode in (layer.train, layer.eval):
+        mode()
+        assert layer.forward(np.zeros((0, 1, 28, 28), np.float32)).shape == (0, 6, 28, 28)

@@ -158,6 +158,17 @@ def test_save_load_keeps_float64_and_layer_config(tmp_path) -> None:
     assert_array_equal(loaded.forward(x), y)
 
 
+@pytest.mark.parametrize("x", [np.zeros((0, 1, 28, 28), np.float32), np.array(1.0, np.float32)],
+                         ids=["no samples", "0-d"])
+def test_predict_refuses_an_array_without_samples_with_one_clear_error(x) -> None:
+    """An empty batch or a 0-d array: one ValueError naming the method and the shape (they
+    raised IndexError and TypeError from inside predict before); the model left as it was."""
+    model = lenet(seed=0)
+    with pytest.raises(ValueError, match=r"Sequential\.predict: expected one sample or more, got an array of shape"):
+        model.predict(x)
+    assert model.training and model.needs_build
+
+
 def test_predict_in_batches_equals_forward_in_eval_mode() -> None:
     model = weidman(seed=0)  # has Dropout, so train-mode forward differs
     x = randn((10, 1, 28, 28), 6)

@@ -87,6 +87,8 @@ def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window,
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
     out_w = win.out_size(H, W)[1]
+    if N == 0:
+        return None  # nothing to multiply: the whole (empty) product
     inner = C * kh * kw
     rows = BLOCK_MULTIPLY_ADDS // (O * (inner + int(bias)) * out_w * N)
     if inner < 2 * O and (rows == 0 or keep_columns):
