@@ -12,10 +12,10 @@ GpuMemory.track_device_peak_mib     GPU only: device memory a step needs (MiB)
 """
 from __future__ import annotations
 
-import time
 from typing import Any, Callable
 
-from .common import BACKENDS, GPU_BACKENDS, images_per_second, mnist_like, require, synchronizer, to_backend
+from .common import (BACKENDS, GPU_BACKENDS, images_per_second, mnist_like, require, synchronizer, to_backend,
+                     warm_up)
 
 WARM_UP_SECONDS = 0.5
 
@@ -68,16 +68,9 @@ def make_step(model_name: str, backend: str, batch: int) -> Callable[[], None]:
             loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
-    sync = synchronizer(backend)
-    # build lazy layers, compile GPU kernels, cuDNN search, optimizer state; and on the
-    # CPU dualconv's worker process, forked at the first step (after a fork OpenBLAS
-    # restarts its pool in the caller, whose new thread spins for ~0.1 s): 3 steps and
-    # WARM_UP_SECONDS at least, the same for every backend
-    start, steps = time.perf_counter(), 0
-    while steps < 3 or time.perf_counter() - start < WARM_UP_SECONDS:
-        step()
-        sync()
-        steps += 1
+    # lazy layers, GPU kernels, cuDNN's search, optimizer state, dualconv's worker process:
+    # the same warm-up for every backend
+    warm_up(lambda i: step(), synchronizer(backend), WARM_UP_SECONDS)
     return step
 
 

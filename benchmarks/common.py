@@ -143,6 +143,19 @@ def mnist_like(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------ timing
 
+def warm_up(call: Callable[[int], Any], sync: Callable[[], None], seconds: float, calls: int = 3) -> None:
+    """call(0), call(1), ... (each followed by sync) for ``calls`` calls and ``seconds`` at
+    least, so that what follows is timed in the steady state: caches, allocators, lazy
+    layers, compiled kernels and library plans, and on the CPU dualconv's worker process,
+    forked at the first batch in parts (after a fork OpenBLAS restarts its thread pool in
+    the caller, whose new thread spins for about 0.1 s)."""
+    i, start = 0, time.perf_counter()
+    while i < calls or time.perf_counter() - start < seconds:
+        call(i)
+        sync()
+        i += 1
+
+
 def images_per_second(step: Callable[[], None], sync: Callable[[], None], batch: int,
                       min_steps: int = 3, min_seconds: float = 0.25, max_steps: int = 200) -> float:
     """batch / median seconds per step, over at least ``min_steps`` and ``min_seconds``."""

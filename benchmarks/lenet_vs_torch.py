@@ -42,6 +42,7 @@ import sys
 import time
 
 sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout, for `benchmarks`
+from benchmarks.common import warm_up  # noqa: E402
 from benchmarks.machine_info import describe  # noqa: E402
 
 MALLOC = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=4294967296"
@@ -59,19 +60,13 @@ def _cpu_done() -> None:
 
 WARM_UP_SECONDS = 1.0
 """Both sides run at least this long (and 3 calls) before the clock starts: the report is
-the steady state. What warms up: caches, allocators, PyTorch's oneDNN primitives, and on
-Linux dualconv's worker process, forked at the first batch in parts (after a fork
-OpenBLAS restarts its thread pool in the caller, and the new thread spins about 0.1 s)."""
+the steady state (benchmarks/common.py's warm_up says what warms up)."""
 
 
 def timed(run, repeats: int, sync=_cpu_done) -> float:
     """Seconds for ``repeats`` calls of run(i), after WARM_UP_SECONDS of calls (3 at least);
     ``sync`` waits for the device."""
-    i, start = 0, time.perf_counter()
-    while i < 3 or time.perf_counter() - start < WARM_UP_SECONDS:
-        run(i)
-        sync()
-        i += 1
+    warm_up(run, sync, WARM_UP_SECONDS)
     start = time.perf_counter()
     for i in range(repeats):
         run(i)
@@ -194,15 +189,15 @@ def main() -> None:
                OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     blas = ["--dualconv-blas-threads", str(args.dualconv_blas_threads)] if args.dualconv_blas_threads else []
     rates: dict[tuple[str, str, str, int], list[float]] = {}
+    envs = {impl: env for impl in impls}
+    if args.dualconv_blas_coretype:
+        envs["dualconv"] = dict(env, OPENBLAS_CORETYPE=args.dualconv_blas_coretype)
     for _ in range(args.cycles):
         for task, name, batch in cases:
             for impl in impls:
-                run_env = env
-                if impl == "dualconv" and args.dualconv_blas_coretype:
-                    run_env = dict(env, OPENBLAS_CORETYPE=args.dualconv_blas_coretype)
                 out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), *blas,
                                       "--device", args.device, "--worker", impl, task, name, str(batch)],
-                                     env=run_env, check=True, capture_output=True, text=True).stdout
+                                     env=envs[impl], check=True, capture_output=True, text=True).stdout
                 rate = json.loads(out.splitlines()[-1])["images_per_second"]
                 rates.setdefault((impl, task, name, batch), []).append(rate)
     info["loadavg_after"] = os.getloadavg()[0]

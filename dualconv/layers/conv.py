@@ -181,9 +181,8 @@ def _input_gradient_wide(w: np.ndarray, gy_mat: np.ndarray, x_shape: tuple[int, 
     """
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
-    out_h = win.out_size(H, W)[0]
+    out_h, out_w = win.out_size(H, W)
     Hp, Wp = H + 2 * win.ph, W + 2 * win.pw
-    out_w = Wp - (kw - 1) * win.dx
     wide = np.empty((C, out_h, Wp, N), dtype=gy_mat.dtype)
     wide[:, :, out_w:] = 0
     rows_out = wide[:, :, :out_w].reshape(C, out_h, out_w * N).transpose(1, 0, 2)  # (out_h, C, out_w*N)
