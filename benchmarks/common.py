@@ -43,7 +43,7 @@ DUALCONV_BACKENDS = ["numpy", "cupy"]
 GPU_BACKENDS = ["cupy", "torch-cuda"]
 
 TORCH_THREADS = 2
-"""PyTorch's CPU thread count: the 2 cores of the reference machine (docs/performance.md)."""
+"""PyTorch's CPU thread count: the 2 cores of the machines this suite is measured on."""
 
 
 # ------------------------------------------------------------------ backends
