@@ -46,8 +46,9 @@ def block_size(rows: int, inner: int) -> int | None:
     return step if step >= MIN_BLOCK else None
 
 
-def matmul_column_blocks(a: Any, b: Any) -> Any:
-    """a: (M, K), b: (K, P) -> a @ b: (M, P), computed a block of b's columns at a time.
+def matmul_column_blocks(a: Any, b: Any, out: Any = None) -> Any:
+    """a: (M, K), b: (K, P) -> a @ b: (M, P), computed a block of b's columns at a time
+    (into ``out`` where given: a C-contiguous (M, P) array).
 
     For P much larger than M and K (a weight times im2col columns). The whole
     blocks are one stack of (K x step) matrices, b viewed (blocks, K, step), multiplied
@@ -59,8 +60,9 @@ def matmul_column_blocks(a: Any, b: Any) -> Any:
     P = b.shape[1]
     step = block_size(M, K)
     if xp is not np or step is None or P <= step:
-        return a @ b
-    out = np.empty((M, P), dtype=np.result_type(a, b))
+        return a @ b if out is None else xp.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((M, P), dtype=np.result_type(a, b))
     blocks = P // step
     whole = blocks * step
     np.matmul(a, _column_stack(b[:, :whole], blocks), out=_column_stack(out[:, :whole], blocks))

@@ -8,6 +8,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from .arguments import check_batch_size
+from .inference_bands import BandedInference
 from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend
 from .layers import Dropout, Layer, MaxPool2D, ReLU, Softmax
 from .layers.activations import softmax
@@ -84,6 +85,16 @@ class Sequential:
     # -- compute --------------------------------------------------------------
     def forward(self, x: Any) -> Any:
         """x: (N, ...) -> the last layer's output. Casts x to the model's dtype and backend."""
+        x = self._prepared(x)
+        for layer in self._run_order:
+            x = layer.forward(x)
+        return x
+
+    __call__ = forward
+
+    def _prepared(self, x: Any) -> Any:
+        """x checked (shapes), the model built, x on the model's backend and in its dtype;
+        sets the run order of the forward about to run."""
         if not hasattr(x, "shape"):
             raise TypeError(f"Sequential: expected an array input, got {type(x).__name__}")
         if self.needs_build:
@@ -95,11 +106,7 @@ class Sequential:
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
         self._run_order = run_order(self.layers)
-        for layer in self._run_order:
-            x = layer.forward(x)
         return x
-
-    __call__ = forward
 
     def backward(self, gy: Any, input_grad: bool = True) -> Any:
         """Back-propagate gy, the loss gradient for the output; fills every layer's grads.
@@ -310,8 +317,15 @@ class Sequential:
 
 
 def forward_batches(model: Sequential, x: Any, batch_size: int) -> list[Any]:
-    """model.forward of x in consecutive batches of ``batch_size``: the outputs, in order."""
-    return [model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    """model's eval-mode outputs for x in consecutive batches of ``batch_size``, in order
+    (predict's work). Nothing back-propagates through them, so on the CPU a run of
+    Conv2D, pointwise layers, Flatten and Dense is computed in bands (inference_bands.py)."""
+    banded = BandedInference()
+    outs = []
+    for i in range(0, len(x), batch_size):
+        xb = model._prepared(x[i:i + batch_size])
+        outs.append(banded.forward(model._run_order, xb))
+    return outs
 
 
 def run_order(layers: list[Layer]) -> list[Layer]:

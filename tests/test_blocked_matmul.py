@@ -42,6 +42,20 @@ def test_blocks_equal_the_product(monkeypatch, blocked: str, dtype: type, P: int
     assert_within(got, exact, matmul_bound(a, b) + matmul_bound(a, b, np.float64))
 
 
+@pytest.mark.parametrize("P", [6, 7, 50])
+def test_column_blocks_into_a_given_output(monkeypatch, P: int) -> None:
+    """With ``out`` (the banded inference's band buffer) the products land there, the
+    same numbers as without it (the same calls), and out is what comes back; one call
+    (P under a block) too."""
+    monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
+    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * 3 * 5)
+    rng = np.random.default_rng(P)
+    a, b = rng.standard_normal((3, 5)).astype(np.float32), rng.standard_normal((5, P)).astype(np.float32)
+    out = np.full((3, P), np.nan, dtype=np.float32)
+    assert matmul_column_blocks(a, b, out=out) is out
+    np.testing.assert_array_equal(out, matmul_column_blocks(a, b))
+
+
 def test_block_size_keeps_blocks_under_the_limit_and_not_narrow() -> None:
     # LeNet conv1 (6 x 25): a few thousand columns, at most 10^6 multiply-adds per block
     assert 6 * 25 * block_size(6, 25) <= blocked_matmul.BLOCK_MULTIPLY_ADDS

@@ -156,6 +156,11 @@ class Layer:
     only its gradients come back, so state it changes in forward or backward (other than
     its cache and grads) stays in that copy."""
 
+    pointwise_in_eval = False
+    """Whether, in eval mode, each output number is a function of the input number at its
+    place alone (the activations; Dropout, the identity there). Sequential.predict may
+    then run the layer on a piece of its input at a time (inference_bands.py)."""
+
     def replica(self) -> "Layer":
         """A twin that computes another part of a batch, on another core: it shares this
         layer's parameters and buffers (the same arrays; in a worker process, copies of

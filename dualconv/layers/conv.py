@@ -19,7 +19,7 @@ caller gets (N, O, out_h, out_w) views.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -85,15 +85,21 @@ def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window,
     0.93 -> 0.77; weidman's at 32 0.77 -> 0.80, so it runs whole.
     """
     O, C, kh, kw = w.shape
-    N, _, H, W = x_shape
-    out_w = win.out_size(H, W)[1]
-    if N == 0:
+    if x_shape[0] == 0:
         return None  # nothing to multiply: the whole (empty) product
-    inner = C * kh * kw
-    rows = BLOCK_MULTIPLY_ADDS // (O * (inner + int(bias)) * out_w * N)
-    if inner < 2 * O and (rows == 0 or keep_columns):
+    rows = rows_within_block(w, bias, x_shape, win)
+    if C * kh * kw < 2 * O and (rows == 0 or keep_columns):
         return None
     return max(1, rows)
+
+
+def rows_within_block(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) -> int:
+    """How many output rows of the convolution of an input of x_shape (N > 0) by w
+    (O, C, kh, kw) keep a band's product within BLOCK_MULTIPLY_ADDS (0: not even one)."""
+    O, C, kh, kw = w.shape
+    N, _, H, W = x_shape
+    out_w = win.out_size(H, W)[1]
+    return BLOCK_MULTIPLY_ADDS // (O * (C * kh * kw + int(bias)) * out_w * N)
 
 
 def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window,
@@ -102,31 +108,59 @@ def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win
     -> (y (N, O, out_h, out_w), col as conv2d_forward's, or None without keep_columns).
 
     The whole product writes every column (LeNet's conv1 at 64 images: 5 MB) and then
-    reads them back from memory. Here a band's columns are copied from the input's
-    windows and multiplied while they are in the cache: into their place in the whole
-    column matrix, kept for the backward (keep_columns), or else into one small matrix
-    that every band reuses (inference). Every output is the same dot product as the
-    whole product's, which BLAS may sum in another order for a band's narrower matrix:
-    the two agree within that product's rounding bound, not always to the last bit.
+    reads them back from memory. Here a band's columns (band_columns) are multiplied
+    while they are in the cache. Every output is the same dot product as the whole
+    product's, which BLAS may sum in another order for a band's narrower matrix: the
+    two agree within that product's rounding bound, not always to the last bit.
     """
-    O, C, kh, kw = w.shape
+    O = w.shape[0]
     N, _, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
-    windows = cpu.all_windows(x, win)  # (C, kh, kw, out_h, out_w, N), a view
-    weights = w.reshape(O, -1) if b is None else _with_bias(w, b)  # the bias as in conv2d_forward
-    inner = C * kh * kw
-    row = out_w * N  # columns an output row
-    matrix = np.empty((weights.shape[1], (out_h if keep_columns else rows) * row), dtype=x.dtype)
-    matrix[inner:] = 1  # the row of ones that multiplies the bias
+    weights = band_weights(w, b)
     y = np.empty((O, out_h, out_w, N), dtype=np.result_type(x, w))
-    for first in range(0, out_h, rows):
-        last = min(out_h, first + rows)
-        start = first * row if keep_columns else 0
-        columns = matrix[:, start:start + (last - first) * row]
-        np.copyto(columns[:inner].reshape(C, kh, kw, last - first, out_w, N), windows[:, :, :, first:last])
+    matrix, bands = band_columns(x, weights.shape[1], win, rows, keep_columns)
+    for first, last, columns in bands:
         np.matmul(weights, columns, out=y[:, first:last].reshape(O, -1))
-    col = columns_batch_first(matrix[:inner].reshape(C, kh, kw, out_h, out_w, N)) if keep_columns else None
+    C, kh, kw = w.shape[1:]
+    col = columns_batch_first(matrix[:C * kh * kw].reshape(C, kh, kw, out_h, out_w, N)) if keep_columns else None
     return batch_first(y), col
+
+
+def band_weights(w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """The matrix a band's columns are multiplied by: w (O, C, kh, kw) as (O, C*kh*kw),
+    or with a bias [w | b], the bias riding in the product as in conv2d_forward."""
+    return w.reshape(w.shape[0], -1) if b is None else _with_bias(w, b)
+
+
+def band_columns(x: np.ndarray, width: int, win: Window, rows: int,
+                 keep_columns: bool) -> tuple[np.ndarray, Iterator[tuple[int, int, np.ndarray]]]:
+    """The columns of conv2d_forward_bands, a band of ``rows`` output rows at a time.
+
+    x: (N, C, H, W); ``width``: C*kh*kw, plus one for a bias (a row of ones). Returns
+    (matrix, bands): bands yields (first, last, columns), columns the band's
+    (width, (last - first)*out_w*N) matrix for output rows [first, last), copied from
+    the input's windows when it is reached. With keep_columns each band is copied into
+    its place in matrix, the whole column matrix (as im2col_with_ones makes it) for the
+    backward; else every band reuses matrix, one band's size: it stays in the cache.
+    """
+    N, C, H, W = x.shape
+    out_h, out_w = win.out_size(H, W)
+    windows = cpu.all_windows(x, win)  # (C, kh, kw, out_h, out_w, N), a view
+    inner = C * win.kh * win.kw
+    row = out_w * N  # columns an output row
+    matrix = np.empty((width, (out_h if keep_columns else rows) * row), dtype=x.dtype)
+    matrix[inner:] = 1  # the row of ones that multiplies the bias
+
+    def bands() -> Iterator[tuple[int, int, np.ndarray]]:
+        for first in range(0, out_h, rows):
+            last = min(out_h, first + rows)
+            start = first * row if keep_columns else 0
+            columns = matrix[:, start:start + (last - first) * row]
+            np.copyto(columns[:inner].reshape(C, win.kh, win.kw, last - first, out_w, N),
+                      windows[:, :, :, first:last])
+            yield first, last, columns
+
+    return matrix, bands()
 
 
 def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, col: Any, win: Window,

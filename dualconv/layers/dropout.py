@@ -27,6 +27,7 @@ class Dropout(Layer):
     """
 
     couples_samples = False
+    pointwise_in_eval = True  # the identity
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
