@@ -7,6 +7,7 @@ copies, and work on NumPy and CuPy arrays alike.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 BATCH_LAST = (1, 2, 3, 0)
@@ -60,4 +61,4 @@ def flatten_batch(x: Any) -> Any:
     xb = x.transpose(batch_last_axes(x.ndim))
     if N > 1 and xb.flags.c_contiguous:
         return xb.reshape(-1, N).T
-    return x.reshape(N, -1)
+    return x.reshape(N, math.prod(x.shape[1:]))  # -1 is ambiguous for an empty batch

@@ -169,6 +169,25 @@ def test_predict_refuses_an_array_without_samples_with_one_clear_error(x) -> Non
     assert model.training and model.needs_build
 
 
+@pytest.mark.parametrize("name, mode", [("lenet", "train"), ("lenet", "eval"), ("weidman", "train"),
+                                        ("weidman", "eval"), ("mlp", "train"), ("lenet_bn", "eval")])
+def test_an_empty_batch_goes_forward_and_back(name: str, mode: str) -> None:
+    """A batch of no images (as PyTorch allows): outputs (0, classes), an input gradient
+    (0, 1, 28, 28) and every parameter's gradient zero, a sum over no samples. (Flatten
+    raised "cannot reshape array of size 0" from inside before.)"""
+    model = getattr(dc.models, name)(seed=0)
+    model.build((1, 1, 28, 28))
+    getattr(model, mode)()
+    out = model.forward(np.zeros((0, 1, 28, 28), np.float32))
+    assert out.shape == (0, 10)
+    gx = model.backward(np.zeros((0, 10), np.float32), input_grad=True)
+    assert gx.shape == (0, 1, 28, 28)
+    for layer in model.layers:
+        for key, grad in layer.grads.items():
+            assert grad.shape == layer.params[key].shape
+            assert not grad.any(), f"{layer.name}.{key}"
+
+
 def test_predict_in_batches_equals_forward_in_eval_mode() -> None:
     model = weidman(seed=0)  # has Dropout, so train-mode forward differs
     x = randn((10, 1, 28, 28), 6)

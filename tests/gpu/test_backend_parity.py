@@ -139,3 +139,22 @@ def test_model_and_optimizer_state_move_between_backends():
         assert type(opt.state[p.name]["velocity"]).__module__.startswith("cupy")
     model.to("numpy")
     assert all(isinstance(p.data, np.ndarray) for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["lenet", "weidman"])
+def test_an_empty_batch_goes_forward_and_back_on_the_gpu(name):
+    """A batch of no images on CuPy: outputs (0, 10) and an input gradient (0, 1, 28, 28)
+    on the device, every parameter's gradient zero, as on NumPy (tests/test_model.py)."""
+    import cupy
+
+    model = getattr(dc.models, name)(seed=0)
+    model.build((1, 1, 28, 28))
+    model.to("cupy")
+    out = model.forward(cupy.zeros((0, 1, 28, 28), np.float32))
+    gx = model.backward(cupy.zeros((0, 10), np.float32), input_grad=True)
+    assert isinstance(out, cupy.ndarray) and out.shape == (0, 10)
+    assert isinstance(gx, cupy.ndarray) and gx.shape == (0, 1, 28, 28)
+    for layer in model.layers:
+        for key, grad in layer.grads.items():
+            assert grad.shape == layer.params[key].shape
+            assert not asnumpy(grad).any(), f"{layer.name}.{key}"
