@@ -25,6 +25,7 @@ images: 1.28-1.36 ms a batch layer by layer (convolution, Tanh, Dense: 0.65, 0.3
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -51,6 +52,23 @@ def fused_run_end(layers: list[Layer], start: int) -> int | None:
         elif not layer.pointwise_in_eval:
             return None
     return None
+
+
+def banded_numbers_per_sample(model: Any) -> int:
+    """parts.numbers_per_sample for predict's banded forward: a run that fused_run_end
+    finds counts its convolution's output once (made a band at a time) and its Dense's
+    output, not the activations between them. (A built model; layers in their order.)"""
+    shapes = model.check_shapes((1, *model.input_shape[1:]))[1:]  # each layer's output
+    layers, total, index = model.layers, 0, 0
+    while index < len(layers):
+        end = fused_run_end(layers, index)
+        if end is None:
+            total += math.prod(shapes[index][1:])
+            index += 1
+        else:
+            total += math.prod(shapes[index][1:]) + math.prod(shapes[end][1:])
+            index = end + 1
+    return total
 
 
 class BandedInference:

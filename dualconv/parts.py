@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from .inference_bands import banded_numbers_per_sample
 from .threads import num_threads, run_in_parallel, worker_kind
 
 if TYPE_CHECKING:
@@ -112,18 +113,22 @@ PREDICT_BATCH_RULE = {"processes": (2**21, 32), "threads": (PART_MAX_NUMBERS, 16
 """(most activation numbers, fewest samples) of predict's CPU batch, by the kind of
 dualconv's workers. Measured on the 2-core Intel machine, 1000 images: with a worker
 process LeNet 78-88k images/s in batches of 64, 81-91k in 128, 57-59k in 256; weidman
-41-43k in batches of 32, 36-38k in 16, 38-40k in 48. On two threads, fewer, longer
-calls win: weidman 33k images/s in batches of 64, 25-28k in 83, 96 or 128; LeNet 45k in
-64, 49k in 128."""
+layer by layer 41-43k in batches of 32, 36-38k in 16, 38-40k in 48, and in bands
+(inference_bands.py: 25,098 numbers a sample) 53.5-54.7k in 32, 57.8k in 64, 47.6k in
+128 (medians of 6). On two threads, fewer, longer calls win: weidman 33k images/s in
+batches of 64, 25-28k in 83, 96 or 128; LeNet 45k in 64, 49k in 128."""
 
 
 def predict_batch_size(model: "Sequential", most: int) -> int:
     """predict's batch on the CPU: the largest power of two up to ``most`` whose forward
     makes at most the PREDICT_BATCH_RULE's numbers, and no fewer samples than it says.
-    With worker processes LeNet (14,762 numbers a sample) gets 128 and weidman
-    (100,362) 32; with threads, 128 and 64."""
-    budget, fewest = PREDICT_BATCH_RULE[worker_kind()]
-    fits = max(1, budget // max(1, numbers_per_sample(model)))
+    With worker processes (predict's forward in bands: banded_numbers_per_sample) LeNet
+    (14,762 numbers a sample) gets 128 and weidman (25,098) 64; with threads (layer by
+    layer: numbers_per_sample), LeNet 128 and weidman (100,362) 64."""
+    kind = worker_kind()
+    budget, fewest = PREDICT_BATCH_RULE[kind]
+    per_sample = banded_numbers_per_sample(model) if kind == "processes" else numbers_per_sample(model)
+    fits = max(1, budget // max(1, per_sample))
     return min(most, max(fewest, 1 << (fits.bit_length() - 1)))
 
 

@@ -153,3 +153,29 @@ def test_training_mode_runs_layer_by_layer(monkeypatch) -> None:
     assert inference_bands.BandedInference._band_rows(model.layers[0], x) is None
     BandedInference().forward(model.layers, x)
     assert runs == []
+
+
+def test_banded_numbers_count_a_fused_run_as_its_convolution_and_dense_outputs() -> None:
+    """Seed 002's model: the convolution's 32 x 28 x 28 outputs and Dense's 10, not Tanh's,
+    Flatten's or Dropout's copies of the activation; LeNet has no such run: every layer's."""
+    weidman = models.weidman(seed=0)
+    weidman.build((1, 1, 28, 28))
+    assert inference_bands.banded_numbers_per_sample(weidman) == 32 * 28 * 28 + 10
+    lenet = models.lenet(seed=0)
+    lenet.build((1, 1, 28, 28))
+    assert inference_bands.banded_numbers_per_sample(lenet) == (6 * 28 * 28 * 2 + 6 * 14 * 14 + 16 * 10 * 10 * 2
+                                                                + 16 * 5 * 5 * 2 + 84 * 2 + 10)
+
+
+@pytest.mark.parametrize("kind, expected", [("threads", 0), ("processes", 1)])
+def test_predict_bands_in_processes_not_on_threads(monkeypatch, kind: str, expected: int) -> None:
+    """On two threads (sharing the GIL: many short calls wait on each other) predict runs
+    layer by layer; with a worker process the calling process's share runs in bands (the
+    worker's share runs there, where the spy is not)."""
+    monkeypatch.setenv("DUALCONV_WORKERS", kind)
+    monkeypatch.setattr(dc.threads, "num_threads", lambda: 2)
+    monkeypatch.setattr(model_module, "num_threads", lambda: 2)
+    runs = _count_runs(monkeypatch)
+    model = models.weidman(seed=0)
+    model.predict(np.random.default_rng(7).random((40, 1, 28, 28), dtype=np.float32), batch_size=20)
+    assert len(runs) == expected
