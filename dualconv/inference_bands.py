@@ -21,7 +21,8 @@ time, one more summation order, within the rounding bound gamma(K) * |x| @ |W| o
 the exact result as any other. Measured on one core (Intel), seed 002's model at 32
 images: 1.28-1.36 ms a batch layer by layer (convolution, Tanh, Dense: 0.65, 0.36,
 0.28 ms), 1.12-1.14 ms in bands; its predict of 1000 images with a worker process,
-43k -> 49k images/s (medians of 5 paired runs).
+43k -> 49k images/s (medians of 5 paired runs), and 57.8k in batches of 64, which the
+bands make the best size (parts.PREDICT_BATCH_RULE, banded_numbers_per_sample).
 """
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ class BandedInference:
         out_h, out_w = conv.window.out_size(H, W)
         weights = band_weights(w, conv.params.get("bias"))
         _, bands = band_columns(x, weights.shape[1], conv.window, rows, keep_columns=False)
-        band = np.empty(O * rows * out_w * N, dtype=np.result_type(x, w))
+        band = np.empty(O * min(rows, out_h) * out_w * N, dtype=np.result_type(x, w))
         total = None  # (out_features, N): Dense's output, transposed
         for (first, last, columns), weight_slice in zip(bands, self._weight_slices(dense, O, out_h, out_w, rows)):
             z = band[:O * columns.shape[1]].reshape(O, -1)  # the band's outputs, contiguous

@@ -8,8 +8,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from .arguments import check_batch_size
-from .inference_bands import BandedInference
 from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend
+from .inference_bands import BandedInference
 from .layers import Dropout, Layer, MaxPool2D, ReLU, Softmax
 from .layers.activations import softmax
 from .optim import Parameter, ParameterView
