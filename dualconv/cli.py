@@ -154,6 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _epochs_in_checkpoint(path: Path) -> int:
+    """The epochs the checkpoint at path holds, 0 where there is none. Each save replaces
+    the file atomically, so an interrupt anywhere in a save leaves the old checkpoint or
+    the new one whole; which one, the file says (a count kept beside the save would be
+    one epoch behind when the interrupt comes between the rename and the count)."""
+    try:
+        return checkpoint.load_checkpoint(path).epoch
+    except (OSError, ValueError):
+        return 0
+
+
 def _check_thread_settings() -> None:
     """DUALCONV_NUM_THREADS and DUALCONV_WORKERS, read before any work is done."""
     try:
@@ -245,6 +256,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise CLIError(f"{exc} The checkpoint of epoch {saved} is kept in {out}; continue from it with a "
                            f"lower learning rate: dualconv train --out {out} --resume {lower}") from None
         except KeyboardInterrupt:
+            saved = _epochs_in_checkpoint(out / CHECKPOINT)  # the interrupt may have come after a save's rename
             where = (f"the checkpoint of epoch {saved} is in {out}; continue with --resume "
                      f"(dualconv train --out {out} --resume)" if saved else
                      "no checkpoint yet (one is written after each epoch)")

@@ -172,6 +172,27 @@ def test_ctrl_c_prints_where_to_continue_and_exits_130(tmp_path):
     assert checkpoint.load_checkpoint(out / "checkpoint.npz").epoch == kept
 
 
+def test_ctrl_c_after_a_checkpoint_rename_names_the_epoch_on_disk(chdir, monkeypatch, capsys):
+    """An interrupt that lands in a save after its rename (here: in the directory fsync of
+    epoch 2's save) leaves epoch 2's checkpoint on disk; the message names epoch 2, the
+    one --resume continues from, not the count of saves that had returned (1). This race
+    made the Ctrl-C test above fail now and then."""
+    calls = []
+
+    def fsync_dir(directory):
+        calls.append(directory)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "_fsync_dir", fsync_dir)
+    out = chdir / "run"
+    assert cli.main(["train", *QUICK, "--epochs", "5", "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dualconv train: interrupted during epoch 3; the checkpoint of epoch 2 is in {out}; "
+                   f"continue with --resume (dualconv train --out {out} --resume)"]
+    assert checkpoint.load_checkpoint(out / "checkpoint.npz").epoch == 2
+
+
 # -- environment, flags, output --------------------------------------------------------------
 
 def test_version():
