@@ -20,10 +20,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import dualconv as dc  # noqa: E402
-from benchmarks import bench_kernels, bench_layers, bench_training, common, results_table  # noqa: E402
+from benchmarks import bench_inference, bench_kernels, bench_layers, bench_training, common, results_table  # noqa: E402
 from error_bounds import assert_within, sum_bound  # noqa: E402
 
-BENCH_MODULES = [bench_kernels, bench_layers, bench_training]
+BENCH_MODULES = [bench_inference, bench_kernels, bench_layers, bench_training]
 PREFIXES = ("time_", "track_", "peakmem_", "mem_")
 
 
@@ -197,6 +197,21 @@ def test_train_step_benchmark_runs_one_step(model, backend, monkeypatch):
     bench.peakmem_train_step(model, backend, 64)
     rate = common.images_per_second(bench.step, bench.sync, 64, min_steps=1, min_seconds=0.0)
     assert rate > 0
+
+
+@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("model", bench_training.MODELS)
+def test_predict_benchmark_makes_every_output(model, backend):
+    """The inference benchmark's call returns one finite row of 10 logits per image, the
+    same each time (eval mode: no dropout), and its rate is a positive number."""
+    predict = bench_inference.make_predict(model, backend, images=48)
+    first, again = _numpy(predict()), _numpy(predict())
+    assert first.shape == (48, 10) and np.isfinite(first).all()
+    assert_array_equal(first, again)
+    bench = bench_inference.Predict()
+    assert bench_inference.Predict.param_names == ["model", "backend"]
+    bench.predict, bench.sync = predict, common.synchronizer(backend)
+    assert bench.track_images_per_second(model, backend) > 0
 
 
 def test_results_table_reads_an_asv_results_file(tmp_path, capsys):

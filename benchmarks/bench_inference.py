@@ -1,0 +1,70 @@
+"""Inference of the bundled models: the outputs of 1000 images, as predict makes them.
+
+Models: ``lenet`` and ``weidman`` (as in bench_training.py), on random
+MNIST-shaped data. dualconv: ``model.predict(X)`` with its default batch (on the
+CPU shared between the cores, seed 002's model in bands: dualconv/inference_bands.py);
+the torch peers: the same networks in eval mode under ``torch.inference_mode``, the
+1000 images in one call (as benchmarks/lenet_vs_torch.py measures them).
+
+Predict.time_predict               seconds for the 1000 images (GPU: synchronized)
+Predict.track_images_per_second    1000 / median time, images/s
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .bench_training import MODELS, torch_model
+from .common import BACKENDS, images_per_second, mnist_like, require, synchronizer, to_backend, warm_up
+
+IMAGES = 1000
+WARM_UP_SECONDS = 0.5
+
+
+def make_predict(model_name: str, backend: str, images: int = IMAGES) -> Callable[[], Any]:
+    """A zero-argument call that returns the model's outputs for ``images`` fixed images,
+    warmed up (built, compiled, dualconv's worker process forked)."""
+    mod = require(backend)
+    X = mnist_like(images)[0]
+    if backend in ("numpy", "cupy"):
+        import dualconv as dc
+        from dualconv import models
+        with dc.use_backend(backend):
+            model = getattr(models, model_name)(seed=0)
+        model.to(backend)
+        xb = to_backend(X, backend)
+
+        def predict() -> Any:
+            return model.predict(xb)
+    else:
+        torch = mod
+        torch.manual_seed(0)
+        device = "cuda" if backend == "torch-cuda" else "cpu"
+        net = torch_model(model_name).to(device).eval()
+        xb = to_backend(X, backend)
+
+        def predict() -> Any:
+            with torch.inference_mode():
+                return net(xb)
+    warm_up(lambda i: predict(), synchronizer(backend), WARM_UP_SECONDS)
+    return predict
+
+
+class Predict:
+    params = [MODELS, BACKENDS]
+    param_names = ["model", "backend"]
+    sample_time = 0.05
+    repeat = (3, 10, 4.0)
+    warmup_time = 0.1
+
+    def setup(self, model: str, backend: str) -> None:
+        self.predict = make_predict(model, backend)
+        self.sync = synchronizer(backend)
+
+    def time_predict(self, model: str, backend: str) -> None:
+        self.predict()
+        self.sync()
+
+    def track_images_per_second(self, model: str, backend: str) -> float:
+        return images_per_second(self.predict, self.sync, IMAGES)
+
+    track_images_per_second.unit = "images/s"  # type: ignore[attr-defined]
