@@ -116,7 +116,7 @@ class BandedInference:
         O = w.shape[0]
         out_h, out_w = conv.window.out_size(H, W)
         weights = band_weights(w, conv.params.get("bias"))
-        _, bands = band_columns(x, weights.shape[1], conv.window, rows, keep_columns=False)
+        bands = band_columns(x, weights.shape[1], conv.window, rows)
         band = np.empty(O * min(rows, out_h) * out_w * N, dtype=np.result_type(x, w))
         total = None  # (out_features, N): Dense's output, transposed
         for (first, last, columns), weight_slice in zip(bands, self._weight_slices(dense, O, out_h, out_w, rows)):

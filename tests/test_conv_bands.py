@@ -1,10 +1,11 @@
 """Conv2D on the CPU: its columns with a row of ones (the bias as one more product
-term), and its forward in bands of output rows (conv2d_forward_bands; in training it
-keeps the columns, in inference it reuses one small matrix): within the dot products'
-rounding bound of the exact convolution, for any window, band size and input memory
-order (BLAS may sum a band's dot products in another order than the whole product's:
-measured, the two differ in a few last bits); and an eval-mode backward that equals
-training mode's."""
+term), its forward in bands of output rows (conv2d_forward_bands, one small matrix of
+columns reused band after band) and the weight gradient made from the input a band at a
+time (conv2d_weight_gradient_bands): within the dot products' rounding bound of the
+exact convolution, for any window, band size and input memory order (BLAS may sum a
+band's dot products in another order than the whole product's: measured, the two
+differ in a few last bits), the same bits as the whole product's where every sum is
+exact; and an eval-mode backward that equals training mode's."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,20 +16,20 @@ import dualconv as dc
 from dualconv import kernels
 from dualconv.kernels import cpu, reference
 from dualconv.shapes import Window
-from dualconv.layers.conv import band_rows, conv2d_forward, conv2d_forward_bands
+from dualconv.layers.conv import (band_rows, conv2d_backward, conv2d_forward, conv2d_forward_bands,
+                                  conv2d_weight_gradient_bands)
 from error_bounds import assert_within, gamma
 from window_configs import random_configs
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("keep_columns", [False, True])
 @pytest.mark.parametrize("rows", [1, 2, 3, 1000])
 @pytest.mark.parametrize("cfg", random_configs(seed=11, count=12), ids=str)
-def test_bands_give_the_same_outputs_as_the_whole_product(cfg, rows: int, keep_columns: bool, dtype) -> None:
+def test_bands_give_the_same_outputs_as_the_whole_product(cfg, rows: int, dtype) -> None:
     """Bands of one row, of a few rows with a shorter last band, and one band for all:
-    the outputs within the rounding bound of the exact convolution, and the columns kept
-    for training exactly im2col's. In float64 the float64 reference rounds as much as
-    the bands may, so the two are held within twice the bound."""
+    the outputs within the rounding bound of the exact convolution. In float64 the
+    float64 reference rounds as much as the bands may, so the two are held within twice
+    the bound."""
     rng = np.random.default_rng(5)
     O = 3
     x = rng.standard_normal((cfg.N, cfg.C, cfg.H, cfg.W)).astype(dtype)
@@ -37,17 +38,57 @@ def test_bands_give_the_same_outputs_as_the_whole_product(cfg, rows: int, keep_c
     exact = _exact(x, w, b, cfg.window)
     bound = ((1 if dtype == np.float32 else 2) * gamma(cfg.C * cfg.kh * cfg.kw + 1, dtype)
              * _exact(np.abs(x), np.abs(w), np.abs(b), cfg.window))
-    got, col = conv2d_forward_bands(x, w, b, cfg.window, rows, keep_columns)
+    got = conv2d_forward_bands(x, w, b, cfg.window, rows)
     assert got.shape == exact.shape and got.dtype == dtype
     assert_within(got, exact, bound, "bands: ")
-    if keep_columns:
-        assert_array_equal(col, kernels.im2col(x, cfg.window))
-    else:
-        assert col is None
     batch_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)  # as activations are stored
-    assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window, rows, keep_columns)[0], got)
-    without_bias = conv2d_forward_bands(x, w, None, cfg.window, rows, keep_columns)[0]
+    assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window, rows), got)
+    without_bias = conv2d_forward_bands(x, w, None, cfg.window, rows)
     assert_within(without_bias, _exact(x, w, None, cfg.window), bound, "no bias: ")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("row_limit", [1, 2, None])
+@pytest.mark.parametrize("cfg", random_configs(seed=13, count=12), ids=str)
+def test_weight_gradient_in_bands_is_gy_times_the_columns(monkeypatch, cfg, row_limit, dtype) -> None:
+    """gw = gy @ col.T made from the input a band at a time: bands of one row, of two
+    (BLOCK_MULTIPLY_ADDS set so a band holds that many) and the machine's own, within
+    gamma(P) of its |terms| (P = N*out_h*out_w, the length of each dot product) of the
+    float64 product of the reference im2col's columns."""
+    O = 3
+    out_h, out_w = cfg.out
+    if row_limit is not None:
+        monkeypatch.setattr("dualconv.layers.conv.BLOCK_MULTIPLY_ADDS",
+                            row_limit * O * cfg.C * cfg.kh * cfg.kw * out_w * cfg.N)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((cfg.N, cfg.C, cfg.H, cfg.W)).astype(dtype)
+    w = np.zeros((O, cfg.C, cfg.kh, cfg.kw), dtype=dtype)  # only its shape matters
+    gy_mat = rng.standard_normal((O, out_h * out_w * cfg.N)).astype(dtype)  # batch-last, as the layer's
+    col = reference.im2col(x.astype(np.float64), cfg.window)  # (C, kh, kw, N, out_h, out_w)
+    col_mat = np.moveaxis(col, 3, -1).reshape(cfg.C * cfg.kh * cfg.kw, -1)  # columns (oy, ox, n)
+    scale = 1 if dtype == np.float32 else 2  # float64's reference rounds as much
+    gw = conv2d_weight_gradient_bands(x, gy_mat, w, cfg.window)
+    assert gw.shape == w.shape and gw.dtype == dtype
+    g64 = gy_mat.astype(np.float64)
+    bound = scale * gamma(col_mat.shape[1], dtype) * (np.abs(g64) @ np.abs(col_mat).T)
+    assert_within(gw.reshape(O, -1), g64 @ col_mat.T, bound)
+
+
+@pytest.mark.parametrize("cfg", random_configs(seed=14, count=8), ids=str)
+def test_weight_gradient_in_bands_equals_the_kept_columns_where_sums_are_exact(monkeypatch, cfg) -> None:
+    """Small integers in x and gy make every partial sum exact in float32, whatever the
+    order: then the bands give the bits of conv2d_backward's gw from the whole column
+    matrix (one-row bands, so there are several)."""
+    O = 4
+    out_h, out_w = cfg.out
+    monkeypatch.setattr("dualconv.layers.conv.BLOCK_MULTIPLY_ADDS", O * cfg.C * cfg.kh * cfg.kw * out_w * cfg.N)
+    rng = np.random.default_rng(8)
+    x = rng.integers(-3, 4, (cfg.N, cfg.C, cfg.H, cfg.W)).astype(np.float32)
+    w = rng.integers(-3, 4, (O, cfg.C, cfg.kh, cfg.kw)).astype(np.float32)
+    gy = rng.integers(-3, 4, (cfg.N, O, out_h, out_w)).astype(np.float32)
+    _, gw_whole, _ = conv2d_backward(gy, x.shape, w, kernels.im2col(x, cfg.window), cfg.window, need_gx=False)
+    gy_mat = np.ascontiguousarray(np.moveaxis(gy, 0, -1)).reshape(O, -1)
+    assert_array_equal(conv2d_weight_gradient_bands(x, gy_mat, w, cfg.window), gw_whole)
 
 
 def _exact(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win) -> np.ndarray:
@@ -84,14 +125,14 @@ def test_bands_are_sized_for_the_small_matrix_kernels() -> None:
     # LeNet's conv1 at 64 images: a row is 6 * 26 * 28 * 64 = 279,552 multiply-adds: 3 rows
     assert band_rows(lenet1, True, (64, 1, 28, 28), same) == 3
     assert band_rows(lenet1, False, (64, 1, 28, 28), same) == 3  # 268,800 a row
-    assert band_rows(lenet1, True, (32, 1, 28, 28), same, keep_columns=True) == 7  # 139,776 a row
+    assert band_rows(lenet1, True, (32, 1, 28, 28), same, training=True) == 7  # 139,776 a row
     # conv2 at 64: a row is 16 * 151 * 10 * 64 = 1,546,240, but 150 column numbers to 16 outputs
     assert band_rows(lenet2, True, (64, 6, 14, 14), valid) == 1
-    assert band_rows(lenet2, True, (64, 6, 14, 14), valid, keep_columns=True) == 1
+    assert band_rows(lenet2, True, (64, 6, 14, 14), valid, training=True) == 1
     # weidman's conv (25 column numbers against 32 outputs): at 32 a row is 32 * 26 * 28 *
     # 32 = 745,472, in bands for inference only; at 64 twice that: whole
     assert band_rows(weidman, True, (32, 1, 28, 28), same) == 1
-    assert band_rows(weidman, True, (32, 1, 28, 28), same, keep_columns=True) is None
+    assert band_rows(weidman, True, (32, 1, 28, 28), same, training=True) is None
     assert band_rows(weidman, True, (64, 1, 28, 28), same) is None
     assert band_rows(weidman, True, (8, 1, 28, 28), same) == 5  # 186,368 a row
 

@@ -7,9 +7,10 @@ Backward: gw  = gy @ col.T,  gb = gy.sum(columns),
 
 The three products are skinny (a few rows against N*out_h*out_w columns);
 on the CPU they run in L2-sized blocks (blocked_matmul.py), the forward in bands
-of output rows (conv2d_forward_bands), and for stride 1 gx a kernel offset at a
-time (_input_gradient_wide): the same sums, made while their operands are in the
-cache. The GPU makes each product in one call.
+of output rows (conv2d_forward_bands: it keeps the input, not the columns, and the
+backward copies them again a band at a time for gw, conv2d_weight_gradient_bands),
+and for stride 1 gx a kernel offset at a time (_input_gradient_wide): the same sums,
+made while their operands are in the cache. The GPU makes each product in one call.
 
 The GEMMs take the columns with the batch axis last, (C*kh*kw, out_h*out_w*N),
 the order both im2col twins store them in (see dualconv/kernels), so on
@@ -41,13 +42,11 @@ def _column_matrix(col: Any) -> Any:
 
 
 def conv2d_forward(x: Any, w: Any, b: Any | None, win: Window) -> tuple[Any, Any]:
-    """x: (N, C, H, W), w: (O, C, kh, kw), b: (O,) or None -> (y (N, O, out_h, out_w), col)."""
+    """The whole product: x: (N, C, H, W), w: (O, C, kh, kw), b: (O,) or None
+    -> (y (N, O, out_h, out_w), col (C, kh, kw, N, out_h, out_w), kept for the backward)."""
     O, C, kh, kw = w.shape
     N, _, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
-    rows = band_rows(w, b is not None, x.shape, win, keep_columns=True) if isinstance(x, np.ndarray) else None
-    if rows:
-        return conv2d_forward_bands(x, w, b, win, rows, keep_columns=True)
     if b is not None and isinstance(x, np.ndarray):
         # on the CPU the bias rides in the GEMM as one more term ([w | b] @ [col; 1]):
         # no pass of its own over the output
@@ -68,27 +67,27 @@ def _with_bias(w: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window,
-              keep_columns: bool = False) -> int | None:
+              training: bool = False) -> int | None:
     """Output rows per band of conv2d_forward_bands for the weight w (O, C, kh, kw) and an
     input of x_shape, or None where bands do not pay (the whole product is faster).
 
     A band is as many rows as keep its product within BLOCK_MULTIPLY_ADDS, the size
     OpenBLAS multiplies without packing copies, and one row at least. Bands pay where
     the columns (C*kh*kw numbers an output pixel) outweigh the output (O) twice over,
-    so that reading them back from memory costs more than a larger product; and, where
-    the columns are not kept (inference), where one row's product is that small.
-    Measured on one core (Intel), inference: LeNet's conv1 at 64 images (3 rows a band)
-    0.66 -> 0.41 ms, conv2 (one row: 1.5M multiply-adds, but 150 column numbers to 16
-    outputs) 0.95 -> 0.62; weidman's conv at 32 (one row) 0.61 -> 0.55, at 64 (a row of
-    1.5M, 26 column numbers to 32 outputs) 1.36 -> 1.6, so it runs whole. Training,
-    the columns kept: LeNet's conv1 at 32 0.33 -> 0.29, at 64 0.62 -> 0.58, conv2 at 64
-    0.93 -> 0.77; weidman's at 32 0.77 -> 0.80, so it runs whole.
+    so that writing them all and reading them back costs more than smaller products;
+    and, in inference (no backward to copy them again for), where one row's product is
+    that small. Measured on one core (Intel), inference: LeNet's conv1 at 64 images (3
+    rows a band) 0.66 -> 0.41 ms, conv2 (one row: 1.5M multiply-adds, but 150 column
+    numbers to 16 outputs) 0.95 -> 0.62; weidman's conv at 32 (one row) 0.61 -> 0.55, at
+    64 (a row of 1.5M, 26 column numbers to 32 outputs) 1.36 -> 1.6, so it runs whole.
+    Training (the backward copies the columns again, conv2d_weight_gradient_bands):
+    weidman's at 32 0.77 -> 0.80 ms with its columns kept, so it runs whole.
     """
     O, C, kh, kw = w.shape
     if x_shape[0] == 0:
         return None  # nothing to multiply: the whole (empty) product
     rows = rows_within_block(w, bias, x_shape, win)
-    if C * kh * kw < 2 * O and (rows == 0 or keep_columns):
+    if C * kh * kw < 2 * O and (rows == 0 or training):
         return None
     return max(1, rows)
 
@@ -103,27 +102,25 @@ def rows_within_block(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: 
 
 
 def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window,
-                         rows: int, keep_columns: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """conv2d_forward on the CPU, ``rows`` output rows at a time (band_rows): x (N, C, H, W)
-    -> (y (N, O, out_h, out_w), col as conv2d_forward's, or None without keep_columns).
+                         rows: int) -> np.ndarray:
+    """conv2d_forward's y on the CPU, ``rows`` output rows at a time (band_rows):
+    x (N, C, H, W) -> y (N, O, out_h, out_w).
 
     The whole product writes every column (LeNet's conv1 at 64 images: 5 MB) and then
     reads them back from memory. Here a band's columns (band_columns) are multiplied
-    while they are in the cache. Every output is the same dot product as the whole
-    product's, which BLAS may sum in another order for a band's narrower matrix: the
-    two agree within that product's rounding bound, not always to the last bit.
+    while they are in the cache, and no columns are kept: a backward copies them again
+    from the input (conv2d_weight_gradient_bands). Every output is the same dot product
+    as the whole product's, which BLAS may sum in another order for a band's narrower
+    matrix: the two agree within that product's rounding bound, not always to the last bit.
     """
     O = w.shape[0]
     N, _, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
     weights = band_weights(w, b)
     y = np.empty((O, out_h, out_w, N), dtype=np.result_type(x, w))
-    matrix, bands = band_columns(x, weights.shape[1], win, rows, keep_columns)
-    for first, last, columns in bands:
+    for first, last, columns in band_columns(x, weights.shape[1], win, rows):
         np.matmul(weights, columns, out=y[:, first:last].reshape(O, -1))
-    C, kh, kw = w.shape[1:]
-    col = columns_batch_first(matrix[:C * kh * kw].reshape(C, kh, kw, out_h, out_w, N)) if keep_columns else None
-    return batch_first(y), col
+    return batch_first(y)
 
 
 def band_weights(w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -132,47 +129,67 @@ def band_weights(w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return w.reshape(w.shape[0], -1) if b is None else _with_bias(w, b)
 
 
-def band_columns(x: np.ndarray, width: int, win: Window, rows: int,
-                 keep_columns: bool) -> tuple[np.ndarray, Iterator[tuple[int, int, np.ndarray]]]:
-    """The columns of conv2d_forward_bands, a band of ``rows`` output rows at a time.
+def band_columns(x: np.ndarray, width: int, win: Window, rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The columns of a convolution of x (N, C, H, W), a band of ``rows`` output rows at a time.
 
-    x: (N, C, H, W); ``width``: C*kh*kw, plus one for a bias (a row of ones). Returns
-    (matrix, bands): bands yields (first, last, columns), columns the band's
-    (width, (last - first)*out_w*N) matrix for output rows [first, last), copied from
-    the input's windows when it is reached. With keep_columns each band is copied into
-    its place in matrix, the whole column matrix (as im2col_with_ones makes it) for the
-    backward; else every band reuses matrix, one band's size: it stays in the cache.
+    Yields (first, last, columns): columns is the (width, (last - first)*out_w*N) matrix
+    of output rows [first, last) in im2col's order, copied from the input's windows when
+    it is reached; ``width`` is C*kh*kw, plus one for a bias (a last row of ones). Every
+    band reuses one matrix, one band's size, so it stays in the cache: a band's columns
+    are gone when the next is made.
     """
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
     windows = cpu.all_windows(x, win)  # (C, kh, kw, out_h, out_w, N), a view
     inner = C * win.kh * win.kw
     row = out_w * N  # columns an output row
-    matrix = np.empty((width, (out_h if keep_columns else rows) * row), dtype=x.dtype)
+    matrix = np.empty((width, min(rows, out_h) * row), dtype=x.dtype)
     matrix[inner:] = 1  # the row of ones that multiplies the bias
+    for first in range(0, out_h, rows):
+        last = min(out_h, first + rows)
+        columns = matrix[:, :(last - first) * row]
+        np.copyto(columns[:inner].reshape(C, win.kh, win.kw, last - first, out_w, N),
+                  windows[:, :, :, first:last])
+        yield first, last, columns
 
-    def bands() -> Iterator[tuple[int, int, np.ndarray]]:
-        for first in range(0, out_h, rows):
-            last = min(out_h, first + rows)
-            start = first * row if keep_columns else 0
-            columns = matrix[:, start:start + (last - first) * row]
-            np.copyto(columns[:inner].reshape(C, win.kh, win.kw, last - first, out_w, N),
-                      windows[:, :, :, first:last])
-            yield first, last, columns
 
-    return matrix, bands()
+def conv2d_weight_gradient_bands(x: np.ndarray, gy_mat: np.ndarray, w: np.ndarray,
+                                 win: Window) -> np.ndarray:
+    """gw = gy @ col.T on the CPU for a forward that ran in bands and kept only its input
+    x: its columns copied again a band of output rows at a time, each band's share of
+    the sums made while they are in the cache.
+
+    x: (N, C, H, W), gy_mat: (O, out_h*out_w*N), the output gradient batch-last ->
+    gw (O, C, kh, kw).
+
+    Keeping the forward's columns instead (LeNet's two convolutions at 64 images: 5.2 and
+    3.9 MB) writes them to memory and reads them back. Here a band's product with gy's
+    band, transposed (the orientation conv2d_backward explains), is the band's share of
+    gw.T; the shares are added band by band, a summation order of the dot products like
+    any other, within gamma(K) of their |terms|. Measured (one core, Intel, SkylakeX
+    kernels), LeNet's conv1, its forward and weight gradient at 64 images: 1.03 -> 0.92
+    ms; conv2 1.24 -> 1.23 ms. LeNet's training step with a worker process (paired
+    medians of 6): 6% more images/s at batch 64, 16% at 256 (Haswell kernels: 3%, 17%):
+    two cores no longer write and read back 9 MB of columns a part at once.
+    """
+    O, C, kh, kw = w.shape
+    N, _, H, W = x.shape
+    out_w = win.out_size(H, W)[1]
+    rows = max(1, rows_within_block(w, False, x.shape, win))
+    row = out_w * N  # columns an output row
+    total = None  # (C*kh*kw, O): gw.T
+    for first, last, columns in band_columns(x, C * kh * kw, win, rows):
+        part = columns @ gy_mat[:, first * row:last * row].T
+        total = part if total is None else np.add(total, part, out=total)
+    return np.ascontiguousarray(total.T).reshape(w.shape)
 
 
 def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, col: Any, win: Window,
                     need_gx: bool = True) -> tuple[Any | None, Any, Any]:
-    """gy: (N, O, out_h, out_w) -> (gx (N, C, H, W) or None, gw (O, C, kh, kw), gb (O,)).
-
-    gx is col2im(w.T @ gy); on the CPU, for stride 1, it is made a kernel offset at a
-    time (_input_gradient_wide)."""
+    """gy: (N, O, out_h, out_w) and conv2d_forward's col -> (gx (N, C, H, W) or None,
+    gw (O, C, kh, kw), gb (O,))."""
     xp = get_array_module(gy)
-    O, C, kh, kw = w.shape
-    N, _, H, W = x_shape
-    _, _, out_h, out_w = gy.shape
+    O = w.shape[0]
     gy_mat = xp.ascontiguousarray(batch_last(gy)).reshape(O, -1)  # (O, out_h*out_w*N)
     # gw = gy @ col.T. On the CPU, gw.T = col @ gy.T makes the same sums in the
     # orientation OpenBLAS runs 1.1-1.8x faster for these shapes (a long inner
@@ -183,13 +200,21 @@ def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, col: Any, win: Wi
     else:
         gw = (gy_mat @ _column_matrix(col).T).reshape(w.shape)
     gb = gy_mat.sum(axis=1)
-    gx = None
-    if need_gx and _folds_wide(gy_mat, win):
-        gx = _input_gradient_wide(w, gy_mat, x_shape, win)
-    elif need_gx:
-        gcol = matmul_column_blocks(w.reshape(O, -1).T, gy_mat).reshape(C, kh, kw, out_h, out_w, N)
-        gx = kernels.col2im(columns_batch_first(gcol), H, W, win)
+    gx = conv2d_input_gradient(gy_mat, w, x_shape, win) if need_gx else None
     return gx, gw, gb
+
+
+def conv2d_input_gradient(gy_mat: Any, w: Any, x_shape: tuple[int, ...], win: Window) -> Any:
+    """gx = col2im(w.T @ gy): gy_mat (O, out_h*out_w*N), the output gradient batch-last
+    -> gx (N, C, H, W). On the CPU, for stride 1, made a kernel offset at a time
+    (_input_gradient_wide)."""
+    O, C, kh, kw = w.shape
+    N, _, H, W = x_shape
+    out_h, out_w = win.out_size(H, W)
+    if _folds_wide(gy_mat, win):
+        return _input_gradient_wide(w, gy_mat, x_shape, win)
+    gcol = matmul_column_blocks(w.reshape(O, -1).T, gy_mat).reshape(C, kh, kw, out_h, out_w, N)
+    return kernels.col2im(columns_batch_first(gcol), H, W, win)
 
 
 def _input_gradient_wide(w: np.ndarray, gy_mat: np.ndarray, x_shape: tuple[int, ...],
@@ -330,23 +355,26 @@ class Conv2D(Layer):
 
     def _forward(self, x: Any) -> Any:
         w, b = self.params["weight"], self.params.get("bias")
-        rows = (band_rows(w, b is not None, x.shape, self.window)
-                if not self.training and isinstance(x, np.ndarray) else None)
+        rows = band_rows(w, b is not None, x.shape, self.window, self.training) if isinstance(x, np.ndarray) else None
         if rows:
-            # inference on the CPU: no columns kept; a backward (rare in eval mode) makes them again
+            # on the CPU in bands: the input is kept, not the columns; the backward copies
+            # them again a band at a time (conv2d_weight_gradient_bands)
             self._cache = (tuple(x.shape), x)
-            return conv2d_forward_bands(x, w, b, self.window, rows)[0]
+            return conv2d_forward_bands(x, w, b, self.window, rows)
         y, col = conv2d_forward(x, w, b, self.window)
         self._cache = (tuple(x.shape), col)
         return y
 
     def _backward(self, gy: Any) -> Any:
-        x_shape, col = self._cache
+        x_shape, kept = self._cache
         self._check_grad_shape(gy, self.output_shape(x_shape))
-        if col.ndim == 4:  # the input, kept by an inference forward
-            col = kernels.im2col(col, self.window)
-        gx, gw, gb = conv2d_backward(gy, x_shape, self.params["weight"], col, self.window,
-                                     need_gx=self._need_input_grad)
+        w = self.params["weight"]
+        if kept.ndim == 4:  # the input (CPU, a forward in bands)
+            gy_mat = np.ascontiguousarray(batch_last(gy)).reshape(w.shape[0], -1)
+            gw, gb = conv2d_weight_gradient_bands(kept, gy_mat, w, self.window), gy_mat.sum(axis=1)
+            gx = conv2d_input_gradient(gy_mat, w, x_shape, self.window) if self._need_input_grad else None
+        else:
+            gx, gw, gb = conv2d_backward(gy, x_shape, w, kept, self.window, need_gx=self._need_input_grad)
         self.grads["weight"] = gw
         if self.use_bias:
             self.grads["bias"] = gb
