@@ -16,8 +16,7 @@ import dualconv as dc
 from dualconv import kernels
 from dualconv.kernels import cpu, reference
 from dualconv.shapes import Window
-from dualconv.layers.conv import (band_rows, conv2d_backward, conv2d_forward, conv2d_forward_bands,
-                                  conv2d_weight_gradient_bands)
+from dualconv.layers.conv import band_rows, conv2d_backward, conv2d_forward_bands, conv2d_weight_gradient_bands
 from error_bounds import assert_within, gamma
 from window_configs import random_configs
 
@@ -117,46 +116,43 @@ def test_im2col_with_ones_is_im2col_and_a_row_of_ones(cfg) -> None:
 
 def test_bands_are_sized_for_the_small_matrix_kernels() -> None:
     """A band holds the most output rows whose product stays within BLOCK_MULTIPLY_ADDS
-    (one at least). Bands run where the columns outweigh the outputs twice over, and in
-    inference also where one row's product is within the limit. Worked by hand for 28x28
+    (one at least). Bands run where the columns outweigh the outputs twice over, and
+    also where one row's product is within the limit. Worked by hand for 28x28
     and 14x14 inputs, 5x5 kernels."""
     same, valid = Window(5, 5, 1, 1, 2, 2, 1, 1), Window(5, 5, 1, 1, 0, 0, 1, 1)
     lenet1, lenet2, weidman = np.zeros((6, 1, 5, 5)), np.zeros((16, 6, 5, 5)), np.zeros((32, 1, 5, 5))
     # LeNet's conv1 at 64 images: a row is 6 * 26 * 28 * 64 = 279,552 multiply-adds: 3 rows
     assert band_rows(lenet1, True, (64, 1, 28, 28), same) == 3
     assert band_rows(lenet1, False, (64, 1, 28, 28), same) == 3  # 268,800 a row
-    assert band_rows(lenet1, True, (32, 1, 28, 28), same, training=True) == 7  # 139,776 a row
+    assert band_rows(lenet1, True, (32, 1, 28, 28), same) == 7  # 139,776 a row
     # conv2 at 64: a row is 16 * 151 * 10 * 64 = 1,546,240, but 150 column numbers to 16 outputs
     assert band_rows(lenet2, True, (64, 6, 14, 14), valid) == 1
-    assert band_rows(lenet2, True, (64, 6, 14, 14), valid, training=True) == 1
     # weidman's conv (25 column numbers against 32 outputs): at 32 a row is 32 * 26 * 28 *
-    # 32 = 745,472, in bands for inference only; at 64 twice that: whole
+    # 32 = 745,472, in bands; at 64 twice that: whole
     assert band_rows(weidman, True, (32, 1, 28, 28), same) == 1
-    assert band_rows(weidman, True, (32, 1, 28, 28), same, training=True) is None
     assert band_rows(weidman, True, (64, 1, 28, 28), same) is None
     assert band_rows(weidman, True, (8, 1, 28, 28), same) == 5  # 186,368 a row
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_an_eval_mode_conv_forward_and_backward_equal_training_modes(dtype) -> None:
-    """In eval mode the layer keeps its input instead of its columns and makes them again
-    if a backward asks (saliency maps): the output within the rounding bound of training
-    mode's, and every gradient the same bits."""
+    """Eval mode runs the bands as training does (the layer keeps its input and makes the
+    columns again if a backward asks: saliency maps): the same bits, output and every
+    gradient; and a layer whose product runs whole keeps its columns in both."""
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((9, 6, 12, 12)).astype(dtype)
-    layer = dc.Conv2D(6, 16, 5, padding=1).astype(dtype)
-    gy = rng.standard_normal((9, 16, 10, 10)).astype(dtype)
-    y_train = layer.forward(x)
-    gx_train = layer.backward(gy)
-    grads_train = {k: v.copy() for k, v in layer.grads.items()}
-    layer.eval()
-    w = np.abs(layer.params["weight"]).astype(np.float64)
-    bound = 2 * gamma(6 * 25 + 1, dtype) * conv2d_forward(np.abs(x).astype(np.float64), w,
-                                                          np.abs(layer.params["bias"]), layer.window)[0]
-    assert_within(layer.forward(x), y_train, bound)
-    assert_array_equal(layer.backward(gy), gx_train)
-    for name, g in grads_train.items():
-        assert_array_equal(layer.grads[name], g)
+    for layer, x_shape in [(dc.Conv2D(6, 16, 5, padding=1), (9, 6, 12, 12)), (dc.Conv2D(1, 32, 5, padding=2), (64, 1, 28, 28))]:
+        layer = layer.astype(dtype)
+        x = rng.standard_normal(x_shape).astype(dtype)
+        y_train = layer.forward(x)
+        gy = rng.standard_normal(y_train.shape).astype(dtype)
+        gx_train = layer.backward(gy)
+        grads_train = {k: v.copy() for k, v in layer.grads.items()}
+        assert layer._cache[1].ndim == (4 if band_rows(layer.params["weight"], True, x_shape, layer.window) else 6)
+        layer.eval()
+        assert_array_equal(layer.forward(x), y_train)
+        assert_array_equal(layer.backward(gy), gx_train)
+        for name, g in grads_train.items():
+            assert_array_equal(layer.grads[name], g)
 
 
 def test_an_empty_batch_runs_as_the_whole_product() -> None:

@@ -66,28 +66,27 @@ def _with_bias(w: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.concatenate([w.reshape(w.shape[0], -1), b[:, None]], axis=1)
 
 
-def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window,
-              training: bool = False) -> int | None:
+def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) -> int | None:
     """Output rows per band of conv2d_forward_bands for the weight w (O, C, kh, kw) and an
     input of x_shape, or None where bands do not pay (the whole product is faster).
 
     A band is as many rows as keep its product within BLOCK_MULTIPLY_ADDS, the size
     OpenBLAS multiplies without packing copies, and one row at least. Bands pay where
     the columns (C*kh*kw numbers an output pixel) outweigh the output (O) twice over,
-    so that writing them all and reading them back costs more than smaller products;
-    and, in inference (no backward to copy them again for), where one row's product is
-    that small. Measured on one core (Intel), inference: LeNet's conv1 at 64 images (3
-    rows a band) 0.66 -> 0.41 ms, conv2 (one row: 1.5M multiply-adds, but 150 column
-    numbers to 16 outputs) 0.95 -> 0.62; weidman's conv at 32 (one row) 0.61 -> 0.55, at
-    64 (a row of 1.5M, 26 column numbers to 32 outputs) 1.36 -> 1.6, so it runs whole.
-    Training (the backward copies the columns again, conv2d_weight_gradient_bands):
-    weidman's at 32 0.77 -> 0.80 ms with its columns kept, so it runs whole.
+    so that writing them all and reading them back costs more than smaller products,
+    and where one row's product is within that size. Measured on one core (Intel),
+    inference: LeNet's conv1 at 64 images (3 rows a band) 0.66 -> 0.41 ms, conv2 (one
+    row: 1.5M multiply-adds, but 150 column numbers to 16 outputs) 0.95 -> 0.62;
+    weidman's conv at 32 (one row) 0.61 -> 0.55, at 64 (a row of 1.5M, 26 column numbers
+    to 32 outputs) 1.36 -> 1.6, so it runs whole. In training (the backward copies the
+    columns again, conv2d_weight_gradient_bands) weidman's step at batch 64, in parts of
+    32, 3% more images/s with its convolution in bands (paired medians of 6, 2 cores).
     """
     O, C, kh, kw = w.shape
     if x_shape[0] == 0:
         return None  # nothing to multiply: the whole (empty) product
     rows = rows_within_block(w, bias, x_shape, win)
-    if C * kh * kw < 2 * O and (rows == 0 or training):
+    if C * kh * kw < 2 * O and rows == 0:
         return None
     return max(1, rows)
 
@@ -355,7 +354,7 @@ class Conv2D(Layer):
 
     def _forward(self, x: Any) -> Any:
         w, b = self.params["weight"], self.params.get("bias")
-        rows = band_rows(w, b is not None, x.shape, self.window, self.training) if isinstance(x, np.ndarray) else None
+        rows = band_rows(w, b is not None, x.shape, self.window) if isinstance(x, np.ndarray) else None
         if rows:
             # on the CPU in bands: the input is kept, not the columns; the backward copies
             # them again a band at a time (conv2d_weight_gradient_bands)
