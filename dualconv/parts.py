@@ -59,13 +59,17 @@ near the cache: weidman's step at batch 256 took 36 ms in two parts (12.8M numbe
 each) and 32 ms in four; on one thread LeNet's took 18 ms whole (3.8M numbers) and
 15 ms in two parts."""
 
-PART_MAX_SAMPLES = 64
+PART_MAX_SAMPLES = 128
 """Most samples a part holds. Two cores each working on a part of a large batch share
-the L3 cache and the memory bus: a LeNet part of 128 took 8.6 ms alone and 10.5 ms
-beside another. LeNet's step at batch 256 (2-core Intel, worker process): 19.5-22.4k
-images/s in parts of 128, 22.6-24.2k in parts of 64, 20-20.8k in parts of 32; weidman
-at batch 64 and 256 runs parts of 32 and 64 either way (8.4-9.5k images/s; parts of
-10 made 6.1-7.0k)."""
+the L3 cache and the memory bus. While the convolutions kept their column matrices
+(LeNet's: 9 MB a part of 64) a LeNet part of 128 took 8.6 ms alone and 10.5 ms beside
+another, and batch 256 ran best in parts of 64 (2-core Intel, worker process:
+19.5-22.4k images/s in parts of 128, 22.6-24.2k in 64, 20-20.8k in 32). Without them
+(conv2d_weight_gradient_bands) parts of 128 are the faster: LeNet at batch 256, paired
+medians of 6 fresh processes, +6% images/s over parts of 64 (Haswell kernels +5.5%;
+on two threads, in 4 runs, +18%). weidman (100k numbers a sample) is held to 83 by
+PART_MAX_NUMBERS: parts of 32 at batch 64 and of 64 at 256 (parts of 10 made 6.1-7.0k
+images/s against 8.4-9.5k)."""
 
 Counter = Callable[[Any, Any], Any]  # (outputs, targets) -> how many are right, a device scalar
 

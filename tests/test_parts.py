@@ -30,17 +30,19 @@ def test_numbers_per_sample_adds_up_every_layer_output() -> None:
 
 def test_part_ranges_follow_the_documented_rule() -> None:
     """Worked by hand from the docstring, with 2**20 numbers a part at least and 2**23 and
-    64 samples at most. 16384 numbers a sample: parts of 64 samples (64 to min(64, 512));
-    100,000 a sample: 12 to 64 (ceil(10.49) = 11, made even; 83 fit, 64 at most)."""
+    128 samples at most. 16384 numbers a sample: parts of 64 to 128 samples (min(128, 512));
+    100,000 a sample: 12 to 83 (ceil(10.49) = 11, made even; 83 fit)."""
     assert part_ranges(127, 16384, 2**20) == [(0, 127)]
     assert part_ranges(128, 16384, 2**20) == [(0, 64), (64, 128)]
     assert part_ranges(130, 16384, 2**20) == [(0, 66), (66, 130)]  # 65 -> 66
-    # ceil(1030 / 64) = 17 parts would hold 60 < 64: 1030 // 64 = 16 parts, of 65 -> 66
-    assert part_ranges(1030, 16384, 2**20) == [(s, min(1030, s + 66)) for s in range(0, 1030, 66)]
-    assert len(part_ranges(1030, 16384, 2**20)) == 16
-    assert part_ranges(256, 14762, 2**18) == [(0, 64), (64, 128), (128, 192), (192, 256)]  # LeNet, processes
+    # ceil(1030 / 128) = 9 parts of ceil(1030 / 9) = 115 -> 116, the last one 102
+    assert part_ranges(1030, 16384, 2**20) == [(s, min(1030, s + 116)) for s in range(0, 1030, 116)]
+    assert len(part_ranges(1030, 16384, 2**20)) == 9
+    # 12,000 a sample: 88 to 128; ceil(260 / 128) = 3 parts would hold 86 < 88: 260 // 88 = 2 parts of 130
+    assert part_ranges(260, 12000, 2**20) == [(0, 130), (130, 260)]
+    assert part_ranges(256, 14762, 2**18) == [(0, 128), (128, 256)]  # LeNet, processes
     assert part_ranges(64, 100_000, 2**20) == [(0, 32), (32, 64)]
-    assert part_ranges(256, 100_000, 2**20) == [(0, 64), (64, 128), (128, 192), (192, 256)]  # ceil(256/64) = 4
+    assert part_ranges(256, 100_000, 2**20) == [(0, 64), (64, 128), (128, 192), (192, 256)]  # ceil(256/83) = 4
     assert part_ranges(23, 100_000, 2**20) == [(0, 23)]  # two parts would hold under 12
     assert part_ranges(36, 100_000, 2**20) == [(0, 18), (18, 36)]
     # fewest 1 -> 2, most 4: ceil(10 / 4) = 3 parts of ceil(10 / 3) = 4
