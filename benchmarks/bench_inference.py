@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .bench_training import MODELS, torch_model
+from .bench_training import MODELS, dualconv_model, torch_peer
 from .common import BACKENDS, images_per_second, mnist_like, require, synchronizer, to_backend, warm_up
 
 IMAGES = 1000
@@ -26,20 +26,14 @@ def make_predict(model_name: str, backend: str, images: int = IMAGES) -> Callabl
     mod = require(backend)
     X = mnist_like(images)[0]
     if backend in ("numpy", "cupy"):
-        import dualconv as dc
-        from dualconv import models
-        with dc.use_backend(backend):
-            model = getattr(models, model_name)(seed=0)
-        model.to(backend)
+        model = dualconv_model(model_name, backend)
         xb = to_backend(X, backend)
 
         def predict() -> Any:
             return model.predict(xb)
     else:
         torch = mod
-        torch.manual_seed(0)
-        device = "cuda" if backend == "torch-cuda" else "cpu"
-        net = torch_model(model_name).to(device).eval()
+        net = torch_peer(torch, model_name, backend).eval()
         xb = to_backend(X, backend)
 
         def predict() -> Any:

@@ -37,16 +37,29 @@ def torch_model(name: str) -> Any:
     raise ValueError(name)
 
 
+def dualconv_model(model_name: str, backend: str) -> Any:
+    """A bundled dualconv model, seed 0, built for and moved to ``backend`` ("numpy" or "cupy")."""
+    import dualconv as dc
+    from dualconv import models
+    with dc.use_backend(backend):
+        model = getattr(models, model_name)(seed=0)
+    return model.to(backend)
+
+
+def torch_peer(torch: Any, model_name: str, backend: str) -> Any:
+    """The torch twin of a bundled model (torch_model), torch's seed 0, on the device
+    ``backend`` names ("torch": the CPU, "torch-cuda": the GPU)."""
+    torch.manual_seed(0)
+    return torch_model(model_name).to("cuda" if backend == "torch-cuda" else "cpu")
+
+
 def make_step(model_name: str, backend: str, batch: int) -> Callable[[], None]:
     """A zero-argument training step on one fixed batch, warmed up (built, compiled)."""
     mod = require(backend)
     X, y = mnist_like(batch)
     if backend in ("numpy", "cupy"):
         import dualconv as dc
-        from dualconv import models
-        with dc.use_backend(backend):
-            model = getattr(models, model_name)(seed=0)
-        model.to(backend).train()
+        model = dualconv_model(model_name, backend).train()
         trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(),
                              dc.SGD(model.parameters(), lr=0.01, momentum=0.9), progress=False)
         trainer.loss.check_labels = False  # as Trainer.fit does: no label check (a GPU sync) per step
@@ -56,9 +69,7 @@ def make_step(model_name: str, backend: str, batch: int) -> Callable[[], None]:
             trainer.train_step(xb, yb)
     else:
         torch = mod
-        torch.manual_seed(0)
-        device = "cuda" if backend == "torch-cuda" else "cpu"
-        model = torch_model(model_name).to(device).train()
+        model = torch_peer(torch, model_name, backend).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         loss_fn = torch.nn.CrossEntropyLoss()
         xb, yb = to_backend(X, backend), to_backend(y, backend)
