@@ -168,8 +168,9 @@ def conv2d_weight_gradient_bands(x: np.ndarray, gy_mat: np.ndarray, w: np.ndarra
     any other, within gamma(K) of their |terms|. Measured (one core, Intel, SkylakeX
     kernels), LeNet's conv1, its forward and weight gradient at 64 images: 1.03 -> 0.92
     ms; conv2 1.24 -> 1.23 ms. LeNet's training step with a worker process (paired
-    medians of 6): 6% more images/s at batch 64, 16% at 256 (Haswell kernels: 3%, 17%):
-    two cores no longer write and read back 9 MB of columns a part at once.
+    medians of 6 fresh processes, two runs): 5-6% more images/s at batch 64, 16-22% at
+    256 (Haswell kernels: 3%, 17%): two cores no longer write and read back 9 MB of
+    columns a part at once.
     """
     O, C, kh, kw = w.shape
     N, _, H, W = x.shape
