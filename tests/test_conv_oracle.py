@@ -136,25 +136,32 @@ def test_writing_into_params_changes_the_output() -> None:
                   conv_error_bound(x, ones, np.zeros(2))[:, 0])
 
 
+@pytest.mark.parametrize("O", [3, 10])
 @pytest.mark.parametrize("N, H, W, padding, stride, dilation",
                          [(3, 5, 6, 0, 1, 1), (2, 7, 7, 2, 1, 1), (4, 6, 5, 1, 2, 1), (2, 13, 10, 1, 1, 2)])
 def test_conv2d_in_blocks_matches_reference(monkeypatch, N: int, H: int, W: int, padding: int,
-                                            stride: int, dilation: int) -> None:
-    """Forward and backward with the GEMMs forced into blocks of 7 columns (the
+                                            stride: int, dilation: int, O: int) -> None:
+    """Forward and backward with the GEMMs forced into blocks of at most 7 columns (the
     column count N*out_h*out_w is never a multiple of 7 here), against the
     reference's loops: its convolution, and gw, gx from its im2col and col2im
-    in float64."""
+    in float64. With 3 outputs (18 column numbers outweigh them) the layer runs in
+    bands of output rows, its weight gradient made from the input band by band; with
+    10, and bands sized to hold no row, it runs whole: the column matrix kept, gw in
+    inner blocks."""
     monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
-    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * 3 * 18)  # (O x C*kh*kw) = 3 x 18
-    assert blocked_matmul.block_size(3, 18) == blocked_matmul.block_size(18, 3) == 7
+    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * O * 19)  # [w | b] is O x 19
+    assert blocked_matmul.block_size(O, 19) == blocked_matmul.block_size(18, O) == 7
+    if O == 10:
+        monkeypatch.setattr("dualconv.layers.conv.BLOCK_MULTIPLY_ADDS", 1)  # no row fits: no bands
     win = Window(3, 3, stride, stride, padding, padding, dilation, dilation)
     out_h, out_w = win.out_size(H, W)
     rng = np.random.default_rng(N * H)
-    layer = dc.Conv2D(2, 3, 3, stride=stride, padding=padding, dilation=dilation)
-    layer.params["bias"][...] = rng.standard_normal(3)
+    layer = dc.Conv2D(2, O, 3, stride=stride, padding=padding, dilation=dilation)
+    layer.params["bias"][...] = rng.standard_normal(O)
     x = rng.standard_normal((N, 2, H, W)).astype(np.float32)
     w, b = layer.params["weight"], layer.params["bias"]
     y = layer.forward(x)
+    assert layer._cache[1].ndim == (4 if O == 3 else 6)  # the input kept (bands), or the columns
     assert (N * out_h * out_w) % 7
     geometry = (stride, padding, dilation)
     assert_within(y, reference_conv2d(x, w, b, *geometry), conv_error_bound(x, w, b, *geometry))
@@ -162,13 +169,13 @@ def test_conv2d_in_blocks_matches_reference(monkeypatch, N: int, H: int, W: int,
     gy = rng.standard_normal(y.shape).astype(np.float32)
     gx = layer.backward(gy)
     col = reference.im2col(x.astype(np.float64), win).reshape(18, -1)  # (C*kh*kw, N*out_h*out_w)
-    g = gy.transpose(1, 0, 2, 3).reshape(3, -1).astype(np.float64)     # (O, N*out_h*out_w)
+    g = gy.transpose(1, 0, 2, 3).reshape(O, -1).astype(np.float64)     # (O, N*out_h*out_w)
     gw = (g @ col.T).reshape(w.shape)
     gw_bound = 2 * gamma(col.shape[1], np.float32) * (np.abs(g) @ np.abs(col).T).reshape(w.shape)
     assert_within(layer.grads["weight"], gw, gw_bound, "gw: ")
     assert_within(layer.grads["bias"], g.sum(axis=1), 2 * gamma(g.shape[1], np.float32) * np.abs(g).sum(axis=1))
-    w_mat = w.reshape(3, -1).astype(np.float64)
+    w_mat = w.reshape(O, -1).astype(np.float64)
     gcol = (w_mat.T @ g).reshape(2, 3, 3, N, out_h, out_w)
     gcol_abs = (np.abs(w_mat).T @ np.abs(g)).reshape(2, 3, 3, N, out_h, out_w)
-    gx_bound = 2 * gamma(3 + 9, np.float32) * reference.col2im(gcol_abs, H, W, win)
+    gx_bound = 2 * gamma(O + 9, np.float32) * reference.col2im(gcol_abs, H, W, win)
     assert_within(gx, reference.col2im(gcol, H, W, win), gx_bound, "gx: ")
