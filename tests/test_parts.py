@@ -30,17 +30,22 @@ def test_numbers_per_sample_adds_up_every_layer_output() -> None:
 
 def test_part_ranges_follow_the_documented_rule() -> None:
     """Worked by hand from the docstring, with 2**20 numbers a part at least and 2**23 and
-    128 samples at most. 16384 numbers a sample: parts of 64 to 128 samples (min(128, 512));
-    100,000 a sample: 12 to 83 (ceil(10.49) = 11, made even; 83 fit)."""
+    128 samples at most, and an even count of parts. 16384 numbers a sample: parts of 64 to
+    128 samples (min(128, 512)); 100,000 a sample: 12 to 83 (ceil(10.49) = 11, made even; 83 fit)."""
     assert part_ranges(127, 16384, 2**20) == [(0, 127)]
     assert part_ranges(128, 16384, 2**20) == [(0, 64), (64, 128)]
     assert part_ranges(130, 16384, 2**20) == [(0, 66), (66, 130)]  # 65 -> 66
-    # ceil(1030 / 128) = 9 parts of ceil(1030 / 9) = 115 -> 116, the last one 102
-    assert part_ranges(1030, 16384, 2**20) == [(s, min(1030, s + 116)) for s in range(0, 1030, 116)]
-    assert len(part_ranges(1030, 16384, 2**20)) == 9
-    # 12,000 a sample: 88 to 128; ceil(260 / 128) = 3 parts would hold 86 < 88: 260 // 88 = 2 parts of 130
+    # ceil(1030 / 128) = 9 -> 10 parts (even) of ceil(1030 / 10) = 103 -> 104, the last one 94
+    assert part_ranges(1030, 16384, 2**20) == [(s, min(1030, s + 104)) for s in range(0, 1030, 104)]
+    assert len(part_ranges(1030, 16384, 2**20)) == 10
+    # 12,000 a sample: 88 to 128; ceil(260 / 128) = 3 -> 4 parts would hold 65 < 88: 260 // 88 = 2 parts of 130
     assert part_ranges(260, 12000, 2**20) == [(0, 130), (130, 260)]
+    # 12,000 a sample, 270 samples: 4 parts would hold 67 < 88; 270 // 88 = 3 -> 2 parts of 136 and 134
+    assert part_ranges(270, 12000, 2**20) == [(0, 136), (136, 270)]
     assert part_ranges(256, 14762, 2**18) == [(0, 128), (128, 256)]  # LeNet, processes
+    # ceil(384 / 128) = 3 -> 4 parts of 96; ceil(300 / 128) = 3 -> 4 parts of 75 -> 76
+    assert part_ranges(384, 14762, 2**18) == [(0, 96), (96, 192), (192, 288), (288, 384)]
+    assert part_ranges(300, 14762, 2**18) == [(0, 76), (76, 152), (152, 228), (228, 300)]
     assert part_ranges(64, 100_000, 2**20) == [(0, 32), (32, 64)]
     assert part_ranges(256, 100_000, 2**20) == [(0, 64), (64, 128), (128, 192), (192, 256)]  # ceil(256/83) = 4
     assert part_ranges(23, 100_000, 2**20) == [(0, 23)]  # two parts would hold under 12
