@@ -184,10 +184,12 @@ def conv2d_weight_gradient_bands(x: np.ndarray, gy_mat: np.ndarray, w: np.ndarra
     return np.ascontiguousarray(total.T).reshape(w.shape)
 
 
-def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, col: Any, win: Window,
+def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, kept: Any, win: Window,
                     need_gx: bool = True) -> tuple[Any | None, Any, Any]:
-    """gy: (N, O, out_h, out_w) and conv2d_forward's col -> (gx (N, C, H, W) or None,
-    gw (O, C, kh, kw), gb (O,))."""
+    """gy: (N, O, out_h, out_w) and what the forward kept: conv2d_forward's col
+    (C, kh, kw, N, out_h, out_w), or the input x (N, C, H, W) of a forward in bands
+    (CPU), whose columns are made again band by band (conv2d_weight_gradient_bands)
+    -> (gx (N, C, H, W) or None, gw (O, C, kh, kw), gb (O,))."""
     xp = get_array_module(gy)
     O = w.shape[0]
     gy_mat = xp.ascontiguousarray(batch_last(gy)).reshape(O, -1)  # (O, out_h*out_w*N)
@@ -195,10 +197,12 @@ def conv2d_backward(gy: Any, x_shape: tuple[int, ...], w: Any, col: Any, win: Wi
     # orientation OpenBLAS runs 1.1-1.8x faster for these shapes (a long inner
     # dimension, stride 1 in both); transposing it back copies a few KB. cuBLAS
     # takes either, so the GPU computes gw as it is stored: no copy.
-    if xp is np:
-        gw = matmul_inner_blocks(_column_matrix(col), gy_mat.T).T.reshape(w.shape)
+    if kept.ndim == 4:
+        gw = conv2d_weight_gradient_bands(kept, gy_mat, w, win)
+    elif xp is np:
+        gw = matmul_inner_blocks(_column_matrix(kept), gy_mat.T).T.reshape(w.shape)
     else:
-        gw = (gy_mat @ _column_matrix(col).T).reshape(w.shape)
+        gw = (gy_mat @ _column_matrix(kept).T).reshape(w.shape)
     gb = gy_mat.sum(axis=1)
     gx = conv2d_input_gradient(gy_mat, w, x_shape, win) if need_gx else None
     return gx, gw, gb
@@ -368,13 +372,8 @@ class Conv2D(Layer):
     def _backward(self, gy: Any) -> Any:
         x_shape, kept = self._cache
         self._check_grad_shape(gy, self.output_shape(x_shape))
-        w = self.params["weight"]
-        if kept.ndim == 4:  # the input (CPU, a forward in bands)
-            gy_mat = np.ascontiguousarray(batch_last(gy)).reshape(w.shape[0], -1)
-            gw, gb = conv2d_weight_gradient_bands(kept, gy_mat, w, self.window), gy_mat.sum(axis=1)
-            gx = conv2d_input_gradient(gy_mat, w, x_shape, self.window) if self._need_input_grad else None
-        else:
-            gx, gw, gb = conv2d_backward(gy, x_shape, w, kept, self.window, need_gx=self._need_input_grad)
+        gx, gw, gb = conv2d_backward(gy, x_shape, self.params["weight"], kept, self.window,
+                                     need_gx=self._need_input_grad)
         self.grads["weight"] = gw
         if self.use_bias:
             self.grads["bias"] = gb
