@@ -68,9 +68,9 @@ another, and batch 256 ran best in parts of 64 (2-core Intel, worker process:
 (conv2d_weight_gradient_bands) parts of 128 are the faster: LeNet at batch 256, paired
 medians of 6 fresh processes, +6% images/s over parts of 64 (Haswell kernels +5.5%;
 on two threads, in 4 runs, +18%); at batch 192 two parts of 96 instead of three of 64
-(the caller ran two, the worker one) +32%, at 512 four of 128 +5% (4 pairs each). weidman (100k numbers a sample) is held to 83 by
-PART_MAX_NUMBERS: parts of 32 at batch 64 and of 64 at 256 (parts of 10 made 6.1-7.0k
-images/s against 8.4-9.5k)."""
+(the caller ran two, the worker one) +32%, at 512 four of 128 +5% (4 pairs each).
+weidman (100k numbers a sample) is held to 83 by PART_MAX_NUMBERS: parts of 32 at batch
+64 and of 64 at 256 (parts of 10 made 6.1-7.0k images/s against 8.4-9.5k)."""
 
 Counter = Callable[[Any, Any], Any]  # (outputs, targets) -> how many are right, a device scalar
 
