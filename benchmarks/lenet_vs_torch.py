@@ -23,10 +23,11 @@ count and the same glibc malloc settings. ``--dualconv-blas-threads`` gives
 NumPy's BLAS its own thread count (PyTorch keeps ``--threads``), and
 ``--dualconv-blas-coretype`` the kernels NumPy's OpenBLAS uses (OPENBLAS_CORETYPE,
 read when NumPy loads it; the machine line names the kernels it picks by itself).
-On the AMD EPYC kind it picks its Haswell kernels, without the small-matrix kernels
-the Intel kind's SkylakeX ones have, which dualconv's blocked products are sized
-for; that CPU has AVX-512 too. The report
-starts with the machine: its kind, CPU model, BLAS and the kernel the BLAS
+It picks its SkylakeX kernels on both kinds measured (the Xeon, and the EPYC of
+family 25, model 17); an AMD CPU it does not know gets its Haswell kernels, without
+the small-matrix path dualconv's blocked products are sized for, and
+``--dualconv-blas-coretype Haswell`` shows what that costs. The report starts with
+the machine: its kind, CPU model, BLAS and the kernel the BLAS
 chose (benchmarks/machine_info.py), and the load average before and after,
 since the machines are shared. PyTorch is the peer: without it installed,
 only dualconv's figures are printed.

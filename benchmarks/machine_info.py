@@ -4,13 +4,15 @@
     python benchmarks/machine_info.py --kind    # the machine kind, e.g. intel-avx512-2cpu
     python benchmarks/machine_info.py --cpu     # CPU model and BLAS, for `asv machine --cpu`
 
-The project's machines come in kinds (an AMD EPYC with AVX2, an Intel Xeon
-with AVX-512, 2 cores each), and one kind can be fast where another is not,
-so every recorded figure names the kind, the CPU model and the BLAS with the
-kernel it chose for this CPU (threadpoolctl reports both: OpenBLAS takes Zen 5
-for "Haswell" and the Xeon for "SkylakeX"). The kind is also the asv machine
-name, so results from different kinds land in different folders of
-benchmarks/results/.
+The project's machines come in kinds (an AMD EPYC and an Intel Xeon, both with
+AVX-512, 2 cores each), and one kind can be fast where another is not, so every
+recorded figure names the kind, the CPU model (with its family and model numbers:
+a VM may name every EPYC generation just "AMD EPYC") and the BLAS with the kernel
+it chose for this CPU, which threadpoolctl reports. OpenBLAS 0.3.31 picks its
+SkylakeX kernels on both the Xeon and the EPYC of family 25, model 17; an AMD
+machine it does not know gets its Haswell kernels, which lack the small-matrix
+path. The kind is also the asv machine name, so results from different kinds land
+in different folders of benchmarks/results/.
 """
 from __future__ import annotations
 
@@ -35,8 +37,13 @@ def _cpuinfo() -> dict[str, str]:
 
 
 def cpu_model() -> str:
-    """The CPU's model name, e.g. "Intel(R) Xeon(R) Processor"."""
-    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+    """The CPU's model name with its family and model numbers where /proc/cpuinfo has
+    them, e.g. "AMD EPYC (family 25, model 17)"."""
+    info = _cpuinfo()
+    name = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info and "model" in info:
+        name += f" (family {info['cpu family']}, model {info['model']})"
+    return name
 
 
 def machine_kind() -> str:

@@ -237,3 +237,15 @@ def test_results_table_reads_an_asv_results_file(tmp_path, capsys):
     assert "| Conv2D.time_forward | size=lenet2 | seconds | 2 ms | 1 ms | 2.00 |" in out
     assert "| TrainStep.track_images_per_second | model=lenet, batch=64 | images/s | 9000 | - | - |" in out
     assert "cupy" not in out.splitlines()[1]
+
+
+def test_machine_description_names_family_and_model(monkeypatch):
+    # a VM may call every EPYC generation "AMD EPYC": the family and model numbers tell them apart
+    from benchmarks import machine_info
+    amd = {"vendor_id": "AuthenticAMD", "model name": "AMD EPYC", "cpu family": "25", "model": "17",
+           "flags": "fpu avx2 avx512f"}
+    monkeypatch.setattr(machine_info, "_cpuinfo", lambda: amd)
+    assert machine_info.cpu_model() == "AMD EPYC (family 25, model 17)"
+    assert machine_info.machine_kind().startswith("amd-avx512-")
+    monkeypatch.setattr(machine_info, "_cpuinfo", lambda: {"model name": "Some CPU"})
+    assert machine_info.cpu_model() == "Some CPU"
