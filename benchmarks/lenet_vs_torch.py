@@ -19,7 +19,8 @@ forward of them under ``torch.inference_mode``).
 Each (implementation, task, model, batch size) runs in its own fresh process,
 cycled ``--cycles`` times so both sides see the same machine noise; the report
 is the median images/s of each and their ratio. Both sides get the same thread
-count and the same glibc malloc settings. ``--dualconv-blas-threads`` gives
+count (``--threads``: PyTorch's threads, dualconv's cores, DUALCONV_NUM_THREADS; with
+1, no worker process) and the same glibc malloc settings. ``--dualconv-blas-threads`` gives
 NumPy's BLAS its own thread count (PyTorch keeps ``--threads``), and
 ``--dualconv-blas-coretype`` the kernels NumPy's OpenBLAS uses (OPENBLAS_CORETYPE,
 read when NumPy loads it; the machine line names the kernels it picks by itself).
@@ -158,7 +159,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--inference-batch", type=int, default=1000, help="0 skips inference")
     parser.add_argument("--cycles", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="cores each side uses: PyTorch's threads, dualconv's parts and BLAS")
     parser.add_argument("--dualconv-blas-threads", type=int, default=None)
     parser.add_argument("--dualconv-blas-coretype", default=None,
                         help="OPENBLAS_CORETYPE for dualconv's processes (say SkylakeX or Haswell)")
@@ -186,8 +188,11 @@ def main() -> None:
     cases = [("train", name, batch) for name in args.models for batch in args.batch_sizes]
     if args.inference_batch:
         cases += [("predict", name, args.inference_batch) for name in args.models]
+    # --threads is the cores each side may use: PyTorch's threads, and dualconv's parts
+    # (DUALCONV_NUM_THREADS: with 1, no worker process)
     env = dict(os.environ, GLIBC_TUNABLES=MALLOC, OMP_NUM_THREADS=str(args.threads),
-               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+               OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               DUALCONV_NUM_THREADS=str(args.threads))
     blas = ["--dualconv-blas-threads", str(args.dualconv_blas_threads)] if args.dualconv_blas_threads else []
     rates: dict[tuple[str, str, str, int], list[float]] = {}
     envs = {impl: env for impl in impls}
