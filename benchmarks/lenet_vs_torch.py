@@ -25,8 +25,8 @@ NumPy's BLAS its own thread count (PyTorch keeps ``--threads``), and
 ``--dualconv-blas-coretype`` the kernels NumPy's OpenBLAS uses (OPENBLAS_CORETYPE,
 read when NumPy loads it; the machine line names the kernels it picks by itself).
 It picks its SkylakeX kernels on both kinds measured (the Xeon, and the EPYC of
-family 25, model 17); an AMD CPU it does not know gets its Haswell kernels, without
-the small-matrix path dualconv's blocked products are sized for, and
+family 25, model 17); an AMD VM of 2026-11-21 was recorded with its Haswell
+kernels, without the small-matrix path dualconv's blocked products are sized for, and
 ``--dualconv-blas-coretype Haswell`` shows what that costs. The report starts with
 the machine: its kind, CPU model, BLAS and the kernel the BLAS
 chose (benchmarks/machine_info.py), and the load average before and after,

@@ -9,9 +9,9 @@ AVX-512, 2 cores each), and one kind can be fast where another is not, so every
 recorded figure names the kind, the CPU model (with its family and model numbers:
 a VM may name every EPYC generation just "AMD EPYC") and the BLAS with the kernel
 it chose for this CPU, which threadpoolctl reports. OpenBLAS 0.3.31 picks its
-SkylakeX kernels on both the Xeon and the EPYC of family 25, model 17; an AMD
-machine it does not know gets its Haswell kernels, which lack the small-matrix
-path. The kind is also the asv machine name, so results from different kinds land
+SkylakeX kernels on both the Xeon and the EPYC of family 25, model 17; the AMD
+VM of 2026-11-21 was recorded with its Haswell kernels, which lack the
+small-matrix path. The kind is also the asv machine name, so results from different kinds land
 in different folders of benchmarks/results/.
 """
 from __future__ import annotations

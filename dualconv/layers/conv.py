@@ -243,9 +243,9 @@ def _input_gradient_wide(w: np.ndarray, gy_mat: np.ndarray, x_shape: tuple[int, 
     its rounding bound. Measured on one core (Intel), LeNet's conv2: 0.58 -> 0.35 ms at
     32 images, 1.01 -> 0.57 at 64 (an offset a product). A kernel row a product (kw*C
     rows, not C) pays the packing of gy once a row where OpenBLAS packs every product
-    (its Haswell kernels, which it picks on an AMD CPU it does not know): a LeNet
-    training part 5% (32 images) and 4% (64) faster there than an offset a product, and
-    as fast with the SkylakeX kernels (paired ratios 0.999-1.004, medians of 15).
+    (its Haswell kernels, which an earlier AMD VM ran): a LeNet training part 5% (32
+    images) and 4% (64) faster there than an offset a product, and as fast with the
+    SkylakeX kernels (paired ratios 0.999-1.004, medians of 15).
     """
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
