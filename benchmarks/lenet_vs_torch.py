@@ -20,8 +20,8 @@ Each (implementation, task, model, batch size) runs in its own fresh process,
 cycled ``--cycles`` times so both sides see the same machine noise; the report
 is the median images/s of each and their ratio. Both sides get the same thread
 count (``--threads``: PyTorch's threads, dualconv's cores, DUALCONV_NUM_THREADS; with
-1, no worker process) and the same glibc malloc settings. ``--dualconv-blas-threads`` gives
-NumPy's BLAS its own thread count (PyTorch keeps ``--threads``), and
+1, no worker process) and the same glibc malloc settings. ``--dualconv-blas-threads``
+gives NumPy's BLAS its own thread count (PyTorch keeps ``--threads``), and
 ``--dualconv-blas-coretype`` the kernels NumPy's OpenBLAS uses (OPENBLAS_CORETYPE,
 read when NumPy loads it; the machine line names the kernels it picks by itself).
 It picks its SkylakeX kernels on both kinds measured (the Xeon, and the EPYC of
@@ -188,8 +188,6 @@ def main() -> None:
     cases = [("train", name, batch) for name in args.models for batch in args.batch_sizes]
     if args.inference_batch:
         cases += [("predict", name, args.inference_batch) for name in args.models]
-    # --threads is the cores each side may use: PyTorch's threads, and dualconv's parts
-    # (DUALCONV_NUM_THREADS: with 1, no worker process)
     env = dict(os.environ, GLIBC_TUNABLES=MALLOC, OMP_NUM_THREADS=str(args.threads),
                OPENBLAS_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                DUALCONV_NUM_THREADS=str(args.threads))

@@ -11,8 +11,8 @@ a VM may name every EPYC generation just "AMD EPYC") and the BLAS with the kerne
 it chose for this CPU, which threadpoolctl reports. OpenBLAS 0.3.31 picks its
 SkylakeX kernels on both the Xeon and the EPYC of family 25, model 17; the AMD
 VM of 2026-11-21 was recorded with its Haswell kernels, which lack the
-small-matrix path. The kind is also the asv machine name, so results from different kinds land
-in different folders of benchmarks/results/.
+small-matrix path. The kind is also the asv machine name, so results from
+different kinds land in different folders of benchmarks/results/.
 """
 from __future__ import annotations
 

@@ -10,8 +10,9 @@ are covered by gamma(K) for the products and the sums together.
 Two computations of the same quantity that are each within ``bound`` of the
 exact value differ by at most ``2 * bound``. That is how these tests compare
 two code paths (batched and unbatched, BLAS and loops, CPU and GPU) without a
-tolerance tuned on one machine: which kernel OpenBLAS picks (SkylakeX on the AVX-512
-machines, Haswell on others) changes the order of the sums, never the bound.
+tolerance tuned on one machine: which kernel OpenBLAS picks (SkylakeX on both machine
+kinds measured, Haswell on an earlier AMD VM) changes the order of the sums, never the
+bound.
 """
 from __future__ import annotations
 

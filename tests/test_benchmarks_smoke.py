@@ -20,7 +20,8 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import dualconv as dc  # noqa: E402
-from benchmarks import bench_inference, bench_kernels, bench_layers, bench_training, common, results_table  # noqa: E402
+from benchmarks import (bench_inference, bench_kernels, bench_layers, bench_training, common,  # noqa: E402
+                        machine_info, results_table)
 from error_bounds import assert_within, sum_bound  # noqa: E402
 
 BENCH_MODULES = [bench_inference, bench_kernels, bench_layers, bench_training]
@@ -240,8 +241,7 @@ def test_results_table_reads_an_asv_results_file(tmp_path, capsys):
 
 
 def test_machine_description_names_family_and_model(monkeypatch):
-    # a VM may call every EPYC generation "AMD EPYC": the family and model numbers tell them apart
-    from benchmarks import machine_info
+    # a VM may call every EPYC generation "AMD EPYC": family and model numbers tell them apart
     amd = {"vendor_id": "AuthenticAMD", "model name": "AMD EPYC", "cpu family": "25", "model": "17",
            "flags": "fpu avx2 avx512f"}
     monkeypatch.setattr(machine_info, "_cpuinfo", lambda: amd)
