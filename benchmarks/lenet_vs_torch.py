@@ -13,7 +13,9 @@ resident on the GPU for both, each side synchronized before the clock stops.
 Models: ``lenet`` (dualconv.models.lenet) and ``weidman`` (the one-layer CNN of
 dualconv.models.weidman), each against the same network in torch.nn. Tasks:
 training steps (forward, loss, backward, SGD with momentum) at each batch size,
-and inference, ``model.predict`` on ``--inference-batch`` images (PyTorch: one
+``train`` through ``Trainer.train_step`` and ``own`` through a user's own loop
+(``model.forward``, ``loss.forward``, ``model.backward``, ``opt.step()``; PyTorch's
+row is its usual loop either way), and inference, ``model.predict`` on ``--inference-batch`` images (PyTorch: one
 forward of them under ``torch.inference_mode``).
 
 Each (implementation, task, model, batch size) runs in its own fresh process,
@@ -93,6 +95,15 @@ def run_dualconv(task: str, name: str, batch: int, repeats: int, device: str = "
                          dc.SGD(model.parameters(), lr=0.01, momentum=0.9), progress=False)
     trainer.loss.check_labels = False  # as Trainer.fit does: no label check (a GPU sync) per step
     batches = [(X[i * batch:(i + 1) * batch], y[i * batch:(i + 1) * batch]) for i in range(repeats)]
+    if task == "own":
+        loss, opt = trainer.loss, trainer.optimizer
+
+        def own_step(i: int) -> None:  # a user's own loop, as the tutorials write it
+            xb, yb = batches[i % repeats]
+            loss.forward(model.forward(xb), yb)
+            model.backward(loss.backward())
+            opt.step()
+        return batch * repeats / timed(own_step, repeats, sync)
     return batch * repeats / timed(lambda i: trainer.train_step(*batches[i % repeats]), repeats, sync)
 
 
@@ -126,7 +137,7 @@ def run_torch(task: str, name: str, batch: int, repeats: int, device: str = "cpu
 
 def worker(impl: str, task: str, name: str, batch: int, threads: int, blas_threads: int | None,
            device: str) -> None:
-    images_per_run = 8192 if task == "train" else 5 * batch
+    images_per_run = 5 * batch if task == "predict" else 8192
     repeats = max(5 if task == "predict" else 20, images_per_run // batch)
     if impl == "torch":
         import torch
@@ -157,6 +168,8 @@ def main() -> None:
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--models", nargs="+", default=["lenet", "weidman"], choices=["lenet", "weidman"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--tasks", nargs="+", default=["train", "own"], choices=["train", "own"],
+                        help="training rows: Trainer.train_step, a user's own loop")
     parser.add_argument("--inference-batch", type=int, default=1000, help="0 skips inference")
     parser.add_argument("--cycles", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2,
@@ -185,7 +198,7 @@ def main() -> None:
           f"load average {info['loadavg_before']:.1f}", flush=True)
     if args.dualconv_blas_coretype:
         print(f"dualconv's OpenBLAS kernels: {args.dualconv_blas_coretype} (OPENBLAS_CORETYPE)", flush=True)
-    cases = [("train", name, batch) for name in args.models for batch in args.batch_sizes]
+    cases = [(task, name, batch) for name in args.models for task in args.tasks for batch in args.batch_sizes]
     if args.inference_batch:
         cases += [("predict", name, args.inference_batch) for name in args.models]
     env = dict(os.environ, GLIBC_TUNABLES=MALLOC, OMP_NUM_THREADS=str(args.threads),

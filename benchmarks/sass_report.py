@@ -7,8 +7,8 @@ hands to ``cupy.RawModule``; CuPy then adds ``-ftz=true``, the architecture and
 ``--device-as-default-execution-space``, and so does this script. NVRTC comes
 from the pip package nvidia-cuda-nvrtc-cu12; the CUBIN is disassembled with
 cuobjdump (nvidia-cuda-cuobjdump, which needs nvidia-cuda-nvdisasm): ``pip
-install -e ".[sass]"``. No GPU is needed. It prints a Markdown table (the
-README's).
+install -e ".[sass]"``. No GPU is needed. It prints a Markdown table (the one in
+benchmarks/README.md, section "SASS report (sass_report.py)").
 
 Per kernel instantiation it reports registers and spill bytes (ptxas), and the
 SASS instructions one thread executes for one element on the common path at

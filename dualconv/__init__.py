@@ -7,10 +7,10 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam, ExponentialLR, LinearLR, StepLR
-from .threads import num_threads, set_num_threads
+from .engine import num_threads, set_num_threads
 from .trainer import Trainer
 
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "models", "asnumpy", "get_backend", "gpu_available", "set_backend", "use_backend", "manual_seed",

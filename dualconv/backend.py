@@ -16,6 +16,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .version import __version__
+
 BACKENDS = ("numpy", "cupy", "auto")
 
 _current: contextvars.ContextVar[str | None] = contextvars.ContextVar("dualconv_backend", default=None)
@@ -174,8 +176,6 @@ def device_name(backend: str) -> str:
 
 def versions() -> dict[str, str | None]:
     """Versions of Python, NumPy, CuPy (None when it does not import) and dualconv."""
-    from . import __version__
-
     cupy = _import_cupy()
     return {"python": platform.python_version(), "numpy": np.__version__,
             "cupy": None if cupy is None else cupy.__version__, "dualconv": __version__}
@@ -188,7 +188,6 @@ def emulated() -> bool:
 
 def describe() -> str:
     """Versions, the device and the kernel compile check, for ``dualconv info``."""
-    from . import __version__
     lines = [f"dualconv {__version__}, python {platform.python_version()}, numpy {np.__version__}"]
     cupy = _import_cupy()
     if cupy is None:
@@ -208,20 +207,7 @@ def describe() -> str:
     else:
         lines.append(f"kernel compile check: {problem}")
     lines.append(f"--backend auto picks: {'cupy' if problem is None else 'numpy'}")
-    lines.append(_describe_cpu())
     return "\n".join(lines)
-
-
-def _describe_cpu() -> str:
-    """dualconv's CPU cores and kind of worker, and each BLAS NumPy loaded, with its
-    kernel and threads."""
-    from threadpoolctl import threadpool_info
-
-    from .threads import num_threads, worker_kind
-    blas = [f"{lib['internal_api']} {lib['version']} ({lib.get('architecture') or 'kernel not reported'}, "
-            f"{lib['num_threads']} threads)" for lib in threadpool_info() if lib["user_api"] == "blas"]
-    return (f"CPU threads: {num_threads()} (DUALCONV_NUM_THREADS or dualconv.set_num_threads), "
-            f"workers: {worker_kind()} (DUALCONV_WORKERS); BLAS: {', '.join(blas) or 'none found'}")
 
 
 def _emulate_from_environment() -> None:

@@ -1,8 +1,8 @@
 """Every save and load of dualconv: model files, training checkpoints, JSON documents.
 
-A **model file** (``Sequential.save`` / ``Sequential.load``) is one ``.npz``: the
-weights under their parameter names and the architecture as a JSON document
-``__config__``. A **checkpoint** (``save_checkpoint`` / ``load_checkpoint``) is one
+A **model file** (``Sequential.save`` / ``Sequential.load``, in model.py, through
+``write_npz`` / ``read_npz``) is one ``.npz``: the weights under their parameter names
+and the architecture as a JSON document ``__config__`` (MODEL_KEY). A **checkpoint** (``save_checkpoint`` / ``load_checkpoint``) is one
 ``.npz`` holding a ``Trainer.state_dict()``: the weights under ``model/<param>``,
 the optimizer's state arrays under ``optim/<param>/<slot>``, and a JSON document
 ``__meta__`` with the number of finished epochs, the optimizer's scalars, the
@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import zipfile
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -89,7 +88,7 @@ def write_json_atomic(path: str | os.PathLike, document: Any) -> None:
     write_bytes_atomic(path, (json.dumps(document, indent=2) + "\n").encode())
 
 
-def _write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
@@ -97,7 +96,7 @@ def _write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
 
 # -- reading, with one clear error for every unreadable file ---------------------------------
 
-def _read_npz(path: str | os.PathLike, key: str, what: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def read_npz(path: str | os.PathLike, key: str, what: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The JSON document under ``key`` and the other arrays of an .npz written by this module.
 
     Raises FileNotFoundError for a missing file and ValueError, naming the file and
@@ -132,44 +131,6 @@ def _read_npz(path: str | os.PathLike, key: str, what: str) -> tuple[dict[str, A
     raise ValueError(f"{path} is not a dualconv {what}: {reason}")
 
 
-# -- model files ----------------------------------------------------------------------
-
-def save_model(model: Any, path: str | os.PathLike) -> None:
-    """Architecture (JSON) and weights of a built Sequential in one .npz, atomically."""
-    arrays = model.state_dict()
-    arrays[MODEL_KEY] = np.array(json.dumps(model.get_config()))
-    _write_npz(path, arrays)
-
-
-def load_model(path: str | os.PathLike, backend: str | None = None) -> Any:
-    """The Sequential saved in ``path``, on ``backend`` (default: the current one)."""
-    from .backend import use_backend
-    from .layers import LAYER_TYPES
-    from .model import Sequential
-
-    config, state = _read_npz(path, MODEL_KEY, "model file (an .npz written by Sequential.save)")
-    try:
-        layers = [LAYER_TYPES[item["type"]](**_tuples(item["config"])) for item in config["layers"]]
-        dtype, input_shape = config["dtype"], config["input_shape"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path} is not a dualconv model file: its architecture cannot be read "
-                         f"({type(exc).__name__}: {exc})") from None
-    with use_backend(backend) if backend is not None else nullcontext():
-        model = Sequential(layers, dtype=dtype)
-        if input_shape is not None:
-            model.build((1, *input_shape[1:]))
-    try:
-        model.load_state_dict(state)
-    except ValueError as exc:
-        raise ValueError(f"{path}: the weights do not fit the architecture: {exc}") from None
-    return model
-
-
-def _tuples(config: dict[str, Any]) -> dict[str, Any]:
-    """JSON turns tuples into lists; layer constructors want pairs as tuples."""
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
-
-
 # -- training checkpoints ---------------------------------------------------------------
 
 @dataclass
@@ -199,12 +160,12 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any], epoch: int,
         "meta": meta or {},
     }
     arrays[CHECKPOINT_KEY] = np.array(json.dumps(document))
-    _write_npz(path, arrays)
+    write_npz(path, arrays)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint written by save_checkpoint (ValueError naming the file if it is not one)."""
-    document, arrays = _read_npz(path, CHECKPOINT_KEY, "checkpoint (an .npz written by save_checkpoint)")
+    document, arrays = read_npz(path, CHECKPOINT_KEY, "checkpoint (an .npz written by save_checkpoint)")
     if document.get("format") != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {document.get('format')!r}, expected {FORMAT_VERSION}")
     model_state = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}

@@ -6,14 +6,14 @@
     dualconv predict --weights runs/lenet/model.npz digit.png
 
 What a run writes and where is in ``runs.py``; saving and loading in
-``checkpoint.py``; training and evaluation in ``trainer.py``. Every error is one
+``checkpoint.py``; training and evaluation in ``trainer.py``; the checks of the
+arguments and settings in ``cli_checks.py``. Every error is one
 line, ``dualconv <command>: error: ...``, with exit status 1; Ctrl-C exits 130.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,16 +22,14 @@ from typing import Any, NoReturn, Sequence
 import numpy as np
 
 from . import __version__, checkpoint, plots, runs
-from .backend import BACKENDS, asnumpy, describe, device_name, set_backend
+from .backend import BACKENDS, asnumpy, describe, device_name
+from .cli_checks import (CLIError, check_data_dir, check_thread_settings, choose_backend, positive_float,
+                         positive_int)
 from .datasets import CLASS_NAMES, DATASETS, DatasetError, load_dataset, load_test_split
 from .divergence import TrainingDiverged
 from .models import MODELS
 from .runs import CHECKPOINT, METRICS, MODEL_FILE
-from .threads import num_threads, worker_kind
-
-
-class CLIError(Exception):
-    """A user-facing error: printed as one message, exit status 1."""
+from . import engine
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,11 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", choices=tuple(MODELS),
                        help="architecture (default: lenet; weidman for the 8x8 digits, which lenet cannot take)")
     _add_backend(train)
-    train.add_argument("--epochs", type=_positive_int, default=1,
+    train.add_argument("--epochs", type=positive_int, default=1,
                        help="train until this many epochs are done in total (default: 1)")
-    train.add_argument("--batch-size", type=_positive_int, help="mini-batch size (default: 64)")
+    train.add_argument("--batch-size", type=positive_int, help="mini-batch size (default: 64)")
     train.add_argument("--optimizer", choices=("sgd", "adam"), help="sgd (with momentum) or adam (default: sgd)")
-    train.add_argument("--lr", type=_positive_float,
+    train.add_argument("--lr", type=positive_float,
                        help=f"learning rate (default: {runs.DEFAULT_LR['sgd']} for sgd, {runs.DEFAULT_LR['adam']} "
                        f"for adam); with --resume, the rate for the next epoch")
     train.add_argument("--momentum", type=float, help="SGD momentum, in [0, 1) (default: 0.9; sgd only)")
@@ -75,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     existing_run.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when "
                        "stderr is not a terminal)")
-    train.add_argument("--limit", type=_positive_int, metavar="N",
+    train.add_argument("--limit", type=positive_int, metavar="N",
                        help="train on the first N training images only (quick runs)")
     train.set_defaults(func=cmd_train)
 
@@ -85,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="test set to use (default: the one in metrics.json beside the weights, else mnist)")
     _add_data_dir(evaluate)
     _add_backend(evaluate)
-    evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="inference batch (default: 256)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=256, help="inference batch (default: 256)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser(
@@ -103,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=cmd_predict)
 
     info = sub.add_parser("info", help="versions, the GPU, and whether a CUDA kernel compiles and runs on it")
-    info.set_defaults(func=lambda args: print(describe()) or 0)
+    info.set_defaults(func=lambda args: print(describe() + "\n" + engine.describe()) or 0)
     return parser
 
 
@@ -118,33 +116,13 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
                         "the user cache)")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error("give a command: train, evaluate, predict or info")
     try:
-        _check_thread_settings()
+        check_thread_settings()
         return args.func(args)
     except (CLIError, DatasetError, runs.SettingsError) as exc:
         print(f"dualconv {args.command}: error: {exc}", file=sys.stderr)
@@ -165,39 +143,14 @@ def _epochs_in_checkpoint(path: Path) -> int:
         return 0
 
 
-def _check_thread_settings() -> None:
-    """DUALCONV_NUM_THREADS and DUALCONV_WORKERS, read before any work is done."""
-    try:
-        num_threads()
-        worker_kind()
-    except ValueError as exc:
-        raise CLIError(str(exc)) from None
-
-
-def _set_backend(name: str | None) -> str:
-    if name is None:
-        name = os.environ.get("DUALCONV_BACKEND", "").strip().lower() or "auto"
-        if name not in BACKENDS:
-            raise CLIError(f"DUALCONV_BACKEND={name} is not a backend; set it to one of {', '.join(BACKENDS)}")
-    try:
-        return set_backend(name)
-    except RuntimeError as exc:
-        raise CLIError(f"{exc}; use --backend numpy (or auto)") from None
-
-
-def _check_data_dir(path: Path | None) -> None:
-    if path is not None and not path.is_dir():
-        raise CLIError(f"--data-dir {path} does not exist or is not a directory")
-
-
 # -- train -------------------------------------------------------------------------
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     explicit = {k: getattr(args, k) for k in runs.CONFIG_DEFAULTS if getattr(args, k) is not None}
     runs.check_settings(explicit)
-    _check_data_dir(args.data_dir)
-    backend = _set_backend(args.backend)
+    check_data_dir(args.data_dir)
+    backend = choose_backend(args.backend)
     out, resumed = _run_directory(args)
     config = runs.settings(explicit, resumed.meta["config"] if resumed else None, resumed.epoch if resumed else 0)
 
@@ -352,8 +305,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .losses import SoftmaxCrossEntropy
     from .trainer import Trainer
 
-    _check_data_dir(args.data_dir)
-    backend = _set_backend(args.backend)
+    check_data_dir(args.data_dir)
+    backend = choose_backend(args.backend)
     model = _load_weights(args.weights, backend)
     dataset = args.dataset or _dataset_beside(args.weights) or "mnist"
     X_test, y_test = load_test_split(dataset, args.data_dir, uint8=True)
@@ -381,7 +334,7 @@ def _format_matrix(matrix: np.ndarray) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .datasets.images import read_image
 
-    backend = _set_backend(args.backend)
+    backend = choose_backend(args.backend)
     model = _load_weights(args.weights, backend)
     if not model.input_shape or len(model.input_shape) != 4 or model.input_shape[1] != 1:
         raise CLIError(f"{args.weights} does not take (N, 1, H, W) grayscale images: input {model.input_shape}")

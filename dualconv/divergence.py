@@ -24,11 +24,9 @@ every thread that sees a non-finite result stores the same value, 2s + 1.
 Nothing reads the verdict back during a step, so a GPU step gains no sync and
 no copy launch: the guard costs one launch per step (the loss check), and one
 last-good copy of the weights and optimizer state in memory. On NumPy the same
-twins (cpu.py) copy and check each updated array: LeNet's optimizer step takes
-0.17 ms instead of 0.07 (8 parameters, measured alone), and a training step at
-batch 64 took 3-11% longer with the guard than without it (paired blocks of 300
-steps; AMD EPYC, 2026-12-06), mostly in the calls per array (a copy and a
-finiteness check of each weight and velocity) rather than in their bytes.
+twins copy and check each updated array: a cost of a few calls per parameter
+(a copy and a finiteness check of each weight and velocity), which
+benchmarks/README.md ("divergence guard") measures.
 
 The host reads the verdict only where the Trainer already reads the running loss
 (every ``log_every`` steps and at the end of each epoch). When a step failed,

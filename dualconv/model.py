@@ -1,27 +1,25 @@
 """Sequential: a stack of layers, run forward in order and backward in reverse."""
 from __future__ import annotations
 
-import copy
+import json
 import os
+from contextlib import nullcontext
 from typing import Any, Iterable
 
 import numpy as np
 
+from . import kernels
 from .arguments import check_batch_size
-from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend
-from .inference_bands import BandedInference
-from .layers import Dropout, Layer, MaxPool2D, ReLU, Softmax
+from .backend import asnumpy, backend_of, get_array_module, get_backend, to_backend, use_backend
+from .checkpoint import MODEL_KEY, read_npz, write_npz
+from .layers import LAYER_TYPES, Dropout, Layer, MaxPool2D, ReLU, Softmax
 from .layers.activations import softmax
 from .optim import Parameter, ParameterView
-from .parts import in_groups, predict_batch_size
-from .threads import num_threads, run_in_parallel, worker_kind
 
-
-PREDICT_BATCH_SIZE = {"numpy": 128, "cupy": 256}
-"""predict's default batch per backend; on the CPU the most, for a built model
-parts.predict_batch_size picks a power of two up to it by what a sample makes.
-On the CPU the batches are shared out over the cores (threads.run_in_parallel),
-each taking a run of them. A GPU wants large batches."""
+PREDICT_BATCH_SIZE = {"numpy": 256, "cupy": 256}
+"""predict's default batch per backend: large enough that a CPU batch splits into a part
+for each core, small enough that its activations stay near the cache
+(benchmarks/lenet_vs_torch.py, the predict rows, chooses it)."""
 
 
 class Sequential:
@@ -84,11 +82,13 @@ class Sequential:
 
     # -- compute --------------------------------------------------------------
     def forward(self, x: Any) -> Any:
-        """x: (N, ...) -> the last layer's output. Casts x to the model's dtype and backend."""
+        """x: (N, ...) -> the last layer's output. Casts x to the model's dtype and backend.
+
+        The layers run in order, ``for layer in layers: x = layer(x)``
+        (kernels.layers_forward; on the CPU the batch's parts run that loop on each core).
+        """
         x = self._prepared(x)
-        for layer in self._run_order:
-            x = layer.forward(x)
-        return x
+        return kernels.layers_forward(self._run_order, x)
 
     __call__ = forward
 
@@ -113,28 +113,15 @@ class Sequential:
 
         Returns gx, the gradient for the input, or None with ``input_grad=False``
         (training needs only the parameter gradients, so the first layer skips gx).
-        The layers run in the reverse of the last forward's order (run_order).
+        The layers run in the reverse of the last forward's order (run_order), each
+        taking gy and returning gx (kernels.layers_backward).
         """
-        order = self._run_order or self.layers
-        for layer in reversed(order[1:]):
-            gy = layer.backward(gy)
-        return order[0].backward(gy, input_grad=input_grad)
-
-    def replica(self) -> "Sequential":
-        """A twin that shares this model's parameters and buffers but keeps its own layer
-        caches and gradients, to compute another part of a batch on another core. It
-        builds nothing (it has no generator to draw parameters from)."""
-        twin = copy.copy(self)
-        twin.layers = [layer.replica() for layer in self.layers]
-        twin._run_order = []
-        twin._rng = None
-        return twin
+        return kernels.layers_backward(self._run_order or self.layers, gy, input_grad)
 
     def predict(self, x: Any, batch_size: int | None = None) -> Any:
         """Outputs for x in eval mode, computed in batches; returns them on x's backend.
 
-        ``batch_size`` defaults to PREDICT_BATCH_SIZE for the model's backend (on the CPU,
-        for a built model, a power of two up to it: parts.predict_batch_size).
+        ``batch_size`` defaults to PREDICT_BATCH_SIZE for the model's backend.
         """
         batch_size = self._batch_size("predict", batch_size)
         if hasattr(x, "shape") and (len(x.shape) == 0 or x.shape[0] == 0):
@@ -142,19 +129,7 @@ class Sequential:
         was_training = self.training
         self.eval()
         try:
-            starts = list(range(0, len(x), batch_size))
-            threads = max(1, min(num_threads(), len(starts))) if self.backend == "numpy" else 1
-            if threads > 1 and self.needs_build:
-                self.forward(x[:1])  # builds the model (and checks x) before replicas share it
-            models = [self] + [self.replica() for _ in range(threads - 1)]
-            # each core takes a run of consecutive batches: the outputs are the same
-            # numbers, in the same order, as one core's
-            # bands make many short NumPy calls: worth it in a process of its own, not on
-            # threads that share the GIL (weidman at batch 64 on two threads: 46k -> 29k images/s)
-            banded = threads == 1 or worker_kind() == "processes"
-            calls = [(forward_batches, (model, x[group[0]:group[-1] + batch_size], batch_size, banded))
-                     for model, group in zip(models, in_groups(starts, threads))]
-            outs = [out for group in run_in_parallel(calls) for out in group]
+            outs = [self.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
         finally:
             if was_training:
                 self.train()
@@ -176,8 +151,6 @@ class Sequential:
     def _batch_size(self, method: str, batch_size: int | None) -> int:
         """``batch_size`` checked for ``method``; None is the default described in predict."""
         if batch_size is None:
-            if self.backend == "numpy" and not self.needs_build:
-                return predict_batch_size(self, PREDICT_BATCH_SIZE["numpy"])
             return PREDICT_BATCH_SIZE.get(self.backend, 256)
         return check_batch_size(f"Sequential.{method}", batch_size)
 
@@ -304,9 +277,9 @@ class Sequential:
     def save(self, path: str | os.PathLike) -> None:
         """Architecture (JSON) and weights in one .npz that loads on either backend (written atomically)."""
         self._require_built("save")
-        from .checkpoint import save_model
-
-        save_model(self, path)
+        arrays = self.state_dict()
+        arrays[MODEL_KEY] = np.array(json.dumps(self.get_config()))
+        write_npz(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, backend: str | None = None) -> "Sequential":
@@ -314,24 +287,27 @@ class Sequential:
 
         Raises ValueError naming the file when it is not a dualconv model file.
         """
-        from .checkpoint import load_model
+        config, state = read_npz(path, MODEL_KEY, "model file (an .npz written by Sequential.save)")
+        try:
+            layers = [LAYER_TYPES[item["type"]](**_tuples(item["config"])) for item in config["layers"]]
+            dtype, input_shape = config["dtype"], config["input_shape"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"{path} is not a dualconv model file: its architecture cannot be read "
+                             f"({type(exc).__name__}: {exc})") from None
+        with use_backend(backend) if backend is not None else nullcontext():
+            model = cls(layers, dtype=dtype)
+            if input_shape is not None:
+                model.build((1, *input_shape[1:]))
+        try:
+            model.load_state_dict(state)
+        except ValueError as exc:
+            raise ValueError(f"{path}: the weights do not fit the architecture: {exc}") from None
+        return model
 
-        return load_model(path, backend)
 
-
-def forward_batches(model: Sequential, x: Any, batch_size: int, banded: bool = True) -> list[Any]:
-    """model's eval-mode outputs for x in consecutive batches of ``batch_size``, in order
-    (predict's work). Nothing back-propagates through them, so with ``banded`` a run of
-    Conv2D, pointwise layers, Flatten and Dense is computed in bands on the CPU
-    (inference_bands.py)."""
-    if not banded:
-        return [model.forward(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    bands = BandedInference()
-    outs = []
-    for i in range(0, len(x), batch_size):
-        xb = model._prepared(x[i:i + batch_size])
-        outs.append(bands.forward(model._run_order, xb))
-    return outs
+def _tuples(config: dict[str, Any]) -> dict[str, Any]:
+    """JSON turns tuples into lists; layer constructors want pairs as tuples."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
 
 
 def run_order(layers: list[Layer]) -> list[Layer]:

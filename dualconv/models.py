@@ -37,7 +37,10 @@ def lenet_bn(num_classes: int = 10, seed: int | None = None, dtype: Any = np.flo
 
 
 def weidman(num_classes: int = 10, seed: int | None = None, dtype: Any = np.float32) -> Sequential:
-    """Weidman's one-layer CNN: conv 32@5x5 "same", tanh, dropout (keep 0.8), dense -> classes."""
+    """Weidman's one-layer CNN: conv 32@5x5 "same", tanh, dropout (keep 0.8), dense -> classes.
+
+    (N, C, H, W) -> conv 32@5x5 "same" -> tanh -> flatten -> dropout 0.2 -> logits (N, classes).
+    """
     return Sequential([
         Conv2D(None, 32, 5, padding="same"), Tanh(), Flatten(), Dropout(0.2),
         Dense(None, num_classes),
@@ -53,9 +56,11 @@ def mlp(num_classes: int = 10, hidden: int = 128, seed: int | None = None, dtype
 MODELS = {"lenet": lenet, "lenet-bn": lenet_bn, "weidman": weidman, "mlp": mlp}
 
 # Training settings a model is tuned for, which ``dualconv train`` uses where the
-# command line names none ("lr" per optimizer). LeNet-BN takes a larger SGD step than
-# plain LeNet and needs the decay to settle: at a constant 0.02 it stays near 99.1%
-# on MNIST (see README).
+# command line names none: {model name: {"lr": {optimizer: learning rate},
+# "lr_decay": factor per epoch, "batch_size": samples}}. LeNet-BN takes a larger SGD
+# step than plain LeNet and needs the decay to settle; the runs that chose these
+# settings are in benchmarks/README.md, section "LeNet-BN (`TRAINING_DEFAULTS` in
+# `dualconv/models.py`)".
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "lenet-bn": {"lr": {"sgd": 0.05, "adam": 1e-3}, "lr_decay": 0.7, "batch_size": 32},
 }

@@ -34,11 +34,10 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "seed": 0,
     "limit": None,
 }
-# LeNet, one epoch of MNIST, batch 64, SGD momentum 0.9 (measured, test accuracy):
-# lr 0.01 97.3%, 0.02 98.2% (seed 0; 98.2% and 97.9% with seeds 1 and 2), 0.05 98.0%,
-# 0.1 96.7%; Adam 1e-3 97.2%.
+# The learning rate trades speed for stability: the one that gave LeNet the best test
+# accuracy after one epoch of MNIST at batch 64 (benchmarks/README.md, "default learning rate").
 DEFAULT_LR = {"sgd": 0.02, "adam": 1e-3}
-# LeNet needs 28x28 inputs; on the 8x8 digits the one-layer CNN reaches 87-89% in one epoch.
+# LeNet needs 28x28 inputs; on the 8x8 digits the one-layer CNN (weidman) trains instead.
 DEFAULT_MODEL = {"mnist": "lenet", "fashion-mnist": "lenet", "digits": "weidman"}
 
 

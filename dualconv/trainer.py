@@ -26,8 +26,6 @@ from .divergence import LastFiniteState
 from .losses import Loss
 from .model import Sequential
 from .optim import LRSchedule, Optimizer
-from .parts import train_step_gradients, training_parts
-from .processes import check_code_at_next_call
 
 History = dict[str, list[float]]
 
@@ -113,8 +111,6 @@ class Trainer:
             self._check_data(*validation_data, "fit(validation_data)")
         X = X if X.dtype == self.model.dtype else X.astype(self.model.dtype)
         X, y = self._on_device(X, y)
-        if self.model.backend == "numpy":
-            check_code_at_next_call()  # code changed since a worker was forked (a notebook cell) is used
         history: History = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [],
                             "seconds": [], "images_per_second": []}
         self.loss.check_labels = False
@@ -181,17 +177,10 @@ class Trainer:
         the device and the optimizer skips the update when it is not finite.
         """
         xb, yb = to_backend(xb, self.model.backend), to_backend(yb, self.model.backend)
-        if self.model.needs_build and hasattr(xb, "shape"):
-            # as the forward would; so that the first batch, too, may run in parts
-            self.model.build(tuple(xb.shape))
-        ranges = training_parts(self.model, len(xb))
-        if len(ranges) > 1:  # on the CPU: see parts.py
-            value, correct = train_step_gradients(self.model, self.loss, xb, yb, ranges, _correct)
-        else:
-            out = self.model.forward(xb)
-            value = self.loss.forward(out, yb)
-            self.model.backward(self.loss.backward(), input_grad=False)
-            correct = _correct(out, to_backend(yb, backend_of(out)))
+        out = self.model.forward(xb)
+        value = self.loss.forward(out, yb)
+        self.model.backward(self.loss.backward(), input_grad=False)
+        correct = _correct(out, to_backend(yb, backend_of(out)))
         if self._guard is not None:
             self._guard.check_loss(value)
         self.optimizer.step(self._guard)
@@ -218,8 +207,7 @@ class Trainer:
         try:
             for i in range(0, len(X), batch_size):
                 xb, yb = X[i:i + batch_size], y[i:i + batch_size]
-                # on the CPU predict shares the batch between the cores (parts.py, threads.py)
-                out = self.model.predict(xb) if self.model.backend == "numpy" else self.model.forward(xb)
+                out = self.model.forward(xb)
                 loss_sum = loss_sum + self.loss.forward(out, yb) * len(xb)
                 correct = correct + _correct(out, to_backend(yb, backend_of(out)))
                 if confusion_matrix:

@@ -1,11 +1,12 @@
-"""Conv2D on the CPU: its columns with a row of ones (the bias as one more product
-term), its forward in bands of output rows (conv2d_forward_bands, one small matrix of
-columns reused band after band) and the weight gradient made from the input a band at a
-time (conv2d_weight_gradient_bands): within the dot products' rounding bound of the
-exact convolution, for any window, band size and input memory order (BLAS may sum a
-band's dot products in another order than the whole product's: measured, the two
-differ in a few last bits), the same bits as the whole product's where every sum is
-exact; and an eval-mode backward that equals training mode's."""
+"""Conv2D's CPU twin (dualconv/kernels/cpu_conv.py): its columns with a row of ones (the
+bias as one more product term), its forward in bands of output rows
+(conv2d_forward_bands, one small matrix of columns reused band after band) and the
+weight gradient made from the input a band at a time (conv2d_weight_gradient_bands):
+within the dot products' rounding bound of the exact convolution, for any window, band
+size and input memory order (BLAS may sum a band's dot products in another order than
+the whole product's, so the two may differ in the last bits), the same bits as the
+whole product's where every sum is exact; and an eval-mode backward that equals
+training mode's."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,9 +15,10 @@ from numpy.testing import assert_array_equal
 
 import dualconv as dc
 from dualconv import kernels
-from dualconv.kernels import cpu, reference
+from dualconv.kernels import cpu_conv, reference
 from dualconv.shapes import Window
-from dualconv.layers.conv import band_rows, conv2d_backward, conv2d_forward_bands, conv2d_weight_gradient_bands
+from dualconv.kernels.cpu_conv import (band_rows, conv2d_backward, conv2d_forward_bands,
+                                       conv2d_weight_gradient_bands)
 from error_bounds import assert_within, gamma
 from window_configs import random_configs
 
@@ -57,7 +59,7 @@ def test_weight_gradient_in_bands_is_gy_times_the_columns(monkeypatch, cfg, row_
     O = 3
     out_h, out_w = cfg.out
     if row_limit is not None:
-        monkeypatch.setattr("dualconv.layers.conv.BLOCK_MULTIPLY_ADDS",
+        monkeypatch.setattr("dualconv.kernels.cpu_conv.BLOCK_MULTIPLY_ADDS",
                             row_limit * O * cfg.C * cfg.kh * cfg.kw * out_w * cfg.N)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((cfg.N, cfg.C, cfg.H, cfg.W)).astype(dtype)
@@ -80,12 +82,13 @@ def test_weight_gradient_in_bands_equals_the_kept_columns_where_sums_are_exact(m
     matrix (one-row bands, so there are several)."""
     O = 4
     out_h, out_w = cfg.out
-    monkeypatch.setattr("dualconv.layers.conv.BLOCK_MULTIPLY_ADDS", O * cfg.C * cfg.kh * cfg.kw * out_w * cfg.N)
+    monkeypatch.setattr("dualconv.kernels.cpu_conv.BLOCK_MULTIPLY_ADDS", O * cfg.C * cfg.kh * cfg.kw * out_w * cfg.N)
     rng = np.random.default_rng(8)
     x = rng.integers(-3, 4, (cfg.N, cfg.C, cfg.H, cfg.W)).astype(np.float32)
     w = rng.integers(-3, 4, (O, cfg.C, cfg.kh, cfg.kw)).astype(np.float32)
     gy = rng.integers(-3, 4, (cfg.N, O, out_h, out_w)).astype(np.float32)
-    _, gw_whole, _ = conv2d_backward(gy, x.shape, w, kernels.im2col(x, cfg.window), cfg.window, need_gx=False)
+    saved = (x.shape, kernels.im2col(x, cfg.window))  # the columns kept, as a whole forward keeps them
+    _, gw_whole, _ = conv2d_backward(gy, saved, w, cfg.window, need_gx=False, need_gb=False)
     gy_mat = np.ascontiguousarray(np.moveaxis(gy, 0, -1)).reshape(O, -1)
     assert_array_equal(conv2d_weight_gradient_bands(x, gy_mat, w, cfg.window), gw_whole)
 
@@ -106,7 +109,7 @@ def test_im2col_with_ones_is_im2col_and_a_row_of_ones(cfg) -> None:
     """The columns the CPU convolution multiplies by [w | b]: im2col's (checked against
     the reference loops elsewhere), as a matrix in its storage order, then ones."""
     x = np.random.default_rng(3).standard_normal((cfg.N, cfg.C, cfg.H, cfg.W))
-    matrix = cpu.im2col_with_ones(x, cfg.window)
+    matrix = cpu_conv.im2col_with_ones(x, cfg.window)
     col = kernels.im2col(x, cfg.window)  # (C, kh, kw, N, out_h, out_w)
     expected = np.moveaxis(col, 3, -1).reshape(cfg.C * cfg.kh * cfg.kw, -1)
     assert matrix.shape == (expected.shape[0] + 1, expected.shape[1]) and matrix.dtype == x.dtype

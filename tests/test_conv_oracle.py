@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
 import dualconv as dc
-from dualconv import blocked_matmul
-from dualconv.kernels import reference
+from dualconv.kernels import blocked, reference
 from dualconv.kernels.reference import conv2d as reference_conv2d
 from dualconv.shapes import Window
 from error_bounds import assert_within, gamma
@@ -148,11 +147,11 @@ def test_conv2d_in_blocks_matches_reference(monkeypatch, N: int, H: int, W: int,
     bands of output rows, its weight gradient made from the input band by band; with
     10, and bands sized to hold no row, it runs whole: the column matrix kept, gw in
     inner blocks."""
-    monkeypatch.setattr(blocked_matmul, "MIN_BLOCK", 1)
-    monkeypatch.setattr(blocked_matmul, "BLOCK_MULTIPLY_ADDS", 7 * O * 19)  # [w | b] is O x 19
-    assert blocked_matmul.block_size(O, 19) == blocked_matmul.block_size(18, O) == 7
+    monkeypatch.setattr(blocked, "MIN_BLOCK", 1)
+    monkeypatch.setattr(blocked, "BLOCK_MULTIPLY_ADDS", 7 * O * 19)  # [w | b] is O x 19
+    assert blocked.block_size(O, 19) == blocked.block_size(18, O) == 7
     if O == 10:
-        monkeypatch.setattr("dualconv.layers.conv.BLOCK_MULTIPLY_ADDS", 1)  # no row fits: no bands
+        monkeypatch.setattr("dualconv.kernels.cpu_conv.BLOCK_MULTIPLY_ADDS", 1)  # no row fits: no bands
     win = Window(3, 3, stride, stride, padding, padding, dilation, dilation)
     out_h, out_w = win.out_size(H, W)
     rng = np.random.default_rng(N * H)

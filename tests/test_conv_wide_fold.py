@@ -1,5 +1,5 @@
 """The CPU convolution's input gradient for stride-1 windows, made a kernel offset at a
-time and folded "wide" (layers/conv.py's _input_gradient_wide): each offset's columns
+time and folded "wide" (kernels/cpu_conv.py's input_gradient_wide): each offset's columns
 stored at the padded image's pitch with zeros between the rows, so that they fold back
 as one contiguous add. With one output channel every column is a single product, the
 same number however BLAS computes it, so the fold is held bit for bit to the reference
@@ -13,9 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 
-from dualconv.kernels import cpu, reference
-from dualconv.layers import conv
-from dualconv.layout import columns_batch_first
+from dualconv.kernels import cpu, cpu_conv, reference
+from dualconv.kernels.layout import columns_batch_first
 from error_bounds import assert_within, gamma
 from window_configs import WindowConfig, draw_config
 
@@ -52,7 +51,7 @@ def test_one_output_channel_folds_bit_for_bit_as_the_reference(cfg: WindowConfig
     gy = rng.standard_normal((1, out_h * out_w * cfg.N)).astype(dtype)
     if special:
         gy = _with_specials(gy, seed)
-    got = conv._input_gradient_wide(w, gy, (cfg.N, cfg.C, cfg.H, cfg.W), cfg.window)
+    got = cpu_conv.input_gradient_wide(w, gy, (cfg.N, cfg.C, cfg.H, cfg.W), cfg.window)
     products = w[0].reshape(-1, 1) * gy  # (C*kh*kw, out_h*out_w*N), in im2col's storage order
     col = columns_batch_first(products.reshape(cfg.C, cfg.kh, cfg.kw, out_h, out_w, cfg.N))
     expected = reference.col2im(col, cfg.H, cfg.W, cfg.window)
@@ -77,7 +76,7 @@ def test_the_input_gradient_is_col2im_of_the_product(N, C, O, H, W, pad, k, dila
     rng = np.random.default_rng(4)
     w = rng.standard_normal((O, C, k, k)).astype(np.float32)
     gy = rng.standard_normal((O, out_h * out_w * N)).astype(np.float32)
-    got = conv._input_gradient_wide(w, gy, (N, C, H, W), win)
+    got = cpu_conv.input_gradient_wide(w, gy, (N, C, H, W), win)
 
     def fold(w64: np.ndarray, gy64: np.ndarray) -> np.ndarray:
         gcol = (w64.reshape(O, -1).T @ gy64).reshape(C, k, k, out_h, out_w, N)
@@ -89,16 +88,15 @@ def test_the_input_gradient_is_col2im_of_the_product(N, C, O, H, W, pad, k, dila
     assert got.shape == (N, C, H, W) and got.dtype == np.float32
     assert_within(got, exact, 2 * bound)
     small_w, small_gy = np.round(w * 2), np.round(gy * 2)  # integers: every sum exact in float32
-    assert_array_equal(conv._input_gradient_wide(small_w, small_gy, (N, C, H, W), win),
+    assert_array_equal(cpu_conv.input_gradient_wide(small_w, small_gy, (N, C, H, W), win),
                        fold(small_w.astype(np.float64), small_gy.astype(np.float64)).astype(np.float32))
 
 
 def test_the_wide_fold_is_taken_for_stride_one_products_of_a_block_or_more() -> None:
     """LeNet's conv2 (10 x 10 outputs) at 32 images: 3,200 columns; at 3 images 300,
-    under MIN_BLOCK; stride 2 never; the GPU never."""
+    under MIN_BLOCK; stride 2 never. (The GPU never: the fold is the CPU twin's alone.)"""
     unit, strided = (WindowConfig(1, 6, 14, 14, 5, 5, s, s, 0, 0, 1, 1).window for s in (1, 2))
     gy32, gy3 = np.zeros((16, 3200), np.float32), np.zeros((16, 300), np.float32)
-    assert conv._folds_wide(gy32, unit)
-    assert not conv._folds_wide(gy3, unit)
-    assert not conv._folds_wide(gy32, strided)
-    assert not conv._folds_wide(object(), unit)
+    assert cpu_conv.folds_wide(gy32, unit)
+    assert not cpu_conv.folds_wide(gy3, unit)
+    assert not cpu_conv.folds_wide(gy32, strided)

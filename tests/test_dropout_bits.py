@@ -1,4 +1,4 @@
-"""Dropout's counter-based masks: the CPU twin (dualconv.kernels.cpu.dropout_forward)
+"""Dropout's counter-based masks: the CPU twin (dualconv.kernels.cpu_fused.dropout_forward)
 against the loops of reference.dropout_forward, its vectorized hash against the
 reference's scalar lowbias32, and the statistics of the masks they make.
 """
@@ -9,8 +9,8 @@ import pytest
 from numpy.testing import assert_array_equal
 
 import dualconv as dc
-from dualconv.kernels import cpu, reference
-from dualconv.kernels.cpu import keyed_hash, lowbias32
+from dualconv.kernels import cpu_fused, reference
+from dualconv.kernels.cpu_fused import keyed_hash, lowbias32
 
 KEY = 0x0123_4567_89AB_CDEF
 
@@ -40,7 +40,7 @@ def test_the_cpu_twin_is_the_reference_in_any_memory_order_and_block(monkeypatch
     """Mask and y bit for bit the loops', for a C-ordered and a batch-last x, an odd
     batch (the last pair word half used), a part that starts at sample 6, hashed in
     blocks that do not divide the rows (5) or in one block; mask and y stored like x."""
-    monkeypatch.setattr(cpu, "DROPOUT_BLOCK", block)
+    monkeypatch.setattr(cpu_fused, "DROPOUT_BLOCK", block)
     p = 0.3
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     expected_y, expected_mask = reference.dropout_forward(x, KEY, p, first_sample)
@@ -48,7 +48,7 @@ def test_the_cpu_twin_is_the_reference_in_any_memory_order_and_block(monkeypatch
     c_ordered = np.ascontiguousarray(x)
     batch_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)
     for stored in (c_ordered, batch_last):
-        y, mask = cpu.dropout_forward(stored, KEY, p, first_sample)
+        y, mask = cpu_fused.dropout_forward(stored, KEY, p, first_sample)
         assert mask.dtype == np.float32 and stored_alike(mask, stored) and stored_alike(y, stored)
         assert_array_equal(mask, expected_mask)
         assert_array_equal(y, expected_y)
@@ -68,9 +68,9 @@ def test_the_reference_hashes_as_lowbias32_says() -> None:
 def test_p_zero_keeps_everything_and_p_just_below_one_keeps_one_in_65536() -> None:
     """The drop probability is p rounded to a multiple of 2**-16, at most 1 - 2**-16."""
     x = np.ones((4, 300), dtype=np.float32)
-    assert (cpu.dropout_forward(x, KEY, 0.0, 0)[1] == 1).all()
+    assert (cpu_fused.dropout_forward(x, KEY, 0.0, 0)[1] == 1).all()
     x = np.ones((256, 4096), dtype=np.float32)
-    kept = (cpu.dropout_forward(x, KEY, 1 - 1e-9, 0)[1] != 0).mean()
+    kept = (cpu_fused.dropout_forward(x, KEY, 1 - 1e-9, 0)[1] != 0).mean()
     assert abs(kept - 2**-16) < 5 * np.sqrt(2**-16 / x.size)
 
 

@@ -211,7 +211,7 @@ def test_predict_default_batches_cover_every_image(threads: int, kind: str, monk
     the same bits on one core or two."""
     from dualconv.model import PREDICT_BATCH_SIZE
     monkeypatch.setenv("DUALCONV_WORKERS", kind)
-    from dualconv.threads import set_num_threads
+    from dualconv import set_num_threads
     size = PREDICT_BATCH_SIZE["numpy"]
     model = lenet(seed=1)
     x = randn((2 * size + size // 2, 1, 28, 28), 8)

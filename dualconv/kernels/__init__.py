@@ -1,22 +1,36 @@
 """The kernels that exist twice, and the one place that picks the CPU or GPU twin.
 
-Thirteen kernels exist twice. Six slide a window: im2col, col2im, and max- and
+Seventeen kernels exist twice. Six slide a window: im2col, col2im, and max- and
 avg-pool forward and backward. Seven are fused so that a GPU step launches few
 kernels (one launch each on the GPU; NumPy expressions on the CPU): sgd_update,
 adam_update, softmax_cross_entropy, dropout_forward (Dropout's mask and product),
 and the divergence guard's sgd_update_guarded, adam_update_guarded and
-flag_nonfinite_loss.
+flag_nonfinite_loss. Four are the GEMMs of the layers with weights:
+conv2d_forward and conv2d_backward (im2col, one product, the bias; and the
+three products of the backward), dense_forward and dense_backward. A layer
+calls them and stays the textbook; how each backend makes the sums fast is the
+twin's business. Two more run a model's layers, for Sequential: layers_forward and
+layers_backward, the loops of reference.py; on the CPU their twin is the engine
+(dualconv/engine), which runs the same loop on parts of the batch on every core.
 max_pool_values is max_pool_forward without the argmax (eval mode: on the CPU it
 skips finding the winners; on the GPU it is the same launch). Everything else in
 dualconv is written once against ``xp`` (numpy or cupy).
 Open the files in this order:
 
-  reference.py  the textbook: each kernel as plain loops over every index
-  cpu.py        the NumPy twins: the same numbers, one loop over kernel offsets
-  cuda.py       the CUDA twins: plans and CuPy launches of kernels/*.cu
+  reference.py  the textbook: each kernel as plain loops (the GEMMs as plain products)
+  cpu.py        the NumPy twins of the window kernels: one loop over kernel offsets
+  cpu_fused.py  the NumPy twins of the fused kernels
+  cpu_conv.py   the NumPy twin of the convolution: blocks, bands of output rows,
+                the bias in the GEMM, the stride-1 input gradient folded wide
+  cpu_dense.py  the NumPy twin of Dense: blocked products in the input's memory order
+  blocked.py    the cache-blocked matrix products the CPU GEMM twins use
+  cuda.py       the CUDA twins: CuPy launches of kernels/*.cu (plans in cuda_plans.py)
+  cuda_conv.py  the CUDA twin of the convolution: im2col launch, one cuBLAS product
+  cuda_dense.py the CUDA twin of Dense: one cuBLAS product each
   launch.py     what a launch is: arguments, memory orders, 32- or 64-bit indices
+  layout.py     the batch-last views of the memory-order contract below
   sources.py    finds kernels/*.cu and joins them for NVRTC
-  checks.py     the input checks, run here before dispatch (and by the CUDA plans)
+  checks.py     the input checks, run here before dispatch
 
 A layer calls a function below (hop 1), which checks its inputs once and
 calls the twin for the arrays' module (hop 2); on the GPU the twin plans and
@@ -27,6 +41,8 @@ gradients; col; argmax) are Chainer's, tabled once in ARCHITECTURE.md, "Names".
 
 The contract both twins keep: images are indexed (N, C, H, W), columns
 (C, kh, kw, N, out_h, out_w); sums visit offsets ky outer, kx inner, from 0.
+A convolution's weight is (O, C, kh, kw) and its bias (O,); a Dense weight is
+(in, out) and its bias (out,).
 Memory order, the same on both twins: images are stored batch-last
 (C, H, W, N) and columns (C, kh, kw, out_h, out_w, N), and returned as views
 indexed as above (layout.py), so the reshapes around a convolution's GEMM and
@@ -41,33 +57,46 @@ kernels and dropout_forward return the same bits on both twins (the CUDA module 
 keeps them. softmax_cross_entropy calls exp and log, which differ between
 libraries by up to 2 ulp each, so it agrees within the bound derived in
 tests/cuda/test_cuda_fused.py (about (C + 4) eps (1 + |log-sum-exp|) per row).
+The four GEMM kernels make every output as one dot product, whose terms BLAS
+(OpenBLAS, cuBLAS, in blocks or whole) may add in any order: the twins agree
+with the reference and with each other within the products' rounding bound
+(gamma(K) times the products of the absolute values, tests/error_bounds.py).
 """
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..backend import get_array_module
 from ..shapes import Window
 from . import checks
+from .layout import flatten_batch  # noqa: F401  (the one view of the memory order a layer needs: Flatten)
+
+HOMES = {
+    "conv2d_forward": "conv", "conv2d_backward": "conv",
+    "dense_forward": "dense", "dense_backward": "dense",
+}
+"""The kernels whose twins live in a module of their own: kernel -> the suffix of
+cpu_<suffix> and cuda_<suffix>. Every other kernel's twins are in cpu and cuda."""
 
 
-def twin_for(xp: ModuleType) -> ModuleType:
-    """The kernel module for an array module: cpu for numpy, cuda for cupy."""
-    if xp is np:
-        from . import cpu
-        return cpu
-    from . import cuda
-    return cuda
+def twin_for(xp: ModuleType, kernel: str | None = None) -> ModuleType:
+    """The module holding ``kernel``'s twin for an array module: cpu or cuda (the
+    window and fused kernels, and the default), cpu_conv or cuda_conv (conv2d_*),
+    cpu_dense or cuda_dense (dense_*); numpy picks the cpu side, cupy the cuda one."""
+    side = "cpu" if xp is np else "cuda"
+    home = HOMES.get(kernel) if kernel is not None else None
+    return importlib.import_module(f"{__name__}.{side}" + (f"_{home}" if home else ""))
 
 
 def _dispatch(kernel: str, *args: Any) -> Any:
     """Check the arguments once (checks.py), then run ``kernel`` on the twin that
-    matches the first array: cpu for NumPy, cuda for CuPy."""
+    matches the first array: the cpu side for NumPy, the cuda side for CuPy."""
     getattr(checks, kernel)(*args)
-    return getattr(twin_for(get_array_module(args[0])), kernel)(*args)
+    return getattr(twin_for(get_array_module(args[0]), kernel), kernel)(*args)
 
 
 def im2col(x: Any, win: Window) -> Any:
@@ -152,3 +181,59 @@ def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:
     """z: logits (N, C), labels: ints (N,) -> (loss (N,) per row, gz (N, C), the
     gradient of loss.mean())."""
     return _dispatch("softmax_cross_entropy", z, labels)
+
+
+def layers_forward(layers: Sequence[Any], x: Any) -> Any:
+    """The layers one after another: ``for layer in layers: x = layer(x)``; the last output.
+
+    A NumPy batch runs through dualconv.engine, which computes the same loop on parts of
+    the batch on each core; a CuPy batch runs the loop as written (reference.layers_forward).
+    """
+    if isinstance(x, np.ndarray):
+        from .. import engine
+        return engine.forward(layers, x)
+    from .reference import layers_forward as loop
+    return loop(layers, x)
+
+
+def layers_backward(layers: Sequence[Any], gy: Any, input_grad: bool = True) -> Any:
+    """The layers' backward in reverse order, each taking gy and returning gx; fills every
+    layer's grads and returns the first layer's gx (None with ``input_grad=False``).
+    The twin is chosen as in layers_forward."""
+    if isinstance(gy, np.ndarray):
+        from .. import engine
+        return engine.backward(layers, gy, input_grad)
+    from .reference import layers_backward as loop
+    return loop(layers, gy, input_grad)
+
+
+def conv2d_forward(x: Any, w: Any, b: Any | None, win: Window) -> tuple[Any, Any]:
+    """x: (N, C, H, W), w: (O, C, kh, kw), b: (O,) or None -> (y, saved).
+
+    y = w @ im2col(x) + b: (N, O, out_h, out_w), stored batch-last. saved is the pair
+    (x's shape, what the twin's backward reads), for conv2d_backward alone: the CPU
+    twin keeps the input itself or the columns, the GPU twin the columns."""
+    return _dispatch("conv2d_forward", x, w, b, win)
+
+
+def conv2d_backward(gy: Any, saved: Any, w: Any, win: Window, need_gx: bool = True,
+                    need_gb: bool = True) -> tuple[Any | None, Any, Any | None]:
+    """gy: (N, O, out_h, out_w), conv2d_forward's saved, w: (O, C, kh, kw) ->
+    (gx (N, C, H, W) or None, gw (O, C, kh, kw), gb (O,) or None).
+
+    gw = gy @ col.T, gb = gy summed over every output pixel, gx = col2im(w.T @ gy);
+    gx only with need_gx, gb only with need_gb (a layer without a bias)."""
+    return _dispatch("conv2d_backward", gy, saved, w, win, need_gx, need_gb)
+
+
+def dense_forward(x: Any, w: Any, b: Any | None) -> Any:
+    """x: (N, in), w: (in, out), b: (out,) or None -> y = x @ w + b: (N, out)."""
+    return _dispatch("dense_forward", x, w, b)
+
+
+def dense_backward(gy: Any, x: Any, w: Any, need_gx: bool = True,
+                   need_gb: bool = True) -> tuple[Any | None, Any, Any | None]:
+    """gy: (N, out), the forward's x (N, in), w: (in, out) -> (gx = gy @ w.T (N, in) or
+    None, gw = x.T @ gy (in, out), gb = gy summed over the batch (out,) or None); gx is
+    stored in x's memory order."""
+    return _dispatch("dense_backward", gy, x, w, need_gx, need_gb)

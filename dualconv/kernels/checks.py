@@ -1,11 +1,12 @@
 """The one set of input checks for the kernels, shared by both backends.
 
 ``dualconv.kernels`` runs the check named like the kernel (``im2col``,
-``max_pool_forward``, ...; same arguments) before it dispatches, so the
-NumPy and CUDA twins accept and reject exactly the same inputs. The CUDA
-plans run the same checks again, because a plan can be launched on its own
-and a bad shape there would read out of bounds. The twins themselves
-(reference.py, cpu.py) trust their arguments.
+``max_pool_forward``, ...; same arguments) once, before it dispatches, so the
+NumPy and CUDA twins accept and reject exactly the same inputs, with the same
+messages. Everything behind the dispatch point trusts its arguments: the twins
+(reference.py, the cpu*.py and cuda*.py modules) and the CUDA plans
+(cuda_plans.py), which would describe an out-of-bounds launch for a shape that
+was never checked.
 
 The helpers take ``who``, the name that starts every message: a kernel name
 here, a layer name when a layer calls them (layers/conv.py, layers/pooling.py).
@@ -213,3 +214,71 @@ def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> None:
     if features + first_sample // 2 + (N + 1) // 2 >= 2**32:
         raise ValueError(f"{who}: at most 2**32 features and sample pairs together, got shape "
                          f"{tuple(x.shape)} from sample {first_sample}")
+
+
+# The GEMM kernels: one float dtype for every array, shapes that multiply.
+
+def _like(a: Any, dtype: np.dtype, what: str, first: str, who: str) -> None:
+    """a has ``dtype`` (that of the array named ``first``); TypeError otherwise."""
+    if np.dtype(a.dtype) != dtype:
+        raise TypeError(f"{who}: {what} must be {dtype} like {first}, got {np.dtype(a.dtype)}")
+
+
+def _conv_weight(w: Any, b: Any | None, C: int, dtype: np.dtype, first: str, win: Window,
+                 who: str) -> None:
+    """w: (O, C, kh, kw) of the window's kernel size, b: (O,) or None, both of ``dtype``
+    (that of the array named ``first``)."""
+    _like(w, dtype, "w", first, who)
+    if w.ndim != 4 or w.shape[1] != C or tuple(w.shape[2:]) != (win.kh, win.kw):
+        raise ValueError(f"{who}: w must have shape (O, {C}, {win.kh}, {win.kw}), "
+                         f"got {tuple(w.shape)}")
+    if b is not None:
+        _like(b, dtype, "b", first, who)
+        check_shape(b, w.shape[:1], "b", who)
+
+
+def conv2d_forward(x: Any, w: Any, b: Any | None, win: Window) -> tuple[int, int]:
+    who = "conv2d_forward"
+    out = _image(x, win, who)
+    _conv_weight(w, b, x.shape[1], np.dtype(x.dtype), "x", win, who)
+    return out
+
+
+def conv2d_backward(gy: Any, saved: Any, w: Any, win: Window, need_gx: bool,
+                    need_gb: bool) -> tuple[int, int]:
+    who = "conv2d_backward"
+    dtype = check_float(gy, "gy", who)
+    if not isinstance(saved, tuple) or len(saved) != 2 or len(saved[0]) != 4:
+        raise TypeError(f"{who}: saved must be the (x shape, kept) pair conv2d_forward returned")
+    N, C, H, W = saved[0]
+    check_window(win, who)
+    out_h, out_w = check_fits(H, W, win, who)
+    _conv_weight(w, None, C, dtype, "gy", win, who)
+    check_shape(gy, (N, w.shape[0], out_h, out_w), "gy", who)
+    return out_h, out_w
+
+
+def _dense(x: Any, w: Any, who: str) -> np.dtype:
+    """x: (N, in) float, w: (in, out) of x's dtype; returns the dtype."""
+    dtype = check_float(x, "x", who)
+    if x.ndim != 2:
+        raise ValueError(f"{who}: x must be 2-D (N, in), got shape {tuple(x.shape)}")
+    _like(w, dtype, "w", "x", who)
+    if w.ndim != 2 or w.shape[0] != x.shape[1]:
+        raise ValueError(f"{who}: w must have shape ({x.shape[1]}, out), got {tuple(w.shape)}")
+    return dtype
+
+
+def dense_forward(x: Any, w: Any, b: Any | None) -> None:
+    who = "dense_forward"
+    dtype = _dense(x, w, who)
+    if b is not None:
+        _like(b, dtype, "b", "x", who)
+        check_shape(b, w.shape[1:], "b", who)
+
+
+def dense_backward(gy: Any, x: Any, w: Any, need_gx: bool, need_gb: bool) -> None:
+    who = "dense_backward"
+    dtype = _dense(x, w, who)
+    _like(gy, dtype, "gy", "x", who)
+    check_shape(gy, (x.shape[0], w.shape[1]), "gy", who)

@@ -1,4 +1,4 @@
-"""The CPU twins: im2col, col2im, max-pool and avg-pool, vectorized with NumPy.
+"""The CPU twins of the window kernels: im2col, col2im, max-pool and avg-pool, with NumPy.
 
 Each function here computes exactly what its namesake in reference.py
 computes (the loop version, written straight from the index formula), and
@@ -14,6 +14,11 @@ ky outer, kx inner, and each pixel starts from 0.
 Inputs are checked once, by the dispatch point (``dualconv.kernels``); these
 functions trust their arguments. Names as in the table of
 ``dualconv.kernels``; ``win`` is a ``Window`` (shapes.py).
+
+The other CPU twins live beside this file: the fused updates, loss and
+Dropout's masks in cpu_fused.py (imported here too, so this module still
+answers for every kernel it held), the convolution's and Dense's GEMMs in
+cpu_conv.py and cpu_dense.py.
 
 Indexing. Images are indexed (N, C, H, W) as in the public API, and columns
 ``col[c, ky, kx, n, oy, ox]``: reshaped (C*kh*kw, N*out_h*out_w), the matrix
@@ -32,9 +37,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..layout import (batch_first, batch_first_axes, batch_last, batch_last_axes, columns_batch_first,
-                      columns_batch_last)
 from ..shapes import Window
+from .cpu_fused import (adam_update, adam_update_guarded, dropout_forward,  # noqa: F401  (their twins: cpu_fused.py)
+                        flag_nonfinite_loss, keyed_hash, lowbias32, sgd_update, sgd_update_guarded,
+                        softmax_cross_entropy)
+from .layout import batch_first, batch_last, columns_batch_first, columns_batch_last
 
 
 def padded_batch_last(x: np.ndarray, ph: int, pw: int, fill: float = 0.0) -> np.ndarray:
@@ -80,27 +87,13 @@ def im2col(x: np.ndarray, win: Window) -> np.ndarray:
     return columns_batch_first(np.ascontiguousarray(all_windows(x, win)))
 
 
-def im2col_with_ones(x: np.ndarray, win: Window) -> np.ndarray:
-    """im2col's columns as one (C*kh*kw + 1, out_h*out_w*N) matrix, in the order im2col
-    stores them, with a last row of ones: [w | b] @ it is w @ col + b, a convolution's
-    bias added as one more term of each dot product instead of a pass of its own over
-    the output (weidman's convolution at 32 images: 0.67 -> 0.59 ms on one core).
-    A helper of the CPU convolution, not one of the kernels with twins."""
-    windows = all_windows(x, win)
-    C, kh, kw, out_h, out_w, N = windows.shape
-    matrix = np.empty((C * kh * kw + 1, out_h * out_w * N), dtype=x.dtype)
-    np.copyto(matrix[:-1].reshape(windows.shape), windows)
-    matrix[-1] = 1
-    return matrix
-
-
 def all_windows(x: np.ndarray, win: Window) -> np.ndarray:
     """x: (N, C, H, W) -> a read-only view (C, kh, kw, out_h, out_w, N) of its padded
     batch-last copy: every window of every kernel offset at once,
     [c, ky, kx, oy, ox, n] = xb[c, oy*sy + ky*dy, ox*sx + kx*dx, n], the _window of each
     (ky, kx) side by side. One copy then fills the columns: the same numbers as a loop
-    of kh*kw slice copies, in one NumPy call instead of kh*kw. (The CPU convolution's
-    forward in bands copies its columns from this view a band of output rows at a time.)"""
+    of kh*kw slice copies, in one NumPy call instead of kh*kw. (The CPU convolution,
+    cpu_conv.py, copies its columns from this view, whole or a band of output rows at a time.)"""
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
     xb = padded_batch_last(x, win.ph, win.pw)
@@ -321,203 +314,3 @@ def avg_pool_backward(gy: np.ndarray, H: int, W: int, win: Window) -> np.ndarray
             window = _window(xb, ky, kx, out_h, out_w, win)
             window += g
     return unpadded_batch_first(xb, ph, pw)
-
-
-# ---------------------------------------------------------------- fused updates and loss
-# Twins of kernels/optimizers.cu and kernels/softmax_cross_entropy.cu: the plain
-# NumPy expressions, which are as fast as anything on the CPU.
-
-
-def sgd_update(w: np.ndarray, g: np.ndarray, v: np.ndarray | None, lr: float, momentum: float,
-               weight_decay: float, nesterov: bool) -> None:
-    """One SGD step in place (PyTorch's form); v is the velocity (None when momentum is 0).
-
-    g <- g + weight_decay * w;  v <- momentum * v + g;
-    w <- w - lr * (g + momentum * v if nesterov else v)   (w <- w - lr * g without momentum).
-    Every scalar is rounded to w's dtype first, and each operation rounds as written:
-    the CUDA twin does the same operations in the same order.
-    """
-    t = w.dtype.type
-    if weight_decay:
-        g = g + t(weight_decay) * w
-    if momentum == 0.0:
-        w -= t(lr) * g
-        return
-    v *= t(momentum)
-    v += g
-    w -= t(lr) * (g + t(momentum) * v if nesterov else v)
-
-
-def adam_update(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: float, b1: float,
-                b2: float, eps: float, weight_decay: float, step: int) -> None:
-    """One Adam step in place (step counts from 1): bias-corrected moments m, v.
-
-    g <- g + weight_decay * w;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
-    w <- w - lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps).
-    """
-    t = w.dtype.type
-    if weight_decay:
-        g = g + t(weight_decay) * w
-    m *= t(b1)
-    m += t(1 - b1) * g
-    v *= t(b2)
-    v += t(1 - b2) * (g * g)
-    m_hat = m / t(1 - b1 ** step)
-    v_hat = v / t(1 - b2 ** step)
-    w -= t(lr) * m_hat / (np.sqrt(v_hat) + t(eps))
-
-
-def softmax_cross_entropy(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Softmax cross-entropy of logits z: (N, C) against int labels (N,) in [0, C).
-
-    Returns (loss, gz): loss (N,) holds each row's -log softmax(z)[label], and
-    gz (N, C) = (softmax(z) - onehot(labels)) / N, the gradient of loss.mean().
-    Log-sum-exp is shifted by the row maximum. exp and log differ by an ulp or
-    two between libraries, so the CUDA twin matches this within a stated bound,
-    not bit for bit.
-    """
-    N = z.shape[0]
-    rows = np.arange(N)
-    shifted = z - z.max(axis=1, keepdims=True)
-    log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    log_p = shifted - log_z
-    gz = np.exp(log_p)
-    gz[rows, labels] -= 1
-    gz /= z.dtype.type(N)
-    return -log_p[rows, labels], gz
-
-
-# ---------------------------------------------------------------- the divergence guard's kernels
-# Twins of the *_guarded kernels and flag_nonfinite_loss (kernels/optimizers.cu): the
-# updates above, run only while the verdict allows, after a copy of the state into the
-# last-good arrays, followed by the finiteness check (dualconv/divergence.py explains).
-
-
-def _guarded(verdict: np.ndarray, code: int, state: list[tuple[np.ndarray, np.ndarray]], update) -> None:
-    """Run ``update()`` unless verdict[0] <= code (then nothing changes): first copy each
-    live array of ``state`` (live, last) into its last, then set verdict[0] = code + 1
-    if any live array holds a non-finite value."""
-    if verdict[0] <= code:
-        return
-    for live, last in state:
-        np.copyto(last, live)
-    update()
-    if not all(np.isfinite(live).all() for live, _ in state):
-        verdict[0] = code + 1
-
-
-def sgd_update_guarded(w: np.ndarray, g: np.ndarray, v: np.ndarray | None, w_last: np.ndarray,
-                       v_last: np.ndarray | None, verdict: np.ndarray, code: int, lr: float,
-                       momentum: float, weight_decay: float, nesterov: bool) -> None:
-    """sgd_update, unless verdict[0] <= code (then nothing changes); w (and v) are
-    first copied into w_last (v_last); a non-finite result sets verdict[0] = code + 1."""
-    state = [(w, w_last)] + ([] if v is None else [(v, v_last)])
-    _guarded(verdict, code, state, lambda: sgd_update(w, g, v, lr, momentum, weight_decay, nesterov))
-
-
-def adam_update_guarded(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray,
-                        w_last: np.ndarray, m_last: np.ndarray, v_last: np.ndarray,
-                        verdict: np.ndarray, code: int, lr: float, b1: float, b2: float,
-                        eps: float, weight_decay: float, step: int) -> None:
-    """adam_update under the guard, as sgd_update_guarded."""
-    _guarded(verdict, code, [(w, w_last), (m, m_last), (v, v_last)],
-             lambda: adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step))
-
-
-def flag_nonfinite_loss(loss: np.ndarray, verdict: np.ndarray, code: int) -> None:
-    """verdict[0] = code when the scalar loss is NaN or infinite and verdict[0] > code."""
-    if not np.isfinite(loss) and verdict[0] > code:
-        verdict[0] = code
-
-
-# ---------------------------------------------------------------- Dropout's masks
-# The twin of kernels/dropout.cu; the recipe, element by element, is
-# reference.dropout_forward.
-
-_MIX1 = np.uint32(0x7FEB352D)
-_MIX2 = np.uint32(0x846CA68B)
-DROPOUT_BLOCK = 1 << 16
-"""Pair words hashed at a time. The final round makes about ten passes over its
-words, and a block of 2**16 (256 kB of uint32) keeps them in the L2 cache."""
-
-
-def lowbias32(z: np.ndarray, scratch: np.ndarray | None = None) -> np.ndarray:
-    """Chris Wellons' "lowbias32" integer hash, applied in place to the uint32 array z.
-
-    Two xorshift-multiply rounds and a final xorshift: a bijection of the 32-bit
-    integers (each step is invertible) with good avalanche. ``scratch``, an
-    array like z, holds the shifted words (without it each shift allocates one).
-    """
-    if scratch is None:
-        scratch = np.empty_like(z)
-    for shift, multiplier in ((16, _MIX1), (15, _MIX2), (16, None)):
-        np.right_shift(z, np.uint32(shift), out=scratch)
-        z ^= scratch
-        if multiplier is not None:
-            z *= multiplier
-    return z
-
-
-def keyed_hash(numbers: np.ndarray, key: int) -> np.ndarray:
-    """u_i = h(h(i ^ k_lo) ^ k_hi) for each uint32 number i, with h = lowbias32 and
-    k_lo, k_hi the low and high halves of the 64-bit key: a bijection of the
-    32-bit integers for each key. Returns a new uint32 array."""
-    z = numbers.astype(np.uint32)
-    z ^= np.uint32(key & 0xFFFFFFFF)
-    lowbias32(z)
-    z ^= np.uint32((key >> 32) & 0xFFFFFFFF)
-    return lowbias32(z)
-
-
-def dropout_forward(x: np.ndarray, key: int, p: float, first_sample: int) -> tuple[np.ndarray, np.ndarray]:
-    """Inverted dropout of x: (N, ...) -> (y, mask), both shaped like x, y = x * mask.
-
-    mask is 0 where an element drops and 1/(1 - p) where it stays; which drop is
-    reference.dropout_forward's recipe: for sample n (counted from first_sample,
-    even, in a batch computed in parts) and feature j (row-major within the sample),
-    one 32-bit word per pair of samples, lowbias32(u_j ^ u_(F + pair)), gives sample
-    2m its low 16 bits and sample 2m + 1 its high 16 bits, kept when they reach
-    round(p * 2**16); u is the keyed hash.
-
-    Why this shape: a hash per element costs about twenty passes over memory. Here
-    the keyed hash runs over F + N/2 numbers only, the final round over N*F/2
-    words, and each word gives two samples' bits. Stored (features, N), as this
-    library's batch-last activations are, the two samples of a word are neighbours
-    in memory: the 16-bit halves of the words, read in place, are the bits in the
-    mask's own order (little-endian, as x86, ARM and CUDA devices are). Words, masks
-    and products are made DROPOUT_BLOCK words at a time, so they stay in the L2
-    cache. y and mask are stored in x's memory order (made batch-last, then copied
-    into x's order when that differs).
-    """
-    N = x.shape[0]
-    F = x.size // N if N else 0
-    M = (N + 1) // 2
-    threshold = np.uint16(min(2**16 - 1, round(p * 2**16)))
-    scale = x.dtype.type(1.0 / (1.0 - p))
-    numbers = np.arange(F + M, dtype=np.uint32)
-    numbers[F:] += np.uint32(first_sample // 2)
-    u = keyed_hash(numbers, key)
-    u_feature, u_pair = u[:F, None], u[None, F:]
-    mask = np.empty((F, N), dtype=x.dtype)
-    xb = x.transpose(batch_last_axes(x.ndim))
-    x_rows = xb.reshape(F, N) if N and xb.flags.c_contiguous else None
-    y = np.empty_like(mask) if x_rows is not None else None
-    rows = max(1, DROPOUT_BLOCK // max(1, M))
-    words, scratch = np.empty((rows, M), dtype=np.uint32), np.empty((rows, M), dtype=np.uint32)
-    keep = np.empty((rows, N), dtype=bool)
-    for r0 in range(0, F, rows):
-        r1 = min(F, r0 + rows)
-        w, k = words[:r1 - r0], keep[:r1 - r0]
-        np.bitwise_xor(u_feature[r0:r1], u_pair, out=w)
-        lowbias32(w, scratch[:r1 - r0])
-        np.greater_equal(w.view(np.uint16)[:, :N], threshold, out=k)  # halves in sample order
-        np.multiply(k, scale, out=mask[r0:r1])
-        if y is not None:
-            np.multiply(x_rows[r0:r1], mask[r0:r1], out=y[r0:r1])
-    as_x = x.shape[1:] + (N,)
-    mask = mask.reshape(as_x).transpose(batch_first_axes(x.ndim))
-    if y is not None:
-        return y.reshape(as_x).transpose(batch_first_axes(x.ndim)), mask
-    stored_like_x = np.empty_like(x)  # so that x * mask and gy * mask walk both in step
-    stored_like_x[...] = mask
-    return x * stored_like_x, stored_like_x

@@ -1,6 +1,6 @@
 """How a CUDA kernel launch is described, laid out and sized, without CuPy.
 
-A plan (cuda.py) returns a ``Launch``: kernel name, grid, block and the
+A plan (cuda_plans.py) returns a ``Launch``: kernel name, grid, block and the
 arguments in the kernel's parameter order, where arrays are ``Input`` (read
 in a stated memory order), arrays updated in place, or ``Output`` (allocated
 by the launcher). ``execute`` runs a Launch with any array module and any

@@ -7,6 +7,14 @@ iteration. The tests hold cpu.py to these functions bit for bit, and the
 CUDA kernels to cpu.py. Nothing here calls the twins. They are slow on
 purpose and meant for inputs of a few hundred pixels.
 
+The GEMM kernels at the end (conv2d_forward and conv2d_backward, dense_forward
+and dense_backward; twins in cpu_conv.py, cpu_dense.py, cuda_conv.py,
+cuda_dense.py) are the textbook's products, written plainly on top of the loop
+im2col and col2im: one matrix product each, then the bias. Every output is
+one dot product, whose terms BLAS may add in any order, so the tests hold the
+twins to these within the products' rounding bound (tests/error_bounds.py),
+not bit for bit.
+
 Forward ops read the input pixel seen by kernel offset (ky, kx) from output
 position (oy, ox):
 
@@ -25,6 +33,8 @@ padding, dy, dx dilation); out_h, out_w output size; gy, gx the gradients
 with respect to the output and the input.
 """
 from __future__ import annotations
+
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -283,3 +293,80 @@ def dropout_forward(x: np.ndarray, key: int, p: float, first_sample: int) -> tup
                 mask[n, j] = scale
             y[n, j] = flat[n, j] * mask[n, j]
     return y.reshape(x.shape), mask.reshape(x.shape)
+
+
+def layers_forward(layers: Sequence[Any], x: Any) -> Any:
+    """A model's forward: each layer's output is the next layer's input."""
+    for layer in layers:
+        x = layer.forward(x)
+    return x
+
+
+def layers_backward(layers: Sequence[Any], gy: Any, input_grad: bool = True) -> Any:
+    """A model's backward: the layers in reverse, each taking gy and returning gx (the
+    first layer skips its gx without ``input_grad``: nothing needs it in training)."""
+    for layer in reversed(layers[1:]):
+        gy = layer.backward(gy)
+    return layers[0].backward(gy, input_grad=input_grad)
+
+
+# ---------------------------------------------------------------- the GEMM kernels
+
+def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
+                   win: Window) -> tuple[np.ndarray, tuple[tuple[int, ...], np.ndarray]]:
+    """x: (N, C, H, W), w: (O, C, kh, kw), b: (O,) or None -> (y, saved).
+
+    col = im2col(x), as a (C*kh*kw, N*out_h*out_w) matrix;
+    y = w.reshape(O, C*kh*kw) @ col + b, as (N, O, out_h, out_w);
+    saved = (x's shape, col), what conv2d_backward reads.
+    """
+    O = w.shape[0]
+    N, C, H, W = x.shape
+    out_h, out_w = win.out_size(H, W)
+    col = im2col(x, win)  # (C, kh, kw, N, out_h, out_w)
+    y = w.reshape(O, -1) @ col.reshape(C * win.kh * win.kw, N * out_h * out_w)
+    if b is not None:
+        y = y + b[:, None]
+    return y.reshape(O, N, out_h, out_w).transpose(1, 0, 2, 3), (tuple(x.shape), col)
+
+
+def conv2d_backward(gy: np.ndarray, saved: tuple[tuple[int, ...], np.ndarray], w: np.ndarray,
+                    win: Window, need_gx: bool, need_gb: bool
+                    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """gy: (N, O, out_h, out_w), conv2d_forward's saved, w: (O, C, kh, kw) ->
+    (gx (N, C, H, W) or None, gw (O, C, kh, kw), gb (O,) or None).
+
+    With gy as an (O, N*out_h*out_w) matrix and col the forward's columns:
+    gw = gy @ col.T;  gb = gy summed over its columns;  gx = col2im(w.T @ gy).
+    """
+    x_shape, col = saved
+    O, C, kh, kw = w.shape
+    N, _, H, W = x_shape
+    out_h, out_w = win.out_size(H, W)
+    gy_mat = gy.transpose(1, 0, 2, 3).reshape(O, N * out_h * out_w)
+    col_mat = col.reshape(C * kh * kw, N * out_h * out_w)
+    gw = (gy_mat @ col_mat.T).reshape(w.shape)
+    gb = gy_mat.sum(axis=1) if need_gb else None
+    gx = None
+    if need_gx:
+        gcol = w.reshape(O, -1).T @ gy_mat  # (C*kh*kw, N*out_h*out_w)
+        gx = col2im(gcol.reshape(C, kh, kw, N, out_h, out_w), H, W, win)
+    return gx, gw, gb
+
+
+def dense_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """x: (N, in), w: (in, out), b: (out,) or None -> y = x @ w + b: (N, out)."""
+    y = x @ w
+    if b is not None:
+        y = y + b
+    return y
+
+
+def dense_backward(gy: np.ndarray, x: np.ndarray, w: np.ndarray, need_gx: bool,
+                   need_gb: bool) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """gy: (N, out), the forward's x (N, in), w: (in, out) ->
+    (gx = gy @ w.T or None, gw = x.T @ gy, gb = gy summed over the batch or None)."""
+    gw = x.T @ gy
+    gb = gy.sum(axis=0) if need_gb else None
+    gx = gy @ w.T if need_gx else None
+    return gx, gw, gb

@@ -18,7 +18,6 @@ class _Elementwise(Layer):
     """y = f(x) elementwise; backward multiplies by f'(x), computed from what forward kept."""
 
     couples_samples = False
-    pointwise_in_eval = True
 
     def _check_input(self, x: Any) -> None:
         super()._check_input(x)
@@ -132,8 +131,6 @@ class Softmax(_Elementwise):
     training a classifier, prefer SoftmaxCrossEntropy on the logits (fused
     and stable).
     """
-
-    pointwise_in_eval = False  # each output depends on its whole row
 
     def _check_input(self, x: Any) -> None:
         super()._check_input(x)

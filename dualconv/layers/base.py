@@ -14,7 +14,6 @@ seen by an optimizer.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numpy as np
@@ -146,37 +145,20 @@ class Layer:
                 f"{self.name}.backward: expected a gradient of shape {tuple(expected)} "
                 f"(the forward output), got {tuple(gy.shape)}")
 
-    # -- a batch computed in parts (dualconv/parts.py) ------------------------
+    # -- a batch computed in parts (dualconv/engine) ----------------------------
     couples_samples = True
     """Whether one sample's output may depend on the other samples of its batch (BatchNorm
-    in training does): a model holding such a layer computes every batch whole. Each
-    built-in layer that works sample by sample says False; a layer written outside
-    dualconv is taken to couple its samples until it says otherwise. A layer that says
-    False may see a part of a batch on a replica in a worker process (processes.py):
-    only its gradients come back, so state it changes in forward or backward (other than
-    its cache and grads) stays in that copy."""
+    in training does). A model holding such a layer computes every batch whole; the others
+    may run a batch in parts on several cores (dualconv/engine), each part on a copy of
+    the layer that shares its parameters. Each built-in layer that works sample by sample
+    says False; a layer written outside dualconv is taken to couple its samples until it
+    says otherwise. A part computed in a worker process changes nothing of the layer but
+    its gradients: other state a forward changes stays in that copy."""
 
-    pointwise_in_eval = False
-    """Whether, in eval mode, each output number is a function of the input number at its
-    place alone (the activations; Dropout, the identity there). Sequential.predict may
-    then run the layer on a piece of its input at a time (inference_bands.py)."""
-
-    def replica(self) -> "Layer":
-        """A twin that computes another part of a batch, on another core: it shares this
-        layer's parameters and buffers (the same arrays; in a worker process, copies of
-        their numbers) and has its own cache and gradients."""
-        twin = copy.copy(self)
-        twin.grads, twin._cache = {}, None
-        return twin
-
-    def start_parts(self) -> None:
-        """Called before a training batch is computed in parts, before any replica is made."""
-
-    def enter_part(self, first_sample: int) -> None:
-        """Called on the layer (or replica) that computes the part starting at ``first_sample``, before its forward."""
-
-    def end_parts(self) -> None:
-        """Called after every part of the batch has run."""
+    first_sample = 0
+    """Where the samples this layer computes start in their batch: 0, or the first sample
+    of the part a copy computes (dualconv/engine). A layer whose output depends on a
+    sample's index (Dropout's masks) counts from it."""
 
     # -- modes, devices, description ----------------------------------------
     def train(self) -> "Layer":

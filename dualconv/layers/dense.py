@@ -1,11 +1,19 @@
-"""Dense: a fully connected layer, y = x @ W + b, W stored (in_features, out_features)."""
+"""Dense: a fully connected layer, y = x @ W + b, W stored (in_features, out_features).
+
+Forward:  y  = x @ W + b
+Backward: gW = x.T @ gy,   gb = gy summed over the batch,   gx = gy @ W.T
+
+Both calls are kernels (dualconv.kernels.dense_forward and dense_backward), so this
+layer reads the same on NumPy and CuPy; the CPU twin computes the same sums in
+cache-sized blocks, in the memory order the input is stored in (kernels/cpu_dense.py).
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
 
-from ..blocked_matmul import matmul_inner_blocks, matmul_row_blocks
+from .. import kernels
 from ..init import get_initializer
 from .base import Layer
 
@@ -54,39 +62,17 @@ class Dense(Layer):
 
     def _forward(self, x: Any) -> Any:
         self._cache = x
-        w = self.params["weight"]
-        # y = x @ W; with many input features (weidman: 25,088) summed over them a
-        # block at a time, each block's operands in the L2 cache (blocked_matmul.py):
-        # weidman's forward at batch 64 took 0.93 ms in one call, 0.47 ms blocked
-        if isinstance(x, np.ndarray) and x.flags.f_contiguous and not x.flags.c_contiguous:
-            # on the CPU, x stored feature-major (Flatten of batch-last images): y.T =
-            # W.T @ x.T, the same products, each operand's blocks read along its storage
-            # order (weidman at 32 images, one core: 0.25 -> 0.19 ms); y, a few numbers a
-            # sample, is copied to rows (the loss and this backward are faster on them)
-            y = np.ascontiguousarray(matmul_inner_blocks(w.T, x.T).T)
-        else:
-            y = matmul_inner_blocks(x, w)
-        if self.use_bias:
-            y += self.params["bias"]
-        return y
+        return kernels.dense_forward(x, self.params["weight"], self.params.get("bias"))
 
     def _backward(self, gy: Any) -> Any:
         x = self._cache
         self._check_grad_shape(gy, (x.shape[0], self.out_features))
-        # gW = x.T @ gy, a block of input features (rows) at a time: the same dot
-        # products (weidman at batch 64: 0.74 ms in one call, 0.46 ms blocked)
-        self.grads["weight"] = matmul_row_blocks(x.T, gy)
+        gx, gw, gb = kernels.dense_backward(gy, x, self.params["weight"],
+                                            need_gx=self._need_input_grad, need_gb=self.use_bias)
+        self.grads["weight"] = gw
         if self.use_bias:
-            self.grads["bias"] = gy.sum(axis=0)
-        if not self._need_input_grad:
-            return None
-        w = self.params["weight"]
-        if x.flags.f_contiguous and not x.flags.c_contiguous:
-            # x is stored feature-major, as Flatten leaves batch-last images: computing
-            # gx.T = w @ gy.T stores gx the same way, so the layers below (elementwise
-            # gradients, the pooling kernels) read it without a transposing copy.
-            return (w @ gy.T).T
-        return gy @ w.T
+            self.grads["bias"] = gb
+        return gx
 
     def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,

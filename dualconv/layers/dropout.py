@@ -27,45 +27,32 @@ class Dropout(Layer):
     """
 
     couples_samples = False
-    pointwise_in_eval = True  # the identity
 
     def __init__(self, p: float = 0.5) -> None:
         super().__init__()
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"Dropout: p (the drop probability) must be in [0, 1), got {p!r}")
         self.p = float(p)
-        self._seed: list[int] | None = None
-        self._step = 0
-        self._batch_key: int | None = None  # one key for every part of a batch run in parts
-        self._first_sample = 0  # where the part to run next starts in its batch
+        self.seed(None)
 
     def seed(self, seed: int | list[int] | None) -> None:
         """Restart the masks from ``seed`` (an int or a list of ints; None: fresh entropy)."""
-        self._seed = None if seed is None else [int(s) for s in np.atleast_1d(seed)]
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % 2**63)
+        self._seed = [int(s) for s in np.atleast_1d(seed)]
         self._step = 0
 
     def _key(self) -> int:
-        if self._seed is None:
-            self._seed = [int(np.random.SeedSequence().entropy % 2**63)]
+        """The key of this forward's masks, from (seed, step); each training forward takes the next."""
         key = np.random.SeedSequence([*self._seed, self._step]).generate_state(1, np.uint64)[0]
         self._step += 1
         return int(key)
-
-    def start_parts(self) -> None:
-        self._batch_key = self._key() if self.training and self.p else None
-
-    def enter_part(self, first_sample: int) -> None:
-        self._first_sample = first_sample
-
-    def end_parts(self) -> None:
-        self._batch_key, self._first_sample = None, 0
 
     def _forward(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
             self._cache = tuple(x.shape)
             return x
-        key = self._key() if self._batch_key is None else self._batch_key
-        y, self._cache = kernels.dropout_forward(x, key, self.p, self._first_sample)
+        y, self._cache = kernels.dropout_forward(x, self._key(), self.p, self.first_sample)
         return y
 
     def _backward(self, gy: Any) -> Any:

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ..layout import flatten_batch
+from .. import kernels
 from .base import Layer
 
 
@@ -25,7 +25,7 @@ class Flatten(Layer):
 
     def _forward(self, x: Any) -> Any:
         self._cache = x.shape
-        return flatten_batch(x)  # a view of batch-last activations, as the pools return them
+        return kernels.flatten_batch(x)  # a view of batch-last activations, as the pools return them
 
     def _backward(self, gy: Any) -> Any:
         x_shape = self._cache

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cuda_emulator import Emulator
-from dualconv.kernels import cpu, cuda
+from dualconv.kernels import cpu, cuda_plans
 from dualconv.shapes import Window
 from kernel_cases import (ARGS, DTYPES, HAND_PICKED, assert_bitwise_equal, kernel_args,
                           random_cases)
@@ -24,7 +24,7 @@ def main() -> int:
     emulator = Emulator(Path(sys.argv[1]))
     if "--overflow" in sys.argv:
         x = np.ones((1, 1, 4, 4), np.float32)
-        launch = cuda.plan_im2col(np.ones((1, 1, 6, 4), np.float32), Window(3, 3, 1, 1, 0, 0))
+        launch = cuda_plans.plan_im2col(np.ones((1, 1, 6, 4), np.float32), Window(3, 3, 1, 1, 0, 0))
         emulator.run(dataclasses.replace(launch, args=(x, *launch.args[1:])))
         print("overflow was not detected")
         return 0

@@ -1,4 +1,4 @@
-"""Fixtures for the CUDA kernel tests: the CPU emulation library, built once per session."""
+"""Fixtures for the CUDA kernel tests: the CPU emulation library, built once per test run."""
 from __future__ import annotations
 
 import pytest

@@ -2,10 +2,10 @@
 
 ``build(out_dir)`` compiles ``sources.module_source()`` (every kernels/*.cu,
 the source CuPy compiles) with dualconv/testing/fake_cupy/emulation_harness.cpp
-into a shared library; ``Emulator(lib)`` runs ``dualconv.kernels.cuda`` plans
-on NumPy arrays with the same grid, block and arguments that CuPy would launch,
-through the same ``execute()``, each argument checked against the kernel's
-C++ signature.
+into a shared library; ``Emulator(lib)`` runs the plans of
+``dualconv.kernels.cuda_plans`` on NumPy arrays with the same grid, block and
+arguments that CuPy would launch, through the same ``execute()``, each argument
+checked against the kernel's C++ signature.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from dualconv.kernels import cuda, sources
+from dualconv.kernels import checks, cuda, cuda_plans, sources
+from dualconv.kernels.launch import Launch, execute
 from dualconv.testing.fake_cupy import _native
 
 CXX = shutil.which("g++")
@@ -37,14 +38,17 @@ class Emulator:
         """The kernel instantiations compiled into the library."""
         return self.module.names()
 
-    def _call(self, launch: cuda.Launch, args: tuple[Any, ...]) -> None:
+    def _call(self, launch: Launch, args: tuple[Any, ...]) -> None:
         self.module.launch(launch.name, launch.grid, launch.block, args)
         self.launched.add(launch.name)
 
-    def run(self, launch: cuda.Launch) -> Any:
+    def run(self, launch: Launch) -> Any:
         """Execute a plan; returns what the cpu.py function would."""
-        return cuda.execute(launch, np, self._call)
+        return execute(launch, np, self._call)
 
     def call(self, kernel: str, *args: Any) -> Any:
-        """``kernel`` run with the kernel signature, e.g. call("im2col", x, Window(3, 3, 1, 1, 0, 0))."""
-        return self.run(cuda.PLANS[kernel](*args))
+        """``kernel`` run with the kernel signature, e.g. call("im2col", x, Window(3, 3, 1, 1, 0, 0)),
+        as the dispatch point runs it: checks.py once, then the plan (which trusts its
+        arguments), so a bad argument raises here instead of reading out of bounds."""
+        getattr(checks, kernel)(*args)
+        return self.run(cuda_plans.PLANS[kernel](*args))

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from dualconv.kernels import cpu, cuda, sources
+from dualconv.kernels import cpu, cuda, cuda_plans, sources
 from test_cuda_emulated import KERNELS_UNDER_TEST
 from test_cuda_fused import FUSED_UNDER_TEST
 from test_cuda_guarded import GUARDED_UNDER_TEST
@@ -26,7 +26,7 @@ def test_every_global_is_instantiated_planned_and_tested():
     in_sources = kernels_in_sources()
     assert in_sources, "no __global__ functions found in kernels/*.cu"
     assert in_sources == set(cuda.KERNELS), "cuda.KERNELS is out of date"
-    assert in_sources == set(cuda.PLANS), "a kernel has no plan_* in cuda.py"
+    assert in_sources == set(cuda_plans.PLANS), "a kernel has no plan_* in cuda_plans.py"
     assert in_sources == set(KERNELS_UNDER_TEST + FUSED_UNDER_TEST + GUARDED_UNDER_TEST), \
         "a kernel has no emulated parity test"
     for kernel in in_sources:

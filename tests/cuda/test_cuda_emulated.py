@@ -1,6 +1,6 @@
 """The CUDA kernels, run on the CPU through the g++ emulation harness, against
 the NumPy reference kernels: bitwise equal, launched with exactly the grid,
-block and arguments the CuPy backend uses (dualconv.kernels.cuda plans)."""
+block and arguments the CuPy backend uses (dualconv.kernels.cuda_plans)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,9 +8,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dualconv.kernels import cpu, cuda
+from dualconv import kernels
+from dualconv.kernels import cpu, cuda, cuda_plans
 from dualconv.shapes import Window
-from kernel_cases import (ARGS, DTYPES, HAND_PICKED, VALUE_KINDS, Case, Shaped,
+from kernel_cases import (ARGS, DTYPES, HAND_PICKED, VALUE_KINDS, Case,
                           assert_bitwise_equal, kernel_args, random_cases)
 
 pytestmark = pytest.mark.cuda_emulated
@@ -36,7 +37,7 @@ def test_grid_stride_loop_covers_a_small_grid(emulator, kernel):
     """With fewer threads than elements, every thread loops: same result."""
     case = Case(2, 3, 9, 8, 3, 2, 1, 2, 1, 1)
     args = kernel_args(kernel, case, np.float64, "spread")
-    launch = cuda.PLANS[kernel](*args)
+    launch = cuda_plans.PLANS[kernel](*args)
     small = dataclasses.replace(launch, grid=(3, 1, 1), block=(32, 1, 1))
     assert_bitwise_equal(emulator.run(small), getattr(cpu, kernel)(*args), kernel)
 
@@ -63,23 +64,26 @@ def test_strided_input_is_made_contiguous(emulator):
                          cpu.im2col(x, Window(3, 2, 1, 1, 1, 0)))
 
 
-def test_plans_reject_what_would_read_out_of_bounds():
-    with pytest.raises(TypeError, match="int32"):
-        cuda.plan_max_pool_backward(Shaped((1, 1, 2, 2)), Shaped((1, 1, 2, 2), np.int64),
-                                   4, 4, Window(2, 2, 2, 2, 0, 0))
-    with pytest.raises(ValueError, match="gy must have shape"):
-        cuda.plan_avg_pool_backward(Shaped((1, 1, 3, 2)), 4, 4, Window(2, 2, 2, 2, 0, 0))
-    with pytest.raises(ValueError, match="col has out_h"):
-        cuda.plan_col2im(Shaped((1, 2, 2, 1, 3, 3)), 4, 4, Window(2, 2, 2, 2, 0, 0))
-    with pytest.raises(ValueError, match="does not fit"):
-        cuda.plan_im2col(Shaped((1, 1, 2, 2)), Window(3, 3, 1, 1, 0, 0))
-    with pytest.raises(TypeError, match="float32 or float64"):
-        cuda.plan_im2col(Shaped((1, 1, 2, 2), np.float16), Window(1, 1, 1, 1, 0, 0))
+def test_the_dispatch_refuses_what_a_plan_would_read_out_of_bounds():
+    """A plan trusts its arguments: call it through dualconv.kernels, whose check
+    (the same for both twins) refuses these before any plan is made."""
+    f32 = np.float32
+    with pytest.raises(TypeError, match="max_pool_backward: argmax must be int32"):
+        kernels.max_pool_backward(np.zeros((1, 1, 2, 2), f32), np.zeros((1, 1, 2, 2), np.int64),
+                                  4, 4, Window(2, 2, 2, 2, 0, 0))
+    with pytest.raises(ValueError, match="avg_pool_backward: gy must have shape"):
+        kernels.avg_pool_backward(np.zeros((1, 1, 3, 2), f32), 4, 4, Window(2, 2, 2, 2, 0, 0))
+    with pytest.raises(ValueError, match="col2im: col has out_h"):
+        kernels.col2im(np.zeros((1, 2, 2, 1, 3, 3), f32), 4, 4, Window(2, 2, 2, 2, 0, 0))
+    with pytest.raises(ValueError, match="im2col: .* does not fit"):
+        kernels.im2col(np.zeros((1, 1, 2, 2), f32), Window(3, 3, 1, 1, 0, 0))
+    with pytest.raises(TypeError, match="im2col: x must be float32 or float64"):
+        kernels.im2col(np.zeros((1, 1, 2, 2), np.float16), Window(1, 1, 1, 1, 0, 0))
 
 
 def test_plans_take_the_numpy_signatures():
     import inspect
-    for name, plan in cuda.PLANS.items():
+    for name, plan in cuda_plans.PLANS.items():
         reference = inspect.signature(getattr(cpu, name))
         assert list(inspect.signature(plan).parameters) == list(reference.parameters), name
         assert (list(inspect.signature(getattr(cuda, name)).parameters)

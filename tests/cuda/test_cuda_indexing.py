@@ -12,7 +12,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from dualconv.kernels import cpu, cuda, launch
+from dualconv.kernels import cpu, cuda_plans, launch
 from dualconv.shapes import Window
 from kernel_cases import (ARGS, DTYPES, HAND_PICKED, Case, Shaped, assert_bitwise_equal,
                           kernel_args)
@@ -25,7 +25,7 @@ def _scalars(plan: launch.Launch) -> list[np.generic]:
 
 
 def test_more_than_2_31_elements_run_the_64_bit_kernel_without_allocating():
-    plan = cuda.plan_im2col(Shaped((64, 64, 512, 512)), Window(3, 3, 1, 1, 1, 1))
+    plan = cuda_plans.plan_im2col(Shaped((64, 64, 512, 512)), Window(3, 3, 1, 1, 1, 1))
     assert np.prod(plan.outputs[0].shape) > 2**31
     assert plan.name == "im2col<float, long long>"
     geometry = [a for a in _scalars(plan) if a.dtype.kind == "i"]
@@ -34,7 +34,7 @@ def test_more_than_2_31_elements_run_the_64_bit_kernel_without_allocating():
 
 
 def test_a_lenet_sized_plan_runs_the_32_bit_kernel():
-    plan = cuda.plan_im2col(Shaped((256, 1, 28, 28)), Window(5, 5, 1, 1, 2, 2))
+    plan = cuda_plans.plan_im2col(Shaped((256, 1, 28, 28)), Window(5, 5, 1, 1, 2, 2))
     assert plan.name == "im2col<float, int>"
     assert all(a.dtype == np.int32 for a in _scalars(plan) if a.dtype.kind == "i")
 
@@ -77,7 +77,7 @@ def _wide(plan: launch.Launch) -> launch.Launch:
 def test_64_bit_instantiations_match_the_cpu_twins(emulator, kernel, dtype):
     for i, case in enumerate(HAND_PICKED):
         args = kernel_args(kernel, case, dtype, "nonfinite", seed=i)
-        plan = _wide(cuda.PLANS[kernel](*args))
+        plan = _wide(cuda_plans.PLANS[kernel](*args))
         assert "long long" in plan.name
         with np.errstate(invalid="ignore"):
             expected = getattr(cpu, kernel)(*args)
@@ -96,7 +96,7 @@ def test_image_inputs_are_read_where_they_lie(emulator, kernel):
     x = np.random.default_rng(3).standard_normal((3, 4, 10, 9))
     win = Window(3, 2, 2, 1, 1, 0)
     for name, (xv, in_place) in _layouts(x).items():
-        plan = cuda.PLANS[kernel](xv, win)
+        plan = cuda_plans.PLANS[kernel](xv, win)
         image = plan.args[0]
         assert isinstance(image, launch.Input)
         assert xv.transpose(image.axes).flags.c_contiguous == in_place, name

@@ -80,7 +80,8 @@ def test_wheel_contains_the_kernel_sources(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for f in KERNEL_FILES:
         assert f"dualconv/kernels/cuda_src/{f}" in names, f"{f} not shipped; wheel has {names}"
-    assert "dualconv/kernels/cuda.py" in names
+    for f in ("cuda.py", "cuda_plans.py"):
+        assert f"dualconv/kernels/{f}" in names, f"{f} not shipped"
     for f in ("emulation_harness.cpp", "emulation.h", "_raw.py", "cuda/runtime.py"):  # the CuPy stand-in
         assert f"dualconv/testing/fake_cupy/{f}" in names, f"{f} not shipped"
 

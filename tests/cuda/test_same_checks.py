@@ -1,11 +1,12 @@
-"""Both backends accept and reject the same inputs.
+"""Both backends accept and reject the same inputs, checked once at the dispatch point.
 
-Each bad input goes through the dispatch point with NumPy arrays (which would
-run the CPU twin) and through the emulated CUDA kernel (the plan CuPy would
-launch, run by the g++ emulation); both must raise the same error with the
-same message. A good input of the same shape then runs on both and agrees.
-The same holds for the whole path a layer takes on a GPU, the dispatch point
-given device arrays of the emulated CuPy (whose RawModule runs the plan).
+dualconv.kernels runs checks.py once and then the twin; the twins and the CUDA
+plans trust their arguments. Each bad input goes through the dispatch point
+with NumPy arrays and must be refused before any twin runs; given device
+arrays of the emulated CuPy (the path a layer takes on a GPU, whose RawModule
+runs the plan), it must raise the same error with the same message. A good
+input of the same shape runs on both and agrees, and the GPU path runs exactly
+the checks the CPU path runs: none twice.
 """
 from __future__ import annotations
 
@@ -69,8 +70,17 @@ def _assert_same_error(kernel, args, error, pattern, on_cuda) -> None:
 
 
 @each_bad_input
-def test_both_backends_reject_the_same_input(emulator, kernel, args, error, pattern):
-    _assert_same_error(kernel, args, error, pattern, lambda: emulator.call(kernel, *args))
+def test_the_dispatch_refuses_bad_input_before_any_twin_runs(monkeypatch, kernel, args, error,
+                                                              pattern):
+    from dualconv.kernels import cpu, cuda, cuda_plans
+
+    def reached(*_):
+        raise AssertionError(f"{kernel}: a twin or plan ran on input the dispatch should refuse")
+    for module, name in ((cpu, kernel), (cuda, kernel), (cuda_plans, f"plan_{kernel}")):
+        monkeypatch.setattr(module, name, reached)
+    with pytest.raises(error, match=pattern) as refused:
+        getattr(kernels, kernel)(*args)
+    assert str(refused.value).startswith(f"{kernel}: ")
 
 
 GOOD = [
@@ -118,6 +128,42 @@ def test_dispatch_rejects_the_same_input_on_the_stand_in(stand_in, kernel, args,
 def test_dispatch_accepts_the_same_input_on_the_stand_in(stand_in, kernel, args):
     on_device = getattr(kernels, kernel)(*_on_device(args, stand_in))
     assert_bitwise_equal(_on_host(on_device, stand_in), getattr(kernels, kernel)(*args), kernel)
+
+
+w, g, m, v, w_last, m_last, v_last = rng.standard_normal((7, 6)).astype(np.float32)
+FUSED = [
+    ("sgd_update", (w, g, v, 0.1, 0.9, 0.0, False)),
+    ("adam_update", (w, g, m, np.abs(v), 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)),
+    ("sgd_update_guarded", (w, g, None, w_last, None, np.array([2**31 - 1], np.int32), 2, 0.1,
+                            0.0, 0.0, False)),
+    ("adam_update_guarded", (w, g, m, np.abs(v), w_last, m_last, v_last,
+                             np.array([2**31 - 1], np.int32), 2, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1)),
+    ("flag_nonfinite_loss", (np.array(np.nan, np.float32), np.array([2**31 - 1], np.int32), 2)),
+    ("softmax_cross_entropy", (rng.standard_normal((3, 4)).astype(np.float32),
+                               np.array([0, 3, 1]))),
+    ("max_pool_values", (x, fits)),
+]
+
+
+@pytest.mark.parametrize("kernel, args", GOOD + FUSED, ids=[k for k, _ in GOOD + FUSED])
+def test_a_gpu_call_runs_the_checks_a_cpu_call_runs_once(stand_in, monkeypatch, kernel, args):
+    """Every function of checks.py, counted: the stand-in's path (dispatch, CUDA twin,
+    plan, launch) calls exactly what the NumPy path calls, the kernel's check once."""
+    import inspect
+
+    from dualconv.kernels import checks
+    calls: list[str] = []
+
+    def counted(name, f):
+        return lambda *a, **k: calls.append(name) or f(*a, **k)
+    for name, f in inspect.getmembers(checks, inspect.isfunction):
+        if f.__module__ == checks.__name__:
+            monkeypatch.setattr(checks, name, counted(name, f))
+    getattr(kernels, kernel)(*(a.copy() if isinstance(a, np.ndarray) else a for a in args))
+    on_cpu, calls[:] = list(calls), []
+    getattr(kernels, kernel)(*_on_device(args, stand_in))
+    assert calls == on_cpu, f"{kernel}: the GPU path ran the checks {calls}, the CPU path {on_cpu}"
+    assert calls.count(kernel) == 1, f"{kernel}: checks.{kernel} ran {calls.count(kernel)} times"
 
 
 def test_dispatch_checks_and_twins_take_the_same_arguments():

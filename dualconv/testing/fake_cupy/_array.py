@@ -16,6 +16,10 @@ import numpy as np
 
 from . import _counters
 
+_functions: Any = None
+"""The module of CuPy's functions (_functions.py), which imports this one and sets this
+name when it loads: ndarray's ufunc, array-function and clip calls go there."""
+
 IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. "
             "Please use `.get()` to construct a NumPy array explicitly.")
 
@@ -109,11 +113,9 @@ class ndarray:
         raise TypeError(IMPLICIT)
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
-        from ._functions import apply_ufunc
-        return apply_ufunc(ufunc, method, inputs, kwargs)
+        return _functions.apply_ufunc(ufunc, method, inputs, kwargs)
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
-        from . import _functions
         name = getattr(func, "__name__", "")
         impl = getattr(_functions, name, None) if getattr(func, "__module__", "") == "numpy" else None
         if impl is None or name.startswith("_") or name not in _functions.__all__:
@@ -227,8 +229,7 @@ class ndarray:
         return np.matmul(self, other) if self.ndim and getattr(other, "ndim", 0) else np.multiply(self, other)
 
     def clip(self, min: Any = None, max: Any = None) -> "ndarray":
-        from ._functions import clip
-        return clip(self, min, max)
+        return _functions.clip(self, min, max)
 
     __lt__, __le__, __gt__, __ge__ = (_operator(np.less), _operator(np.less_equal),
                                       _operator(np.greater), _operator(np.greater_equal))

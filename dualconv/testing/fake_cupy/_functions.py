@@ -7,11 +7,12 @@ in it exists in CuPy 14 (a test checks it against the real package).
 from __future__ import annotations
 
 import builtins
+import sys
 from typing import Any, Sequence
 
 import numpy as np
 
-from . import _counters
+from . import _array, _counters
 from ._array import device, ndarray, operand, wrap
 
 
@@ -145,7 +146,6 @@ def asnumpy(a: Any, stream: Any = None, order: str = "C", out: Any = None, *,
 
 def get_array_module(*args: Any) -> Any:
     """This module when any argument is a device array, else numpy."""
-    import sys
     if builtins.any(isinstance(a, ndarray) for a in args):
         return sys.modules[__name__.rsplit(".", 1)[0]]
     return np
@@ -265,3 +265,6 @@ __all__ = [*UFUNCS, "where", "clip", "matmul", "dot", "sum", "mean", "max", "min
            "empty", "empty_like", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
            "arange", "concatenate", "stack", "copyto", "copy", "reshape", "transpose", "squeeze", "ravel",
            "expand_dims", "shape", "ndim", "size"]
+
+
+_array._functions = sys.modules[__name__]  # ndarray's methods reach these functions

@@ -1,9 +1,11 @@
 """Batch-last memory order: the views that move the batch axis to the end and back.
 
-Both kernel twins store images as (C, H, W, N) and im2col columns as
-(C, kh, kw, out_h, out_w, N) (see dualconv/kernels); everything else indexes
-them (N, C, H, W) and (C, kh, kw, N, out_h, out_w). These are views, never
-copies, and work on NumPy and CuPy arrays alike.
+Every kernel twin stores images as (C, H, W, N) and im2col columns as
+(C, kh, kw, out_h, out_w, N) (the contract in dualconv/kernels/__init__.py);
+everything outside the kernels indexes them (N, C, H, W) and
+(C, kh, kw, N, out_h, out_w). These are views, never copies, and work on NumPy
+and CuPy arrays alike. Only the kernels import this module; a layer that needs
+the batch-last view of a flattened activation calls ``kernels.flatten_batch``.
 """
 from __future__ import annotations
 

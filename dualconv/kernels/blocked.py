@@ -1,42 +1,40 @@
-"""Matrix products of a convolution, split into small blocks on the CPU.
+"""Matrix products split into small blocks: the CPU twins' GEMMs (cpu_conv.py, cpu_dense.py).
 
 A convolution's GEMMs are skinny: a small weight matrix against a very wide
-column matrix. LeNet's first layer at batch 256 multiplies (6 x 25) by
-(25 x 200704), and its weight gradient sums (6 x 200704) @ (200704 x 25).
-Done in one BLAS call, such a product streams megabytes through a kernel
-tuned for square matrices; done in blocks of a few thousand columns, each
-block is a small product whose operands sit in the L2 cache. On the Intel
-Xeon (AVX-512) kind of machine, where OpenBLAS has small-matrix kernels that
-skip its packing copies for products under about a million multiply-adds,
-the blocked products run 2-4x faster (measured on one core: 17-35 GFLOP/s
-whole, 45-95 blocked, for LeNet's conv1 shapes); elsewhere a block that fits
-in L2 costs no more than the whole.
+column matrix (LeNet's first layer at batch 256 multiplies (6 x 25) by
+(25 x 200704)), and a wide Dense layer's sum runs over many input features.
+Done in one BLAS call, such a product streams megabytes through a kernel tuned
+for square matrices; done in blocks of a few thousand columns, each block is a
+small product whose operands stay in the L2 cache, within OpenBLAS's
+small-matrix kernels, which skip its packing copies.
 
-Both functions compute exactly the product, as BLAS would: every element of
-``a @ b`` is one dot product, in any blocking. Column blocks change nothing
-but which call computes an element; inner blocks split each dot product into
-partial sums added in block order, which is a summation order like any
-other, inside the same rounding bound gamma(K) * (|a| @ |b|).
+The rule kept: every function computes exactly the product, as BLAS would.
+Every element of ``a @ b`` is one dot product, in any blocking. Column and row
+blocks change nothing but which call computes an element; inner blocks split
+each dot product into partial sums added in block order, a summation order like
+any other, inside the same rounding bound gamma(K) * (|a| @ |b|).
 
-On the GPU (CuPy) the product is one call: cuBLAS is fastest with the whole
-matrix.
+Inputs are NumPy arrays (the CPU twins call these; the CUDA twins make each
+product in one cuBLAS call) of one float dtype; outputs are new C-contiguous
+arrays unless stated.
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from .backend import get_array_module
-
 BLOCK_MULTIPLY_ADDS = 10 ** 6
-"""Multiply-adds per block product: OpenBLAS's limit for its small-matrix kernels
-(SkylakeX and later: products of at most 100^3 multiply-adds skip the packing)."""
+"""Multiply-adds per block product. It trades the calls a product is split into (fewer
+with larger blocks) against keeping each block's operands in the L2 cache and within
+OpenBLAS's small-matrix kernels (products of at most 100^3 multiply-adds skip the
+packing copies). Chosen with benchmarks/lenet_vs_torch.py; it also sizes the
+convolution's bands of output rows (cpu_conv.rows_within_block)."""
 
 MIN_BLOCK = 1024
-"""Fewest columns worth a block. A product whose rows x inner size leaves fewer
-under the limit above (LeNet's conv2, 16 x 150) runs whole: measured, its blocks
-were slower than one call."""
+"""Fewest columns worth a block. It trades the per-call cost of a narrow block against
+the cache it saves: a product whose rows x inner size leaves fewer columns under
+BLOCK_MULTIPLY_ADDS (LeNet's conv2, 16 x 150) runs whole. Chosen with
+benchmarks/lenet_vs_torch.py; it also decides where the convolution's input gradient
+folds wide (cpu_conv.folds_wide)."""
 
 
 def block_size(rows: int, inner: int) -> int | None:
@@ -49,29 +47,26 @@ def block_size(rows: int, inner: int) -> int | None:
 def even_blocks(total: int, step: int) -> int:
     """The width of each block when ``total`` columns are split into as few blocks of
     at most ``step`` as will do, all as wide as each other (the last one narrower
-    where they do not divide evenly). Seed 002's convolution at 64 images multiplies
-    1792 columns an output row: two blocks of 896 in one batched call rather than 1201
-    and 591 in two, 35 -> 31.5 us (one core, Intel, SkylakeX kernels; as fast with the
-    Haswell kernels); its predict, 1.8% more images/s (paired medians of 7)."""
+    where they do not divide evenly): equal blocks are one batched call where a
+    narrow remainder would be a call of its own."""
     count = -(-total // step)
     return -(-total // count)
 
 
-def matmul_column_blocks(a: Any, b: Any, out: Any = None) -> Any:
+def matmul_column_blocks(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """a: (M, K), b: (K, P) -> a @ b: (M, P), computed a block of b's columns at a time
-    (into ``out`` where given: a C-contiguous (M, P) array).
+    (into ``out`` where given: a C-contiguous (M, P) array, which is returned).
 
     For P much larger than M and K (a weight times im2col columns). The whole
     blocks are one stack of (K x step) matrices, b viewed (blocks, K, step), multiplied
     in one batched call (NumPy runs one BLAS product per block, without coming back
     to Python); the columns left over past the last whole block are one more call.
     """
-    xp = get_array_module(a)
     M, K = a.shape
     P = b.shape[1]
     step = block_size(M, K)
-    if xp is not np or step is None or P <= step:
-        return a @ b if out is None else xp.matmul(a, b, out=out)
+    if step is None or P <= step:
+        return a @ b if out is None else np.matmul(a, b, out=out)
     step = even_blocks(P, step)
     if out is None:
         out = np.empty((M, P), dtype=np.result_type(a, b))
@@ -83,7 +78,7 @@ def matmul_column_blocks(a: Any, b: Any, out: Any = None) -> Any:
     return out
 
 
-def matmul_row_blocks(a: Any, b: Any) -> Any:
+def matmul_row_blocks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a: (M, K), b: (K, N) -> a @ b: (M, N), computed a block of a's rows at a time.
 
     For M much larger than K and N (a dense layer's weight gradient over many input
@@ -91,11 +86,10 @@ def matmul_row_blocks(a: Any, b: Any) -> Any:
     stack of (step x K) matrices, a viewed (blocks, step, K), in one batched call,
     and the rows past the last whole block one more call. The result is C-contiguous.
     """
-    xp = get_array_module(a)
     M, K = a.shape
     N = b.shape[1]
     step = block_size(N, K)
-    if xp is not np or step is None or M <= step:
+    if step is None or M <= step:
         return a @ b
     step = even_blocks(M, step)
     out = np.empty((M, N), dtype=np.result_type(a, b))
@@ -107,7 +101,7 @@ def matmul_row_blocks(a: Any, b: Any) -> Any:
     return out
 
 
-def matmul_inner_blocks(a: Any, b: Any) -> Any:
+def matmul_inner_blocks(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """a: (M, P), b: (P, K) -> a @ b: (M, K), summing over P a block at a time.
 
     For P much larger than M and K (an output gradient times the transposed
@@ -115,10 +109,9 @@ def matmul_inner_blocks(a: Any, b: Any) -> Any:
     products come from one batched call, (blocks, M, step) @ (blocks, step, K), and
     are added in block order; the rest of P, past the last whole block, is added last.
     """
-    xp = get_array_module(a)
     M, P = a.shape
     step = block_size(M, b.shape[1])
-    if xp is not np or step is None or P <= step:
+    if step is None or P <= step:
         return a @ b
     step = even_blocks(P, step)
     blocks = P // step

@@ -1,0 +1,256 @@
+"""A batch's forward and backward in parts, the parts spread over the cores.
+
+``forward(layers, x)`` splits the batch into parts (parts.py), runs each part through
+twins of the layers (copies that share the parameters and keep their own caches and
+gradients; part 0 runs on the layers themselves), and returns the outputs joined in
+order. In training mode it remembers the pass, and ``backward(layers, gy, input_grad)``
+splits gy the same way, runs each part's backward on the twins that ran its forward,
+and leaves in each layer's ``grads`` the sum of the parts' gradients, added in part
+order. Since gy's rows already carry the batch mean's 1/N, that sum is the batch's
+gradient; it differs from one whole-batch backward only in how the batch sums are split.
+
+Parts are grouped into consecutive runs, one per core: the first on the calling
+thread, the others on workers (cores.py). A worker process keeps its twins between the
+forward and the backward; if it cannot run a call, or dies in between, the caller
+recomputes that run's forward and backward itself (the same numbers: the twins are
+copies of the layers as they were before the batch, Dropout's step included).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import itertools
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import workers
+from .cores import blas_on_one_thread, num_threads, run_on_threads, this_thread, worker_kind
+from .parts import PART_MIN_NUMBERS, in_groups, numbers_per_sample, part_ranges
+
+Layers = Sequence[Any]  # a model's layers in the order they run (dualconv.layers.Layer)
+Range = tuple[int, int]
+
+_PENDING_MOST = 4  # passes remembered for a backward (one per model trained at once)
+_pending: "OrderedDict[tuple[int, ...], _Pass]" = OrderedDict()
+_sizes: "OrderedDict[tuple[Any, ...], int]" = OrderedDict()  # numbers_per_sample, remembered
+_last_layers: tuple[int, ...] = ()
+_tokens = itertools.count(1)
+_kept: dict[int, list[list[Any]]] = {}  # in a worker: the twins of the pass it keeps, by token
+
+
+class _Lost(Exception):
+    """A worker no longer holds the twins a backward names (it was replaced, or another
+    forward came in between): the caller recomputes them."""
+
+
+class _Run:
+    """Consecutive parts computed together on one core: their ranges, their twins, and
+    where their state lives (``worker`` and ``token`` for a worker process)."""
+
+    def __init__(self, ranges: list[Range], twins: list[list[Any]]) -> None:
+        self.ranges, self.twins = ranges, twins
+        self.worker: workers.Worker | None = None
+        self.token: int | None = None
+
+    @property
+    def span(self) -> Range:
+        return self.ranges[0][0], self.ranges[-1][1]
+
+
+class _Pass:
+    def __init__(self, runs: list[_Run], x: Any) -> None:
+        self.runs, self.x = runs, x
+
+
+def split(layers: Layers, x: Any) -> list[Range]:
+    """The parts a batch x runs in: part_ranges for a NumPy batch of layers that each
+    compute sample by sample (``couples_samples`` False); else the whole batch."""
+    n = len(x)
+    if not isinstance(x, np.ndarray) or n < 2 or any(layer.couples_samples for layer in layers):
+        return [(0, n)]
+    key = (*map(id, layers), *x.shape[1:])
+    per_sample = _sizes.get(key)
+    if per_sample is None:
+        per_sample = _sizes[key] = numbers_per_sample(layers, tuple(x.shape[1:]))
+        if len(_sizes) > 16:
+            _sizes.popitem(last=False)
+    return part_ranges(n, per_sample, PART_MIN_NUMBERS[worker_kind()])
+
+
+def twin(layer: Any, first_sample: int) -> Any:
+    """A copy of ``layer`` for the part of a batch that starts at ``first_sample``: the same
+    parameters and buffers (the same arrays), its own cache and gradients."""
+    copied = copy.copy(layer)
+    copied.grads, copied._cache, copied.first_sample = {}, None, first_sample
+    return copied
+
+
+def forward(layers: Layers, x: Any) -> Any:
+    """x through the layers, in parts on the cores where the batch splits; the output."""
+    global _last_layers
+    key = tuple(map(id, layers))
+    _pending.pop(key, None)
+    ranges = split(layers, x)
+    if len(ranges) == 1:
+        return _forward_parts([list(layers)], x, ranges, 0)[0]
+    twins = [list(layers)] + [[twin(layer, start) for layer in layers] for start, _ in ranges[1:]]
+    cores = 1 if getattr(this_thread, "in_task", False) else min(num_threads(), len(ranges))
+    runs = [_Run([ranges[i] for i in group], [twins[i] for i in group])
+            for group in in_groups(list(range(len(ranges))), cores)]
+    training = any(layer.training for layer in layers)
+    outs = _run_forward(runs, x, training, check_code=key != _last_layers)
+    _last_layers = key
+    if training:
+        _pending[key] = _Pass(runs, x)
+        while len(_pending) > _PENDING_MOST:
+            _pending.popitem(last=False)
+    return np.concatenate([out for run_outs in outs for out in run_outs])
+
+
+def backward(layers: Layers, gy: Any, input_grad: bool) -> Any:
+    """gy back through the layers of the last training forward of these layers; fills each
+    layer's grads with the batch's gradients and returns gx (None without input_grad)."""
+    done = _pending.pop(tuple(map(id, layers)), None)
+    if done is None:  # the forward ran whole
+        return _backward_parts([list(layers)], [gy], input_grad)[0][1]
+    results = _run_backward(done, gy, input_grad)
+    parts = [part for run_results in results for part in run_results]
+    for index, layer in enumerate(layers):
+        for name in parts[0][0][index]:
+            total = parts[0][0][index][name]
+            for grads, _ in parts[1:]:
+                total = total + grads[index][name]
+            layer.grads[name] = total
+    return np.concatenate([gx for _, gx in parts]) if input_grad else None
+
+
+def _forward_parts(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: int,
+                   token: int | None = None) -> list[Any]:
+    """Each part's samples (xs holds the batch's from ``offset`` on) through its twins; their
+    outputs. With a token (in a worker), the twins are kept for the backward."""
+    if token is not None or _kept:
+        _kept.clear()  # one pass is kept at a time: its arrays are views of the call slot
+    outs = []
+    for part_layers, (start, stop) in zip(twins, ranges):
+        y = xs[start - offset:stop - offset]
+        for layer in part_layers:
+            y = layer.forward(y)
+        outs.append(y)
+    if token is not None:
+        _kept[token] = twins
+    return outs
+
+
+def _backward_parts(twins: list[list[Any]], gys: list[Any],
+                    input_grad: bool) -> list[tuple[list[dict[str, Any]], Any]]:
+    """Each part's gy back through its twins; per part, each layer's grads and the gx."""
+    out = []
+    for part_layers, gy in zip(twins, gys):
+        for layer in reversed(part_layers[1:]):
+            gy = layer.backward(gy)
+        gx = part_layers[0].backward(gy, input_grad=input_grad)
+        out.append(([layer.grads for layer in part_layers], gx))
+    return out
+
+
+def _backward_kept(token: int, gys: list[Any], input_grad: bool) -> list[tuple[list[dict[str, Any]], Any]]:
+    """In a worker: _backward_parts on the twins kept under ``token``."""
+    twins = _kept.pop(token, None)
+    if twins is None:
+        raise _Lost(token)
+    return _backward_parts(twins, gys, input_grad)
+
+
+def _run_forward(runs: list[_Run], x: Any, training: bool, check_code: bool) -> list[list[Any]]:
+    calls = [functools.partial(_forward_parts, run.twins, x, run.ranges, 0) for run in runs]
+    if len(runs) == 1:
+        return [calls[0]()]
+    if worker_kind() != "processes" or not workers.lock.acquire(blocking=False):
+        with blas_on_one_thread():
+            return run_on_threads(calls)
+    try:
+        with blas_on_one_thread():
+            pool = workers.ready_workers(len(runs) - 1, check_code)
+            remote = []
+            for run, worker in zip(runs[1:], pool):
+                first, last = run.span
+                # the twins are pickled here, before part 0 changes the layers it runs on
+                run.token = next(_tokens) if training else None
+                if worker.start((_forward_parts, (run.twins, x[first:last], run.ranges, first, run.token))):
+                    run.worker = worker
+                    remote.append(run)
+            return _gather(runs, remote, calls, lambda run: calls[runs.index(run)]())
+    finally:
+        workers.lock.release()
+
+
+def _run_backward(done: _Pass, gy: Any, input_grad: bool) -> list[list[Any]]:
+    runs = done.runs
+    gys = [[gy[start:stop] for start, stop in run.ranges] for run in runs]
+    calls = [functools.partial(_backward_parts, run.twins, part_gys, input_grad)
+             for run, part_gys in zip(runs, gys)]
+
+    def recompute(run: _Run) -> Any:  # the run's forward again here, then its backward
+        _forward_parts(run.twins, done.x, run.ranges, 0)
+        return _backward_parts(run.twins, gys[runs.index(run)], input_grad)
+
+    remote_runs = [run for run in runs if run.worker is not None]
+    if not remote_runs:
+        with blas_on_one_thread():
+            return run_on_threads(calls) if len(runs) > 1 else [calls[0]()]
+    if not workers.lock.acquire(blocking=False):
+        return [calls[0]()] + [recompute(run) for run in runs[1:]]
+    try:
+        with blas_on_one_thread():
+            remote = []
+            for run in remote_runs:
+                usable = run.worker in workers.workers and run.worker.alive()
+                if usable and run.worker.start((_backward_kept, (run.token, gys[runs.index(run)], input_grad)),
+                                               slot=1):
+                    remote.append(run)
+            local = {id(run): (calls[runs.index(run)] if run.worker is None else functools.partial(recompute, run))
+                     for run in runs}
+            return _gather(runs, remote, calls, lambda run: local[id(run)]())
+    finally:
+        workers.lock.release()
+
+
+def _gather(runs: list[_Run], remote: list[_Run], calls: list[Any], here: Any) -> list[Any]:
+    """runs[0] here, the runs not in ``remote`` here after it, then each remote run's answer
+    (one that died, or lost its twins, recomputed here); their results in order. An
+    exception is raised after every run has finished; Ctrl-C stops the busy workers."""
+    outcomes: dict[int, tuple[bool, Any]] = {}
+    try:
+        with workers.on_first_core(bool(remote) and all(run.worker.core is not None for run in remote)):
+            this_thread.in_task = True
+            try:
+                for index, run in enumerate(runs):
+                    if index == 0 or run not in remote:
+                        outcomes[index] = _attempt(calls[0] if index == 0 else functools.partial(here, run))
+                for run in remote:
+                    index = runs.index(run)
+                    answer = run.worker.finish()
+                    if answer is workers.DIED or (not answer[0] and isinstance(answer[1], _Lost)):
+                        run.worker = None
+                        answer = _attempt(functools.partial(here, run))
+                    outcomes[index] = answer
+            finally:
+                this_thread.in_task = False
+    except BaseException:  # interrupted: a worker still busy would answer late
+        for run in remote:
+            if run.worker is not None and run.worker.busy:
+                run.worker.stop()
+        raise
+    for ok, value in (outcomes[index] for index in range(len(runs))):
+        if not ok:
+            raise value
+    return [outcomes[index][1] for index in range(len(runs))]
+
+
+def _attempt(call: Any) -> tuple[bool, Any]:
+    try:
+        return True, call()
+    except Exception as error:
+        return False, error

@@ -1,0 +1,315 @@
+"""Worker processes: a second core without the GIL (Linux).
+
+Two Python threads share one GIL, which every NumPy call takes back when it ends, so
+threads making many short calls mostly wait on each other; a forked process does not.
+
+- A worker is forked from the caller the first time one is needed, so it starts with
+  NumPy and dualconv imported, and it is kept for later calls. It holds its BLAS at one
+  thread (the caller's own share uses the other core) and runs on a core of its own
+  where the caller may choose one.
+- A call is a module-level function and its arguments, pickled with its large arrays
+  in a shared mapping (arena.py); the result comes back the same way. A call too large
+  for the mapping gets a new worker with a larger one.
+- A worker runs the code it was forked with. When the caller's code changes (a notebook
+  cell redefining a layer, importlib.reload of a dualconv module: ``code_fingerprint``),
+  the next ``ready_workers`` forks new ones.
+- A worker that dies, or cannot load a call (it names a class made after the fork),
+  answers DIED; ``Worker.start`` answers False for a call that cannot be pickled. The
+  caller then runs the call itself. The worker ignores Ctrl-C; an interrupted caller
+  stops it.
+- Between calls the worker, and a caller waiting for a result, poll for SPIN_SECONDS
+  before blocking: a core woken from sleep answers late and runs cold.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+import threading
+import time
+import types
+import warnings
+from typing import Any, Callable
+
+from .arena import TooLarge, halves, pack, unpack
+
+Call = tuple[Callable[..., Any], tuple[Any, ...]]  # a module-level function and its arguments
+
+ARENA_BYTES = 32 * 2**20
+"""A new worker's shared mapping: a quarter for each of two call slots, half for results.
+Pages never written take no memory; a call too large for its slot gets a new worker
+whose slots hold twice it."""
+
+SPIN_SECONDS = 0.002
+"""How long the worker and a waiting caller poll their pipe before blocking on it: longer
+keeps a core awake between a training step's calls, shorter frees it sooner
+(benchmarks/lenet_vs_torch.py chooses it)."""
+
+CODE_CHECK_SECONDS = 0.5
+"""How often, at most, ready_workers compares the caller's code with its workers'
+(code_fingerprint walks every dualconv module: too slow for every call)."""
+
+DIED: Any = object()  # Worker.finish's answer when the worker died or could not load the call
+_UNKNOWN_HERE = "dualconv worker: the call names what this worker does not have"
+
+workers: list["Worker"] = []
+in_worker = False  # this process is a worker
+lock = threading.Lock()  # held by the one thread of this process using the workers
+
+
+def available() -> bool:
+    """Whether worker processes can run here: on Linux, where a fork copies this process,
+    in a process allowed to have children (a multiprocessing.Pool's workers are not)."""
+    return (sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
+            and not multiprocessing.current_process().daemon)
+
+
+def ready_workers(count: int, check_code: bool) -> list["Worker"]:
+    """``count`` live workers running the caller's code: dead ones replaced, and, when
+    ``check_code`` or CODE_CHECK_SECONDS have passed, stale ones too."""
+    code = _code_if_due(check_code)
+    for i, worker in enumerate(workers):
+        if not worker.alive() or (code is not None and code != worker.code):
+            worker.stop()
+            workers[i] = Worker(ARENA_BYTES, _core(i + 1))
+    while len(workers) < count:
+        workers.append(Worker(ARENA_BYTES, _core(len(workers) + 1)))
+    return workers[:count]
+
+
+def _core(index: int) -> int | None:
+    """The index-th core this process may use (0: the caller's), None if there are not that many."""
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[index] if index < len(cores) else None
+
+
+class on_first_core:
+    """Holds the calling thread on the first core it may use while the workers have the
+    others, then gives back the cores it had; with ``pin`` False, or where a sandbox
+    refuses, leaves it alone."""
+
+    def __init__(self, pin: bool) -> None:
+        self.pin = pin
+
+    def __enter__(self) -> None:
+        self.mask = os.sched_getaffinity(0) if self.pin else None
+        if self.mask is not None and not _pin({min(self.mask)}):
+            self.mask = None
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.mask is not None:
+            _pin(self.mask)
+
+
+def _pin(cores: set[int]) -> bool:
+    """Put the calling thread on ``cores``; False where that is not allowed."""
+    try:
+        os.sched_setaffinity(0, cores)
+        return True
+    except OSError:
+        return False
+
+
+_code_checked_at = float("-inf")
+
+
+def _code_if_due(now_anyway: bool) -> int | None:
+    """code_fingerprint(), if asked or CODE_CHECK_SECONDS have passed since the last; else None."""
+    global _code_checked_at
+    now = time.monotonic()
+    if not now_anyway and now - _code_checked_at < CODE_CHECK_SECONDS:
+        return None
+    _code_checked_at = now
+    return code_fingerprint()
+
+
+def code_fingerprint() -> int:
+    """A fingerprint of the code a worker runs: the classes and functions bound in
+    dualconv's modules and in __main__, and what the classes defined there hold. It
+    changes when one is redefined (a cell run again, importlib.reload, a patched method);
+    other values (a script's variables, a module's settings) are not part of it."""
+    parts = []
+    for name, module in list(sys.modules.items()):
+        if name == "__main__" or name == "dualconv" or name.startswith("dualconv."):
+            code = [value for value in list(vars(module).values()) if isinstance(value, _CODE)]
+            parts.append(tuple(map(id, code)))
+            parts.extend(tuple(map(id, vars(value).values())) for value in code
+                         if isinstance(value, type) and value.__module__ == name)
+    return hash(tuple(parts))
+
+
+_CODE = (type, types.FunctionType)
+
+
+class Worker:
+    """One worker process, its pipe and its shared mapping (the caller's side)."""
+
+    def __init__(self, arena_bytes: int, core: int | None) -> None:
+        self.arena_bytes, self.core = arena_bytes, core
+        self.code = code_fingerprint()
+        self.arena = mmap.mmap(-1, arena_bytes)  # MAP_SHARED: the child sees the same pages
+        self.call_slots, self.results_half = _slots(self.arena)
+        self.conn, child_conn = multiprocessing.Pipe()
+        context = multiprocessing.get_context("fork")
+        with warnings.catch_warnings():
+            # Python 3.12+ warns of forking a process that has threads (a BLAS pool): the
+            # child runs only _serve, which takes no lock those threads may hold
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.process = context.Process(target=_serve, args=(child_conn, self.conn, self.arena, core),
+                                           name="dualconv-worker", daemon=True)
+            self.process.start()
+        child_conn.close()
+        self.busy = False
+
+    def alive(self) -> bool:
+        return self.process.pid is not None and self.process.is_alive()
+
+    def start(self, call: Call, slot: int = 0) -> bool:
+        """Send ``call``, its arrays in call slot ``slot`` (0 or 1: the worker may keep views
+        into one slot while a call in the other runs); False (nothing sent) when it cannot
+        be pickled or the worker died."""
+        try:
+            message = bytes([slot]) + pack(call, self.call_slots[slot])
+        except TooLarge as large:
+            self._grow(2 * large.needed)
+            return self.start(call, slot)
+        except Exception as error:  # cannot be pickled (a lambda, a lock, a __reduce__ that refuses)
+            _warn_once(f"dualconv: a call cannot go to a worker process ({type(error).__name__}: {error}); "
+                       f"it runs in the calling process, on one core. A model whose layers pickle "
+                       f"(no lambdas or open files as attributes) uses both.")
+            return False
+        try:
+            self.conn.send_bytes(message)
+        except OSError:
+            self.stop()
+            return False
+        self.busy = True
+        return True
+
+    def finish(self) -> tuple[bool, Any]:
+        """(True, result) or (False, the exception raised); DIED if the worker died."""
+        try:
+            _spin_until_readable(self.conn)
+            message = self.conn.recv_bytes()
+        except (EOFError, OSError):
+            self.stop()
+            return DIED
+        self.busy = False
+        ok, value, needed = unpack(message, self.results_half, copy=True)
+        if not ok and isinstance(value, str) and value == _UNKNOWN_HERE:
+            self.stop()  # forked before the call's code existed: the next fork has it
+            return DIED
+        if needed > len(self.results_half):
+            self._grow(needed)  # this result came inline; later ones fit the mapping
+        return ok, value
+
+    def _grow(self, quarter_bytes: int) -> None:
+        """Become a new worker whose mapping's quarters (call slots) hold ``quarter_bytes``."""
+        self.stop()
+        self.__init__(max(4 * quarter_bytes, self.arena_bytes), self.core)  # type: ignore[misc]
+
+    def stop(self) -> None:
+        self.busy = False
+        self.conn.close()
+        if self.process.pid is not None and self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+
+
+def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> None:
+    """The worker's loop: run each call received, send back its result or exception."""
+    parents_end.close()  # so that the caller's end closing (it exited) ends recv_bytes
+    if core is not None:
+        _pin({core})
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and stops us
+    keep_freed_memory()
+    from threadpoolctl import threadpool_limits
+    threadpool_limits(limits=1, user_api="blas")  # the caller's own share uses the other core
+    global in_worker
+    in_worker = True  # a call never forks or threads again (cores.num_threads)
+    call_slots, results_half = _slots(arena)
+    while True:
+        try:
+            _spin_until_readable(conn)
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        try:
+            function, args = unpack(memoryview(message)[1:], call_slots[message[0]], copy=False)
+        except Exception:  # a class or function defined in the caller after this fork
+            outcome: tuple[bool, Any] = (False, _UNKNOWN_HERE)
+        else:
+            try:
+                outcome = (True, function(*args))
+            except Exception as error:
+                outcome = (False, _picklable(error))
+        try:
+            reply = pack((*outcome, 0), results_half)
+        except TooLarge as large:
+            reply = pickle.dumps((*outcome, large.needed), protocol=pickle.HIGHEST_PROTOCOL)
+        conn.send_bytes(reply)
+
+
+def _slots(arena: mmap.mmap) -> tuple[tuple[Any, Any], Any]:
+    """The mapping's halves: two call slots (the caller writes) and the results (the worker writes)."""
+    calls, results = halves(arena)
+    middle = len(calls) // 2
+    return (calls[:middle], calls[middle:]), results
+
+
+def keep_freed_memory() -> bool:
+    """Tell glibc's malloc, in this worker only, to keep the memory a call frees for the
+    next (no trimming; blocks under 32 MB from the heap): a call allocates the same tens
+    of MB each time, and returning them after each made every call fault them in again.
+    The caller's process and its settings are the user's. False where malloc is not glibc's."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(mallopt(M_TRIM_THRESHOLD, 2**30))
+
+
+_warned = False
+
+
+def _warn_once(message: str) -> None:
+    """A RuntimeWarning, the first time only (a training loop would repeat it every step)."""
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def _spin_until_readable(conn: Any) -> None:
+    """Poll ``conn`` until it has something to read or SPIN_SECONDS have passed."""
+    deadline = time.perf_counter() + SPIN_SECONDS
+    while not conn.poll(0) and time.perf_counter() < deadline:
+        pass
+
+
+def _picklable(error: Exception) -> Exception:
+    """``error``, or a RuntimeError with its type and message when it cannot be pickled."""
+    try:
+        pickle.loads(pickle.dumps(error))
+        return error
+    except Exception:
+        return RuntimeError(f"{type(error).__name__}: {error}")
+
+
+def _forget_workers_after_fork() -> None:
+    """A forked child does not own its parent's workers: it closes its copies of their
+    pipes (so a worker still sees its caller exit) and forks its own when it needs one."""
+    global lock
+    for worker in workers:
+        worker.conn.close()
+    workers.clear()
+    lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_workers_after_fork)
