@@ -194,3 +194,24 @@ def test_a_layer_written_outside_dualconv_keeps_batches_whole_until_it_says_othe
     model = dc.Sequential([dc.Flatten(), PerSample(), dc.Dense(None, 10)], seed=0)
     model.build((1, 1, 28, 28))
     assert len(passes.split(model.layers, X)) > 1  # 1578 numbers a sample: parts of 666 and more
+
+
+def test_an_eval_mode_forward_in_parts_back_propagates_like_the_plain_loop() -> None:
+    """Eval mode splits a batch too (predict); a backward after it (an input gradient of a
+    trained model) gives what the plain loops give on each part."""
+    X = np.random.default_rng(6).random((512, 1, 28, 28), dtype=np.float32)
+    gy = np.random.default_rng(7).random((512, 10), dtype=np.float32)
+    model, oracle = lenet(seed=3).eval(), lenet(seed=3).eval()
+    out = model.forward(X)
+    gx = model.backward(gy)
+    order = run_order(oracle.layers)
+    oracle.build(X.shape)
+    ranges = passes.split(order, X)
+    assert len(ranges) > 1
+    expected_out, expected_gx = [], []
+    for start, stop in ranges:
+        layers = copy.deepcopy(order)
+        expected_out.append(reference.layers_forward(layers, X[start:stop]))
+        expected_gx.append(reference.layers_backward(layers, gy[start:stop]))
+    assert_array_equal(out, np.concatenate(expected_out))
+    assert_array_equal(gx, np.concatenate(expected_gx))

@@ -16,8 +16,13 @@ by the kind of worker: smaller parts pay more fixed cost per sample, and threads
 parts hand the GIL to each other too often (benchmarks/lenet_vs_torch.py chooses them)."""
 
 PART_MAX_NUMBERS = 2**23
-"""Most activation numbers a part makes: a larger part's activations leave the cache
-(benchmarks/lenet_vs_torch.py, the weidman rows, chooses it)."""
+"""Most activation numbers a part makes in training: a larger part's activations leave
+the cache (benchmarks/lenet_vs_torch.py, the weidman train rows, chooses it)."""
+
+EVAL_MAX_NUMBERS = 2**22
+"""Most activation numbers a part makes in eval mode, where nothing is kept for a backward
+and each layer's output is read once, by the next: smaller parts keep it in the cache
+(benchmarks/lenet_vs_torch.py, the predict rows, chooses it)."""
 
 PART_MAX_SAMPLES = 128
 """Most samples a part holds: two cores on large parts share the last-level cache and the
@@ -34,12 +39,13 @@ def numbers_per_sample(layers: Sequence[Any], sample_shape: tuple[int, ...]) -> 
     return total
 
 
-def part_ranges(n: int, per_sample: int, min_numbers: int) -> list[tuple[int, int]]:
+def part_ranges(n: int, per_sample: int, min_numbers: int,
+                max_numbers: int = PART_MAX_NUMBERS) -> list[tuple[int, int]]:
     """[start, stop) of each part of a batch of n samples that make ``per_sample``
     activation numbers each, in order.
 
     Parts hold between ceil(min_numbers / per_sample) samples (rounded up to even) and
-    min(PART_MAX_SAMPLES, PART_MAX_NUMBERS / per_sample). A batch too small for two parts
+    min(PART_MAX_SAMPLES, max_numbers / per_sample). A batch too small for two parts
     is one part; otherwise it splits into max(2, ceil(n / most)) parts, that count rounded
     up to even, of equal, even size (the last one shorter by what is left over), or as
     many as the fewest allow, rounded down to even. Every part starts at an even sample,
@@ -47,7 +53,7 @@ def part_ranges(n: int, per_sample: int, min_numbers: int) -> list[tuple[int, in
     """
     fewest = -(-min_numbers // max(1, per_sample))
     fewest += fewest % 2
-    most = max(fewest, min(PART_MAX_SAMPLES, PART_MAX_NUMBERS // max(1, per_sample)))
+    most = max(fewest, min(PART_MAX_SAMPLES, max_numbers // max(1, per_sample)))
     count = max(2, -(-n // most))
     count += count % 2
     if n // count < fewest:

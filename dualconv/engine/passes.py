@@ -3,7 +3,7 @@
 ``forward(layers, x)`` splits the batch into parts (parts.py), runs each part through
 twins of the layers (copies that share the parameters and keep their own caches and
 gradients; part 0 runs on the layers themselves), and returns the outputs joined in
-order. In training mode it remembers the pass, and ``backward(layers, gy, input_grad)``
+order. It remembers the pass (as layers keep their caches), and ``backward(layers, gy, input_grad)``
 splits gy the same way, runs each part's backward on the twins that ran its forward,
 and leaves in each layer's ``grads`` the sum of the parts' gradients, added in part
 order. Since gy's rows already carry the batch mean's 1/N, that sum is the batch's
@@ -27,7 +27,7 @@ import numpy as np
 
 from . import workers
 from .cores import blas_on_one_thread, num_threads, run_on_threads, this_thread, worker_kind
-from .parts import PART_MIN_NUMBERS, in_groups, numbers_per_sample, part_ranges
+from .parts import EVAL_MAX_NUMBERS, PART_MAX_NUMBERS, PART_MIN_NUMBERS, in_groups, numbers_per_sample, part_ranges
 
 Layers = Sequence[Any]  # a model's layers in the order they run (dualconv.layers.Layer)
 Range = tuple[int, int]
@@ -66,7 +66,8 @@ class _Pass:
 
 def split(layers: Layers, x: Any) -> list[Range]:
     """The parts a batch x runs in: part_ranges for a NumPy batch of layers that each
-    compute sample by sample (``couples_samples`` False); else the whole batch."""
+    compute sample by sample (``couples_samples`` False), parts the smaller in eval mode;
+    else the whole batch."""
     n = len(x)
     if not isinstance(x, np.ndarray) or n < 2 or any(layer.couples_samples for layer in layers):
         return [(0, n)]
@@ -76,7 +77,9 @@ def split(layers: Layers, x: Any) -> list[Range]:
         per_sample = _sizes[key] = numbers_per_sample(layers, tuple(x.shape[1:]))
         if len(_sizes) > 16:
             _sizes.popitem(last=False)
-    return part_ranges(n, per_sample, PART_MIN_NUMBERS[worker_kind()])
+    training = any(layer.training for layer in layers)
+    return part_ranges(n, per_sample, PART_MIN_NUMBERS[worker_kind()],
+                       PART_MAX_NUMBERS if training else EVAL_MAX_NUMBERS)
 
 
 def twin(layer: Any, first_sample: int) -> Any:
@@ -99,18 +102,16 @@ def forward(layers: Layers, x: Any) -> Any:
     cores = 1 if getattr(this_thread, "in_task", False) else min(num_threads(), len(ranges))
     runs = [_Run([ranges[i] for i in group], [twins[i] for i in group])
             for group in in_groups(list(range(len(ranges))), cores)]
-    training = any(layer.training for layer in layers)
-    outs = _run_forward(runs, x, training, check_code=key != _last_layers)
+    outs = _run_forward(runs, x, check_code=key != _last_layers)
     _last_layers = key
-    if training:
-        _pending[key] = _Pass(runs, x)
-        while len(_pending) > _PENDING_MOST:
-            _pending.popitem(last=False)
+    _pending[key] = _Pass(runs, x)
+    while len(_pending) > _PENDING_MOST:
+        _pending.popitem(last=False)
     return np.concatenate([out for run_outs in outs for out in run_outs])
 
 
 def backward(layers: Layers, gy: Any, input_grad: bool) -> Any:
-    """gy back through the layers of the last training forward of these layers; fills each
+    """gy back through the layers of the last forward of these layers; fills each
     layer's grads with the batch's gradients and returns gx (None without input_grad)."""
     done = _pending.pop(tuple(map(id, layers)), None)
     if done is None:  # the forward ran whole
@@ -163,7 +164,7 @@ def _backward_kept(token: int, gys: list[Any], input_grad: bool) -> list[tuple[l
     return _backward_parts(twins, gys, input_grad)
 
 
-def _run_forward(runs: list[_Run], x: Any, training: bool, check_code: bool) -> list[list[Any]]:
+def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
     calls = [functools.partial(_forward_parts, run.twins, x, run.ranges, 0) for run in runs]
     if len(runs) == 1:
         return [calls[0]()]
@@ -177,7 +178,7 @@ def _run_forward(runs: list[_Run], x: Any, training: bool, check_code: bool) -> 
             for run, worker in zip(runs[1:], pool):
                 first, last = run.span
                 # the twins are pickled here, before part 0 changes the layers it runs on
-                run.token = next(_tokens) if training else None
+                run.token = next(_tokens)
                 if worker.start((_forward_parts, (run.twins, x[first:last], run.ranges, first, run.token))):
                     run.worker = worker
                     remote.append(run)
