@@ -2,7 +2,7 @@
 
 Models: ``lenet`` and ``weidman`` (as in bench_training.py), on random
 MNIST-shaped data. dualconv: ``model.predict(X)`` with its default batch (on the
-CPU shared between the cores, seed 002's model in bands: dualconv/inference_bands.py);
+CPU each batch in parts on the cores: dualconv/engine);
 the torch peers: the same networks in eval mode under ``torch.inference_mode``, the
 1000 images in one call (as benchmarks/lenet_vs_torch.py measures them).
 
