@@ -7,7 +7,7 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam, ExponentialLR, LinearLR, StepLR
-from .engine import num_threads, set_num_threads
+from .engine import num_threads, release_workers, set_num_threads
 from .trainer import Trainer
 
 from .version import __version__
@@ -18,5 +18,5 @@ __all__ = [
     "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh",
     "BinaryCrossEntropy", "MeanSquaredError", "SoftmaxCrossEntropy",
     "Sequential", "SGD", "Adam", "ExponentialLR", "LinearLR", "StepLR", "Trainer",
-    "num_threads", "set_num_threads",
+    "num_threads", "release_workers", "set_num_threads",
 ]

@@ -219,3 +219,83 @@ def test_values_that_are_not_code_do_not_make_a_new_worker(monkeypatch) -> None:
     for _ in range(3):
         monkeypatch.setattr(main, "_dualconv_test_step", object(), raising=False)
         assert workers.ready_workers(1, check_code=True)[0].process.pid == first
+
+
+def _sleep(seconds: float) -> int:
+    import time
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_an_exception_in_a_worker_carries_the_workers_traceback() -> None:
+    ok, error = _in_worker(_fail, "bad")
+    assert not ok and any("in dualconv's worker process" in note and "_fail" in note for note in error.__notes__)
+    ok, error = _in_worker(_fail_unpicklably)
+    assert not ok and any("_fail_unpicklably" in note for note in error.__notes__)
+
+
+def test_a_stopped_worker_is_given_up_and_release_workers_ends_them() -> None:
+    """SIGSTOP in the middle of a call: the waiting caller notices within
+    STALL_CHECK_SECONDS and answers DIED (the engine then computes the share itself)."""
+    import threading
+    worker = workers.ready_workers(1, check_code=False)[0]
+    assert worker.start((_sleep, (0.5,)))
+    os.kill(worker.process.pid, signal.SIGSTOP)
+    answers = []
+    waiting = threading.Thread(target=lambda: answers.append(worker.finish()), daemon=True)
+    waiting.start()
+    waiting.join(timeout=120)
+    assert not waiting.is_alive(), "the caller waits for a stopped worker forever"
+    assert answers == [workers.DIED] and not worker.alive()
+    process = workers.ready_workers(1, check_code=False)[0].process
+    workers.release_workers()
+    assert workers.workers == [] and not process.is_alive()
+
+
+def test_where_no_worker_can_start_the_caller_computes_every_part(monkeypatch) -> None:
+    """A process limit (fork raising BlockingIOError): a warning, once, and the weights of
+    a run on one core."""
+    import dualconv as dc
+    from dualconv.models import lenet
+    rng = np.random.default_rng(2)
+    X, y = rng.random((128, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 128)
+
+    def weights() -> dict:
+        model = lenet(seed=1)
+        trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(), dc.SGD(model.parameters(), lr=0.1), progress=False)
+        trainer.fit(X, y, epochs=1, batch_size=64, seed=0)
+        return model.state_dict()
+
+    dc.set_num_threads(1)
+    try:
+        expected = weights()
+    finally:
+        dc.set_num_threads(None)
+    workers.release_workers()
+
+    def refuse(self, *args, **kwargs):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+    monkeypatch.setattr(workers.Worker, "__init__", refuse)
+    monkeypatch.setattr(workers, "_warned", False)
+    with pytest.warns(RuntimeWarning, match="cannot start a worker process .*BlockingIOError"):
+        got = weights()
+    for name, w in expected.items():
+        assert_array_equal(got[name], w, err_msg=name)
+
+
+def test_a_worker_whose_caller_is_gone_ends_without_a_traceback() -> None:
+    """The caller exits while its worker computes: the worker's answer finds no reader,
+    and it ends quietly."""
+    import subprocess
+    import sys
+    script = (
+        "import os, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "from dualconv.engine import workers\n"
+        "import test_engine_workers as t\n"
+        "w = workers.ready_workers(1, check_code=False)[0]\n"
+        "assert w.start((t._sleep, (0.5,)))\n"
+        "os._exit(0)\n" % os.path.dirname(__file__))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr

@@ -22,8 +22,11 @@ The contract, in full:
   run of parts goes on the calling thread, the others on workers: forked processes on
   Linux (workers.py, their arrays through shared memory, arena.py), else threads
   (DUALCONV_WORKERS=threads chooses them). Meanwhile the BLAS is held at one thread.
-- Failures: a worker that cannot take a call or dies has its share recomputed by the
-  caller, with the same result; an exception in a layer is raised in the caller.
+- Failures: the engine is an optimisation, never a requirement. A worker that cannot be
+  started, cannot take a call, dies, or stops answering (checked every
+  STALL_CHECK_SECONDS) has its share computed by the caller, with the same result and a
+  warning, once. An exception in a layer is raised in the caller, with the worker's
+  traceback as a note. ``release_workers()`` ends the workers and frees their memory.
 
 The files: parts.py (where a batch splits), passes.py (forward and backward in parts),
 cores.py (how many cores, threads, the BLAS), workers.py (the worker processes),
@@ -33,5 +36,7 @@ from __future__ import annotations
 
 from .cores import describe, num_threads, set_num_threads, worker_kind
 from .passes import backward, forward
+from .workers import release_workers
 
-__all__ = ["forward", "backward", "describe", "num_threads", "set_num_threads", "worker_kind"]
+__all__ = ["forward", "backward", "describe", "num_threads", "release_workers", "set_num_threads",
+           "worker_kind"]

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-PART_MIN_NUMBERS = {"processes": 2**18, "threads": 2**20}
-"""Fewest activation numbers a part makes in its forward (samples times numbers_per_sample),
-by the kind of worker: smaller parts pay more fixed cost per sample, and threads on small
-parts hand the GIL to each other too often (benchmarks/lenet_vs_torch.py chooses them)."""
+PART_MIN_NUMBERS = 2**18
+"""Fewest activation numbers a part makes in its forward (samples times numbers_per_sample):
+smaller parts pay more fixed cost per sample (benchmarks/lenet_vs_torch.py chooses it).
+One value for worker processes and threads alike, so both give the same parts, and so
+the same bits."""
 
 PART_MAX_NUMBERS = 2**23
 """Most activation numbers a part makes in training: a larger part's activations leave

@@ -78,8 +78,7 @@ def split(layers: Layers, x: Any) -> list[Range]:
         if len(_sizes) > 16:
             _sizes.popitem(last=False)
     training = any(layer.training for layer in layers)
-    return part_ranges(n, per_sample, PART_MIN_NUMBERS[worker_kind()],
-                       PART_MAX_NUMBERS if training else EVAL_MAX_NUMBERS)
+    return part_ranges(n, per_sample, PART_MIN_NUMBERS, PART_MAX_NUMBERS if training else EVAL_MAX_NUMBERS)
 
 
 def twin(layer: Any, first_sample: int) -> Any:
@@ -91,7 +90,22 @@ def twin(layer: Any, first_sample: int) -> Any:
 
 
 def forward(layers: Layers, x: Any) -> Any:
-    """x through the layers, in parts on the cores where the batch splits; the output."""
+    """x through the layers, in parts on the cores where the batch splits; the output.
+    The BLAS runs on one thread meanwhile: its threads would change the bits of its sums
+    with the thread count, and would ask for the cores the parts use."""
+    with blas_on_one_thread():
+        return _forward(layers, x)
+
+
+def backward(layers: Layers, gy: Any, input_grad: bool) -> Any:
+    """gy back through the layers of the last forward of these layers; fills each layer's
+    grads with the batch's gradients and returns gx (None without input_grad). The BLAS
+    on one thread, as in forward."""
+    with blas_on_one_thread():
+        return _backward(layers, gy, input_grad)
+
+
+def _forward(layers: Layers, x: Any) -> Any:
     global _last_layers
     key = tuple(map(id, layers))
     _pending.pop(key, None)
@@ -110,9 +124,7 @@ def forward(layers: Layers, x: Any) -> Any:
     return np.concatenate([out for run_outs in outs for out in run_outs])
 
 
-def backward(layers: Layers, gy: Any, input_grad: bool) -> Any:
-    """gy back through the layers of the last forward of these layers; fills each
-    layer's grads with the batch's gradients and returns gx (None without input_grad)."""
+def _backward(layers: Layers, gy: Any, input_grad: bool) -> Any:
     done = _pending.pop(tuple(map(id, layers)), None)
     if done is None:  # the forward ran whole
         return _backward_parts([list(layers)], [gy], input_grad)[0][1]
@@ -169,20 +181,18 @@ def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
     if len(runs) == 1:
         return [calls[0]()]
     if worker_kind() != "processes" or not workers.lock.acquire(blocking=False):
-        with blas_on_one_thread():
-            return run_on_threads(calls)
+        return run_on_threads(calls)
     try:
-        with blas_on_one_thread():
-            pool = workers.ready_workers(len(runs) - 1, check_code)
-            remote = []
-            for run, worker in zip(runs[1:], pool):
-                first, last = run.span
-                # the twins are pickled here, before part 0 changes the layers it runs on
-                run.token = next(_tokens)
-                if worker.start((_forward_parts, (run.twins, x[first:last], run.ranges, first, run.token))):
-                    run.worker = worker
-                    remote.append(run)
-            return _gather(runs, remote, calls, lambda run: calls[runs.index(run)]())
+        pool = workers.ready_workers(len(runs) - 1, check_code)
+        remote = []
+        for run, worker in zip(runs[1:], pool):
+            first, last = run.span
+            # the twins are pickled here, before part 0 changes the layers it runs on
+            run.token = next(_tokens)
+            if worker.start((_forward_parts, (run.twins, x[first:last], run.ranges, first, run.token))):
+                run.worker = worker
+                remote.append(run)
+        return _gather(runs, remote, calls, lambda run: calls[runs.index(run)]())
     finally:
         workers.lock.release()
 
@@ -199,21 +209,19 @@ def _run_backward(done: _Pass, gy: Any, input_grad: bool) -> list[list[Any]]:
 
     remote_runs = [run for run in runs if run.worker is not None]
     if not remote_runs:
-        with blas_on_one_thread():
-            return run_on_threads(calls) if len(runs) > 1 else [calls[0]()]
+        return run_on_threads(calls) if len(runs) > 1 else [calls[0]()]
     if not workers.lock.acquire(blocking=False):
         return [calls[0]()] + [recompute(run) for run in runs[1:]]
     try:
-        with blas_on_one_thread():
-            remote = []
-            for run in remote_runs:
-                usable = run.worker in workers.workers and run.worker.alive()
-                if usable and run.worker.start((_backward_kept, (run.token, gys[runs.index(run)], input_grad)),
-                                               slot=1):
-                    remote.append(run)
-            local = {id(run): (calls[runs.index(run)] if run.worker is None else functools.partial(recompute, run))
-                     for run in runs}
-            return _gather(runs, remote, calls, lambda run: local[id(run)]())
+        remote = []
+        for run in remote_runs:
+            usable = run.worker in workers.workers and run.worker.alive()
+            if usable and run.worker.start((_backward_kept, (run.token, gys[runs.index(run)], input_grad)),
+                                           slot=1):
+                remote.append(run)
+        local = {id(run): (calls[runs.index(run)] if run.worker is None else functools.partial(recompute, run))
+                 for run in runs}
+        return _gather(runs, remote, calls, lambda run: local[id(run)]())
     finally:
         workers.lock.release()
 

@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 import types
 import warnings
 from typing import Any, Callable
@@ -48,6 +49,10 @@ SPIN_SECONDS = 0.002
 """How long the worker and a waiting caller poll their pipe before blocking on it: longer
 keeps a core awake between a training step's calls, shorter frees it sooner
 (benchmarks/lenet_vs_torch.py chooses it)."""
+
+STALL_CHECK_SECONDS = 1.0
+"""How often a caller waiting for a worker checks that it still runs: a worker stopped
+(SIGSTOP) or gone is given up within this long, and its share computed by the caller."""
 
 CODE_CHECK_SECONDS = 0.5
 """How often, at most, ready_workers compares the caller's code with its workers'
@@ -69,16 +74,29 @@ def available() -> bool:
 
 
 def ready_workers(count: int, check_code: bool) -> list["Worker"]:
-    """``count`` live workers running the caller's code: dead ones replaced, and, when
-    ``check_code`` or CODE_CHECK_SECONDS have passed, stale ones too."""
+    """Up to ``count`` live workers running the caller's code: dead ones replaced, and,
+    when ``check_code`` or CODE_CHECK_SECONDS have passed, stale ones too. Fewer (with a
+    warning, once) where the system refuses a process or its memory: the caller then
+    computes those shares itself."""
     code = _code_if_due(check_code)
-    for i, worker in enumerate(workers):
-        if not worker.alive() or (code is not None and code != worker.code):
-            worker.stop()
-            workers[i] = Worker(ARENA_BYTES, _core(i + 1))
-    while len(workers) < count:
-        workers.append(Worker(ARENA_BYTES, _core(len(workers) + 1)))
+    try:
+        for i, worker in enumerate(workers):
+            if not worker.alive() or (code is not None and code != worker.code):
+                worker.stop()
+                workers[i] = Worker(ARENA_BYTES, _core(i + 1))
+        while len(workers) < count:
+            workers.append(Worker(ARENA_BYTES, _core(len(workers) + 1)))
+    except OSError as error:  # a process limit (fork), or no memory for the mapping
+        workers[:] = [worker for worker in workers if worker.alive()]
+        _warn_once(f"dualconv: cannot start a worker process ({type(error).__name__}: {error}); "
+                   f"the work runs in the calling process, on one core")
     return workers[:count]
+
+
+def release_workers() -> None:
+    """Stop every worker process and free its memory; the next batch in parts forks new ones."""
+    while workers:
+        workers.pop().stop()
 
 
 def _core(index: int) -> int | None:
@@ -175,7 +193,12 @@ class Worker:
         try:
             message = bytes([slot]) + pack(call, self.call_slots[slot])
         except TooLarge as large:
-            self._grow(2 * large.needed)
+            try:
+                self._grow(2 * large.needed)
+            except OSError as error:  # no memory for a larger mapping, or no process
+                _warn_once(f"dualconv: cannot grow a worker for a call of {large.needed} bytes "
+                           f"({type(error).__name__}: {error}); it runs in the calling process")
+                return False
             return self.start(call, slot)
         except Exception as error:  # cannot be pickled (a lambda, a lock, a __reduce__ that refuses)
             _warn_once(f"dualconv: a call cannot go to a worker process ({type(error).__name__}: {error}); "
@@ -194,6 +217,11 @@ class Worker:
         """(True, result) or (False, the exception raised); DIED if the worker died."""
         try:
             _spin_until_readable(self.conn)
+            while not self.conn.poll(STALL_CHECK_SECONDS):
+                if not self.alive() or _stopped(self.process.pid):
+                    _warn_once("dualconv: a worker process stopped answering; the caller computes its share")
+                    self.stop()
+                    return DIED
             message = self.conn.recv_bytes()
         except (EOFError, OSError):
             self.stop()
@@ -213,11 +241,21 @@ class Worker:
         self.__init__(max(4 * quarter_bytes, self.arena_bytes), self.core)  # type: ignore[misc]
 
     def stop(self) -> None:
+        """End the process (SIGKILL: a stopped one ends too) and close its pipe."""
         self.busy = False
         self.conn.close()
         if self.process.pid is not None and self.process.is_alive():
-            self.process.terminate()
+            self.process.kill()
             self.process.join()
+
+
+def _stopped(pid: int | None) -> bool:
+    """Whether the process is stopped (SIGSTOP, a debugger), from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
 
 
 def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> None:
@@ -251,7 +289,10 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
             reply = pack((*outcome, 0), results_half)
         except TooLarge as large:
             reply = pickle.dumps((*outcome, large.needed), protocol=pickle.HIGHEST_PROTOCOL)
-        conn.send_bytes(reply)
+        try:
+            conn.send_bytes(reply)
+        except OSError:  # the caller is gone
+            return
 
 
 def _slots(arena: mmap.mmap) -> tuple[tuple[Any, Any], Any]:
@@ -293,12 +334,18 @@ def _spin_until_readable(conn: Any) -> None:
 
 
 def _picklable(error: Exception) -> Exception:
-    """``error``, or a RuntimeError with its type and message when it cannot be pickled."""
+    """``error`` with the worker's traceback as a note (the frames a caller would not see
+    otherwise), or a RuntimeError with its type, message and that note when it cannot be
+    pickled."""
+    note = "in dualconv's worker process:\n" + "".join(traceback.format_exception(error)).rstrip()
     try:
+        error.add_note(note)
         pickle.loads(pickle.dumps(error))
         return error
     except Exception:
-        return RuntimeError(f"{type(error).__name__}: {error}")
+        plain = RuntimeError(f"{type(error).__name__}: {error}")
+        plain.add_note(note)
+        return plain
 
 
 def _forget_workers_after_fork() -> None:
