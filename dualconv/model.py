@@ -16,7 +16,7 @@ from .layers import LAYER_TYPES, Dropout, Layer, MaxPool2D, ReLU, Softmax
 from .layers.activations import softmax
 from .optim import Parameter, ParameterView
 
-PREDICT_BATCH_SIZE = {"numpy": 1024, "cupy": 256}
+PREDICT_BATCH_SIZE = {"numpy": 256, "cupy": 256}
 """predict's default batch per backend: large enough that a CPU batch splits into a part
 for each core, small enough that its activations stay near the cache
 (benchmarks/lenet_vs_torch.py, the predict rows, chooses it)."""
