@@ -56,6 +56,9 @@ class Trainer:
             raise ValueError(f"Trainer.{what}: X has {len(X)} samples but y has {len(y)}; they must match")
         if len(X) == 0:
             raise ValueError(f"Trainer.{what}: got an empty dataset")
+        if getattr(X, "dtype", np.dtype(np.float32)).kind in "biu":
+            raise TypeError(f"Trainer.{what}: X holds {X.dtype} values, not floats; a model reads pixels "
+                            f"scaled to [0, 1]: pass X.astype(np.float32) / 255 for 8-bit images")
         y_host = asnumpy(y)
         if y_host.ndim == 1:
             if y_host.dtype.kind not in "iu":
@@ -147,11 +150,12 @@ class Trainer:
         loss_sum = correct = 0
         seen = 0
         start = time.perf_counter()
-        steps = (n + batch_size - 1) // batch_size
+        starts = batch_starts(n, batch_size, self.model)
+        steps = len(starts)
         with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
                   disable=not (self.progress and sys.stderr.isatty()), leave=False) as bar:
-            for step in range(steps):
-                idx = order[step * batch_size:(step + 1) * batch_size]
+            for step, (first, last) in enumerate(zip(starts, starts[1:] + [n])):
+                idx = order[first:last]
                 xb, yb = X[idx], y[idx]
                 guard.begin_step(step + 1, (seen, seen + len(idx) - 1))
                 batch_loss, batch_correct = self.train_step(xb, yb)
@@ -237,6 +241,16 @@ class Trainer:
         if self.scheduler is not None and state.get("scheduler_epoch") is not None:
             self.scheduler.epoch = int(state["scheduler_epoch"])
             self.optimizer.lr = self.scheduler.lr_at(self.scheduler.epoch)
+
+
+def batch_starts(n: int, batch_size: int, model: Sequential) -> list[int]:
+    """Where each of an epoch's batches starts: every ``batch_size`` samples, except that
+    a last batch of one sample joins the batch before it when a layer of the model couples
+    its samples in training (BatchNorm's batch statistics need two samples)."""
+    starts = list(range(0, n, batch_size))
+    if len(starts) > 1 and n - starts[-1] == 1 and any(layer.couples_samples for layer in model.layers):
+        starts.pop()
+    return starts
 
 
 def _confusion_matrix(y: np.ndarray, predicted: list[Any], classes: int) -> list[list[int]]:
