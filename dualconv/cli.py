@@ -4,6 +4,7 @@
     dualconv train --out runs/lenet --epochs 3 --resume
     dualconv evaluate --weights runs/lenet/model.npz
     dualconv predict --weights runs/lenet/model.npz digit.png
+    dualconv export --weights runs/lenet/model.npz --out lenet.onnx   (cli_export.py)
 
 What a run writes and where is in ``runs.py``; saving and loading in
 ``checkpoint.py``; training and evaluation in ``trainer.py``; the checks of the
@@ -25,6 +26,7 @@ from . import __version__, checkpoint, plots, runs
 from .backend import BACKENDS, asnumpy, describe, device_name
 from .cli_checks import (CLIError, check_data_dir, check_thread_settings, choose_backend, positive_float,
                          positive_int)
+from .cli_export import add_export_command
 from .datasets import CLASS_NAMES, DATASETS, DatasetError, load_dataset, load_test_split
 from .divergence import TrainingDiverged
 from .models import MODELS
@@ -45,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dualconv", description="Train and use small CNNs on NumPy (CPU) or CuPy (GPU).")
     parser.add_argument("--version", action="version", version=f"dualconv {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,info}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,evaluate,predict,export,info}")
 
     train = sub.add_parser("train", help="train a model", description="Train a model; see --out for what is saved.")
     train.add_argument("--dataset", choices=DATASETS, help="dataset (default: mnist)")
@@ -100,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", type=Path, help="image files (PNG, 28x28 grayscale for MNIST)")
     predict.set_defaults(func=cmd_predict)
 
+    add_export_command(sub)
     info = sub.add_parser("info", help="versions, the GPU, and whether a CUDA kernel compiles and runs on it")
     info.set_defaults(func=lambda args: print(describe() + "\n" + engine.describe()) or 0)
     return parser
@@ -120,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.error("give a command: train, evaluate, predict or info")
+        parser.error("give a command: train, evaluate, predict, export or info")
     try:
         check_thread_settings()
         return args.func(args)

@@ -102,27 +102,49 @@ def _terms_per_output(layer: dc.Layer) -> int:
     return fan_in + ("bias" in layer.params)
 
 
-def forward_error_bound(model: dc.Sequential, x: np.ndarray) -> np.ndarray:
+def forward_error_bound(model: dc.Sequential, x: np.ndarray, onnxruntime: bool = False) -> np.ndarray:
     """Bound on |computed - exact| for ``model.forward(x)`` in eval mode, in the model's dtype.
 
     Walks the layers with an exact (float64) activation h and a bound d on
     the error of the computed one, as a running error analysis does:
     - Dense / Conv2D (K terms per output): d' = gamma(K) * L_abs(|h| + d) + |W| * d,
       where L_abs is the layer with |weights|, computed in float64;
-    - ReLU, max-pool, Flatten, Dropout (eval): 1-Lipschitz and exact, d' = op(d);
+    - ReLU, max-pool, Flatten, Dropout (eval), Identity: 1-Lipschitz and exact, d' = op(d);
+    - avg-pool (K = kh*kw): d' = gamma(K + 2) * pool(|h| + d) + pool(d): the window sum, then
+      a division or a rounded reciprocal and a product;
+    - LeakyReLU: slopes 1 and alpha, alpha rounded and one product: max(1, |alpha|) (1 + 3u) d + 3u |y|;
+    - HardTanh: 1-Lipschitz, its rounded limits move a clipped value by u |y|;
     - Tanh / Sigmoid: 1-Lipschitz, plus their own few ULP of rounding;
+    - Softmax: inputs off by at most D = max(d) in their row move each output by a factor
+      within e^(+-2D); the computed softmax adds r |y|, r = 2 (2u s + t) + gamma(C + 2), t one
+      exp (TRANSCENDENTAL_ULPS), s = the row's largest |x - max|, C classes (the row sum, and a
+      division or a reciprocal and a product);
+    - BatchNorm (eval, running statistics): y = (x - mean) s + b, s = weight / sqrt(var + eps),
+      computed as written or folded, x s + (b - mean s): each path rounds at most 8 times (eps,
+      the addition, sqrt, the division, the products, the sums), so
+      d' = |s| d + gamma(8) ((|h| + d + |mean|) |s| + |b|).
+
+    ``onnxruntime`` also covers ONNX Runtime's CPU kernels: its logistic is 1/2 plus an odd
+    rational function of x (MLAS, after Eigen), accurate to a few ULP of that rational part,
+    so its error is TRANSCENDENTAL_ULPS ulp of |y - 1/2| plus the addition's rounding of |y|;
+    and it folds a BatchNormalization into the Conv before it (W s and (b - mean) s + beta,
+    computed in the dtype), so each product also carries the rounding of s and of W s:
+    gamma(6) |s| L_abs(|h| + d) more.
     """
     dtype = model.dtype
     u = unit_roundoff(dtype)
+    t = 2 * TRANSCENDENTAL_ULPS * u
     h = np.asarray(x, dtype=np.float64)
     d = np.zeros_like(h)
+    magnitude = None  # L_abs(|h| + d) of a Dense or Conv2D just before, else None
     for layer in model.layers:
+        before, magnitude = magnitude, None
         if isinstance(layer, (dc.Dense, dc.Conv2D)):
             abs_layer = _as_float64_abs(layer)
             magnitude = abs_layer.forward(np.abs(h) + d)
             d = gamma(_terms_per_output(layer), dtype) * magnitude + _without_bias(abs_layer).forward(d)
             h = copy.deepcopy(layer).astype(np.float64).eval().forward(h)
-        elif isinstance(layer, dc.Dropout):
+        elif isinstance(layer, (dc.Dropout, dc.Identity)):
             pass  # the identity in eval mode
         elif isinstance(layer, dc.Flatten):
             h, d = h.reshape(len(h), -1), d.reshape(len(d), -1)
@@ -131,9 +153,40 @@ def forward_error_bound(model: dc.Sequential, x: np.ndarray) -> np.ndarray:
         elif isinstance(layer, dc.MaxPool2D):
             twin = copy.deepcopy(layer)
             h, d = twin.forward(h), twin.forward(d)
-        elif isinstance(layer, (dc.Tanh, dc.Sigmoid)):
+        elif isinstance(layer, dc.AvgPool2D):
+            twin = copy.deepcopy(layer)
+            d = gamma(layer.kh * layer.kw + 2, dtype) * twin.forward(np.abs(h) + d) + twin.forward(d)
+            h = twin.forward(h)
+        elif isinstance(layer, dc.LeakyReLU):
+            h = np.where(h > 0, h, layer.alpha * h)
+            d = max(1.0, abs(layer.alpha)) * (1 + 3 * u) * d + 3 * u * np.abs(h)
+        elif isinstance(layer, dc.HardTanh):
+            h = np.clip(h, layer.min_val, layer.max_val)
+            d = d + u * np.abs(h)
+        elif isinstance(layer, dc.Tanh):
+            h = np.tanh(h)
+            d = d + t * np.abs(h)
+        elif isinstance(layer, dc.Sigmoid):
             h = copy.deepcopy(layer).forward(h)
-            d = d + 2 * TRANSCENDENTAL_ULPS * u * np.abs(h)
+            d = d + t * np.abs(h) + (t * np.abs(h - 0.5) + u * np.abs(h) if onnxruntime else 0)
+        elif isinstance(layer, dc.Softmax):
+            spread = 2 * d.max(axis=1, keepdims=True)
+            s = (h.max(axis=1, keepdims=True) - h).max(axis=1, keepdims=True) + spread
+            r = 2 * (2 * u * s + t) + gamma(h.shape[1] + 2, dtype)
+            h = np.exp(h - h.max(axis=1, keepdims=True))
+            h = h / h.sum(axis=1, keepdims=True)
+            d = h * (np.expm1(spread) + r * np.exp(spread))
+        elif isinstance(layer, (dc.BatchNorm1D, dc.BatchNorm2D)):
+            shape = (1, -1) + (1,) * (h.ndim - 2)
+            stats = {k: v.astype(np.float64).reshape(shape) for k, v in layer.buffers.items()}
+            weight = layer.params["weight"].astype(np.float64).reshape(shape) if layer.affine else 1.0
+            bias = layer.params["bias"].astype(np.float64).reshape(shape) if layer.affine else 0.0
+            s = weight / np.sqrt(stats["running_var"] + layer.eps)
+            mean = stats["running_mean"]
+            d = np.abs(s) * d + gamma(8, dtype) * ((np.abs(h) + d + np.abs(mean)) * np.abs(s) + np.abs(bias))
+            if onnxruntime and before is not None:
+                d = d + gamma(6, dtype) * np.abs(s) * before
+            h = (h - mean) * s + bias
         else:
             raise TypeError(f"forward_error_bound: no error model for {layer.name}")
     return d

@@ -42,7 +42,7 @@ def test_a_dataset_that_cannot_be_loaded_offline_is_one_line(run, monkeypatch, t
 def test_no_command_is_a_one_line_error_with_status_1(tmp_path):
     done = dualconv(cwd=tmp_path)
     assert done.returncode == 1 and done.stdout == "", (done.stdout, done.stderr)
-    assert done.stderr.splitlines() == ["dualconv: error: give a command: train, evaluate, predict or info "
+    assert done.stderr.splitlines() == ["dualconv: error: give a command: train, evaluate, predict, export or info "
                                         "(see dualconv --help)"]
 
 
