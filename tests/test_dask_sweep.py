@@ -45,9 +45,17 @@ def client(request):
     """A local cluster of two worker processes, daemonic as ``request.param`` says, and a
     client on it; closed after the module's tests that use it."""
     import dask
+    import os
+    before = os.environ.get("OMP_NUM_THREADS")
     with dask.config.set({"distributed.worker.daemon": request.param}):
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                            dashboard_address=None)
+    # the cluster sets OMP_NUM_THREADS=1 here too (for the workers it starts): the tests that
+    # follow must see this process's environment as it was
+    if before is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = before
     try:
         with distributed.Client(cluster) as dask_client:
             yield dask_client, request.param
@@ -76,9 +84,18 @@ def test_grid_search_on_dask_equals_the_sequential_search(client):
     assert_array_equal(on_dask.predict_proba(X), sequential.predict_proba(X))
 
 
-def _engine_step() -> dict[str, Any]:
-    """One training step of weidman on a batch the engine splits, in this process: the
-    engine's settings here, the outputs and the gradients."""
+def _engine_step(threads: int | None) -> dict[str, Any]:
+    """One training step of weidman on a batch the engine splits, in this process, on
+    ``threads`` cores (None: the default here): the engine's settings, the outputs and the
+    gradients."""
+    dc.set_num_threads(threads)
+    try:
+        return _step()
+    finally:
+        dc.set_num_threads(None)
+
+
+def _step() -> dict[str, Any]:
     X, y = _digits(256)
     model = dc.models.weidman(seed=0)
     model.build((1, 1, 8, 8))
@@ -95,14 +112,20 @@ def _engine_step() -> dict[str, Any]:
 @pytest.mark.parametrize("client", [True, False], ids=["daemonic-workers", "non-daemonic-workers"],
                          indirect=True)
 def test_the_cpu_engine_in_a_dask_worker_gives_the_same_bits(client):
+    """By default a Dask worker's engine takes the one core Dask leaves it (OMP_NUM_THREADS=1,
+    or a daemonic process); given two, it uses them, on threads in a daemonic worker and
+    with a worker process of its own otherwise. Every way, the main process's bits."""
     dask_client, daemonic = client
-    here = _engine_step()
-    there = dask_client.submit(_engine_step, pure=False).result()
-    assert here["kind"] == "processes" and here["parts"] > 1 and here["threads"] == there["threads"] == 2
-    assert there["daemon"] == daemonic and there["available"] == (not daemonic)
-    assert there["kind"] == ("threads" if daemonic else "processes")
-    assert there["parts"] == here["parts"]
-    assert_array_equal(there["out"], here["out"])
-    assert here["grads"].keys() == there["grads"].keys()
-    for name, grad in here["grads"].items():
-        assert_array_equal(there["grads"][name], grad, err_msg=name)
+    here = _engine_step(2)
+    assert here["kind"] == "processes" and here["parts"] > 1 and here["threads"] == 2
+    by_default = dask_client.submit(_engine_step, None, pure=False).result()
+    given_two = dask_client.submit(_engine_step, 2, pure=False).result()
+    assert by_default["threads"] == 1 and given_two["threads"] == 2
+    for there in (by_default, given_two):
+        assert there["daemon"] == daemonic and there["available"] == (not daemonic)
+        assert there["kind"] == ("threads" if daemonic else "processes")
+        assert there["parts"] == here["parts"]
+        assert_array_equal(there["out"], here["out"])
+        assert here["grads"].keys() == there["grads"].keys()
+        for name, grad in here["grads"].items():
+            assert_array_equal(there["grads"][name], grad, err_msg=name)

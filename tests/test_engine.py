@@ -141,6 +141,7 @@ def test_a_users_own_loop_runs_a_part_in_a_worker_and_a_worker_lost_before_the_b
     """model.forward leaves the second part's state in a worker process; killed before
     model.backward, the caller recomputes that part: the same gradients and input gradient."""
     monkeypatch.setenv("DUALCONV_WORKERS", "processes")
+    monkeypatch.setenv("DUALCONV_NUM_THREADS", "2")
     rng = np.random.default_rng(4)
     X, y = rng.random((256, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
     grads, gxs = [], []

@@ -133,3 +133,19 @@ def test_a_model_inside_a_layer_gets_its_results_without_waiting_forever(kind, m
     caller.join(timeout=120)
     assert not caller.is_alive(), "a model inside a model waits forever"
     np.testing.assert_allclose(results[0], _inner_predict(X), rtol=1e-5)
+
+
+def test_the_default_takes_what_the_parallelism_around_it_left(monkeypatch) -> None:
+    """OMP_NUM_THREADS (set by joblib and loky in their workers) caps the default; a
+    multiprocessing.Pool's worker, whose siblings share the cores, uses one; an explicit
+    DUALCONV_NUM_THREADS still wins."""
+    import multiprocessing
+    monkeypatch.delenv("DUALCONV_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert cores.num_threads() == 1
+    monkeypatch.setenv("DUALCONV_NUM_THREADS", "2")
+    assert cores.num_threads() == 2
+    monkeypatch.delenv("DUALCONV_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(cores.num_threads).get(timeout=60) == 1

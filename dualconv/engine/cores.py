@@ -1,8 +1,9 @@
 """How many cores the engine uses, what its workers are, and the BLAS meanwhile.
 
 ``num_threads()`` is the cores a batch's parts are spread over: min(DEFAULT_THREADS,
-the cores this process may use), or DUALCONV_NUM_THREADS, or ``set_num_threads(n)``;
-1 turns the engine off. ``worker_kind()`` is "processes" on Linux (workers.py), else
+the cores this process may use, what the parallelism around it left it: 1 in a
+multiprocessing.Pool worker, OMP_NUM_THREADS where set), or DUALCONV_NUM_THREADS, or
+``set_num_threads(n)``; 1 turns the engine off. ``worker_kind()`` is "processes" on Linux (workers.py), else
 "threads", or what DUALCONV_WORKERS says. ``run_on_threads`` runs tasks on a thread
 pool (concurrent.futures). While shares run, ``blas_on_one_thread`` holds every BLAS
 NumPy loaded at one thread (threadpoolctl): BLAS threads on top of the engine's would
@@ -53,7 +54,18 @@ def num_threads() -> int:
         if not setting.isdigit() or int(setting) < 1:
             raise ValueError(f"DUALCONV_NUM_THREADS must be a positive integer, got {setting!r}")
         return int(setting)
-    return max(1, min(DEFAULT_THREADS, _cores()))
+    return max(1, min(DEFAULT_THREADS, _cores(), _given()))
+
+
+def _given() -> int:
+    """The cores the parallelism around this process left it: 1 in a daemonic process (a
+    multiprocessing.Pool's worker, where siblings share the cores), OMP_NUM_THREADS where
+    set (joblib and loky set it in their workers), else no limit."""
+    import multiprocessing
+    if multiprocessing.current_process().daemon:
+        return 1
+    setting = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(setting) if setting.isdigit() and int(setting) >= 1 else DEFAULT_THREADS
 
 
 def set_num_threads(n: int | None) -> None:
