@@ -12,6 +12,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from dualconv.engine import workers
+from dualconv.engine.passes import split
 
 pytestmark = pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
 
@@ -299,3 +300,58 @@ def test_a_worker_whose_caller_is_gone_ends_without_a_traceback() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+
+
+def test_a_class_level_value_changing_is_not_a_code_change(monkeypatch) -> None:
+    """A counter kept on a layer class (a value, not code) leaves the fingerprint as it
+    is, so the worker is not forked again; a patched method changes it."""
+    import dualconv as dc
+    before = workers.code_fingerprint()
+    monkeypatch.setattr(dc.ReLU, "calls", 1, raising=False)
+    monkeypatch.setattr(dc.ReLU, "calls", 2, raising=False)
+    assert workers.code_fingerprint() == before
+    monkeypatch.setattr(dc.ReLU, "_forward", lambda self, x: x)
+    assert workers.code_fingerprint() != before
+
+
+LAYER_SOURCE = '''
+import dualconv as dc
+
+
+class Scale(dc.Layer):
+    couples_samples = False
+
+    def _forward(self, x):
+        self._cache = x.shape
+        return x * {factor}
+
+    def _backward(self, gy):
+        return gy * {factor}
+'''
+
+
+def test_a_reloaded_layer_module_reaches_the_worker(tmp_path, monkeypatch) -> None:
+    """importlib.reload of a user's layer module (not dualconv's, not __main__): a model
+    built from the reloaded class computes every part with the new code."""
+    import importlib
+    import sys
+    import dualconv as dc
+    module_file = tmp_path / "user_layers_for_reload.py"
+    module_file.write_text(LAYER_SOURCE.format(factor=1))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("user_layers_for_reload")
+    workers.release_workers()  # the next worker is forked with the module as first imported
+    x = np.random.default_rng(0).random((512, 1, 64, 64), dtype=np.float32)  # two parts a batch
+    try:
+        dc.set_num_threads(2)
+        assert len(split([dc.Flatten().eval(), module.Scale().eval()], x[:256])) == 2
+        first = dc.Sequential([dc.Flatten(), module.Scale()], seed=0).predict(x)
+        assert_array_equal(first, x.reshape(512, -1))
+        module_file.write_text(LAYER_SOURCE.format(factor=2))
+        importlib.invalidate_caches()
+        module = importlib.reload(module)
+        second = dc.Sequential([dc.Flatten(), module.Scale()], seed=0).predict(x)
+        assert_array_equal(second, 2 * x.reshape(512, -1))
+    finally:
+        dc.set_num_threads(None)
+        sys.modules.pop("user_layers_for_reload", None)

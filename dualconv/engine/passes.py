@@ -183,7 +183,7 @@ def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
     if worker_kind() != "processes" or not workers.lock.acquire(blocking=False):
         return run_on_threads(calls)
     try:
-        pool = workers.ready_workers(len(runs) - 1, check_code)
+        pool = workers.ready_workers(len(runs) - 1, check_code, {type(layer) for layer in runs[0].twins[0]})
         remote = []
         for run, worker in zip(runs[1:], pool):
             first, last = run.span

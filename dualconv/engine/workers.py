@@ -73,15 +73,19 @@ def available() -> bool:
             and not multiprocessing.current_process().daemon)
 
 
-def ready_workers(count: int, check_code: bool) -> list["Worker"]:
+def ready_workers(count: int, check_code: bool, classes: Any = ()) -> list["Worker"]:
     """Up to ``count`` live workers running the caller's code: dead ones replaced, and,
-    when ``check_code`` or CODE_CHECK_SECONDS have passed, stale ones too. Fewer (with a
-    warning, once) where the system refuses a process or its memory: the caller then
-    computes those shares itself."""
+    when ``check_code`` or CODE_CHECK_SECONDS have passed, stale ones too; so is a worker
+    that ran another class of the same name as one of ``classes`` (the layer classes a
+    call names: a module reloaded, a notebook cell run again). Fewer (with a warning, once)
+    where the system refuses a process or its memory: the caller then computes those
+    shares itself."""
     code = _code_if_due(check_code)
+    names = {(cls.__module__, cls.__qualname__): class_fingerprint(cls) for cls in classes}
     try:
         for i, worker in enumerate(workers):
-            if not worker.alive() or (code is not None and code != worker.code):
+            stale = any(worker.classes.get(name, mark) != mark for name, mark in names.items())
+            if not worker.alive() or stale or (code is not None and code != worker.code):
                 worker.stop()
                 workers[i] = Worker(ARENA_BYTES, _core(i + 1))
         while len(workers) < count:
@@ -90,6 +94,8 @@ def ready_workers(count: int, check_code: bool) -> list["Worker"]:
         workers[:] = [worker for worker in workers if worker.alive()]
         _warn_once(f"dualconv: cannot start a worker process ({type(error).__name__}: {error}); "
                    f"the work runs in the calling process, on one core")
+    for worker in workers[:count]:
+        worker.classes.update(names)
     return workers[:count]
 
 
@@ -155,12 +161,19 @@ def code_fingerprint() -> int:
         if name == "__main__" or name == "dualconv" or name.startswith("dualconv."):
             code = [value for value in list(vars(module).values()) if isinstance(value, _CODE)]
             parts.append(tuple(map(id, code)))
-            parts.extend(tuple(map(id, vars(value).values())) for value in code
+            parts.extend(class_fingerprint(value) for value in code
                          if isinstance(value, type) and value.__module__ == name)
     return hash(tuple(parts))
 
 
+def class_fingerprint(cls: type) -> int:
+    """The class and the code it holds (its functions, static and class methods,
+    properties), not its other values: a class-level counter changes no fingerprint."""
+    return hash((id(cls), *(id(value) for value in vars(cls).values() if isinstance(value, _METHODS))))
+
+
 _CODE = (type, types.FunctionType)
+_METHODS = (types.FunctionType, staticmethod, classmethod, property)
 
 
 class Worker:
@@ -169,6 +182,7 @@ class Worker:
     def __init__(self, arena_bytes: int, core: int | None) -> None:
         self.arena_bytes, self.core = arena_bytes, core
         self.code = code_fingerprint()
+        self.classes: dict[tuple[str, str], int] = {}  # (module, name) -> class_fingerprint, of calls sent
         self.arena = mmap.mmap(-1, arena_bytes)  # MAP_SHARED: the child sees the same pages
         self.call_slots, self.results_half = _slots(self.arena)
         self.conn, child_conn = multiprocessing.Pipe()
