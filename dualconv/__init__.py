@@ -7,6 +7,8 @@ from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout
 from .losses import BinaryCrossEntropy, MeanSquaredError, SoftmaxCrossEntropy
 from .model import Sequential
 from .optim import SGD, Adam, ExponentialLR, LinearLR, StepLR
+from .schedules import OneCycleLR, WarmupCosineLR
+from .augment import Shift
 from .engine import num_threads, release_workers, set_num_threads
 from .trainer import Trainer
 
@@ -18,5 +20,6 @@ __all__ = [
     "Layer", "LeakyReLU", "MaxPool2D", "ReLU", "Sigmoid", "Softmax", "Tanh",
     "BinaryCrossEntropy", "MeanSquaredError", "SoftmaxCrossEntropy",
     "Sequential", "SGD", "Adam", "ExponentialLR", "LinearLR", "StepLR", "Trainer",
+    "OneCycleLR", "WarmupCosineLR", "Shift",
     "num_threads", "release_workers", "set_num_threads",
 ]

@@ -62,8 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"learning rate (default: {runs.DEFAULT_LR['sgd']} for sgd, {runs.DEFAULT_LR['adam']} "
                        f"for adam); with --resume, the rate for the next epoch")
     train.add_argument("--momentum", type=float, help="SGD momentum, in [0, 1) (default: 0.9; sgd only)")
+    train.add_argument("--nesterov", action="store_true", default=None, help="Nesterov momentum (sgd only)")
     train.add_argument("--lr-decay", type=float, metavar="GAMMA",
                        help="multiply the learning rate by GAMMA, in (0, 1], after every epoch (default: 1.0)")
+    train.add_argument("--schedule", choices=runs.SCHEDULES,
+                       help="step: --lr, times --lr-decay after each epoch (default); onecycle (PyTorch's "
+                       "OneCycleLR) or cosine: set after every batch, peaking at --lr")
+    train.add_argument("--warmup", type=float, metavar="FRACTION",
+                       help="onecycle/cosine: the share of the steps spent rising to --lr (default: 0.25)")
+    train.add_argument("--weight-decay", type=float, help="L2 weight decay (default: 0)")
+    train.add_argument("--augment", metavar="shift=K",
+                       help="shift each training image by up to K pixels (zero fill); default: none")
     train.add_argument("--seed", type=int, help="seed of the initial weights, shuffling and dropout (default: 0)")
     _add_data_dir(train)
     train.add_argument("--out", type=Path, help="directory for checkpoint.npz, model.npz, metrics.json and plots "
@@ -155,7 +164,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_data_dir(args.data_dir)
     backend = choose_backend(args.backend)
     out, resumed = _run_directory(args)
-    config = runs.settings(explicit, resumed.meta["config"] if resumed else None, resumed.epoch if resumed else 0)
+    config = runs.settings(explicit, resumed.meta["config"] if resumed else None, resumed.epoch if resumed else 0,
+                           epochs=args.epochs)
 
     (X_train, y_train), (X_test, y_test) = load_dataset(config["dataset"], args.data_dir, uint8=True)
     if config["limit"] is not None:
@@ -163,7 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"note: --limit {config['limit']} exceeds the {len(X_train)} training images of "
                   f"{config['dataset']}; training on all of them")
         X_train, y_train = X_train.head(config["limit"]), y_train[: config["limit"]]
-    trainer = _trainer(config, X_train.shape[1:], progress=not args.no_progress)
+    trainer = _trainer(config, X_train.shape[1:], args.epochs, len(X_train), progress=not args.no_progress)
     if out is None:
         out = runs.new_run_dir(Path("runs"), config["dataset"], config["model"])
         print(f"writing this run to {out} (choose another place with --out)")
@@ -194,6 +204,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                    meta={"config": config})
         saved = epoch + 1
 
+    from . import recipe
+
     wall = time.perf_counter()
     if start_epoch >= args.epochs:
         print(f"already trained for {start_epoch} epochs (--epochs {args.epochs}); nothing to do")
@@ -202,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # fit reports non-finite losses
                 trainer.fit(X_train, y_train, epochs=args.epochs, batch_size=config["batch_size"],
                             validation_data=(X_test, y_test), shuffle=True, seed=config["seed"],
-                            initial_epoch=start_epoch, on_epoch_end=on_epoch_end)
+                            initial_epoch=start_epoch, on_epoch_end=on_epoch_end, augment=recipe.augmentation(config))
         except TrainingDiverged as exc:
             rate = min(trainer.optimizer.lr / 10, runs.DEFAULT_LR[config["optimizer"]])
             lower = f"--lr {rate:g}"
@@ -262,24 +274,17 @@ def _run_directory(args: argparse.Namespace) -> tuple[Path | None, Any]:
     return out, None
 
 
-def _trainer(config: dict[str, Any], image_shape: tuple[int, ...], progress: bool) -> Any:
+def _trainer(config: dict[str, Any], image_shape: tuple[int, ...], epochs: int, n_train: int,
+             progress: bool) -> Any:
     """The configured model, built for inputs of ``image_shape`` (C, H, W), its optimizer and Trainer."""
-    from .losses import SoftmaxCrossEntropy
-    from .optim import SGD, Adam, ExponentialLR
-    from .trainer import Trainer
+    from .recipe import build_trainer, make_model
 
-    model = MODELS[config["model"]](num_classes=len(CLASS_NAMES[config["dataset"]]), seed=config["seed"])
     try:
-        model.build((1, *image_shape))
+        model = make_model(config, image_shape, len(CLASS_NAMES[config["dataset"]]))
     except ValueError as exc:
         raise CLIError(f"model {config['model']} cannot take {config['dataset']} images of shape "
                        f"{tuple(image_shape)}: {exc}. Try --model {runs.DEFAULT_MODEL[config['dataset']]}.") from None
-    if config["optimizer"] == "sgd":
-        optimizer: Any = SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"])
-    else:
-        optimizer = Adam(model.parameters(), lr=config["lr"])
-    schedule = ExponentialLR(optimizer, gamma=config.get("lr_decay", 1.0))
-    return Trainer(model, SoftmaxCrossEntropy(), optimizer, scheduler=schedule, progress=progress)
+    return build_trainer(config, model, epochs, n_train, progress)
 
 
 # -- evaluate and predict -------------------------------------------------------------

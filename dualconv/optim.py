@@ -180,7 +180,14 @@ def _check_weight_decay(owner: str, weight_decay: float) -> None:
 
 
 class LRSchedule:
-    """Sets ``optimizer.lr`` from the epoch count; the Trainer calls ``step()`` after each epoch."""
+    """Sets ``optimizer.lr`` from a step count ``epoch`` (its position), like PyTorch's schedulers.
+
+    ``per_batch`` False: the Trainer calls ``step()`` after each epoch; True (schedules.py):
+    after every optimizer step, so ``epoch`` counts batches. The position is all a
+    schedule's state (``state_dict``), so a checkpoint resumes it exactly.
+    """
+
+    per_batch = False
 
     def __init__(self, optimizer: Optimizer) -> None:
         self.optimizer = optimizer
@@ -193,6 +200,15 @@ class LRSchedule:
 
     def lr_at(self, epoch: int) -> float:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """{"position": steps taken}: what a checkpoint keeps."""
+        return {"position": self.epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Go to the saved position and set the optimizer's rate for it."""
+        self.epoch = int(state["position"])
+        self.optimizer.lr = self.lr_at(self.epoch)
 
 
 class StepLR(LRSchedule):

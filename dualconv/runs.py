@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .augment import parse_augment
 from .backend import device_name, versions
 from .models import TRAINING_DEFAULTS
 
@@ -30,10 +31,18 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "optimizer": "sgd",
     "lr": None,  # per optimizer, see DEFAULT_LR
     "momentum": 0.9,
+    "nesterov": False,
     "lr_decay": 1.0,
     "seed": 0,
     "limit": None,
+    "schedule": "step",  # recipe.SCHEDULES
+    "warmup": 0.25,
+    "weight_decay": 0.0,
+    "augment": None,  # "shift=K"
 }
+SCHEDULES = ("step", "onecycle", "cosine")  # see recipe.schedule
+# The per-batch schedules are planned over the run's --epochs, which a resume must keep.
+PER_BATCH_SCHEDULES = ("onecycle", "cosine")
 # The learning rate trades speed for stability: the one that gave LeNet the best test
 # accuracy after one epoch of MNIST at batch 64 (benchmarks/README.md, "default learning rate").
 DEFAULT_LR = {"sgd": 0.02, "adam": 1e-3}
@@ -72,22 +81,31 @@ def clear_run(directory: Path) -> None:
         stale.unlink()
 
 
-def settings(explicit: dict[str, Any], saved: dict[str, Any] | None, done_epochs: int = 0) -> dict[str, Any]:
+def settings(explicit: dict[str, Any], saved: dict[str, Any] | None, done_epochs: int = 0,
+             epochs: int | None = None) -> dict[str, Any]:
     """The training settings: explicit options, else the checkpoint's, else the defaults.
 
     On resume every explicit option must equal the checkpoint's, except ``lr``:
-    a new ``--lr`` is the rate for the next epoch, so the stored base rate
-    becomes lr / lr_decay ** done_epochs.
+    with ``schedule`` "step" a new ``--lr`` is the rate for the next epoch, so the
+    stored base rate becomes lr / lr_decay ** done_epochs; with a per-batch schedule
+    it is the new peak. A per-batch schedule is planned over ``epochs`` (kept in
+    the settings as "schedule_epochs"), so a resume must ask for the same total.
     """
     if saved is not None:
+        saved = {**CONFIG_DEFAULTS, **saved}  # a checkpoint from before an option existed
         clashes = [f"--{k.replace('_', '-')} {v} (checkpoint: {saved[k]})"
                    for k, v in explicit.items() if k != "lr" and v != saved[k]]
         if clashes:
             raise SettingsError("--resume continues with the checkpoint's settings, but these differ: "
                                 + ", ".join(clashes) + ". Drop them, or train into a new --out.")
         config = dict(saved)
+        planned = config.get("schedule_epochs")
+        if planned is not None and epochs is not None and epochs != planned:
+            raise SettingsError(f"--epochs {epochs}: --schedule {config['schedule']} was planned over "
+                                f"--epochs {planned} when this run started; resume with --epochs {planned}")
         if "lr" in explicit:
-            config["lr"] = explicit["lr"] / config["lr_decay"] ** done_epochs
+            per_batch = config["schedule"] in PER_BATCH_SCHEDULES
+            config["lr"] = explicit["lr"] if per_batch else explicit["lr"] / config["lr_decay"] ** done_epochs
         return config
     config = {**CONFIG_DEFAULTS, **explicit}
     if config["model"] is None:
@@ -96,6 +114,8 @@ def settings(explicit: dict[str, Any], saved: dict[str, Any] | None, done_epochs
     config.update({k: v for k, v in tuned.items() if k != "lr" and k not in explicit})
     if config["lr"] is None:
         config["lr"] = tuned.get("lr", DEFAULT_LR)[config["optimizer"]]
+    if config["schedule"] in PER_BATCH_SCHEDULES:
+        config["schedule_epochs"] = epochs
     return config
 
 
@@ -107,8 +127,24 @@ def check_settings(explicit: dict[str, Any]) -> None:
     if momentum is not None and explicit.get("optimizer", "sgd") != "sgd":
         raise SettingsError(f"--momentum applies to --optimizer sgd only, not {explicit['optimizer']} "
                             f"(Adam has its own moment estimates); drop --momentum")
+    if explicit.get("nesterov") and (explicit.get("optimizer", "sgd") != "sgd" or momentum == 0.0):
+        raise SettingsError("--nesterov needs --optimizer sgd with a --momentum above 0")
     if decay is not None and not (0.0 < decay <= 1.0 and math.isfinite(decay)):
         raise SettingsError(f"--lr-decay must be in (0, 1] (the factor applied after each epoch), got {decay:g}")
+    if decay is not None and explicit.get("schedule", "step") != "step":
+        raise SettingsError(f"--lr-decay applies to --schedule step only, not {explicit['schedule']} "
+                            f"(which sets the rate itself); drop --lr-decay")
+    warmup, weight_decay = explicit.get("warmup"), explicit.get("weight_decay")
+    if warmup is not None and not 0.0 <= warmup < 1.0:
+        raise SettingsError(f"--warmup must be in [0, 1) (the share of the steps spent rising to --lr), "
+                            f"got {warmup:g}")
+    if weight_decay is not None and not (0.0 <= weight_decay and math.isfinite(weight_decay)):
+        raise SettingsError(f"--weight-decay must be a number >= 0, got {weight_decay:g}")
+    if explicit.get("augment") is not None:
+        try:
+            parse_augment(explicit["augment"])
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
 
 def metrics_document(config: dict[str, Any], backend: str, history: dict[str, list], result: dict[str, Any],

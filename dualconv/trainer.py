@@ -27,6 +27,8 @@ from .losses import Loss
 from .model import Sequential
 from .optim import LRSchedule, Optimizer
 
+Augmentation = Callable[[Any, int, int, int], Any]  # (batch, seed, epoch, step) -> batch; see augment.py
+
 History = dict[str, list[float]]
 
 
@@ -88,7 +90,8 @@ class Trainer:
     def fit(self, X: Any, y: Any, epochs: int = 1, batch_size: int = 64,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
             seed: int | None = None, initial_epoch: int = 0,
-            on_epoch_end: Callable[[int, dict[str, float]], None] | None = None) -> History:
+            on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+            augment: Augmentation | None = None) -> History:
         """Train for epochs [initial_epoch, epochs); returns per-epoch loss and accuracy.
 
         X: (N, ...) inputs (an array, or an array-like that indexes batches, such
@@ -96,6 +99,10 @@ class Trainer:
         With ``seed``, epoch e's shuffle order and dropout masks come from (seed, e)
         alone, so a run resumed at ``initial_epoch`` (model and optimizer state
         restored) ends exactly where an uninterrupted one does.
+        ``augment`` (e.g. ``augment.Shift(2)``) transforms each training batch on the
+        model's backend, from (seed, epoch, step) alone; None trains on the data as is.
+        A per-batch schedule (``scheduler.per_batch``) is stepped after every optimizer
+        step, a per-epoch one after each epoch.
 
         Raises ``divergence.TrainingDiverged`` (a ValueError) when a loss turns NaN
         or infinite, naming the epoch and step; the model and optimizer then hold
@@ -121,14 +128,14 @@ class Trainer:
         try:
             for epoch in range(initial_epoch, epochs):
                 self._guard = guard  # train_step runs under it in the epoch's loop only
-                logs = self._fit_epoch(X, y, epoch, epochs, batch_size, shuffle, seed, guard)
+                logs = self._fit_epoch(X, y, epoch, epochs, batch_size, shuffle, seed, guard, augment)
                 self._guard = None
                 if validation_data is not None:
                     val = self.evaluate(*validation_data)
                     logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
                 for key, value in logs.items():
                     history[key].append(value)
-                if self.scheduler is not None:
+                if self.scheduler is not None and not self.scheduler.per_batch:
                     self.scheduler.step()
                 if on_epoch_end is not None:
                     on_epoch_end(epoch, logs)
@@ -138,9 +145,11 @@ class Trainer:
         return {k: v for k, v in history.items() if v}
 
     def _fit_epoch(self, X: Any, y: Any, epoch: int, epochs: int, batch_size: int,
-                   shuffle: bool, seed: int | None, guard: LastFiniteState) -> dict[str, float]:
+                   shuffle: bool, seed: int | None, guard: LastFiniteState,
+                   augment: Augmentation | None = None) -> dict[str, float]:
         n = len(X)
         rng = np.random.default_rng(None if seed is None else [seed, epoch])
+        augment_seed = int(rng.integers(2**62)) if seed is None else seed
         order = rng.permutation(n) if shuffle else np.arange(n)
         xp = get_array_module(X)
         order = xp.asarray(order)
@@ -152,13 +161,18 @@ class Trainer:
         start = time.perf_counter()
         starts = batch_starts(n, batch_size, self.model)
         steps = len(starts)
+        per_batch = self.scheduler is not None and self.scheduler.per_batch
         with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
                   disable=not (self.progress and sys.stderr.isatty()), leave=False) as bar:
             for step, (first, last) in enumerate(zip(starts, starts[1:] + [n])):
                 idx = order[first:last]
                 xb, yb = X[idx], y[idx]
+                if augment is not None:
+                    xb = augment(to_backend(xb, self.model.backend), augment_seed, epoch, step)
                 guard.begin_step(step + 1, (seen, seen + len(idx) - 1))
                 batch_loss, batch_correct = self.train_step(xb, yb)
+                if per_batch:
+                    self.scheduler.step()
                 loss_sum = loss_sum + batch_loss * len(idx)
                 correct = correct + batch_correct
                 seen += len(idx)
@@ -236,11 +250,12 @@ class Trainer:
                 "scheduler_epoch": None if self.scheduler is None else self.scheduler.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict()``: weights, optimizer state, and the schedule at its position
+        (steps taken: epochs, or batches for a per-batch schedule), which sets the rate."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler_epoch") is not None:
-            self.scheduler.epoch = int(state["scheduler_epoch"])
-            self.optimizer.lr = self.scheduler.lr_at(self.scheduler.epoch)
+            self.scheduler.load_state_dict({"position": state["scheduler_epoch"]})
 
 
 def batch_starts(n: int, batch_size: int, model: Sequential) -> list[int]:

@@ -1,0 +1,116 @@
+"""The `fast` MNIST recipe, one epoch, in dualconv and in PyTorch: the same network, initial
+weights, schedule, batch order and test set, in the same run.
+
+    DUALCONV_DATA=/path/with/mnist python benchmarks/fast_mnist_vs_torch.py [--seed 0] [--threads 2]
+                                                                            [--device cpu|cuda]
+
+dualconv trains as ``dualconv train --model fast --epochs 1`` does (``Trainer.fit`` with the
+model's TRAINING_DEFAULTS: SGD with momentum and weight decay, one-cycle schedule stepped
+per batch); PyTorch trains its twin of ``dualconv.models.fast`` from dualconv's initial
+weights with ``torch.optim.SGD`` and ``OneCycleLR`` (no momentum cycling), visiting the
+batches in the order ``Trainer.fit`` does. Each side prints its wall time for the epoch
+(the training loop only, as ``dualconv train`` prints it) and its test accuracy.
+--device cpu: dualconv's NumPy backend and PyTorch on the CPU, ``--threads`` each
+(PyTorch's threads, dualconv's cores); --device cuda: dualconv on CuPy and PyTorch on
+the GPU, each synchronized before its clock stops.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.append(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout, for `benchmarks`
+from benchmarks.machine_info import describe  # noqa: E402
+
+
+def dualconv_run(seed: int, backend: str, data) -> tuple[float, float, object, dict]:
+    """(epoch seconds, test accuracy, the initial weights, the settings) of dualconv's run."""
+    import dualconv as dc
+    from dualconv import recipe, runs
+
+    (X, y), (X_test, y_test) = data
+    config = runs.settings({"model": "fast", "seed": seed}, None, epochs=1)
+    with dc.use_backend(backend):
+        trainer = recipe.build_trainer(config, recipe.make_model(config, X.shape[1:], 10), 1, len(X), progress=False)
+    initial = [{k: np.array(dc.asnumpy(v)) for k, v in layer.params.items()} for layer in trainer.model.layers]
+    history = trainer.fit(X, y, epochs=1, batch_size=config["batch_size"], seed=seed,
+                          augment=recipe.augmentation(config))
+    return history["seconds"][0], trainer.evaluate(X_test, y_test)["accuracy"], initial, config
+
+
+def torch_run(initial: list[dict], config: dict, seed: int, device: str, data) -> tuple[float, float]:
+    """PyTorch's twin of dualconv.models.fast from the same weights, schedule and batch order."""
+    import torch
+    from torch import nn
+
+    (X, y), (X_test, y_test) = data
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(400, 128), nn.ReLU(), nn.Linear(128, 10))
+    ours = [p for p in initial if p]
+    theirs = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        for mine, module in zip(ours, theirs):  # dualconv's Dense holds (in, out), torch's Linear (out, in)
+            w = mine["weight"] if isinstance(module, nn.Conv2d) else mine["weight"].T
+            module.weight.copy_(torch.from_numpy(np.ascontiguousarray(w)))
+            module.bias.copy_(torch.from_numpy(mine["bias"]))
+    model = model.to(device)
+    batch, n = config["batch_size"], len(X)
+    steps = -(-n // batch)
+    opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
+                          nesterov=config["nesterov"], weight_decay=config["weight_decay"])
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config["lr"], total_steps=steps,
+                                                pct_start=config["warmup"], cycle_momentum=False)
+    loss_fn = nn.CrossEntropyLoss()
+    X_dev, y_dev = torch.from_numpy(np.asarray(X)).to(device), torch.from_numpy(np.asarray(y)).to(device)
+    order = torch.from_numpy(np.random.default_rng([seed, 0]).permutation(n)).to(device)  # Trainer.fit's order
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    model.train()
+    sync()
+    start = time.perf_counter()
+    for first in range(0, n, batch):
+        idx = order[first:first + batch]
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(X_dev[idx]), y_dev[idx]).backward()
+        opt.step()
+        sched.step()
+    sync()
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.inference_mode():
+        logits = model(torch.from_numpy(np.asarray(X_test)).to(device))
+        accuracy = (logits.argmax(1).cpu().numpy() == np.asarray(y_test)).mean()
+    return seconds, float(accuracy)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2, help="cores for each side (default: 2)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    args = parser.parse_args()
+    os.environ.setdefault("DUALCONV_NUM_THREADS", str(args.threads))
+    import torch
+
+    import dualconv as dc
+    from dualconv.datasets import load_mnist
+
+    torch.set_num_threads(args.threads)
+    data = load_mnist()
+    print(describe())
+    seconds, accuracy, initial, config = dualconv_run(args.seed, "cupy" if args.device == "cuda" else "numpy", data)
+    print(f"dualconv {dc.__version__}: epoch {seconds:.2f} s, test accuracy {accuracy:.4f}", flush=True)
+    t_seconds, t_accuracy = torch_run(initial, config, args.seed, args.device, data)
+    print(f"PyTorch {torch.__version__} ({args.threads} threads): epoch {t_seconds:.2f} s, "
+          f"test accuracy {t_accuracy:.4f}")
+    print(f"dualconv's time over PyTorch's: {seconds / t_seconds:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

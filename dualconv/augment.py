@@ -1,0 +1,63 @@
+"""Data augmentation applied to each training batch on the model's backend.
+
+``Shift(k)`` moves every image of a batch by its own (dy, dx), each in [-k, k],
+filling the pixels that come in with zeros. The offsets are drawn on the host
+from (seed, epoch, step) alone, like Dropout's masks, so a run is reproducible
+and resumable, and the same on NumPy and CuPy; the shift itself is xp
+expressions (a zero pad and one gather), so no kernel of its own is needed.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .backend import get_array_module
+
+_SHIFT_STREAM = 0x5348  # keeps the offsets' stream apart from the shuffle's, which uses (seed, epoch)
+
+
+class Shift:
+    """Random translation by up to ``k`` pixels in each direction, zero fill.
+
+    ``shift(x, seed, epoch, step)``: x (N, C, H, W) on either backend -> a new array of
+    the same shape, dtype and backend, where out[n, :, i, j] = x[n, :, i - dy_n, j - dx_n]
+    (0 outside the image). ``offsets`` gives the (N, 2) table of (dy, dx) used.
+    """
+
+    def __init__(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ValueError(f"Shift: k (the largest shift in pixels) must be an integer >= 0, got {k!r}")
+        self.k = int(k)
+
+    def offsets(self, n: int, seed: int, epoch: int, step: int) -> np.ndarray:
+        """(n, 2) int64 offsets (dy, dx) in [-k, k], a pure function of (seed, epoch, step)."""
+        rng = np.random.default_rng([_SHIFT_STREAM, int(seed), int(epoch), int(step)])
+        return rng.integers(-self.k, self.k + 1, size=(n, 2))
+
+    def __call__(self, x: Any, seed: int, epoch: int, step: int) -> Any:
+        if getattr(x, "ndim", None) != 4:
+            raise ValueError(f"Shift: expects images (N, C, H, W), got shape {getattr(x, 'shape', None)}")
+        if self.k == 0:
+            return x
+        xp = get_array_module(x)
+        n, _, h, w = x.shape
+        k = self.k
+        shifts = xp.asarray(self.offsets(n, seed, epoch, step))
+        padded = xp.zeros((n, x.shape[1], h + 2 * k, w + 2 * k), dtype=x.dtype)
+        padded[:, :, k:k + h, k:k + w] = x
+        rows = xp.arange(h)[None, :, None] + k - shifts[:, :1, None]     # (N, H, 1): padded rows read
+        cols = xp.arange(w)[None, None, :] + k - shifts[:, 1:, None]     # (N, 1, W)
+        picked = padded[xp.arange(n)[:, None, None], :, rows, cols]      # (N, H, W, C)
+        return xp.ascontiguousarray(picked.transpose(0, 3, 1, 2))
+
+    def __repr__(self) -> str:
+        return f"Shift({self.k})"
+
+
+def parse_augment(text: str) -> Shift:
+    """The command line's ``--augment shift=K`` -> Shift(K); anything else is a ValueError naming it."""
+    name, _, value = text.partition("=")
+    if name.strip() != "shift" or not value.strip().isdigit():
+        raise ValueError(f"--augment takes shift=K (K pixels, an integer >= 0), got {text!r}")
+    return Shift(int(value))

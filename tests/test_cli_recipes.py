@@ -1,0 +1,85 @@
+"""The command line's schedules, weight decay and augmentation: an exact resume in the
+middle of a one-cycle run, the settings a resume must keep, and one-line errors.
+Everything runs on scikit-learn's 8x8 digits (offline, seconds)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualconv import checkpoint, cli
+from dualconv.models import TRAINING_DEFAULTS
+
+RECIPE = ["train", "--dataset", "digits", "--model", "weidman", "--limit", "300", "--no-progress",
+          "--schedule", "onecycle", "--lr", "0.1", "--weight-decay", "1e-3", "--augment", "shift=1"]
+
+
+def run_cli(*args: object) -> int:
+    return cli.main([str(a) for a in args])
+
+
+def weights(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def test_resume_in_the_middle_of_a_cycle_gives_identical_weights(tmp_path, monkeypatch):
+    assert run_cli(*RECIPE, "--epochs", "3", "--out", tmp_path / "whole") == 0
+    save = checkpoint.save_checkpoint
+
+    def save_then_stop(*args, **kwargs):  # Ctrl-C right after the first checkpoint
+        save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save_then_stop)
+    assert run_cli(*RECIPE, "--epochs", "3", "--out", tmp_path / "parts") == 130
+    monkeypatch.setattr(checkpoint, "save_checkpoint", save)
+    assert checkpoint.load_checkpoint(tmp_path / "parts" / "checkpoint.npz").epoch == 1
+    assert run_cli(*RECIPE, "--epochs", "3", "--out", tmp_path / "parts", "--resume") == 0
+    whole, parts = weights(tmp_path / "whole" / "model.npz"), weights(tmp_path / "parts" / "model.npz")
+    for key in whole:
+        assert np.array_equal(whole[key], parts[key]), key
+    config = json.loads((tmp_path / "parts" / "metrics.json").read_text())["config"]
+    assert config["schedule"] == "onecycle" and config["schedule_epochs"] == 3 and config["augment"] == "shift=1"
+
+
+def test_a_cycle_resumed_with_other_epochs_is_refused(tmp_path, capsys):
+    assert run_cli(*RECIPE, "--epochs", "1", "--out", tmp_path) == 0
+    assert run_cli(*RECIPE, "--epochs", "2", "--out", tmp_path, "--resume") == 1
+    err = capsys.readouterr().err
+    assert "error: --epochs 2: --schedule onecycle was planned over --epochs 1" in err
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--augment", "flip"], "--augment takes shift=K (K pixels, an integer >= 0), got 'flip'"),
+    (["--warmup", "1.5"], "--warmup must be in [0, 1)"),
+    (["--weight-decay", "-1"], "--weight-decay must be a number >= 0, got -1"),
+    (["--schedule", "cosine", "--lr-decay", "0.5"], "--lr-decay applies to --schedule step only, not cosine"),
+])
+def test_bad_recipe_options_are_one_line_errors(option, message, capsys):
+    assert run_cli("train", "--dataset", "digits", "--no-progress", *option) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dualconv train: error: ") and message in err and "Traceback" not in err
+
+
+def test_cosine_schedule_trains(tmp_path, capsys):
+    assert run_cli(*RECIPE[:-6], "--schedule", "cosine", "--warmup", "0.1", "--epochs", "1", "--out", tmp_path) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+def test_the_recipes_bring_their_settings():
+    assert {"fast", "best"} <= set(TRAINING_DEFAULTS) and cli.build_parser()
+    assert TRAINING_DEFAULTS["fast"]["schedule"] == TRAINING_DEFAULTS["best"]["schedule"] == "onecycle"
+    assert TRAINING_DEFAULTS["best"]["augment"] == "shift=2"
+
+
+@pytest.mark.parametrize("name, parameters", [("fast", 56_042), ("best", 117_066)])
+def test_the_recipe_models_take_mnist_images(name, parameters):
+    from dualconv.models import MODELS
+
+    model = MODELS[name](seed=0)
+    assert model.build((1, 1, 28, 28)) == (1, 10)
+    assert sum(layer.num_parameters() for layer in model.layers) == parameters
+    assert not any(layer.couples_samples for layer in model.layers)  # both cores share each batch
