@@ -76,8 +76,14 @@ class Sequential:
         the layer. Nothing is built or changed.
         """
         shapes = [tuple(input_shape)]
-        for layer in self.layers:
-            shapes.append(tuple(layer.check_shape(shapes[-1], self.dtype)))
+        try:
+            for layer in self.layers:
+                shapes.append(tuple(layer.check_shape(shapes[-1], self.dtype)))
+        except ValueError as exc:
+            hint = _channels_last_hint(shapes[0])
+            if hint:
+                raise ValueError(f"{exc}{hint}") from None
+            raise
         return shapes
 
     # -- compute --------------------------------------------------------------
@@ -303,6 +309,15 @@ class Sequential:
         except ValueError as exc:
             raise ValueError(f"{path}: the weights do not fit the architecture: {exc}") from None
         return model
+
+
+def _channels_last_hint(shape: tuple[int, ...]) -> str:
+    """A hint for an image batch that looks channels-last, (N, H, W, C) with 1, 3 or 4
+    channels, where dualconv's layers read (N, C, H, W); else ''."""
+    if len(shape) == 4 and shape[3] in (1, 3, 4) and shape[1] not in (1, 3, 4):
+        return (f" (the input {tuple(shape)} looks channels-last, (N, H, W, C); dualconv takes "
+                f"(N, C, H, W): pass x.transpose(0, 3, 1, 2))")
+    return ""
 
 
 def _tuples(config: dict[str, Any]) -> dict[str, Any]:

@@ -61,19 +61,24 @@ class Trainer:
         if getattr(X, "dtype", np.dtype(np.float32)).kind in "biu":
             raise TypeError(f"Trainer.{what}: X holds {X.dtype} values, not floats; a model reads pixels "
                             f"scaled to [0, 1]: pass X.astype(np.float32) / 255 for 8-bit images")
+        out = self._output_shape(X, what)
         y_host = asnumpy(y)
         if y_host.ndim == 1:
             if y_host.dtype.kind not in "iu":
                 raise TypeError(f"Trainer.{what}: 1-D labels must be integers, got {y_host.dtype}")
-            classes = self._num_classes(X)
+            classes = out[-1] if len(out) == 2 else None
             if y_host.min() < 0 or (classes is not None and y_host.max() >= classes):
                 raise ValueError(f"Trainer.{what}: labels must be in [0, {classes}), got values from "
                                  f"{y_host.min()} to {y_host.max()}")
         return X, y
 
-    def _num_classes(self, X: Any) -> int | None:
-        out = self.model.build((1, *X.shape[1:]))
-        return out[-1] if len(out) == 2 else None
+    def _output_shape(self, X: Any, what: str) -> tuple[int, ...]:
+        """The model's output shape for X (built for it if it is not yet); a shape the model
+        rejects is an error that names the argument and the shape the user gave."""
+        try:
+            return self.model.build(tuple(X.shape))
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"Trainer.{what}: X of shape {tuple(X.shape)} does not fit the model: {exc}") from None
 
     def _on_device(self, X: Any, y: Any) -> tuple[Any, Any]:
         """The data on the model's backend when it fits (GPU: under a quarter of free memory)."""
