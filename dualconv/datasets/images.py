@@ -61,8 +61,10 @@ class ScaledImages:
 def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
     """A grayscale image file as float32 (1, H, W) in [0, 1]; it must be exactly ``size`` (H, W).
 
-    Colour is converted to grayscale. Raises ImportError without Pillow and
-    ValueError, naming the file, when it cannot be read or has another size.
+    Colour is converted to grayscale; an image with an alpha channel is seen on black
+    (where its colour is one flat value, the alpha alone carries the digit and is read).
+    Raises ImportError without Pillow and ValueError, naming the file, when it cannot be
+    read, has another size, or holds 16-bit, 32-bit or float pixels (no scale is implied).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -72,7 +74,24 @@ def read_image(path: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
             if (height, width) != tuple(size):
                 raise ValueError(f"{path} is {width}x{height}; the model expects {size[1]}x{size[0]} grayscale "
                                  f"images (resize it first)")
-            pixels = np.asarray(image.convert("L"), dtype=np.float32)
+            pixels = _gray(image, path)
     except (OSError, UnidentifiedImageError) as exc:
         raise ValueError(f"cannot read {path} as an image: {exc}") from None
     return (pixels / np.float32(255.0))[None]
+
+
+def _gray(image: "Any", path: "str | os.PathLike") -> np.ndarray:
+    """An open PIL image as float32 (H, W) gray levels in [0, 255], as read_image says."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;"):
+        raise ValueError(f"{path} holds {image.mode} pixels (16-bit, 32-bit or float); save it as an 8-bit "
+                         f"grayscale image, light strokes on a dark background")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode not in ("RGBA", "LA", "PA"):
+        return np.asarray(image.convert("L"), dtype=np.float32)
+    rgba = image.convert("RGBA")
+    gray = np.asarray(rgba.convert("L"), dtype=np.float32)
+    alpha = np.asarray(rgba.getchannel("A"), dtype=np.float32)
+    if gray.min() == gray.max():  # one flat colour: the digit is in the alpha channel
+        return alpha
+    return gray * (alpha / np.float32(255.0))
