@@ -249,3 +249,34 @@ def test_one_result_for_one_seed_on_one_core_or_two_with_processes_or_threads_wh
     for other in results[1:]:
         for name, w in results[0].items():
             assert_array_equal(other[name], w, err_msg=name)
+
+
+@pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
+def test_two_models_trained_in_turns_get_their_own_gradients(monkeypatch) -> None:
+    """forward A, forward B, backward A, backward B: B's forward replaces what the worker
+    kept of A's, so A's part is recomputed by the caller; both get the gradients of a
+    forward and backward run back to back."""
+    monkeypatch.setenv("DUALCONV_WORKERS", "processes")
+    monkeypatch.setenv("DUALCONV_NUM_THREADS", "2")
+    rng = np.random.default_rng(9)
+    X, y = rng.random((256, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 256)
+
+    def grads(model: dc.Sequential) -> dict:
+        return {(i, k): g for i, layer in enumerate(model.layers) for k, g in layer.grads.items()}
+
+    expected = []
+    for seed in (1, 2):
+        model, loss = lenet(seed=seed), dc.SoftmaxCrossEntropy()
+        loss.forward(model.forward(X), y)
+        model.backward(loss.backward(), input_grad=False)
+        expected.append(grads(model))
+    a, b = lenet(seed=1), lenet(seed=2)
+    loss_a, loss_b = dc.SoftmaxCrossEntropy(), dc.SoftmaxCrossEntropy()
+    loss_a.forward(a.forward(X), y)
+    loss_b.forward(b.forward(X), y)
+    a.backward(loss_a.backward(), input_grad=False)
+    b.backward(loss_b.backward(), input_grad=False)
+    for model, want in zip((a, b), expected):
+        got = grads(model)
+        for key, g in want.items():
+            assert_array_equal(got[key], g, err_msg=str(key))
