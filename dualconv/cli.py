@@ -9,7 +9,10 @@
 What a run writes and where is in ``runs.py``; saving and loading in
 ``checkpoint.py``; training and evaluation in ``trainer.py``; the checks of the
 arguments and settings in ``cli_checks.py``. Every error is one
-line, ``dualconv <command>: error: ...``, with exit status 1; Ctrl-C exits 130.
+line, ``dualconv <command>: error: ...``, with exit status 1; Ctrl-C exits 130,
+SIGTERM 143 (train: after saying where to continue, cli_runs.py); when the reader
+of the output goes away (``dualconv evaluate ... | head -1``) the command stops
+without a word and exits 141, as a process ended by SIGPIPE does.
 """
 from __future__ import annotations
 
@@ -25,8 +28,9 @@ import numpy as np
 from . import __version__, checkpoint, plots, runs
 from .backend import BACKENDS, asnumpy, describe, device_name
 from .cli_checks import (CLIError, check_data_dir, check_thread_settings, choose_backend, positive_float,
-                         positive_int)
+                         positive_int, quiet_stdout, read_images)
 from .cli_export import add_export_command
+from .cli_runs import RunDirectory, interrupt_status, saving, sigterm_as_interrupt
 from .datasets import CLASS_NAMES, DATASETS, DatasetError, load_dataset, load_test_split
 from .divergence import TrainingDiverged
 from .models import MODELS
@@ -73,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, help="L2 weight decay (default: 0)")
     train.add_argument("--augment", metavar="shift=K",
                        help="shift each training image by up to K pixels (zero fill); default: none")
-    train.add_argument("--seed", type=int, help="seed of the initial weights, shuffling and dropout (default: 0)")
+    train.add_argument("--seed", type=int, help="seed of the initial weights, shuffling and dropout, an integer "
+                       ">= 0 (default: 0)")
     _add_data_dir(train)
     train.add_argument("--out", type=Path, help="directory for checkpoint.npz, model.npz, metrics.json and plots "
                        "(default: a new runs/<dataset>-<model>-<n>)")
@@ -81,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     existing_run.add_argument("--resume", action="store_true",
                               help="continue from the checkpoint in --out (same settings; --epochs may grow, "
                               "--lr change); an existing --out without one starts from scratch")
-    existing_run.add_argument("--overwrite", action="store_true", help="replace the run already in --out")
+    existing_run.add_argument("--overwrite", action="store_true", help="replace the run already in --out "
+                              "(kept in --out/replaced-run-<pid> until the new run's first checkpoint)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when "
                        "stderr is not a terminal)")
     train.add_argument("--limit", type=positive_int, metavar="N",
@@ -124,8 +130,8 @@ def _add_backend(parser: argparse.ArgumentParser) -> None:
 
 def _add_data_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path,
-                        help="where the dataset's .gz files are (also searched: $DUALCONV_DATA/<dataset>, "
-                        "the user cache)")
+                        help="where the dataset's .gz files are, the only place searched when given "
+                        "(default: $DUALCONV_DATA/<dataset>, then the user cache, then a download)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -134,14 +140,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.error("give a command: train, evaluate, predict, export or info")
     try:
-        check_thread_settings()
-        return args.func(args)
+        with sigterm_as_interrupt():
+            check_thread_settings()
+            status = args.func(args)
+            sys.stdout.flush()  # a closed pipe shows here, not at exit
+            return status
     except (CLIError, DatasetError, runs.SettingsError) as exc:
         print(f"dualconv {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print(f"dualconv {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return interrupt_status(exc)
+    except BrokenPipeError:  # the reader went away (| head): stop quietly, as a process killed by SIGPIPE
+        quiet_stdout()
+        return 141
 
 
 def _epochs_in_checkpoint(path: Path) -> int:
@@ -163,23 +175,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     runs.check_settings(explicit)
     check_data_dir(args.data_dir)
     backend = choose_backend(args.backend)
-    out, resumed = _run_directory(args)
-    config = runs.settings(explicit, resumed.meta["config"] if resumed else None, resumed.epoch if resumed else 0,
-                           epochs=args.epochs)
+    if args.resume and args.out is None:
+        raise CLIError("--resume needs --out, the directory holding checkpoint.npz")
+    with RunDirectory(args.out, args.resume, args.overwrite) as run:
+        resumed = run.resumed
+        config = runs.settings(explicit, resumed.meta["config"] if resumed else None,
+                               resumed.epoch if resumed else 0, epochs=args.epochs)
+        if run.path is None:
+            run.create_new(config["dataset"], config["model"])
+            print(f"writing this run to {run.path} (choose another place with --out)")
+        return _train(args, config, backend, run)
 
-    (X_train, y_train), (X_test, y_test) = load_dataset(config["dataset"], args.data_dir, uint8=True)
+
+def _train(args: argparse.Namespace, config: dict[str, Any], backend: str, run: RunDirectory) -> int:
+    out, resumed = run.path, run.resumed
+    assert out is not None
+    (X_train, y_train), (X_test, y_test) = load_dataset(config["dataset"], args.data_dir, uint8=True,
+                                                        strict=args.data_dir is not None)
     if config["limit"] is not None:
         if config["limit"] > len(X_train):
             print(f"note: --limit {config['limit']} exceeds the {len(X_train)} training images of "
                   f"{config['dataset']}; training on all of them")
         X_train, y_train = X_train.head(config["limit"]), y_train[: config["limit"]]
     trainer = _trainer(config, X_train.shape[1:], args.epochs, len(X_train), progress=not args.no_progress)
-    if out is None:
-        out = runs.new_run_dir(Path("runs"), config["dataset"], config["model"])
-        print(f"writing this run to {out} (choose another place with --out)")
-    elif resumed is None:
-        runs.clear_run(out)  # only --overwrite gets here with an earlier run in it
-        out.mkdir(parents=True, exist_ok=True)
     history: dict[str, list] = {}
     start_epoch = 0
     if resumed is not None:
@@ -200,9 +218,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"epoch {epoch + 1}/{args.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
               f"test loss {logs['val_loss']:.4f}  test acc {logs['val_accuracy']:.4f}  "
               f"{logs['images_per_second']:,.0f} img/s  {logs['seconds']:.1f} s", flush=True)
-        checkpoint.save_checkpoint(out / CHECKPOINT, trainer.state_dict(), epoch + 1, history,
-                                   meta={"config": config})
+        with saving(out / CHECKPOINT, saved, out):
+            checkpoint.save_checkpoint(out / CHECKPOINT, trainer.state_dict(), epoch + 1, history,
+                                       meta={"config": config})
         saved = epoch + 1
+        run.first_checkpoint_saved()
 
     from . import recipe
 
@@ -223,55 +243,29 @@ def cmd_train(args: argparse.Namespace) -> int:
                                f"train again with a lower learning rate, e.g. {lower}") from None
             raise CLIError(f"{exc} The checkpoint of epoch {saved} is kept in {out}; continue from it with a "
                            f"lower learning rate: dualconv train --out {out} --resume {lower}") from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (cli_runs.Terminated)
             saved = _epochs_in_checkpoint(out / CHECKPOINT)  # the interrupt may have come after a save's rename
             where = (f"the checkpoint of epoch {saved} is in {out}; continue with --resume "
                      f"(dualconv train --out {out} --resume)" if saved else
                      "no checkpoint yet (one is written after each epoch)")
             print(f"dualconv train: interrupted during epoch {saved + 1}; {where}", file=sys.stderr)
-            return 130
+            return interrupt_status(interrupt)
     wall = time.perf_counter() - wall
 
     result = trainer.evaluate(X_test, y_test, confusion_matrix=True)
     print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f}")
     metrics = runs.metrics_document(config, backend, history, result, len(X_train), len(X_test), wall, start_epoch)
-    model.save(out / MODEL_FILE)
-    checkpoint.write_json_atomic(out / METRICS, metrics)
+    with saving(out / MODEL_FILE, saved, out):
+        model.save(out / MODEL_FILE)
+    with saving(out / METRICS, saved, out):
+        checkpoint.write_json_atomic(out / METRICS, metrics)
     if plots.matplotlib_available():
-        plots.write_run_plots(model, history, out, X_train.shape[1:])
+        with saving(out, saved, out):
+            plots.write_run_plots(model, history, out, X_train.shape[1:])
     else:
         print("matplotlib is not installed: no PNG plots (pip install 'dualconv[plot]')")
     print(f"wrote {out / MODEL_FILE}, {out / METRICS}")
     return 0
-
-
-def _run_directory(args: argparse.Namespace) -> tuple[Path | None, Any]:
-    """--out checked against the run it may hold, and the checkpoint to resume (or None)."""
-    out: Path | None = args.out
-    if out is None:
-        if args.resume:
-            raise CLIError("--resume needs --out, the directory holding checkpoint.npz")
-        return None, None
-    if out.exists() and not out.is_dir():
-        raise CLIError(f"--out {out} is a file; give a directory")
-    existing = runs.holds_run(out)
-    if args.resume:
-        if not out.exists():
-            raise CLIError(f"nothing to resume in {out}: it does not exist; drop --resume to start a new run")
-        if not (out / CHECKPOINT).is_file():
-            if existing:
-                raise CLIError(f"{out} holds {', '.join(existing)} but no {CHECKPOINT} to resume from; "
-                               f"pass --overwrite instead of --resume to start over there, or choose another --out")
-            print(f"no {CHECKPOINT} in {out}: starting from scratch")
-            return out, None
-        try:
-            return out, checkpoint.load_checkpoint(out / CHECKPOINT)
-        except ValueError as exc:
-            raise CLIError(f"{exc}; delete it (or pass --overwrite instead of --resume) to start over") from None
-    if existing and not args.overwrite:
-        raise CLIError(f"{out} already holds a run ({', '.join(existing)}); pass --resume to continue it, "
-                       f"--overwrite to replace it, or choose another --out")
-    return out, None
 
 
 def _trainer(config: dict[str, Any], image_shape: tuple[int, ...], epochs: int, n_train: int,
@@ -317,7 +311,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     backend = choose_backend(args.backend)
     model = _load_weights(args.weights, backend)
     dataset = args.dataset or _dataset_beside(args.weights) or "mnist"
-    X_test, y_test = load_test_split(dataset, args.data_dir, uint8=True)
+    X_test, y_test = load_test_split(dataset, args.data_dir, uint8=True, strict=args.data_dir is not None)
     expected = tuple(model.input_shape[1:]) if model.input_shape else None
     if expected is not None and expected != X_test.shape[1:]:
         raise CLIError(f"{args.weights} takes inputs of shape {expected}, but {dataset} images are "
@@ -340,22 +334,12 @@ def _format_matrix(matrix: np.ndarray) -> str:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .datasets.images import read_image
-
     backend = choose_backend(args.backend)
     model = _load_weights(args.weights, backend)
     if not model.input_shape or len(model.input_shape) != 4 or model.input_shape[1] != 1:
         raise CLIError(f"{args.weights} does not take (N, 1, H, W) grayscale images: input {model.input_shape}")
     size = tuple(model.input_shape[2:])
-    images, failed = {}, 0
-    for path in args.images:
-        try:
-            images[path] = read_image(path, size)
-        except ImportError:
-            raise CLIError("predict needs Pillow to read images: pip install pillow") from None
-        except ValueError as exc:
-            print(f"dualconv predict: error: {exc}", file=sys.stderr)
-            failed += 1
+    images, failed = read_images(args.images, size)
     if images:
         probs = asnumpy(model.predict_proba(np.stack(list(images.values()))))
         names = CLASS_NAMES.get(args.dataset or _dataset_beside(args.weights) or "mnist")

@@ -3,14 +3,19 @@
 positive_int and positive_float are argparse types: a bad value is a usage error at
 parse time. The other checks run before a command does any work: the thread settings
 (DUALCONV_NUM_THREADS, DUALCONV_WORKERS), the backend (--backend, else
-$DUALCONV_BACKEND, else auto) and --data-dir. cli.main prints a CLIError as one line,
+$DUALCONV_BACKEND, else auto) and --data-dir. read_images reads predict's images,
+one line for each that cannot be read. cli.main prints a CLIError as one line,
 ``dualconv <command>: error: ...``, and exits with status 1.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import sys
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from .backend import BACKENDS, set_backend
 from .engine import num_threads, worker_kind
@@ -64,3 +69,38 @@ def choose_backend(name: str | None) -> str:
 def check_data_dir(path: Path | None) -> None:
     if path is not None and not path.is_dir():
         raise CLIError(f"--data-dir {path} does not exist or is not a directory")
+
+
+def read_images(paths: list[Path], size: tuple[int, ...]) -> tuple[dict[Path, np.ndarray], int]:
+    """The images of ``paths`` that can be read at ``size``, and how many could not: each of
+    those is one line on stderr. An image too large to open (Pillow's DecompressionBombError
+    or its warning) is one of them."""
+    from .datasets.images import read_image
+
+    try:
+        from PIL import Image
+    except ImportError:
+        raise CLIError("predict needs Pillow to read images: pip install pillow") from None
+    images, failed = {}, 0
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                images[path] = read_image(path, size)
+        except (ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            message = str(exc) if isinstance(exc, ValueError) else f"cannot read {path} as an image: {exc}"
+            print(f"dualconv predict: error: {message}", file=sys.stderr)
+            failed += 1
+    return images, failed
+
+
+def quiet_stdout() -> None:
+    """After a BrokenPipeError: send what is left for stdout to devnull, so that
+    Python's flush at exit does not fail again (the recipe in Python's signal docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a descriptor
+        pass
+    finally:
+        os.close(devnull)

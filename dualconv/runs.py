@@ -140,6 +140,9 @@ def check_settings(explicit: dict[str, Any]) -> None:
                             f"got {warmup:g}")
     if weight_decay is not None and not (0.0 <= weight_decay and math.isfinite(weight_decay)):
         raise SettingsError(f"--weight-decay must be a number >= 0, got {weight_decay:g}")
+    seed = explicit.get("seed")
+    if seed is not None and seed < 0:
+        raise SettingsError(f"--seed must be an integer >= 0, got {seed}")
     if explicit.get("augment") is not None:
         try:
             parse_augment(explicit["augment"])

@@ -136,7 +136,7 @@ def test_evaluate_prints_accuracy_and_confusion_matrix(trained, capsys):
 
 
 def test_evaluate_rejects_a_dataset_of_another_shape(trained, capsys, monkeypatch):
-    monkeypatch.setattr(cli, "load_test_split", lambda name, data_dir, uint8: (np.zeros((2, 1, 28, 28)), None))
+    monkeypatch.setattr(cli, "load_test_split", lambda name, data_dir, **kw: (np.zeros((2, 1, 28, 28)), None))
     assert run_cli("evaluate", "--weights", trained / "model.npz", "--dataset", "mnist") == 1
     assert "(1, 8, 8)" in capsys.readouterr().err
 

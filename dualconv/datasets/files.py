@@ -142,16 +142,20 @@ def _shorten(text: str, limit: int = 160) -> str:
 
 
 def fetch(fileset: FileSet, data_dir: str | os.PathLike | None = None,
-          names: tuple[str, ...] | None = None) -> dict[str, bytes]:
+          names: tuple[str, ...] | None = None, strict: bool = False) -> dict[str, bytes]:
     """The decompressed, verified content of every file of ``fileset`` (or of ``names``), by file name.
 
     Raises DatasetNotFoundError or ChecksumError, once, covering every file that
     could not be had, with what to do about it; DatasetNotFoundError at once when
-    ``data_dir`` is given but is not a directory.
+    ``data_dir`` is given but is not a directory. With ``strict`` and a ``data_dir``,
+    only ``data_dir`` and ``data_dir/<subdir>`` are searched, nothing is downloaded, and
+    the first file missing or corrupt there is the error, named.
     """
     if data_dir is not None and not Path(data_dir).is_dir():
         raise DatasetNotFoundError(f"the data directory {data_dir} does not exist (or is not a directory)")
     wanted = [f for f in fileset.files if names is None or f.name in names]
+    if strict and data_dir is not None:
+        return _fetch_from(fileset, Path(data_dir), wanted)
     dirs = search_dirs(fileset, data_dir)
     cache = cache_dir(fileset.subdir)
     contents: dict[str, bytes] = {}
@@ -182,6 +186,28 @@ def fetch(fileset: FileSet, data_dir: str | os.PathLike | None = None,
         return contents
     bad = [exc for name in missing for exc in corrupt.get(name, [])]
     raise _problem(fileset, dirs, missing, bad, download_error, len(wanted))
+
+
+def _fetch_from(fileset: FileSet, data_dir: Path, wanted: list[RemoteFile]) -> dict[str, bytes]:
+    """fetch from an explicit data directory alone: no fallback to $DUALCONV_DATA, the cache or a download."""
+    contents: dict[str, bytes] = {}
+    for remote in wanted:
+        found = [p for p in (data_dir / remote.name, data_dir / fileset.subdir / remote.name) if p.is_file()]
+        if not found:
+            raise DatasetNotFoundError(
+                f"--data-dir {data_dir}: no {fileset.title} file {remote.name} there (nor in "
+                f"{data_dir / fileset.subdir}); put the four files {', '.join(f.name for f in fileset.files)} "
+                f"there, or leave out --data-dir to use ${DATA_ENV}/{fileset.subdir} or the download")
+        errors = []
+        for path in found:
+            try:
+                contents[remote.name] = read_verified(path, remote, fileset.title)
+                break
+            except ChecksumError as exc:
+                errors.append(exc)
+        else:
+            raise errors[0]
+    return contents
 
 
 def _problem(

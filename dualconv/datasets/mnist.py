@@ -109,13 +109,14 @@ def _labels(content: bytes, name: str, count: int) -> np.ndarray:
 
 
 def load_idx_dataset(fileset: FileSet, data_dir: str | os.PathLike | None = None,
-                     uint8: bool = False) -> tuple[Split, Split]:
+                     uint8: bool = False, strict: bool = False) -> tuple[Split, Split]:
     """``(X_train, y_train), (X_test, y_test)`` of an MNIST-format dataset.
 
     X: float32 (N, 1, 28, 28) in [0, 1]; y: int64 (N,) in 0..9. With ``uint8``,
-    X is a ScaledImages over the file's uint8 pixels (scaled batch by batch).
+    X is a ScaledImages over the file's uint8 pixels (scaled batch by batch). With
+    ``strict``, only ``data_dir`` is searched (see ``fetch``).
     """
-    files = fetch(fileset, data_dir)
+    files = fetch(fileset, data_dir, strict=strict)
     splits = []
     for images, labels in SPLITS.values():
         X = _images(files.pop(images), images, uint8)
@@ -124,10 +125,10 @@ def load_idx_dataset(fileset: FileSet, data_dir: str | os.PathLike | None = None
 
 
 def load_idx_split(fileset: FileSet, split: str, data_dir: str | os.PathLike | None = None,
-                   uint8: bool = False) -> Split:
+                   uint8: bool = False, strict: bool = False) -> Split:
     """``(X, y)`` of one split, "train" or "test", reading only that split's two files."""
     images, labels = SPLITS[split]
-    files = fetch(fileset, data_dir, names=(images, labels))
+    files = fetch(fileset, data_dir, names=(images, labels), strict=strict)
     X = _images(files[images], images, uint8)
     return X, _labels(files[labels], labels, len(X))
 
