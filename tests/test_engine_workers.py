@@ -355,3 +355,20 @@ def test_a_reloaded_layer_module_reaches_the_worker(tmp_path, monkeypatch) -> No
     finally:
         dc.set_num_threads(None)
         sys.modules.pop("user_layers_for_reload", None)
+
+
+def test_a_worker_grown_for_a_large_call_shrinks_back_after_small_ones() -> None:
+    """The mapping grows for a call larger than its slot, and goes back to ARENA_BYTES after
+    SHRINK_AFTER_CALLS small forward calls in a row; a small backward call (slot 1) does not
+    count, so the forward's kept arrays stay where they are."""
+    workers.release_workers()
+    slot = len(workers.ready_workers(1, check_code=False)[0].call_slots[0])
+    big = np.ones(slot // 4 + 1000, np.float32)
+    assert _in_worker(_doubled, [big])[0]
+    worker = workers.workers[0]
+    assert worker.arena_bytes > workers.ARENA_BYTES
+    for _ in range(workers.SHRINK_AFTER_CALLS - 1):
+        assert _in_worker(_pid)[0] and _in_worker(_pid, slot=1)[0]
+    assert workers.workers[0].arena_bytes > workers.ARENA_BYTES
+    assert _in_worker(_pid)[0]
+    assert workers.workers[0].arena_bytes == workers.ARENA_BYTES

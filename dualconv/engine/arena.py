@@ -39,15 +39,15 @@ def halves(arena: mmap.mmap) -> tuple[np.ndarray, np.ndarray]:
     return whole[:half], whole[half:]
 
 
-def pack(obj: Any, region: np.ndarray) -> bytes:
-    """``obj`` pickled, its arrays of INLINE_BYTES or more copied into ``region``.
+def pack(obj: Any, region: np.ndarray) -> tuple[bytes, int]:
+    """(``obj`` pickled, the bytes of ``region`` its arrays of INLINE_BYTES or more took).
     Raises TooLarge when they do not fit."""
     buffer = io.BytesIO()
     packer = _Packer(buffer, region)
     packer.dump(obj)
     if packer.used > len(region):
         raise TooLarge(packer.used)
-    return buffer.getvalue()
+    return buffer.getvalue(), packer.used
 
 
 class _Packer(pickle.Pickler):

@@ -50,6 +50,10 @@ SPIN_SECONDS = 0.002
 keeps a core awake between a training step's calls, shorter frees it sooner
 (benchmarks/lenet_vs_torch.py chooses it)."""
 
+SHRINK_AFTER_CALLS = 8
+"""A worker grown for a large call goes back to ARENA_BYTES after this many forward calls in
+a row that fit it: fewer forks when large and small calls alternate, memory back soon after."""
+
 STALL_CHECK_SECONDS = 1.0
 """How often a caller waiting for a worker checks that it still runs: a worker stopped
 (SIGSTOP) or gone is given up within this long, and its share computed by the caller."""
@@ -183,6 +187,7 @@ class Worker:
         self.arena_bytes, self.core = arena_bytes, core
         self.code = code_fingerprint()
         self.classes: dict[tuple[str, str], int] = {}  # (module, name) -> class_fingerprint, of calls sent
+        self.small_calls = 0  # forward calls in a row that a mapping of ARENA_BYTES would hold
         self.arena = mmap.mmap(-1, arena_bytes)  # MAP_SHARED: the child sees the same pages
         self.call_slots, self.results_half = _slots(self.arena)
         self.conn, child_conn = multiprocessing.Pipe()
@@ -205,7 +210,10 @@ class Worker:
         into one slot while a call in the other runs); False (nothing sent) when it cannot
         be pickled or the worker died."""
         try:
-            message = bytes([slot]) + pack(call, self.call_slots[slot])
+            message, used = pack(call, self.call_slots[slot])
+            if self._shrinks(slot, used):
+                return self.start(call, slot)
+            message = bytes([slot]) + message
         except TooLarge as large:
             try:
                 self._grow(2 * large.needed)
@@ -245,9 +253,23 @@ class Worker:
         if not ok and isinstance(value, str) and value == _UNKNOWN_HERE:
             self.stop()  # forked before the call's code existed: the next fork has it
             return DIED
+        if needed > ARENA_BYTES // 2:
+            self.small_calls = 0  # a large result: keep a grown mapping
         if needed > len(self.results_half):
             self._grow(needed)  # this result came inline; later ones fit the mapping
         return ok, value
+
+    def _shrinks(self, slot: int, used: int) -> bool:
+        """After SHRINK_AFTER_CALLS forward calls in a row that a new worker's slot would
+        hold, a grown worker becomes a new one of ARENA_BYTES (True: send the call again)."""
+        if self.arena_bytes == ARENA_BYTES or slot != 0:
+            return False
+        self.small_calls = self.small_calls + 1 if used <= ARENA_BYTES // 4 else 0
+        if self.small_calls < SHRINK_AFTER_CALLS:
+            return False
+        self.stop()
+        self.__init__(ARENA_BYTES, self.core)  # type: ignore[misc]
+        return True
 
     def _grow(self, quarter_bytes: int) -> None:
         """Become a new worker whose mapping's quarters (call slots) hold ``quarter_bytes``."""
@@ -300,7 +322,7 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
             except Exception as error:
                 outcome = (False, _picklable(error))
         try:
-            reply = pack((*outcome, 0), results_half)
+            reply = pack((*outcome, 0), results_half)[0]
         except TooLarge as large:
             reply = pickle.dumps((*outcome, large.needed), protocol=pickle.HIGHEST_PROTOCOL)
         try:
