@@ -76,12 +76,7 @@ def test_conv2d_cpu_twin_is_the_textbook_within_rounding(monkeypatch, cfg, path:
     assert_within(y, y_ref, 2 * bound["y"], f"{path} y: ")
     got = kernels.conv2d_backward(gy, saved, w, win, need_gx=True, need_gb=bias)
     expected = reference.conv2d_backward(gy, saved_ref, w, win, True, bias)
-    for name, g, g_ref in zip(("gx", "gw", "gb"), got, expected):
-        if g_ref is None:
-            assert g is None, name
-            continue
-        assert g.shape == g_ref.shape and g.dtype == dtype, name
-        assert_within(g, g_ref, 2 * bound[name], f"{path} {name}: ")
+    _gradients_within(got, expected, bound, dtype, f"{path} ")
     if path in ("bands", "blocks"):
         assert bool(folds) == (path == "bands" and (win.sy, win.sx) == (1, 1))
     gx, gw, _ = kernels.conv2d_backward(gy, saved, w, win, need_gx=False, need_gb=bias)
@@ -105,12 +100,7 @@ def test_dense_cpu_twin_is_the_textbook_within_rounding(monkeypatch, blocks: boo
     assert_within(y, reference.dense_forward(x, w, b), 2 * bound["y"], "y: ")
     got = kernels.dense_backward(gy, x, w, need_gx=True, need_gb=bias)
     expected = reference.dense_backward(gy, x, w, True, bias)
-    for name, g, g_ref in zip(("gx", "gw", "gb"), got, expected):
-        if g_ref is None:
-            assert g is None, name
-            continue
-        assert g.shape == g_ref.shape and g.dtype == dtype, name
-        assert_within(g, g_ref, 2 * bound[name], f"{name}: ")
+    _gradients_within(got, expected, bound, dtype, "")
     assert got[0].flags.f_contiguous == feature_major  # gx stored as x is
     assert kernels.dense_backward(gy, x, w, need_gx=False, need_gb=bias)[0] is None
 
@@ -153,3 +143,14 @@ def test_the_dispatch_point_rejects_what_does_not_multiply() -> None:
         kernels.dense_forward(xd.astype(np.int64), wd, bd)
     with pytest.raises(ValueError, match=r"^dense_backward: gy must have shape \(4, 2\)"):
         kernels.dense_backward(gyd[:3], xd, wd)
+
+
+def _gradients_within(got: tuple, expected: tuple, bound: dict, dtype, label: str) -> None:
+    """(gx, gw, gb) against the textbook's: the same Nones, shapes and dtype, and each within
+    twice its bound (both sides round)."""
+    for name, g, g_ref in zip(("gx", "gw", "gb"), got, expected):
+        if g_ref is None:
+            assert g is None, name
+            continue
+        assert g.shape == g_ref.shape and g.dtype == dtype, name
+        assert_within(g, g_ref, 2 * bound[name], f"{label}{name}: ")
