@@ -115,8 +115,8 @@ def test_the_dispatch_point_finds_each_twin() -> None:
 
 @pytest.mark.parametrize("kernel", ["conv2d_forward", "conv2d_backward", "dense_forward", "dense_backward"])
 def test_the_dispatch_checks_and_twins_take_the_same_arguments(kernel: str) -> None:
-    cpu_twin = {"conv": cpu_conv, "dense": cpu_dense}[kernels.HOMES[kernel]]
-    cuda_twin = {"conv": cuda_conv, "dense": cuda_dense}[kernels.HOMES[kernel]]
+    cpu_twin = {"cpu_conv": cpu_conv, "cpu_dense": cpu_dense}[kernels.HOMES[kernel][0]]
+    cuda_twin = {"cuda_conv": cuda_conv, "cuda_dense": cuda_dense}[kernels.HOMES[kernel][1]]
     expected = list(inspect.signature(getattr(cpu_twin, kernel)).parameters)
     for module in (kernels, checks, reference, cuda_twin):
         assert list(inspect.signature(getattr(module, kernel)).parameters) == expected, \

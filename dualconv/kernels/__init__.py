@@ -76,20 +76,22 @@ from . import checks
 from .layout import flatten_batch  # noqa: F401  (the one view of the memory order a layer needs: Flatten)
 
 HOMES = {
-    "conv2d_forward": "conv", "conv2d_backward": "conv",
-    "dense_forward": "dense", "dense_backward": "dense",
+    "conv2d_forward": ("cpu_conv", "cuda_conv"), "conv2d_backward": ("cpu_conv", "cuda_conv"),
+    "dense_forward": ("cpu_dense", "cuda_dense"), "dense_backward": ("cpu_dense", "cuda_dense"),
+    **{kernel: ("cpu_fused", "cuda") for kernel in (
+        "sgd_update", "adam_update", "sgd_update_guarded", "adam_update_guarded",
+        "flag_nonfinite_loss", "softmax_cross_entropy", "dropout_forward")},
 }
-"""The kernels whose twins live in a module of their own: kernel -> the suffix of
-cpu_<suffix> and cuda_<suffix>. Every other kernel's twins are in cpu and cuda."""
+"""The kernels whose twins live outside cpu.py and cuda.py: kernel -> (its NumPy twin's
+module, its CUDA twin's module). Every other kernel's twins are in cpu and cuda."""
 
 
 def twin_for(xp: ModuleType, kernel: str | None = None) -> ModuleType:
-    """The module holding ``kernel``'s twin for an array module: cpu or cuda (the
-    window and fused kernels, and the default), cpu_conv or cuda_conv (conv2d_*),
-    cpu_dense or cuda_dense (dense_*); numpy picks the cpu side, cupy the cuda one."""
-    side = "cpu" if xp is np else "cuda"
-    home = HOMES.get(kernel) if kernel is not None else None
-    return importlib.import_module(f"{__name__}.{side}" + (f"_{home}" if home else ""))
+    """The module holding ``kernel``'s twin for an array module (numpy picks the NumPy side,
+    cupy the CUDA one): the HOMES entry, else cpu or cuda."""
+    side = 0 if xp is np else 1
+    module = HOMES[kernel][side] if kernel in HOMES else ("cpu", "cuda")[side]
+    return importlib.import_module(f"{__name__}.{module}")
 
 
 def _dispatch(kernel: str, *args: Any) -> Any:

@@ -38,9 +38,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..shapes import Window
-from .cpu_fused import (adam_update, adam_update_guarded, dropout_forward,  # noqa: F401  (their twins: cpu_fused.py)
-                        flag_nonfinite_loss, keyed_hash, lowbias32, sgd_update, sgd_update_guarded,
-                        softmax_cross_entropy)
 from .layout import batch_first, batch_last, columns_batch_first, columns_batch_last
 
 

@@ -30,7 +30,6 @@ from .cuda_plans import (FLOAT_TYPES, INDEX_TYPES, POOL_SIDES, plan_adam_update,
                          plan_max_pool_backward, plan_max_pool_forward, plan_sgd_update,
                          plan_sgd_update_guarded, plan_softmax_cross_entropy)
 from .launch import Launch, execute
-from .launch import BLOCK, MAX_GRID  # noqa: F401  (re-exported: part of this module's interface)
 from .sources import module_source
 
 TEMPLATES = {
@@ -149,33 +148,33 @@ def avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Any:
 
 def sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
                weight_decay: float, nesterov: bool) -> None:
-    """One SGD step in place, one launch; see cpu.sgd_update."""
+    """One SGD step in place, one launch; see cpu_fused.sgd_update."""
     _run(plan_sgd_update(w, g, v, lr, momentum, weight_decay, nesterov))
 
 
 def adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
                 eps: float, weight_decay: float, step: int) -> None:
-    """One Adam step in place, one launch; see cpu.adam_update."""
+    """One Adam step in place, one launch; see cpu_fused.adam_update."""
     _run(plan_adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step))
 
 
 def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:
     """z: (N, C), labels: int (N,) -> (loss (N,), gz (N, C)), one launch (labels of
-    another integer dtype are converted first); see cpu.softmax_cross_entropy."""
+    another integer dtype are converted first); see cpu_fused.softmax_cross_entropy."""
     if np.dtype(labels.dtype) != np.int64:
         labels = labels.astype(np.int64)
     return _run(plan_softmax_cross_entropy(z, labels))
 
 
 def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> tuple[Any, Any]:
-    """Dropout's mask and product, one launch; see cpu.dropout_forward."""
+    """Dropout's mask and product, one launch; see cpu_fused.dropout_forward."""
     return _run(plan_dropout_forward(x, key, p, first_sample))
 
 
 def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
                        verdict: Any, code: int, lr: float, momentum: float, weight_decay: float,
                        nesterov: bool) -> None:
-    """One guarded SGD step in place, one launch; see cpu.sgd_update_guarded."""
+    """One guarded SGD step in place, one launch; see cpu_fused.sgd_update_guarded."""
     _run(plan_sgd_update_guarded(w, g, v, w_last, v_last, verdict, code, lr, momentum,
                                  weight_decay, nesterov))
 
@@ -183,11 +182,11 @@ def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any |
 def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
                         verdict: Any, code: int, lr: float, b1: float, b2: float, eps: float,
                         weight_decay: float, step: int) -> None:
-    """One guarded Adam step in place, one launch; see cpu.adam_update_guarded."""
+    """One guarded Adam step in place, one launch; see cpu_fused.adam_update_guarded."""
     _run(plan_adam_update_guarded(w, g, m, v, w_last, m_last, v_last, verdict, code, lr, b1,
                                   b2, eps, weight_decay, step))
 
 
 def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
-    """The guard's check of a step's loss, one launch; see cpu.flag_nonfinite_loss."""
+    """The guard's check of a step's loss, one launch; see cpu_fused.flag_nonfinite_loss."""
     _run(plan_flag_nonfinite_loss(loss, verdict, code))

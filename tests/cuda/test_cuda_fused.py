@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from dualconv import kernels
-from dualconv.kernels import cpu, cuda_plans
+from dualconv.kernels import cpu_fused as cpu, cuda_plans
 from kernel_cases import DTYPES, assert_bitwise_equal
 from layer_error_bounds import softmax_cross_entropy_rows_bound
 

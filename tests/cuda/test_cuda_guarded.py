@@ -16,7 +16,7 @@ import pytest
 
 from dualconv.divergence import NO_FAILURE
 from dualconv import kernels
-from dualconv.kernels import cpu
+from dualconv.kernels import cpu_fused as cpu
 from kernel_cases import DTYPES, assert_bitwise_equal
 
 pytestmark = [pytest.mark.cuda_emulated,
