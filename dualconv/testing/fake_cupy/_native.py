@@ -6,6 +6,10 @@ emulation_harness.cpp, which runs a whole grid thread by thread, and returns a
 goes into them (``$DUALCONV_EMULATION_CACHE``, default
 ``~/.cache/dualconv/emulated_cupy``) and in memory per process, so a source
 is compiled once per machine.
+
+Blocks and threads run in one of ``ORDERS``: a launch's ``order`` argument, else
+``$DUALCONV_EMULATE_ORDER`` (read at every launch), else "forward". A GPU keeps
+no order, so a kernel must give the same result in all three (the harness says why).
 """
 from __future__ import annotations
 
@@ -28,6 +32,9 @@ SANITIZE = ("-fsanitize=address,undefined", "-fno-sanitize-recover=all",
             "-fno-omit-frame-pointer", "-g")
 KINDS = {0: "i", 1: "u", 2: "f", 3: "b", 4: "?"}
 """The harness's type codes, as NumPy dtype kinds."""
+ORDERS = ("forward", "reverse", "shuffle")
+"""The orders blocks and threads can run in (the harness's codes are the indices)."""
+ORDER_ENV = "DUALCONV_EMULATE_ORDER"
 
 _loaded: dict[str, "NativeModule"] = {}
 _lock = threading.Lock()
@@ -40,6 +47,15 @@ def compiler() -> str:
         raise RuntimeError("the emulated CuPy needs g++ to run CUDA kernels on the CPU, and no g++ "
                            "was found on PATH (install it, e.g. apt-get install g++)")
     return cxx
+
+
+def launch_order(order: str | None = None) -> str:
+    """``order``, else $DUALCONV_EMULATE_ORDER, else "forward"; ValueError for any other name."""
+    chosen = order if order is not None else (os.environ.get(ORDER_ENV, "").strip() or "forward")
+    if chosen not in ORDERS:
+        where = "order" if order is not None else ORDER_ENV
+        raise ValueError(f"the emulated CuPy's {where} must be one of {ORDERS}, got {chosen!r}")
+    return chosen
 
 
 def cache_dir() -> Path:
@@ -97,7 +113,7 @@ class NativeModule:
         self.lib.dc_signature.argtypes = [ctypes.c_char_p, ints, ints, ints, ctypes.c_int]
         self.lib.dc_launch.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint),
                                        ctypes.POINTER(ctypes.c_uint),
-                                       ctypes.POINTER(ctypes.c_void_p)]
+                                       ctypes.POINTER(ctypes.c_void_p), ctypes.c_int]
         self.flushes_subnormals = bool(self.lib.dc_flushes_subnormals())
         self._signatures: dict[str, list[tuple[bool, int, str]]] = {}
 
@@ -117,9 +133,12 @@ class NativeModule:
             sig = self._signatures[name] = [(bool(is_ptr[i]), size[i], KINDS[kind[i]]) for i in range(n)]
         return sig
 
-    def launch(self, name: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any]) -> None:
+    def launch(self, name: str, grid: Sequence[int], block: Sequence[int], args: Sequence[Any],
+               order: str | None = None) -> None:
         """Run ``name<<<grid, block>>>(*args)``; args are host arrays (for pointer
-        parameters) and NumPy scalars, checked against the C++ signature."""
+        parameters) and NumPy scalars, checked against the C++ signature. Blocks and
+        threads run in ``launch_order(order)``."""
+        code = ORDERS.index(launch_order(order))
         sig = self.signature(name)
         if len(sig) != len(args):
             raise TypeError(f"kernel {name} takes {len(sig)} arguments, got {len(args)}")
@@ -127,7 +146,8 @@ class NativeModule:
         params = (ctypes.c_void_p * max(1, len(values)))(
             *[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
         grid3, block3 = _dim3(grid, "grid"), _dim3(block, "block")
-        self.lib.dc_launch(name.encode(), (ctypes.c_uint * 3)(*grid3), (ctypes.c_uint * 3)(*block3), params)
+        self.lib.dc_launch(name.encode(), (ctypes.c_uint * 3)(*grid3), (ctypes.c_uint * 3)(*block3),
+                           params, code)
 
 
 _CTYPES = {("i", 1): ctypes.c_int8, ("i", 2): ctypes.c_int16, ("i", 4): ctypes.c_int32,

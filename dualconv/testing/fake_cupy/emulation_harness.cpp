@@ -1,6 +1,10 @@
 // CPU emulation harness: a RawModule's CUDA C source compiled by g++ (through
 // emulation.h), plus a cuLaunchKernel-like C entry point that runs a whole grid
-// sequentially. Python (_native.py) drives it through ctypes.
+// sequentially, each thread to completion, blocks and threads in one of three
+// orders: forward, reversed, or shuffled (a fixed seed). A GPU promises no order,
+// so a kernel is right only if its result is the same in all three: a non-atomic
+// scatter (x[p] += ...) sums in another order, and a thread that reads what
+// another thread wrote sees it or not. Python (_native.py) drives it through ctypes.
 //
 // Two files are generated per build by _native.py:
 //   module.cu            the module's source
@@ -108,6 +112,26 @@ struct FlushSubnormals {
 #endif
 };
 
+// The order blocks and threads run in (dc_launch's `order`).
+enum Order { ORDER_FORWARD = 0, ORDER_REVERSE = 1, ORDER_SHUFFLE = 2 };
+
+// 0 .. n-1 in the given order; ORDER_SHUFFLE: a Fisher-Yates shuffle driven by
+// splitmix64 from a fixed seed mixed with `stream` (the block, for its threads),
+// the same on every run and every machine.
+std::vector<std::uint64_t> visit_order(std::uint64_t n, Order order, std::uint64_t stream) {
+    std::vector<std::uint64_t> ids(n);
+    for (std::uint64_t i = 0; i < n; ++i) ids[i] = order == ORDER_REVERSE ? n - 1 - i : i;
+    if (order != ORDER_SHUFFLE) return ids;
+    std::uint64_t state = 0x243F6A8885A308D3ull ^ (stream * 0x9E3779B97F4A7C15ull);
+    for (std::uint64_t i = n; i > 1; --i) {
+        std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        std::swap(ids[i - 1], ids[(z ^ (z >> 31)) % i]);
+    }
+    return ids;
+}
+
 }  // namespace
 
 extern "C" {
@@ -134,25 +158,29 @@ int dc_signature(const char* name, int* is_pointer, int* size, int* kind, int ca
 }
 
 // Runs name<<<grid, block>>>(params...) on the CPU: every block, every thread,
-// in order. params[i] points at the value of parameter i, as for
-// cuLaunchKernel. Returns 0, or -1 if there is no such kernel.
-int dc_launch(const char* name, const unsigned* grid, const unsigned* block, void** params) {
+// each to completion, in the order `order` names (Order). params[i] points at
+// the value of parameter i, as for cuLaunchKernel. Returns 0, -1 if there is no
+// such kernel, or -2 for an unknown order.
+int dc_launch(const char* name, const unsigned* grid, const unsigned* block, void** params,
+              int order) {
     const Entry* e = find(name);
     if (!e) return -1;
+    if (order < ORDER_FORWARD || order > ORDER_SHUFFLE) return -2;
     FlushSubnormals ftz(e->single_precision);
     gridDim = dim3{grid[0], grid[1], grid[2]};
     blockDim = dim3{block[0], block[1], block[2]};
-    for (unsigned bz = 0; bz < grid[2]; ++bz)
-        for (unsigned by = 0; by < grid[1]; ++by)
-            for (unsigned bx = 0; bx < grid[0]; ++bx) {
-                blockIdx = dim3{bx, by, bz};
-                for (unsigned tz = 0; tz < block[2]; ++tz)
-                    for (unsigned ty = 0; ty < block[1]; ++ty)
-                        for (unsigned tx = 0; tx < block[0]; ++tx) {
-                            threadIdx = dim3{tx, ty, tz};
-                            e->run(params);
-                        }
-            }
+    const std::vector<std::uint64_t> blocks =
+        visit_order((std::uint64_t)grid[0] * grid[1] * grid[2], (Order)order, 0);
+    for (const std::uint64_t b : blocks) {
+        blockIdx = dim3{unsigned(b % grid[0]), unsigned(b / grid[0] % grid[1]),
+                        unsigned(b / grid[0] / grid[1])};
+        for (const std::uint64_t t :
+             visit_order((std::uint64_t)block[0] * block[1] * block[2], (Order)order, b + 1)) {
+            threadIdx = dim3{unsigned(t % block[0]), unsigned(t / block[0] % block[1]),
+                             unsigned(t / block[0] / block[1])};
+            e->run(params);
+        }
+    }
     return 0;
 }
 
