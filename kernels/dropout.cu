@@ -48,3 +48,24 @@ __global__ void dropout_forward(const T* __restrict__ x, T* __restrict__ y, T* _
         y[e] = x[e] * m;
     }
 }
+
+// dropout_forward with the 64-bit key read from key[0] (low half) and key[1]
+// (high half), device memory that a captured step's step_begin fills.
+template <typename T, typename I>
+__global__ void dropout_forward_at(const T* __restrict__ x, T* __restrict__ y,
+                                   T* __restrict__ mask, I total, I N, unsigned int F,
+                                   unsigned int first_pair, const int* __restrict__ key,
+                                   unsigned int threshold, T scale) {
+    const unsigned int key_lo = (unsigned int)key[0], key_hi = (unsigned int)key[1];
+    DC_GRID_STRIDE_LOOP(I, e, total) {
+        const I j = e / N;
+        const I n = e - j * N;
+        const unsigned int feature = dc_keyed_hash((unsigned int)j, key_lo, key_hi);
+        const unsigned int pair = dc_keyed_hash(F + first_pair + (unsigned int)(n / 2), key_lo, key_hi);
+        const unsigned int word = dc_lowbias32(feature ^ pair);
+        const unsigned int bits = (n & 1) ? (word >> 16) : (word & 0xFFFFu);
+        const T m = bits >= threshold ? scale : T(0);
+        mask[e] = m;
+        y[e] = x[e] * m;
+    }
+}

@@ -132,3 +132,65 @@ __global__ void flag_nonfinite_loss(const T* __restrict__ loss, int* __restrict_
     if (blockIdx.x == 0 && threadIdx.x == 0 && !dc_isfinite(*loss) && *verdict > code)
         *verdict = code;
 }
+
+// The *_at kernels: the guarded updates and the loss check of a captured step
+// (kernels/step.cu), which read the per-step values from device memory instead
+// of taking them as arguments: *lr (SGD), rates = {lr, 1 - b1^t, 1 - b2^t}
+// (Adam), *code (the guard's step code) and *step (the step's index in the
+// epoch). Otherwise each is the kernel above, operation for operation.
+template <typename T, typename I>
+__global__ void sgd_update_guarded_at(T* __restrict__ w, const T* __restrict__ g,
+                                      T* __restrict__ v, T* __restrict__ w_last,
+                                      T* __restrict__ v_last, int* __restrict__ verdict, I n,
+                                      const T* __restrict__ lr, T momentum, T weight_decay,
+                                      int nesterov, const int* __restrict__ code) {
+    const int c = *code;
+    if (*verdict <= c) return;
+    const T rate = *lr;
+    DC_GRID_STRIDE_LOOP(I, i, n) {
+        T wi = w[i];
+        T vi = momentum == T(0) ? T(0) : v[i];
+        w_last[i] = wi;
+        if (momentum != T(0)) v_last[i] = vi;
+        dc_sgd_element(wi, g[i], vi, rate, momentum, weight_decay, nesterov);
+        w[i] = wi;
+        if (momentum != T(0)) v[i] = vi;
+        if (!dc_isfinite(wi) || !dc_isfinite(vi)) *verdict = c + 1;
+    }
+}
+
+template <typename T, typename I>
+__global__ void adam_update_guarded_at(T* __restrict__ w, const T* __restrict__ g,
+                                       T* __restrict__ m, T* __restrict__ v,
+                                       T* __restrict__ w_last, T* __restrict__ m_last,
+                                       T* __restrict__ v_last, int* __restrict__ verdict, I n,
+                                       const T* __restrict__ rates, T b1, T b2, T c1, T c2,
+                                       T eps, T weight_decay, const int* __restrict__ code) {
+    const int c = *code;
+    if (*verdict <= c) return;
+    const T lr = rates[0], bc1 = rates[1], bc2 = rates[2];
+    DC_GRID_STRIDE_LOOP(I, i, n) {
+        T wi = w[i], mi = m[i], vi = v[i];
+        w_last[i] = wi;
+        m_last[i] = mi;
+        v_last[i] = vi;
+        dc_adam_element(wi, g[i], mi, vi, lr, b1, b2, c1, c2, bc1, bc2, eps, weight_decay);
+        m[i] = mi;
+        v[i] = vi;
+        w[i] = wi;
+        if (!dc_isfinite(wi) || !dc_isfinite(mi) || !dc_isfinite(vi)) *verdict = c + 1;
+    }
+}
+
+// flag_nonfinite_loss with the code read from *code; it also keeps the loss in
+// losses[*step], where the host finds a failed step's loss after later replays
+// have overwritten the loss buffer.
+template <typename T>
+__global__ void flag_nonfinite_loss_at(const T* __restrict__ loss, int* __restrict__ verdict,
+                                       const int* __restrict__ step,
+                                       const int* __restrict__ code, T* __restrict__ losses) {
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    const T value = *loss;
+    losses[*step] = value;
+    if (!dc_isfinite(value) && *verdict > *code) *verdict = *code;
+}

@@ -72,8 +72,12 @@ import numpy as np
 
 from ..backend import get_array_module
 from ..shapes import Window
-from . import checks
+from . import checks, checks_step
 from .layout import flatten_batch  # noqa: F401  (the one view of the memory order a layer needs: Flatten)
+
+STEP_KERNELS = ("step_begin", "gather_rows", "sgd_update_guarded_at", "adam_update_guarded_at",
+                "flag_nonfinite_loss_at", "dropout_forward_at")
+"""A captured step's kernels (dualconv/step_graph.py): their checks are in checks_step.py."""
 
 HOMES = {
     "conv2d_forward": ("cpu_conv", "cuda_conv"), "conv2d_backward": ("cpu_conv", "cuda_conv"),
@@ -81,6 +85,7 @@ HOMES = {
     **{kernel: ("cpu_fused", "cuda") for kernel in (
         "sgd_update", "adam_update", "sgd_update_guarded", "adam_update_guarded",
         "flag_nonfinite_loss", "softmax_cross_entropy", "dropout_forward")},
+    **{kernel: ("cpu_step", "cuda_step") for kernel in STEP_KERNELS},
 }
 """The kernels whose twins live outside cpu.py and cuda.py: kernel -> (its NumPy twin's
 module, its CUDA twin's module). Every other kernel's twins are in cpu and cuda."""
@@ -239,3 +244,56 @@ def dense_backward(gy: Any, x: Any, w: Any, need_gx: bool = True,
     None, gw = x.T @ gy (in, out), gb = gy summed over the batch (out,) or None); gx is
     stored in x's memory order."""
     return _dispatch("dense_backward", gy, x, w, need_gx, need_gb)
+
+
+# ---------------------------------------------------------------- a captured step's kernels
+# What a CUDA graph replays in place of per-step arguments (dualconv/step_graph.py): each
+# ``*_at`` kernel is the eager one with its per-step values read from device arrays
+# ("scalars at": lr_at, rates_at, code_at, step_at, key_at), and step.cu's two kernels
+# advance those values and gather the batch. Checks: checks_step.py.
+
+def _dispatch_step(kernel: str, *args: Any) -> Any:
+    """_dispatch for STEP_KERNELS, whose checks live in checks_step.py."""
+    getattr(checks_step, kernel)(*args)
+    return getattr(twin_for(get_array_module(args[0]), kernel), kernel)(*args)
+
+
+def step_begin(clock: Any, float_table: Any, int_table: Any, floats_now: Any, ints_now: Any) -> None:
+    """Copy row s = clock[0] of float_table (steps, R) and int_table (steps, K) into
+    floats_now (R,) and ints_now (K,), then clock[0] = s + 1. clock: int32 (1,)."""
+    _dispatch_step("step_begin", clock, float_table, int_table, floats_now, ints_now)
+
+
+def gather_rows(X: Any, y: Any, order: Any, step_at: Any, xb: Any, yb: Any) -> None:
+    """xb[i] = X[order[s*B + i]], yb[i] = y[order[s*B + i]] for i < B = len(xb), s = step_at[0];
+    X: (N, ...) float, y: (N,) int64, order: int64 positions; the caller keeps (s + 1) * B
+    within order."""
+    _dispatch_step("gather_rows", X, y, order, step_at, xb, yb)
+
+
+def sgd_update_guarded_at(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
+                          verdict: Any, code_at: Any, lr_at: Any, momentum: float,
+                          weight_decay: float, nesterov: bool) -> None:
+    """sgd_update_guarded with the code at code_at[0] (int32 (1,)) and the rate at lr_at[0]
+    ((1,), w's dtype)."""
+    _dispatch_step("sgd_update_guarded_at", w, g, v, w_last, v_last, verdict, code_at, lr_at,
+                   momentum, weight_decay, nesterov)
+
+
+def adam_update_guarded_at(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
+                           verdict: Any, code_at: Any, rates_at: Any, b1: float, b2: float,
+                           eps: float, weight_decay: float) -> None:
+    """adam_update_guarded with the code at code_at[0] and rates_at = (lr, 1 - b1^t, 1 - b2^t)
+    ((3,), w's dtype) for step t."""
+    _dispatch_step("adam_update_guarded_at", w, g, m, v, w_last, m_last, v_last, verdict, code_at,
+                   rates_at, b1, b2, eps, weight_decay)
+
+
+def flag_nonfinite_loss_at(loss: Any, verdict: Any, step_at: Any, code_at: Any, losses: Any) -> None:
+    """flag_nonfinite_loss with the code at code_at[0]; also losses[step_at[0]] = loss."""
+    _dispatch_step("flag_nonfinite_loss_at", loss, verdict, step_at, code_at, losses)
+
+
+def dropout_forward_at(x: Any, key_at: Any, p: float, first_sample: int) -> tuple[Any, Any]:
+    """dropout_forward with the key's low and high 32 bits at key_at[0], key_at[1] (int32 (2,))."""
+    return _dispatch_step("dropout_forward_at", x, key_at, p, first_sample)

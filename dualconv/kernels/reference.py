@@ -295,6 +295,19 @@ def dropout_forward(x: np.ndarray, key: int, p: float, first_sample: int) -> tup
     return y.reshape(x.shape), mask.reshape(x.shape)
 
 
+def gather_rows(X: np.ndarray, y: np.ndarray, order: np.ndarray, step_at: np.ndarray,
+                xb: np.ndarray, yb: np.ndarray) -> None:
+    """A captured step's batch: xb[i, f] = X[order[s*B + i], f] and yb[i] = y[order[s*B + i]]
+    for every i < B and feature f (X and xb flattened per row), s = step_at[0]."""
+    B, s = xb.shape[0], int(step_at[0])
+    rows, batch = X.reshape(X.shape[0], -1), xb.reshape(B, -1)
+    for i in range(B):
+        row = int(order[s * B + i])
+        for f in range(rows.shape[1]):
+            batch[i, f] = rows[row, f]
+        yb[i] = y[row]
+
+
 def layers_forward(layers: Sequence[Any], x: Any) -> Any:
     """A model's forward: each layer's output is the next layer's input."""
     for layer in layers:

@@ -1,0 +1,91 @@
+"""The NumPy twins of a captured step's kernels (kernels/step.cu and the ``*_at``
+variants of kernels/optimizers.cu and kernels/dropout.cu).
+
+The ``*_at`` twins read their per-step values from arrays, where the eager twins
+(cpu_fused.py) take numbers, and then do exactly what those do: the values in the
+arrays are already rounded to the dtype the eager kernels round them to, so the
+results are the same bits. Inputs were checked by the dispatch point
+(dualconv.kernels, checks_step.py).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .cpu_fused import _guarded, dropout_forward, flag_nonfinite_loss, sgd_update
+
+
+def step_begin(clock: np.ndarray, float_table: np.ndarray, int_table: np.ndarray,
+               floats_now: np.ndarray, ints_now: np.ndarray) -> None:
+    """Copy row clock[0] of each table into floats_now and ints_now, then advance the
+    clock by one; a clock outside the tables changes nothing."""
+    s = int(clock[0])
+    if not 0 <= s < float_table.shape[0]:
+        return
+    floats_now[...] = float_table[s]
+    ints_now[...] = int_table[s]
+    clock[0] = s + 1
+
+
+def gather_rows(X: np.ndarray, y: np.ndarray, order: np.ndarray, step_at: np.ndarray,
+                xb: np.ndarray, yb: np.ndarray) -> None:
+    """xb[i] = X[order[s*B + i]] and yb[i] = y[order[s*B + i]] for i < B, s = step_at[0]."""
+    B = xb.shape[0]
+    rows = order[int(step_at[0]) * B:][:B]
+    np.take(X, rows, axis=0, out=xb)
+    np.take(y, rows, axis=0, out=yb)
+
+
+def sgd_update_guarded_at(w: np.ndarray, g: np.ndarray, v: np.ndarray | None, w_last: np.ndarray,
+                          v_last: np.ndarray | None, verdict: np.ndarray, code_at: np.ndarray,
+                          lr_at: np.ndarray, momentum: float, weight_decay: float,
+                          nesterov: bool) -> None:
+    """cpu_fused.sgd_update_guarded with the rate lr_at[0] and the code code_at[0]."""
+    state = [(w, w_last)] + ([] if v is None else [(v, v_last)])
+    lr = lr_at[0]
+    _guarded(verdict, int(code_at[0]), state,
+             lambda: sgd_update(w, g, v, lr, momentum, weight_decay, nesterov))
+
+
+def _adam(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: Any, bc1: Any, bc2: Any,
+          b1: float, b2: float, eps: float, weight_decay: float) -> None:
+    """cpu_fused.adam_update with its bias corrections given (as the kernel takes them)."""
+    t = w.dtype.type
+    if weight_decay:
+        g = g + t(weight_decay) * w
+    m *= t(b1)
+    m += t(1 - b1) * g
+    v *= t(b2)
+    v += t(1 - b2) * (g * g)
+    w -= t(lr) * (m / t(bc1)) / (np.sqrt(v / t(bc2)) + t(eps))
+
+
+def adam_update_guarded_at(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray,
+                           w_last: np.ndarray, m_last: np.ndarray, v_last: np.ndarray,
+                           verdict: np.ndarray, code_at: np.ndarray, rates_at: np.ndarray,
+                           b1: float, b2: float, eps: float, weight_decay: float) -> None:
+    """cpu_fused.adam_update_guarded with (lr, 1 - b1^t, 1 - b2^t) = rates_at and the code
+    code_at[0]."""
+    lr, bc1, bc2 = rates_at[0], rates_at[1], rates_at[2]
+    _guarded(verdict, int(code_at[0]), [(w, w_last), (m, m_last), (v, v_last)],
+             lambda: _adam(w, g, m, v, lr, bc1, bc2, b1, b2, eps, weight_decay))
+
+
+def flag_nonfinite_loss_at(loss: np.ndarray, verdict: np.ndarray, step_at: np.ndarray,
+                           code_at: np.ndarray, losses: np.ndarray) -> None:
+    """losses[step_at[0]] = loss, then cpu_fused.flag_nonfinite_loss with the code code_at[0]."""
+    losses[int(step_at[0])] = loss
+    flag_nonfinite_loss(loss, verdict, int(code_at[0]))
+
+
+def key_of(key_at: np.ndarray) -> int:
+    """The 64-bit key whose low and high halves key_at[0] and key_at[1] hold (as int32 bits)."""
+    halves = np.asarray(key_at[:2]).astype(np.int32).view(np.uint32)
+    return int(halves[0]) | int(halves[1]) << 32
+
+
+def dropout_forward_at(x: np.ndarray, key_at: np.ndarray, p: float,
+                       first_sample: int) -> tuple[np.ndarray, np.ndarray]:
+    """cpu_fused.dropout_forward with the key read from key_at (see key_of)."""
+    return dropout_forward(x, key_of(key_at), p, first_sample)

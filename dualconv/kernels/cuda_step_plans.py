@@ -1,0 +1,88 @@
+"""The CUDA plans of a captured step's kernels: kernels/step.cu and the ``*_at`` variants
+of kernels/optimizers.cu and kernels/dropout.cu.
+
+As cuda_plans.py: each ``plan_<kernel>`` takes the kernel function's arguments, reads
+only shapes, strides and dtypes, trusts them (checks_step.py ran at the dispatch point)
+and returns a ``Launch``. The ``*_at`` kernels take their per-step values (learning
+rate, bias corrections, guard code, Dropout key, step index) as device arrays, read by
+the kernel where the eager kernel took a number; everything else is planned as for
+the eager kernel, so both round the same way.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .cuda_plans import FLOAT_TYPES, INDEX_TYPES, _elementwise, plan_dropout_forward
+from .launch import Input, Launch, index_dtype, launch_1d
+
+
+def plan_step_begin(clock: Any, float_table: Any, int_table: Any, floats_now: Any,
+                    ints_now: Any) -> Launch:
+    """Copy row clock[0] of both tables into the *_now arrays and advance the clock; one thread."""
+    steps = int(float_table.shape[0])
+    return launch_1d(f"step_begin<{FLOAT_TYPES[np.dtype(float_table.dtype)]}>", 1,
+                     (float_table, int_table, floats_now, ints_now, clock, np.int32(steps),
+                      np.int32(float_table.shape[1]), np.int32(int_table.shape[1])))
+
+
+def plan_gather_rows(X: Any, y: Any, order: Any, step_at: Any, xb: Any, yb: Any) -> Launch:
+    """xb, yb <- rows order[step*B : step*B + B] of X (N, ...) and y (N,); one thread per
+    element of xb. X is read C-contiguous (laid out once if it is not)."""
+    B = int(xb.shape[0])
+    F = int(np.prod(xb.shape[1:], dtype=np.int64))
+    itype = index_dtype([B * F], B * F)
+    rows = Input(X, tuple(range(X.ndim)))
+    return launch_1d(f"gather_rows<{FLOAT_TYPES[np.dtype(X.dtype)]}, {INDEX_TYPES[itype]}>", B * F,
+                     (rows, y, order, step_at, xb, yb, itype.type(B), itype.type(F)))
+
+
+def plan_sgd_update_guarded_at(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
+                               verdict: Any, code_at: Any, lr_at: Any, momentum: float,
+                               weight_decay: float, nesterov: bool) -> Launch:
+    """sgd_update_guarded with the learning rate at lr_at[0] and the code at code_at[0]."""
+    v, v_last = (w, w_last) if v is None else (v, v_last)  # neither is touched when momentum is 0
+    arrays = dict(w=w, g=g, v=v, w_last=w_last, v_last=v_last)
+    launch = _elementwise("sgd_update_guarded_at", arrays, (momentum, weight_decay, bool(nesterov)))
+    args = launch.args
+    return Launch(launch.name, launch.grid, launch.block,
+                  (*args[:5], verdict, args[5], lr_at, *args[6:], code_at))
+
+
+def plan_adam_update_guarded_at(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any,
+                                v_last: Any, verdict: Any, code_at: Any, rates_at: Any, b1: float,
+                                b2: float, eps: float, weight_decay: float) -> Launch:
+    """adam_update_guarded with rates_at = (lr, 1 - b1^t, 1 - b2^t) and the code at code_at[0]."""
+    arrays = dict(w=w, g=g, m=m, v=v, w_last=w_last, m_last=m_last, v_last=v_last)
+    launch = _elementwise("adam_update_guarded_at", arrays,
+                          (b1, b2, 1 - b1, 1 - b2, eps, weight_decay))
+    args = launch.args
+    return Launch(launch.name, launch.grid, launch.block,
+                  (*args[:7], verdict, args[7], rates_at, *args[8:], code_at))
+
+
+def plan_flag_nonfinite_loss_at(loss: Any, verdict: Any, step_at: Any, code_at: Any,
+                                losses: Any) -> Launch:
+    """losses[step] = loss; verdict = code when the loss is not finite and verdict > code."""
+    return launch_1d(f"flag_nonfinite_loss_at<{FLOAT_TYPES[np.dtype(loss.dtype)]}>", 1,
+                     (loss, verdict, step_at, code_at, losses))
+
+
+def plan_dropout_forward_at(x: Any, key_at: Any, p: float, first_sample: int) -> Launch:
+    """dropout_forward with the key's low and high halves at key_at[0] and key_at[1]."""
+    launch = plan_dropout_forward(x, 0, p, first_sample)
+    name = launch.name.replace("dropout_forward<", "dropout_forward_at<")
+    args = launch.args  # x, y, mask, total, N, F, first_pair, key_lo, key_hi, threshold, scale
+    return Launch(name, launch.grid, launch.block, (*args[:7], key_at, *args[9:]))
+
+
+PLANS: dict[str, Callable[..., Launch]] = {
+    "step_begin": plan_step_begin,
+    "gather_rows": plan_gather_rows,
+    "sgd_update_guarded_at": plan_sgd_update_guarded_at,
+    "adam_update_guarded_at": plan_adam_update_guarded_at,
+    "flag_nonfinite_loss_at": plan_flag_nonfinite_loss_at,
+    "dropout_forward_at": plan_dropout_forward_at,
+}
+"""Kernel name -> its plan, as cuda_plans.PLANS (which holds the eager step's kernels)."""
