@@ -14,13 +14,22 @@ from .backend import backend_of, get_array_module, to_backend
 
 
 class Loss:
-    """Base class: checks shapes and keeps what backward needs (the Trainer catches non-finite values)."""
+    """Base class: checks shapes and keeps what backward needs (the Trainer catches non-finite values).
+
+    ``check_labels`` (default True): forward checks that integer labels are in range. The
+    Trainer checks every label once up front and turns it off inside fit and evaluate.
+    """
 
     def __init__(self) -> None:
         self._cache: Any = None
-        # Label checks read values back from the device; the Trainer checks
-        # all labels once up front and turns this off inside its loop.
         self.check_labels = True
+
+    def verify_labels(self) -> None:
+        """Raise the label error that a forward on the GPU found on the device, if any.
+
+        A loss with nothing checked on the device (every one but SoftmaxCrossEntropy,
+        and any loss on NumPy, which checks at once) has none: this does nothing.
+        """
 
     @property
     def name(self) -> str:
@@ -54,7 +63,42 @@ class SoftmaxCrossEntropy(Loss):
     probability rows (N, C). loss = mean_n(logsumexp(z_n) - sum_c t_nc z_nc);
     gy = (softmax(z) - t) / N, computed with the loss. Integer labels take the
     fused kernel (dualconv.kernels.softmax_cross_entropy: one launch on the GPU).
+
+    Label range (``check_labels``): on NumPy, forward raises ValueError at once. On
+    the GPU reading the labels back would cost a sync per call, so the check stays
+    on the device: forward folds the labels' minimum and maximum into a running
+    pair (device reductions, no host read), and a label out of range makes its
+    row's loss NaN (the kernel reads no logit for it). ``verify_labels()`` reads
+    the pair back and raises the same ValueError for every forward since its
+    last call; Trainer.fit and Trainer.evaluate call it before they start, and a
+    forward whose class count differs from the pending one's calls it first.
     """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: tuple[Any, Any, int] | None = None  # device (min, max) of unverified labels, C
+
+    def verify_labels(self) -> None:
+        if self._pending is None:
+            return
+        low, high, classes = self._pending
+        self._pending = None
+        self._check_range(int(low), int(high), classes)
+
+    def _check_range(self, low: int, high: int, classes: int) -> None:
+        if low < 0 or high >= classes:
+            raise ValueError(f"{self.name}: labels must be in [0, {classes}), got values from "
+                             f"{low} to {high}")
+
+    def _check_on_device(self, target: Any, classes: int) -> None:
+        """Fold target's range into the pending pair, on the device (see the class docstring)."""
+        xp = get_array_module(target)
+        if self._pending is not None and self._pending[2] != classes:
+            self.verify_labels()
+        low, high = target.min(), target.max()
+        if self._pending is not None:
+            low, high = xp.minimum(low, self._pending[0]), xp.maximum(high, self._pending[1])
+        self._pending = (low, high, classes)
 
     def _forward(self, pred: Any, target: Any) -> Any:
         xp = get_array_module(pred)
@@ -66,9 +110,11 @@ class SoftmaxCrossEntropy(Loss):
                 raise ValueError(f"{self.name}: got {target.shape[0]} labels for {N} predictions")
             if target.dtype.kind not in "iu":
                 raise TypeError(f"{self.name}: 1-D targets must be integer class labels, got {target.dtype}")
-            if self.check_labels and N and (int(target.min()) < 0 or int(target.max()) >= C):
-                raise ValueError(f"{self.name}: labels must be in [0, {C}), got values from "
-                                 f"{int(target.min())} to {int(target.max())}")
+            if self.check_labels and N:
+                if backend_of(target) == "numpy":
+                    self._check_range(int(target.min()), int(target.max()), C)
+                else:
+                    self._check_on_device(target, C)
             rows, gy = kernels.softmax_cross_entropy(pred, target)  # one launch on the GPU
             self._cache = gy
             return rows.mean()

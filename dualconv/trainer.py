@@ -121,6 +121,7 @@ class Trainer:
         if initial_epoch >= epochs:
             raise ValueError(f"Trainer.fit: initial_epoch ({initial_epoch}) must be below epochs ({epochs}); "
                              f"epochs is the total to reach, not the number to add")
+        self.loss.verify_labels()  # a label error found on the device by an earlier train_step
         X, y = self._check_data(X, y, "fit")
         if validation_data is not None:
             self._check_data(*validation_data, "fit(validation_data)")
@@ -197,7 +198,9 @@ class Trainer:
 
         The batch may be on either backend; it is moved to the model's (a copy only if it must move).
         Inside ``fit`` the step runs under fit's divergence guard: the loss is checked on
-        the device and the optimizer skips the update when it is not finite.
+        the device and the optimizer skips the update when it is not finite. Outside ``fit``
+        the loss checks the labels' range on the GPU without a host read: a bad label gives a
+        NaN loss, and ``loss.verify_labels()`` (called by fit and evaluate) raises its error.
         """
         xb, yb = to_backend(xb, self.model.backend), to_backend(yb, self.model.backend)
         out = self.model.forward(xb)
@@ -220,6 +223,7 @@ class Trainer:
         (classes, classes) list of lists, rows the true class, columns the predicted.
         """
         batch_size = check_batch_size("Trainer.evaluate", batch_size)
+        self.loss.verify_labels()  # a label error found on the device by an earlier train_step
         X, y = self._check_data(X, y, "evaluate")  # every label, checked once
         was_training = self.model.training
         self.model.eval()
