@@ -8,12 +8,16 @@
         print(emu.counters)               # kernel_launches, copy_bytes, transfers, syncs
         emu.reset_counters()
 
+    with emulated_cupy(reuse_memory=True):  # every array from its pool, freed blocks reused
+        ...
+
 Within the block ``import cupy`` (and ``import cupyx``) gives the stand-in,
 ``dualconv.gpu_available()`` is True and the "cupy" backend runs on it; on exit
 the real CuPy (if it was imported) is back. ``DUALCONV_EMULATE_GPU=1`` in the
 environment switches it on for the whole process when dualconv is imported.
 What each counter counts: dualconv/testing/fake_cupy/_counters.py. Kernels
-run through g++, which must be installed.
+run through g++, which must be installed. Stream capture and CUDA graphs:
+fake_cupy/_device.py; memory pools: fake_cupy/cuda/memory.py.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import types
 from typing import Iterator
 
 from . import fake_cupy
-from .fake_cupy import _counters
+from .fake_cupy import _counters, _device, _native
 from .fake_cupy.cuda import runtime as _runtime
 
 ENV = "DUALCONV_EMULATE_GPU"
@@ -65,22 +69,35 @@ def install() -> None:
     """Make ``import cupy`` give the stand-in for the rest of the process."""
     for name in [n for n in sys.modules if _is_cupy(n)]:
         del sys.modules[name]
-    sys.modules.update({"cupy": fake_cupy, "cupy.cuda": fake_cupy.cuda,
-                        "cupy.cuda.runtime": _runtime, "cupy.random": fake_cupy.random,
+    cuda = fake_cupy.cuda
+    sys.modules.update({"cupy": fake_cupy, "cupy.cuda": cuda, "cupy.cuda.runtime": _runtime,
+                        "cupy.cuda.stream": cuda.stream, "cupy.cuda.graph": cuda.graph,
+                        "cupy.cuda.memory": cuda.memory, "cupy.random": fake_cupy.random,
                         "cupyx": _cupyx()})
 
 
 @contextlib.contextmanager
-def emulated_cupy(memory_bytes: int | None = None) -> Iterator[Emulation]:
+def emulated_cupy(memory_bytes: int | None = None, reuse_memory: bool = False,
+                  sanitize: bool = False) -> Iterator[Emulation]:
     """Within the block, CuPy is the CPU stand-in (see the module docstring).
 
     ``memory_bytes`` sets the device memory it reports (default 16 GiB), for
-    testing what code does when data does not fit.
+    testing what code does when data does not fit. ``reuse_memory``: every new
+    array comes from the current allocator, and a freed block goes to the next
+    allocation of its size, as CuPy's pool does; a graph that writes into memory
+    it no longer owns then spoils another array. Off, arrays come from a pool
+    only during a capture or under ``cupy.cuda.using_allocator`` (faster).
+    ``sanitize``: kernels compiled within the block are built with ASan and UBSan, so
+    an out-of-bounds access or undefined behaviour aborts with a report; the process
+    must have started with the ASan runtime preloaded, and no kernel may have been
+    compiled without them before (RuntimeError otherwise; see fake_cupy/_native.py).
     """
+    saved_sanitize = _native.set_sanitize(True) if sanitize else None
     saved_modules = {n: m for n, m in sys.modules.items() if _is_cupy(n)}
-    saved_memory = dict(_runtime._MEMORY)
+    saved_memory, saved_reuse = dict(_runtime._MEMORY), _device.REUSE[0]
     if memory_bytes is not None:
         _runtime._MEMORY["total"] = int(memory_bytes)
+    _device.REUSE[0] = bool(reuse_memory)
     install()
     try:
         yield Emulation()
@@ -89,3 +106,6 @@ def emulated_cupy(memory_bytes: int | None = None) -> Iterator[Emulation]:
             del sys.modules[name]
         sys.modules.update(saved_modules)
         _runtime._MEMORY.update(saved_memory)
+        _device.REUSE[0] = saved_reuse
+        if saved_sanitize is not None:
+            _native.set_sanitize(saved_sanitize)

@@ -51,7 +51,11 @@ def test_every_name_offered_exists_in_real_cupy():
     pairs = [(fake, real), (fake.ndarray, real.ndarray), (fake.cuda, real.cuda),
              (fake.cuda.runtime, real.cuda.runtime), (fake.cuda.Device, real.cuda.Device),
              (fake.RawModule, real.RawModule), (fake.RawKernel, real.RawKernel),
-             (fake.random, real.random)]
+             (fake.random, real.random), (fake.cuda.stream, real.cuda.stream),
+             (fake.cuda.graph, real.cuda.graph), (fake.cuda.memory, real.cuda.memory),
+             (fake.cuda.Stream, real.cuda.Stream), (fake.cuda.Graph, real.cuda.Graph),
+             (fake.cuda.MemoryPool, real.cuda.MemoryPool),
+             (fake.cuda.MemoryPointer, real.cuda.MemoryPointer)]
     for stand_in, original in pairs:
         extra = sorted(n for n in _public(stand_in) if not hasattr(original, n))
         assert not extra, f"{stand_in.__name__} offers names real CuPy lacks: {extra}"
@@ -61,7 +65,7 @@ def test_every_name_offered_exists_in_real_cupy():
 def test_unimplemented_names_raise_attribute_error(cp):
     import cupyx
     for get in (lambda: cp.fft, lambda: cp.random.default_rng, lambda: cupyx.scipy,
-                lambda: cp.cuda.Stream, lambda: cp.ndarray.scatter_add):
+                lambda: cp.cuda.Event, lambda: cp.ndarray.scatter_add):
         with pytest.raises(AttributeError):
             get()
 
@@ -137,7 +141,7 @@ def test_counters_count_launches_copies_and_transfers(cp, emu):
     h = np.arange(12, dtype=np.float32).reshape(3, 4)
     d = cp.asarray(h)                          # transfer, no launch
     assert emu.counters == dict(kernel_launches=0, copy_bytes=0, host_to_device=1,
-                                device_to_host=0, syncs=0)
+                                device_to_host=0, syncs=0, graph_launches=0)
     v = d.T                                     # a view: nothing
     c = cp.ascontiguousarray(v)                 # a copy kernel: 48 bytes
     y = c * 2                                   # ufunc
@@ -151,7 +155,7 @@ def test_counters_count_launches_copies_and_transfers(cp, emu):
     e = cp.empty(5)                             # no kernel
     m = d @ d.T                                 # matmul
     assert emu.counters == dict(kernel_launches=9, copy_bytes=48 + 96, host_to_device=2,
-                                device_to_host=0, syncs=0)
+                                device_to_host=0, syncs=0, graph_launches=0)
     assert {type(a) for a in (v, c, y, s, z, g, f, e, m)} == {cp.ndarray}
     emu.reset_counters()
     assert set(emu.counters.values()) == {0}

@@ -4,6 +4,8 @@ Everything here exists in CuPy with the same meaning; what the stand-in does
 not implement raises AttributeError, so code tested against it cannot come to
 rely on something CuPy lacks. Device arrays live in host memory but follow
 CuPy's rules; RawModule kernels run through g++ (see _raw.py, _native.py).
+Streams capture into CUDA graphs as in CuPy 14: recorded, not run, and
+refused where CuPy refuses (see _device.py); memory pools: cuda/memory.py.
 """
 from __future__ import annotations
 

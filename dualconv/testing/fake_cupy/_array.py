@@ -5,16 +5,19 @@ NumPy array and never turns into one implicitly: ``np.asarray(d)`` raises
 TypeError, a NumPy array mixed into a device operation raises TypeError, and
 reductions return 0-d device arrays. The ways back to the host are .get(),
 cupy.asnumpy, float/int/bool/complex and .item(), as in CuPy. Every operation
-is counted (see _counters.py).
+is counted (see _counters.py) and runs through _device.py, which records it
+instead while a stream captures. New arrays are C-contiguous as CuPy makes
+them, except where CuPy's order is K (astype, copy(order='K'), *_like).
 """
 from __future__ import annotations
 
 import numbers
+import operator
 from typing import Any
 
 import numpy as np
 
-from . import _counters
+from . import _device
 
 _functions: Any = None
 """The module of CuPy's functions (_functions.py), which imports this one and sets this
@@ -56,7 +59,7 @@ def _index(key: Any) -> tuple[Any, bool]:
             out.append(item._a)
             advanced = True
         elif isinstance(item, (np.ndarray, list)):
-            _counters.to_device()  # CuPy copies a host index to the device first
+            _device.to_device()  # CuPy copies a host index to the device first
             out.append(np.asarray(item))
             advanced = True
         else:
@@ -64,15 +67,23 @@ def _index(key: Any) -> tuple[Any, bool]:
     return (tuple(out) if isinstance(key, tuple) else out[0]), advanced
 
 
+def _probe(a: np.ndarray, index: Any) -> np.ndarray:
+    """a[index] with every index array zeroed: the shape and dtype of a gather whose
+    indices are not computed yet (during a capture)."""
+    items = index if isinstance(index, tuple) else (index,)
+    safe = tuple(np.zeros_like(i) if isinstance(i, np.ndarray) and i.dtype != bool else i for i in items)
+    return a[safe if isinstance(index, tuple) else safe[0]]
+
+
 def _reduction(name: str):
+    compute = getattr(np.ndarray, name)
+
     def method(self: "ndarray", *args: Any, **kwargs: Any) -> "ndarray":
         out = kwargs.pop("out", None)
         if out is not None:
-            kwargs["out"] = device(out, name)._a
-        _counters.launch()
-        with np.errstate(all="ignore"):
-            result = getattr(self._a, name)(*args, **kwargs)
-        return out if out is not None else wrap(result)
+            _device.launch(compute, self._a, *args, out=device(out, name)._a, **kwargs)
+            return out
+        return wrap(_device.new(compute, self._a, *args, **kwargs))
     method.__name__ = name
     method.__doc__ = f"{name} on the device; returns a device array (0-d for a full reduction)."
     return method
@@ -89,7 +100,7 @@ def _operator(ufunc: np.ufunc, reflected: bool = False, inplace: bool = False):
 def _read(convert: Any):
     """A method that reads the array back to the host (a transfer and a sync) and converts it."""
     def method(self: "ndarray") -> Any:
-        _counters.to_host()
+        _device.to_host()
         return convert(self._a)
     return method
 
@@ -148,14 +159,14 @@ class ndarray:
     # -- back to the host ----------------------------------------------------------
     def get(self, stream: Any = None, order: str = "C", out: Any = None, blocking: bool = True) -> np.ndarray:
         """A NumPy copy of the array (one device-to-host transfer)."""
-        _counters.to_host()
+        _device.to_host()
         if out is not None:
             out[...] = self._a
             return out
         return np.array(self._a, order=order)
 
     def item(self, *args: Any) -> Any:
-        _counters.to_host()
+        _device.to_host()
         return self._a.item(*args)
 
     tolist = _read(np.ndarray.tolist)
@@ -167,15 +178,14 @@ class ndarray:
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
         result = self._a.reshape(shape, order=order)
         if result.size and not np.may_share_memory(result, self._a):
-            _counters.launch(result.nbytes)
+            return wrap(_device.new(np.reshape, self._a, shape, order=order, copies=True))
         return wrap(result)
 
     def ravel(self, order: str = "C") -> "ndarray":
         return self.reshape(-1, order=order)
 
     def flatten(self, order: str = "C") -> "ndarray":
-        _counters.launch(self.nbytes)
-        return wrap(self._a.flatten(order))
+        return wrap(_device.new(np.ndarray.flatten, self._a, order, copies=True))
 
     def transpose(self, *axes: Any) -> "ndarray":
         return wrap(self._a.transpose(*axes))
@@ -190,37 +200,34 @@ class ndarray:
         return wrap(self._a.view() if dtype is None else self._a.view(dtype))
 
     def copy(self, order: str = "C") -> "ndarray":
-        _counters.launch(self.nbytes)
-        return wrap(self._a.copy(order))
+        """A copy, C-contiguous by default; order='K' keeps the layout (CuPy's orders)."""
+        return wrap(_device.new(np.array, self._a, order=order, keep_layout=order in "KA",
+                                copies=True))
 
     def astype(self, dtype: Any, order: str = "K", casting: Any = None, subok: Any = None,
                copy: bool = True) -> "ndarray":
         if not copy and np.dtype(dtype) == self.dtype:
             return self
-        result = self._a.astype(dtype, order=order, copy=True)
-        _counters.launch(result.nbytes)
-        return wrap(result)
+        return wrap(_device.new(np.ndarray.astype, self._a, dtype, order=order,
+                                keep_layout=order in "KA", copies=True))
 
     def fill(self, value: Any) -> None:
-        _counters.launch()
-        self._a.fill(operand(value, "fill"))
+        _device.launch(np.ndarray.fill, self._a, operand(value, "fill"))
 
     # -- indexing ------------------------------------------------------------------
     def __getitem__(self, key: Any) -> "ndarray":
         index, advanced = _index(key)
-        result = self._a[index]
-        if advanced:
-            _counters.launch()
-        return wrap(result)
+        if not advanced:
+            return wrap(self._a[index])
+        return wrap(_device.new(operator.getitem, self._a, index, probe=_probe))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         index, _ = _index(key)
         if isinstance(value, np.ndarray):
-            _counters.to_device()
+            _device.to_device()
         else:
             value = operand(value, "__setitem__")
-        _counters.launch()
-        self._a[index] = value
+        _device.launch(operator.setitem, self._a, index, value)
 
     # -- compute -------------------------------------------------------------------
     # the reductions (sum, mean, ...) are attached after the class: see REDUCTIONS

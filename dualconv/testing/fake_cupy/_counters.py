@@ -16,12 +16,18 @@ host_to_device   transfers to the device: asarray/array of host data, a host
 device_to_host   transfers to the host: .get(), asnumpy, float/int/bool/.item()
                  /tolist() and repr of a device array.
 syncs            times the host waited for the device: every device_to_host
-                 transfer, and Device.synchronize / deviceSynchronize.
+                 transfer, and Device.synchronize / deviceSynchronize /
+                 Stream.synchronize.
+graph_launches   one per cupy.cuda.Graph.launch. The work a graph replays counts
+                 nowhere else: work recorded during a capture runs only in its
+                 graph, so it adds neither kernel_launches nor copy_bytes, at
+                 capture or at replay; the other counters count work that runs
+                 when it is issued.
 """
 from __future__ import annotations
 
 COUNTERS: dict[str, int] = dict(kernel_launches=0, copy_bytes=0, host_to_device=0,
-                                device_to_host=0, syncs=0)
+                                device_to_host=0, syncs=0, graph_launches=0)
 
 
 def reset() -> None:

@@ -1,7 +1,9 @@
 """cupy.* functions on emulated device arrays: creation, transfers, ufuncs, reductions.
 
-Each takes device arrays (and scalars) only, as CuPy does, and is counted
-(see _counters.py). ``__all__`` lists what the stand-in offers; every name
+Each takes device arrays (and scalars) only, as CuPy does, is counted (see
+_counters.py) and runs through _device.py (recorded while a stream captures).
+Results are allocated as CuPy allocates them: C-contiguous, except for the
+order='K' functions (copy, *_like, astype), which keep the input's layout. ``__all__`` lists what the stand-in offers; every name
 in it exists in CuPy 14 (a test checks it against the real package).
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _array, _counters
+from . import _array, _counters, _device
 from ._array import device, ndarray, operand, wrap
 
 
@@ -21,21 +23,26 @@ from ._array import device, ndarray, operand, wrap
 def apply_ufunc(ufunc: np.ufunc, method: str, inputs: Sequence[Any], kwargs: dict[str, Any]) -> Any:
     """``ufunc`` (a NumPy ufunc) on device operands: one kernel launch."""
     args = [operand(x, ufunc.__name__) for x in inputs]
+    if ufunc is np.matmul and np.result_type(*args).kind in "fc":
+        _device.refuse_cublas()
     out = kwargs.pop("out", None)
-    if out is not None:
-        outs = out if isinstance(out, tuple) else (out,)
-        kwargs["out"] = tuple(device(o, f"{ufunc.__name__}(out=...)")._a for o in outs)
     for key in ("where",):
         if key in kwargs:
             kwargs[key] = operand(kwargs[key], ufunc.__name__)
-    _counters.launch()
-    with np.errstate(all="ignore"):  # a GPU neither warns nor raises on overflow or 0/0
-        result = getattr(ufunc, method)(*args, **kwargs)
-    if out is not None:
+    compute = getattr(ufunc, method)
+    if out is not None or method == "at":
+        if out is not None:
+            outs = out if isinstance(out, tuple) else (out,)
+            kwargs["out"] = tuple(device(o, f"{ufunc.__name__}(out=...)")._a for o in outs)
+        _device.launch(compute, *args, **kwargs)
         return out[0] if isinstance(out, tuple) and len(out) == 1 else out
-    if isinstance(result, tuple):
-        return tuple(wrap(r) for r in result)
-    return wrap(result)
+    if method == "__call__" and ufunc.nout > 1:  # one kernel writing every output
+        with np.errstate(all="ignore"):
+            shapes = compute(*args, **kwargs)
+        outs = tuple(_device.allocate(r.shape, r.dtype) for r in shapes)
+        _device.launch(compute, *args, out=outs, **kwargs)
+        return tuple(wrap(o) for o in outs)
+    return wrap(_device.new(compute, *args, **kwargs))
 
 
 class _Ufunc:
@@ -66,16 +73,18 @@ for _name in UFUNCS:
 
 
 def where(condition: Any, x: Any = None, y: Any = None) -> Any:
+    """where(c, x, y): one elementwise kernel. where(c) is nonzero(c): CuPy reads the
+    count back to size the result (a transfer and a sync), then gathers."""
     if x is None and y is None:
+        cond = operand(condition, "where")
+        _device.to_host()
         _counters.launch()
-        return tuple(wrap(i) for i in np.nonzero(operand(condition, "where")))
-    _counters.launch()
-    return wrap(np.where(*(operand(a, "where") for a in (condition, x, y))))
+        return tuple(wrap(i) for i in np.nonzero(cond))
+    return wrap(_device.new(np.where, *(operand(a, "where") for a in (condition, x, y))))
 
 
 def clip(a: Any, a_min: Any = None, a_max: Any = None) -> ndarray:
-    _counters.launch()
-    return wrap(np.clip(device(a, "clip")._a, operand(a_min, "clip"), operand(a_max, "clip")))
+    return wrap(_device.new(np.clip, device(a, "clip")._a, operand(a_min, "clip"), operand(a_max, "clip")))
 
 
 def matmul(a: Any, b: Any) -> ndarray:
@@ -102,13 +111,13 @@ amax, amin = globals()["max"], globals()["min"]
 
 
 def allclose(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-8, equal_nan: bool = False) -> ndarray:
-    _counters.launch()
-    return wrap(np.allclose(operand(a, "allclose"), operand(b, "allclose"), rtol, atol, equal_nan))
+    return wrap(_device.new(np.allclose, operand(a, "allclose"), operand(b, "allclose"), rtol, atol,
+                            equal_nan))
 
 
 def array_equal(a1: Any, a2: Any, equal_nan: bool = False) -> ndarray:
-    _counters.launch()
-    return wrap(np.array_equal(operand(a1, "array_equal"), operand(a2, "array_equal"), equal_nan))
+    return wrap(_device.new(np.array_equal, operand(a1, "array_equal"), operand(a2, "array_equal"),
+                            equal_nan))
 
 
 # -- creation and transfers ---------------------------------------------------------------
@@ -119,11 +128,15 @@ def array(obj: Any, dtype: Any = None, copy: bool = True, order: str = "K", subo
     if isinstance(obj, ndarray):
         if not copy and (dtype is None or np.dtype(dtype) == obj.dtype) and obj.ndim >= ndmin:
             return obj
-        result = np.array(obj._a, dtype=dtype, order=order, ndmin=ndmin)
-        _counters.launch(result.nbytes)
+        return wrap(_device.new(np.array, obj._a, dtype=dtype, order=order, ndmin=ndmin,
+                                keep_layout=order in "KA", copies=True))
+    _device.to_device()
+    result = np.array(obj, dtype=dtype, order=order, ndmin=ndmin)
+    if not _device.managed():
         return wrap(result)
-    _counters.to_device()
-    return wrap(np.array(obj, dtype=dtype, order=order, ndmin=ndmin))
+    out = _device.allocate(result.shape, result.dtype, like=result)
+    np.copyto(out, result)
+    return wrap(out)
 
 
 def asarray(a: Any, dtype: Any = None, order: Any = None, *, blocking: bool = False) -> ndarray:
@@ -152,79 +165,80 @@ def get_array_module(*args: Any) -> Any:
 
 
 def empty(shape: Any, dtype: Any = float, order: str = "C") -> ndarray:
-    return wrap(np.empty(shape, dtype=dtype, order=order))
+    return wrap(_device.allocate(shape, dtype, order=order))
 
 
 def empty_like(a: Any, dtype: Any = None, order: str = "K", subok: Any = None, shape: Any = None) -> ndarray:
-    return wrap(np.empty_like(device(a, "empty_like")._a, dtype=dtype, shape=shape))
+    """Uninitialized, laid out as ``a`` (order K) unless another order or shape is asked."""
+    return wrap(_like_memory(device(a, "empty_like"), dtype, order, shape))
 
 
-def _filled(value: Any, shape: Any, dtype: Any) -> ndarray:
-    _counters.launch()
-    return wrap(np.full(shape, value, dtype=dtype))
+def _like_memory(a: ndarray, dtype: Any, order: str, shape: Any) -> np.ndarray:
+    like = a._a if order in "KA" and shape is None else None
+    return _device.allocate(a.shape if shape is None else shape, a.dtype if dtype is None else dtype,
+                            like=like, order="F" if order == "F" else "C")
+
+
+def _filled(memory: np.ndarray, value: Any) -> ndarray:
+    _device.launch(np.ndarray.fill, memory, value)
+    return wrap(memory)
 
 
 def zeros(shape: Any, dtype: Any = float, order: str = "C") -> ndarray:
-    return _filled(0, shape, dtype)
+    return _filled(_device.allocate(shape, dtype, order=order), 0)
 
 
 def ones(shape: Any, dtype: Any = float, order: str = "C") -> ndarray:
-    return _filled(1, shape, dtype)
+    return _filled(_device.allocate(shape, dtype, order=order), 1)
 
 
 def full(shape: Any, fill_value: Any, dtype: Any = None, order: str = "C") -> ndarray:
-    return _filled(operand(fill_value, "full"), shape, dtype)
-
-
-def _like(a: Any, value: Any, dtype: Any, shape: Any) -> ndarray:
-    a = device(a, "*_like")
-    return _filled(value, a.shape if shape is None else shape, a.dtype if dtype is None else dtype)
+    value = operand(fill_value, "full")
+    dtype = np.asarray(value).dtype if dtype is None else dtype
+    return _filled(_device.allocate(shape, dtype, order=order), value)
 
 
 def zeros_like(a: Any, dtype: Any = None, order: str = "K", subok: Any = None, shape: Any = None) -> ndarray:
-    return _like(a, 0, dtype, shape)
+    return _filled(_like_memory(device(a, "zeros_like"), dtype, order, shape), 0)
 
 
 def ones_like(a: Any, dtype: Any = None, order: str = "K", subok: Any = None, shape: Any = None) -> ndarray:
-    return _like(a, 1, dtype, shape)
+    return _filled(_like_memory(device(a, "ones_like"), dtype, order, shape), 1)
 
 
 def full_like(a: Any, fill_value: Any, dtype: Any = None, order: str = "K", subok: Any = None,
               shape: Any = None) -> ndarray:
-    return _like(a, operand(fill_value, "full_like"), dtype, shape)
+    return _filled(_like_memory(device(a, "full_like"), dtype, order, shape), operand(fill_value, "full_like"))
 
 
 def arange(start: Any, stop: Any = None, step: Any = 1, dtype: Any = None) -> ndarray:
-    _counters.launch()
     if stop is None:
         start, stop = 0, start
-    return wrap(np.arange(start, stop, step, dtype=dtype))
+    return wrap(_device.new(np.arange, start, stop, step, dtype=dtype))
 
 
 def concatenate(arrays: Sequence[Any], axis: int = 0, out: Any = None, *, dtype: Any = None,
                 casting: str = "same_kind") -> ndarray:
-    result = np.concatenate([device(a, "concatenate")._a for a in arrays], axis=axis, dtype=dtype)
-    _counters.launch(result.nbytes)
-    return wrap(result)
+    parts = [device(a, "concatenate")._a for a in arrays]
+    return wrap(_device.new(np.concatenate, parts, axis=axis, dtype=dtype, copies=True))
 
 
 def stack(arrays: Sequence[Any], axis: int = 0, out: Any = None, *, dtype: Any = None,
           casting: str = "same_kind") -> ndarray:
-    result = np.stack([device(a, "stack")._a for a in arrays], axis=axis, dtype=dtype)
-    _counters.launch(result.nbytes)
-    return wrap(result)
+    parts = [device(a, "stack")._a for a in arrays]
+    return wrap(_device.new(np.stack, parts, axis=axis, dtype=dtype, copies=True))
 
 
 def copyto(dst: Any, src: Any, casting: str = "same_kind", where: Any = None) -> None:
     """One elementwise kernel writing ``src`` into ``dst`` (where ``where`` is True)."""
     target = device(dst, "copyto")
     mask = True if where is None else operand(where, "copyto")
-    _counters.launch(target._a.nbytes)
-    np.copyto(target._a, operand(src, "copyto"), casting=casting, where=mask)
+    _device.launch(np.copyto, target._a, operand(src, "copyto"), casting=casting, where=mask,
+                   copied_bytes=target._a.nbytes)
 
 
 def copy(a: Any, order: str = "K") -> ndarray:
-    return device(a, "copy").copy()
+    return device(a, "copy").copy(order)
 
 
 def reshape(a: Any, newshape: Any, order: str = "C") -> ndarray:
@@ -241,6 +255,12 @@ def squeeze(a: Any, axis: Any = None) -> ndarray:
 
 def ravel(a: Any, order: str = "C") -> ndarray:
     return device(a, "ravel").ravel(order)
+
+
+def get_default_memory_pool() -> Any:
+    """The pool that the default allocator draws from (see cuda/memory.py)."""
+    from .cuda import memory
+    return memory._DEFAULT_POOL
 
 
 def expand_dims(a: Any, axis: Any) -> ndarray:
@@ -264,7 +284,7 @@ __all__ = [*UFUNCS, "where", "clip", "matmul", "dot", "sum", "mean", "max", "min
            "array_equal", "array", "asarray", "ascontiguousarray", "asnumpy", "get_array_module",
            "empty", "empty_like", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
            "arange", "concatenate", "stack", "copyto", "copy", "reshape", "transpose", "squeeze", "ravel",
-           "expand_dims", "shape", "ndim", "size"]
+           "expand_dims", "shape", "ndim", "size", "get_default_memory_pool"]
 
 
 _array._functions = sys.modules[__name__]  # ndarray's methods reach these functions

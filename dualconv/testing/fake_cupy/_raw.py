@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import _counters, _native
+from . import _device, _native
 from ._array import ndarray
 
 ARCH = "sm_90"
@@ -67,8 +67,7 @@ class RawKernel:
                                 f"must be cupy arrays or scalars (copy host data with cupy.asarray)")
             else:
                 host_args.append(a)
-        _counters.launch()
-        self._module._library().launch(self.name, grid, block, host_args)
+        _device.launch(self._module._library().launch, self.name, grid, block, host_args)
 
 
 class RawModule:

@@ -1,10 +1,29 @@
-"""cupy.cuda for the emulated device: one device, id 0, that reports itself as emulated."""
-from typing import Any as _Any
+"""cupy.cuda for the emulated device: one device, id 0, that reports itself as emulated;
+its streams and graphs (stream.py, graph.py) and memory pools (memory.py)."""
+import contextlib as _contextlib
+from typing import Any as _Any, Callable as _Callable, Iterator as _Iterator
 
-from .. import _counters
-from . import runtime
+from .. import _device
+from . import graph, memory, runtime, stream
+from .graph import Graph
+from .memory import Memory, MemoryPointer, MemoryPool, alloc, get_allocator, set_allocator
+from .stream import Stream, get_current_stream
 
-__all__ = ["Device", "runtime"]
+__all__ = ["Device", "runtime", "graph", "memory", "stream", "Graph", "Memory", "MemoryPointer",
+           "MemoryPool", "alloc", "get_allocator", "set_allocator", "using_allocator", "Stream",
+           "get_current_stream"]
+
+
+@_contextlib.contextmanager
+def using_allocator(allocator: _Callable[[int], MemoryPointer] | None = None) -> _Iterator[None]:
+    """Within the block, ``allocator`` (``size -> MemoryPointer``, e.g. ``pool.malloc``) gives
+    this thread's device memory; None: plain device memory, no pool."""
+    saved = _device.STATE.allocator
+    set_allocator(allocator)
+    try:
+        yield
+    finally:
+        _device.STATE.allocator = saved
 
 
 class Device:
@@ -22,7 +41,8 @@ class Device:
         return f"{props['major']}{props['minor']}"
 
     def synchronize(self) -> None:
-        _counters.sync()
+        """Wait for the device (one sync); refused while a stream captures."""
+        _device.synchronize()
 
     def use(self) -> None:
         pass

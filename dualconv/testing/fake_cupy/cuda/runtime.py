@@ -1,10 +1,15 @@
 """cupy.cuda.runtime for the emulated device (an H100-like device backed by the CPU)."""
 from typing import Any as _Any
 
-from .. import _counters
+from .. import _device
+from .._device import CUDARuntimeError
 
 __all__ = ["getDeviceCount", "getDevice", "memGetInfo", "getDeviceProperties", "runtimeGetVersion",
-           "driverGetVersion", "deviceSynchronize"]
+           "driverGetVersion", "deviceSynchronize", "CUDARuntimeError", "streamPerThread",
+           "streamCaptureModeGlobal", "streamCaptureModeThreadLocal", "streamCaptureModeRelaxed"]
+
+streamPerThread = 2
+streamCaptureModeGlobal, streamCaptureModeThreadLocal, streamCaptureModeRelaxed = 0, 1, 2
 
 _NAME = b"dualconv emulated GPU (CPU, g++ kernels)"
 _MEMORY = {"total": 16 << 30}
@@ -40,4 +45,5 @@ def driverGetVersion() -> int:
 
 
 def deviceSynchronize() -> None:
-    _counters.sync()
+    """Wait for the device (one sync); refused while a stream captures."""
+    _device.synchronize()
