@@ -76,7 +76,7 @@ from . import checks, checks_step
 from .layout import flatten_batch  # noqa: F401  (the one view of the memory order a layer needs: Flatten)
 
 STEP_KERNELS = ("step_begin", "gather_rows", "sgd_update_guarded_at", "adam_update_guarded_at",
-                "flag_nonfinite_loss_at", "dropout_forward_at")
+                "flag_nonfinite_loss_at", "dropout_forward_at", "gemm")
 """A captured step's kernels (dualconv/step_graph.py): their checks are in checks_step.py."""
 
 HOMES = {
@@ -99,11 +99,26 @@ def twin_for(xp: ModuleType, kernel: str | None = None) -> ModuleType:
     return importlib.import_module(f"{__name__}.{module}")
 
 
+_twins: dict[tuple[str, type], ModuleType] = {}
+
+
+def _twin(kernel: str, first: Any) -> ModuleType:
+    """twin_for(the array module of ``first``, kernel), remembered per (kernel, type of
+    first): the side depends on the array's type alone, so later calls cost a dict lookup."""
+    key = (kernel, type(first))
+    module = _twins.get(key)
+    if module is None:
+        module = _twins[key] = twin_for(get_array_module(first), kernel)
+    return module
+
+
 def _dispatch(kernel: str, *args: Any) -> Any:
     """Check the arguments once (checks.py), then run ``kernel`` on the twin that
-    matches the first array: the cpu side for NumPy, the cuda side for CuPy."""
+    matches the first array: the cpu side for NumPy, the cuda side for CuPy. The twin
+    is looked up by name at each call, so a twin replaced on its module is the one run."""
     getattr(checks, kernel)(*args)
-    return getattr(twin_for(get_array_module(args[0]), kernel), kernel)(*args)
+    module = _twins.get((kernel, type(args[0])))
+    return getattr(module if module is not None else _twin(kernel, args[0]), kernel)(*args)
 
 
 def im2col(x: Any, win: Window) -> Any:
@@ -255,7 +270,7 @@ def dense_backward(gy: Any, x: Any, w: Any, need_gx: bool = True,
 def _dispatch_step(kernel: str, *args: Any) -> Any:
     """_dispatch for STEP_KERNELS, whose checks live in checks_step.py."""
     getattr(checks_step, kernel)(*args)
-    return getattr(twin_for(get_array_module(args[0]), kernel), kernel)(*args)
+    return getattr(_twin(kernel, args[0]), kernel)(*args)
 
 
 def step_begin(clock: Any, float_table: Any, int_table: Any, floats_now: Any, ints_now: Any) -> None:
@@ -297,3 +312,10 @@ def flag_nonfinite_loss_at(loss: Any, verdict: Any, step_at: Any, code_at: Any, 
 def dropout_forward_at(x: Any, key_at: Any, p: float, first_sample: int) -> tuple[Any, Any]:
     """dropout_forward with the key's low and high 32 bits at key_at[0], key_at[1] (int32 (2,))."""
     return _dispatch_step("dropout_forward_at", x, key_at, p, first_sample)
+
+
+def gemm(a: Any, b: Any) -> Any:
+    """a (M, K) @ b (K, N) -> (M, N), each element a dot product summed from 0 with k
+    ascending: the matrix product a captured step uses, since CuPy refuses cuBLAS during a
+    capture (cuda_gemm.py chooses it)."""
+    return _dispatch_step("gemm", a, b)

@@ -101,3 +101,13 @@ def flag_nonfinite_loss_at(loss: Any, verdict: Any, step_at: Any, code_at: Any, 
 def dropout_forward_at(x: Any, key_at: Any, p: float, first_sample: int) -> None:
     checks.dropout_forward(x, 0, p, first_sample)
     _at(key_at, np.int32, 2, "key_at", "dropout_forward_at")
+
+
+def gemm(a: Any, b: Any) -> None:
+    who = "gemm"
+    dtype = checks.check_float(a, "a", who)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"{who}: a (M, K) and b (K, N) must be matrices that multiply, got "
+                         f"{tuple(a.shape)} and {tuple(b.shape)}")
+    if np.dtype(b.dtype) != dtype:
+        raise TypeError(f"{who}: b must be {dtype} like a, got {np.dtype(b.dtype)}")

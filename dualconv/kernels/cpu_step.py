@@ -1,5 +1,5 @@
-"""The NumPy twins of a captured step's kernels (kernels/step.cu and the ``*_at``
-variants of kernels/optimizers.cu and kernels/dropout.cu).
+"""The NumPy twins of a captured step's kernels (kernels/step.cu, kernels/gemm.cu and the
+``*_at`` variants of kernels/optimizers.cu and kernels/dropout.cu).
 
 The ``*_at`` twins read their per-step values from arrays, where the eager twins
 (cpu_fused.py) take numbers, and then do exactly what those do: the values in the
@@ -89,3 +89,13 @@ def dropout_forward_at(x: np.ndarray, key_at: np.ndarray, p: float,
                        first_sample: int) -> tuple[np.ndarray, np.ndarray]:
     """cpu_fused.dropout_forward with the key read from key_at (see key_of)."""
     return dropout_forward(x, key_of(key_at), p, first_sample)
+
+
+def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a (M, K) @ b (K, N) -> (M, N), each element summed from 0 with k ascending, each
+    product rounded to the dtype before it is added: the gemm kernel's order, bit for bit
+    (not BLAS's, which blocks the sum)."""
+    out = np.zeros((a.shape[0], b.shape[1]), dtype=a.dtype)
+    for k in range(a.shape[1]):
+        out += a[:, k, None] * b[None, k, :]
+    return out

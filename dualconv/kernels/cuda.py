@@ -10,16 +10,18 @@ strides, so a batch-first or batch-last array costs no copy.
 * module: every ``__global__`` template of kernels/*.cu (TEMPLATES), instantiated
   for float32 and float64 and both index widths (NAME_EXPRESSIONS), compiled by
   NVRTC once per device (get_module);
-* launch: each kernel function is ``execute(plan_<kernel>(...), cupy, ...)`` with
-  the plan of cuda_plans.py. The twins trust their arguments, as the plans do:
-  the dispatch point (dualconv.kernels) has run checks.py once before calling them.
+* launch: each kernel function is ``run_plan(plan_<kernel>, ...)`` with the plan of
+  cuda_plans.py, made once per call signature and bound to each call's arrays
+  (plan_cache.py), so a step pays for a dict lookup and a launch, not for a plan. The
+  twins trust their arguments, as the plans do: the dispatch point (dualconv.kernels)
+  has run checks.py once before calling them.
 
 CuPy is imported only when a kernel runs, so this module imports without it.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -30,6 +32,7 @@ from .cuda_plans import (FLOAT_TYPES, INDEX_TYPES, POOL_SIDES, plan_adam_update,
                          plan_max_pool_backward, plan_max_pool_forward, plan_sgd_update,
                          plan_sgd_update_guarded, plan_softmax_cross_entropy)
 from .launch import Launch, execute
+from .plan_cache import PlanCache
 from .sources import module_source
 
 TEMPLATES = {
@@ -41,7 +44,7 @@ TEMPLATES = {
     "sgd_update_guarded": "T, I", "adam_update_guarded": "T, I", "flag_nonfinite_loss": "T",
     # a captured step's kernels (cuda_step.py): step.cu and the *_at variants
     "step_begin": "T", "gather_rows": "T, I", "sgd_update_guarded_at": "T, I",
-    "adam_update_guarded_at": "T, I", "flag_nonfinite_loss_at": "T", "dropout_forward_at": "T, I",
+    "adam_update_guarded_at": "T, I", "flag_nonfinite_loss_at": "T", "dropout_forward_at": "T, I", "gemm": "T, I",
 }
 """Every __global__ template in kernels/*.cu, with its template parameters:
 T float type, I index type, K pooling window side, L label type (long long)."""
@@ -103,29 +106,54 @@ def get_function(name: str) -> Any:
     return function
 
 
-def _cupy_call(launch: Launch, args: tuple[Any, ...]) -> None:
-    get_function(launch.name)(launch.grid, launch.block, args)
+def _cupy_call(name: str, grid: tuple[int, int, int], block: tuple[int, int, int],
+               args: tuple[Any, ...]) -> None:
+    """name<<<grid, block>>>(*args) on the current device (get_function, inlined: this runs
+    once per launch)."""
+    import cupy
+
+    function = _functions.get((id(cupy), cupy.cuda.runtime.getDevice(), name))
+    if function is None:
+        function = get_function(name)
+    function(grid, block, args)
+
+
+_planned: dict[Callable[..., Launch], PlanCache] = {}
+
+
+def run_plan(plan: Callable[..., Launch], *args: Any) -> Any:
+    """``plan(*args)``'s launch run on CuPy, the plan made once per call signature and bound
+    to args (plan_cache.py): what every twin below does. Returns the outputs, as cpu.py's
+    function does (None, one array or a tuple)."""
+    import cupy
+
+    cache = _planned.get(plan)
+    if cache is None:
+        cache = _planned[plan] = PlanCache(plan)
+    return cache.run(args, cupy, _cupy_call)
 
 
 def _run(launch: Launch) -> Any:
+    """A Launch made by its plan, run on CuPy as it is (no cache: prefer run_plan)."""
     import cupy
 
-    return execute(launch, cupy, _cupy_call)
+    return execute(launch, cupy, lambda made, args: _cupy_call(made.name, made.grid, made.block,
+                                                               args))
 
 
 def im2col(x: Any, win: Window) -> Any:
     """x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w); see cpu.im2col."""
-    return _run(plan_im2col(x, win))
+    return run_plan(plan_im2col, x, win)
 
 
 def col2im(col: Any, H: int, W: int, win: Window) -> Any:
     """col: (C, kh, kw, N, out_h, out_w) -> x: (N, C, H, W); see cpu.col2im."""
-    return _run(plan_col2im(col, H, W, win))
+    return run_plan(plan_col2im, col, H, W, win)
 
 
 def max_pool_forward(x: Any, win: Window) -> tuple[Any, Any]:
     """x: (N, C, H, W) -> (y, argmax int32), both (N, C, out_h, out_w); see cpu.max_pool_forward."""
-    return _run(plan_max_pool_forward(x, win))
+    return run_plan(plan_max_pool_forward, x, win)
 
 
 def max_pool_values(x: Any, win: Window) -> Any:
@@ -136,29 +164,29 @@ def max_pool_values(x: Any, win: Window) -> Any:
 
 def max_pool_backward(gy: Any, argmax: Any, H: int, W: int, win: Window) -> Any:
     """gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W); see cpu.max_pool_backward."""
-    return _run(plan_max_pool_backward(gy, argmax, H, W, win))
+    return run_plan(plan_max_pool_backward, gy, argmax, H, W, win)
 
 
 def avg_pool_forward(x: Any, win: Window) -> Any:
     """x: (N, C, H, W) -> y: (N, C, out_h, out_w); see cpu.avg_pool_forward."""
-    return _run(plan_avg_pool_forward(x, win))
+    return run_plan(plan_avg_pool_forward, x, win)
 
 
 def avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Any:
     """gy: (N, C, out_h, out_w) -> gx: (N, C, H, W); see cpu.avg_pool_backward."""
-    return _run(plan_avg_pool_backward(gy, H, W, win))
+    return run_plan(plan_avg_pool_backward, gy, H, W, win)
 
 
 def sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
                weight_decay: float, nesterov: bool) -> None:
     """One SGD step in place, one launch; see cpu_fused.sgd_update."""
-    _run(plan_sgd_update(w, g, v, lr, momentum, weight_decay, nesterov))
+    run_plan(plan_sgd_update, w, g, v, lr, momentum, weight_decay, nesterov)
 
 
 def adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
                 eps: float, weight_decay: float, step: int) -> None:
     """One Adam step in place, one launch; see cpu_fused.adam_update."""
-    _run(plan_adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step))
+    run_plan(plan_adam_update, w, g, m, v, lr, b1, b2, eps, weight_decay, step)
 
 
 def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:
@@ -166,30 +194,30 @@ def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:
     another integer dtype are converted first); see cpu_fused.softmax_cross_entropy."""
     if np.dtype(labels.dtype) != np.int64:
         labels = labels.astype(np.int64)
-    return _run(plan_softmax_cross_entropy(z, labels))
+    return run_plan(plan_softmax_cross_entropy, z, labels)
 
 
 def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> tuple[Any, Any]:
     """Dropout's mask and product, one launch; see cpu_fused.dropout_forward."""
-    return _run(plan_dropout_forward(x, key, p, first_sample))
+    return run_plan(plan_dropout_forward, x, key, p, first_sample)
 
 
 def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
                        verdict: Any, code: int, lr: float, momentum: float, weight_decay: float,
                        nesterov: bool) -> None:
     """One guarded SGD step in place, one launch; see cpu_fused.sgd_update_guarded."""
-    _run(plan_sgd_update_guarded(w, g, v, w_last, v_last, verdict, code, lr, momentum,
-                                 weight_decay, nesterov))
+    run_plan(plan_sgd_update_guarded, w, g, v, w_last, v_last, verdict, code, lr, momentum,
+             weight_decay, nesterov)
 
 
 def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
                         verdict: Any, code: int, lr: float, b1: float, b2: float, eps: float,
                         weight_decay: float, step: int) -> None:
     """One guarded Adam step in place, one launch; see cpu_fused.adam_update_guarded."""
-    _run(plan_adam_update_guarded(w, g, m, v, w_last, m_last, v_last, verdict, code, lr, b1,
-                                  b2, eps, weight_decay, step))
+    run_plan(plan_adam_update_guarded, w, g, m, v, w_last, m_last, v_last, verdict, code, lr,
+             b1, b2, eps, weight_decay, step)
 
 
 def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
     """The guard's check of a step's loss, one launch; see cpu_fused.flag_nonfinite_loss."""
-    _run(plan_flag_nonfinite_loss(loss, verdict, code))
+    run_plan(plan_flag_nonfinite_loss, loss, verdict, code)

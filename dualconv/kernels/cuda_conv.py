@@ -25,6 +25,7 @@ from typing import Any
 from ..backend import get_array_module
 from ..shapes import Window
 from . import cuda
+from .cuda_gemm import matmul
 from .layout import batch_first, batch_last, columns_batch_first, columns_batch_last
 
 
@@ -42,7 +43,7 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, win: Window) -> tuple[Any, tup
     N, _, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
     col = cuda.im2col(x, win)
-    y = w.reshape(O, -1) @ _column_matrix(col)
+    y = matmul(w.reshape(O, -1), _column_matrix(col))
     if b is not None:
         y += b[:, None]
     return batch_first(y.reshape(O, out_h, out_w, N)), (tuple(x.shape), col)
@@ -58,9 +59,9 @@ def conv2d_backward(gy: Any, saved: tuple[tuple[int, ...], Any], w: Any, win: Wi
     N, _, H, W = x_shape
     out_h, out_w = win.out_size(H, W)
     gy_mat = xp.ascontiguousarray(batch_last(gy)).reshape(O, -1)  # (O, out_h*out_w*N)
-    gw = (gy_mat @ _column_matrix(col).T).reshape(w.shape)
+    gw = matmul(gy_mat, _column_matrix(col).T).reshape(w.shape)
     gb = gy_mat.sum(axis=1) if need_gb else None
     if not need_gx:
         return None, gw, gb
-    gcol = (w.reshape(O, -1).T @ gy_mat).reshape(C, kh, kw, out_h, out_w, N)
+    gcol = matmul(w.reshape(O, -1).T, gy_mat).reshape(C, kh, kw, out_h, out_w, N)
     return cuda.col2im(columns_batch_first(gcol), H, W, win), gw, gb

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .cuda_gemm import matmul
+
 
 def dense_forward(x: Any, w: Any, b: Any | None) -> Any:
     """x: (N, in), w: (in, out), b: (out,) or None -> y = x @ w + b: (N, out)."""
-    y = x @ w
+    y = matmul(x, w)
     if b is not None:
         y += b
     return y
@@ -26,9 +28,9 @@ def dense_backward(gy: Any, x: Any, w: Any, need_gx: bool,
                    need_gb: bool) -> tuple[Any | None, Any, Any | None]:
     """gy: (N, out), the forward's x (N, in), w (in, out) -> (gx (N, in) or None,
     gw (in, out), gb (out,) or None); a feature-major x gets gx = (w @ gy.T).T, stored as x is."""
-    gw = x.T @ gy
+    gw = matmul(x.T, gy)
     gb = gy.sum(axis=0) if need_gb else None
     if not need_gx:
         return None, gw, gb
-    gx = (w @ gy.T).T if x.flags.f_contiguous and not x.flags.c_contiguous else gy @ w.T
+    gx = matmul(w, gy.T).T if x.flags.f_contiguous and not x.flags.c_contiguous else matmul(gy, w.T)
     return gx, gw, gb

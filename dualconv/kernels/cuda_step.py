@@ -1,5 +1,5 @@
-"""The CUDA twins of a captured step's kernels: CuPy launches of kernels/step.cu and of
-the ``*_at`` variants in kernels/optimizers.cu and kernels/dropout.cu, planned by
+"""The CUDA twins of a captured step's kernels: CuPy launches of kernels/step.cu, gemm.cu and
+of the ``*_at`` variants in kernels/optimizers.cu and kernels/dropout.cu, planned by
 cuda_step_plans.py and compiled into cuda.py's module with every other kernel.
 
 Same functions and arguments as cpu_step.py, bitwise equal to it; they trust their
@@ -11,7 +11,7 @@ from typing import Any
 
 from .cuda import _run
 from .cuda_step_plans import (plan_adam_update_guarded_at, plan_dropout_forward_at,
-                              plan_flag_nonfinite_loss_at, plan_gather_rows,
+                              plan_flag_nonfinite_loss_at, plan_gather_rows, plan_gemm,
                               plan_sgd_update_guarded_at, plan_step_begin)
 
 
@@ -49,3 +49,8 @@ def flag_nonfinite_loss_at(loss: Any, verdict: Any, step_at: Any, code_at: Any, 
 def dropout_forward_at(x: Any, key_at: Any, p: float, first_sample: int) -> tuple[Any, Any]:
     """Dropout's mask and product with the key read on the device; one launch."""
     return _run(plan_dropout_forward_at(x, key_at, p, first_sample))
+
+
+def gemm(a: Any, b: Any) -> Any:
+    """a (M, K) @ b (K, N), one launch, no cuBLAS (a capture may hold it); see cpu_step.gemm."""
+    return _run(plan_gemm(a, b))

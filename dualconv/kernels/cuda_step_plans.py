@@ -1,5 +1,5 @@
-"""The CUDA plans of a captured step's kernels: kernels/step.cu and the ``*_at`` variants
-of kernels/optimizers.cu and kernels/dropout.cu.
+"""The CUDA plans of a captured step's kernels: kernels/step.cu, kernels/gemm.cu and the
+``*_at`` variants of kernels/optimizers.cu and kernels/dropout.cu.
 
 As cuda_plans.py: each ``plan_<kernel>`` takes the kernel function's arguments, reads
 only shapes, strides and dtypes, trusts them (checks_step.py ran at the dispatch point)
@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .cuda_plans import FLOAT_TYPES, INDEX_TYPES, _elementwise, plan_dropout_forward
-from .launch import Input, Launch, index_dtype, launch_1d
+from .launch import Input, Launch, Output, index_dtype, launch_1d
 
 
 def plan_step_begin(clock: Any, float_table: Any, int_table: Any, floats_now: Any,
@@ -77,6 +77,30 @@ def plan_dropout_forward_at(x: Any, key_at: Any, p: float, first_sample: int) ->
     return Launch(name, launch.grid, launch.block, (*args[:7], key_at, *args[9:]))
 
 
+def _matrix(a: Any) -> tuple[Any, int, int]:
+    """(what the kernel is passed, a's row and column strides in elements): a itself when it
+    is C-contiguous, its transpose when it is F-contiguous (a view of C-ordered memory,
+    read transposed), else a C-contiguous copy."""
+    if a.flags.c_contiguous:
+        return a, a.shape[1], 1
+    if a.flags.f_contiguous:
+        return a.T, 1, a.shape[0]
+    return Input(a, (0, 1)), a.shape[1], 1
+
+
+def plan_gemm(a: Any, b: Any) -> Launch:
+    """a (M, K) @ b (K, N) -> c (M, N) C-contiguous; a transposed (F-contiguous) operand is
+    read where it lies, any other non-contiguous one is copied first; one thread per
+    element of c."""
+    (M, K), N = a.shape, b.shape[1]
+    a_arg, sam, sak = _matrix(a)
+    b_arg, sbk, sbn = _matrix(b)
+    itype = index_dtype([M * N, M * K, K * N], M * N)
+    return launch_1d(f"gemm<{FLOAT_TYPES[np.dtype(a.dtype)]}, {INDEX_TYPES[itype]}>", M * N,
+                     (a_arg, b_arg, Output((M, N), np.dtype(a.dtype)),
+                      *(itype.type(v) for v in (M, N, K, sam, sak, sbk, sbn))))
+
+
 PLANS: dict[str, Callable[..., Launch]] = {
     "step_begin": plan_step_begin,
     "gather_rows": plan_gather_rows,
@@ -84,5 +108,6 @@ PLANS: dict[str, Callable[..., Launch]] = {
     "adam_update_guarded_at": plan_adam_update_guarded_at,
     "flag_nonfinite_loss_at": plan_flag_nonfinite_loss_at,
     "dropout_forward_at": plan_dropout_forward_at,
+    "gemm": plan_gemm,
 }
 """Kernel name -> its plan, as cuda_plans.PLANS (which holds the eager step's kernels)."""

@@ -180,3 +180,23 @@ def test_dropout_forward_at_is_the_eager_kernel(emulator, dtype, key):
 def test_step_kernels_reject_bad_arguments(kernel, args, pattern):
     with pytest.raises((TypeError, ValueError), match=f"{kernel}: {pattern}"):
         getattr(kernels, kernel)(*args)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("M, K, N", [(6, 25, 37), (1, 1, 1), (16, 150, 9), (3, 200, 2)])
+def test_gemm_sums_each_dot_product_in_order(emulator, dtype, M, K, N):
+    """Oracle by hand: each output summed from 0 with k ascending, in the dtype; operands
+    read through their strides (transposed views and a slice)."""
+    rng = np.random.default_rng(M * K * N)
+    a_store = (rng.standard_normal((K, M)) * 10.0 ** rng.integers(-2, 3, (K, M))).astype(dtype)
+    b_store = rng.standard_normal((N, 2 * K)).astype(dtype)
+    a, b = a_store.T, b_store[:, ::2].T  # (M, K) transposed, (K, N) transposed and strided
+    expected = np.zeros((M, N), dtype)
+    for m in range(M):
+        for n in range(N):
+            acc = dtype(0)
+            for k in range(K):
+                acc = dtype(acc + dtype(a[m, k] * b[k, n]))
+            expected[m, n] = acc
+    assert_bitwise_equal(cpu_step.gemm(a, b), expected, "cpu")
+    assert_bitwise_equal(_emulated(emulator, "gemm", a, b), expected, "emulated")
