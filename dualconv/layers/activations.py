@@ -1,10 +1,16 @@
-"""Elementwise activations and Softmax, each with its hand-derived gradient."""
+"""Elementwise activations and Softmax, each with its hand-derived gradient.
+
+The elementwise ones compute on their input in storage order (storage_order.py):
+the output and the input gradient are laid out as the input and the output
+gradient are (batch-last after a convolution), and a GPU walks them in order.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 from ..backend import get_array_module
 from .base import Layer
+from .storage_order import from_storage, storage_axes, to_storage
 
 
 def softmax(x: Any) -> Any:
@@ -15,7 +21,11 @@ def softmax(x: Any) -> Any:
 
 
 class _Elementwise(Layer):
-    """y = f(x) elementwise; backward multiplies by f'(x), computed from what forward kept."""
+    """y = f(x) elementwise; backward multiplies by f'(x), computed from what forward kept.
+
+    Subclasses give ``_apply(x)`` (f on a C-ordered view of the input; it fills
+    ``_cache`` with views in that order) and ``_derivative()`` (f' in that order).
+    y has x's layout; gx has gy's layout when gy is laid out as x."""
 
     couples_samples = False
 
@@ -24,15 +34,22 @@ class _Elementwise(Layer):
         if x.dtype.kind != "f":
             raise TypeError(f"{self.name}: expected a floating-point input, got {x.dtype}")
 
+    def _forward(self, x: Any) -> Any:
+        self._shape, self._axes = tuple(x.shape), storage_axes(x)
+        return from_storage(self._apply(to_storage(x, self._axes)), self._axes)
+
+    def _apply(self, x: Any) -> Any:
+        raise NotImplementedError
+
     def _backward(self, gy: Any) -> Any:
-        self._check_grad_shape(gy, self._cache[0].shape)
-        return gy * self._derivative()
+        self._check_grad_shape(gy, self._shape)
+        return from_storage(to_storage(gy, self._axes) * self._derivative(), self._axes)
 
 
 class ReLU(_Elementwise):
     """y = max(x, 0)."""
 
-    def _forward(self, x: Any) -> Any:
+    def _apply(self, x: Any) -> Any:
         y = get_array_module(x).maximum(x, 0)
         self._cache = (y,)
         return y
@@ -49,7 +66,7 @@ class LeakyReLU(_Elementwise):
         super().__init__()
         self.alpha = float(alpha)
 
-    def _forward(self, x: Any) -> Any:
+    def _apply(self, x: Any) -> Any:
         xp = get_array_module(x)
         self._cache = (x,)
         return xp.where(x > 0, x, x * x.dtype.type(self.alpha))
@@ -66,7 +83,7 @@ class LeakyReLU(_Elementwise):
 class Tanh(_Elementwise):
     """y = tanh(x); the derivative is 1 - y^2."""
 
-    def _forward(self, x: Any) -> Any:
+    def _apply(self, x: Any) -> Any:
         y = get_array_module(x).tanh(x)
         self._cache = (y,)
         return y
@@ -86,7 +103,7 @@ class HardTanh(_Elementwise):
             raise ValueError(f"HardTanh: min_val must be below max_val, got {min_val}, {max_val}")
         self.min_val, self.max_val = float(min_val), float(max_val)
 
-    def _forward(self, x: Any) -> Any:
+    def _apply(self, x: Any) -> Any:
         self._cache = (x,)
         return get_array_module(x).clip(x, self.min_val, self.max_val)
 
@@ -101,7 +118,7 @@ class HardTanh(_Elementwise):
 class Sigmoid(_Elementwise):
     """y = 1 / (1 + exp(-x)); the derivative is y (1 - y)."""
 
-    def _forward(self, x: Any) -> Any:
+    def _apply(self, x: Any) -> Any:
         xp = get_array_module(x)
         y = xp.exp(-xp.logaddexp(0, -x)).astype(x.dtype, copy=False)
         self._cache = (y,)

@@ -8,16 +8,26 @@ channel). Eval mode normalizes with the running statistics. Then, with
 ``affine``, y = weight * x_hat + bias per channel.
 
 The running statistics are buffers, not parameters: saved, loaded and moved
-with the model, never updated by an optimizer.
+with the model, never updated by an optimizer. Elementwise work runs in the
+input's storage order (storage_order.py), so the output and the input gradient
+keep the input's layout (batch-last after a convolution) on either backend.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..backend import get_array_module
 from .base import Layer
+from .storage_order import from_storage, storage_axes, to_storage
+
+
+def _in_order(axes: tuple[int, ...], f: Callable[..., Any], *operands: Any) -> Any:
+    """f on the operands (arrays of one rank, or scalars) viewed in the storage order ``axes``,
+    returned in the caller's axis order: one elementwise pass, laid out as that order says."""
+    return from_storage(f(*(to_storage(o, axes) if getattr(o, "ndim", 0) == len(axes) else o
+                            for o in operands)), axes)
 
 
 class _BatchNorm(Layer):
@@ -82,44 +92,49 @@ class _BatchNorm(Layer):
         xp = get_array_module(x)
         axes = tuple(a for a in range(x.ndim) if a != 1)
         shape = self._channel_shape(x)
+        order = storage_axes(x)
         if self.training:
             mean = x.mean(axis=axes, keepdims=True)
-            centered = x - mean
-            var = (centered * centered).mean(axis=axes, keepdims=True)
+            centered = _in_order(order, lambda a, m: a - m, x, mean)
+            var = _in_order(order, lambda c: c * c, centered).mean(axis=axes, keepdims=True)
             self._update_running(mean.reshape(-1), var.reshape(-1), x.size // x.shape[1])
         else:
             mean = self.buffers["running_mean"].astype(x.dtype).reshape(shape)
             var = self.buffers["running_var"].astype(x.dtype).reshape(shape)
-            centered = x - mean
+            centered = _in_order(order, lambda a, m: a - m, x, mean)
         inv_std = 1 / xp.sqrt(var + x.dtype.type(self.eps))
-        x_hat = centered * inv_std
-        self._cache = (x_hat, inv_std, axes, self.training)
+        x_hat = _in_order(order, lambda c, s: c * s, centered, inv_std)
+        self._cache = (x_hat, inv_std, axes, self.training, order)
         if not self.affine:
             return x_hat
-        return x_hat * self.params["weight"].reshape(shape) + self.params["bias"].reshape(shape)
+        return _in_order(order, lambda h, w, b: h * w + b, x_hat, self.params["weight"].reshape(shape),
+                         self.params["bias"].reshape(shape))
 
     def _update_running(self, mean: Any, var: Any, n: int) -> None:
-        m = self.momentum
+        xp, m = get_array_module(mean), self.momentum
         for key, batch in (("running_mean", mean), ("running_var", var * (n / (n - 1)))):
-            running = self.buffers[key]
-            self.buffers[key] = (1 - m) * running + (m * batch).astype(running.dtype)
+            running = self.buffers[key]  # updated in place: a captured step writes where it read
+            xp.add((1 - m) * running, (m * batch).astype(running.dtype), out=running)
 
     def _backward(self, gy: Any) -> Any:
-        x_hat, inv_std, axes, training = self._cache
+        x_hat, inv_std, axes, training, order = self._cache
         self._check_grad_shape(gy, x_hat.shape)
+        product = lambda a, b: a * b  # noqa: E731
         if self.affine:
-            self.grads["weight"] = (gy * x_hat).sum(axis=axes)
+            self.grads["weight"] = _in_order(order, product, gy, x_hat).sum(axis=axes)
             self.grads["bias"] = gy.sum(axis=axes)
         if not self._need_input_grad:
             return None
-        gx_hat = gy * self.params["weight"].reshape(inv_std.shape) if self.affine else gy
+        weight = self.params["weight"].reshape(inv_std.shape) if self.affine else None
+        gx_hat = _in_order(order, product, gy, weight) if self.affine else gy
         if not training:  # the running statistics are constants
-            return gx_hat * inv_std
+            return _in_order(order, lambda g, s: g * s, gx_hat, inv_std)
         # x_hat depends on x through the batch mean and variance too:
         # gx = inv_std * (gx_hat - mean(gx_hat) - x_hat * mean(gx_hat * x_hat))
         mean_gx_hat = gx_hat.mean(axis=axes, keepdims=True)
-        mean_gx_hat_x_hat = (gx_hat * x_hat).mean(axis=axes, keepdims=True)
-        return inv_std * (gx_hat - mean_gx_hat - x_hat * mean_gx_hat_x_hat)
+        mean_gx_hat_x_hat = _in_order(order, product, gx_hat, x_hat).mean(axis=axes, keepdims=True)
+        return _in_order(order, lambda s, g, m, h, mh: s * (g - m - h * mh),
+                         inv_std, gx_hat, mean_gx_hat, x_hat, mean_gx_hat_x_hat)
 
     def get_config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
