@@ -75,6 +75,30 @@ def cupy_problem() -> str | None:
     return cached[1]
 
 
+NVIDIA_DEVICES = "/proc/driver/nvidia/gpus"
+"""Where the NVIDIA driver lists the machine's GPUs, one folder each (Linux)."""
+
+
+def cuda_device_present() -> bool:
+    """True when the machine has a CUDA device, whether or not CuPy can use it. Never raises.
+
+    Asks the real CuPy for its device count where it imports, else the NVIDIA driver's
+    list (NVIDIA_DEVICES): a GPU without a working CuPy counts too, so that what must run
+    on it can tell "cannot use this GPU" (cupy_problem) from "there is none".
+    """
+    cupy = _import_cupy()
+    if cupy is not None and not getattr(cupy, "_dualconv_emulated", False):
+        try:
+            if cupy.cuda.runtime.getDeviceCount() > 0:
+                return True
+        except Exception:  # no driver, or a broken one: the driver's list decides
+            pass
+    try:
+        return any(os.scandir(NVIDIA_DEVICES))
+    except OSError:
+        return False
+
+
 def gpu_available() -> bool:
     """True when CuPy imports, sees a CUDA device and compiles a kernel for it. Never raises."""
     try:

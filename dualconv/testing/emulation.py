@@ -78,7 +78,7 @@ def install() -> None:
 
 @contextlib.contextmanager
 def emulated_cupy(memory_bytes: int | None = None, reuse_memory: bool = False,
-                  sanitize: bool = False) -> Iterator[Emulation]:
+                  sanitize: bool | None = None) -> Iterator[Emulation]:
     """Within the block, CuPy is the CPU stand-in (see the module docstring).
 
     ``memory_bytes`` sets the device memory it reports (default 16 GiB), for
@@ -87,11 +87,13 @@ def emulated_cupy(memory_bytes: int | None = None, reuse_memory: bool = False,
     allocation of its size, as CuPy's pool does; a graph that writes into memory
     it no longer owns then spoils another array. Off, arrays come from a pool
     only during a capture or under ``cupy.cuda.using_allocator`` (faster).
-    ``sanitize``: kernels compiled within the block are built with ASan and UBSan, so
-    an out-of-bounds access or undefined behaviour aborts with a report; the process
-    must have started with the ASan runtime preloaded, and no kernel may have been
+    ``sanitize`` (None: $DUALCONV_EMULATE_SANITIZE): kernels compiled within the block
+    are built with ASan and UBSan, so an out-of-bounds access or undefined behaviour
+    aborts with a report; the process must have started with the ASan runtime preloaded
+    (``python -m dualconv.testing.sanitized COMMAND``), and no kernel may have been
     compiled without them before (RuntimeError otherwise; see fake_cupy/_native.py).
     """
+    sanitize = _native.sanitize_requested() if sanitize is None else sanitize
     saved_sanitize = _native.set_sanitize(True) if sanitize else None
     saved_modules = {n: m for n, m in sys.modules.items() if _is_cupy(n)}
     saved_memory, saved_reuse = dict(_runtime._MEMORY), _device.REUSE[0]

@@ -2,6 +2,11 @@
 
 The ``gpu`` fixture (autouse) yields None on a real GPU, or the
 ``dualconv.testing.Emulation`` handle (with its counters) under the stand-in.
+On a machine with a CUDA device that the CuPy backend cannot use (CuPy missing, or
+the probe kernel does not compile: no CUDA headers, say), every test fails and says
+why: green tests from the stand-in would hide the broken GPU. ``DUALCONV_EMULATE_GPU=1``
+asks for the stand-in on such a machine. ``python -m dualconv.testing.sanitized python
+-m pytest tests/gpu`` runs the stand-in's kernels under ASan and UBSan (as .ci/run does).
 Without a usable GPU and without g++ the tests are skipped.
 """
 from __future__ import annotations
@@ -10,18 +15,31 @@ import shutil
 
 import pytest
 
-from dualconv.backend import emulated, gpu_available
+from dualconv.backend import cuda_device_present, cupy_problem, emulated
 
 
-def _real_gpu() -> bool:
-    return gpu_available() and not emulated()
+def gpu_state() -> tuple[bool, str | None]:
+    """(whether the tests run on a real GPU, why they must fail instead, or None)."""
+    if emulated():  # the stand-in, asked for by DUALCONV_EMULATE_GPU=1
+        return False, None
+    problem = cupy_problem()
+    if problem is None:
+        return True, None
+    if cuda_device_present():
+        return False, (f"tests/gpu: this machine has a CUDA device but the CuPy backend cannot use "
+                       f"it: {problem}. Install the GPU test environment (pip install -e "
+                       f"'.[test,gpu]', which brings cupy-cuda12x[ctk]: CUDA headers and NVRTC), "
+                       f"or set DUALCONV_EMULATE_GPU=1 to test on the CPU stand-in on purpose")
+    return False, None
 
 
-REAL_GPU = _real_gpu()
+REAL_GPU, BROKEN_GPU = gpu_state()
 
 
 @pytest.fixture(autouse=True)
 def gpu():
+    if BROKEN_GPU is not None:
+        pytest.fail(BROKEN_GPU, pytrace=False)
     if REAL_GPU:
         yield None
         return

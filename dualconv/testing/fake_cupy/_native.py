@@ -7,6 +7,15 @@ goes into them (``$DUALCONV_EMULATION_CACHE``, default
 ``~/.cache/dualconv/emulated_cupy``) and in memory per process, so a source
 is compiled once per machine.
 
+``set_sanitize(True)`` (``emulated_cupy(sanitize=True)``) makes later loads build
+with AddressSanitizer and UndefinedBehaviorSanitizer: an out-of-bounds access or
+undefined behaviour in a kernel aborts the process with a report. ASan must be the
+first library of the process, so it needs a Python started with the runtime
+preloaded: ``LD_PRELOAD=$(g++ -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0``
+(``sanitizer_env()`` gives that environment, or None where g++ has no ASan;
+``python -m dualconv.testing.sanitized COMMAND`` runs a command in it, with
+``$DUALCONV_EMULATE_SANITIZE=1``, which turns ``emulated_cupy``'s sanitize on).
+
 Blocks and threads run in one of ``ORDERS``: a launch's ``order`` argument, else
 ``$DUALCONV_EMULATE_ORDER`` (read at every launch), else "forward". A GPU keeps
 no order, so a kernel must give the same result in all three (the harness says why).
@@ -35,9 +44,11 @@ KINDS = {0: "i", 1: "u", 2: "f", 3: "b", 4: "?"}
 ORDERS = ("forward", "reverse", "shuffle")
 """The orders blocks and threads can run in (the harness's codes are the indices)."""
 ORDER_ENV = "DUALCONV_EMULATE_ORDER"
+SANITIZE_ENV = "DUALCONV_EMULATE_SANITIZE"
 
 _loaded: dict[str, "NativeModule"] = {}
 _lock = threading.Lock()
+_sanitize = [False]  # set_sanitize's state: whether load() builds with SANITIZE
 
 
 def compiler() -> str:
@@ -56,6 +67,75 @@ def launch_order(order: str | None = None) -> str:
         where = "order" if order is not None else ORDER_ENV
         raise ValueError(f"the emulated CuPy's {where} must be one of {ORDERS}, got {chosen!r}")
     return chosen
+
+
+def asan_runtime() -> str | None:
+    """Path of g++'s AddressSanitizer runtime (libasan.so), or None where it has none
+    (or no UBSan runtime, libubsan.so, which SANITIZE needs as well)."""
+    found = []
+    for name in ("libasan.so", "libubsan.so"):
+        try:
+            path = subprocess.run([compiler(), f"-print-file-name={name}"], capture_output=True,
+                                  text=True).stdout.strip()
+        except (RuntimeError, OSError):
+            return None
+        if not (os.path.isabs(path) and os.path.exists(path)):
+            return None
+        found.append(path)
+    return found[0]
+
+
+def sanitizer_env(base: dict[str, str] | None = None) -> dict[str, str] | None:
+    """``base`` (default os.environ) plus what a child Python needs to load sanitized
+    builds: the ASan runtime preloaded, leak checks off (CPython does not free everything
+    at exit), and NVRTC's folder on the library path (ASan's dlopen loses libnvrtc's
+    $ORIGIN, where it finds libnvrtc-builtins). None where g++ has no ASan runtime."""
+    runtime = asan_runtime()
+    if runtime is None:
+        return None
+    env = dict(os.environ if base is None else base)
+    env["LD_PRELOAD"] = " ".join(filter(None, [runtime, env.get("LD_PRELOAD", "")]))
+    env["ASAN_OPTIONS"] = ":".join(filter(None, ["detect_leaks=0", env.get("ASAN_OPTIONS", "")]))
+    try:
+        import nvidia.cuda_nvrtc as nvrtc
+        folders = [str(Path(root, "lib")) for root in nvrtc.__path__]
+    except ImportError:
+        folders = []
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [*folders, env.get("LD_LIBRARY_PATH", "")]))
+    return env
+
+
+def sanitize_requested() -> bool:
+    """Whether $DUALCONV_EMULATE_SANITIZE asks for sanitized builds (set, and not "0")."""
+    return os.environ.get(SANITIZE_ENV, "").strip() not in ("", "0")
+
+
+def asan_loaded() -> bool:
+    """True when the ASan runtime is in this process (it must be preloaded to work)."""
+    return hasattr(ctypes.CDLL(None), "__asan_init")
+
+
+def set_sanitize(on: bool) -> bool:
+    """Make later ``load`` calls build with the sanitizers (on) or without; returns the
+    previous setting. Turning them on raises RuntimeError unless the ASan runtime is
+    preloaded (see the module docstring), or when libraries built without them are
+    already loaded in this process (kernels compiled earlier would keep running
+    unchecked: start the process sanitized instead)."""
+    previous = _sanitize[0]
+    if on and not previous:
+        if not asan_loaded():
+            raise RuntimeError("the emulated CuPy's sanitize=True needs the AddressSanitizer runtime "
+                               "loaded first in the process: run Python with LD_PRELOAD=$(g++ "
+                               "-print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 (see "
+                               "dualconv.testing.fake_cupy._native.sanitizer_env)")
+        unchecked = [key for key, module in _loaded.items() if not module.sanitized]
+        if unchecked:
+            raise RuntimeError(f"the emulated CuPy's sanitize=True: {len(unchecked)} kernel "
+                               f"libraries were already loaded without sanitizers in this process "
+                               f"and would keep running unchecked; turn sanitize on before any "
+                               f"kernel runs")
+    _sanitize[0] = bool(on)
+    return previous
 
 
 def cache_dir() -> Path:
@@ -78,9 +158,9 @@ def build(code: str, names: Sequence[str], out_dir: Path, sanitize: bool = False
     return lib
 
 
-def _key(code: str, names: Sequence[str]) -> str:
+def _key(code: str, names: Sequence[str], sanitize: bool) -> str:
     digest = hashlib.sha256()
-    for part in (code, "\n".join(names), " ".join(CXXFLAGS),
+    for part in (code, "\n".join(names), " ".join(CXXFLAGS + (SANITIZE if sanitize else ())),
                  (HERE / "emulation_harness.cpp").read_text(), (HERE / "emulation.h").read_text()):
         digest.update(part.encode())
         digest.update(b"\0")
@@ -88,8 +168,10 @@ def _key(code: str, names: Sequence[str]) -> str:
 
 
 def load(code: str, names: Sequence[str]) -> "NativeModule":
-    """The module built from ``code`` with kernels ``names``: from memory, the disk cache, or g++."""
-    key = _key(code, names)
+    """The module built from ``code`` with kernels ``names`` (with the sanitizers while
+    set_sanitize is on): from memory, the disk cache, or g++."""
+    sanitize = _sanitize[0]
+    key = _key(code, names, sanitize)
     with _lock:
         module = _loaded.get(key)
         if module is None:
@@ -97,16 +179,17 @@ def load(code: str, names: Sequence[str]) -> "NativeModule":
             if not lib.is_file():
                 lib.parent.mkdir(parents=True, exist_ok=True)
                 with tempfile.TemporaryDirectory(dir=lib.parent.parent) as tmp:
-                    built = build(code, names, Path(tmp))
+                    built = build(code, names, Path(tmp), sanitize)
                     os.replace(built, lib)  # atomic: a parallel build just wins or loses
-            module = _loaded[key] = NativeModule(lib)
+            module = _loaded[key] = NativeModule(lib, sanitize)
     return module
 
 
 class NativeModule:
     """The kernels of one built library: names, C++ signatures, and launches."""
 
-    def __init__(self, lib_path: Path):
+    def __init__(self, lib_path: Path, sanitized: bool = False):
+        self.sanitized = sanitized  # built with SANITIZE
         self.lib = ctypes.CDLL(str(lib_path))
         self.lib.dc_name.restype = ctypes.c_char_p
         ints = ctypes.POINTER(ctypes.c_int)
