@@ -14,6 +14,7 @@ from dualconv.shapes import Window
 from digits_28 import digits_28
 from error_bounds import assert_within, forward_error_bound
 from layer_error_bounds import assert_step_layer_by_layer, cross_entropy_loss_bound
+from near_ties import near_ties
 
 pytestmark = pytest.mark.gpu
 
@@ -147,7 +148,9 @@ def test_model_to_round_trips_carry_the_optimizer_state(optimizer):
     assert all(isinstance(v, np.ndarray) for s in state["state"].values() for v in s.values())
 
 
-def test_predict_and_evaluate_on_the_gpu_take_host_or_device_data():
+def test_predict_and_evaluate_on_the_gpu_take_host_or_device_data(gpu):
+    """Accuracy equal to the CPU's but for samples whose logits are near-ties (near_ties.py:
+    a GPU sums in its own order); equal under the emulated CuPy."""
     X, y = digits_28(300, seed=0)
     cpu = lenet(seed=3)
     _trainer(cpu).fit(X, y, epochs=1, batch_size=32, seed=0)
@@ -160,12 +163,16 @@ def test_predict_and_evaluate_on_the_gpu_take_host_or_device_data():
     assert backend_of(host_out) == "numpy" and backend_of(device_out) == "cupy"
     assert_array_equal(asnumpy(device_out), host_out)
     # each side's logits within forward_error_bound of the exact ones (error_bounds.py)
-    assert_within(host_out, cpu.predict(X), 2 * forward_error_bound(cpu, X))
+    bound = forward_error_bound(cpu, X)
+    assert_within(host_out, cpu.predict(X), 2 * bound)
+    ties = int(near_ties(cpu.predict(X), bound).sum())
     expected = _trainer(cpu).evaluate(X, y)
     loss_bound = cross_entropy_loss_bound(cpu, X, y)
     for data in ((X, y), (to_backend(X, "cupy"), to_backend(y, "cupy"))):
         result = _trainer(gpu).evaluate(*data)
-        assert result["accuracy"] == expected["accuracy"]
+        assert abs(result["accuracy"] - expected["accuracy"]) * len(X) <= ties
+        if gpu is not None:
+            assert result["accuracy"] == expected["accuracy"]
         assert_within(result["loss"], expected["loss"], loss_bound)
 
 
