@@ -68,17 +68,24 @@ def softmax_cross_entropy(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray
     gz (N, C) = (softmax(z) - onehot(labels)) / N, the gradient of loss.mean().
     Log-sum-exp is shifted by the row maximum. exp and log differ by an ulp or
     two between libraries, so the CUDA twin matches this within a stated bound,
-    not bit for bit.
+    not bit for bit. A label outside [0, C) reads no logit, as in the CUDA twin:
+    its row's loss is NaN and its gz row softmax(z) / N (the loss's range check
+    reports it; see SoftmaxCrossEntropy).
     """
-    N = z.shape[0]
+    N, C = z.shape
     rows = np.arange(N)
     shifted = z - z.max(axis=1, keepdims=True)
     log_z = np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     log_p = shifted - log_z
     gz = np.exp(log_p)
+    good = (labels >= 0) & (labels < C)
+    if not good.all():
+        rows, labels = rows[good], labels[good]
     gz[rows, labels] -= 1
     gz /= z.dtype.type(N)
-    return -log_p[rows, labels], gz
+    loss = np.full(N, np.nan, z.dtype)
+    loss[rows] = -log_p[rows, labels]
+    return loss, gz
 
 
 # ---------------------------------------------------------------- the divergence guard's kernels

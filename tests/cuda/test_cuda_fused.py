@@ -84,11 +84,20 @@ def test_softmax_cross_entropy_matches_the_cpu_twin_within_its_bound(emulator, d
     assert np.all(np.abs(gz_emu.astype(np.float64) - gz) <= gz_bound)
 
 
-def test_softmax_cross_entropy_row_of_a_bad_label_is_nan(emulator):
-    z = np.zeros((3, 4), np.float32)
-    loss, gz = emulator.call("softmax_cross_entropy", z, np.array([0, 4, -1]))
-    assert loss[0] == pytest.approx(np.log(4.0)) and np.isnan(loss[1]) and np.isnan(loss[2])
-    assert np.all(np.isfinite(gz))
+def test_softmax_cross_entropy_row_of_a_bad_label_is_nan_on_both_twins(emulator):
+    """A label outside [0, C) reads no logit: its row's loss is NaN, its gz row the softmax / N."""
+    z = np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32)
+    labels = np.array([0, 4, -1])
+    loss, gz = emulator.call("softmax_cross_entropy", z, labels)
+    loss_cpu, gz_cpu = cpu.softmax_cross_entropy(z, labels)
+    assert np.isnan(loss).tolist() == np.isnan(loss_cpu).tolist() == [False, True, True]
+    softmax = np.exp(z - z.max(axis=1, keepdims=True))
+    softmax /= softmax.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(gz_cpu[1:], softmax[1:] / 3, rtol=1e-5)
+    # rows 1 and 2 subtract no one-hot: a label-0 row's bound covers them (one rounding more)
+    loss_bound, gz_bound = softmax_cross_entropy_rows_bound(z, np.array([0, 0, 0]))
+    assert abs(float(loss[0]) - float(loss_cpu[0])) <= loss_bound[0]
+    assert np.all(np.abs(gz.astype(np.float64) - gz_cpu) <= gz_bound)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
