@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                               "(kept in --out/replaced-run-<pid> until the new run's first checkpoint)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar (it is off anyway when "
                        "stderr is not a terminal)")
+    train.add_argument("--no-cuda-graph", action="store_true",
+                       help="cupy backend: run every step eagerly instead of replaying a captured CUDA graph "
+                       "(the default where the data fits on the GPU and there is no --augment)")
     train.add_argument("--limit", type=positive_int, metavar="N",
                        help="train on the first N training images only (quick runs)")
     train.set_defaults(func=cmd_train)
@@ -198,6 +201,7 @@ def _train(args: argparse.Namespace, config: dict[str, Any], backend: str, run: 
                   f"{config['dataset']}; training on all of them")
         X_train, y_train = X_train.head(config["limit"]), y_train[: config["limit"]]
     trainer = _trainer(config, X_train.shape[1:], args.epochs, len(X_train), progress=not args.no_progress)
+    trainer.cuda_graph = backend == "cupy" and not args.no_cuda_graph
     history: dict[str, list] = {}
     start_epoch = 0
     if resumed is not None:

@@ -42,6 +42,12 @@ step's update, ``end_step`` copies every buffer into its last-good array only
 while the verdict is still NO_FAILURE (one comparison with the verdict, then one
 masked copy per buffer, on the device and without a sync; nothing at all for a
 model without buffers), and ``restore`` copies them back.
+
+A captured step (dualconv/step_graph.py) sets ``clock``: its kernels then read the
+step code on the device (the ``*_at`` kernels), the loss check also keeps each step's
+loss in ``clock.losses`` (the loss buffer is overwritten by later replays), and
+``replayed`` does, for each replay, the host bookkeeping that running the step's
+Python would have done.
 """
 from __future__ import annotations
 
@@ -97,6 +103,7 @@ class LastFiniteState:
         self._last_buffers: dict[str, Any] = {}  # buffer name -> its copy after the last good step
         self._pending: list[_Step] = []
         self._failed: tuple[_Step, bool] | None = None  # (the step, whether its update failed)
+        self.clock: Any = None  # a captured step's device values (step_graph.StepClock), or None
 
     @property
     def code(self) -> int:
@@ -118,8 +125,26 @@ class LastFiniteState:
         """The step's loss (a 0-d array on the model's backend) is known: flag the step
         if it is not finite."""
         loss = get_array_module(self.verdict).asarray(loss)  # a NumPy scalar becomes 0-d; no copy
-        self._pending[-1].loss = loss
-        kernels.flag_nonfinite_loss(loss, self.verdict, self.code)
+        if self.clock is None:
+            self._pending[-1].loss = loss
+            kernels.flag_nonfinite_loss(loss, self.verdict, self.code)
+            return
+        step = self._pending[-1]
+        step.loss = self.clock.losses[step.epoch_step - 1:step.epoch_step].reshape(())  # a view
+        kernels.flag_nonfinite_loss_at(loss, self.verdict, self.clock.step_at, self.clock.code_at,
+                                       self.clock.losses)
+
+    def replayed(self, captured: _Step, clock: Any) -> None:
+        """The current step ran as a replay of the captured step ``captured``: it guarded the
+        same arrays, and its loss is kept in ``clock.losses`` (the capture's clock)."""
+        step = self._pending[-1]
+        step.updated = list(captured.updated)
+        step.loss = clock.losses[step.epoch_step - 1:step.epoch_step].reshape(())  # a view
+
+    @property
+    def current(self) -> _Step:
+        """The step that runs now (begin_step's)."""
+        return self._pending[-1]
 
     def last_good(self, name: str, slot: str, live: Any) -> Any:
         """The array a guarded update copies ``live`` into before changing it: the

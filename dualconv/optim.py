@@ -8,6 +8,9 @@ Each parameter's update is one call of dualconv.kernels (sgd_update,
 adam_update): plain NumPy on the CPU, one fused kernel launch on the GPU.
 Inside ``Trainer.fit``, ``step(guard)`` runs the guarded versions of the same
 kernels instead, which skip a failed step without a host sync (divergence.py).
+In a captured step (the guard's ``clock`` set, dualconv/step_graph.py) they are
+the ``*_at`` kernels, which read the step's rate (``device_rates``) and guard code
+on the device.
 """
 from __future__ import annotations
 
@@ -94,6 +97,12 @@ class Optimizer:
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         raise NotImplementedError
 
+    def device_rates(self, lr: float, step: int) -> tuple[float, ...]:
+        """What this optimizer's ``*_at`` kernel reads on the device for step ``step`` (from 1)
+        at rate ``lr``: (lr,) here; Adam adds its bias corrections. A captured step's table
+        holds them, rounded to the weights' dtype as the eager kernel's plan rounds them."""
+        return (lr,)
+
     def state_dict(self) -> dict[str, Any]:
         """Hyper-parameters, step count and state arrays (as NumPy), for checkpoints."""
         return {"lr": self.lr, "steps": self.steps,
@@ -138,8 +147,12 @@ class SGD(Optimizer):
             kernels.sgd_update(w, g, v, *settings)
             return
         v_last = None if v is None else guard.last_good(p.name, "velocity", v)
-        kernels.sgd_update_guarded(w, g, v, guard.last_good(p.name, "param", w), v_last,
-                                   guard.verdict, guard.code, *settings)
+        w_last = guard.last_good(p.name, "param", w)
+        if guard.clock is not None:
+            kernels.sgd_update_guarded_at(w, g, v, w_last, v_last, guard.verdict, guard.clock.code_at,
+                                          guard.clock.rates_at, *settings[1:])
+            return
+        kernels.sgd_update_guarded(w, g, v, w_last, v_last, guard.verdict, guard.code, *settings)
 
 
 class Adam(Optimizer):
@@ -169,9 +182,16 @@ class Adam(Optimizer):
         if guard is None:
             kernels.adam_update(w, g, m, v, *settings)
             return
-        kernels.adam_update_guarded(w, g, m, v, *(guard.last_good(p.name, slot, a) for slot, a in
-                                                  (("param", w), ("m", m), ("v", v))),
-                                    guard.verdict, guard.code, *settings)
+        last = [guard.last_good(p.name, slot, a) for slot, a in (("param", w), ("m", m), ("v", v))]
+        if guard.clock is not None:
+            kernels.adam_update_guarded_at(w, g, m, v, *last, guard.verdict, guard.clock.code_at,
+                                           guard.clock.rates_at, *settings[1:5])
+            return
+        kernels.adam_update_guarded(w, g, m, v, *last, guard.verdict, guard.code, *settings)
+
+    def device_rates(self, lr: float, step: int) -> tuple[float, ...]:
+        """(lr, 1 - b1^step, 1 - b2^step): the rate and the bias corrections of step ``step``."""
+        return (lr, 1 - self.b1 ** step, 1 - self.b2 ** step)
 
 
 def _check_weight_decay(owner: str, weight_decay: float) -> None:

@@ -5,7 +5,8 @@ in batches here), so ``Trainer`` steps them after each optimizer step (``per_bat
 and a checkpoint holds their whole state in one integer. ``OneCycleLR`` follows
 ``torch.optim.lr_scheduler.OneCycleLR`` (two phases, no momentum cycling) formula for
 formula, so the rates agree with PyTorch's to the last bit; the rate is a host float
-on either backend (each update kernel receives it as an argument).
+on either backend (each update kernel receives it as an argument; a captured step
+reads the rates ``lr_at`` gives, tabled once per epoch, on the device: step_graph.py).
 """
 from __future__ import annotations
 

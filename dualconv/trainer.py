@@ -10,9 +10,13 @@ A step whose loss is NaN or infinite never reaches the weights: inside
 ``fit``, ``train_step`` runs under the fit's divergence guard
 (``divergence.LastFiniteState``), which skips such a step on the device,
 without a per-step sync.
+
+With ``cuda_graph=True`` on the CuPy backend, ``fit`` captures the step of its
+full batches as one CUDA graph and replays it (step_graph.py).
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from typing import Any, Callable
@@ -23,9 +27,11 @@ from tqdm.auto import tqdm
 from .arguments import check_batch_size, check_integer
 from .backend import asnumpy, backend_of, get_array_module, to_backend, xp_for
 from .divergence import LastFiniteState
+from .kernels import cuda_gemm
 from .losses import Loss
 from .model import Sequential
 from .optim import LRSchedule, Optimizer
+from .step_graph import StepGraph
 
 Augmentation = Callable[[Any, int, int, int], Any]  # (batch, seed, epoch, step) -> batch; see augment.py
 
@@ -39,12 +45,23 @@ class Trainer:
     stderr is not a terminal); ``log_every`` is how many steps pass between reads
     of the running loss (one device sync each). ``optimizer`` may be None for a
     Trainer that only evaluates.
+
+    ``cuda_graph=True``: on the CuPy backend, with the data resident on the device,
+    1-D integer labels and no ``augment``, ``fit`` runs its first full batch eagerly,
+    captures the next as one CUDA graph and replays it for every later full batch
+    (dualconv/step_graph.py): one graph launch a step. A smaller last batch, validation
+    and ``evaluate`` run eagerly; elsewhere the switch changes nothing. Such a fit makes
+    every matrix product with dualconv's gemm kernel instead of cuBLAS (CuPy cannot
+    capture cuBLAS), so its weights equal an eager fit's with the same products bit for
+    bit, and a cuBLAS fit's within the products' rounding.
     """
 
     def __init__(self, model: Sequential, loss: Loss, optimizer: Optimizer | None = None,
-                 scheduler: LRSchedule | None = None, progress: bool = True, log_every: int = 20) -> None:
+                 scheduler: LRSchedule | None = None, progress: bool = True, log_every: int = 20,
+                 cuda_graph: bool = False) -> None:
         self.model, self.loss, self.optimizer, self.scheduler = model, loss, optimizer, scheduler
         self.progress = bool(progress)
+        self.cuda_graph = bool(cuda_graph)
         if int(log_every) < 1:
             raise ValueError(f"Trainer: log_every must be >= 1, got {log_every!r}")
         self.log_every = int(log_every)
@@ -81,14 +98,18 @@ class Trainer:
             raise type(exc)(f"Trainer.{what}: X of shape {tuple(X.shape)} does not fit the model: {exc}") from None
 
     def _on_device(self, X: Any, y: Any) -> tuple[Any, Any]:
-        """The data on the model's backend when it fits (GPU: under a quarter of free memory)."""
+        """The data on the model's backend when it fits (GPU: under a quarter of free memory;
+        with ``cuda_graph``, an array-like such as ScaledImages is made an array to fit)."""
         if self.model.backend == "numpy":
             return (asnumpy(X) if backend_of(X) == "cupy" else X), asnumpy(y)
         if backend_of(X) == "cupy":
             return X, to_backend(y, "cupy")
         free, _ = xp_for("cupy").cuda.runtime.memGetInfo()
-        if isinstance(X, np.ndarray) and X.nbytes + y.nbytes < free // 4:
-            return to_backend(X, "cupy"), to_backend(y, "cupy")
+        if getattr(X, "nbytes", free) + y.nbytes < free // 4:
+            if self.cuda_graph and not isinstance(X, np.ndarray):  # a graph gathers from resident data
+                X = np.asarray(X[0:len(X)])
+            if isinstance(X, np.ndarray):
+                return to_backend(X, "cupy"), to_backend(y, "cupy")
         return X, y
 
     # -- training ----------------------------------------------------------------
@@ -131,28 +152,61 @@ class Trainer:
                             "seconds": [], "images_per_second": []}
         self.loss.check_labels = False
         guard = LastFiniteState(self.model, self.optimizer)
+        graph = self._step_graph(X, y, batch_size, augment)
+        if graph is not None:
+            X, y = graph.X, graph.y
         try:
-            for epoch in range(initial_epoch, epochs):
-                self._guard = guard  # train_step runs under it in the epoch's loop only
-                logs = self._fit_epoch(X, y, epoch, epochs, batch_size, shuffle, seed, guard, augment)
-                self._guard = None
-                if validation_data is not None:
-                    val = self.evaluate(*validation_data)
-                    logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-                for key, value in logs.items():
-                    history[key].append(value)
-                if self.scheduler is not None and not self.scheduler.per_batch:
-                    self.scheduler.step()
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, logs)
+            with contextlib.ExitStack() as captured:
+                if graph is not None:  # every step on the graph's stream, every product capturable
+                    captured.enter_context(graph.stream)
+                    captured.enter_context(cuda_gemm.capturable())
+                self._fit_epochs(X, y, initial_epoch, epochs, batch_size, shuffle, seed, guard,
+                                 augment, graph, validation_data, on_epoch_end, history)
         finally:
             self.loss.check_labels = True
             self._guard = None
         return {k: v for k, v in history.items() if v}
 
+    def _step_graph(self, X: Any, y: Any, batch_size: int, augment: Augmentation | None) -> StepGraph | None:
+        """fit's captured step when ``cuda_graph`` asks for one and the fit allows it (see the
+        class docstring; at least two full batches an epoch), else None."""
+        if not self.cuda_graph or self.model.backend != "cupy" or augment is not None:
+            return None
+        cupy = xp_for("cupy")
+        if (backend_of(X) != "cupy" or y.ndim != 1 or y.dtype.kind not in "iu"
+                or not hasattr(cupy.cuda.Stream, "begin_capture")):
+            return None
+        starts = batch_starts(len(X), batch_size, self.model)
+        if sum(1 for a, b in zip(starts, starts[1:] + [len(X)]) if b - a == batch_size) < 2:
+            return None
+        return StepGraph(self, cupy.ascontiguousarray(X), y.astype(np.int64, copy=False), batch_size,
+                         len(starts))
+
+    def _fit_epochs(self, X: Any, y: Any, initial_epoch: int, epochs: int, batch_size: int,
+                    shuffle: bool, seed: int | None, guard: LastFiniteState,
+                    augment: Augmentation | None, graph: StepGraph | None,
+                    validation_data: tuple[Any, Any] | None,
+                    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+                    history: History) -> None:
+        """fit's loop over its epochs, filling ``history``."""
+        for epoch in range(initial_epoch, epochs):
+            self._guard = guard  # train_step runs under it in the epoch's loop only
+            logs = self._fit_epoch(X, y, epoch, epochs, batch_size, shuffle, seed, guard, augment,
+                                   graph)
+            self._guard = None
+            if validation_data is not None:
+                val = self.evaluate(*validation_data)
+                logs.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            for key, value in logs.items():
+                history[key].append(value)
+            if self.scheduler is not None and not self.scheduler.per_batch:
+                self.scheduler.step()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, logs)
+
     def _fit_epoch(self, X: Any, y: Any, epoch: int, epochs: int, batch_size: int,
                    shuffle: bool, seed: int | None, guard: LastFiniteState,
-                   augment: Augmentation | None = None) -> dict[str, float]:
+                   augment: Augmentation | None = None, graph: StepGraph | None = None) -> dict[str, float]:
         n = len(X)
         rng = np.random.default_rng(None if seed is None else [seed, epoch])
         augment_seed = int(rng.integers(2**62)) if seed is None else seed
@@ -168,20 +222,31 @@ class Trainer:
         starts = batch_starts(n, batch_size, self.model)
         steps = len(starts)
         per_batch = self.scheduler is not None and self.scheduler.per_batch
+        if graph is not None:
+            graph.start_epoch(order, steps)
         with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
                   disable=not (self.progress and sys.stderr.isatty()), leave=False) as bar:
             for step, (first, last) in enumerate(zip(starts, starts[1:] + [n])):
-                idx = order[first:last]
-                xb, yb = X[idx], y[idx]
-                if augment is not None:
-                    xb = augment(to_backend(xb, self.model.backend), augment_seed, epoch, step)
-                guard.begin_step(step + 1, (seen, seen + len(idx) - 1))
-                batch_loss, batch_correct = self.train_step(xb, yb)
+                size = last - first
+                guard.begin_step(step + 1, (seen, seen + size - 1))
+                if graph is not None and graph.runs(size):
+                    graph.run(guard)
+                else:
+                    idx = order[first:last]
+                    xb, yb = X[idx], y[idx]
+                    if augment is not None:
+                        xb = augment(to_backend(xb, self.model.backend), augment_seed, epoch, step)
+                    batch_loss, batch_correct = self.train_step(xb, yb)
+                    if graph is not None:
+                        graph.add(batch_loss, batch_correct, size)
+                    else:
+                        loss_sum = loss_sum + batch_loss * size
+                        correct = correct + batch_correct
                 if per_batch:
                     self.scheduler.step()
-                loss_sum = loss_sum + batch_loss * len(idx)
-                correct = correct + batch_correct
-                seen += len(idx)
+                seen += size
+                if graph is not None:
+                    loss_sum, correct = graph.loss_sum, graph.correct
                 if (step + 1) % self.log_every == 0 or step + 1 == steps:
                     if not guard.all_finite():
                         guard.restore()

@@ -42,17 +42,36 @@ class Dropout(Layer):
         self._seed = [int(s) for s in np.atleast_1d(seed)]
         self._step = 0
 
-    def _key(self) -> int:
-        """The key of this forward's masks, from (seed, step); each training forward takes the next."""
-        key = np.random.SeedSequence([*self._seed, self._step]).generate_state(1, np.uint64)[0]
-        self._step += 1
-        return int(key)
+    key_at: Any = None
+    """None, or a device array of two int32 (the low and high halves of a key): training
+    forwards then read their key there (kernels.dropout_forward_at) and take none from
+    (seed, step). A captured training step (dualconv/step_graph.py) sets it while it
+    captures and fills it each step; it calls ``skip`` for the forwards it replays."""
+
+    @property
+    def forwards(self) -> int:
+        """Training forwards since the last seed: the next one takes ``key_of(forwards)``."""
+        return self._step
+
+    def key_of(self, forward: int) -> int:
+        """The key of training forward number ``forward`` after the seed: a pure function of both."""
+        return int(np.random.SeedSequence([*self._seed, forward]).generate_state(1, np.uint64)[0])
+
+    def skip(self, count: int) -> None:
+        """``count`` training forwards ran elsewhere (a replayed graph): the next forward
+        takes the key after theirs."""
+        self._step += int(count)
 
     def _forward(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
             self._cache = tuple(x.shape)
             return x
-        y, self._cache = kernels.dropout_forward(x, self._key(), self.p, self.first_sample)
+        if self.key_at is not None:
+            y, self._cache = kernels.dropout_forward_at(x, self.key_at, self.p, self.first_sample)
+            return y
+        key = self.key_of(self._step)
+        self._step += 1
+        y, self._cache = kernels.dropout_forward(x, key, self.p, self.first_sample)
         return y
 
     def _backward(self, gy: Any) -> Any:
