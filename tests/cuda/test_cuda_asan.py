@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import cuda_emulator
+from dualconv.testing.fake_cupy import _native
 
 pytestmark = pytest.mark.cuda_emulated
 
@@ -26,18 +27,12 @@ REPO = HERE.parents[1]
 def asan_run(tmp_path_factory):
     if cuda_emulator.CXX is None:
         pytest.skip("g++ not found on PATH")
-    libasan = subprocess.run([cuda_emulator.CXX, "-print-file-name=libasan.so"],
-                             capture_output=True, text=True).stdout.strip()
-    if not os.path.isabs(libasan) or not os.path.exists(libasan):
-        pytest.skip("g++ has no AddressSanitizer runtime (libasan.so)")
-    try:
-        lib = cuda_emulator.build(tmp_path_factory.mktemp("cuda_asan"), sanitize=True)
-    except RuntimeError as exc:
-        pytest.skip(f"cannot build with -fsanitize=address: {exc}")
-    env = dict(os.environ, LD_PRELOAD=libasan,
-               ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
-               PYTHONPATH=os.pathsep.join([str(REPO), str(HERE), str(HERE.parent),
-                                           os.environ.get("PYTHONPATH", "")]))
+    env = _native.sanitizer_env()
+    if env is None:
+        pytest.skip("g++ has no AddressSanitizer / UBSan runtime (libasan.so, libubsan.so)")
+    lib = cuda_emulator.build(tmp_path_factory.mktemp("cuda_asan"), sanitize=True)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(HERE), str(HERE.parent),
+                                         os.environ.get("PYTHONPATH", "")])
 
     def run(*extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(HERE / "asan_driver.py"), str(lib), *extra],
