@@ -12,7 +12,8 @@ on a stream of its own, into a memory pool of its own, and every later one is on
   the step     forward, loss, backward, the guarded update and the guard's copies
                (Trainer.train_step as the eager step runs it), with the per-step
                values read on the device: the rate and Adam's bias corrections,
-               the guard's step code, each Dropout's key;
+               the guard's step code, each Dropout's key (Dropout's first sample
+               is 0 on the GPU, where a batch is never split, so it stays an argument);
   the sums     the running loss and correct count, added in place.
 
 What changes from step to step lives in ``StepClock``'s tables, computed on the host
@@ -168,12 +169,14 @@ class StepGraph:
                 self.stream.begin_capture()
                 try:
                     self._record()
-                except BaseException:
+                except Exception as exc:
                     try:
                         self.stream.end_capture()
                     except Exception:  # the capture was invalidated by what raised
                         pass
-                    raise
+                    raise RuntimeError(f"Trainer.fit: capturing the training step as a CUDA graph failed "
+                                       f"({type(exc).__name__}: {exc}); train with cuda_graph=False "
+                                       f"(dualconv train --no-cuda-graph)") from exc
                 self.graph = self.stream.end_capture()
         finally:
             guard.clock = None

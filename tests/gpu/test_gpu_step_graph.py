@@ -193,3 +193,23 @@ def test_dualconv_train_on_cupy_replays_a_graph_unless_told_not_to(emu, tmp_path
                      "cupy", "--no-progress", "--out", str(tmp_path), *flag]) == 0
     # 200 images: full batches of 64 at 0, 64 and 128 (warm-up, captured, replayed), then 8 eagerly
     assert emu.counters["graph_launches"] == graph_launches
+
+
+class _ReadsBack(dc.SoftmaxCrossEntropy):
+    """A loss that reads its value on the host: fine eagerly, refused during a capture."""
+
+    def _forward(self, pred, target):
+        value = super()._forward(pred, target)
+        float(value)
+        return value
+
+
+def test_a_step_that_cannot_be_captured_is_a_clear_error_and_leaves_no_capture_behind(emu):
+    X, y = _data(emu.cupy)
+    trainer = _trainer("sgd", True)
+    trainer.loss = _ReadsBack()
+    with pytest.raises(RuntimeError, match=r"capturing the training step as a CUDA graph failed "
+                                           r"\(RuntimeError: .*transfers are disallowed\).*--no-cuda-graph"):
+        trainer.fit(X, y, batch_size=BATCH, seed=0)
+    trainer.cuda_graph = False
+    assert trainer.fit(X, y, batch_size=BATCH, seed=0)["loss"][0] > 0  # the device works on
