@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cuda_emulator import Emulator
-from dualconv.kernels import cpu, cuda_plans
+from dualconv.kernels import checks_step, cpu, cuda_plans, cuda_step_plans
 from dualconv.shapes import Window
 from kernel_cases import (ARGS, DTYPES, HAND_PICKED, assert_bitwise_equal, kernel_args,
                           random_cases)
@@ -37,6 +37,7 @@ def main() -> int:
                                      getattr(cpu, kernel)(*args), f"{kernel} {case}")
                 launches += 1
     launches += fused_runs(emulator)
+    launches += step_runs(emulator)
     print(f"ok: {launches} launches, kernels {sorted(emulator.launched)}")
     return 0
 
@@ -62,6 +63,34 @@ def fused_runs(emulator: Emulator) -> int:
         emulator.call("flag_nonfinite_loss", np.array(np.nan, dtype), verdict, 8)
         assert verdict[0] == 8, verdict
     return 8 * len(DTYPES)
+
+
+def step_runs(emulator: Emulator) -> int:
+    """A captured step's kernels (cuda_step_plans.py) on sizes that leave a partial block,
+    each step's row the last of its tables; returns the launch count."""
+    def run(kernel: str, *args):
+        getattr(checks_step, kernel)(*args)
+        return emulator.run(cuda_step_plans.PLANS[kernel](*args))
+
+    rng = np.random.default_rng(6)
+    for dtype in DTYPES:
+        clock = np.array([4], np.int32)
+        rates, ints = np.empty(3, dtype), np.empty(4, np.int32)
+        run("step_begin", clock, rng.random((5, 3)).astype(dtype), np.arange(20, dtype=np.int32).reshape(5, 4),
+            rates, ints)
+        X, y = rng.standard_normal((50, 3, 7)).astype(dtype), rng.integers(0, 9, 50)
+        run("gather_rows", X, y, rng.permutation(50), np.array([2], np.int32), np.empty((16, 3, 7), dtype),
+            np.empty(16, np.int64))
+        w, g, m, v = (rng.standard_normal(257).astype(dtype) for _ in range(4))
+        last = [np.empty_like(w) for _ in range(3)]
+        verdict, code = np.array([2**31 - 1], np.int32), np.array([2], np.int32)
+        run("sgd_update_guarded_at", w, g, m, last[0], last[1], verdict, code, rates[:1], 0.9, 0.0, True)
+        run("adam_update_guarded_at", w, g, m, np.abs(v), *last, verdict, code, rates, 0.9, 0.999, 1e-8, 0.0)
+        run("flag_nonfinite_loss_at", np.array(1.5, dtype), verdict, np.array([4], np.int32), code,
+            np.empty(5, dtype))
+        run("dropout_forward_at", rng.standard_normal((17, 15)).astype(dtype), ints[:2], 0.5, 0)
+        run("gemm", rng.standard_normal((7, 33)).astype(dtype), rng.standard_normal((19, 33)).astype(dtype).T)
+    return 7 * len(DTYPES)
 
 
 if __name__ == "__main__":
