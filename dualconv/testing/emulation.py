@@ -96,7 +96,7 @@ def emulated_cupy(memory_bytes: int | None = None, reuse_memory: bool = False,
     sanitize = _native.sanitize_requested() if sanitize is None else sanitize
     saved_sanitize = _native.set_sanitize(True) if sanitize else None
     saved_modules = {n: m for n, m in sys.modules.items() if _is_cupy(n)}
-    saved_memory, saved_reuse = dict(_runtime._MEMORY), _device.REUSE[0]
+    saved_memory, saved_reuse, saved_device = dict(_runtime._MEMORY), _device.REUSE[0], _device.save()
     if memory_bytes is not None:
         _runtime._MEMORY["total"] = int(memory_bytes)
     _device.REUSE[0] = bool(reuse_memory)
@@ -109,5 +109,6 @@ def emulated_cupy(memory_bytes: int | None = None, reuse_memory: bool = False,
         sys.modules.update(saved_modules)
         _runtime._MEMORY.update(saved_memory)
         _device.REUSE[0] = saved_reuse
+        _device.restore(saved_device)
         if saved_sanitize is not None:
             _native.set_sanitize(saved_sanitize)

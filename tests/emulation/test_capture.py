@@ -208,3 +208,17 @@ def test_the_pool_hands_a_freed_block_to_the_next_allocation_of_its_size():
         np.testing.assert_array_equal(b[:100].get(), np.full(100, 7, np.float32))
         pool.free_all_blocks()
         assert pool.n_free_blocks() == 0
+
+
+def test_a_capture_left_open_ends_with_its_block():
+    with emulated_cupy():
+        import cupy as cp
+        stream = cp.cuda.Stream(non_blocking=True)
+        stream.use()
+        stream.begin_capture()
+        cp.cuda.set_allocator(cp.cuda.MemoryPool().malloc)
+    with emulated_cupy():
+        import cupy as cp
+        assert cp.cuda.get_current_stream() == cp.cuda.Stream.null
+        assert float(cp.ones(3).sum()) == 3.0  # runs: nothing captures any more
+        assert cp.cuda.get_allocator() == cp.get_default_memory_pool().malloc

@@ -238,3 +238,20 @@ def test_without_gpp_the_backend_says_why(monkeypatch, tmp_path):
         assert "needs g++" in backend.cupy_problem()
         with pytest.raises(RuntimeError, match="backend 'cupy' requested but .*needs g\\+\\+"):
             backend.set_backend("cupy")
+
+
+def test_new_arrays_are_laid_out_as_cupy_lays_them_out(cp):
+    """C-contiguous from ufuncs, operators, reductions, where, clip, fancy reads and copies
+    (CuPy's _kernel.pyx allocates outputs with no order=; NumPy would keep the input's
+    layout); the input's layout from order='K' functions: astype, cupy.copy, *_like, array."""
+    x = cp.asarray(np.arange(24, dtype=np.float32).reshape(2, 3, 4)).transpose(2, 0, 1)
+    c_ordered = [x + 1, cp.maximum(x, 0), -x, x > 3, x.sum(axis=0), cp.where(x > 3, x, 0),
+                 cp.clip(x, 1, 5), x[cp.asarray(np.array([0, 2]))], x.copy(), x.reshape(-1, 2),
+                 cp.ascontiguousarray(x)]
+    for i, y in enumerate(c_ordered):
+        assert y.flags.c_contiguous, i
+    like_x = [x.astype(cp.float64), cp.copy(x), cp.empty_like(x), cp.zeros_like(x),
+              cp.full_like(x, 2), cp.array(x), x.copy(order="K")]
+    for i, y in enumerate(like_x):
+        assert y.strides == tuple(s * y.itemsize // x.itemsize for s in x.strides), i
+    np.testing.assert_array_equal((x + 1).get(), x.get() + 1)

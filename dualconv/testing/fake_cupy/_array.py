@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _device
+from . import _device, _reductions
 
 _functions: Any = None
 """The module of CuPy's functions (_functions.py), which imports this one and sets this
@@ -79,13 +79,17 @@ def _reduction(name: str):
     compute = getattr(np.ndarray, name)
 
     def method(self: "ndarray", *args: Any, **kwargs: Any) -> "ndarray":
+        kwargs.update(zip(_reductions.PARAMETERS[name], args))
+        n, copied = _reductions.launches(name, self._a, kwargs)
         out = kwargs.pop("out", None)
         if out is not None:
-            _device.launch(compute, self._a, *args, out=device(out, name)._a, **kwargs)
+            _device.launch(compute, self._a, out=device(out, name)._a, launches=n, copied_bytes=copied,
+                           **kwargs)
             return out
-        return wrap(_device.new(compute, self._a, *args, **kwargs))
+        return wrap(_device.new(compute, self._a, launches=n, copied_bytes=copied, **kwargs))
     method.__name__ = name
-    method.__doc__ = f"{name} on the device; returns a device array (0-d for a full reduction)."
+    method.__doc__ = (f"{name} on the device; returns a device array (0-d for a full reduction). "
+                      f"Counted as CuPy launches it (_reductions.py).")
     return method
 
 
@@ -260,6 +264,6 @@ for _name, _ufunc in _BINARY.items():
 ndarray.__module__ = "cupy"
 
 
-REDUCTIONS = ("sum", "mean", "max", "min", "argmax", "argmin", "prod", "var", "std", "any", "all", "cumsum")
-for _name in REDUCTIONS:  # each a method returning a 0-d (or reduced) device array, one launch
+REDUCTIONS = tuple(_reductions.PARAMETERS)
+for _name in REDUCTIONS:  # each a method returning a 0-d (or reduced) device array
     setattr(ndarray, _name, _reduction(_name))

@@ -2,8 +2,9 @@
 
 kernel_launches  one per RawKernel call, and one per device operation that
                  launches a kernel in CuPy: each ufunc call (arithmetic and
-                 comparison operators included, in-place ones too), reduction
-                 (sum, mean, max, argmax, ...), matmul/dot, copy (copy(),
+                 comparison operators included, in-place ones too), as many
+                 per reduction as CuPy launches with CUB (mean: a sum and a
+                 divide; see _reductions.py), matmul/dot, copy (copy(),
                  ascontiguousarray or reshape of a non-contiguous array,
                  concatenate/stack), astype that converts, zeros/ones/full/
                  fill/arange, where/clip, fancy-index read and item assignment.

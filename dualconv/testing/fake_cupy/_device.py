@@ -64,6 +64,19 @@ DEFAULT_ALLOCATOR: list[Any] = [None]
 """The default pool's malloc (set by cuda/memory.py)."""
 
 
+def save() -> tuple[Any, ...]:
+    """The captures under way and this thread's stream and allocator, for ``restore``."""
+    return dict(CAPTURES), STATE.current, list(STATE.stack), STATE.allocator
+
+
+def restore(saved: tuple[Any, ...]) -> None:
+    """Back to what ``save`` gave: a capture left open, or a stream or allocator left
+    current, inside an emulated_cupy block does not outlive it."""
+    captures, STATE.current, STATE.stack, STATE.allocator = saved
+    CAPTURES.clear()
+    CAPTURES.update(captures)
+
+
 def current_ptr() -> int:
     stream = STATE.current
     return 0 if stream is None else stream.ptr
@@ -178,11 +191,19 @@ def unowned(x: Any) -> Any:
 
 # -- work -----------------------------------------------------------------------------
 
-def launch(fn: Callable[..., Any], *args: Any, copied_bytes: int = 0, **kwargs: Any) -> None:
-    """One kernel that writes into existing arrays: ``fn(*args, **kwargs)`` now, or recorded."""
+def _count(launches: int, copied_bytes: int) -> None:
+    _counters.launch(copied_bytes)
+    for _ in range(launches - 1):
+        _counters.launch()
+
+
+def launch(fn: Callable[..., Any], *args: Any, copied_bytes: int = 0, launches: int = 1,
+           **kwargs: Any) -> None:
+    """``launches`` kernels (one by default) that write into existing arrays:
+    ``fn(*args, **kwargs)`` now, or recorded."""
     capture = recording()
     if capture is None:
-        _counters.launch(copied_bytes)
+        _count(launches, copied_bytes)
         with np.errstate(all="ignore"):  # a GPU neither warns nor raises on overflow or 0/0
             fn(*args, **kwargs)
         return
@@ -191,19 +212,20 @@ def launch(fn: Callable[..., Any], *args: Any, copied_bytes: int = 0, **kwargs: 
 
 
 def new(fn: Callable[..., Any], *args: Any, keep_layout: bool = False, copies: bool = False,
-        launches: int = 1, probe: Callable[..., Any] | None = None, **kwargs: Any) -> np.ndarray:
-    """The memory of a new array holding ``fn(*args, **kwargs)`` (``launches`` kernels).
+        launches: int = 1, copied_bytes: int = 0, probe: Callable[..., Any] | None = None,
+        **kwargs: Any) -> np.ndarray:
+    """The memory of a new array holding ``fn(*args, **kwargs)`` (``launches`` kernels,
+    which copy ``copied_bytes``).
 
     The result is C-contiguous, as CuPy allocates it, unless ``keep_layout`` (order K:
-    laid out as NumPy's result). ``copies``: the launch counts as a device copy.
+    laid out as NumPy's result). ``copies``: the kernel is a device copy of the result.
     ``probe``: what gives the result's shape and dtype during a capture, when ``fn``
     cannot run on memory not computed yet (a gather through indices)."""
     capture = recording()
     with np.errstate(all="ignore"):
         result = np.asarray((probe if capture is not None and probe else fn)(*args, **kwargs))
     if capture is None:
-        for _ in range(launches):
-            _counters.launch(result.nbytes if copies else 0)
+        _count(launches, result.nbytes if copies else copied_bytes)
         if not managed():
             return result if keep_layout or result.flags.c_contiguous else np.ascontiguousarray(result)
         out = allocate(result.shape, result.dtype, like=result if keep_layout else None)
