@@ -222,3 +222,19 @@ def test_a_capture_left_open_ends_with_its_block():
         assert cp.cuda.get_current_stream() == cp.cuda.Stream.null
         assert float(cp.ones(3).sum()) == 3.0  # runs: nothing captures any more
         assert cp.cuda.get_allocator() == cp.get_default_memory_pool().malloc
+
+
+def test_a_graph_launched_into_a_capture_becomes_part_of_it(cp, emu):
+    x = cp.zeros(2, dtype=cp.float32)
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        x += 1
+        inner = stream.end_capture()
+        stream.begin_capture()
+        inner.launch()
+        x *= 3
+        outer = stream.end_capture()
+    outer.launch()
+    np.testing.assert_array_equal(x.get(), [3, 3])
+    assert emu.counters["graph_launches"] == 1

@@ -27,8 +27,7 @@ class Graph:
         """Run the graph on ``stream`` (default: the current stream).
 
         Launched into a stream that is capturing, it becomes part of that capture."""
-        ptr = _device.current_ptr() if stream is None else stream.ptr
-        capture = _device.CAPTURES.get(ptr)
+        capture = _device.recording() if stream is None else _device.CAPTURES.get(stream.ptr)
         if capture is not None:
             capture.ops.extend(self._ops)
             return
