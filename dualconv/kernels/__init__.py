@@ -76,7 +76,7 @@ from . import checks, checks_step
 from .layout import flatten_batch  # noqa: F401  (the one view of the memory order a layer needs: Flatten)
 
 STEP_KERNELS = ("step_begin", "gather_rows", "sgd_update_guarded_at", "adam_update_guarded_at",
-                "flag_nonfinite_loss_at", "dropout_forward_at", "gemm")
+                "flag_nonfinite_loss_at", "dropout_forward_at", "gemm", "gemm_sum_parts")
 """A captured step's kernels (dualconv/step_graph.py): their checks are in checks_step.py."""
 
 HOMES = {
@@ -315,7 +315,7 @@ def dropout_forward_at(x: Any, key_at: Any, p: float, first_sample: int) -> tupl
 
 
 def gemm(a: Any, b: Any) -> Any:
-    """a (M, K) @ b (K, N) -> (M, N), each element a dot product summed from 0 with k
-    ascending: the matrix product a captured step uses, since CuPy refuses cuBLAS during a
-    capture (cuda_gemm.py chooses it)."""
+    """a (M, K) @ b (K, N) -> (M, N), each element a dot product summed k ascending (a long
+    one in parts, added in order: cpu_step.gemm): the matrix product a captured step uses,
+    since CuPy refuses cuBLAS during a capture (cuda_gemm.py chooses it)."""
     return _dispatch_step("gemm", a, b)

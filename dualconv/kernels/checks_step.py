@@ -111,3 +111,10 @@ def gemm(a: Any, b: Any) -> None:
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     if np.dtype(b.dtype) != dtype:
         raise TypeError(f"{who}: b must be {dtype} like a, got {np.dtype(b.dtype)}")
+
+
+def gemm_sum_parts(parts: Any) -> None:
+    checks.check_float(parts, "parts", "gemm_sum_parts")
+    if parts.ndim != 3 or not parts.flags.c_contiguous:
+        raise ValueError(f"gemm_sum_parts: parts must be a C-contiguous (P, M, N) array, got shape "
+                         f"{tuple(parts.shape)}")

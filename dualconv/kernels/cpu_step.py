@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .cpu_fused import _guarded, dropout_forward, flag_nonfinite_loss, sgd_update
+from .cuda_step_plans import gemm_chunk
 
 
 def step_begin(clock: np.ndarray, float_table: np.ndarray, int_table: np.ndarray,
@@ -92,10 +93,22 @@ def dropout_forward_at(x: np.ndarray, key_at: np.ndarray, p: float,
 
 
 def gemm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a (M, K) @ b (K, N) -> (M, N), each element summed from 0 with k ascending, each
-    product rounded to the dtype before it is added: the gemm kernel's order, bit for bit
-    (not BLAS's, which blocks the sum)."""
-    out = np.zeros((a.shape[0], b.shape[1]), dtype=a.dtype)
-    for k in range(a.shape[1]):
-        out += a[:, k, None] * b[None, k, :]
+    """a (M, K) @ b (K, N) -> (M, N) in the gemm kernel's order, bit for bit (not BLAS's):
+    the k terms cut into parts of gemm_chunk(K) (cuda_step_plans.py), each part summed from
+    0 with k ascending, each product rounded to the dtype before it is added, then the parts
+    added in order (gemm_sum_parts)."""
+    (M, K), N = a.shape, b.shape[1]
+    chunk = max(1, gemm_chunk(K))
+    parts = np.zeros((max(1, -(-K // chunk)), M, N), dtype=a.dtype)
+    for j in range(chunk):  # the j-th term of every part at once
+        k = np.arange(j, K, chunk)
+        parts[:len(k)] += a[:, k].T[:, :, None] * b[k][:, None, :]
+    return parts[0] if len(parts) == 1 else gemm_sum_parts(parts)
+
+
+def gemm_sum_parts(parts: np.ndarray) -> np.ndarray:
+    """parts (P, M, N) -> (M, N): parts[0] + parts[1] + ..., in that order."""
+    out = parts[0].copy()
+    for p in range(1, len(parts)):
+        out += parts[p]
     return out

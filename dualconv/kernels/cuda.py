@@ -42,9 +42,10 @@ TEMPLATES = {
     "sgd_update": "T, I", "adam_update": "T, I",
     "softmax_cross_entropy": "T, L, I", "dropout_forward": "T, I",
     "sgd_update_guarded": "T, I", "adam_update_guarded": "T, I", "flag_nonfinite_loss": "T",
-    # a captured step's kernels (cuda_step.py): step.cu and the *_at variants
+    # a captured step's kernels (cuda_step.py): step.cu, gemm.cu and the *_at variants
     "step_begin": "T", "gather_rows": "T, I", "sgd_update_guarded_at": "T, I",
-    "adam_update_guarded_at": "T, I", "flag_nonfinite_loss_at": "T", "dropout_forward_at": "T, I", "gemm": "T, I",
+    "adam_update_guarded_at": "T, I", "flag_nonfinite_loss_at": "T", "dropout_forward_at": "T, I",
+    "gemm": "T, I", "gemm_sum_parts": "T, I",
 }
 """Every __global__ template in kernels/*.cu, with its template parameters:
 T float type, I index type, K pooling window side, L label type (long long)."""

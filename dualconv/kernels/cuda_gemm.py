@@ -3,8 +3,9 @@ the gemm kernel while a captured step is being trained.
 
 CuPy 14 refuses every cuBLAS call while the current stream captures a CUDA graph
 (``cupy_backends/cuda/libs/cublas.pyx``, ``setStream``), so a training step captured
-whole (dualconv/step_graph.py) makes its products with kernels/gemm.cu instead: one
-thread per output, the sum from k = 0 upwards. The step graph turns that on for the
+whole (dualconv/step_graph.py) makes its products with kernels/gemm.cu instead: each
+dot product summed k ascending, a long one in parts of GEMM_CHUNK terms (one thread
+each) added in order by a second launch. The step graph turns that on for the
 whole fit (``capturable()``), warm-up and eager batches included, so every step of
 such a fit computes the same sums whether it ran eagerly or from the graph. It agrees
 with cuBLAS within the products' rounding bound, not bit for bit.

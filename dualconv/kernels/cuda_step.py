@@ -12,6 +12,7 @@ from typing import Any
 from .cuda import _run
 from .cuda_step_plans import (plan_adam_update_guarded_at, plan_dropout_forward_at,
                               plan_flag_nonfinite_loss_at, plan_gather_rows, plan_gemm,
+                              plan_gemm_sum_parts,
                               plan_sgd_update_guarded_at, plan_step_begin)
 
 
@@ -52,5 +53,12 @@ def dropout_forward_at(x: Any, key_at: Any, p: float, first_sample: int) -> tupl
 
 
 def gemm(a: Any, b: Any) -> Any:
-    """a (M, K) @ b (K, N), one launch, no cuBLAS (a capture may hold it); see cpu_step.gemm."""
-    return _run(plan_gemm(a, b))
+    """a (M, K) @ b (K, N), no cuBLAS (a capture may hold it): one launch, and a second that
+    adds the parts of a long sum; see cpu_step.gemm."""
+    parts = _run(plan_gemm(a, b))
+    return parts[0] if parts.shape[0] == 1 else gemm_sum_parts(parts)
+
+
+def gemm_sum_parts(parts: Any) -> Any:
+    """parts (P, M, N) -> their sum (M, N), added in order; one launch."""
+    return _run(plan_gemm_sum_parts(parts))

@@ -88,17 +88,38 @@ def _matrix(a: Any) -> tuple[Any, int, int]:
     return Input(a, (0, 1)), a.shape[1], 1
 
 
+GEMM_CHUNK = 256
+"""Terms per part of a long dot product (gemm.cu): a sum over more than 4 * GEMM_CHUNK
+terms is cut into parts of GEMM_CHUNK, summed in order by gemm_sum_parts."""
+
+
+def gemm_chunk(K: int) -> int:
+    """The part length of a product with inner size K (the twins share this rule)."""
+    return K if K <= 4 * GEMM_CHUNK else GEMM_CHUNK
+
+
 def plan_gemm(a: Any, b: Any) -> Launch:
-    """a (M, K) @ b (K, N) -> c (M, N) C-contiguous; a transposed (F-contiguous) operand is
-    read where it lies, any other non-contiguous one is copied first; one thread per
-    element of c."""
+    """a (M, K) @ b (K, N) -> the parts P (parts, M, N) C-contiguous, parts = K / gemm_chunk(K)
+    rounded up (one part: P[0] is the product); a transposed (F-contiguous) operand is read
+    where it lies, any other non-contiguous one is copied first; one thread per element of P."""
     (M, K), N = a.shape, b.shape[1]
+    chunk = max(1, gemm_chunk(K))
+    parts = max(1, -(-K // chunk))
     a_arg, sam, sak = _matrix(a)
     b_arg, sbk, sbn = _matrix(b)
-    itype = index_dtype([M * N, M * K, K * N], M * N)
-    return launch_1d(f"gemm<{FLOAT_TYPES[np.dtype(a.dtype)]}, {INDEX_TYPES[itype]}>", M * N,
-                     (a_arg, b_arg, Output((M, N), np.dtype(a.dtype)),
-                      *(itype.type(v) for v in (M, N, K, sam, sak, sbk, sbn))))
+    itype = index_dtype([parts * M * N, M * K, K * N], parts * M * N)
+    return launch_1d(f"gemm<{FLOAT_TYPES[np.dtype(a.dtype)]}, {INDEX_TYPES[itype]}>", parts * M * N,
+                     (a_arg, b_arg, Output((parts, M, N), np.dtype(a.dtype)),
+                      *(itype.type(v) for v in (M, N, K, sam, sak, sbk, sbn, chunk))))
+
+
+def plan_gemm_sum_parts(parts: Any) -> Launch:
+    """parts P (parts, M, N) C-contiguous -> C (M, N), the parts added in order; one thread
+    per element of C."""
+    count, M, N = parts.shape
+    itype = index_dtype([count * M * N], M * N)
+    return launch_1d(f"gemm_sum_parts<{FLOAT_TYPES[np.dtype(parts.dtype)]}, {INDEX_TYPES[itype]}>", M * N,
+                     (parts, Output((M, N), np.dtype(parts.dtype)), itype.type(count), itype.type(M * N)))
 
 
 PLANS: dict[str, Callable[..., Launch]] = {
@@ -109,5 +130,6 @@ PLANS: dict[str, Callable[..., Launch]] = {
     "flag_nonfinite_loss_at": plan_flag_nonfinite_loss_at,
     "dropout_forward_at": plan_dropout_forward_at,
     "gemm": plan_gemm,
+    "gemm_sum_parts": plan_gemm_sum_parts,
 }
 """Kernel name -> its plan, as cuda_plans.PLANS (which holds the eager step's kernels)."""

@@ -90,7 +90,9 @@ def step_runs(emulator: Emulator) -> int:
             np.empty(5, dtype))
         run("dropout_forward_at", rng.standard_normal((17, 15)).astype(dtype), ints[:2], 0.5, 0)
         run("gemm", rng.standard_normal((7, 33)).astype(dtype), rng.standard_normal((19, 33)).astype(dtype).T)
-    return 7 * len(DTYPES)
+        parts = run("gemm", rng.standard_normal((3, 1100)).astype(dtype), rng.standard_normal((1100, 5)).astype(dtype))
+        run("gemm_sum_parts", parts)
+    return 9 * len(DTYPES)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.cuda_emulated,
               pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")]
 
-STEP_UNDER_TEST = tuple(cuda_step_plans.PLANS)
+STEP_UNDER_TEST = ("step_begin", "gather_rows", "sgd_update_guarded_at", "adam_update_guarded_at",
+                   "flag_nonfinite_loss_at", "dropout_forward_at", "gemm", "gemm_sum_parts")
 
 CODE = 6
 VERDICTS = (NO_FAILURE, CODE + 1, CODE, CODE - 1)
@@ -183,20 +184,29 @@ def test_step_kernels_reject_bad_arguments(kernel, args, pattern):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
-@pytest.mark.parametrize("M, K, N", [(6, 25, 37), (1, 1, 1), (16, 150, 9), (3, 200, 2)])
-def test_gemm_sums_each_dot_product_in_order(emulator, dtype, M, K, N):
-    """Oracle by hand: each output summed from 0 with k ascending, in the dtype; operands
-    read through their strides (transposed views and a slice)."""
+@pytest.mark.parametrize("M, K, N", [(6, 25, 37), (1, 1, 1), (3, 0, 2), (16, 150, 9), (2, 1025, 3),
+                                     (3, 2600, 2)])
+def test_gemm_sums_each_dot_product_in_parts_in_order(emulator, dtype, M, K, N):
+    """Oracle by hand: each output's terms k ascending, in parts of gemm_chunk(K) summed
+    from 0, then the parts added in order, all in the dtype; operands read through their
+    strides (transposed views and a slice)."""
     rng = np.random.default_rng(M * K * N)
     a_store = (rng.standard_normal((K, M)) * 10.0 ** rng.integers(-2, 3, (K, M))).astype(dtype)
     b_store = rng.standard_normal((N, 2 * K)).astype(dtype)
     a, b = a_store.T, b_store[:, ::2].T  # (M, K) transposed, (K, N) transposed and strided
+    chunk = max(1, cuda_step_plans.gemm_chunk(K))
     expected = np.zeros((M, N), dtype)
     for m in range(M):
         for n in range(N):
-            acc = dtype(0)
-            for k in range(K):
-                acc = dtype(acc + dtype(a[m, k] * b[k, n]))
-            expected[m, n] = acc
+            total = None
+            for first in range(0, max(K, 1), chunk):
+                part = dtype(0)
+                for k in range(first, min(first + chunk, K)):
+                    part = dtype(part + dtype(a[m, k] * b[k, n]))
+                total = part if total is None else dtype(total + part)
+            expected[m, n] = total
     assert_bitwise_equal(cpu_step.gemm(a, b), expected, "cpu")
-    assert_bitwise_equal(_emulated(emulator, "gemm", a, b), expected, "emulated")
+    parts = _emulated(emulator, "gemm", a, b)
+    got = parts[0] if len(parts) == 1 else _emulated(emulator, "gemm_sum_parts", parts)
+    assert_bitwise_equal(got, expected, "emulated")
+    assert len(parts) == (1 if K <= 4 * cuda_step_plans.GEMM_CHUNK else -(-K // chunk))
