@@ -174,6 +174,7 @@ class StepGraph:
                         self.stream.end_capture()
                     except Exception:  # the capture was invalidated by what raised
                         pass
+                    self.trainer.optimizer.steps = guard.current.steps_before  # nothing ran
                     raise RuntimeError(f"Trainer.fit: capturing the training step as a CUDA graph failed "
                                        f"({type(exc).__name__}: {exc}); train with cuda_graph=False "
                                        f"(dualconv train --no-cuda-graph)") from exc

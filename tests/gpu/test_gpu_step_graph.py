@@ -211,5 +211,6 @@ def test_a_step_that_cannot_be_captured_is_a_clear_error_and_leaves_no_capture_b
     with pytest.raises(RuntimeError, match=r"capturing the training step as a CUDA graph failed "
                                            r"\(RuntimeError: .*transfers are disallowed\).*--no-cuda-graph"):
         trainer.fit(X, y, batch_size=BATCH, seed=0)
+    assert trainer.optimizer.steps == 1  # the warm-up's; the step that failed to capture never ran
     trainer.cuda_graph = False
     assert trainer.fit(X, y, batch_size=BATCH, seed=0)["loss"][0] > 0  # the device works on
