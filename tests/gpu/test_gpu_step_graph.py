@@ -186,8 +186,10 @@ def test_without_resident_data_or_with_augment_the_fit_runs_eagerly(emu):
 
 
 @pytest.mark.parametrize("flag, graph_launches", [((), 2), (("--no-cuda-graph",), 0)])
-def test_dualconv_train_on_cupy_replays_a_graph_unless_told_not_to(emu, tmp_path, flag, graph_launches):
-    from dualconv import cli
+def test_dualconv_train_on_cupy_replays_a_graph_unless_told_not_to(emu, tmp_path, monkeypatch, flag,
+                                                                  graph_launches):
+    from dualconv import backend, cli
+    monkeypatch.setattr(backend, "_global", backend._global)  # --backend sets the process's default
     emu.reset_counters()
     assert cli.main(["train", "--dataset", "digits", "--model", "weidman", "--limit", "200", "--backend",
                      "cupy", "--no-progress", "--out", str(tmp_path), *flag]) == 0
