@@ -238,3 +238,32 @@ def test_a_graph_launched_into_a_capture_becomes_part_of_it(cp, emu):
     outer.launch()
     np.testing.assert_array_equal(x.get(), [3, 3])
     assert emu.counters["graph_launches"] == 1
+
+
+def test_the_legacy_stream_cannot_run_beside_a_capturing_blocking_stream(cp, emu):
+    """A blocking stream's capture would make legacy-stream work wait on it: CUDA refuses
+    and invalidates the capture. A non-blocking stream's capture lets it run now."""
+    x = cp.zeros(2, dtype=cp.float32)
+    blocking = cp.cuda.Stream()
+    blocking.begin_capture()
+    with pytest.raises(cp.cuda.runtime.CUDARuntimeError, match="StreamCaptureImplicit"):
+        x += 1
+    with pytest.raises(cp.cuda.runtime.CUDARuntimeError, match="Invalidated"):
+        blocking.end_capture()
+    apart = cp.cuda.Stream(non_blocking=True)
+    apart.begin_capture()
+    x += 1  # on the legacy stream, which is not capturing: runs now
+    apart.end_capture()
+    np.testing.assert_array_equal(x.get(), [1, 1])
+
+
+def test_the_global_capture_mode_refuses_new_device_memory(cp):
+    stream = cp.cuda.Stream(non_blocking=True)
+    x = cp.ones(4, dtype=cp.float32)
+    cp.get_default_memory_pool().free_all_blocks()
+    with stream:
+        stream.begin_capture(mode=cp.cuda.runtime.streamCaptureModeGlobal)
+        with pytest.raises(cp.cuda.runtime.CUDARuntimeError, match="StreamCaptureUnsupported"):
+            x * 2  # the pool has no free block: cudaMalloc, an unsafe call in this mode
+        with pytest.raises(cp.cuda.runtime.CUDARuntimeError):
+            stream.end_capture()
