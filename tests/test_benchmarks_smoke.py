@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -249,3 +250,26 @@ def test_machine_description_names_family_and_model(monkeypatch):
     assert machine_info.machine_kind().startswith("amd-avx512-")
     monkeypatch.setattr(machine_info, "_cpuinfo", lambda: {"model name": "Some CPU"})
     assert machine_info.cpu_model() == "Some CPU"
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="the emulated CuPy needs g++")
+def test_gpu_host_cost_profiles_dualconvs_own_files_per_step_and_per_launch():
+    """benchmarks/gpu_host_cost.py on a small fit: self time per file of dualconv (its
+    stand-in for CuPy, dualconv/testing, left out), LeNet's launches counted; the asv
+    class reads its two figures from what it measured."""
+    from benchmarks import bench_gpu_host_cost, gpu_host_cost
+    step = gpu_host_cost.fit_step_cost("sgd-momentum", batch=8, steps=4)
+    launch = gpu_host_cost.launch_cost("sgd-momentum", batch=8, replays=2)
+    for cost in (step, launch):
+        assert cost["seconds"] > 0 and cost["seconds"] == pytest.approx(sum(cost["files"].values()))
+        assert all(f.startswith("dualconv/") and not f.startswith("dualconv/testing/")
+                   for f in cost["files"]), cost["files"]
+    assert "dualconv/kernels/__init__.py" in launch["files"]
+    assert step["launches"] > launch["launches"] > 0  # the GEMMs and ufuncs launch too
+    assert {"im2col", "col2im", "max_pool_forward", "max_pool_backward",
+            "softmax_cross_entropy"} <= set(launch["kernels"])
+    assert sum(launch["kernels"].values()) == launch["launches"]
+    bench = bench_gpu_host_cost.GpuHostCost()
+    measured = {"step": step, "launch": launch}
+    assert bench.track_own_python_per_fit_step(measured) == step["seconds"] * 1e6
+    assert bench.track_own_python_per_custom_launch(measured) == launch["seconds"] * 1e6

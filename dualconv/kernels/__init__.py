@@ -65,6 +65,7 @@ with the reference and with each other within the products' rounding bound
 from __future__ import annotations
 
 import importlib
+import inspect
 from types import ModuleType
 from typing import Any, Sequence
 
@@ -74,6 +75,7 @@ from ..backend import get_array_module
 from ..shapes import Window
 from . import checks, checks_step
 from .layout import flatten_batch  # noqa: F401  (the one view of the memory order a layer needs: Flatten)
+from .signatures import Remembered, key
 
 STEP_KERNELS = ("step_begin", "gather_rows", "sgd_update_guarded_at", "adam_update_guarded_at",
                 "flag_nonfinite_loss_at", "dropout_forward_at", "gemm", "gemm_sum_parts")
@@ -105,20 +107,63 @@ _twins: dict[tuple[str, type], ModuleType] = {}
 def _twin(kernel: str, first: Any) -> ModuleType:
     """twin_for(the array module of ``first``, kernel), remembered per (kernel, type of
     first): the side depends on the array's type alone, so later calls cost a dict lookup."""
-    key = (kernel, type(first))
-    module = _twins.get(key)
-    if module is None:
-        module = _twins[key] = twin_for(get_array_module(first), kernel)
-    return module
+    try:
+        return _twins[kernel, type(first)]
+    except KeyError:
+        module = _twins[kernel, type(first)] = twin_for(get_array_module(first), kernel)
+        return module
+
+
+_calls: dict[str, Remembered] = {}
+"""Per kernel, what its calls remember per signature (signatures.py): how a call runs
+once its check passed."""
+
+
+def _remembered(kernel: str) -> Remembered:
+    names, values = checks.PER_CALL.get(kernel, ((), None))
+    params = inspect.signature(globals()[kernel]).parameters  # the function below
+    calls = _calls[kernel] = Remembered(list(params), names, values)
+    return calls
 
 
 def _dispatch(kernel: str, *args: Any) -> Any:
     """Check the arguments once (checks.py), then run ``kernel`` on the twin that
-    matches the first array: the cpu side for NumPy, the cuda side for CuPy. The twin
-    is looked up by name at each call, so a twin replaced on its module is the one run."""
-    getattr(checks, kernel)(*args)
-    module = _twins.get((kernel, type(args[0])))
-    return getattr(module if module is not None else _twin(kernel, args[0]), kernel)(*args)
+    matches the first array: the cpu side for NumPy, the cuda side for CuPy.
+
+    A signature seen before (signatures.py) passed the whole check then, so only its
+    per-call numbers are checked (checks.PER_CALL), and it runs as it ran then: the
+    twin, or the function the twin's module made for that signature (cuda.runner: the
+    plan already bound)."""
+    try:
+        calls = _calls[kernel]
+    except KeyError:
+        calls = _remembered(kernel)
+    try:
+        run = calls.runs[key(args if calls.pick is None else calls.pick(args))]
+    except KeyError:
+        return _first(kernel, calls, args)
+    except (TypeError, AttributeError, IndexError):  # no signature: nothing remembered
+        vars(checks)[kernel](*args)
+        return vars(_twin(kernel, args[0]))[kernel](*args)
+    if calls.values is not None:
+        calls.values(*args)
+    return run(args)
+
+
+def _first(kernel: str, calls: Remembered, args: tuple[Any, ...]) -> Any:
+    """The first call of a signature: the whole check, then the run it will take,
+    ``run(args)``: the twin's module's runner, else its twin."""
+    vars(checks)[kernel](*args)
+    module = _twin(kernel, args[0])
+    runner = getattr(module, "runner", None)
+    run = runner(kernel, args) if runner is not None else None
+    if run is None:
+        twin = vars(module)[kernel]
+
+        def run(arguments: tuple[Any, ...]) -> Any:
+            return twin(*arguments)
+    calls.learn(args, run)
+    return run(args)
 
 
 def im2col(x: Any, win: Window) -> Any:

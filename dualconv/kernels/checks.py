@@ -11,10 +11,16 @@ was never checked.
 The helpers take ``who``, the name that starts every message: a kernel name
 here, a layer name when a layer calls them (layers/conv.py, layers/pooling.py).
 Checks read only ``.shape``, ``.dtype`` and ``.ndim``.
+
+A step calls each kernel with the shapes of the step before, so the dispatch point
+runs a kernel's whole check once per signature of its arguments (signatures.py),
+leaving out the per-call numbers PER_CALL names (a learning rate, a step, a key): a
+signature seen before passed every check that reads it, so only the check of those
+numbers (PER_CALL's function) runs again, with the same messages.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -137,27 +143,48 @@ def _same(arrays: dict[str, Any], who: str) -> None:
                             f"got {np.dtype(a.dtype)}")
 
 
-def sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
-               weight_decay: float, nesterov: bool) -> None:
+def _sgd_values(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
+                weight_decay: float, nesterov: bool) -> None:
     if v is None and momentum != 0:
         raise ValueError("sgd_update: momentum needs a velocity array v")
+
+
+def sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
+               weight_decay: float, nesterov: bool) -> None:
+    _sgd_values(w, g, v, lr, momentum, weight_decay, nesterov)
     _same(dict(w=w, g=g, v=v), "sgd_update")
+
+
+def _adam_values(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
+                 eps: float, weight_decay: float, step: int) -> None:
+    if int(step) < 1:
+        raise ValueError(f"adam_update: step counts from 1, got {step}")
 
 
 def adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
                 eps: float, weight_decay: float, step: int) -> None:
-    if int(step) < 1:
-        raise ValueError(f"adam_update: step counts from 1, got {step}")
+    _adam_values(w, g, m, v, lr, b1, b2, eps, weight_decay, step)
     _same(dict(w=w, g=g, m=m, v=v), "adam_update")
 
 
-def _verdict(verdict: Any, code: int, who: str) -> None:
-    """The divergence guard's verdict: one int32, updated in place; code: 2 * step >= 2."""
+def _verdict(verdict: Any, who: str) -> None:
+    """The divergence guard's verdict: one int32, updated in place."""
     if np.dtype(verdict.dtype) != np.int32 or tuple(verdict.shape) != (1,):
         raise TypeError(f"{who}: verdict must be an int32 array of shape (1,), got "
                         f"{np.dtype(verdict.dtype)} {tuple(verdict.shape)}")
+
+
+def _code(code: int, who: str) -> None:
+    """The divergence guard's step code: 2 * step >= 2."""
     if not 2 <= int(code) < 2**31 - 2 or int(code) % 2:
         raise ValueError(f"{who}: code must be 2 * step for a step in [1, 2^30), got {code}")
+
+
+def _sgd_guarded_values(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
+                        verdict: Any, code: int, lr: float, momentum: float,
+                        weight_decay: float, nesterov: bool) -> None:
+    _sgd_values(w, g, v, lr, momentum, weight_decay, nesterov)
+    _code(code, "sgd_update_guarded")
 
 
 def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
@@ -168,7 +195,15 @@ def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any |
         raise ValueError(f"{who}: v and v_last go together (both None without momentum)")
     sgd_update(w, g, v, lr, momentum, weight_decay, nesterov)
     _same(dict(w=w, w_last=w_last, v_last=v_last), who)
-    _verdict(verdict, code, who)
+    _verdict(verdict, who)
+    _code(code, who)
+
+
+def _adam_guarded_values(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
+                         verdict: Any, code: int, lr: float, b1: float, b2: float, eps: float,
+                         weight_decay: float, step: int) -> None:
+    _adam_values(w, g, m, v, lr, b1, b2, eps, weight_decay, step)
+    _code(code, "adam_update_guarded")
 
 
 def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
@@ -177,7 +212,12 @@ def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any
     who = "adam_update_guarded"
     adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step)
     _same(dict(w=w, w_last=w_last, m_last=m_last, v_last=v_last), who)
-    _verdict(verdict, code, who)
+    _verdict(verdict, who)
+    _code(code, who)
+
+
+def _flag_values(loss: Any, verdict: Any, code: int) -> None:
+    _code(code, "flag_nonfinite_loss")
 
 
 def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
@@ -185,7 +225,8 @@ def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
     check_float(loss, "loss", who)
     if tuple(loss.shape) != ():
         raise ValueError(f"{who}: loss must be a scalar (0-d array), got shape {tuple(loss.shape)}")
-    _verdict(verdict, code, who)
+    _verdict(verdict, who)
+    _code(code, who)
 
 
 def softmax_cross_entropy(z: Any, labels: Any) -> None:
@@ -198,11 +239,8 @@ def softmax_cross_entropy(z: Any, labels: Any) -> None:
         raise TypeError(f"{who}: labels must be integers, got {np.dtype(labels.dtype)}")
 
 
-def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> None:
+def _dropout_values(x: Any, key: int, p: float, first_sample: int) -> None:
     who = "dropout_forward"
-    check_float(x, "x", who)
-    if x.ndim < 1:
-        raise ValueError(f"{who}: x must have a batch axis, got a 0-d array")
     if not 0.0 <= p < 1.0:
         raise ValueError(f"{who}: p must be in [0, 1), got {p}")
     if not 0 <= key < 2**64:
@@ -214,6 +252,14 @@ def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> None:
     if features + first_sample // 2 + (N + 1) // 2 >= 2**32:
         raise ValueError(f"{who}: at most 2**32 features and sample pairs together, got shape "
                          f"{tuple(x.shape)} from sample {first_sample}")
+
+
+def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> None:
+    who = "dropout_forward"
+    check_float(x, "x", who)
+    if x.ndim < 1:
+        raise ValueError(f"{who}: x must have a batch axis, got a 0-d array")
+    _dropout_values(x, key, p, first_sample)
 
 
 # The GEMM kernels: one float dtype for every array, shapes that multiply.
@@ -282,3 +328,17 @@ def dense_backward(gy: Any, x: Any, w: Any, need_gx: bool, need_gb: bool) -> Non
     dtype = _dense(x, w, who)
     _like(gy, dtype, "gy", "x", who)
     check_shape(gy, (x.shape[0], w.shape[1]), "gy", who)
+
+
+PER_CALL: dict[str, tuple[tuple[str, ...], Callable[..., None]]] = {
+    "sgd_update": (("lr", "momentum", "weight_decay", "nesterov"), _sgd_values),
+    "adam_update": (("lr", "b1", "b2", "eps", "weight_decay", "step"), _adam_values),
+    "sgd_update_guarded": (("code", "lr", "momentum", "weight_decay", "nesterov"),
+                           _sgd_guarded_values),
+    "adam_update_guarded": (("code", "lr", "b1", "b2", "eps", "weight_decay", "step"),
+                            _adam_guarded_values),
+    "flag_nonfinite_loss": (("code",), _flag_values),
+    "dropout_forward": (("key", "p", "first_sample"), _dropout_values),
+}
+"""Kernel -> (its per-call parameters, the check of their values alone, which the
+kernel's check makes too). The others' checks read nothing that changes per call."""

@@ -20,13 +20,14 @@ CuPy is imported only when a kernel runs, so this module imports without it.
 """
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Callable
 
 import numpy as np
 
 from ..shapes import Window
-from .cuda_plans import (FLOAT_TYPES, INDEX_TYPES, POOL_SIDES, plan_adam_update,
+from .cuda_plans import (FLOAT_TYPES, INDEX_TYPES, PLANS, POOL_SIDES, plan_adam_update,
                          plan_adam_update_guarded, plan_avg_pool_backward, plan_avg_pool_forward,
                          plan_col2im, plan_dropout_forward, plan_flag_nonfinite_loss, plan_im2col,
                          plan_max_pool_backward, plan_max_pool_forward, plan_sgd_update,
@@ -100,7 +101,7 @@ def get_function(name: str) -> Any:
     """The kernel ``name`` for the current device, looked up once (each lookup is a driver call)."""
     import cupy
 
-    key = (id(cupy), cupy.cuda.runtime.getDevice(), name)
+    key = (cupy, cupy.cuda.runtime.getDevice(), name)
     function = _functions.get(key)
     if function is None:
         function = _functions[key] = get_module().get_function(name)
@@ -113,13 +114,22 @@ def _cupy_call(name: str, grid: tuple[int, int, int], block: tuple[int, int, int
     once per launch)."""
     import cupy
 
-    function = _functions.get((id(cupy), cupy.cuda.runtime.getDevice(), name))
-    if function is None:
+    try:
+        function = _functions[cupy, cupy.cuda.runtime.getDevice(), name]
+    except KeyError:
         function = get_function(name)
     function(grid, block, args)
 
 
 _planned: dict[Callable[..., Launch], PlanCache] = {}
+
+
+def _cache(plan: Callable[..., Launch]) -> PlanCache:
+    try:
+        return _planned[plan]
+    except KeyError:
+        cache = _planned[plan] = PlanCache(plan)
+        return cache
 
 
 def run_plan(plan: Callable[..., Launch], *args: Any) -> Any:
@@ -128,10 +138,20 @@ def run_plan(plan: Callable[..., Launch], *args: Any) -> Any:
     function does (None, one array or a tuple)."""
     import cupy
 
-    cache = _planned.get(plan)
-    if cache is None:
-        cache = _planned[plan] = PlanCache(plan)
-    return cache.run(args, cupy, _cupy_call)
+    return _cache(plan).run(args, cupy, _cupy_call)
+
+
+def runner(kernel: str, args: tuple[Any, ...]) -> Callable[[tuple[Any, ...]], Any] | None:
+    """For the dispatch point: ``run(arguments)`` that runs ``kernel`` for any call with
+    args' signature as its twin below would, its plan already bound (no twin, no cache
+    lookup per call); None when the twin is more than its plan's launch (RUN_AS_PLANNED)."""
+    plan = RUN_AS_PLANNED.get(kernel)
+    bound = _cache(plan).bound(args) if plan is not None else None
+    if bound is None:
+        return None
+    import cupy
+
+    return functools.partial(bound.run, xp=cupy, call=_cupy_call)
 
 
 def _run(launch: Launch) -> Any:
@@ -222,3 +242,8 @@ def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any
 def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
     """The guard's check of a step's loss, one launch; see cpu_fused.flag_nonfinite_loss."""
     run_plan(plan_flag_nonfinite_loss, loss, verdict, code)
+
+
+RUN_AS_PLANNED = {kernel: plan for kernel, plan in PLANS.items() if kernel != "softmax_cross_entropy"}
+"""The kernels whose twin above is ``run_plan(plan_<kernel>, ...)`` and nothing more
+(softmax_cross_entropy first converts its labels): runner() may run their plan directly."""

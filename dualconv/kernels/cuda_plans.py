@@ -27,6 +27,7 @@ import numpy as np
 
 from ..shapes import Window
 from .launch import Input, Launch, Output, as_laid_out, element_strides, index_dtype, launch_1d, magic
+from .plan_cache import per_call
 from .layout import (BATCH_FIRST, BATCH_LAST, COLUMNS_BATCH_FIRST, COLUMNS_BATCH_LAST, batch_first_axes,
                      batch_last_axes)
 
@@ -126,6 +127,12 @@ def plan_avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Launch:
 
 # ---------------------------------------------------------------- fused kernels
 
+def _kernel_scalars(dtype: np.dtype, values: Sequence[float | bool | np.int32]) -> tuple[Any, ...]:
+    """Values as the fused kernels take them: the arrays' float type, except bools and
+    np.int32 (C ints)."""
+    return tuple(np.int32(v) if isinstance(v, (bool, np.int32)) else dtype.type(v) for v in values)
+
+
 def _elementwise(kernel: str, arrays: dict[str, Any],
                  scalars: Sequence[float | bool | np.int32]) -> Launch:
     """A fused update in place, one thread per element, of arrays of one shape and
@@ -144,26 +151,54 @@ def _elementwise(kernel: str, arrays: dict[str, Any],
     dtype = np.dtype(first.dtype)
     n = int(np.prod(first.shape, dtype=np.int64))
     itype = index_dtype([n], n)
-    values = [np.int32(v) if isinstance(v, (bool, np.int32)) else dtype.type(v) for v in scalars]
     return launch_1d(f"{kernel}<{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}>", n,
-                     (*args, itype.type(n), *values))
+                     (*args, itype.type(n), *_kernel_scalars(dtype, scalars)))
 
 
+def _sgd_tail(w: Any, g: Any, v: Any | None, lr: float, momentum: float, weight_decay: float,
+              nesterov: bool) -> tuple[Any, ...]:
+    """sgd_update's per-call arguments: lr, momentum, weight_decay in w's dtype, nesterov
+    (an int), as _kernel_scalars makes them (written out: this runs once per launch)."""
+    real = w.dtype.type
+    return real(lr), real(momentum), real(weight_decay), np.int32(bool(nesterov))
+
+
+@per_call("lr", "momentum", "weight_decay", "nesterov", tail=_sgd_tail)
 def plan_sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
                     weight_decay: float, nesterov: bool) -> Launch:
     """Updates w, and the velocity v unless momentum is 0 (v may then be None), in place."""
     arrays = dict(w=w, g=g, v=w if v is None else v)  # v is not read when momentum is 0
-    return _elementwise("sgd_update", arrays, (lr, momentum, weight_decay, bool(nesterov)))
+    return _elementwise("sgd_update", arrays, _sgd_tail(w, g, v, lr, momentum, weight_decay,
+                                                         nesterov))
 
 
+def _adam_tail(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float, eps: float,
+               weight_decay: float, step: int) -> tuple[Any, ...]:
+    """adam_update's per-call arguments, in w's dtype: lr, b1, b2, 1 - b1, 1 - b2, the bias
+    corrections 1 - b1^step and 1 - b2^step, eps, weight_decay (as _kernel_scalars makes
+    them, written out)."""
+    real = w.dtype.type
+    return (real(lr), real(b1), real(b2), real(1 - b1), real(1 - b2), real(1 - b1 ** step),
+            real(1 - b2 ** step), real(eps), real(weight_decay))
+
+
+@per_call("lr", "b1", "b2", "eps", "weight_decay", "step", tail=_adam_tail)
 def plan_adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
                      eps: float, weight_decay: float, step: int) -> Launch:
     """Updates w and the moments m, v in place for Adam's step ``step`` (from 1)."""
     return _elementwise("adam_update", dict(w=w, g=g, m=m, v=v),
-                        (lr, b1, b2, 1 - b1, 1 - b2, 1 - b1 ** step, 1 - b2 ** step, eps,
-                         weight_decay))
+                        _adam_tail(w, g, m, v, lr, b1, b2, eps, weight_decay, step))
 
 
+def _sgd_guarded_tail(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
+                      verdict: Any, code: int, lr: float, momentum: float, weight_decay: float,
+                      nesterov: bool) -> tuple[Any, ...]:
+    """sgd_update_guarded's per-call arguments: sgd_update's, then the step code."""
+    real = w.dtype.type
+    return real(lr), real(momentum), real(weight_decay), np.int32(bool(nesterov)), np.int32(code)
+
+
+@per_call("code", "lr", "momentum", "weight_decay", "nesterov", tail=_sgd_guarded_tail)
 def plan_sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
                             verdict: Any, code: int, lr: float, momentum: float,
                             weight_decay: float, nesterov: bool) -> Launch:
@@ -172,18 +207,25 @@ def plan_sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: 
     v, v_last = (w, w_last) if v is None else (v, v_last)  # neither is touched when momentum is 0
     arrays = dict(w=w, g=g, v=v, w_last=w_last, v_last=v_last)
     return _with_verdict(_elementwise("sgd_update_guarded", arrays,
-                                      (lr, momentum, weight_decay, bool(nesterov))),
+                                      _sgd_tail(w, g, v, lr, momentum, weight_decay, nesterov)),
                          len(arrays), verdict, code)
 
 
+def _adam_guarded_tail(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
+                       verdict: Any, code: int, lr: float, b1: float, b2: float, eps: float,
+                       weight_decay: float, step: int) -> tuple[Any, ...]:
+    """adam_update_guarded's per-call arguments: adam_update's, then the step code."""
+    return (*_adam_tail(w, g, m, v, lr, b1, b2, eps, weight_decay, step), np.int32(code))
+
+
+@per_call("code", "lr", "b1", "b2", "eps", "weight_decay", "step", tail=_adam_guarded_tail)
 def plan_adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any,
                              v_last: Any, verdict: Any, code: int, lr: float, b1: float,
                              b2: float, eps: float, weight_decay: float, step: int) -> Launch:
-    """adam_update under fit's divergence guard (see plan_sgd_update_guarded)."""
+    """adam_update_guarded under fit's divergence guard (see plan_sgd_update_guarded)."""
     arrays = dict(w=w, g=g, m=m, v=v, w_last=w_last, m_last=m_last, v_last=v_last)
     return _with_verdict(_elementwise("adam_update_guarded", arrays,
-                                      (lr, b1, b2, 1 - b1, 1 - b2, 1 - b1 ** step,
-                                       1 - b2 ** step, eps, weight_decay)),
+                                      _adam_tail(w, g, m, v, lr, b1, b2, eps, weight_decay, step)),
                          len(arrays), verdict, code)
 
 
@@ -194,6 +236,7 @@ def _with_verdict(launch: Launch, arrays: int, verdict: Any, code: int) -> Launc
                                              np.int32(code)))
 
 
+@per_call("code", tail=lambda loss, verdict, code: (np.int32(code),))
 def plan_flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> Launch:
     """loss: a float scalar (0-d); sets verdict to code when it is NaN or infinite and
     no earlier step failed. One thread."""
@@ -215,6 +258,15 @@ def plan_softmax_cross_entropy(z: Any, labels: Any) -> Launch:
                       Output((N, C), dtype), itype.type(N), itype.type(C)))
 
 
+def _dropout_tail(x: Any, key: int, p: float, first_sample: int) -> tuple[Any, ...]:
+    """dropout_forward's per-call arguments: the first sample pair, the key's halves, the
+    16-bit drop threshold of p, and the scale 1 / (1 - p) in x's dtype."""
+    threshold = min(2**16 - 1, round(p * 2**16))
+    return (np.uint32(first_sample // 2), np.uint32(key & 0xFFFFFFFF), np.uint32(key >> 32),
+            np.uint32(threshold), np.dtype(x.dtype).type(1.0 / (1.0 - p)))
+
+
+@per_call("key", "p", "first_sample", tail=_dropout_tail)
 def plan_dropout_forward(x: Any, key: int, p: float, first_sample: int) -> Launch:
     """x: (N, ...) -> y, mask shaped like x, computed batch-last (features, N);
     one thread per element."""
@@ -223,13 +275,11 @@ def plan_dropout_forward(x: Any, key: int, p: float, first_sample: int) -> Launc
     dtype = np.dtype(x.dtype)
     total = F * N
     itype = index_dtype([total], total)
-    threshold = min(2**16 - 1, round(p * 2**16))
     back = batch_first_axes(x.ndim)
     return launch_1d(f"dropout_forward<{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}>", total,
                      (Input(x, batch_last_axes(x.ndim)), Output((*features, N), dtype, back),
                       Output((*features, N), dtype, back), itype.type(total), itype.type(N),
-                      np.uint32(F), np.uint32(first_sample // 2), np.uint32(key & 0xFFFFFFFF),
-                      np.uint32(key >> 32), np.uint32(threshold), dtype.type(1.0 / (1.0 - p))))
+                      np.uint32(F), *_dropout_tail(x, key, p, first_sample)))
 
 
 PLANS: dict[str, Callable[..., Launch]] = {

@@ -43,6 +43,17 @@ class Input:
     array: Any
     axes: tuple[int, ...]
 
+    @property
+    def laid_out(self) -> bool:
+        """Whether ``array.transpose(axes)`` is C-contiguous already: read with no copy."""
+        a = self.array
+        expected = np.dtype(a.dtype).itemsize
+        for axis in reversed(self.axes):
+            if a.shape[axis] > 1 and a.strides[axis] != expected:
+                return False
+            expected *= a.shape[axis]
+        return True
+
 
 @dataclass(frozen=True)
 class Launch:

@@ -6,7 +6,8 @@ with NumPy arrays and must be refused before any twin runs; given device
 arrays of the emulated CuPy (the path a layer takes on a GPU, whose RawModule
 runs the plan), it must raise the same error with the same message. A good
 input of the same shape runs on both and agrees, and the GPU path runs exactly
-the checks the CPU path runs: none twice.
+the checks the CPU path runs: none twice, and on a signature seen before none but
+those of its per-call numbers.
 """
 from __future__ import annotations
 
@@ -145,10 +146,14 @@ FUSED = [
 ]
 
 
-@pytest.mark.parametrize("kernel, args", GOOD + FUSED, ids=[k for k, _ in GOOD + FUSED])
-def test_a_gpu_call_runs_the_checks_a_cpu_call_runs_once(stand_in, monkeypatch, kernel, args):
-    """Every function of checks.py, counted: the stand-in's path (dispatch, CUDA twin,
-    plan, launch) calls exactly what the NumPy path calls, the kernel's check once."""
+SHAPE_CHECKS = {"check_float", "check_shape", "check_window", "check_fits", "_image",
+                "_pooled_grad", "_same", "_verdict", "_like", "_conv_weight", "_dense"}
+"""The helpers of checks.py that read shapes and dtypes (not per-call numbers)."""
+
+
+def _counting_checks(monkeypatch) -> list[str]:
+    """Every function of checks.py replaced by one that records its name when called; the
+    dispatch's memory of signatures emptied, so that the next call is a first one."""
     import inspect
 
     from dualconv.kernels import checks
@@ -159,11 +164,67 @@ def test_a_gpu_call_runs_the_checks_a_cpu_call_runs_once(stand_in, monkeypatch, 
     for name, f in inspect.getmembers(checks, inspect.isfunction):
         if f.__module__ == checks.__name__:
             monkeypatch.setattr(checks, name, counted(name, f))
+    monkeypatch.setattr(kernels, "_calls", {})
+    return calls
+
+
+@pytest.mark.parametrize("kernel, args", GOOD + FUSED, ids=[k for k, _ in GOOD + FUSED])
+def test_a_gpu_call_runs_the_checks_a_cpu_call_runs_once(stand_in, monkeypatch, kernel, args):
+    """Every function of checks.py, counted: the stand-in's path (dispatch, CUDA twin,
+    plan, launch) calls exactly what the NumPy path calls, the kernel's check once. A
+    second call of the same signature (new arrays of the same shapes, memory orders and
+    dtypes) checks none of what the first checked but its per-call numbers, and gives
+    the same result; another dtype is a new signature, checked once in full."""
+    calls = _counting_checks(monkeypatch)
     getattr(kernels, kernel)(*(a.copy() if isinstance(a, np.ndarray) else a for a in args))
     on_cpu, calls[:] = list(calls), []
-    getattr(kernels, kernel)(*_on_device(args, stand_in))
+    first = getattr(kernels, kernel)(*_on_device(args, stand_in))
     assert calls == on_cpu, f"{kernel}: the GPU path ran the checks {calls}, the CPU path {on_cpu}"
     assert calls.count(kernel) == 1, f"{kernel}: checks.{kernel} ran {calls.count(kernel)} times"
+    assert SHAPE_CHECKS & set(calls), f"{kernel}: a first call read no shape: {calls}"
+
+    calls[:] = []
+    again = getattr(kernels, kernel)(*_on_device(args, stand_in))
+    assert kernel not in calls and not SHAPE_CHECKS & set(calls), \
+        f"{kernel}: a second call of one signature ran {calls}"
+    if first is not None:
+        assert_bitwise_equal(_on_host(again, stand_in), _on_host(first, stand_in), kernel)
+
+    calls[:] = []
+    wide = tuple(a.astype(np.float64) if isinstance(a, np.ndarray) and a.dtype == np.float32 else a
+                 for a in args)
+    getattr(kernels, kernel)(*_on_device(wide, stand_in))
+    assert calls.count(kernel) == 1 and SHAPE_CHECKS & set(calls), f"{kernel}: float64 ran {calls}"
+
+
+PER_CALL_BAD = [
+    # (kernel, good arguments, the argument replaced, its bad value, message pattern)
+    ("sgd_update_guarded", FUSED[2][1], 6, 3, r"code must be 2 \* step"),
+    ("adam_update_guarded", FUSED[3][1], 14, 0, r"step counts from 1, got 0"),
+    ("adam_update", FUSED[1][1], 9, 0, r"step counts from 1, got 0"),
+    ("sgd_update", (w, g, None, 0.1, 0.0, 0.0, False), 4, 0.9, r"momentum needs a velocity"),
+    ("flag_nonfinite_loss", FUSED[4][1], 2, 1, r"code must be 2 \* step"),
+    ("dropout_forward", (x, 12345, 0.25, 0), 3, 1, r"must start at an even sample, got 1"),
+    ("dropout_forward", (x, 12345, 0.25, 0), 2, 1.0, r"p must be in \[0, 1\), got 1.0"),
+]
+
+
+@pytest.mark.parametrize("kernel, args, at, bad, pattern", PER_CALL_BAD,
+                         ids=[f"{k}-{i}" for i, (k, *_) in enumerate(PER_CALL_BAD)])
+def test_a_signature_seen_before_still_checks_its_per_call_numbers(stand_in, kernel, args, at,
+                                                                     bad, pattern):
+    """A per-call number (a step code, Adam's step, Dropout's first sample) is left out of
+    the signature the dispatch remembers, so it is checked on every call: after a good
+    call, a bad number with the same arrays raises what a first call raises."""
+    wrong = (*args[:at], bad, *args[at + 1:])
+    with pytest.raises(ValueError, match=pattern) as first:
+        getattr(kernels, kernel)(*_on_device(wrong, stand_in))
+    for on in (lambda a: a, lambda a: _on_device(a, stand_in)):
+        getattr(kernels, kernel)(*on(tuple(a.copy() if isinstance(a, np.ndarray) else a
+                                           for a in args)))
+        with pytest.raises(ValueError, match=pattern) as later:
+            getattr(kernels, kernel)(*on(wrong))
+        assert str(later.value) == str(first.value)
 
 
 def test_dispatch_checks_and_twins_take_the_same_arguments():

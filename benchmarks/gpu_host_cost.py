@@ -1,0 +1,269 @@
+"""dualconv's own Python around each GPU launch, profiled on the emulated CuPy (no GPU needed).
+
+    python benchmarks/gpu_host_cost.py [--batch 64] [--steps 32] [--top 12]
+
+On a GPU a LeNet step's device work is a few tens of microseconds, so what bounds it
+is the host: the Python that picks, checks, plans and launches each kernel. This
+script measures that Python without a GPU, under ``dualconv.testing.emulated_cupy()``,
+with cProfile's self time of the functions in dualconv's own files (dualconv/testing,
+the stand-in for CuPy itself, excluded; so are NumPy, the kernels' g++ code and
+Python's builtins). Two figures:
+
+* **per step**: LeNet with MNIST-shaped data resident on the device, a ``Trainer.fit``
+  of ``steps`` batches after a warm-up fit, profiled step by step (from one
+  ``train_step`` call to the next: the batch's gather, the guard and the running sums
+  included). Broken down by file.
+* **per custom launch**: the calls of the CUDA twins (kernels/cuda.py) that one fit
+  step makes are recorded, then replayed through ``dualconv.kernels`` (dispatch,
+  checks, plan, launch) ``replays`` times with every RawKernel call made a no-op:
+  dualconv's self time over the launches counted.
+
+Each file's figure is its median over the steps (or replays), the garbage collector
+off: another process taking the CPU shows as a spike in a few segments (_Segments).
+Self times under cProfile include some of the profiler's own cost per call (most for
+code that calls many small functions, such as the stand-in's array attributes, which
+are C attributes in CuPy), so they overstate what an unprofiled run pays; they are for
+comparing code on one machine. Goals (issue 26): <= 1.0 ms per LeNet step at batch 64,
+<= 10 us per custom launch. The asv suite tracks both (bench_gpu_host_cost.py).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import gc
+import os
+import statistics
+import sys
+from collections import defaultdict
+from typing import Any, Iterator
+
+try:
+    import dualconv  # noqa: F401
+except ImportError:  # run from a checkout without dualconv installed
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import dualconv as dc
+from dualconv.models import lenet
+from dualconv.testing import emulated_cupy
+
+try:
+    from .gpu_counters import WARMUP_STEPS, _data, _optimizer
+except ImportError:  # run as a script
+    from gpu_counters import WARMUP_STEPS, _data, _optimizer  # type: ignore[no-redef]
+
+PACKAGE = os.path.dirname(os.path.abspath(dc.__file__))
+STAND_IN = os.path.join(PACKAGE, "testing")
+
+
+def own_self_time(profile: cProfile.Profile) -> dict[str, float]:
+    """Seconds of self time so far per file of dualconv in ``profile`` (paths relative to
+    the package's parent), dualconv/testing left out."""
+    per_file: dict[str, float] = defaultdict(float)
+    for entry in profile.getstats():
+        filename = getattr(entry.code, "co_filename", None)  # builtins have no code object
+        if filename is None:
+            continue
+        path = os.path.abspath(filename)
+        if path.startswith(PACKAGE + os.sep) and not path.startswith(STAND_IN + os.sep):
+            per_file[os.path.relpath(path, os.path.dirname(PACKAGE))] += entry.inlinetime
+    return dict(per_file)
+
+
+class _Segments:
+    """A profile cut into segments: ``cut()`` ends the open segment and starts the next;
+    ``stop()`` ends the profile, dropping the open one. One profiler runs throughout
+    (a fresh one per segment would charge the making of its entries to the callers), and
+    a segment's figures are the differences of its snapshots at the cuts."""
+
+    def __init__(self) -> None:
+        self.files: list[dict[str, float]] = []
+        self.profile = cProfile.Profile()
+        self.last: dict[str, float] | None = None
+
+    def cut(self) -> None:
+        self.profile.disable()
+        now = own_self_time(self.profile)
+        if self.last is not None:
+            self.files.append({f: t - self.last.get(f, 0.0) for f, t in now.items()})
+        self.last = now
+        self.profile.enable()
+
+    def stop(self) -> None:
+        self.profile.disable()
+
+    def median(self) -> dict[str, float]:
+        """Per file, the median over the segments. A profile's clock is the wall clock, so a
+        segment that loses the CPU to another process charges the wait to whatever
+        function was running: a spike in a few files of a few segments, which the
+        median leaves out."""
+        return {f: statistics.median(seg.get(f, 0.0) for seg in self.files)
+                for f in set().union(*self.files)}
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _trainer(emu: Any, optimizer: str, batch: int, batches: int) -> tuple[Any, Any, Any]:
+    """(trainer, X, y): LeNet on the emulated device, its data already there."""
+    X, y = _data(batch * batches)
+    model = lenet(seed=0)
+    model.to("cupy")
+    trainer = dc.Trainer(model, dc.SoftmaxCrossEntropy(), _optimizer(optimizer, model),
+                         progress=False, log_every=10 * batches)
+    return trainer, emu.cupy.asarray(X), emu.cupy.asarray(y)
+
+
+def fit_step_cost(optimizer: str = "sgd-momentum", batch: int = 64,
+                  steps: int = 32) -> dict[str, Any]:
+    """dualconv's self time per step inside ``Trainer.fit`` of ``steps`` batches, after a
+    warm-up fit: {"seconds": per step, "files": {file: seconds per step}, "launches":
+    kernel launches per step}. A segment runs from one ``train_step`` call to the next,
+    so it holds all that fit does per step; the first and the last, with what a fit does
+    once, are left out."""
+    with emulated_cupy() as emu:
+        trainer, X, y = _trainer(emu, optimizer, batch, steps)
+        trainer.fit(X[:batch * WARMUP_STEPS], y[:batch * WARMUP_STEPS], batch_size=batch, seed=0)
+        segments, step = _Segments(), trainer.train_step
+
+        def cut_then_step(*args: Any, **kwargs: Any) -> Any:
+            segments.cut()
+            return step(*args, **kwargs)
+        trainer.train_step = cut_then_step  # type: ignore[method-assign]
+        emu.reset_counters()
+        with _collector_off():
+            try:
+                trainer.fit(X, y, batch_size=batch, seed=0)
+            finally:
+                segments.stop()
+                del trainer.train_step
+        launches = emu.counters["kernel_launches"] / steps
+    per_file = segments.median()
+    return {"seconds": sum(per_file.values()), "files": per_file, "launches": launches}
+
+
+@contextlib.contextmanager
+def _recording(calls: list[tuple[str, tuple[Any, ...]]]) -> Iterator[None]:
+    """Record every call of a kernel with a CUDA twin in kernels/cuda.py as (kernel,
+    arguments): at the dispatch point (dualconv.kernels), and where another twin calls it
+    directly (the convolution's im2col and col2im). What the dispatch remembers is
+    forgotten after, so no recorder stays in it."""
+    from dualconv import kernels
+    from dualconv.kernels import cuda
+
+    names = [name for name in (*cuda.KERNELS, "max_pool_values") if hasattr(cuda, name)]
+    originals = {name: getattr(cuda, name) for name in names}
+    dispatch, inside = kernels._dispatch, [0]
+
+    def record_dispatch(kernel: str, *args: Any) -> Any:
+        if kernel not in originals or type(args[0]).__module__.split(".")[0] == "numpy":
+            return dispatch(kernel, *args)
+        calls.append((kernel, args))
+        inside[0] += 1
+        try:
+            return dispatch(kernel, *args)
+        finally:
+            inside[0] -= 1
+
+    def recorder(name: str) -> Any:
+        def record(*args: Any) -> Any:
+            if not inside[0]:
+                calls.append((name, args))
+            return originals[name](*args)
+        return record
+    try:
+        kernels._dispatch = record_dispatch  # type: ignore[attr-defined]
+        for name in names:
+            setattr(cuda, name, recorder(name))
+        yield
+    finally:
+        kernels._dispatch = dispatch  # type: ignore[attr-defined]
+        for name, original in originals.items():
+            setattr(cuda, name, original)
+        kernels._calls.clear()  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _no_op_kernels() -> Iterator[None]:
+    """Every RawKernel call of the stand-in counts its launch and runs nothing."""
+    from dualconv.testing.fake_cupy import _counters, _raw
+
+    original = _raw.RawKernel.__call__
+
+    def no_op(self: Any, grid: Any, block: Any, args: Any, **options: Any) -> None:
+        _counters.launch()
+    _raw.RawKernel.__call__ = no_op  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        _raw.RawKernel.__call__ = original  # type: ignore[method-assign]
+
+
+def launch_cost(optimizer: str = "sgd-momentum", batch: int = 64,
+                replays: int = 40) -> dict[str, Any]:
+    """dualconv's self time per custom launch, the kernels made no-ops: {"seconds": per
+    launch, "files": {file: seconds per launch}, "launches": custom launches per step,
+    "kernels": {kernel: calls per step}}. One fit step's calls of the CUDA twins, replayed
+    through dualconv.kernels ``replays`` times, one segment each."""
+    from dualconv import kernels
+
+    with emulated_cupy() as emu:
+        trainer, X, y = _trainer(emu, optimizer, batch, WARMUP_STEPS + 1)
+        trainer.fit(X[:batch * WARMUP_STEPS], y[:batch * WARMUP_STEPS], batch_size=batch, seed=0)
+        calls: list[tuple[str, tuple[Any, ...]]] = []
+        with _recording(calls):
+            trainer.fit(X[:batch], y[:batch], batch_size=batch, seed=0)
+        segments = _Segments()
+        with _no_op_kernels(), _collector_off():
+            for name, args in calls:  # fills whatever caches the launch path keeps
+                getattr(kernels, name)(*args)
+            emu.reset_counters()
+            for _ in range(replays):
+                segments.cut()
+                for name, args in calls:
+                    getattr(kernels, name)(*args)
+            segments.cut()
+            segments.stop()
+            launched = emu.counters["kernel_launches"] / replays
+    per_kernel: dict[str, int] = defaultdict(int)
+    for name, _ in calls:
+        per_kernel[name] += 1
+    per_file = {f: seconds / launched for f, seconds in segments.median().items()}
+    return {"seconds": sum(per_file.values()), "files": per_file, "launches": launched,
+            "kernels": dict(per_kernel)}
+
+
+def _print(title: str, cost: dict[str, Any], unit: str, scale: float, top: int) -> None:
+    print(f"{title}: {cost['seconds'] * scale:,.1f} {unit} "
+          f"({cost['launches']:.0f} launches per step)")
+    for name, seconds in sorted(cost["files"].items(), key=lambda kv: -kv[1])[:top]:
+        print(f"  {seconds * scale:10,.1f} {unit}  {name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=32, help="steps of the profiled fit")
+    parser.add_argument("--optimizer", default="sgd-momentum", choices=["sgd-momentum", "adam"])
+    parser.add_argument("--top", type=int, default=12, help="files listed")
+    args = parser.parse_args(argv)
+    step = fit_step_cost(args.optimizer, args.batch, args.steps)
+    _print(f"dualconv's own Python per {args.optimizer} step inside Trainer.fit, batch "
+           f"{args.batch} (goal <= 1.0 ms)", step, "us", 1e6, args.top)
+    launch = launch_cost(args.optimizer, args.batch)
+    _print("dualconv's own Python per custom launch, kernels made no-ops (goal <= 10 us)",
+           launch, "us", 1e6, args.top)
+    print("  custom kernel calls per step: " + ", ".join(
+        f"{name} {count}" for name, count in sorted(launch["kernels"].items())))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
