@@ -22,7 +22,9 @@ class Shift:
 
     ``shift(x, seed, epoch, step)``: x (N, C, H, W) on either backend -> a new array of
     the same shape, dtype and backend, where out[n, :, i, j] = x[n, :, i - dy_n, j - dx_n]
-    (0 outside the image). ``offsets`` gives the (N, 2) table of (dy, dx) used.
+    (0 outside the image). ``offsets`` gives the (N, 2) table of (dy, dx) used, and
+    ``by(x, offsets)`` shifts by a table already on x's backend (a captured training step
+    reads it from device memory: dualconv/step_graph.py).
     """
 
     def __init__(self, k: int) -> None:
@@ -40,10 +42,16 @@ class Shift:
             raise ValueError(f"Shift: expects images (N, C, H, W), got shape {getattr(x, 'shape', None)}")
         if self.k == 0:
             return x
+        return self.by(x, get_array_module(x).asarray(self.offsets(len(x), seed, epoch, step)))
+
+    def by(self, x: Any, shifts: Any) -> Any:
+        """x (N, C, H, W) shifted by ``shifts``, (N, 2) integer (dy, dx) in [-k, k] on x's
+        backend (any integer dtype: only indices are made from it)."""
+        if self.k == 0:
+            return x
         xp = get_array_module(x)
         n, _, h, w = x.shape
         k = self.k
-        shifts = xp.asarray(self.offsets(n, seed, epoch, step))
         padded = xp.zeros((n, x.shape[1], h + 2 * k, w + 2 * k), dtype=x.dtype)
         padded[:, :, k:k + h, k:k + w] = x
         rows = xp.arange(h)[None, :, None] + k - shifts[:, :1, None]     # (N, H, 1): padded rows read

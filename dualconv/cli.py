@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "stderr is not a terminal)")
     train.add_argument("--no-cuda-graph", action="store_true",
                        help="cupy backend: run every step eagerly instead of replaying a captured CUDA graph "
-                       "(the default where the data fits on the GPU and there is no --augment)")
+                       "(the default where the data fits on the GPU)")
     train.add_argument("--limit", type=positive_int, metavar="N",
                        help="train on the first N training images only (quick runs)")
     train.set_defaults(func=cmd_train)

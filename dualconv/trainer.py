@@ -25,6 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .arguments import check_batch_size, check_integer
+from .augment import Shift
 from .backend import asnumpy, backend_of, get_array_module, to_backend, xp_for
 from .divergence import LastFiniteState
 from .kernels import cuda_gemm
@@ -46,9 +47,9 @@ class Trainer:
     of the running loss (one device sync each). ``optimizer`` may be None for a
     Trainer that only evaluates.
 
-    ``cuda_graph=True``: on the CuPy backend, with the data resident on the device,
-    1-D integer labels and no ``augment``, ``fit`` runs its first full batch eagerly,
-    captures the next as one CUDA graph and replays it for every later full batch
+    ``cuda_graph=True``: on the CuPy backend, with the data resident on the device, 1-D
+    integer labels and ``augment`` None or a ``Shift``, ``fit`` runs its first full batch
+    eagerly, captures the next as one CUDA graph and replays it for every later full batch
     (dualconv/step_graph.py): one graph launch a step. A smaller last batch, validation
     and ``evaluate`` run eagerly; elsewhere the switch changes nothing. Such a fit makes
     every matrix product with dualconv's gemm kernel instead of cuBLAS (CuPy cannot
@@ -170,7 +171,8 @@ class Trainer:
     def _step_graph(self, X: Any, y: Any, batch_size: int, augment: Augmentation | None) -> StepGraph | None:
         """fit's captured step when ``cuda_graph`` asks for one and the fit allows it (see the
         class docstring; at least two full batches an epoch), else None."""
-        if not self.cuda_graph or self.model.backend != "cupy" or augment is not None:
+        if not self.cuda_graph or self.model.backend != "cupy" or not (augment is None
+                                                                      or isinstance(augment, Shift)):
             return None
         cupy = xp_for("cupy")
         if (backend_of(X) != "cupy" or y.ndim != 1 or y.dtype.kind not in "iu"
@@ -180,7 +182,7 @@ class Trainer:
         if sum(1 for a, b in zip(starts, starts[1:] + [len(X)]) if b - a == batch_size) < 2:
             return None
         return StepGraph(self, cupy.ascontiguousarray(X), y.astype(np.int64, copy=False), batch_size,
-                         len(starts))
+                         len(starts), augment)
 
     def _fit_epochs(self, X: Any, y: Any, initial_epoch: int, epochs: int, batch_size: int,
                     shuffle: bool, seed: int | None, guard: LastFiniteState,
@@ -223,7 +225,7 @@ class Trainer:
         steps = len(starts)
         per_batch = self.scheduler is not None and self.scheduler.per_batch
         if graph is not None:
-            graph.start_epoch(order, steps)
+            graph.start_epoch(order, steps, epoch, augment_seed)
         with tqdm(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
                   disable=not (self.progress and sys.stderr.isatty()), leave=False) as bar:
             for step, (first, last) in enumerate(zip(starts, starts[1:] + [n])):

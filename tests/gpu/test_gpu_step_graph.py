@@ -177,13 +177,27 @@ def test_a_replayed_lenet_step_is_one_graph_launch(emu, optimizer, batch):
     assert counts["syncs"] == counts["host_to_device"] == counts["device_to_host"] == 0, counts
 
 
-def test_without_resident_data_or_with_augment_the_fit_runs_eagerly(emu):
+def test_a_graph_fit_with_shift_augmentation_equals_the_eager_fit(emu):
+    """The offsets of augment.Shift come from (seed, epoch, step): tabled per epoch, read on the device."""
+    X, y = _data(emu.cupy)
+    eager, graph = _trainer("sgd", False), _trainer("sgd", True)
+    for trainer in (eager, graph):
+        emu.reset_counters()
+        _fit(emu, trainer, X, y, epochs=2, augment=dc.Shift(2))
+    assert emu.counters["graph_launches"] == 2 * 10 - 1
+    _assert_same_bits(graph, eager)
+
+
+def test_data_off_the_device_or_another_augmentation_runs_eagerly(emu):
     X, y = _data(emu.cupy)
     trainer = _trainer("sgd", True)
     emu.reset_counters()
-    trainer.fit(emu.cupy.asnumpy(X), emu.cupy.asnumpy(y), batch_size=BATCH, seed=0, augment=dc.Shift(1))
+    trainer.fit(X, y, batch_size=BATCH, seed=0, augment=lambda x, seed, epoch, step: x * 1)
     assert emu.counters["graph_launches"] == 0
-
+    from dualconv.testing import emulated_cupy
+    with emulated_cupy(memory_bytes=1 << 14) as small:  # the data does not fit: batches move one by one
+        trainer.fit(emu.cupy.asnumpy(X), emu.cupy.asnumpy(y), batch_size=BATCH, seed=0)
+        assert small.counters["graph_launches"] == 0
 
 @pytest.mark.parametrize("flag, graph_launches", [((), 2), (("--no-cuda-graph",), 0)])
 def test_dualconv_train_on_cupy_replays_a_graph_unless_told_not_to(emu, tmp_path, monkeypatch, flag,
