@@ -28,13 +28,19 @@ Open the files in this order:
   cuda_conv.py  the CUDA twin of the convolution: im2col launch, one cuBLAS product
   cuda_dense.py the CUDA twin of Dense: one cuBLAS product each
   launch.py     what a launch is: arguments, memory orders, 32- or 64-bit indices
+  plan_cache.py a plan made once per call signature, bound to each call's arrays
   layout.py     the batch-last views of the memory-order contract below
   sources.py    finds kernels/*.cu and joins them for NVRTC
   checks.py     the input checks, run here before dispatch
+  signatures.py a call's signature, and what the dispatch remembers per signature
 
 A layer calls a function below (hop 1), which checks its inputs once and
 calls the twin for the arrays' module (hop 2); on the GPU the twin plans and
-launches the kernel (hop 3).
+launches the kernel (hop 3). A step repeats the signatures of the step before
+(each array's shape, memory order and dtype), so the check runs once per
+signature (then only its per-call numbers) and the plan is made once per
+signature: a repeated call on the GPU is one signature, one dict lookup and a
+launch.
 
 The names (N, C, H, W; kh, kw; sy, sx; ph, pw; dy, dx for dilation; gy, gx for
 gradients; col; argmax) are Chainer's, tabled once in ARCHITECTURE.md, "Names".
