@@ -255,3 +255,15 @@ def test_new_arrays_are_laid_out_as_cupy_lays_them_out(cp):
     for i, y in enumerate(like_x):
         assert y.strides == tuple(s * y.itemsize // x.itemsize for s in x.strides), i
     np.testing.assert_array_equal((x + 1).get(), x.get() + 1)
+
+
+def test_an_integer_index_gives_a_zero_d_view_as_in_cupy(cp):
+    # CuPy's basic indexing always returns a view, down to 0-d: writing through
+    # a[1] changes a, where NumPy's a[1] would be a detached scalar.
+    a = cp.zeros(3, dtype=np.float32)
+    element = a[1]
+    assert element.ndim == 0
+    element[...] = 5
+    rows = cp.zeros((2, 2), dtype=np.int32)
+    rows[1, 0][...] = 7
+    assert a.get().tolist() == [0, 5, 0] and rows.get().tolist() == [[0, 0], [7, 0]]

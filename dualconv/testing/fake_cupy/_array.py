@@ -222,7 +222,10 @@ class ndarray:
     def __getitem__(self, key: Any) -> "ndarray":
         index, advanced = _index(key)
         if not advanced:
-            return wrap(self._a[index])
+            view = self._a[index]
+            if not isinstance(view, np.ndarray):  # NumPy gave a scalar; CuPy gives a 0-d view
+                view = self._a[(*index, Ellipsis) if isinstance(index, tuple) else (index, Ellipsis)]
+            return wrap(view)
         return wrap(_device.new(operator.getitem, self._a, index, probe=_probe))
 
     def __setitem__(self, key: Any, value: Any) -> None:
