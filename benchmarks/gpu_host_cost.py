@@ -261,8 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     _print(f"dualconv's own Python per {args.optimizer} step inside Trainer.fit, batch "
            f"{args.batch} (goal <= 1.0 ms)", step, "us", 1e6, args.top)
     quiet = fit_step_cost(args.optimizer, args.batch, args.steps, no_op=True)
-    _print(f"the same, the custom kernels made no-ops (no cache eviction by the stand-in's "
-           f"kernels)", quiet, "us", 1e6, args.top)
+    _print("the same, the custom kernels made no-ops (no cache eviction by the stand-in's "
+           "kernels)", quiet, "us", 1e6, args.top)
     launch = launch_cost(args.optimizer, args.batch)
     _print("dualconv's own Python per custom launch, kernels made no-ops (goal <= 10 us)",
            launch, "us", 1e6, args.top)

@@ -70,6 +70,7 @@ with the reference and with each other within the products' rounding bound
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 from types import ModuleType
@@ -164,12 +165,13 @@ def _first(kernel: str, calls: Remembered, args: tuple[Any, ...]) -> Any:
     runner = getattr(module, "runner", None)
     run = runner(kernel, args) if runner is not None else None
     if run is None:
-        twin = vars(module)[kernel]
-
-        def run(arguments: tuple[Any, ...]) -> Any:
-            return twin(*arguments)
+        run = functools.partial(_spread, vars(module)[kernel])
     calls.learn(args, run)
     return run(args)
+
+
+def _spread(twin: Any, args: tuple[Any, ...]) -> Any:
+    return twin(*args)
 
 
 def im2col(x: Any, win: Window) -> Any:

@@ -162,12 +162,14 @@ class PlanCache:
         return bound.run(args, xp, call)
 
     def bound(self, args: Sequence[Any]) -> Bound | None:
-        """The Bound of args' signature (made on a miss); None when the plan's launch for
-        args breaks a rule of the module docstring."""
+        """The Bound of args' signature (made on a miss); None when args have no signature
+        to key on or the plan's launch for them breaks a rule of the module docstring."""
         try:
             return self.entries[key(args if self.keyed is None else self.keyed(args))]
         except KeyError:
             return self._make(args)
+        except (TypeError, AttributeError):  # unhashable, or not an array: uncached
+            return None
 
     def launch(self, args: Sequence[Any]) -> Launch:
         bound = self.bound(args)
