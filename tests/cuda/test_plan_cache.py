@@ -173,3 +173,26 @@ def test_per_call_names_a_parameter_of_the_plan():
 
     with pytest.raises(TypeError, match=r"\['rate'\]"):
         PlanCache(plan_misnamed)
+
+
+def test_a_cached_plan_keeps_no_array_and_gives_each_call_new_outputs():
+    """What a cache keeps per signature holds no array of a call (a weak reference to the
+    input dies with it), and each call's outputs are new buffers: an output a caller
+    keeps from one step is never written by the next."""
+    import gc
+    import weakref
+
+    cache = PlanCache(cuda_plans.plan_im2col)
+    launched: list[tuple[str, tuple[Any, ...]]] = []
+    win = Window(3, 3, 1, 1, 1, 1)
+    x = np.ones((2, 3, 8, 8), np.float32)
+    first = cache.run((x, win), np, lambda name, grid, block, args: launched.append((name, args)))
+    second = cache.run((x.copy(), win), np, lambda name, grid, block, args: launched.append((name, args)))
+    assert len(cache.entries) == 1 and len(launched) == 2
+    assert first.shape == second.shape == (3, 3, 3, 2, 8, 8)
+    assert not np.shares_memory(first, second)
+    assert launched[0][1][0] is not launched[1][1][0]  # each call's own input in the slot
+    alive = weakref.ref(x)
+    del x, launched
+    gc.collect()
+    assert alive() is None
