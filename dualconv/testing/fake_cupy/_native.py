@@ -69,20 +69,21 @@ def launch_order(order: str | None = None) -> str:
     return chosen
 
 
+def _gxx_file(name: str) -> str | None:
+    """The path g++ links ``name`` from, or None where it has none."""
+    try:
+        path = subprocess.run([compiler(), f"-print-file-name={name}"], capture_output=True,
+                              text=True).stdout.strip()
+    except (RuntimeError, OSError):
+        return None
+    return path if os.path.isabs(path) and os.path.exists(path) else None
+
+
 def asan_runtime() -> str | None:
     """Path of g++'s AddressSanitizer runtime (libasan.so), or None where it has none
     (or no UBSan runtime, libubsan.so, which SANITIZE needs as well)."""
-    found = []
-    for name in ("libasan.so", "libubsan.so"):
-        try:
-            path = subprocess.run([compiler(), f"-print-file-name={name}"], capture_output=True,
-                                  text=True).stdout.strip()
-        except (RuntimeError, OSError):
-            return None
-        if not (os.path.isabs(path) and os.path.exists(path)):
-            return None
-        found.append(path)
-    return found[0]
+    found = [_gxx_file(name) for name in ("libasan.so", "libubsan.so")]
+    return found[0] if all(found) else None
 
 
 def sanitizer_env(base: dict[str, str] | None = None) -> dict[str, str] | None:
@@ -94,7 +95,11 @@ def sanitizer_env(base: dict[str, str] | None = None) -> dict[str, str] | None:
     if runtime is None:
         return None
     env = dict(os.environ if base is None else base)
-    env["LD_PRELOAD"] = " ".join(filter(None, [runtime, env.get("LD_PRELOAD", "")]))
+    # libstdc++ right after ASan: its __cxa_throw interceptor binds to the real one at
+    # start-up, and a C++ extension that throws (matplotlib's ft2font does on import)
+    # aborts the process when libstdc++ arrives later by dlopen.
+    libstdcxx = _gxx_file("libstdc++.so.6")
+    env["LD_PRELOAD"] = " ".join(filter(None, [runtime, libstdcxx, env.get("LD_PRELOAD", "")]))
     env["ASAN_OPTIONS"] = ":".join(filter(None, ["detect_leaks=0", env.get("ASAN_OPTIONS", "")]))
     try:
         import nvidia.cuda_nvrtc as nvrtc
