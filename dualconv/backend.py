@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import os
 import platform
+import sys
 from types import ModuleType
 from typing import Any, Iterator
 
@@ -25,6 +26,9 @@ _global: str | None = None
 
 
 def _import_cupy() -> ModuleType | None:
+    cupy = sys.modules.get("cupy")  # imported already (or the stand-in): no import machinery
+    if cupy is not None:
+        return cupy
     try:
         import cupy
     except Exception:  # ImportError, or a broken CUDA install raising on import
@@ -152,12 +156,34 @@ def xp_for(name: str | None = None) -> ModuleType:
     return np
 
 
+_ARRAY_MODULES: dict[type, ModuleType] = {}
+"""Each argument type's array module, as get_array_module last found it. CuPy's answer
+depends on the type alone (an instance of its ndarray or not), so it is asked once per type."""
+
+
 def get_array_module(*arrays: Any) -> ModuleType:
     """numpy or cupy, whichever the arrays live in (numpy for plain Python values)."""
-    cupy = _import_cupy() if any(type(a).__module__.startswith("cupy") for a in arrays) else None
-    if cupy is not None:
-        return cupy.get_array_module(*arrays)
+    for array in arrays:
+        module = _ARRAY_MODULES.get(type(array))
+        if module is None:
+            module = _array_module_of(array)
+        if module is not np:
+            return module
     return np
+
+
+def _array_module_of(array: Any) -> ModuleType:
+    """CuPy's ``get_array_module(array)`` for a type from CuPy, else numpy; remembered per
+    type once known (not while CuPy fails to import)."""
+    if not type(array).__module__.startswith("cupy"):
+        module: ModuleType = np
+    else:
+        cupy = _import_cupy()
+        if cupy is None:
+            return np
+        module = cupy.get_array_module(array)
+    _ARRAY_MODULES[type(array)] = module
+    return module
 
 
 def backend_of(array: Any) -> str:
@@ -170,6 +196,8 @@ def to_backend(array: Any, name: str) -> Any:
     if name == "numpy":
         return asnumpy(array)
     if name == "cupy":
+        if get_array_module(array) is sys.modules.get("cupy"):  # there already: the step's case, made cheap
+            return array
         return xp_for("cupy").asarray(array)
     raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")
 

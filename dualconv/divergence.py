@@ -99,7 +99,7 @@ class LastFiniteState:
     def __init__(self, model: Any, optimizer: Any) -> None:
         self.model, self.optimizer = model, optimizer
         self.verdict = xp_for(model.backend).full(1, NO_FAILURE, dtype=np.int32)
-        self._last: dict[tuple[str, str], Any] = {}
+        self._last: dict[tuple[str, str], tuple[Any, Any]] = {}  # key -> (live array, its last-good copy)
         self._last_buffers: dict[str, Any] = {}  # buffer name -> its copy after the last good step
         self._pending: list[_Step] = []
         self._failed: tuple[_Step, bool] | None = None  # (the step, whether its update failed)
@@ -151,9 +151,13 @@ class LastFiniteState:
         weight (slot "param") or optimizer slot ``slot`` of parameter ``name``."""
         key = (name, slot)
         self._pending[-1].updated.append(key)
-        last = self._last.get(key)
+        kept = self._last.get(key)
+        if kept is not None and kept[0] is live:  # the same live array as last step: it fits
+            return kept[1]
+        last = None if kept is None else kept[1]
         if not _fits(last, live):
-            last = self._last[key] = get_array_module(live).empty_like(live)
+            last = get_array_module(live).empty_like(live)
+        self._last[key] = (live, last)
         return last
 
     def end_step(self) -> None:
@@ -189,7 +193,7 @@ class LastFiniteState:
         if update_failed:
             live = self._live()
             for key in failed.updated:
-                live[key][...] = self._last[key]
+                live[key][...] = self._last[key][1]
         for name, (layer, key) in self.model.buffers().items():
             layer.buffers[key][...] = self._last_buffers[name]
         for name, slot in self._slot_keys() - failed.slots_before:

@@ -69,14 +69,15 @@ class Optimizer:
         self.state: dict[str, dict[str, Any]] = {}
         self.steps = 0
 
-    def _slot(self, p: Parameter, name: str) -> Any:
-        """A state array of p's shape (zeros at first), kept on p's backend."""
+    def _slot(self, p: Parameter, name: str, w: Any) -> Any:
+        """A state array of p's shape (zeros at first), kept on the backend of ``w``, p's array."""
         slots = self.state.setdefault(p.name, {})
-        if name not in slots:
-            slots[name] = p.data * 0
-        elif backend_of(slots[name]) != backend_of(p.data):
-            slots[name] = to_backend(slots[name], backend_of(p.data))
-        return slots[name]
+        value = slots.get(name)
+        if value is None:
+            value = slots[name] = w * 0
+        elif type(value) is not type(w) and backend_of(value) != backend_of(w):
+            value = slots[name] = to_backend(value, backend_of(w))
+        return value
 
     def step(self, guard: LastFiniteState | None = None) -> None:
         """Update every parameter that has a gradient, in place.
@@ -86,7 +87,7 @@ class Optimizer:
         changes into ``guard.last_good(...)``, and flags non-finite results.
         """
         self.steps += 1
-        params = list(self.params)
+        params = list(iter(self.params))  # list() of the view itself would also ask its length: a second listing
         if not params:
             raise ValueError(f"{type(self).__name__}: there are no parameters to update")
         for p in params:
@@ -141,7 +142,7 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
-        v = self._slot(p, "velocity") if self.momentum else None
+        v = self._slot(p, "velocity", w) if self.momentum else None
         settings = (self.lr, self.momentum, self.weight_decay, self.nesterov)
         if guard is None:
             kernels.sgd_update(w, g, v, *settings)
@@ -177,7 +178,7 @@ class Adam(Optimizer):
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
-        m, v = self._slot(p, "m"), self._slot(p, "v")
+        m, v = self._slot(p, "m", w), self._slot(p, "v", w)
         settings = (self.lr, self.b1, self.b2, self.eps, self.weight_decay, self.steps)
         if guard is None:
             kernels.adam_update(w, g, m, v, *settings)

@@ -32,7 +32,7 @@ from .cuda_plans import (FLOAT_TYPES, INDEX_TYPES, PLANS, POOL_SIDES, plan_adam_
                          plan_col2im, plan_dropout_forward, plan_flag_nonfinite_loss, plan_im2col,
                          plan_max_pool_backward, plan_max_pool_forward, plan_sgd_update,
                          plan_sgd_update_guarded, plan_softmax_cross_entropy)
-from .launch import Launch, execute
+from .launch import Launch
 from .plan_cache import PlanCache
 from .sources import module_source
 
@@ -152,14 +152,6 @@ def runner(kernel: str, args: tuple[Any, ...]) -> Callable[[tuple[Any, ...]], An
     import cupy
 
     return functools.partial(bound.run, xp=cupy, call=_cupy_call)
-
-
-def _run(launch: Launch) -> Any:
-    """A Launch made by its plan, run on CuPy as it is (no cache: prefer run_plan)."""
-    import cupy
-
-    return execute(launch, cupy, lambda made, args: _cupy_call(made.name, made.grid, made.block,
-                                                               args))
 
 
 def im2col(x: Any, win: Window) -> Any:

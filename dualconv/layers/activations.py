@@ -35,7 +35,7 @@ class _Elementwise(Layer):
             raise TypeError(f"{self.name}: expected a floating-point input, got {x.dtype}")
 
     def _forward(self, x: Any) -> Any:
-        self._shape, self._axes = tuple(x.shape), storage_axes(x)
+        self._shape, self._axes = x.shape, storage_axes(x)
         return from_storage(self._apply(to_storage(x, self._axes)), self._axes)
 
     def _apply(self, x: Any) -> Any:

@@ -35,6 +35,7 @@ class Layer:
         self._backend: str | None = None
         self._cache: Any = None  # what the last forward kept for backward
         self._need_input_grad = True  # set by each backward call
+        self._seen = _SeenShapes()  # what the checks passed since the last build or cast
 
     # -- building -----------------------------------------------------------
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None = None,
@@ -46,9 +47,11 @@ class Layer:
         """
         if not self.built:
             self.check_shape(input_shape, dtype if dtype is not None else self.dtype)
-        if dtype is not None:
+        if dtype is not None and np.dtype(dtype) != self.dtype:
             self.dtype = np.dtype(dtype)
+            self._seen.forget()
         if not self.built:
+            self._seen.forget()
             self._build_shape = tuple(input_shape)
             self._create_params(self._build_shape, rng if rng is not None else default_rng())
             self.built = True
@@ -91,16 +94,25 @@ class Layer:
         return self.forward(x)
 
     def forward(self, x: Any) -> Any:
-        """Checks and builds, then computes the output (``_forward``)."""
-        self._check_input(x)
-        if self.params:
+        """Checks and builds, then computes the output (``_forward``).
+
+        An input of the array type, shape and dtype of one that passed the checks since
+        the last build or cast is not checked again but for its backend: the checks read
+        nothing else of the input, and nothing else of the layer changes in between.
+        """
+        if self._seen.new_input(x):
+            self._check_input(x)
+            if self.params:
+                self._check_backend(x)
+            if not self.built:
+                self._backend = backend_of(x)
+                self.build(tuple(x.shape), dtype=x.dtype if x.dtype.kind == "f" else None)
+            elif self.params and x.dtype != self.dtype:
+                raise TypeError(f"{self.name}: expected {self.dtype} input (the parameters' dtype), "
+                                f"got {x.dtype}; cast the input or call .astype() on the layer")
+            self._seen.passed(x)
+        elif self.params:
             self._check_backend(x)
-        if not self.built:
-            self._backend = backend_of(x)
-            self.build(tuple(x.shape), dtype=x.dtype if x.dtype.kind == "f" else None)
-        elif self.params and x.dtype != self.dtype:
-            raise TypeError(f"{self.name}: expected {self.dtype} input (the parameters' dtype), "
-                            f"got {x.dtype}; cast the input or call .astype() on the layer")
         return self._forward(x)
 
     def backward(self, gy: Any, input_grad: bool = True) -> Any:
@@ -142,8 +154,13 @@ class Layer:
             raise ValueError(
                 f"{self.name}: expected a {ndim}-D input {layout}, got shape {tuple(x.shape)}")
 
+    def _output_shape_of(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """``output_shape(input_shape)`` for an input shape forward accepted, worked out once
+        per shape (a backward checks its gradient against it every step)."""
+        return self._seen.output_shape(self, input_shape)
+
     def _check_grad_shape(self, gy: Any, expected: tuple[int, ...]) -> None:
-        if tuple(gy.shape) != tuple(expected):
+        if gy.shape != expected and tuple(gy.shape) != tuple(expected):
             raise ValueError(
                 f"{self.name}.backward: expected a gradient of shape {tuple(expected)} "
                 f"(the forward output), got {tuple(gy.shape)}")
@@ -184,6 +201,7 @@ class Layer:
     def astype(self, dtype: Any) -> "Layer":
         """Cast parameters and buffers to a floating dtype (float32 or float64)."""
         self.dtype = np.dtype(dtype)
+        self._seen.forget()
         for store in (self.params, self.buffers):
             for key, value in store.items():
                 store[key] = value.astype(self.dtype)
@@ -204,6 +222,45 @@ class Layer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{self.name}({args})"
+
+
+class _SeenShapes:
+    """What a layer's input checks passed: (array type, shape, dtype) signatures, and the output
+    shape of each input shape; at most LIMIT of each (forgotten all at once past it)."""
+
+    LIMIT = 64
+
+    def __init__(self) -> None:
+        self.inputs: set[tuple[Any, ...]] = set()
+        self.outputs: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+    def new_input(self, x: Any) -> bool:
+        """True unless an input of x's type, shape and dtype passed before (True for a non-array)."""
+        try:
+            return (type(x), x.shape, x.dtype) not in self.inputs
+        except (AttributeError, TypeError):  # not an array, or an unhashable shape: check it
+            return True
+
+    def passed(self, x: Any) -> None:
+        if len(self.inputs) >= self.LIMIT:
+            self.inputs.clear()
+        try:
+            self.inputs.add((type(x), x.shape, x.dtype))
+        except TypeError:  # an unhashable shape: checked every time
+            pass
+
+    def output_shape(self, layer: Layer, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+        out = self.outputs.get(input_shape)
+        if out is None:
+            if len(self.outputs) >= self.LIMIT:
+                self.outputs.clear()
+            out = self.outputs[input_shape] = tuple(layer.output_shape(input_shape))
+        return out
+
+    def forget(self) -> None:
+        """The layer's settings that its checks read changed (it was built or cast)."""
+        self.inputs.clear()
+        self.outputs.clear()
 
 
 class _ShapeOnly:

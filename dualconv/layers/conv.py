@@ -12,6 +12,7 @@ launch or product each.
 """
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -78,7 +79,7 @@ class Conv2D(Layer):
             raise ValueError(f"Conv2D: padding must be an int, a pair, 'same' or 'valid', got {padding!r}")
         return pair(padding, "Conv2D padding")
 
-    @property
+    @cached_property  # the settings it reads are fixed at construction
     def window(self) -> Window:
         return Window(self.kh, self.kw, self.sy, self.sx, self.ph, self.pw, self.dy, self.dx)
 
@@ -113,7 +114,7 @@ class Conv2D(Layer):
 
     def _backward(self, gy: Any) -> Any:
         x_shape = self._cache[0]  # saved is (x's shape, what the twin's backward reads)
-        self._check_grad_shape(gy, self.output_shape(x_shape))
+        self._check_grad_shape(gy, self._output_shape_of(x_shape))
         gx, gw, gb = kernels.conv2d_backward(gy, self._cache, self.params["weight"], self.window,
                                              need_gx=self._need_input_grad, need_gb=self.use_bias)
         self.grads["weight"] = gw

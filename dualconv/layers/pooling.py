@@ -1,6 +1,7 @@
 """MaxPool2D and AvgPool2D: sliding-window pooling, overlapping windows allowed."""
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 from .. import kernels
@@ -31,7 +32,7 @@ class _Pool2D(Layer):
             raise ValueError(f"{self.name}: padding must be between 0 and half the kernel size, "
                              f"got padding {(self.ph, self.pw)} for kernel {(self.kh, self.kw)}")
 
-    @property
+    @cached_property  # the settings it reads are fixed at construction
     def window(self) -> Window:
         return Window(self.kh, self.kw, self.sy, self.sx, self.ph, self.pw)
 
@@ -70,7 +71,7 @@ class MaxPool2D(_Pool2D):
 
     def _backward(self, gy: Any) -> Any:
         x_shape, argmax, x = self._cache
-        self._check_grad_shape(gy, self.output_shape(x_shape))
+        self._check_grad_shape(gy, self._output_shape_of(x_shape))
         if argmax is None:
             argmax = kernels.max_pool_forward(x, self.window)[1]
         return kernels.max_pool_backward(gy, argmax, x_shape[2], x_shape[3], self.window)

@@ -29,5 +29,5 @@ class Flatten(Layer):
 
     def _backward(self, gy: Any) -> Any:
         x_shape = self._cache
-        self._check_grad_shape(gy, self.output_shape(x_shape))
+        self._check_grad_shape(gy, self._output_shape_of(x_shape))
         return gy.reshape(x_shape)

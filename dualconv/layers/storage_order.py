@@ -12,6 +12,7 @@ layouts anyway; the values are the same on both backends.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 
@@ -20,19 +21,34 @@ def storage_axes(x: Any) -> tuple[int, ...]:
     ``x.transpose(axes)`` is C-contiguous when x is a permuted contiguous array."""
     if x.flags.c_contiguous:
         return tuple(range(x.ndim))
-    return tuple(sorted(range(x.ndim), key=lambda a: -abs(x.strides[a])))
+    return _by_stride(tuple(x.strides))
 
 
 def to_storage(x: Any, axes: tuple[int, ...]) -> Any:
     """x viewed with its axes in the order ``axes`` (a view; nothing moves)."""
-    return x if axes == tuple(range(len(axes))) else x.transpose(axes)
+    return x if _inverse(axes) is None else x.transpose(axes)
 
 
 def from_storage(y: Any, axes: tuple[int, ...]) -> Any:
     """The inverse of ``to_storage(., axes)``: y back in the caller's axis order (a view)."""
+    inverse = _inverse(axes)
+    return y if inverse is None else y.transpose(inverse)
+
+
+# The permutations below depend on a few small tuples only, and an activation's are the
+# same every step: each is worked out once.
+
+@lru_cache(maxsize=256)
+def _by_stride(strides: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(sorted(range(len(strides)), key=lambda a: -abs(strides[a])))
+
+
+@lru_cache(maxsize=256)
+def _inverse(axes: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The permutation that undoes ``axes``; None when ``axes`` is in order (nothing to undo)."""
     if axes == tuple(range(len(axes))):
-        return y
+        return None
     inverse = [0] * len(axes)
     for position, axis in enumerate(axes):
         inverse[axis] = position
-    return y.transpose(inverse)
+    return tuple(inverse)
