@@ -124,7 +124,8 @@ class LastFiniteState:
     def check_loss(self, loss: Any) -> None:
         """The step's loss (a 0-d array on the model's backend) is known: flag the step
         if it is not finite."""
-        loss = get_array_module(self.verdict).asarray(loss)  # a NumPy scalar becomes 0-d; no copy
+        if type(loss) is not type(self.verdict):  # a NumPy scalar becomes 0-d; no copy
+            loss = get_array_module(self.verdict).asarray(loss)
         if self.clock is None:
             self._pending[-1].loss = loss
             kernels.flag_nonfinite_loss(loss, self.verdict, self.code)

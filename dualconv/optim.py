@@ -91,9 +91,9 @@ class Optimizer:
         if not params:
             raise ValueError(f"{type(self).__name__}: there are no parameters to update")
         for p in params:
-            if p.grad is None:
-                continue
-            self._update(p, p.data, p.grad, guard)
+            g = p.grad
+            if g is not None:
+                self._update(p, p.data, g, guard)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         raise NotImplementedError

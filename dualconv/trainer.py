@@ -273,7 +273,7 @@ class Trainer:
         out = self.model.forward(xb)
         value = self.loss.forward(out, yb)
         self.model.backward(self.loss.backward(), input_grad=False)
-        correct = _correct(out, to_backend(yb, backend_of(out)))
+        correct = _correct(out, yb)  # both on the model's backend
         if self._guard is not None:
             self._guard.check_loss(value)
         self.optimizer.step(self._guard)

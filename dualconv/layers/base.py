@@ -100,20 +100,28 @@ class Layer:
         the last build or cast is not checked again but for its backend: the checks read
         nothing else of the input, and nothing else of the layer changes in between.
         """
-        if self._seen.new_input(x):
-            self._check_input(x)
-            if self.params:
-                self._check_backend(x)
-            if not self.built:
-                self._backend = backend_of(x)
-                self.build(tuple(x.shape), dtype=x.dtype if x.dtype.kind == "f" else None)
-            elif self.params and x.dtype != self.dtype:
-                raise TypeError(f"{self.name}: expected {self.dtype} input (the parameters' dtype), "
-                                f"got {x.dtype}; cast the input or call .astype() on the layer")
-            self._seen.passed(x)
+        try:
+            seen = (type(x), x.shape, x.dtype) in self._seen.inputs
+        except (AttributeError, TypeError):  # not an array, or an unhashable shape
+            seen = False
+        if not seen:
+            self._check_and_build(x)
         elif self.params:
             self._check_backend(x)
         return self._forward(x)
+
+    def _check_and_build(self, x: Any) -> None:
+        """All of forward's checks of x; builds the layer at its first input."""
+        self._check_input(x)
+        if self.params:
+            self._check_backend(x)
+        if not self.built:
+            self._backend = backend_of(x)
+            self.build(tuple(x.shape), dtype=x.dtype if x.dtype.kind == "f" else None)
+        elif self.params and x.dtype != self.dtype:
+            raise TypeError(f"{self.name}: expected {self.dtype} input (the parameters' dtype), "
+                            f"got {x.dtype}; cast the input or call .astype() on the layer")
+        self._seen.passed(x)
 
     def backward(self, gy: Any, input_grad: bool = True) -> Any:
         """Gradient of the loss with respect to the last forward's input.
@@ -157,7 +165,8 @@ class Layer:
     def _output_shape_of(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """``output_shape(input_shape)`` for an input shape forward accepted, worked out once
         per shape (a backward checks its gradient against it every step)."""
-        return self._seen.output_shape(self, input_shape)
+        out = self._seen.outputs.get(input_shape)
+        return out if out is not None else self._seen.output_shape(self, input_shape)
 
     def _check_grad_shape(self, gy: Any, expected: tuple[int, ...]) -> None:
         if gy.shape != expected and tuple(gy.shape) != tuple(expected):
@@ -234,14 +243,8 @@ class _SeenShapes:
         self.inputs: set[tuple[Any, ...]] = set()
         self.outputs: dict[tuple[int, ...], tuple[int, ...]] = {}
 
-    def new_input(self, x: Any) -> bool:
-        """True unless an input of x's type, shape and dtype passed before (True for a non-array)."""
-        try:
-            return (type(x), x.shape, x.dtype) not in self.inputs
-        except (AttributeError, TypeError):  # not an array, or an unhashable shape: check it
-            return True
-
     def passed(self, x: Any) -> None:
+        """x's signature passed the checks."""
         if len(self.inputs) >= self.LIMIT:
             self.inputs.clear()
         try:
@@ -250,11 +253,10 @@ class _SeenShapes:
             pass
 
     def output_shape(self, layer: Layer, input_shape: tuple[int, ...]) -> tuple[int, ...]:
-        out = self.outputs.get(input_shape)
-        if out is None:
-            if len(self.outputs) >= self.LIMIT:
-                self.outputs.clear()
-            out = self.outputs[input_shape] = tuple(layer.output_shape(input_shape))
+        """``layer.output_shape(input_shape)``, now remembered."""
+        if len(self.outputs) >= self.LIMIT:
+            self.outputs.clear()
+        out = self.outputs[input_shape] = tuple(layer.output_shape(input_shape))
         return out
 
     def forget(self) -> None:
