@@ -87,7 +87,7 @@ class Optimizer:
         changes into ``guard.last_good(...)``, and flags non-finite results.
         """
         self.steps += 1
-        params = list(iter(self.params))  # list() of the view itself would also ask its length: a second listing
+        params = list(iter(self.params))  # list(view) would list them twice (its length first)
         if not params:
             raise ValueError(f"{type(self).__name__}: there are no parameters to update")
         for p in params:

@@ -35,7 +35,7 @@ class Layer:
         self._backend: str | None = None
         self._cache: Any = None  # what the last forward kept for backward
         self._need_input_grad = True  # set by each backward call
-        self._seen = _SeenShapes()  # what the checks passed since the last build or cast
+        self._seen = _SeenShapes()  # what the checks passed since the last cast
 
     # -- building -----------------------------------------------------------
     def build(self, input_shape: tuple[int, ...], rng: np.random.Generator | None = None,
@@ -51,7 +51,6 @@ class Layer:
             self.dtype = np.dtype(dtype)
             self._seen.forget()
         if not self.built:
-            self._seen.forget()
             self._build_shape = tuple(input_shape)
             self._create_params(self._build_shape, rng if rng is not None else default_rng())
             self.built = True
@@ -97,8 +96,9 @@ class Layer:
         """Checks and builds, then computes the output (``_forward``).
 
         An input of the array type, shape and dtype of one that passed the checks since
-        the last build or cast is not checked again but for its backend: the checks read
-        nothing else of the input, and nothing else of the layer changes in between.
+        the last cast is not checked again but for its backend: the checks read nothing
+        else of the input, and of the layer only what its first forward (the build) fixes
+        and its dtype.
         """
         try:
             seen = (type(x), x.shape, x.dtype) in self._seen.inputs
@@ -260,7 +260,7 @@ class _SeenShapes:
         return out
 
     def forget(self) -> None:
-        """The layer's settings that its checks read changed (it was built or cast)."""
+        """The layer's dtype, which its checks read, changed (a cast)."""
         self.inputs.clear()
         self.outputs.clear()
 
