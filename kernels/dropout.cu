@@ -31,11 +31,12 @@ __device__ __forceinline__ unsigned int dc_keyed_hash(unsigned int i, unsigned i
     return dc_lowbias32(dc_lowbias32(i ^ key_lo) ^ key_hi);
 }
 
+// The mask and product for every element, with the key given as its two halves.
 template <typename T, typename I>
-__global__ void dropout_forward(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ mask,
-                                I total, I N, unsigned int F, unsigned int first_pair,
-                                unsigned int key_lo, unsigned int key_hi, unsigned int threshold,
-                                T scale) {
+__device__ __forceinline__ void dc_dropout(const T* __restrict__ x, T* __restrict__ y,
+                                           T* __restrict__ mask, I total, I N, unsigned int F,
+                                           unsigned int first_pair, unsigned int key_lo,
+                                           unsigned int key_hi, unsigned int threshold, T scale) {
     DC_GRID_STRIDE_LOOP(I, e, total) {
         const I j = e / N;
         const I n = e - j * N;
@@ -49,6 +50,14 @@ __global__ void dropout_forward(const T* __restrict__ x, T* __restrict__ y, T* _
     }
 }
 
+template <typename T, typename I>
+__global__ void dropout_forward(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ mask,
+                                I total, I N, unsigned int F, unsigned int first_pair,
+                                unsigned int key_lo, unsigned int key_hi, unsigned int threshold,
+                                T scale) {
+    dc_dropout(x, y, mask, total, N, F, first_pair, key_lo, key_hi, threshold, scale);
+}
+
 // dropout_forward with the 64-bit key read from key[0] (low half) and key[1]
 // (high half), device memory that a captured step's step_begin fills.
 template <typename T, typename I>
@@ -56,16 +65,6 @@ __global__ void dropout_forward_at(const T* __restrict__ x, T* __restrict__ y,
                                    T* __restrict__ mask, I total, I N, unsigned int F,
                                    unsigned int first_pair, const int* __restrict__ key,
                                    unsigned int threshold, T scale) {
-    const unsigned int key_lo = (unsigned int)key[0], key_hi = (unsigned int)key[1];
-    DC_GRID_STRIDE_LOOP(I, e, total) {
-        const I j = e / N;
-        const I n = e - j * N;
-        const unsigned int feature = dc_keyed_hash((unsigned int)j, key_lo, key_hi);
-        const unsigned int pair = dc_keyed_hash(F + first_pair + (unsigned int)(n / 2), key_lo, key_hi);
-        const unsigned int word = dc_lowbias32(feature ^ pair);
-        const unsigned int bits = (n & 1) ? (word >> 16) : (word & 0xFFFFu);
-        const T m = bits >= threshold ? scale : T(0);
-        mask[e] = m;
-        y[e] = x[e] * m;
-    }
+    dc_dropout(x, y, mask, total, N, F, first_pair, (unsigned int)key[0], (unsigned int)key[1],
+               threshold, scale);
 }

@@ -83,12 +83,14 @@ __global__ void adam_update(T* __restrict__ w, const T* __restrict__ g, T* __res
     }
 }
 
-// sgd_update under the guard (see the top of this file); verdict: one int.
+// The guarded updates' loops, shared by the kernels that take the rate and the
+// step code as arguments and the *_at kernels that read them from device memory.
 template <typename T, typename I>
-__global__ void sgd_update_guarded(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ v,
-                                   T* __restrict__ w_last, T* __restrict__ v_last,
-                                   int* __restrict__ verdict, I n, T lr, T momentum,
-                                   T weight_decay, int nesterov, int code) {
+__device__ __forceinline__ void dc_sgd_guarded(T* __restrict__ w, const T* __restrict__ g,
+                                               T* __restrict__ v, T* __restrict__ w_last,
+                                               T* __restrict__ v_last, int* __restrict__ verdict,
+                                               I n, T lr, T momentum, T weight_decay, int nesterov,
+                                               int code) {
     if (*verdict <= code) return;
     DC_GRID_STRIDE_LOOP(I, i, n) {
         T wi = w[i];
@@ -102,14 +104,13 @@ __global__ void sgd_update_guarded(T* __restrict__ w, const T* __restrict__ g, T
     }
 }
 
-// adam_update under the guard (see the top of this file); verdict: one int.
 template <typename T, typename I>
-__global__ void adam_update_guarded(T* __restrict__ w, const T* __restrict__ g,
-                                    T* __restrict__ m, T* __restrict__ v,
-                                    T* __restrict__ w_last, T* __restrict__ m_last,
-                                    T* __restrict__ v_last, int* __restrict__ verdict, I n,
-                                    T lr, T b1, T b2, T c1, T c2, T bc1, T bc2, T eps,
-                                    T weight_decay, int code) {
+__device__ __forceinline__ void dc_adam_guarded(T* __restrict__ w, const T* __restrict__ g,
+                                                T* __restrict__ m, T* __restrict__ v,
+                                                T* __restrict__ w_last, T* __restrict__ m_last,
+                                                T* __restrict__ v_last, int* __restrict__ verdict,
+                                                I n, T lr, T b1, T b2, T c1, T c2, T bc1, T bc2,
+                                                T eps, T weight_decay, int code) {
     if (*verdict <= code) return;
     DC_GRID_STRIDE_LOOP(I, i, n) {
         T wi = w[i], mi = m[i], vi = v[i];
@@ -122,6 +123,27 @@ __global__ void adam_update_guarded(T* __restrict__ w, const T* __restrict__ g,
         w[i] = wi;
         if (!dc_isfinite(wi) || !dc_isfinite(mi) || !dc_isfinite(vi)) *verdict = code + 1;
     }
+}
+
+// sgd_update under the guard (see the top of this file); verdict: one int.
+template <typename T, typename I>
+__global__ void sgd_update_guarded(T* __restrict__ w, const T* __restrict__ g, T* __restrict__ v,
+                                   T* __restrict__ w_last, T* __restrict__ v_last,
+                                   int* __restrict__ verdict, I n, T lr, T momentum,
+                                   T weight_decay, int nesterov, int code) {
+    dc_sgd_guarded(w, g, v, w_last, v_last, verdict, n, lr, momentum, weight_decay, nesterov, code);
+}
+
+// adam_update under the guard (see the top of this file); verdict: one int.
+template <typename T, typename I>
+__global__ void adam_update_guarded(T* __restrict__ w, const T* __restrict__ g,
+                                    T* __restrict__ m, T* __restrict__ v,
+                                    T* __restrict__ w_last, T* __restrict__ m_last,
+                                    T* __restrict__ v_last, int* __restrict__ verdict, I n,
+                                    T lr, T b1, T b2, T c1, T c2, T bc1, T bc2, T eps,
+                                    T weight_decay, int code) {
+    dc_adam_guarded(w, g, m, v, w_last, m_last, v_last, verdict, n, lr, b1, b2, c1, c2, bc1, bc2,
+                    eps, weight_decay, code);
 }
 
 // The guard's check of step code / 2's loss (one thread): a NaN or infinite
@@ -144,19 +166,8 @@ __global__ void sgd_update_guarded_at(T* __restrict__ w, const T* __restrict__ g
                                       T* __restrict__ v_last, int* __restrict__ verdict, I n,
                                       const T* __restrict__ lr, T momentum, T weight_decay,
                                       int nesterov, const int* __restrict__ code) {
-    const int c = *code;
-    if (*verdict <= c) return;
-    const T rate = *lr;
-    DC_GRID_STRIDE_LOOP(I, i, n) {
-        T wi = w[i];
-        T vi = momentum == T(0) ? T(0) : v[i];
-        w_last[i] = wi;
-        if (momentum != T(0)) v_last[i] = vi;
-        dc_sgd_element(wi, g[i], vi, rate, momentum, weight_decay, nesterov);
-        w[i] = wi;
-        if (momentum != T(0)) v[i] = vi;
-        if (!dc_isfinite(wi) || !dc_isfinite(vi)) *verdict = c + 1;
-    }
+    dc_sgd_guarded(w, g, v, w_last, v_last, verdict, n, *lr, momentum, weight_decay, nesterov,
+                   *code);
 }
 
 template <typename T, typename I>
@@ -166,20 +177,8 @@ __global__ void adam_update_guarded_at(T* __restrict__ w, const T* __restrict__ 
                                        T* __restrict__ v_last, int* __restrict__ verdict, I n,
                                        const T* __restrict__ rates, T b1, T b2, T c1, T c2,
                                        T eps, T weight_decay, const int* __restrict__ code) {
-    const int c = *code;
-    if (*verdict <= c) return;
-    const T lr = rates[0], bc1 = rates[1], bc2 = rates[2];
-    DC_GRID_STRIDE_LOOP(I, i, n) {
-        T wi = w[i], mi = m[i], vi = v[i];
-        w_last[i] = wi;
-        m_last[i] = mi;
-        v_last[i] = vi;
-        dc_adam_element(wi, g[i], mi, vi, lr, b1, b2, c1, c2, bc1, bc2, eps, weight_decay);
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = wi;
-        if (!dc_isfinite(wi) || !dc_isfinite(mi) || !dc_isfinite(vi)) *verdict = c + 1;
-    }
+    dc_adam_guarded(w, g, m, v, w_last, m_last, v_last, verdict, n, rates[0], b1, b2, c1, c2,
+                    rates[1], rates[2], eps, weight_decay, *code);
 }
 
 // flag_nonfinite_loss with the code read from *code; it also keeps the loss in
