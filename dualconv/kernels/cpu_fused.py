@@ -12,6 +12,8 @@ answer for them.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .layout import batch_first_axes, batch_last_axes
@@ -49,6 +51,14 @@ def adam_update(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: 
     g <- g + weight_decay * w;  m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;
     w <- w - lr * (m / (1 - b1^step)) / (sqrt(v / (1 - b2^step)) + eps).
     """
+    adam_update_corrected(w, g, m, v, lr, 1 - b1 ** step, 1 - b2 ** step, b1, b2, eps, weight_decay)
+
+
+def adam_update_corrected(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: Any,
+                          bc1: Any, bc2: Any, b1: float, b2: float, eps: float,
+                          weight_decay: float) -> None:
+    """adam_update with its bias corrections bc1 = 1 - b1^step, bc2 = 1 - b2^step given, as
+    the CUDA kernels take them (a captured step reads them from device tables)."""
     t = w.dtype.type
     if weight_decay:
         g = g + t(weight_decay) * w
@@ -56,9 +66,7 @@ def adam_update(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: 
     m += t(1 - b1) * g
     v *= t(b2)
     v += t(1 - b2) * (g * g)
-    m_hat = m / t(1 - b1 ** step)
-    v_hat = v / t(1 - b2 ** step)
-    w -= t(lr) * m_hat / (np.sqrt(v_hat) + t(eps))
+    w -= t(lr) * (m / t(bc1)) / (np.sqrt(v / t(bc2)) + t(eps))
 
 
 def softmax_cross_entropy(z: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .cpu_fused import _guarded, dropout_forward, flag_nonfinite_loss, sgd_update
+from .cpu_fused import _guarded, adam_update_corrected, dropout_forward, flag_nonfinite_loss, sgd_update
 from .cuda_step_plans import gemm_chunk
 
 
@@ -49,19 +49,6 @@ def sgd_update_guarded_at(w: np.ndarray, g: np.ndarray, v: np.ndarray | None, w_
              lambda: sgd_update(w, g, v, lr, momentum, weight_decay, nesterov))
 
 
-def _adam(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray, lr: Any, bc1: Any, bc2: Any,
-          b1: float, b2: float, eps: float, weight_decay: float) -> None:
-    """cpu_fused.adam_update with its bias corrections given (as the kernel takes them)."""
-    t = w.dtype.type
-    if weight_decay:
-        g = g + t(weight_decay) * w
-    m *= t(b1)
-    m += t(1 - b1) * g
-    v *= t(b2)
-    v += t(1 - b2) * (g * g)
-    w -= t(lr) * (m / t(bc1)) / (np.sqrt(v / t(bc2)) + t(eps))
-
-
 def adam_update_guarded_at(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarray,
                            w_last: np.ndarray, m_last: np.ndarray, v_last: np.ndarray,
                            verdict: np.ndarray, code_at: np.ndarray, rates_at: np.ndarray,
@@ -70,7 +57,7 @@ def adam_update_guarded_at(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.nd
     code_at[0]."""
     lr, bc1, bc2 = rates_at[0], rates_at[1], rates_at[2]
     _guarded(verdict, int(code_at[0]), [(w, w_last), (m, m_last), (v, v_last)],
-             lambda: _adam(w, g, m, v, lr, bc1, bc2, b1, b2, eps, weight_decay))
+             lambda: adam_update_corrected(w, g, m, v, lr, bc1, bc2, b1, b2, eps, weight_decay))
 
 
 def flag_nonfinite_loss_at(loss: np.ndarray, verdict: np.ndarray, step_at: np.ndarray,
