@@ -15,19 +15,6 @@ extern "C" __global__ void axpy_f(const float* x, float* y, float a, long long n
 '''
 
 
-@pytest.fixture
-def emu():
-    with emulated_cupy() as handle:
-        handle.reset_counters()
-        yield handle
-
-
-@pytest.fixture
-def cp(emu):
-    import cupy
-    return cupy
-
-
 def _step(cp, x, w, kernel, lr):
     """A small update: out-of-place ufuncs, a reduction, in-place ufuncs, setitem, a kernel."""
     y = x * 2 + w

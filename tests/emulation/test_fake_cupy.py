@@ -26,19 +26,6 @@ extern "C" __global__ void scale_d(const double* x, double* y, double a, long lo
 '''
 
 
-@pytest.fixture
-def emu():
-    with emulated_cupy() as handle:
-        handle.reset_counters()
-        yield handle
-
-
-@pytest.fixture
-def cp(emu):
-    import cupy
-    return cupy
-
-
 def _public(obj) -> set[str]:
     return {n for n in dir(obj) if not n.startswith("_")}
 

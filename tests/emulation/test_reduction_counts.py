@@ -6,14 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dualconv.testing import emulated_cupy
-
-
-@pytest.fixture
-def emu():
-    with emulated_cupy() as handle:
-        yield handle
-
 
 CASES = [
     # (what, reduction, expected launches)
