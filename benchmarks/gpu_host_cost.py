@@ -157,9 +157,11 @@ def _recording(calls: list[tuple[str, tuple[Any, ...]]]) -> Iterator[None]:
     """Record every call of a kernel with a CUDA twin in kernels/cuda.py as (kernel,
     arguments): at the dispatch point (dualconv.kernels), and where another twin calls it
     directly (the convolution's im2col and col2im). What the dispatch remembers is
-    forgotten after, so no recorder stays in it."""
+    forgotten before and after, and the convolution's runner (which binds its im2col's
+    plan and would skip cuda.im2col) is off meanwhile, so every such call is seen and no
+    recorder stays in it."""
     from dualconv import kernels
-    from dualconv.kernels import cuda
+    from dualconv.kernels import cuda, cuda_conv
 
     names = [name for name in (*cuda.KERNELS, "max_pool_values") if hasattr(cuda, name)]
     originals = {name: getattr(cuda, name) for name in names}
@@ -181,13 +183,17 @@ def _recording(calls: list[tuple[str, tuple[Any, ...]]]) -> Iterator[None]:
                 calls.append((name, args))
             return originals[name](*args)
         return record
+    conv_runner = cuda_conv.runner
     try:
+        kernels._calls.clear()  # type: ignore[attr-defined]
+        cuda_conv.runner = lambda kernel, args: None  # type: ignore[assignment]
         kernels._dispatch = record_dispatch  # type: ignore[attr-defined]
         for name in names:
             setattr(cuda, name, recorder(name))
         yield
     finally:
         kernels._dispatch = dispatch  # type: ignore[attr-defined]
+        cuda_conv.runner = conv_runner  # type: ignore[assignment]
         for name, original in originals.items():
             setattr(cuda, name, original)
         kernels._calls.clear()  # type: ignore[attr-defined]

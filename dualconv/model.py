@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 from contextlib import nullcontext
+from operator import attrgetter
 from typing import Any, Iterable
 
 import numpy as np
@@ -15,6 +16,8 @@ from .checkpoint import MODEL_KEY, read_npz, write_npz
 from .layers import LAYER_TYPES, Dropout, Layer, MaxPool2D, ReLU, Softmax
 from .layers.activations import softmax
 from .optim import Parameter, ParameterView
+
+_PARAMS, _BUFFERS = attrgetter("params"), attrgetter("buffers")
 
 PREDICT_BATCH_SIZE = {"numpy": 256, "cupy": 256}
 """predict's default batch per backend: large enough that a CPU batch splits into a part
@@ -111,7 +114,10 @@ class Sequential:
         x = to_backend(x, self.backend)
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
-        self._run_order = run_order(self.layers)
+        layers = tuple(self.layers)
+        if self._ordered[0] != layers:  # run_order depends on the layers alone: once per list
+            self._ordered = (layers, run_order(self.layers))
+        self._run_order = self._ordered[1]
         return x
 
     def backward(self, gy: Any, input_grad: bool = True) -> Any:
@@ -169,9 +175,27 @@ class Sequential:
         """
         return ParameterView(self._parameter_list)
 
+    _parameters: tuple[Any, list[Parameter]] = (None, [])
+    """(the layers and their parameter keys when listed, the handles listed then)."""
+    _buffers: tuple[Any, dict[str, tuple[Layer, str]]] = (None, {})
+    """(the layers and their buffer keys when named, buffers()'s names then)."""
+    _ordered: tuple[Any, list[Layer]] = (None, [])
+    """(the layers when ordered, their run_order then)."""
+
     def _parameter_list(self) -> list[Parameter]:
-        return [Parameter(layer, key, f"{i}.{layer.name}.{key}")
-                for i, layer in enumerate(self.layers) for key in layer.params]
+        """A handle per parameter, in layer order; the same list (do not change it) while
+        the layers and their parameter keys are the same. A handle reads its layer's
+        ``params[key]`` when used, so a move (``to``), cast or load_state_dict, which replace
+        the arrays under the same keys, needs no new list; a lazy layer's first forward,
+        which adds keys, or a change to ``layers`` makes one."""
+        layers = self.layers
+        seen = (tuple(layers), tuple(map(tuple, map(_PARAMS, layers))))
+        listed, handles = self._parameters
+        if listed != seen:
+            handles = [Parameter(layer, key, f"{i}.{layer.name}.{key}")
+                       for i, layer in enumerate(layers) for key in layer.params]
+            self._parameters = (seen, handles)
+        return handles
 
     @property
     def training(self) -> bool:
@@ -238,8 +262,14 @@ class Sequential:
 
         Maps "<index>.<Layer>.<key>" to (layer, key); the live array is layer.buffers[key].
         """
-        return {f"{i}.{layer.name}.{key}": (layer, key)
-                for i, layer in enumerate(self.layers) for key in layer.buffers}
+        layers = self.layers
+        seen = (tuple(layers), tuple(map(tuple, map(_BUFFERS, layers))))
+        listed, named = self._buffers
+        if listed != seen:  # made once per list of layers and of their buffers' keys
+            named = {f"{i}.{layer.name}.{key}": (layer, key)
+                     for i, layer in enumerate(layers) for key in layer.buffers}
+            self._buffers = (seen, named)
+        return dict(named)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Every parameter and buffer as a NumPy array, keyed by its name."""

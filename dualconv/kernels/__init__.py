@@ -70,7 +70,6 @@ with the reference and with each other within the products' rounding bound
 """
 from __future__ import annotations
 
-import functools
 import importlib
 import inspect
 from types import ModuleType
@@ -82,7 +81,7 @@ from ..backend import get_array_module
 from ..shapes import Window
 from . import checks, checks_step
 from .layout import flatten_batch  # noqa: F401  (the one view of the memory order a layer needs: Flatten)
-from .signatures import Remembered, key
+from .signatures import Remembered
 
 STEP_KERNELS = ("step_begin", "gather_rows", "sgd_update_guarded_at", "adam_update_guarded_at",
                 "flag_nonfinite_loss_at", "dropout_forward_at", "gemm", "gemm_sum_parts")
@@ -146,32 +145,28 @@ def _dispatch(kernel: str, *args: Any) -> Any:
     except KeyError:
         calls = _remembered(kernel)
     try:
-        run = calls.runs[key(args if calls.pick is None else calls.pick(args))]
+        run = calls.runs[calls.key(args)]
     except KeyError:
         return _first(kernel, calls, args)
-    except (TypeError, AttributeError, IndexError):  # no signature: nothing remembered
+    except (TypeError, AttributeError, ValueError):  # no signature: nothing remembered
         vars(checks)[kernel](*args)
         return vars(_twin(kernel, args[0]))[kernel](*args)
     if calls.values is not None:
         calls.values(*args)
-    return run(args)
+    return run(*args)
 
 
 def _first(kernel: str, calls: Remembered, args: tuple[Any, ...]) -> Any:
     """The first call of a signature: the whole check, then the run it will take,
-    ``run(args)``: the twin's module's runner, else its twin."""
+    ``run(*args)``: the twin's module's runner, else its twin."""
     vars(checks)[kernel](*args)
     module = _twin(kernel, args[0])
     runner = getattr(module, "runner", None)
     run = runner(kernel, args) if runner is not None else None
     if run is None:
-        run = functools.partial(_spread, vars(module)[kernel])
+        run = vars(module)[kernel]
     calls.learn(args, run)
-    return run(args)
-
-
-def _spread(twin: Any, args: tuple[Any, ...]) -> Any:
-    return twin(*args)
+    return run(*args)
 
 
 def im2col(x: Any, win: Window) -> Any:

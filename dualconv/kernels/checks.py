@@ -183,8 +183,12 @@ def _code(code: int, who: str) -> None:
 def _sgd_guarded_values(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
                         verdict: Any, code: int, lr: float, momentum: float,
                         weight_decay: float, nesterov: bool) -> None:
-    _sgd_values(w, g, v, lr, momentum, weight_decay, nesterov)
-    _code(code, "sgd_update_guarded")
+    # _sgd_values, then _code, written out: this runs on every call of a remembered signature
+    if v is None and momentum != 0:
+        raise ValueError("sgd_update: momentum needs a velocity array v")
+    if not 2 <= int(code) < 2**31 - 2 or int(code) % 2:
+        raise ValueError(f"sgd_update_guarded: code must be 2 * step for a step in [1, 2^30), "
+                         f"got {code}")
 
 
 def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
@@ -202,8 +206,12 @@ def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any |
 def _adam_guarded_values(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
                          verdict: Any, code: int, lr: float, b1: float, b2: float, eps: float,
                          weight_decay: float, step: int) -> None:
-    _adam_values(w, g, m, v, lr, b1, b2, eps, weight_decay, step)
-    _code(code, "adam_update_guarded")
+    # _adam_values, then _code, written out: this runs on every call of a remembered signature
+    if int(step) < 1:
+        raise ValueError(f"adam_update: step counts from 1, got {step}")
+    if not 2 <= int(code) < 2**31 - 2 or int(code) % 2:
+        raise ValueError(f"adam_update_guarded: code must be 2 * step for a step in [1, 2^30), "
+                         f"got {code}")
 
 
 def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,

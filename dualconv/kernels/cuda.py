@@ -77,8 +77,20 @@ the fused optimizer kernels round each operation as NumPy does (bitwise parity).
 
 # ---------------------------------------------------------------- CuPy
 
+class _Functions(dict):
+    """One CuPy module's kernels: ``functions[device, name]`` is the kernel ``name`` for
+    ``device`` (the current one when it is asked for), looked up on a miss and kept (each
+    lookup is a driver call). A hit is a plain dict lookup, with no Python frame: this runs
+    once per launch."""
+
+    def __missing__(self, key: tuple[int, str]) -> Any:
+        function = self[key] = get_module().get_function(key[1])
+        return function
+
+
 _modules: dict[tuple[int, int], Any] = {}
-_functions: dict[tuple[int, int, str], Any] = {}
+_functions: dict[Any, tuple[Callable[[], int], _Functions]] = {}
+"""Per CuPy module (the stand-in is another): _table's (device, functions)."""
 _modules_lock = threading.Lock()
 
 
@@ -98,27 +110,21 @@ def get_module() -> Any:
 
 
 def get_function(name: str) -> Any:
-    """The kernel ``name`` for the current device, looked up once (each lookup is a driver call)."""
+    """The kernel ``name`` for the current device, looked up once per device."""
     import cupy
 
-    key = (cupy, cupy.cuda.runtime.getDevice(), name)
-    function = _functions.get(key)
-    if function is None:
-        function = _functions[key] = get_module().get_function(name)
-    return function
+    device, functions = _table(cupy)
+    return functions[device(), name]
 
 
-def _cupy_call(name: str, grid: tuple[int, int, int], block: tuple[int, int, int],
-               args: tuple[Any, ...]) -> None:
-    """name<<<grid, block>>>(*args) on the current device (get_function, inlined: this runs
-    once per launch)."""
-    import cupy
-
+def _table(cupy: Any) -> tuple[Callable[[], int], _Functions]:
+    """(device, functions) for ``cupy`` (the module): device() is the current device,
+    functions[device(), name] the kernel ``name`` there (plan_cache.Bound.run's launcher)."""
     try:
-        function = _functions[cupy, cupy.cuda.runtime.getDevice(), name]
+        return _functions[cupy]
     except KeyError:
-        function = get_function(name)
-    function(grid, block, args)
+        table = _functions[cupy] = (cupy.cuda.runtime.getDevice, _Functions())
+        return table
 
 
 _planned: dict[Callable[..., Launch], PlanCache] = {}
@@ -138,11 +144,11 @@ def run_plan(plan: Callable[..., Launch], *args: Any) -> Any:
     function does (None, one array or a tuple)."""
     import cupy
 
-    return _cache(plan).run(args, cupy, _cupy_call)
+    return _cache(plan).run_on(args, cupy, *_table(cupy))
 
 
 def runner(kernel: str, args: tuple[Any, ...]) -> Callable[[tuple[Any, ...]], Any] | None:
-    """For the dispatch point: ``run(arguments)`` that runs ``kernel`` for any call with
+    """For the dispatch point: ``run(*arguments)`` that runs ``kernel`` for any call with
     args' signature as its twin below would, its plan already bound (no twin, no cache
     lookup per call); None when the twin is more than its plan's launch (RUN_AS_PLANNED)."""
     plan = RUN_AS_PLANNED.get(kernel)
@@ -151,7 +157,7 @@ def runner(kernel: str, args: tuple[Any, ...]) -> Callable[[tuple[Any, ...]], An
         return None
     import cupy
 
-    return functools.partial(bound.run, xp=cupy, call=_cupy_call)
+    return functools.partial(bound.run, cupy, *_table(cupy))
 
 
 def im2col(x: Any, win: Window) -> Any:

@@ -25,18 +25,25 @@ model's output), so a buffer reused by the next call could overwrite it.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from operator import itemgetter
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from .launch import Input, Launch, Output, execute
-from .signatures import PLAIN, exact, key, picker
+from .signatures import PLAIN, exact, keyer, picker
 
 Plan = TypeVar("Plan", bound=Callable[..., Launch])
 Call = Callable[[str, tuple[int, int, int], tuple[int, int, int], tuple[Any, ...]], None]
 """A launcher: call(name, grid, block, arguments) runs name<<<grid, block>>>(*arguments)."""
+Device = Callable[[], Any]
+"""device() -> the current device (the key of its compiled kernels)."""
+Functions = Mapping[tuple[Any, str], Callable[[tuple[int, int, int], tuple[int, int, int],
+                                              tuple[Any, ...]], None]]
+"""functions[device(), name](grid, block, arguments) runs name<<<grid, block>>>(*arguments)
+on the current device (a mapping that finds a missing kernel itself: cuda.py's)."""
 
 ENTRIES = 4096
 """Signatures kept per plan before the cache starts afresh (a model has a few shapes)."""
@@ -65,8 +72,8 @@ class Bound:
     already C-contiguous in its own order is passed as it is). ``tail`` makes the
     per-call arguments that follow them."""
 
-    __slots__ = ("name", "grid", "block", "slots", "allocations", "views", "constants",
-                 "layouts", "pick", "tail")
+    __slots__ = ("name", "grid", "block", "slots", "shapes", "dtypes", "views",
+                 "constants", "layouts", "pick", "tail")
 
     def __init__(self, launch: Launch, args: Sequence[Any],
                  tail: Callable[..., tuple[Any, ...]] | None, n_tail: int) -> None:
@@ -95,35 +102,36 @@ class Bound:
                 "layout": len(args) + len(outputs) + len(constants)}
         self.slots = tuple(slots)
         self.constants, self.layouts = tuple(constants), tuple(layouts)
-        self.allocations = tuple((o.shape, o.dtype) for o in outputs)
         self.views = tuple(o.view for o in outputs)
         order = [base[kind] + k for kind, _, k in slots]
         picked = itemgetter(*order) if order else lambda pool: ()
         self.pick = picked if len(order) != 1 else lambda pool: (picked(pool),)
+        self.shapes = tuple(o.shape for o in outputs)
+        self.dtypes = tuple(o.dtype for o in outputs)
 
-    def run(self, args: Sequence[Any], xp: Any, call: Call) -> Any:
-        """Launch for ``args`` (a call of this signature): ``call(name, grid, block,
-        arguments)`` with output buffers from ``xp.empty``. Returns None, the output, or a
+    def run(self, xp: Any, device: Device, functions: Functions, *args: Any) -> Any:
+        """Launch for ``args`` (a call of this signature): ``functions[device(), name](grid,
+        block, arguments)`` with output buffers from ``xp.empty``. Returns None, the output, or a
         tuple of outputs, each seen through its Output's view (what the kernel's NumPy twin
-        returns)."""
-        if self.allocations:
-            empty = xp.empty
-            buffers = [empty(shape, dtype=dtype) for shape, dtype in self.allocations]
-            pool = [*args, *buffers, *self.constants]
-        else:
-            buffers, pool = [], [*args, *self.constants]
+        returns). Runs once per launch: no comprehension (each a frame), the buffers made
+        by one ``map``."""
+        buffers = [*map(xp.empty, self.shapes, self.dtypes)]
+        pool = [*args, *buffers, *self.constants]
         for k, axes, copy in self.layouts:
             view = pool[k].transpose(axes)
             pool.append(xp.ascontiguousarray(view) if copy else view)
-        arguments = self.pick(pool)
-        if self.tail is not None:
-            arguments = (*arguments, *self.tail(*args))
-        call(self.name, self.grid, self.block, arguments)
+        tail = self.tail
+        functions[device(), self.name](
+            self.grid, self.block, self.pick(pool) if tail is None else (*self.pick(pool), *tail(*args)))
+        views = self.views
+        if len(buffers) == 1:
+            return buffers[0] if views[0] is None else buffers[0].transpose(views[0])
         if not buffers:
             return None
-        if len(buffers) == 1:
-            return buffers[0] if self.views[0] is None else buffers[0].transpose(self.views[0])
-        return tuple([b if v is None else b.transpose(v) for b, v in zip(buffers, self.views)])
+        outputs = []
+        for b, v in zip(buffers, views):
+            outputs.append(b if v is None else b.transpose(v))
+        return tuple(outputs)
 
     def launch(self, args: Sequence[Any]) -> Launch:
         """The Launch of this signature for ``args``, as the uncached plan returns it."""
@@ -144,32 +152,38 @@ class Bound:
 class PlanCache:
     """``plan`` (a cuda_plans.plan_<kernel>) cached per call signature.
 
-    ``run(args, xp, call)`` runs the plan's launch for ``args`` (Bound.run);
+    ``run(args, xp, call)`` and ``run_on(args, xp, device, functions)`` run the plan's
+    launch for ``args`` (Bound.run), through a launcher or a table of kernels;
     ``launch(args)`` is that launch, equal to ``plan(*args)``. A launch that breaks a
     rule of the module docstring runs as the plan made it, uncached."""
 
     def __init__(self, plan: Callable[..., Launch]) -> None:
         self.plan = plan
         names, self.tail = getattr(plan, "per_call", ((), None))
-        self.keyed = picker(list(inspect.signature(plan).parameters), names)
+        params = list(inspect.signature(plan).parameters)
+        self.keyed = picker(params, names)
+        self.key = keyer(params, names)
         self.entries: dict[tuple[Any, ...], Bound] = {}
 
     def run(self, args: Sequence[Any], xp: Any, call: Call) -> Any:
+        return self.run_on(args, xp, _no_device, _Calls(call))
+
+    def run_on(self, args: Sequence[Any], xp: Any, device: Device, functions: Functions) -> Any:
         bound = self.bound(args)
         if bound is None:
-            return execute(self.plan(*args), xp, lambda launch, arguments: call(
-                launch.name, launch.grid, launch.block, arguments))
-        return bound.run(args, xp, call)
+            return execute(self.plan(*args), xp, lambda launch, arguments: functions[
+                device(), launch.name](launch.grid, launch.block, arguments))
+        return bound.run(xp, device, functions, *args)
 
     def bound(self, args: Sequence[Any]) -> Bound | None:
         """The Bound of args' signature (made on a miss); None when args have no signature
         to key on or the plan's launch for them breaks a rule of the module docstring."""
         try:
-            return self.entries[key(args if self.keyed is None else self.keyed(args))]
+            return self.entries[self.key(args)]
         except KeyError:
             return self._make(args)
-        except (TypeError, AttributeError):  # unhashable, or not an array: uncached
-            return None
+        except (TypeError, AttributeError, ValueError):  # unhashable, not an array, or not
+            return None  # one argument per parameter: uncached
 
     def launch(self, args: Sequence[Any]) -> Launch:
         bound = self.bound(args)
@@ -191,8 +205,22 @@ class PlanCache:
             return None
         if len(self.entries) >= ENTRIES:
             self.entries.clear()
-        self.entries[key(keyed)] = bound
+        self.entries[self.key(args)] = bound
         return bound
+
+
+class _Calls:
+    """A launcher seen as a table of kernels: calls[device, name] is call(name, ...)."""
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+
+    def __getitem__(self, key: tuple[Any, str]) -> Callable[..., None]:
+        return functools.partial(self.call, key[1])
+
+
+def _no_device() -> None:
+    """The device of a launcher that picks its own (_Calls)."""
 
 
 class _Unbindable(Exception):

@@ -39,14 +39,33 @@ def signature(a: Any) -> Any:
     return (type(a), a.shape, a.strides, a.dtype)
 
 
-def key(args: Sequence[Any]) -> tuple[Any, ...]:
-    """The signatures of args, as a tuple: a dict key (signature, written out for speed)."""
-    return tuple([a if type(a) in PLAIN else (type(a), a.shape, a.strides, a.dtype)
-                  if type(a) is not tuple else signature(a) for a in args])
+_ITEM = ("{a} if type({a}) in PLAIN else (type({a}), {a}.shape, {a}.strides, {a}.dtype) "
+         "if type({a}) is not tuple else signature({a}), ")
+"""One argument's signature (signature(), written out) in a keyer's generated code."""
+
+
+def keyer(params: Sequence[str], per_call: Sequence[str] = ()
+          ) -> Callable[[Sequence[Any]], tuple[Any, ...]]:
+    """The function args -> their key: a tuple of the signatures of the arguments but the
+    per-call ones, in order (a dict key); ValueError when args are not one per parameter,
+    TypeError (unhashable) or AttributeError (no shape) as signature() raises them, and
+    TypeError when per_call names an unknown parameter.
+
+    It runs once per kernel call, so it is generated for the parameters: one Python
+    function that unpacks args and writes out each kept argument's signature, with no
+    loop, comprehension or pick of its own (the frames they cost would be most of it).
+    Compiled under this file's name, so a profile charges it here."""
+    picker(params, per_call)  # the check of per_call's names
+    names = [f"a{k}" for k in range(len(params))]
+    kept = "".join(_ITEM.format(a=a) for a, p in zip(names, params) if p not in per_call)
+    source = (f"def key(args):\n    {', '.join(names)}, = args\n    return ({kept})\n")
+    namespace: dict[str, Any] = {"PLAIN": PLAIN, "signature": signature}
+    exec(compile(source, __file__, "exec"), namespace)
+    return namespace["key"]
 
 
 def exact(args: Sequence[Any]) -> bool:
-    """Whether key(args) holds all that can be read of args: False when an argument taken
+    """Whether the key of args (keyer) holds all that can be read of args: False when an argument taken
     for an array is a NumPy scalar of a type outside PLAIN, whose value it leaves out."""
     return all(exact(a) if isinstance(a, tuple) else type(a) in PLAIN or not isinstance(a, np.generic)
                for a in args)
@@ -68,24 +87,26 @@ def picker(params: Sequence[str], per_call: Sequence[str]
 
 class Remembered:
     """One kernel's calls, remembered per signature of their arguments but the per-call
-    ones: ``runs[key]`` is how a call of that signature runs (``run(args)``), once its
+    ones: ``runs[key]`` is how a call of that signature runs (``run(*args)``), once its
     check passed.
 
+    key: a call's key (keyer: the signatures of its arguments but the per-call ones);
     pick: picks the arguments the key is made of (None: all of them); values: checks the
     per-call numbers, as the whole check does (None: there are none)."""
 
-    __slots__ = ("pick", "values", "runs")
+    __slots__ = ("key", "pick", "values", "runs")
 
     def __init__(self, params: Sequence[str], per_call: Sequence[str] = (),
                  values: Callable[..., None] | None = None) -> None:
         self.pick = picker(params, per_call)
+        self.key = keyer(params, per_call)
         self.values = values
         self.runs: dict[tuple[Any, ...], Callable[..., Any]] = {}
 
     def learn(self, args: Sequence[Any], run: Callable[..., Any]) -> None:
-        """Remember ``run`` for args' signature (when the signature holds all of args)."""
-        keyed = args if self.pick is None else self.pick(args)
-        if exact(keyed):
+        """Remember ``run`` (called as ``run(*args)``) for args' signature (when the
+        signature holds all of args)."""
+        if exact(args if self.pick is None else self.pick(args)):
             if len(self.runs) >= REMEMBERED:
                 self.runs.clear()
-            self.runs[key(keyed)] = run
+            self.runs[self.key(args)] = run
