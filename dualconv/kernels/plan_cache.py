@@ -25,7 +25,6 @@ model's output), so a buffer reused by the next call could overwrite it.
 """
 from __future__ import annotations
 
-import functools
 import inspect
 from operator import itemgetter
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -36,8 +35,6 @@ from .launch import Input, Launch, Output, execute
 from .signatures import PLAIN, exact, keyer, picker
 
 Plan = TypeVar("Plan", bound=Callable[..., Launch])
-Call = Callable[[str, tuple[int, int, int], tuple[int, int, int], tuple[Any, ...]], None]
-"""A launcher: call(name, grid, block, arguments) runs name<<<grid, block>>>(*arguments)."""
 Device = Callable[[], Any]
 """device() -> the current device (the key of its compiled kernels)."""
 Functions = Mapping[tuple[Any, str], Callable[[tuple[int, int, int], tuple[int, int, int],
@@ -152,8 +149,8 @@ class Bound:
 class PlanCache:
     """``plan`` (a cuda_plans.plan_<kernel>) cached per call signature.
 
-    ``run(args, xp, call)`` and ``run_on(args, xp, device, functions)`` run the plan's
-    launch for ``args`` (Bound.run), through a launcher or a table of kernels;
+    ``run_on(args, xp, device, functions)`` runs the plan's launch for ``args``
+    (Bound.run) through a table of kernels, ``functions[device(), name]``;
     ``launch(args)`` is that launch, equal to ``plan(*args)``. A launch that breaks a
     rule of the module docstring runs as the plan made it, uncached."""
 
@@ -164,9 +161,6 @@ class PlanCache:
         self.keyed = picker(params, names)
         self.key = keyer(params, names)
         self.entries: dict[tuple[Any, ...], Bound] = {}
-
-    def run(self, args: Sequence[Any], xp: Any, call: Call) -> Any:
-        return self.run_on(args, xp, _no_device, _Calls(call))
 
     def run_on(self, args: Sequence[Any], xp: Any, device: Device, functions: Functions) -> Any:
         bound = self.bound(args)
@@ -207,20 +201,6 @@ class PlanCache:
             self.entries.clear()
         self.entries[self.key(args)] = bound
         return bound
-
-
-class _Calls:
-    """A launcher seen as a table of kernels: calls[device, name] is call(name, ...)."""
-
-    def __init__(self, call: Call) -> None:
-        self.call = call
-
-    def __getitem__(self, key: tuple[Any, str]) -> Callable[..., None]:
-        return functools.partial(self.call, key[1])
-
-
-def _no_device() -> None:
-    """The device of a launcher that picks its own (_Calls)."""
 
 
 class _Unbindable(Exception):

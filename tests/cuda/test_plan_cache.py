@@ -186,8 +186,12 @@ def test_a_cached_plan_keeps_no_array_and_gives_each_call_new_outputs():
     launched: list[tuple[str, tuple[Any, ...]]] = []
     win = Window(3, 3, 1, 1, 1, 1)
     x = np.ones((2, 3, 8, 8), np.float32)
-    first = cache.run((x, win), np, lambda name, grid, block, args: launched.append((name, args)))
-    second = cache.run((x.copy(), win), np, lambda name, grid, block, args: launched.append((name, args)))
+    def record(key: tuple[None, str]) -> Any:
+        return lambda grid, block, args: launched.append((key[1], args))
+
+    functions = _Recorder(record)
+    first = cache.run_on((x, win), np, lambda: None, functions)
+    second = cache.run_on((x.copy(), win), np, lambda: None, functions)
     assert len(cache.entries) == 1 and len(launched) == 2
     assert first.shape == second.shape == (3, 3, 3, 2, 8, 8)
     assert not np.shares_memory(first, second)
@@ -196,3 +200,14 @@ def test_a_cached_plan_keeps_no_array_and_gives_each_call_new_outputs():
     del x, launched
     gc.collect()
     assert alive() is None
+
+
+class _Recorder(dict):
+    """A table of kernels whose every entry records its launch: functions[device, name]."""
+
+    def __init__(self, make: Callable[[tuple[None, str]], Any]) -> None:
+        super().__init__()
+        self.make = make
+
+    def __missing__(self, key: tuple[None, str]) -> Any:
+        return self.make(key)
