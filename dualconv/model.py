@@ -18,6 +18,7 @@ from .layers.activations import softmax
 from .optim import Parameter, ParameterView
 
 _PARAMS, _BUFFERS = attrgetter("params"), attrgetter("buffers")
+_NEEDS_BUILD = attrgetter("needs_build")  # no generator frame per layer: read every step
 
 PREDICT_BATCH_SIZE = {"numpy": 256, "cupy": 256}
 """predict's default batch per backend: large enough that a CPU batch splits into a part
@@ -69,7 +70,7 @@ class Sequential:
     @property
     def needs_build(self) -> bool:
         """True until the model knows its input shape and every lazy layer has its parameters."""
-        return self.input_shape is None or any(layer.needs_build for layer in self.layers)
+        return self.input_shape is None or any(map(_NEEDS_BUILD, self.layers))
 
     def check_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
         """Every layer's input shape for a model input of ``input_shape``, then the output shape.

@@ -142,18 +142,24 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
-        v = self._slot(p, "velocity", w) if self.momentum else None
-        settings = (self.lr, self.momentum, self.weight_decay, self.nesterov)
+        v = None
+        if self.momentum:  # _slot's lookup written out: it runs per parameter and step
+            slots = self.state.get(p.name)
+            v = None if slots is None else slots.get("velocity")
+            if type(v) is not type(w):  # none yet, or another array type: _slot makes or moves it
+                v = self._slot(p, "velocity", w)
         if guard is None:
-            kernels.sgd_update(w, g, v, *settings)
+            kernels.sgd_update(w, g, v, self.lr, self.momentum, self.weight_decay, self.nesterov)
             return
         v_last = None if v is None else guard.last_good(p.name, "velocity", v)
         w_last = guard.last_good(p.name, "param", w)
         if guard.clock is not None:
             kernels.sgd_update_guarded_at(w, g, v, w_last, v_last, guard.verdict, guard.clock.code_at,
-                                          guard.clock.rates_at, *settings[1:])
+                                          guard.clock.rates_at, self.momentum, self.weight_decay,
+                                          self.nesterov)
             return
-        kernels.sgd_update_guarded(w, g, v, w_last, v_last, guard.verdict, guard.code, *settings)
+        kernels.sgd_update_guarded(w, g, v, w_last, v_last, guard.verdict, guard.code, self.lr,
+                                   self.momentum, self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -178,12 +184,16 @@ class Adam(Optimizer):
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
-        m, v = self._slot(p, "m", w), self._slot(p, "v", w)
+        slots = self.state.get(p.name)  # _slot's lookup written out, as SGD's
+        m, v = (None, None) if slots is None else (slots.get("m"), slots.get("v"))
+        if type(m) is not type(w) or type(v) is not type(w):
+            m, v = self._slot(p, "m", w), self._slot(p, "v", w)
         settings = (self.lr, self.b1, self.b2, self.eps, self.weight_decay, self.steps)
         if guard is None:
             kernels.adam_update(w, g, m, v, *settings)
             return
-        last = [guard.last_good(p.name, slot, a) for slot, a in (("param", w), ("m", m), ("v", v))]
+        last = (guard.last_good(p.name, "param", w), guard.last_good(p.name, "m", m),
+                guard.last_good(p.name, "v", v))
         if guard.clock is not None:
             kernels.adam_update_guarded_at(w, g, m, v, *last, guard.verdict, guard.clock.code_at,
                                            guard.clock.rates_at, *settings[1:5])

@@ -70,7 +70,7 @@ class Bound:
     per-call arguments that follow them."""
 
     __slots__ = ("name", "grid", "block", "slots", "shapes", "dtypes", "views",
-                 "constants", "layouts", "pick", "tail")
+                 "constants", "layouts", "pick", "tail", "in_place")
 
     def __init__(self, launch: Launch, args: Sequence[Any],
                  tail: Callable[..., tuple[Any, ...]] | None, n_tail: int) -> None:
@@ -105,19 +105,27 @@ class Bound:
         self.pick = picked if len(order) != 1 else lambda pool: (picked(pool),)
         self.shapes = tuple(o.shape for o in outputs)
         self.dtypes = tuple(o.dtype for o in outputs)
+        self.in_place = not outputs and not layouts  # the pool is the arguments, then the constants
 
     def run(self, xp: Any, device: Device, functions: Functions, *args: Any) -> Any:
         """Launch for ``args`` (a call of this signature): ``functions[device(), name](grid,
         block, arguments)`` with output buffers from ``xp.empty``. Returns None, the output, or a
         tuple of outputs, each seen through its Output's view (what the kernel's NumPy twin
         returns). Runs once per launch: no comprehension (each a frame), the buffers made
-        by one ``map``."""
+        by one ``map``; a launch with no output and no input read in another order (an
+        update in place, the guard's flag) picks from the arguments and constants alone."""
+        tail = self.tail
+        if self.in_place:
+            pool = args + self.constants
+            functions[device(), self.name](
+                self.grid, self.block,
+                self.pick(pool) if tail is None else (*self.pick(pool), *tail(*args)))
+            return None
         buffers = [*map(xp.empty, self.shapes, self.dtypes)]
         pool = [*args, *buffers, *self.constants]
         for k, axes, copy in self.layouts:
             view = pool[k].transpose(axes)
             pool.append(xp.ascontiguousarray(view) if copy else view)
-        tail = self.tail
         functions[device(), self.name](
             self.grid, self.block, self.pick(pool) if tail is None else (*self.pick(pool), *tail(*args)))
         views = self.views

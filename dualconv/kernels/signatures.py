@@ -34,8 +34,8 @@ def signature(a: Any) -> Any:
     """One argument's signature (see the module docstring)."""
     if type(a) in PLAIN:
         return a
-    if isinstance(a, tuple):
-        return (type(a), *[signature(item) for item in a])
+    if isinstance(a, tuple):  # a tuple of plain values (a shape) is its own items' signatures
+        return (type(a), *a) if PLAIN.issuperset(map(type, a)) else (type(a), *map(signature, a))
     return (type(a), a.shape, a.strides, a.dtype)
 
 
