@@ -196,7 +196,10 @@ def to_backend(array: Any, name: str) -> Any:
     if name == "numpy":
         return asnumpy(array)
     if name == "cupy":
-        if get_array_module(array) is sys.modules.get("cupy"):  # there already: the step's case, made cheap
+        module = _ARRAY_MODULES.get(type(array))  # get_array_module's lookup written out
+        if module is None:
+            module = get_array_module(array)
+        if module is sys.modules.get("cupy"):  # there already: the step's case, made cheap
             return array
         return xp_for("cupy").asarray(array)
     raise ValueError(f"backend must be 'numpy' or 'cupy', got {name!r}")

@@ -146,19 +146,24 @@ class LastFiniteState:
         """The step that runs now (begin_step's)."""
         return self._pending[-1]
 
-    def last_good(self, name: str, slot: str, live: Any) -> Any:
-        """The array a guarded update copies ``live`` into before changing it: the
-        weight (slot "param") or optimizer slot ``slot`` of parameter ``name``."""
-        key = (name, slot)
-        self._pending[-1].updated.append(key)
-        kept = self._last.get(key)
-        if kept is not None and kept[0] is live:  # the same live array as last step: it fits
-            return kept[1]
-        last = None if kept is None else kept[1]
-        if not _fits(last, live):
-            last = get_array_module(live).empty_like(live)
-        self._last[key] = (live, last)
-        return last
+    def last_goods(self, name: str, *slots: tuple[str, Any]) -> list[Any]:
+        """Per (slot, live) pair, the array a guarded update copies ``live`` into before
+        changing it: the weight (slot "param") or optimizer slot ``slot`` of parameter
+        ``name``. One call per update: it guards two or three arrays of the parameter."""
+        updated, kept_arrays, made = self._pending[-1].updated, self._last, []
+        for slot, live in slots:
+            key = (name, slot)
+            updated.append(key)
+            kept = kept_arrays.get(key)
+            if kept is not None and kept[0] is live:  # the same live array as last step: it fits
+                made.append(kept[1])
+                continue
+            last = None if kept is None else kept[1]
+            if not _fits(last, live):
+                last = get_array_module(live).empty_like(live)
+            kept_arrays[key] = (live, last)
+            made.append(last)
+        return made
 
     def end_step(self) -> None:
         """The step's forward and update were launched: copy every buffer into its

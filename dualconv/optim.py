@@ -84,16 +84,20 @@ class Optimizer:
 
         ``guard``: fit's divergence guard (a divergence.LastFiniteState), or None.
         With it, each update runs only while no step failed, after a copy of what it
-        changes into ``guard.last_good(...)``, and flags non-finite results.
+        changes into ``guard.last_goods(...)``, and flags non-finite results.
         """
         self.steps += 1
         params = list(iter(self.params))  # list(view) would list them twice (its length first)
         if not params:
             raise ValueError(f"{type(self).__name__}: there are no parameters to update")
         for p in params:
-            g = p.grad
-            if g is not None:
-                self._update(p, p.data, g, guard)
+            if type(p) is Parameter:  # a model's handle: its grad and data read written out
+                layer, key = p.layer, p.key
+                g = layer.grads.get(key)
+                if g is not None:
+                    self._update(p, layer.params[key], g, guard)
+            elif p.grad is not None:
+                self._update(p, p.data, p.grad, guard)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         raise NotImplementedError
@@ -151,8 +155,10 @@ class SGD(Optimizer):
         if guard is None:
             kernels.sgd_update(w, g, v, self.lr, self.momentum, self.weight_decay, self.nesterov)
             return
-        v_last = None if v is None else guard.last_good(p.name, "velocity", v)
-        w_last = guard.last_good(p.name, "param", w)
+        if v is None:
+            v_last, (w_last,) = None, guard.last_goods(p.name, ("param", w))
+        else:
+            v_last, w_last = guard.last_goods(p.name, ("velocity", v), ("param", w))
         if guard.clock is not None:
             kernels.sgd_update_guarded_at(w, g, v, w_last, v_last, guard.verdict, guard.clock.code_at,
                                           guard.clock.rates_at, self.momentum, self.weight_decay,
@@ -192,8 +198,7 @@ class Adam(Optimizer):
         if guard is None:
             kernels.adam_update(w, g, m, v, *settings)
             return
-        last = (guard.last_good(p.name, "param", w), guard.last_good(p.name, "m", m),
-                guard.last_good(p.name, "v", v))
+        last = guard.last_goods(p.name, ("param", w), ("m", m), ("v", v))
         if guard.clock is not None:
             kernels.adam_update_guarded_at(w, g, m, v, *last, guard.verdict, guard.clock.code_at,
                                            guard.clock.rates_at, *settings[1:5])

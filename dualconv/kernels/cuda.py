@@ -141,10 +141,16 @@ def _cache(plan: Callable[..., Launch]) -> PlanCache:
 def run_plan(plan: Callable[..., Launch], *args: Any) -> Any:
     """``plan(*args)``'s launch run on CuPy, the plan made once per call signature and bound
     to args (plan_cache.py): what every twin below does. Returns the outputs, as cpu.py's
-    function does (None, one array or a tuple)."""
+    function does (None, one array or a tuple). PlanCache.run_on written out, the cache
+    and the table found without a frame once made: a twin runs this once per launch."""
     import cupy
 
-    return _cache(plan).run_on(args, cupy, *_table(cupy))
+    cache = _planned.get(plan) or _cache(plan)
+    device, functions = _functions.get(cupy) or _table(cupy)
+    bound = cache.bound(args)
+    if bound is None:
+        return cache.run_unbound(args, cupy, device, functions)
+    return bound.run(cupy, device, functions, *args)
 
 
 def runner(kernel: str, args: tuple[Any, ...]) -> Callable[[tuple[Any, ...]], Any] | None:

@@ -158,7 +158,8 @@ class PlanCache:
     """``plan`` (a cuda_plans.plan_<kernel>) cached per call signature.
 
     ``run_on(args, xp, device, functions)`` runs the plan's launch for ``args``
-    (Bound.run) through a table of kernels, ``functions[device(), name]``;
+    (Bound.run, or ``run_unbound`` where ``bound(args)`` is None) through a table of
+    kernels, ``functions[device(), name]``;
     ``launch(args)`` is that launch, equal to ``plan(*args)``. A launch that breaks a
     rule of the module docstring runs as the plan made it, uncached."""
 
@@ -173,9 +174,14 @@ class PlanCache:
     def run_on(self, args: Sequence[Any], xp: Any, device: Device, functions: Functions) -> Any:
         bound = self.bound(args)
         if bound is None:
-            return execute(self.plan(*args), xp, lambda launch, arguments: functions[
-                device(), launch.name](launch.grid, launch.block, arguments))
+            return self.run_unbound(args, xp, device, functions)
         return bound.run(xp, device, functions, *args)
+
+    def run_unbound(self, args: Sequence[Any], xp: Any, device: Device, functions: Functions) -> Any:
+        """run_on for args whose launch does not bind (``bound(args)`` is None): the plan's
+        launch as it made it, uncached."""
+        return execute(self.plan(*args), xp, lambda launch, arguments: functions[
+            device(), launch.name](launch.grid, launch.block, arguments))
 
     def bound(self, args: Sequence[Any]) -> Bound | None:
         """The Bound of args' signature (made on a miss); None when args have no signature
