@@ -96,8 +96,10 @@ class Optimizer:
                 g = layer.grads.get(key)
                 if g is not None:
                     self._update(p, layer.params[key], g, guard)
-            elif p.grad is not None:
-                self._update(p, p.data, p.grad, guard)
+            else:
+                g = p.grad
+                if g is not None:
+                    self._update(p, p.data, g, guard)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         raise NotImplementedError

@@ -1,0 +1,61 @@
+"""The optimizer's handles and the guard's last-good arrays, as the step reads them.
+
+Oracles: SGD's update written out (w - lr * g) for a handle that is not the model's
+Parameter class; for the guard, the arrays' identities and shapes and the order of the
+keys it records.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numpy.testing import assert_array_equal
+
+import dualconv as dc
+from dualconv.divergence import LastFiniteState
+from dualconv.optim import Parameter
+
+F32 = np.float32
+
+
+class Scaled(Parameter):
+    """A handle whose gradient is twice its layer's: read through its properties."""
+
+    @property
+    def grad(self):
+        g = self.layer.grads.get(self.key)
+        return None if g is None else 2 * g
+
+
+def model() -> dc.Sequential:
+    net = dc.Sequential([dc.Flatten(), dc.Dense(None, 3)], seed=0)
+    net.build((2, 1, 2, 2))
+    return net
+
+
+def test_a_handle_of_another_class_is_read_through_its_properties() -> None:
+    net = model()
+    dense = net.layers[1]
+    dense.grads = {"weight": np.ones_like(dense.params["weight"]),
+                   "bias": np.ones_like(dense.params["bias"])}
+    w0, b0 = dense.params["weight"].copy(), dense.params["bias"].copy()
+    dc.SGD([Scaled(dense, "weight", "w"), Parameter(dense, "bias", "b")], lr=0.5).step()
+    assert_array_equal(dense.params["weight"], w0 - F32(0.5) * F32(2))  # the handle's doubled gradient
+    assert_array_equal(dense.params["bias"], b0 - F32(0.5))
+
+
+def test_last_goods_keeps_one_copy_per_live_array_and_records_the_keys_in_order() -> None:
+    net = model()
+    guard = LastFiniteState(net, dc.SGD(net.parameters(), lr=0.1, momentum=0.9))
+    w, v = np.zeros((4, 3), F32), np.zeros((4, 3), F32)
+    guard.begin_step(1, (0, 1))
+    assert guard.code == 2
+    w_last, v_last = guard.last_goods("p", ("param", w), ("velocity", v))
+    assert w_last.shape == w.shape and v_last.shape == v.shape and w_last is not v_last
+    assert guard.current.updated == [("p", "param"), ("p", "velocity")]
+    guard.begin_step(2, (2, 3))
+    assert guard.code == 4
+    again, = guard.last_goods("p", ("param", w))
+    assert again is w_last  # the same live array: the same copy
+    wider, = guard.last_goods("p", ("param", np.zeros((4, 5), F32)))
+    assert wider.shape == (4, 5)
+    assert guard.current.updated == [("p", "param"), ("p", "param")]
+    assert guard.all_finite() and guard.code == 0
