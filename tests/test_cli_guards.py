@@ -30,10 +30,12 @@ from test_cli_errors import QUICK, ROOT, assert_one_line_error, chdir, dualconv,
 
 
 def start_training(out: Path, cwd: Path) -> subprocess.Popen:
-    """A long run into ``out``, in a real process; its stdout is read line by line."""
+    """A long run into ``out``, in a real process; its stdout is read line by line. Ctrl-C
+    is delivered as in a terminal (a shell's background job would ignore SIGINT)."""
     return subprocess.Popen([sys.executable, "-m", "dualconv", "train", *QUICK, "--epochs", "100000", "--out",
                              str(out)], cwd=cwd, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_line(proc: subprocess.Popen, prefix: str) -> None:
@@ -192,16 +194,18 @@ def test_a_lock_held_by_another_process_is_refused(tmp_path):
     assert not (out / "model.npz").exists()
 
 
-def test_sigterm_prints_where_to_continue_and_exits_143(tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_an_interrupt_prints_where_to_continue_and_exits_128_plus_the_signal(tmp_path, signum, code):
     out = tmp_path / "long"
     proc = start_training(out, tmp_path)
     try:
         wait_for_line(proc, "epoch 2/")
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 143, err
+    assert proc.returncode == code, err
     lines = err.splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     match = re.fullmatch(r"dualconv train: interrupted during epoch (\d+); the checkpoint of epoch (\d+) is in "
