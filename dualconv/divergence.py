@@ -104,9 +104,11 @@ class LastFiniteState:
         self._pending: list[_Step] = []
         self._failed: tuple[_Step, bool] | None = None  # (the step, whether its update failed)
         self.clock: Any = None  # a captured step's device values (step_graph.StepClock), or None
-        # The current step's code for the kernels: 2s, s counted from the last good check;
-        # 2 * len(_pending), kept as _pending changes (every guarded update reads it).
-        self.code = 0
+
+    @property
+    def code(self) -> int:
+        """The current step's code for the kernels: 2s, s counted from the last good check."""
+        return 2 * len(self._pending)
 
     def _slot_keys(self) -> set[tuple[str, str]]:
         return {(name, slot) for name, slots in self.optimizer.state.items() for slot in slots}
@@ -114,7 +116,6 @@ class LastFiniteState:
     def begin_step(self, step: int, samples: tuple[int, int]) -> None:
         """Step ``step`` of the epoch (1-based) starts; it trains on positions ``samples``."""
         self._pending.append(_Step(step, samples, self.optimizer.steps, self._slot_keys()))
-        self.code = 2 * len(self._pending)
         for name, (layer, key) in self.model.buffers().items():
             live = layer.buffers[key]
             if not _fits(self._last_buffers.get(name), live):
@@ -181,7 +182,6 @@ class LastFiniteState:
         verdict = int(self.verdict[0])
         if verdict == NO_FAILURE:
             self._pending.clear()
-            self.code = 0
             return True
         self._failed = (self._pending[verdict // 2 - 1], verdict % 2 == 1)
         return False

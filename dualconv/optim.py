@@ -91,15 +91,9 @@ class Optimizer:
         if not params:
             raise ValueError(f"{type(self).__name__}: there are no parameters to update")
         for p in params:
-            if type(p) is Parameter:  # a model's handle: its grad and data read written out
-                layer, key = p.layer, p.key
-                g = layer.grads.get(key)
-                if g is not None:
-                    self._update(p, layer.params[key], g, guard)
-            else:
-                g = p.grad
-                if g is not None:
-                    self._update(p, p.data, g, guard)
+            g = p.grad
+            if g is not None:
+                self._update(p, p.data, g, guard)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
         raise NotImplementedError
@@ -148,12 +142,7 @@ class SGD(Optimizer):
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
-        v = None
-        if self.momentum:  # _slot's lookup written out: it runs per parameter and step
-            slots = self.state.get(p.name)
-            v = None if slots is None else slots.get("velocity")
-            if type(v) is not type(w):  # none yet, or another array type: _slot makes or moves it
-                v = self._slot(p, "velocity", w)
+        v = self._slot(p, "velocity", w) if self.momentum else None
         if guard is None:
             kernels.sgd_update(w, g, v, self.lr, self.momentum, self.weight_decay, self.nesterov)
             return
@@ -192,10 +181,7 @@ class Adam(Optimizer):
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
     def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
-        slots = self.state.get(p.name)  # _slot's lookup written out, as SGD's
-        m, v = (None, None) if slots is None else (slots.get("m"), slots.get("v"))
-        if type(m) is not type(w) or type(v) is not type(w):
-            m, v = self._slot(p, "m", w), self._slot(p, "v", w)
+        m, v = self._slot(p, "m", w), self._slot(p, "v", w)
         settings = (self.lr, self.b1, self.b2, self.eps, self.weight_decay, self.steps)
         if guard is None:
             kernels.adam_update(w, g, m, v, *settings)
