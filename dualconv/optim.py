@@ -4,8 +4,9 @@ An optimizer holds Parameter handles, not arrays: a handle reads the live
 array from its layer's ``params`` / ``grads`` dicts, so moving a model to
 another backend never leaves the optimizer pointing at stale arrays. Its
 state (momentum, Adam moments) follows the parameters to their backend.
-Each parameter's update is one call of dualconv.kernels (sgd_update,
-adam_update): plain NumPy on the CPU, one fused kernel launch on the GPU.
+A step updates every parameter with one call of dualconv.kernels (sgd_update_many,
+adam_update_many): plain NumPy per parameter on the CPU, one fused launch for them
+all on the GPU.
 Inside ``Trainer.fit``, ``step(guard)`` runs the guarded versions of the same
 kernels instead, which skip a failed step without a host sync (divergence.py).
 In a captured step (the guard's ``clock`` set, dualconv/step_graph.py) they are
@@ -90,12 +91,13 @@ class Optimizer:
         params = list(iter(self.params))  # list(view) would list them twice (its length first)
         if not params:
             raise ValueError(f"{type(self).__name__}: there are no parameters to update")
-        for p in params:
-            g = p.grad
-            if g is not None:
-                self._update(p, p.data, g, guard)
+        pairs = [(p, p.grad) for p in params]
+        updated = [(p, g) for p, g in pairs if g is not None]
+        if updated:
+            self._update(updated, guard)
 
-    def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
+    def _update(self, updated: list[tuple[Parameter, Any]], guard: LastFiniteState | None) -> None:
+        """Update every (parameter, gradient) of ``updated``: one kernel call for them all."""
         raise NotImplementedError
 
     def device_rates(self, lr: float, step: int) -> tuple[float, ...]:
@@ -141,22 +143,31 @@ class SGD(Optimizer):
         _check_weight_decay("SGD", weight_decay)
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
 
-    def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
-        v = self._slot(p, "velocity", w) if self.momentum else None
+    def _update(self, updated: list[tuple[Parameter, Any]], guard: LastFiniteState | None) -> None:
+        ws = tuple(p.data for p, _ in updated)
+        gs = tuple(g for _, g in updated)
+        vs = tuple(self._slot(p, "velocity", w) for (p, _), w in zip(updated, ws)) \
+            if self.momentum else None
+        numbers = (self.lr, self.momentum, self.weight_decay, self.nesterov)
         if guard is None:
-            kernels.sgd_update(w, g, v, self.lr, self.momentum, self.weight_decay, self.nesterov)
+            kernels.sgd_update_many(ws, gs, vs, *numbers)
             return
-        if v is None:
-            v_last, (w_last,) = None, guard.last_goods(p.name, ("param", w))
+        if vs is None:
+            w_lasts = tuple(guard.last_goods(p.name, ("param", w))[0] for (p, _), w in zip(updated, ws))
+            v_lasts = None
         else:
-            v_last, w_last = guard.last_goods(p.name, ("velocity", v), ("param", w))
-        if guard.clock is not None:
-            kernels.sgd_update_guarded_at(w, g, v, w_last, v_last, guard.verdict, guard.clock.code_at,
-                                          guard.clock.rates_at, self.momentum, self.weight_decay,
-                                          self.nesterov)
+            lasts = [guard.last_goods(p.name, ("velocity", v), ("param", w))
+                     for (p, _), w, v in zip(updated, ws, vs)]
+            v_lasts, w_lasts = tuple(last[0] for last in lasts), tuple(last[1] for last in lasts)
+        if guard.clock is None:
+            kernels.sgd_update_guarded_many(ws, gs, vs, w_lasts, v_lasts, guard.verdict, guard.code,
+                                            *numbers)
             return
-        kernels.sgd_update_guarded(w, g, v, w_last, v_last, guard.verdict, guard.code, self.lr,
-                                   self.momentum, self.weight_decay, self.nesterov)
+        for k, (w, g) in enumerate(zip(ws, gs)):  # a captured step: one graph launch replays them all
+            kernels.sgd_update_guarded_at(w, g, None if vs is None else vs[k], w_lasts[k],
+                                          None if v_lasts is None else v_lasts[k], guard.verdict,
+                                          guard.clock.code_at, guard.clock.rates_at, self.momentum,
+                                          self.weight_decay, self.nesterov)
 
 
 class Adam(Optimizer):
@@ -180,18 +191,26 @@ class Adam(Optimizer):
         self.b1, self.b2 = (float(b) for b in betas)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
-    def _update(self, p: Parameter, w: Any, g: Any, guard: LastFiniteState | None) -> None:
-        m, v = self._slot(p, "m", w), self._slot(p, "v", w)
+    def _update(self, updated: list[tuple[Parameter, Any]], guard: LastFiniteState | None) -> None:
+        ws = tuple(p.data for p, _ in updated)
+        gs = tuple(g for _, g in updated)
+        ms = tuple(self._slot(p, "m", w) for (p, _), w in zip(updated, ws))
+        vs = tuple(self._slot(p, "v", w) for (p, _), w in zip(updated, ws))
         settings = (self.lr, self.b1, self.b2, self.eps, self.weight_decay, self.steps)
         if guard is None:
-            kernels.adam_update(w, g, m, v, *settings)
+            kernels.adam_update_many(ws, gs, ms, vs, *settings)
             return
-        last = guard.last_goods(p.name, ("param", w), ("m", m), ("v", v))
-        if guard.clock is not None:
-            kernels.adam_update_guarded_at(w, g, m, v, *last, guard.verdict, guard.clock.code_at,
-                                           guard.clock.rates_at, *settings[1:5])
+        lasts = [guard.last_goods(p.name, ("param", w), ("m", m), ("v", v))
+                 for (p, _), w, m, v in zip(updated, ws, ms, vs)]
+        w_lasts, m_lasts, v_lasts = (tuple(last[k] for last in lasts) for k in range(3))
+        if guard.clock is None:
+            kernels.adam_update_guarded_many(ws, gs, ms, vs, w_lasts, m_lasts, v_lasts, guard.verdict,
+                                             guard.code, *settings)
             return
-        kernels.adam_update_guarded(w, g, m, v, *last, guard.verdict, guard.code, *settings)
+        for k, (w, g) in enumerate(zip(ws, gs)):  # a captured step: one graph launch replays them all
+            kernels.adam_update_guarded_at(w, g, ms[k], vs[k], w_lasts[k], m_lasts[k], v_lasts[k],
+                                           guard.verdict, guard.clock.code_at, guard.clock.rates_at,
+                                           *settings[1:5])
 
     def device_rates(self, lr: float, step: int) -> tuple[float, ...]:
         """(lr, 1 - b1^step, 1 - b2^step): the rate and the bias corrections of step ``step``."""

@@ -83,8 +83,48 @@ __global__ void adam_update(T* __restrict__ w, const T* __restrict__ g, T* __res
     }
 }
 
-// The guarded updates' loops, shared by the kernels that take the rate and the
-// step code as arguments and the *_at kernels that read them from device memory.
+// The guarded updates on element i, shared by the kernels that take the rate and
+// the step code as arguments, the *_at kernels that read them from device
+// memory and the list kernels below: copy what changes into its last-good
+// array, update, flag a non-finite result. The caller has checked the verdict.
+template <typename T, typename I>
+__device__ __forceinline__ void dc_sgd_guarded_element(T* __restrict__ w, const T* __restrict__ g,
+                                                       T* __restrict__ v, T* __restrict__ w_last,
+                                                       T* __restrict__ v_last,
+                                                       int* __restrict__ verdict, I i, T lr,
+                                                       T momentum, T weight_decay, int nesterov,
+                                                       int code) {
+    T wi = w[i];
+    T vi = momentum == T(0) ? T(0) : v[i];
+    w_last[i] = wi;
+    if (momentum != T(0)) v_last[i] = vi;
+    dc_sgd_element(wi, g[i], vi, lr, momentum, weight_decay, nesterov);
+    w[i] = wi;
+    if (momentum != T(0)) v[i] = vi;
+    if (!dc_isfinite(wi) || !dc_isfinite(vi)) *verdict = code + 1;
+}
+
+template <typename T, typename I>
+__device__ __forceinline__ void dc_adam_guarded_element(T* __restrict__ w, const T* __restrict__ g,
+                                                        T* __restrict__ m, T* __restrict__ v,
+                                                        T* __restrict__ w_last,
+                                                        T* __restrict__ m_last,
+                                                        T* __restrict__ v_last,
+                                                        int* __restrict__ verdict, I i, T lr,
+                                                        T b1, T b2, T c1, T c2, T bc1, T bc2,
+                                                        T eps, T weight_decay, int code) {
+    T wi = w[i], mi = m[i], vi = v[i];
+    w_last[i] = wi;
+    m_last[i] = mi;
+    v_last[i] = vi;
+    dc_adam_element(wi, g[i], mi, vi, lr, b1, b2, c1, c2, bc1, bc2, eps, weight_decay);
+    m[i] = mi;
+    v[i] = vi;
+    w[i] = wi;
+    if (!dc_isfinite(wi) || !dc_isfinite(mi) || !dc_isfinite(vi)) *verdict = code + 1;
+}
+
+// The guarded updates of one array of n elements.
 template <typename T, typename I>
 __device__ __forceinline__ void dc_sgd_guarded(T* __restrict__ w, const T* __restrict__ g,
                                                T* __restrict__ v, T* __restrict__ w_last,
@@ -93,14 +133,8 @@ __device__ __forceinline__ void dc_sgd_guarded(T* __restrict__ w, const T* __res
                                                int code) {
     if (*verdict <= code) return;
     DC_GRID_STRIDE_LOOP(I, i, n) {
-        T wi = w[i];
-        T vi = momentum == T(0) ? T(0) : v[i];
-        w_last[i] = wi;
-        if (momentum != T(0)) v_last[i] = vi;
-        dc_sgd_element(wi, g[i], vi, lr, momentum, weight_decay, nesterov);
-        w[i] = wi;
-        if (momentum != T(0)) v[i] = vi;
-        if (!dc_isfinite(wi) || !dc_isfinite(vi)) *verdict = code + 1;
+        dc_sgd_guarded_element(w, g, v, w_last, v_last, verdict, i, lr, momentum, weight_decay,
+                               nesterov, code);
     }
 }
 
@@ -113,15 +147,8 @@ __device__ __forceinline__ void dc_adam_guarded(T* __restrict__ w, const T* __re
                                                 T eps, T weight_decay, int code) {
     if (*verdict <= code) return;
     DC_GRID_STRIDE_LOOP(I, i, n) {
-        T wi = w[i], mi = m[i], vi = v[i];
-        w_last[i] = wi;
-        m_last[i] = mi;
-        v_last[i] = vi;
-        dc_adam_element(wi, g[i], mi, vi, lr, b1, b2, c1, c2, bc1, bc2, eps, weight_decay);
-        m[i] = mi;
-        v[i] = vi;
-        w[i] = wi;
-        if (!dc_isfinite(wi) || !dc_isfinite(mi) || !dc_isfinite(vi)) *verdict = code + 1;
+        dc_adam_guarded_element(w, g, m, v, w_last, m_last, v_last, verdict, i, lr, b1, b2, c1,
+                                c2, bc1, bc2, eps, weight_decay, code);
     }
 }
 
@@ -192,4 +219,105 @@ __global__ void flag_nonfinite_loss_at(const T* __restrict__ loss, int* __restri
     const T value = *loss;
     losses[*step] = value;
     if (!dc_isfinite(value) && *verdict > *code) *verdict = *code;
+}
+
+// ---------------------------------------------------------------- list kernels
+// The *_many kernels: one launch updates up to DC_LIST_TENSORS arrays of one
+// dtype (every parameter of a model, as PyTorch's multi-tensor apply), so a
+// step's update costs the host one launch instead of one per parameter. The
+// arrays' addresses travel in the launch's arguments, in a DcTensorList passed
+// by value (the host fills one and passes it as a one-element NumPy array, which
+// CuPy copies into the launch parameters): no host-to-device copy, no atomics.
+// Thread i updates element i of the arrays laid end to end, with the same
+// element functions as the kernels above, so the results are the same bits.
+#define DC_LIST_TENSORS 32
+#define DC_LIST_ROLES 7
+
+struct DcTensorList {
+    long long end[DC_LIST_TENSORS];  // elements of tensors 0..t together (ascending)
+    unsigned long long ptr[DC_LIST_ROLES][DC_LIST_TENSORS];  // ptr[role][t]: the array's address
+    long long count;                 // tensors in the list, 1..DC_LIST_TENSORS
+};
+
+// The tensor that element i (0 <= i < end[count - 1]) falls in: a binary search.
+__device__ __forceinline__ int dc_tensor_of(const DcTensorList& list, long long i) {
+    int lo = 0, hi = static_cast<int>(list.count) - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi) / 2;
+        if (i < list.end[mid]) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+
+template <typename T>
+__device__ __forceinline__ T* dc_role(const DcTensorList& list, int role, int t) {
+    return reinterpret_cast<T*>(list.ptr[role][t]);
+}
+
+// Roles: SGD w, g, v, w_last, v_last (v and v_last unused when momentum is 0);
+// Adam w, g, m, v, w_last, m_last, v_last. The unguarded kernels use the first
+// three (SGD) or four (Adam).
+#define DC_LIST_ELEMENT(list, i, t, j)                                              \
+    const int t = dc_tensor_of(list, i);                                             \
+    const long long j = i - (t == 0 ? 0 : list.end[t - 1])
+
+template <typename T>
+__global__ void sgd_update_many(const DcTensorList list, T lr, T momentum, T weight_decay,
+                                int nesterov) {
+    DC_GRID_STRIDE_LOOP(long long, i, list.end[list.count - 1]) {
+        DC_LIST_ELEMENT(list, i, t, j);
+        T* w = dc_role<T>(list, 0, t);
+        T* v = dc_role<T>(list, 2, t);
+        T wi = w[j];
+        T vi = momentum == T(0) ? T(0) : v[j];
+        dc_sgd_element(wi, dc_role<T>(list, 1, t)[j], vi, lr, momentum, weight_decay, nesterov);
+        w[j] = wi;
+        if (momentum != T(0)) v[j] = vi;
+    }
+}
+
+template <typename T>
+__global__ void adam_update_many(const DcTensorList list, T lr, T b1, T b2, T c1, T c2, T bc1,
+                                 T bc2, T eps, T weight_decay) {
+    DC_GRID_STRIDE_LOOP(long long, i, list.end[list.count - 1]) {
+        DC_LIST_ELEMENT(list, i, t, j);
+        T* w = dc_role<T>(list, 0, t);
+        T* m = dc_role<T>(list, 2, t);
+        T* v = dc_role<T>(list, 3, t);
+        T wi = w[j], mi = m[j], vi = v[j];
+        dc_adam_element(wi, dc_role<T>(list, 1, t)[j], mi, vi, lr, b1, b2, c1, c2, bc1, bc2, eps,
+                        weight_decay);
+        m[j] = mi;
+        v[j] = vi;
+        w[j] = wi;
+    }
+}
+
+template <typename T>
+__global__ void sgd_update_guarded_many(const DcTensorList list, int* __restrict__ verdict, T lr,
+                                        T momentum, T weight_decay, int nesterov, int code) {
+    if (*verdict <= code) return;
+    DC_GRID_STRIDE_LOOP(long long, i, list.end[list.count - 1]) {
+        DC_LIST_ELEMENT(list, i, t, j);
+        dc_sgd_guarded_element(dc_role<T>(list, 0, t), dc_role<T>(list, 1, t),
+                               dc_role<T>(list, 2, t), dc_role<T>(list, 3, t),
+                               dc_role<T>(list, 4, t), verdict, j, lr, momentum, weight_decay,
+                               nesterov, code);
+    }
+}
+
+template <typename T>
+__global__ void adam_update_guarded_many(const DcTensorList list, int* __restrict__ verdict, T lr,
+                                         T b1, T b2, T c1, T c2, T bc1, T bc2, T eps,
+                                         T weight_decay, int code) {
+    if (*verdict <= code) return;
+    DC_GRID_STRIDE_LOOP(long long, i, list.end[list.count - 1]) {
+        DC_LIST_ELEMENT(list, i, t, j);
+        dc_adam_guarded_element(dc_role<T>(list, 0, t), dc_role<T>(list, 1, t),
+                                dc_role<T>(list, 2, t), dc_role<T>(list, 3, t),
+                                dc_role<T>(list, 4, t), dc_role<T>(list, 5, t),
+                                dc_role<T>(list, 6, t), verdict, j, lr, b1, b2, c1, c2, bc1, bc2,
+                                eps, weight_decay, code);
+    }
 }

@@ -1,11 +1,12 @@
 """The kernels that exist twice, and the one place that picks the CPU or GPU twin.
 
-Seventeen kernels exist twice. Six slide a window: im2col, col2im, and max- and
+Twenty-one kernels exist twice. Six slide a window: im2col, col2im, and max- and
 avg-pool forward and backward. Seven are fused so that a GPU step launches few
 kernels (one launch each on the GPU; NumPy expressions on the CPU): sgd_update,
 adam_update, softmax_cross_entropy, dropout_forward (Dropout's mask and product),
 and the divergence guard's sgd_update_guarded, adam_update_guarded and
-flag_nonfinite_loss. Four are the GEMMs of the layers with weights:
+flag_nonfinite_loss; the four updates have list forms (sgd_update_many, ...: every
+parameter of a model in one launch). Four are the GEMMs of the layers with weights:
 conv2d_forward and conv2d_backward (im2col, one product, the bias; and the
 three products of the backward), dense_forward and dense_backward. A layer
 calls them and stays the textbook; how each backend makes the sums fast is the
@@ -27,11 +28,13 @@ Open the files in this order:
   cuda.py       the CUDA twins: CuPy launches of kernels/*.cu (plans in cuda_plans.py)
   cuda_conv.py  the CUDA twin of the convolution: im2col launch, one cuBLAS product
   cuda_dense.py the CUDA twin of Dense: one cuBLAS product each
+  cuda_many.py  the CUDA twins of the list updates: many arrays, one launch
   launch.py     what a launch is: arguments, memory orders, 32- or 64-bit indices
   plan_cache.py a plan made once per call signature, bound to each call's arrays
   layout.py     the batch-last views of the memory-order contract below
   sources.py    finds kernels/*.cu and joins them for NVRTC
-  checks.py     the input checks, run here before dispatch
+  checks.py     the input checks, run here before dispatch (checks_many.py: the lists')
+  twins.py      which module holds each kernel's twin
   signatures.py a call's signature, and what the dispatch remembers per signature
 
 A layer calls a function below (hop 1), which checks its inputs once and
@@ -70,63 +73,30 @@ with the reference and with each other within the products' rounding bound
 """
 from __future__ import annotations
 
-import importlib
 import inspect
-from types import ModuleType
 from typing import Any, Sequence
 
 import numpy as np
 
-from ..backend import get_array_module
 from ..shapes import Window
-from . import checks, checks_step
+from . import checks, checks_many, checks_step
 from .layout import flatten_batch  # noqa: F401  (the one view of the memory order a layer needs: Flatten)
 from .signatures import Remembered
 
-STEP_KERNELS = ("step_begin", "gather_rows", "sgd_update_guarded_at", "adam_update_guarded_at",
-                "flag_nonfinite_loss_at", "dropout_forward_at", "gemm", "gemm_sum_parts")
-"""A captured step's kernels (dualconv/step_graph.py): their checks are in checks_step.py."""
-
-HOMES = {
-    "conv2d_forward": ("cpu_conv", "cuda_conv"), "conv2d_backward": ("cpu_conv", "cuda_conv"),
-    "dense_forward": ("cpu_dense", "cuda_dense"), "dense_backward": ("cpu_dense", "cuda_dense"),
-    **{kernel: ("cpu_fused", "cuda") for kernel in (
-        "sgd_update", "adam_update", "sgd_update_guarded", "adam_update_guarded",
-        "flag_nonfinite_loss", "softmax_cross_entropy", "dropout_forward")},
-    **{kernel: ("cpu_step", "cuda_step") for kernel in STEP_KERNELS},
-}
-"""The kernels whose twins live outside cpu.py and cuda.py: kernel -> (its NumPy twin's
-module, its CUDA twin's module). Every other kernel's twins are in cpu and cuda."""
-
-
-def twin_for(xp: ModuleType, kernel: str | None = None) -> ModuleType:
-    """The module holding ``kernel``'s twin for an array module (numpy picks the NumPy side,
-    cupy the CUDA one): the HOMES entry, else cpu or cuda."""
-    side = 0 if xp is np else 1
-    module = HOMES[kernel][side] if kernel in HOMES else ("cpu", "cuda")[side]
-    return importlib.import_module(f"{__name__}.{module}")
-
-
-_twins: dict[tuple[str, type], ModuleType] = {}
-
-
-def _twin(kernel: str, first: Any) -> ModuleType:
-    """twin_for(the array module of ``first``, kernel), remembered per (kernel, type of
-    first): the side depends on the array's type alone, so later calls cost a dict lookup."""
-    try:
-        return _twins[kernel, type(first)]
-    except KeyError:
-        module = _twins[kernel, type(first)] = twin_for(get_array_module(first), kernel)
-        return module
-
+from .twins import HOMES, STEP_KERNELS, twin_for, twin_of  # noqa: F401  (public: twin_for, HOMES)
 
 _calls: dict[str, Remembered] = {}
 """Per kernel, what its calls remember per signature (signatures.py): how a call runs
 once its check passed."""
 
 
+def _checks(kernel: str) -> Any:
+    """The module holding kernel's check: checks_many for the list updates, else checks."""
+    return checks_many if kernel in checks_many.PER_CALL else checks
+
+
 def _remembered(kernel: str) -> Remembered:
-    names, values = checks.PER_CALL.get(kernel, ((), None))
+    names, values = _checks(kernel).PER_CALL.get(kernel, ((), None))
     params = inspect.signature(globals()[kernel]).parameters  # the function below
     calls = _calls[kernel] = Remembered(list(params), names, values)
     return calls
@@ -149,8 +119,8 @@ def _dispatch(kernel: str, *args: Any) -> Any:
     except KeyError:
         return _first(kernel, calls, args)
     except (TypeError, AttributeError, ValueError):  # no signature: nothing remembered
-        vars(checks)[kernel](*args)
-        return vars(_twin(kernel, args[0]))[kernel](*args)
+        vars(_checks(kernel))[kernel](*args)
+        return vars(twin_of(kernel, args[0]))[kernel](*args)
     if calls.values is not None:
         calls.values(*args)
     return run(*args)
@@ -159,8 +129,8 @@ def _dispatch(kernel: str, *args: Any) -> Any:
 def _first(kernel: str, calls: Remembered, args: tuple[Any, ...]) -> Any:
     """The first call of a signature: the whole check, then the run it will take,
     ``run(*args)``: the twin's module's runner, else its twin."""
-    vars(checks)[kernel](*args)
-    module = _twin(kernel, args[0])
+    vars(_checks(kernel))[kernel](*args)
+    module = twin_of(kernel, args[0])
     runner = getattr(module, "runner", None)
     run = runner(kernel, args) if runner is not None else None
     if run is None:
@@ -233,6 +203,40 @@ def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any
     """adam_update under fit's divergence guard, as sgd_update_guarded."""
     _dispatch("adam_update_guarded", w, g, m, v, w_last, m_last, v_last, verdict, code, lr, b1,
               b2, eps, weight_decay, step)
+
+
+def sgd_update_many(ws: Sequence[Any], gs: Sequence[Any], vs: Sequence[Any] | None, lr: float,
+                    momentum: float, weight_decay: float, nesterov: bool) -> None:
+    """sgd_update on every parameter: ws, gs, vs hold one array each per parameter (vs
+    None when momentum is 0). One launch on the GPU, where sgd_update takes one each."""
+    _dispatch("sgd_update_many", ws, gs, vs, lr, momentum, weight_decay, nesterov)
+
+
+def adam_update_many(ws: Sequence[Any], gs: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any],
+                     lr: float, b1: float, b2: float, eps: float, weight_decay: float,
+                     step: int) -> None:
+    """adam_update on every parameter, in one launch on the GPU (as sgd_update_many)."""
+    _dispatch("adam_update_many", ws, gs, ms, vs, lr, b1, b2, eps, weight_decay, step)
+
+
+def sgd_update_guarded_many(ws: Sequence[Any], gs: Sequence[Any], vs: Sequence[Any] | None,
+                            w_lasts: Sequence[Any], v_lasts: Sequence[Any] | None, verdict: Any,
+                            code: int, lr: float, momentum: float, weight_decay: float,
+                            nesterov: bool) -> None:
+    """sgd_update_guarded on every parameter: all of them run or none (the verdict is
+    read once), in one launch on the GPU."""
+    _dispatch("sgd_update_guarded_many", ws, gs, vs, w_lasts, v_lasts, verdict, code, lr,
+              momentum, weight_decay, nesterov)
+
+
+def adam_update_guarded_many(ws: Sequence[Any], gs: Sequence[Any], ms: Sequence[Any],
+                             vs: Sequence[Any], w_lasts: Sequence[Any], m_lasts: Sequence[Any],
+                             v_lasts: Sequence[Any], verdict: Any, code: int, lr: float,
+                             b1: float, b2: float, eps: float, weight_decay: float,
+                             step: int) -> None:
+    """adam_update_guarded on every parameter, as sgd_update_guarded_many."""
+    _dispatch("adam_update_guarded_many", ws, gs, ms, vs, w_lasts, m_lasts, v_lasts, verdict,
+              code, lr, b1, b2, eps, weight_decay, step)
 
 
 def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
@@ -318,7 +322,7 @@ def dense_backward(gy: Any, x: Any, w: Any, need_gx: bool = True,
 def _dispatch_step(kernel: str, *args: Any) -> Any:
     """_dispatch for STEP_KERNELS, whose checks live in checks_step.py."""
     getattr(checks_step, kernel)(*args)
-    return getattr(_twin(kernel, args[0]), kernel)(*args)
+    return getattr(twin_of(kernel, args[0]), kernel)(*args)
 
 
 def step_begin(clock: Any, float_table: Any, int_table: Any, floats_now: Any, ints_now: Any) -> None:

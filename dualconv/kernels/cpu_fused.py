@@ -12,7 +12,7 @@ answer for them.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -131,6 +131,52 @@ def adam_update_guarded(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarr
     """adam_update under the guard, as sgd_update_guarded."""
     _guarded(verdict, code, [(w, w_last), (m, m_last), (v, v_last)],
              lambda: adam_update(w, g, m, v, lr, b1, b2, eps, weight_decay, step))
+
+
+# Twins of the *_many kernels: the updates above on every parameter in turn. One call
+# updates a whole model (tuples of arrays, one per parameter; a None role without
+# momentum); on the GPU it is one launch instead of one per parameter.
+
+
+def sgd_update_many(ws: Sequence[np.ndarray], gs: Sequence[np.ndarray],
+                    vs: Sequence[np.ndarray] | None, lr: float, momentum: float,
+                    weight_decay: float, nesterov: bool) -> None:
+    """sgd_update on each (ws[k], gs[k], vs[k])."""
+    for k, w in enumerate(ws):
+        sgd_update(w, gs[k], None if vs is None else vs[k], lr, momentum, weight_decay, nesterov)
+
+
+def adam_update_many(ws: Sequence[np.ndarray], gs: Sequence[np.ndarray], ms: Sequence[np.ndarray],
+                     vs: Sequence[np.ndarray], lr: float, b1: float, b2: float, eps: float,
+                     weight_decay: float, step: int) -> None:
+    """adam_update on each (ws[k], gs[k], ms[k], vs[k])."""
+    for k, w in enumerate(ws):
+        adam_update(w, gs[k], ms[k], vs[k], lr, b1, b2, eps, weight_decay, step)
+
+
+def sgd_update_guarded_many(ws: Sequence[np.ndarray], gs: Sequence[np.ndarray],
+                            vs: Sequence[np.ndarray] | None, w_lasts: Sequence[np.ndarray],
+                            v_lasts: Sequence[np.ndarray] | None, verdict: np.ndarray, code: int,
+                            lr: float, momentum: float, weight_decay: float,
+                            nesterov: bool) -> None:
+    """sgd_update_guarded on each parameter: all of them or, when verdict[0] <= code, none
+    (a non-finite result sets verdict[0] = code + 1 > code, so the rest still run)."""
+    for k, w in enumerate(ws):
+        sgd_update_guarded(w, gs[k], None if vs is None else vs[k], w_lasts[k],
+                           None if v_lasts is None else v_lasts[k], verdict, code, lr, momentum,
+                           weight_decay, nesterov)
+
+
+def adam_update_guarded_many(ws: Sequence[np.ndarray], gs: Sequence[np.ndarray],
+                             ms: Sequence[np.ndarray], vs: Sequence[np.ndarray],
+                             w_lasts: Sequence[np.ndarray], m_lasts: Sequence[np.ndarray],
+                             v_lasts: Sequence[np.ndarray], verdict: np.ndarray, code: int,
+                             lr: float, b1: float, b2: float, eps: float, weight_decay: float,
+                             step: int) -> None:
+    """adam_update_guarded on each parameter, as sgd_update_guarded_many."""
+    for k, w in enumerate(ws):
+        adam_update_guarded(w, gs[k], ms[k], vs[k], w_lasts[k], m_lasts[k], v_lasts[k], verdict,
+                            code, lr, b1, b2, eps, weight_decay, step)
 
 
 def flag_nonfinite_loss(loss: np.ndarray, verdict: np.ndarray, code: int) -> None:

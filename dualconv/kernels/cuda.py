@@ -43,6 +43,9 @@ TEMPLATES = {
     "sgd_update": "T, I", "adam_update": "T, I",
     "softmax_cross_entropy": "T, L, I", "dropout_forward": "T, I",
     "sgd_update_guarded": "T, I", "adam_update_guarded": "T, I", "flag_nonfinite_loss": "T",
+    # the list updates (cuda_many.py): 64-bit indices always
+    "sgd_update_many": "T", "adam_update_many": "T", "sgd_update_guarded_many": "T",
+    "adam_update_guarded_many": "T",
     # a captured step's kernels (cuda_step.py): step.cu, gemm.cu and the *_at variants
     "step_begin": "T", "gather_rows": "T, I", "sgd_update_guarded_at": "T, I",
     "adam_update_guarded_at": "T, I", "flag_nonfinite_loss_at": "T", "dropout_forward_at": "T, I",

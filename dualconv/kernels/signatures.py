@@ -14,7 +14,7 @@ them out checks or uses their values on every call.
 """
 from __future__ import annotations
 
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,12 +30,22 @@ REMEMBERED = 4096
 """Signatures remembered per kernel before its memory starts afresh (shapes are few)."""
 
 
+_ARRAY = attrgetter("shape", "strides", "dtype")
+"""An array's (shape, strides, dtype), read without a Python frame."""
+
+
 def signature(a: Any) -> Any:
     """One argument's signature (see the module docstring)."""
     if type(a) in PLAIN:
         return a
     if isinstance(a, tuple):  # a tuple of plain values (a shape) is its own items' signatures
-        return (type(a), *a) if PLAIN.issuperset(map(type, a)) else (type(a), *map(signature, a))
+        if PLAIN.issuperset(map(type, a)):
+            return (type(a), *a)
+        types = (*map(type, a),)
+        if len(set(types)) == 1 and not issubclass(types[0], tuple):
+            # a tuple of arrays of one type (a list kernel's role): no frame per array
+            return (type(a), types[0], len(a), *map(_ARRAY, a))
+        return (type(a), *map(signature, a))
     return (type(a), a.shape, a.strides, a.dtype)
 
 

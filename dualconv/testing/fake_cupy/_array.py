@@ -155,6 +155,13 @@ class ndarray:
         from .cuda import Device
         return Device(0)
 
+    @property
+    def data(self) -> Any:
+        """A cupy.cuda.MemoryPointer to the first element (``.data.ptr``: its address, which
+        the emulated kernels read as host memory)."""
+        from .cuda.memory import MemoryPointer
+        return MemoryPointer._to(self._a)
+
     def __len__(self) -> int:
         return len(self._a)
 

@@ -244,14 +244,32 @@ _CTYPES = {("i", 1): ctypes.c_int8, ("i", 2): ctypes.c_int16, ("i", 4): ctypes.c
            ("f", 8): ctypes.c_double, ("b", 1): ctypes.c_bool}
 
 
+class ByValue:
+    """A one-element numpy array passed by value: its bytes are the parameter (CuPy's
+    CNumpyArray), such as a struct of the kernel's (np.void)."""
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+
 def _describe(is_ptr: bool, size: int, kind: str) -> str:
-    base = {"i": "int", "u": "uint", "f": "float", "b": "bool"}.get(kind, "?")
+    base = {"i": "int", "u": "uint", "f": "float", "b": "bool"}.get(kind)
+    if base is None:
+        return f"{'pointer to ' if is_ptr else ''}a {size}-byte struct"
     return f"{'pointer to ' if is_ptr else ''}{base}{size * 8}"
 
 
 def _value(name: str, i: int, sig: tuple[bool, int, str], a: Any) -> Any:
     is_ptr, size, kind = sig
     expects = _describe(is_ptr, size, kind)
+    if isinstance(a, ByValue):
+        value = a.array
+        if is_ptr or value.dtype.itemsize != size or (kind != "?" and value.dtype.kind != kind):
+            raise TypeError(f"kernel {name} argument {i}: got a one-element {value.dtype} array "
+                            f"({value.dtype.itemsize} bytes) by value, expects {expects}")
+        return (ctypes.c_char * size).from_buffer(value)
     if isinstance(a, np.ndarray):
         if not is_ptr or a.dtype.itemsize != size or (kind != "?" and a.dtype.kind != kind):
             raise TypeError(f"kernel {name} argument {i}: got a {a.dtype} array, expects {expects}")

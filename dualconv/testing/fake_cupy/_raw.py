@@ -62,9 +62,12 @@ class RawKernel:
         for i, a in enumerate(args):
             if isinstance(a, ndarray):
                 host_args.append(a._a)
+            elif isinstance(a, np.ndarray) and a.size == 1:
+                host_args.append(_native.ByValue(a.copy()))  # CuPy copies it into the launch's parameters
             elif isinstance(a, (np.ndarray, list, tuple)):
                 raise TypeError(f"kernel {self.name} argument {i}: got {type(a)}; kernel arguments "
-                                f"must be cupy arrays or scalars (copy host data with cupy.asarray)")
+                                f"must be cupy arrays, scalars or one-element numpy arrays (passed "
+                                f"by value); copy host data with cupy.asarray")
             else:
                 host_args.append(a)
         _device.launch(self._module._library().launch, self.name, grid, block, host_args)

@@ -70,6 +70,13 @@ class MemoryPointer:
         self._raw = mem._raw[int(offset):]
         self.__array_interface__ = self._raw.__array_interface__
 
+    @classmethod
+    def _to(cls, array: _np.ndarray) -> "MemoryPointer":
+        """The pointer to ``array``'s first element (an emulated ndarray's ``data``)."""
+        pointer = cls.__new__(cls)
+        pointer.mem, pointer.device_id, pointer._raw = None, 0, array
+        return pointer
+
     @property
     def ptr(self) -> int:
         return int(self._raw.__array_interface__["data"][0])

@@ -1,0 +1,174 @@
+"""The list updates (kernels/optimizers.cu: sgd_update_many, adam_update_many and their
+guarded forms), run on the emulated CuPy: every parameter of a model in one launch, with
+the arrays' addresses passed by value in a DcTensorList.
+
+The oracle is the one-array CPU twin (cpu_fused.sgd_update, ...) applied to each array
+in turn: the list kernels make the same operations per element, so the results are the
+same bits. Launch counts follow the grouping rule: one launch per dtype and per 32 arrays.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dualconv import kernels
+from dualconv.divergence import NO_FAILURE
+from dualconv.kernels import cpu_fused as cpu
+from dualconv.kernels import cuda_many
+from dualconv.testing import emulated_cupy
+from kernel_cases import DTYPES, assert_bitwise_equal
+
+pytestmark = [pytest.mark.cuda_emulated,
+              pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")]
+
+MANY_UNDER_TEST = ("sgd_update_many", "adam_update_many", "sgd_update_guarded_many",
+                   "adam_update_guarded_many")
+
+SHAPES = [(6, 1, 5, 5), (6,), (0,), (16, 6, 5, 5), (16,), (256, 120), (120,), (1,), (84, 10)]
+"""A LeNet's parameters and two edge cases: an empty array and a one-element one."""
+
+CODE = 6  # the guard's code of step 3
+SGD = {"plain": (0.05, 0.0, 0.0, False), "momentum": (0.05, 0.9, 0.0, False),
+       "nesterov, decay": (0.05, 0.9, 0.01, True)}  # lr, momentum, weight_decay, nesterov
+ADAM = (1e-3, 0.9, 0.999, 1e-8, 0.01, 3)  # lr, b1, b2, eps, weight_decay, step
+
+
+def _arrays(rng: np.random.Generator, roles: int, dtypes, shapes=SHAPES) -> list[list[np.ndarray]]:
+    """``roles`` lists of arrays, one per shape; second moments (Adam's v) stay positive."""
+    made = [[(rng.standard_normal(s) * 0.5).astype(d) for s, d in zip(shapes, dtypes)]
+            for _ in range(roles)]
+    return made
+
+
+def _run(kernel: str, roles: list[list[np.ndarray]], rest: tuple, transpose_g: bool = False):
+    """kernel on the emulated CuPy with roles (None kept) -> (roles after, counters)."""
+    with emulated_cupy() as emu:
+        cp = emu.cupy
+        device = [None if r is None else [cp.asarray(a) for a in r] for r in roles]
+        if transpose_g:  # a gradient read through its strides: copied C-contiguous first
+            device[1] = [cp.ascontiguousarray(g.T).T for g in device[1]]
+        emu.reset_counters()
+        getattr(kernels, kernel)(*(None if r is None else tuple(r) for r in device), *rest)
+        counters = dict(emu.counters)
+        return [None if r is None else [cp.asnumpy(a) for a in r] for r in device], counters
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("settings", SGD.values(), ids=SGD.keys())
+def test_sgd_update_many_is_sgd_update_on_each_array_in_one_launch(dtype, settings):
+    w, g, v = _arrays(np.random.default_rng(0), 3, [dtype] * len(SHAPES))
+    v = v if settings[1] else None
+    expected_w, expected_v = [a.copy() for a in w], None if v is None else [a.copy() for a in v]
+    for k in range(len(w)):
+        cpu.sgd_update(expected_w[k], g[k], None if v is None else expected_v[k], *settings)
+    (got_w, _, got_v), counters = _run("sgd_update_many", [w, g, v], settings, transpose_g=True)
+    for k in range(len(w)):
+        assert_bitwise_equal(got_w[k], expected_w[k], f"w[{k}]")
+        if v is not None:
+            assert_bitwise_equal(got_v[k], expected_v[k], f"v[{k}]")
+    assert counters["kernel_launches"] == 1 + sum(len(s) > 1 for s in SHAPES)  # + the layouts
+    assert counters["host_to_device"] == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_adam_update_many_is_adam_update_on_each_array(dtype):
+    w, g, m, v = _arrays(np.random.default_rng(1), 4, [dtype] * len(SHAPES))
+    v = [np.abs(a) for a in v]
+    expected = [[a.copy() for a in role] for role in (w, m, v)]
+    for k in range(len(w)):
+        cpu.adam_update(expected[0][k], g[k], expected[1][k], expected[2][k], *ADAM)
+    (got_w, _, got_m, got_v), counters = _run("adam_update_many", [w, g, m, v], ADAM)
+    for name, got, want in zip("wmv", (got_w, got_m, got_v), expected):
+        for k in range(len(w)):
+            assert_bitwise_equal(got[k], want[k], f"{name}[{k}]")
+    assert counters["kernel_launches"] == 1
+
+
+VERDICTS = {"no failure": NO_FAILURE, "an earlier step failed": CODE - 1,
+            "this step's loss failed": CODE}
+
+
+@pytest.mark.parametrize("verdict", VERDICTS.values(), ids=VERDICTS.keys())
+@pytest.mark.parametrize("bad_gradient", [False, True], ids=["finite", "non-finite"])
+@pytest.mark.parametrize("kernel", ["sgd_update_guarded_many", "adam_update_guarded_many"])
+def test_guarded_many_updates_all_or_nothing_and_flags_a_failure(kernel, verdict, bad_gradient):
+    """Verdict above the code: each array as its one-array guarded twin (a non-finite result
+    in one array flags code + 1 and the others still update); at or below it: nothing."""
+    sgd = kernel.startswith("sgd")
+    live_roles = 2 if sgd else 3
+    rng = np.random.default_rng(2)
+    w, g, *state = _arrays(rng, 1 + 1 + (live_roles - 1), [np.float32] * len(SHAPES))
+    if not sgd:
+        state[1] = [np.abs(a) for a in state[1]]
+    if bad_gradient:
+        g[3][0, 0, 0, 0] = np.nan
+    lasts = [[np.full_like(a, -7.0) for a in w] for _ in range(live_roles)]
+    rest_numbers = SGD["momentum"] if sgd else ADAM
+    cpu_state = [[a.copy() for a in role] for role in [w, *state, *lasts]]
+    cpu_flag = np.array([verdict], np.int32)
+    one = cpu.sgd_update_guarded if sgd else cpu.adam_update_guarded
+    for k in range(len(w)):
+        live = [cpu_state[r][k] for r in range(live_roles)]
+        last = [cpu_state[live_roles + r][k] for r in range(live_roles)]
+        one(live[0], g[k], *live[1:], *last, cpu_flag, CODE, *rest_numbers)
+    flag = np.array([verdict], np.int32)
+    with emulated_cupy() as emu:
+        cp = emu.cupy
+        device = [[cp.asarray(a) for a in role] for role in [w, *state, *lasts]]
+        device_flag = cp.asarray(flag)
+        emu.reset_counters()
+        getattr(kernels, kernel)(tuple(device[0]), tuple(cp.asarray(a) for a in g),
+                                 *(tuple(role) for role in device[1:]), device_flag, CODE,
+                                 *rest_numbers)
+        assert emu.counters["kernel_launches"] == 1
+        got = [[cp.asnumpy(a) for a in role] for role in device]
+        got_flag = int(cp.asnumpy(device_flag)[0])
+    for r, (ours, theirs) in enumerate(zip(got, cpu_state)):
+        for k in range(len(w)):
+            assert_bitwise_equal(ours[k], theirs[k], f"role {r}, array {k}")
+    assert got_flag == cpu_flag[0]
+    if verdict <= CODE:
+        assert all(np.all(a == -7.0) for a in got[live_roles])  # nothing saved, nothing changed
+    else:
+        assert got_flag == (CODE + 1 if bad_gradient else NO_FAILURE)
+
+
+def test_one_launch_per_dtype_and_per_32_arrays():
+    shapes = [(3,)] * 40 + [(2, 2)] * 3
+    dtypes = [np.float32] * 40 + [np.float64] * 3
+    w, g = _arrays(np.random.default_rng(3), 2, dtypes, shapes)
+    expected = [a.copy() for a in w]
+    for k in range(len(w)):
+        cpu.sgd_update(expected[k], g[k], None, *SGD["plain"])
+    (got, _, _), counters = _run("sgd_update_many", [w, g, None], SGD["plain"])
+    for k in range(len(w)):
+        assert_bitwise_equal(got[k], expected[k], f"w[{k}]")
+    assert counters["kernel_launches"] == 3  # float32: 32 + 8 arrays; float64: 3
+    assert cuda_many.TENSORS == 32
+
+
+def test_an_empty_list_launches_nothing():
+    _, counters = _run("sgd_update_many", [[], [], None], SGD["plain"])
+    assert counters["kernel_launches"] == 0
+
+
+def test_many_updates_refuse_a_weight_they_cannot_update_in_place():
+    with emulated_cupy() as emu:
+        cp = emu.cupy
+        w = cp.zeros((4, 3), np.float32).T
+        with pytest.raises(ValueError, match=r"sgd_update_many: ws\[0\] must be C-contiguous"):
+            kernels.sgd_update_many((w,), (cp.zeros((3, 4), np.float32),), None, *SGD["plain"])
+
+
+@pytest.mark.parametrize("args, error, pattern", [
+    (((np.zeros(3),), (np.zeros(3), np.zeros(3)), None), ValueError, r"gs holds 2 arrays but ws holds 1"),
+    (((np.zeros(3),), (np.zeros(4),), None), ValueError, r"sgd_update_many: parameter 0: .*shape"),
+    ((np.zeros(3), np.zeros(3), None), TypeError, r"ws must be a tuple of arrays"),
+    (((np.zeros(3),), (np.zeros(3),), None, 0.1, 0.9), ValueError, r"momentum needs velocity arrays"),
+])
+def test_many_checks_name_the_role_and_the_parameter(args, error, pattern):
+    numbers = (0.1, 0.0, 0.0, False)
+    full = args + numbers[len(args) - 3:]
+    with pytest.raises(error, match=pattern):
+        kernels.sgd_update_many(*full)
