@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
 
-from . import workers
+from . import neighbours, workers
 
 T = TypeVar("T")
 
@@ -55,6 +55,12 @@ def num_threads() -> int:
             raise ValueError(f"DUALCONV_NUM_THREADS must be a positive integer, got {setting!r}")
         return int(setting)
     return max(1, min(DEFAULT_THREADS, _cores(), _given()))
+
+
+def cores_now() -> int:
+    """The cores a call may spread its parts over now: num_threads(), shared with the other
+    dualconv processes computing on this machine (neighbours.py)."""
+    return neighbours.share(num_threads(), _cores())
 
 
 def _given() -> int:

@@ -26,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import workers
-from .cores import blas_on_one_thread, num_threads, run_on_threads, this_thread, worker_kind
+from . import neighbours
+from .cores import blas_on_one_thread, cores_now, run_on_threads, this_thread, worker_kind
 from .parts import EVAL_MAX_NUMBERS, PART_MAX_NUMBERS, PART_MIN_NUMBERS, in_groups, numbers_per_sample, part_ranges
 
 Layers = Sequence[Any]  # a model's layers in the order they run (dualconv.layers.Layer)
@@ -91,9 +92,10 @@ def twin(layer: Any, first_sample: int) -> Any:
 
 def forward(layers: Layers, x: Any) -> Any:
     """x through the layers, in parts on the cores where the batch splits; the output.
-    The BLAS runs on one thread meanwhile: its threads would change the bits of its sums
+    Marked as computing for other dualconv processes (neighbours.py), which then leave
+    this one its share of the cores. The BLAS runs on one thread meanwhile: its threads would change the bits of its sums
     with the thread count, and would ask for the cores the parts use."""
-    with blas_on_one_thread():
+    with blas_on_one_thread(), neighbours.computing():
         return _forward(layers, x)
 
 
@@ -101,7 +103,7 @@ def backward(layers: Layers, gy: Any, input_grad: bool) -> Any:
     """gy back through the layers of the last forward of these layers; fills each layer's
     grads with the batch's gradients and returns gx (None without input_grad). The BLAS
     on one thread, as in forward."""
-    with blas_on_one_thread():
+    with blas_on_one_thread(), neighbours.computing():
         return _backward(layers, gy, input_grad)
 
 
@@ -113,7 +115,7 @@ def _forward(layers: Layers, x: Any) -> Any:
     if len(ranges) == 1:
         return _forward_parts([list(layers)], x, ranges, 0)[0]
     twins = [list(layers)] + [[twin(layer, start) for layer in layers] for start, _ in ranges[1:]]
-    cores = 1 if getattr(this_thread, "in_task", False) else min(num_threads(), len(ranges))
+    cores = 1 if getattr(this_thread, "in_task", False) else min(cores_now(), len(ranges))
     runs = [_Run([ranges[i] for i in group], [twins[i] for i in group])
             for group in in_groups(list(range(len(ranges))), cores)]
     outs = _run_forward(runs, x, check_code=key != _last_layers)
