@@ -147,23 +147,26 @@ class LastFiniteState:
         """The step that runs now (begin_step's)."""
         return self._pending[-1]
 
-    def last_goods(self, name: str, *slots: tuple[str, Any]) -> list[Any]:
-        """Per (slot, live) pair, the array a guarded update copies ``live`` into before
-        changing it: the weight (slot "param") or optimizer slot ``slot`` of parameter
-        ``name``. One call per update: it guards two or three arrays of the parameter."""
+    def last_goods(self, names: tuple[str, ...], *slots: tuple[str, Any]) -> list[tuple[Any, ...]]:
+        """Per (slot, lives) pair, the arrays the guarded update copies each live array into
+        before changing it: lives holds, per parameter of ``names``, its weight (slot
+        "param") or its optimizer slot ``slot``. One call per step for all parameters."""
         updated, kept_arrays, made = self._pending[-1].updated, self._last, []
-        for slot, live in slots:
-            key = (name, slot)
-            updated.append(key)
-            kept = kept_arrays.get(key)
-            if kept is not None and kept[0] is live:  # the same live array as last step: it fits
-                made.append(kept[1])
-                continue
-            last = None if kept is None else kept[1]
-            if not _fits(last, live):
-                last = get_array_module(live).empty_like(live)
-            kept_arrays[key] = (live, last)
-            made.append(last)
+        for slot, lives in slots:
+            lasts = []
+            for name, live in zip(names, lives):
+                key = (name, slot)
+                updated.append(key)
+                kept = kept_arrays.get(key)
+                if kept is not None and kept[0] is live:  # the same live array as last step: it fits
+                    lasts.append(kept[1])
+                    continue
+                last = None if kept is None else kept[1]
+                if not _fits(last, live):
+                    last = get_array_module(live).empty_like(live)
+                kept_arrays[key] = (live, last)
+                lasts.append(last)
+            made.append(tuple(lasts))
         return made
 
     def end_step(self) -> None:

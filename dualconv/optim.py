@@ -70,34 +70,41 @@ class Optimizer:
         self.state: dict[str, dict[str, Any]] = {}
         self.steps = 0
 
-    def _slot(self, p: Parameter, name: str, w: Any) -> Any:
-        """A state array of p's shape (zeros at first), kept on the backend of ``w``, p's array."""
-        slots = self.state.setdefault(p.name, {})
-        value = slots.get(name)
-        if value is None:
-            value = slots[name] = w * 0
-        elif type(value) is not type(w) and backend_of(value) != backend_of(w):
-            value = slots[name] = to_backend(value, backend_of(w))
-        return value
+    def _slots(self, params: tuple[Parameter, ...], name: str, ws: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The state arrays ``name`` of params, each of its weight's shape (zeros at first),
+        kept on the backend of its weight ``ws[k]``."""
+        made = []
+        for p, w in zip(params, ws):
+            slots = self.state.setdefault(p.name, {})
+            value = slots.get(name)
+            if value is None:
+                value = slots[name] = w * 0
+            elif type(value) is not type(w) and backend_of(value) != backend_of(w):
+                value = slots[name] = to_backend(value, backend_of(w))
+            made.append(value)
+        return tuple(made)
 
     def step(self, guard: LastFiniteState | None = None) -> None:
         """Update every parameter that has a gradient, in place.
 
         ``guard``: fit's divergence guard (a divergence.LastFiniteState), or None.
         With it, each update runs only while no step failed, after a copy of what it
-        changes into ``guard.last_goods(...)``, and flags non-finite results.
+        changes into ``guard.last_goods(...)``, and flags non-finite results. Every parameter
+        goes to one kernel call (sgd_update_many, ...): one launch on the GPU.
         """
         self.steps += 1
         params = list(iter(self.params))  # list(view) would list them twice (its length first)
         if not params:
             raise ValueError(f"{type(self).__name__}: there are no parameters to update")
         pairs = [(p, p.grad) for p in params]
-        updated = [(p, g) for p, g in pairs if g is not None]
+        updated = [pair for pair in pairs if pair[1] is not None]
         if updated:
-            self._update(updated, guard)
+            with_grads, gs = zip(*updated)
+            self._update(with_grads, tuple([p.data for p in with_grads]), gs, guard)
 
-    def _update(self, updated: list[tuple[Parameter, Any]], guard: LastFiniteState | None) -> None:
-        """Update every (parameter, gradient) of ``updated``: one kernel call for them all."""
+    def _update(self, params: tuple[Parameter, ...], ws: tuple[Any, ...], gs: tuple[Any, ...],
+                guard: LastFiniteState | None) -> None:
+        """Update every weight ws[k] of params[k] from its gradient gs[k]: one kernel call for all."""
         raise NotImplementedError
 
     def device_rates(self, lr: float, step: int) -> tuple[float, ...]:
@@ -143,22 +150,18 @@ class SGD(Optimizer):
         _check_weight_decay("SGD", weight_decay)
         self.momentum, self.nesterov, self.weight_decay = float(momentum), bool(nesterov), float(weight_decay)
 
-    def _update(self, updated: list[tuple[Parameter, Any]], guard: LastFiniteState | None) -> None:
-        ws = tuple(p.data for p, _ in updated)
-        gs = tuple(g for _, g in updated)
-        vs = tuple(self._slot(p, "velocity", w) for (p, _), w in zip(updated, ws)) \
-            if self.momentum else None
+    def _update(self, params: tuple[Parameter, ...], ws: tuple[Any, ...], gs: tuple[Any, ...],
+                guard: LastFiniteState | None) -> None:
+        vs = self._slots(params, "velocity", ws) if self.momentum else None
         numbers = (self.lr, self.momentum, self.weight_decay, self.nesterov)
         if guard is None:
             kernels.sgd_update_many(ws, gs, vs, *numbers)
             return
+        names = tuple([p.name for p in params])
         if vs is None:
-            w_lasts = tuple(guard.last_goods(p.name, ("param", w))[0] for (p, _), w in zip(updated, ws))
-            v_lasts = None
+            (w_lasts,), v_lasts = guard.last_goods(names, ("param", ws)), None
         else:
-            lasts = [guard.last_goods(p.name, ("velocity", v), ("param", w))
-                     for (p, _), w, v in zip(updated, ws, vs)]
-            v_lasts, w_lasts = tuple(last[0] for last in lasts), tuple(last[1] for last in lasts)
+            w_lasts, v_lasts = guard.last_goods(names, ("param", ws), ("velocity", vs))
         if guard.clock is None:
             kernels.sgd_update_guarded_many(ws, gs, vs, w_lasts, v_lasts, guard.verdict, guard.code,
                                             *numbers)
@@ -191,18 +194,15 @@ class Adam(Optimizer):
         self.b1, self.b2 = (float(b) for b in betas)
         self.eps, self.weight_decay = float(eps), float(weight_decay)
 
-    def _update(self, updated: list[tuple[Parameter, Any]], guard: LastFiniteState | None) -> None:
-        ws = tuple(p.data for p, _ in updated)
-        gs = tuple(g for _, g in updated)
-        ms = tuple(self._slot(p, "m", w) for (p, _), w in zip(updated, ws))
-        vs = tuple(self._slot(p, "v", w) for (p, _), w in zip(updated, ws))
+    def _update(self, params: tuple[Parameter, ...], ws: tuple[Any, ...], gs: tuple[Any, ...],
+                guard: LastFiniteState | None) -> None:
+        ms, vs = self._slots(params, "m", ws), self._slots(params, "v", ws)
         settings = (self.lr, self.b1, self.b2, self.eps, self.weight_decay, self.steps)
         if guard is None:
             kernels.adam_update_many(ws, gs, ms, vs, *settings)
             return
-        lasts = [guard.last_goods(p.name, ("param", w), ("m", m), ("v", v))
-                 for (p, _), w, m, v in zip(updated, ws, ms, vs)]
-        w_lasts, m_lasts, v_lasts = (tuple(last[k] for last in lasts) for k in range(3))
+        w_lasts, m_lasts, v_lasts = guard.last_goods(tuple([p.name for p in params]), ("param", ws),
+                                                     ("m", ms), ("v", vs))
         if guard.clock is None:
             kernels.adam_update_guarded_many(ws, gs, ms, vs, w_lasts, m_lasts, v_lasts, guard.verdict,
                                              guard.code, *settings)

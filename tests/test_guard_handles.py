@@ -48,14 +48,14 @@ def test_last_goods_keeps_one_copy_per_live_array_and_records_the_keys_in_order(
     w, v = np.zeros((4, 3), F32), np.zeros((4, 3), F32)
     guard.begin_step(1, (0, 1))
     assert guard.code == 2
-    w_last, v_last = guard.last_goods("p", ("param", w), ("velocity", v))
+    (w_last,), (v_last,) = guard.last_goods(("p",), ("param", (w,)), ("velocity", (v,)))
     assert w_last.shape == w.shape and v_last.shape == v.shape and w_last is not v_last
     assert guard.current.updated == [("p", "param"), ("p", "velocity")]
     guard.begin_step(2, (2, 3))
     assert guard.code == 4
-    again, = guard.last_goods("p", ("param", w))
+    (again,), = guard.last_goods(("p",), ("param", (w,)))
     assert again is w_last  # the same live array: the same copy
-    wider, = guard.last_goods("p", ("param", np.zeros((4, 5), F32)))
+    (wider,), = guard.last_goods(("p",), ("param", (np.zeros((4, 5), F32),)))
     assert wider.shape == (4, 5)
     assert guard.current.updated == [("p", "param"), ("p", "param")]
     assert guard.all_finite() and guard.code == 0

@@ -51,39 +51,41 @@ KERNELS = tuple(ROLE_COUNT)
 
 class _Group:
     """One launch of a list kernel: the parameters ``indices`` (at most TENSORS, of one
-    dtype), the DcTensorList with their element counts filled in, grid and kernel."""
+    dtype), the DcTensorList with their element counts filled in, where the addresses of
+    the roles ``present`` go in it, grid and kernel."""
 
-    __slots__ = ("indices", "words", "grid", "name", "first")
+    __slots__ = ("indices", "whole", "words", "positions", "grid", "name", "first")
 
-    def __init__(self, kernel: str, indices: Sequence[int], ws: Sequence[Any]) -> None:
+    def __init__(self, kernel: str, indices: Sequence[int], ws: Sequence[Any],
+                 present: Sequence[int]) -> None:
         self.indices = tuple(indices)
+        self.whole = self.indices == tuple(range(len(ws)))  # every parameter: no pick
         self.first = self.indices[0]
         sizes = [int(np.prod(ws[k].shape, dtype=np.int64)) for k in self.indices]
         self.words = np.zeros(WORDS, np.uint64)
         self.words[:len(sizes)] = np.cumsum(sizes, dtype=np.int64).astype(np.uint64)
         self.words[-1] = len(sizes)
+        self.positions = np.array([TENSORS * (1 + role) + j for role in present
+                                   for j in range(len(sizes))], np.intp)
         self.grid = (blocks(max(sum(sizes), 1)), 1, 1)
         self.name = f"{kernel}<{FLOAT_TYPES[np.dtype(ws[self.first].dtype)]}>"
 
-    def arguments(self, roles: Sequence[Sequence[Any] | None]) -> np.ndarray:
-        """The DcTensorList of this group's arrays in ``roles`` (a None role stays 0)."""
+    def arguments(self, roles: Sequence[Sequence[Any]]) -> np.ndarray:
+        """The DcTensorList of this group's arrays in ``roles`` (the present roles, in order)."""
         words = self.words.copy()
-        indices, start = self.indices, TENSORS
-        everything = len(indices) == len(roles[0]) and indices[-1] == len(indices) - 1
-        for arrays in roles:
-            if arrays is not None:
-                picked = arrays if everything else [arrays[k] for k in indices]
-                words[start:start + len(indices)] = [a.data.ptr for a in picked]
-            start += TENSORS
+        if self.whole:
+            words[self.positions] = [a.data.ptr for arrays in roles for a in arrays]
+        else:
+            words[self.positions] = [arrays[k].data.ptr for arrays in roles for k in self.indices]
         return words.view(STRUCT)
 
 
-def _groups(kernel: str, ws: Sequence[Any]) -> tuple[_Group, ...]:
+def _groups(kernel: str, ws: Sequence[Any], present: Sequence[int]) -> tuple[_Group, ...]:
     """ws's parameters by dtype (in order of first appearance), TENSORS at a time."""
     by_dtype: dict[np.dtype, list[int]] = {}
     for k, w in enumerate(ws):
         by_dtype.setdefault(np.dtype(w.dtype), []).append(k)
-    return tuple(_Group(kernel, indices[at:at + TENSORS], ws)
+    return tuple(_Group(kernel, indices[at:at + TENSORS], ws, present)
                  for indices in by_dtype.values() for at in range(0, len(indices), TENSORS))
 
 
@@ -91,10 +93,11 @@ class _Prepared:
     """What a list kernel's calls of one signature share: the groups, and which
     gradients must be laid out C-contiguous first (the kernel ignores strides)."""
 
-    __slots__ = ("kernel", "roles", "groups", "copied")
+    __slots__ = ("kernel", "roles", "present", "groups", "copied")
 
     def __init__(self, kernel: str, args: Sequence[Any]) -> None:
         self.kernel, self.roles = kernel, ROLE_COUNT[kernel]
+        self.present = tuple(r for r in range(self.roles) if args[r] is not None)
         ws, gs = args[0], args[1]
         if len(ws) == 0:
             self.groups, self.copied = (), ()
@@ -105,11 +108,11 @@ class _Prepared:
                     if not a.flags.c_contiguous:
                         raise ValueError(f"{kernel}: {role}[{k}] must be C-contiguous (it is "
                                          f"updated in place)")
-        self.groups = _groups(kernel, ws)
+        self.groups = _groups(kernel, ws, self.present)
         self.copied = tuple(k for k, g in enumerate(gs) if not g.flags.c_contiguous)
 
     def run(self, *args: Any) -> None:
-        roles = list(args[:self.roles])
+        roles = [args[r] for r in self.present]
         if self.copied:
             import cupy
 
@@ -119,7 +122,7 @@ class _Prepared:
             roles[1] = gs
         rest = args[self.roles:]
         for group in self.groups:
-            arguments = _tail(self.kernel, roles[0][group.first], rest)
+            arguments = _tail(self.kernel, args[0][group.first], rest)
             get_function(group.name)(group.grid, (BLOCK, 1, 1),
                                      (group.arguments(roles), *arguments))
 

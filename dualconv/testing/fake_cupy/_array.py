@@ -158,9 +158,13 @@ class ndarray:
     @property
     def data(self) -> Any:
         """A cupy.cuda.MemoryPointer to the first element (``.data.ptr``: its address, which
-        the emulated kernels read as host memory)."""
-        from .cuda.memory import MemoryPointer
-        return MemoryPointer._to(self._a)
+        the emulated kernels read as host memory). One Python frame, as a C attribute in CuPy
+        costs none: a list kernel reads it for every array."""
+        pointer = _new(_POINTER or _pointer_type())
+        a = self._a
+        pointer.mem, pointer.device_id, pointer._raw = None, 0, a
+        pointer.ptr = a.__array_interface__["data"][0]
+        return pointer
 
     def __len__(self) -> int:
         return len(self._a)
@@ -279,3 +283,17 @@ ndarray.__module__ = "cupy"
 REDUCTIONS = tuple(_reductions.PARAMETERS)
 for _name in REDUCTIONS:  # each a method returning a 0-d (or reduced) device array
     setattr(ndarray, _name, _reduction(_name))
+
+
+def _pointer_type() -> Any:
+    """The type of an ndarray's ``data`` (a cupy.cuda.MemoryPointer whose ``ptr`` is read
+    when it is made), imported at the first ``.data``: cuda/ imports this module."""
+    global _POINTER
+    if _POINTER is None:
+        from .cuda.memory import _ArrayPointer
+        _POINTER = _ArrayPointer
+    return _POINTER
+
+
+_POINTER: Any = None
+_new = object.__new__

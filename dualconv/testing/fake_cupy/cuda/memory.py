@@ -70,19 +70,19 @@ class MemoryPointer:
         self._raw = mem._raw[int(offset):]
         self.__array_interface__ = self._raw.__array_interface__
 
-    @classmethod
-    def _to(cls, array: _np.ndarray) -> "MemoryPointer":
-        """The pointer to ``array``'s first element (an emulated ndarray's ``data``)."""
-        pointer = cls.__new__(cls)
-        pointer.mem, pointer.device_id, pointer._raw = None, 0, array
-        return pointer
-
     @property
     def ptr(self) -> int:
         return int(self._raw.__array_interface__["data"][0])
 
     def __add__(self, offset: int) -> "MemoryPointer":
         return MemoryPointer(self.mem, self.ptr - self.mem.ptr + int(offset))
+
+
+class _ArrayPointer(MemoryPointer):
+    """An emulated ndarray's ``data`` (made by _array.py): a MemoryPointer to its first
+    element, ``ptr`` read once, when it is made."""
+
+    ptr = 0  # an instance attribute, not the base class's property
 
 
 class MemoryPool:
