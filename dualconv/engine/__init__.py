@@ -21,7 +21,8 @@ The contract, in full:
   ``set_num_threads(n)``; 1 runs the parts one after another on the caller. The first
   run of parts goes on the calling thread, the others on workers: forked processes on
   Linux (workers.py, their arrays through shared memory, arena.py), else threads
-  (DUALCONV_WORKERS=threads chooses them). Meanwhile the BLAS is held at one thread.
+  (DUALCONV_WORKERS=threads chooses them). Meanwhile the BLAS is held at one thread. While
+  other dualconv processes compute, a call takes its share of the cores (neighbours.py).
 - Failures: the engine is an optimisation, never a requirement. A worker that cannot be
   started, cannot take a call, dies, or stops answering (checked every
   STALL_CHECK_SECONDS) has its share computed by the caller, with the same result and a
@@ -29,7 +30,8 @@ The contract, in full:
   traceback as a note. ``release_workers()`` ends the workers and frees their memory.
 
 The files: parts.py (where a batch splits), passes.py (forward and backward in parts),
-cores.py (how many cores, threads, the BLAS), workers.py (the worker processes),
+cores.py (how many cores, threads, the BLAS), neighbours.py (the cores shared with other
+runs), workers.py (the worker processes),
 arena.py (pickling through shared memory).
 """
 from __future__ import annotations
