@@ -6,9 +6,9 @@ device, the verdict, and ``Trainer.fit`` runs every step through it:
 
 * after the loss, one launch (``kernels.flag_nonfinite_loss``) marks the step as
   failed when its loss is NaN or infinite;
-* the optimizer then updates each parameter with the guarded kernels
-  (``kernels.sgd_update_guarded``, ``adam_update_guarded``): one launch each, as
-  without the guard. They read the verdict and skip the update when this step's
+* the optimizer then updates every parameter with the guarded list kernels
+  (``kernels.sgd_update_guarded_many``, ``adam_update_guarded_many``): one launch for
+  them all, as without the guard. They read the verdict and skip the update when this step's
   loss or an earlier step failed, so a failed step and the ones after it never
   touch the weights. Otherwise they first copy every element they update into a
   last-good array (the state before the step), then flag the step as failed if
@@ -151,10 +151,13 @@ class LastFiniteState:
         """Per (slot, lives) pair, the arrays the guarded update copies each live array into
         before changing it: lives holds, per parameter of ``names``, its weight (slot
         "param") or its optimizer slot ``slot``. One call per step for all parameters."""
+        if isinstance(names, str):
+            raise TypeError(f"last_goods: names must be a tuple of parameter names, got the "
+                            f"string {names!r}")
         updated, kept_arrays, made = self._pending[-1].updated, self._last, []
         for slot, lives in slots:
             lasts = []
-            for name, live in zip(names, lives):
+            for name, live in zip(names, lives, strict=True):
                 key = (name, slot)
                 updated.append(key)
                 kept = kept_arrays.get(key)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -75,6 +77,63 @@ def test_computing_marks_this_process_for_the_others(shared_dir) -> None:
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
     fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free once the calls are done
     os.close(probe)
+
+
+def test_a_directory_another_user_could_write_turns_the_sharing_off(shared_dir) -> None:
+    os.chmod(shared_dir, 0o777)
+    fd = _other_process(shared_dir, os.getppid())
+    assert neighbours.share(2, 2) == 2
+    os.close(fd)
+
+
+def test_a_file_removed_by_another_process_is_made_again(shared_dir) -> None:
+    with neighbours.computing():
+        pass
+    mine = shared_dir / str(os.getpid())
+    mine.unlink()
+    with neighbours.computing():
+        assert mine.exists()
+
+
+def test_never_waits_for_a_process_checking_its_file(shared_dir) -> None:
+    with neighbours.computing():
+        pass
+    checker = os.open(os.path.join(shared_dir, str(os.getpid())), os.O_RDONLY)
+    fcntl.flock(checker, fcntl.LOCK_EX)  # another process, stopped while it checks this file
+    with neighbours.computing():  # goes unmarked, but goes
+        pass
+    os.close(checker)
+
+
+def test_a_killed_process_stops_counting_though_its_forked_child_lives(shared_dir) -> None:
+    """A process computing forks a child (as the engine forks its workers) and is killed:
+    its file is free at once, since the child closed its copy of the parent's file at the
+    fork (flock locks belong to the open file, which the child would otherwise keep)."""
+    ready_r, ready_w = os.pipe()
+    done_r, done_w = os.pipe()
+    parent = os.fork()
+    if parent == 0:  # the process that computes
+        with neighbours.computing():
+            if os.fork() == 0:  # its child (past the fork hooks): lives until the test says so
+                os.write(ready_w, b"c")
+                os.read(done_r, 1)
+                os._exit(0)
+            os.write(ready_w, b"p")
+            time.sleep(60)
+        os._exit(0)
+    try:
+        started = b""
+        while len(started) < 2:  # the process and its child
+            started += os.read(ready_r, 2 - len(started))
+        locked = os.open(os.path.join(shared_dir, str(parent)), os.O_RDONLY)
+        with pytest.raises(BlockingIOError):  # computing
+            fcntl.flock(locked, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.kill(parent, signal.SIGKILL)
+        os.waitpid(parent, 0)
+        fcntl.flock(locked, fcntl.LOCK_EX | fcntl.LOCK_NB)  # free, with the child alive
+        os.close(locked)
+    finally:
+        os.write(done_w, b"x")
 
 
 def test_no_directory_turns_the_sharing_off(tmp_path, monkeypatch) -> None:

@@ -7,6 +7,7 @@ keys it records.
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from numpy.testing import assert_array_equal
 
 import dualconv as dc
@@ -58,4 +59,8 @@ def test_last_goods_keeps_one_copy_per_live_array_and_records_the_keys_in_order(
     (wider,), = guard.last_goods(("p",), ("param", (np.zeros((4, 5), F32),)))
     assert wider.shape == (4, 5)
     assert guard.current.updated == [("p", "param"), ("p", "param")]
+    with pytest.raises(TypeError, match="last_goods: names must be a tuple of parameter names"):
+        guard.last_goods("p", ("param", (w,)))
+    with pytest.raises(ValueError):  # a name per array, no fewer
+        guard.last_goods(("p", "q"), ("param", (w,)))
     assert guard.all_finite() and guard.code == 0

@@ -13,8 +13,10 @@ alone. So each process says when it computes, and looks before it spreads a batc
   directory is read at most every SCAN_SECONDS.
 
 A flock goes with its process, so a run that ends or is killed stops counting at once;
-the next process that finds its file unlocked removes it. Anything the directory refuses
-(no temporary directory, no flock) turns the sharing off: the engine is an optimisation.
+the next process that finds its file unlocked and its process gone removes it (a process
+whose file was removed makes it again). Anything the directory refuses (no temporary
+directory, no flock, a directory another user could write) turns the sharing off, and
+nothing here waits on another process: the engine is an optimisation.
 The split changes only how many cores run the parts, never the parts, so the results are
 the same bits (passes.py).
 """
@@ -22,12 +24,17 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import fcntl
 import os
+import stat
 import tempfile
 import threading
 import time
 from typing import Iterator
+
+try:
+    import fcntl
+except ImportError:  # not on a POSIX system: no sharing
+    fcntl = None  # type: ignore[assignment]
 
 HOLD_SECONDS = 1.0
 """How long another process counts after it was last seen computing."""
@@ -48,40 +55,57 @@ def directory() -> str:
 
 
 def _own_file() -> int:
-    """This process's file descriptor (made at the first call), or -1 when sharing is off."""
+    """This process's file descriptor (made at the first call, made again if another process
+    removed the file), or -1 when sharing is off: no flock, or a directory that is not this
+    user's alone."""
     global _file
+    if _file is not None and _file >= 0:
+        try:
+            if os.fstat(_file).st_nlink > 0:
+                return _file
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            os.close(_file)
+        _file = None
     if _file is None:
+        _file = -1
+        if fcntl is None or not hasattr(os, "getuid"):
+            return _file
         try:
             os.makedirs(directory(), mode=0o700, exist_ok=True)
-            _file = os.open(os.path.join(directory(), str(os.getpid())),
-                            os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            info = os.lstat(directory())
+            if (stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+                    and not info.st_mode & 0o022):
+                _file = os.open(os.path.join(directory(), str(os.getpid())),
+                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         except OSError:
-            _file = -1
+            pass
     return _file
 
 
 @contextlib.contextmanager
 def computing() -> Iterator[None]:
-    """Mark this process as computing while the block runs (a shared flock on its file)."""
+    """Mark this process as computing while the block runs (a shared flock on its file).
+    Never waits: when the lock is not free at once (another process is checking the file),
+    this call goes unmarked."""
     global _depth
+    pid = os.getpid()
     with _lock:
-        fd = _own_file()
-        if fd >= 0 and _depth == 0:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-            except OSError:
-                pass
+        fd = _own_file() if _depth == 0 else _file
+        if fd is not None and fd >= 0 and _depth == 0:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         _depth += 1
     try:
         yield
     finally:
-        with _lock:
-            _depth -= 1
-            if fd >= 0 and _depth == 0:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                except OSError:
-                    pass
+        if os.getpid() == pid:  # not in a child forked meanwhile: it starts afresh
+            with _lock:
+                _depth -= 1
+                if fd is not None and fd >= 0 and _depth == 0:
+                    with contextlib.suppress(OSError):
+                        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def share(wanted: int, cores: int) -> int:
@@ -112,7 +136,7 @@ def _others() -> int:
 
 def _computing_now() -> list[str]:
     """The other processes whose file is locked; unlocked files (of runs that ended) are removed."""
-    busy = []
+    busy: list[str] = []
     try:
         names = os.listdir(directory())
     except OSError:
@@ -123,7 +147,7 @@ def _computing_now() -> list[str]:
             continue
         path = os.path.join(directory(), name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
         except OSError:
             continue
         try:
@@ -160,12 +184,17 @@ def _remove_own_file() -> None:
 
 
 def _forget_after_fork() -> None:
-    """A forked child is another process: it makes its own file when it computes (the
-    parent's open file, shared after a fork, would make the two one)."""
+    """A forked child is another process: it closes the parent's file (whose lock is the
+    parent's: a child holding it open would keep a killed parent counted) and makes its
+    own when it computes."""
     global _file, _depth, _scanned_at, _lock
+    if _file is not None and _file >= 0:
+        with contextlib.suppress(OSError):
+            os.close(_file)  # closing one of the descriptors leaves the parent's lock as it is
     _file, _depth, _scanned_at, _lock = None, 0, -1e9, threading.Lock()
     _seen_until.clear()
 
 
-os.register_at_fork(after_in_child=_forget_after_fork)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
 atexit.register(_remove_own_file)

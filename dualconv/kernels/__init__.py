@@ -223,8 +223,8 @@ def sgd_update_guarded_many(ws: Sequence[Any], gs: Sequence[Any], vs: Sequence[A
                             w_lasts: Sequence[Any], v_lasts: Sequence[Any] | None, verdict: Any,
                             code: int, lr: float, momentum: float, weight_decay: float,
                             nesterov: bool) -> None:
-    """sgd_update_guarded on every parameter: all of them run or none (the verdict is
-    read once), in one launch on the GPU."""
+    """sgd_update_guarded on every parameter, in one launch on the GPU: all of them run or
+    none (a non-finite result sets the verdict to code + 1, which lets the rest run)."""
     _dispatch("sgd_update_guarded_many", ws, gs, vs, w_lasts, v_lasts, verdict, code, lr,
               momentum, weight_decay, nesterov)
 

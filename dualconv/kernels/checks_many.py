@@ -1,8 +1,8 @@
 """The input checks of the list updates (the ``*_many`` kernels: every parameter of a
 model in one call), run once per signature at the dispatch point, as checks.py does for
-the others: one length for every role (a tuple of arrays, one per parameter; None where
-a role is unused, vs and v_lasts without momentum), then the one-array kernel's check on
-every parameter, its message prefixed with the parameter's index.
+the others: every role a tuple of arrays, one per parameter (None only for vs and v_lasts,
+without momentum), all of one array type (one backend), then the one-array kernel's check
+on every parameter, its message prefixed with the parameter's index.
 """
 from __future__ import annotations
 
@@ -11,17 +11,33 @@ from typing import Any, Callable
 from . import checks
 
 
+OPTIONAL = ("vs", "v_lasts")
+"""The roles that may be None: SGD's velocities and their last-good copies, without momentum."""
+
+
 def _each(roles: dict[str, Any], check: Callable[..., None], numbers: tuple[Any, ...],
           who: str) -> None:
-    """check(one array per role, *numbers) for every parameter k, its message prefixed."""
-    n = len(roles["ws"]) if isinstance(roles["ws"], (tuple, list)) else -1
+    """check(one array per role, *numbers) for every parameter k, its message prefixed; every
+    role a tuple of ws's length (None only where OPTIONAL), every array on ws[0]'s backend."""
     for name, arrays in roles.items():
-        if arrays is not None and not isinstance(arrays, (tuple, list)):
+        if arrays is None and name in OPTIONAL:
+            continue
+        if type(arrays) is not tuple:
             raise TypeError(f"{who}: {name} must be a tuple of arrays, one per parameter, "
                             f"got {type(arrays).__name__}")
-        if arrays is not None and len(arrays) != n:
-            raise ValueError(f"{who}: {name} holds {len(arrays)} arrays but ws holds {n}")
-    for k in range(n):
+        if len(arrays) != len(roles["ws"]):
+            raise ValueError(f"{who}: {name} holds {len(arrays)} arrays but ws holds "
+                             f"{len(roles['ws'])}")
+    if not roles["ws"]:
+        return
+    backend = type(roles["ws"][0])
+    for name, arrays in roles.items():
+        for k, a in enumerate(arrays or ()):
+            if type(a) is not backend:
+                raise TypeError(f"{who}: {name}[{k}] is a {type(a).__module__}.{type(a).__name__} "
+                                f"but ws[0] is a {backend.__module__}.{backend.__name__}; one "
+                                f"call updates arrays of one backend")
+    for k in range(len(roles["ws"])):
         try:
             check(*(None if a is None else a[k] for a in roles.values()), *numbers)
         except (TypeError, ValueError) as error:

@@ -121,10 +121,18 @@ class _Prepared:
                 gs[k] = cupy.ascontiguousarray(gs[k])
             roles[1] = gs
         rest = args[self.roles:]
-        for group in self.groups:
+        groups = self.groups
+        if not all(len(set(map(id, arrays))) == len(arrays) for arrays in roles[:1] + roles[2:]):
+            groups = self._one_by_one(args[0])  # an array updated twice: in turn, never at once
+        for group in groups:
             arguments = _tail(self.kernel, args[0][group.first], rest)
             get_function(group.name)(group.grid, (BLOCK, 1, 1),
                                      (group.arguments(roles), *arguments))
+
+    def _one_by_one(self, ws: Sequence[Any]) -> tuple[_Group, ...]:
+        """One launch per parameter, in order: where one array is listed twice (a weight
+        tied between layers), two threads of one launch would update it at once."""
+        return tuple(_Group(self.kernel, (k,), ws, self.present) for k in range(len(ws)))
 
 
 def _role_names(kernel: str) -> tuple[str, ...]:

@@ -47,8 +47,8 @@ def twin_of(kernel: str, first: Any) -> ModuleType:
     """twin_for(the array module of ``first``, kernel), remembered per (kernel, type of
     first): the side depends on the array's type alone, so later calls cost a dict lookup.
     A list kernel's first argument is a tuple of arrays: its first array decides."""
-    if isinstance(first, (tuple, list)):
-        first = first[0] if len(first) else np.empty(0)
+    if type(first) is tuple:
+        first = first[0] if first else np.empty(0)
     try:
         return _twins[kernel, type(first)]
     except KeyError:

@@ -161,10 +161,54 @@ def test_many_updates_refuse_a_weight_they_cannot_update_in_place():
             kernels.sgd_update_many((w,), (cp.zeros((3, 4), np.float32),), None, *SGD["plain"])
 
 
+def test_a_weight_listed_twice_is_updated_twice_in_turn():
+    """A weight tied between two layers is listed twice: one launch would have two threads
+    update it at once, so each parameter gets a launch of its own, in order."""
+    w, g1, g2 = _arrays(np.random.default_rng(4), 3, [np.float32], [(5, 3)])
+    w, g1, g2 = w[0], g1[0], g2[0]
+    expected = w.copy()
+    cpu.sgd_update(expected, g1, None, *SGD["plain"])
+    cpu.sgd_update(expected, g2, None, *SGD["plain"])
+    with emulated_cupy() as emu:
+        cp = emu.cupy
+        tied = cp.asarray(w)
+        emu.reset_counters()
+        kernels.sgd_update_many((tied, tied), (cp.asarray(g1), cp.asarray(g2)), None, *SGD["plain"])
+        assert emu.counters["kernel_launches"] == 2
+        assert_bitwise_equal(cp.asnumpy(tied), expected, "tied w")
+
+
+def test_many_checks_refuse_arrays_of_two_backends():
+    with emulated_cupy() as emu:
+        cp = emu.cupy
+        with pytest.raises(TypeError, match=r"ws\[1\] is a numpy.ndarray but ws\[0\] is a .*one "
+                                            r"call updates arrays of one backend"):
+            kernels.sgd_update_many((cp.zeros(3, np.float32), np.zeros(3, np.float32)),
+                                    (cp.zeros(3, np.float32), np.zeros(3, np.float32)), None,
+                                    *SGD["plain"])
+
+
+@pytest.mark.parametrize("kernel, missing", [("adam_update_many", 2), ("sgd_update_guarded_many", 3),
+                                              ("adam_update_guarded_many", 5)])
+def test_many_checks_refuse_a_missing_role_the_kernel_reads(kernel, missing):
+    """Only SGD's velocities (and their last-good copies) may be None: any other missing
+    role would leave a null address in the kernel's list."""
+    roles = 4 if kernel == "adam_update_many" else 5 if kernel.startswith("sgd") else 7
+    args = [tuple(np.zeros(3, np.float32) for _ in range(2)) for _ in range(roles)]
+    args[missing] = None
+    rest = (ADAM if kernel.startswith("adam") else SGD["momentum"])
+    if "guarded" in kernel:
+        rest = (np.array([NO_FAILURE], np.int32), CODE, *rest)
+    with pytest.raises(TypeError, match=rf"{kernel}: \w+ must be a tuple of arrays"):
+        getattr(kernels, kernel)(*args, *rest)
+
+
 @pytest.mark.parametrize("args, error, pattern", [
     (((np.zeros(3),), (np.zeros(3), np.zeros(3)), None), ValueError, r"gs holds 2 arrays but ws holds 1"),
     (((np.zeros(3),), (np.zeros(4),), None), ValueError, r"sgd_update_many: parameter 0: .*shape"),
     ((np.zeros(3), np.zeros(3), None), TypeError, r"ws must be a tuple of arrays"),
+    (([np.zeros(3)], [np.zeros(3)], None), TypeError, r"ws must be a tuple of arrays, one per parameter, got list"),
+    ((None, None, None), TypeError, r"ws must be a tuple of arrays"),
     (((np.zeros(3),), (np.zeros(3),), None, 0.1, 0.9), ValueError, r"momentum needs velocity arrays"),
 ])
 def test_many_checks_name_the_role_and_the_parameter(args, error, pattern):

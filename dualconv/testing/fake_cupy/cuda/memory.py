@@ -84,6 +84,12 @@ class _ArrayPointer(MemoryPointer):
 
     ptr = 0  # an instance attribute, not the base class's property
 
+    def __add__(self, offset: int) -> "MemoryPointer":
+        pointer = _ArrayPointer.__new__(_ArrayPointer)
+        pointer.mem, pointer.device_id, pointer._raw = None, 0, self._raw
+        pointer.ptr = self.ptr + int(offset)
+        return pointer
+
 
 class MemoryPool:
     """cupy.cuda.MemoryPool: blocks reused by size (see the module docstring)."""
