@@ -38,7 +38,9 @@ class OneCycleLR(LRSchedule):
     The warm-up ends at step ``pct_start * total_steps - 1``; ``anneal_strategy`` "cos"
     or "linear" shapes both phases (PyTorch's definition). Constructing it sets the
     optimizer's rate to the step-0 value. Stepping past ``total_steps`` raises
-    ValueError, since the cycle is planned for a fixed length.
+    ValueError, since the cycle is planned for a fixed length. Where PyTorch divides by
+    zero (a warm-up ending at step 0, as in a run of four steps with pct_start 0.25; the
+    step after a run with pct_start 1), the rate is the peak, and the floor.
     """
 
     per_batch = True
@@ -67,9 +69,13 @@ class OneCycleLR(LRSchedule):
             raise ValueError(f"OneCycleLR: stepped {epoch} times, past total_steps={self.total_steps}; "
                              f"plan the cycle for the whole run")
         if epoch <= self.warmup_end:
+            if self.warmup_end == 0:  # a warm-up of one step (a short run): the peak at once
+                return self.max_lr
             return _anneal(self.anneal_strategy, self.initial_lr, self.max_lr, epoch / self.warmup_end)
-        pct = (epoch - self.warmup_end) / (self.total_steps - 1 - self.warmup_end)
-        return _anneal(self.anneal_strategy, self.max_lr, self.min_lr, pct)
+        span = self.total_steps - 1 - self.warmup_end
+        if span <= 0:  # pct_start 1: the whole run warms up; past its end, the floor
+            return self.min_lr
+        return _anneal(self.anneal_strategy, self.max_lr, self.min_lr, (epoch - self.warmup_end) / span)
 
 
 class WarmupCosineLR(LRSchedule):

@@ -49,6 +49,20 @@ def test_one_cycle_cosine_by_hand():
     np.testing.assert_allclose(rates(sched, 5), [1.0, 2.0, *down], rtol=0, atol=gamma(4, np.float64) * 2.0)
 
 
+def test_one_cycle_of_a_short_run_where_pytorch_divides_by_zero():
+    """Four steps with pct_start 0.25 end the warm-up at step 0: the peak at once, then the
+    cosine down (PyTorch raises ZeroDivisionError here); with pct_start 1 the whole run
+    warms up, and the step after it is the floor."""
+    sched = OneCycleLR(optimizer(), max_lr=2.0, total_steps=4, pct_start=0.25, div_factor=2.0,
+                       final_div_factor=10.0)
+    down = [0.1 + 1.9 * (1 + math.cos(math.pi * k / 3)) / 2 for k in (1, 2, 3)]
+    np.testing.assert_allclose(rates(sched, 4), [2.0, *down], rtol=0, atol=gamma(4, np.float64) * 2.0)
+    sched = OneCycleLR(optimizer(), max_lr=2.0, total_steps=3, pct_start=1.0, anneal_strategy="linear",
+                       div_factor=2.0, final_div_factor=10.0)
+    np.testing.assert_allclose(rates(sched, 3), [1.0, 1.5, 2.0], rtol=0, atol=gamma(4, np.float64) * 2.0)
+    assert sched.optimizer.lr == 0.1  # stepped past the last step: the floor
+
+
 def test_warmup_cosine_by_hand():
     sched = WarmupCosineLR(optimizer(0.8), total_steps=6, warmup_steps=2, min_lr=0.2)
     expected = [0.0, 0.4, 0.8, 0.2 + 0.6 * (1 + math.cos(math.pi / 4)) / 2, 0.5,
