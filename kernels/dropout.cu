@@ -1,8 +1,10 @@
 // Inverted dropout, forward, in one launch: the mask and the product x * mask.
 //
 // x, y, mask: (F, N) C-contiguous, the batch-last layout (F features of each
-// sample outer, the N samples inner). Element e = j*N + n is feature j of
-// sample n of the part; the whole batch counts pairs of samples from
+// sample outer, the N samples inner), element e = j*N + n; or, with batch_first,
+// (N, F) C-contiguous, element e = n*F + j (the layout a Dense layer's output
+// has: read and written in place, never copied into the other order). Either way
+// element e is feature j of sample n of the part; the whole batch counts pairs of samples from
 // first_pair (the part's first sample / 2). The recipe is the CPU twin's
 // (dualconv/kernels/cpu.py dropout_forward, the loops in reference.py), in
 // 32-bit unsigned integer arithmetic, so the masks are the same bits:
@@ -35,11 +37,11 @@ __device__ __forceinline__ unsigned int dc_keyed_hash(unsigned int i, unsigned i
 template <typename T, typename I>
 __device__ __forceinline__ void dc_dropout(const T* __restrict__ x, T* __restrict__ y,
                                            T* __restrict__ mask, I total, I N, unsigned int F,
-                                           unsigned int first_pair, unsigned int key_lo,
+                                           int batch_first, unsigned int first_pair, unsigned int key_lo,
                                            unsigned int key_hi, unsigned int threshold, T scale) {
     DC_GRID_STRIDE_LOOP(I, e, total) {
-        const I j = e / N;
-        const I n = e - j * N;
+        const I n = batch_first ? e / (I)F : e - (e / N) * N;
+        const I j = batch_first ? e - n * (I)F : e / N;
         const unsigned int feature = dc_keyed_hash((unsigned int)j, key_lo, key_hi);
         const unsigned int pair = dc_keyed_hash(F + first_pair + (unsigned int)(n / 2), key_lo, key_hi);
         const unsigned int word = dc_lowbias32(feature ^ pair);
@@ -52,10 +54,10 @@ __device__ __forceinline__ void dc_dropout(const T* __restrict__ x, T* __restric
 
 template <typename T, typename I>
 __global__ void dropout_forward(const T* __restrict__ x, T* __restrict__ y, T* __restrict__ mask,
-                                I total, I N, unsigned int F, unsigned int first_pair,
-                                unsigned int key_lo, unsigned int key_hi, unsigned int threshold,
-                                T scale) {
-    dc_dropout(x, y, mask, total, N, F, first_pair, key_lo, key_hi, threshold, scale);
+                                I total, I N, unsigned int F, int batch_first,
+                                unsigned int first_pair, unsigned int key_lo, unsigned int key_hi,
+                                unsigned int threshold, T scale) {
+    dc_dropout(x, y, mask, total, N, F, batch_first, first_pair, key_lo, key_hi, threshold, scale);
 }
 
 // dropout_forward with the 64-bit key read from key[0] (low half) and key[1]
@@ -63,8 +65,8 @@ __global__ void dropout_forward(const T* __restrict__ x, T* __restrict__ y, T* _
 template <typename T, typename I>
 __global__ void dropout_forward_at(const T* __restrict__ x, T* __restrict__ y,
                                    T* __restrict__ mask, I total, I N, unsigned int F,
-                                   unsigned int first_pair, const int* __restrict__ key,
-                                   unsigned int threshold, T scale) {
-    dc_dropout(x, y, mask, total, N, F, first_pair, (unsigned int)key[0], (unsigned int)key[1],
-               threshold, scale);
+                                   int batch_first, unsigned int first_pair,
+                                   const int* __restrict__ key, unsigned int threshold, T scale) {
+    dc_dropout(x, y, mask, total, N, F, batch_first, first_pair, (unsigned int)key[0],
+               (unsigned int)key[1], threshold, scale);
 }

@@ -268,18 +268,23 @@ def _dropout_tail(x: Any, key: int, p: float, first_sample: int) -> tuple[Any, .
 
 @per_call("key", "p", "first_sample", tail=_dropout_tail)
 def plan_dropout_forward(x: Any, key: int, p: float, first_sample: int) -> Launch:
-    """x: (N, ...) -> y, mask shaped like x, computed batch-last (features, N);
-    one thread per element."""
+    """x: (N, ...) -> y, mask shaped like x and stored in x's order: batch-first where x is
+    C-contiguous (a Dense layer's output), else batch-last (features, N), x read as that
+    (a copy when it is stored in neither); one thread per element."""
     N, features = x.shape[0], tuple(x.shape[1:])
     F = int(np.prod(features, dtype=np.int64))
     dtype = np.dtype(x.dtype)
     total = F * N
     itype = index_dtype([total], total)
+    name = f"dropout_forward<{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}>"
+    sizes = (itype.type(total), itype.type(N), np.uint32(F))
+    tail = _dropout_tail(x, key, p, first_sample)
+    if Input(x, tuple(range(x.ndim))).laid_out:
+        return launch_1d(name, total, (x, Output(tuple(x.shape), dtype), Output(tuple(x.shape), dtype),
+                                       *sizes, np.int32(1), *tail))
     back = batch_first_axes(x.ndim)
-    return launch_1d(f"dropout_forward<{FLOAT_TYPES[dtype]}, {INDEX_TYPES[itype]}>", total,
-                     (Input(x, batch_last_axes(x.ndim)), Output((*features, N), dtype, back),
-                      Output((*features, N), dtype, back), itype.type(total), itype.type(N),
-                      np.uint32(F), *_dropout_tail(x, key, p, first_sample)))
+    return launch_1d(name, total, (Input(x, batch_last_axes(x.ndim)), Output((*features, N), dtype, back),
+                                   Output((*features, N), dtype, back), *sizes, np.int32(0), *tail))
 
 
 PLANS: dict[str, Callable[..., Launch]] = {

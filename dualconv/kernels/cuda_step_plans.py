@@ -73,8 +73,8 @@ def plan_dropout_forward_at(x: Any, key_at: Any, p: float, first_sample: int) ->
     """dropout_forward with the key's low and high halves at key_at[0] and key_at[1]."""
     launch = plan_dropout_forward(x, 0, p, first_sample)
     name = launch.name.replace("dropout_forward<", "dropout_forward_at<")
-    args = launch.args  # x, y, mask, total, N, F, first_pair, key_lo, key_hi, threshold, scale
-    return Launch(name, launch.grid, launch.block, (*args[:7], key_at, *args[9:]))
+    args = launch.args  # x, y, mask, total, N, F, batch_first, first_pair, key_lo, key_hi, threshold, scale
+    return Launch(name, launch.grid, launch.block, (*args[:8], key_at, *args[10:]))
 
 
 def _matrix(a: Any) -> tuple[Any, int, int]:

@@ -14,9 +14,8 @@ from dualconv.models import lenet, lenet_bn
 pytestmark = pytest.mark.gpu
 
 
-BY_DESIGN = {"Dropout"}
-"""Layers whose CUDA twin picks its own layout: dropout_forward writes batch-last,
-(features, N), whatever x's order (kernels/cuda_plans.py); NumPy's keeps x's."""
+BY_DESIGN: set[str] = set()
+"""Layers whose CUDA twin picks its own layout: none (Dropout keeps x's order on both)."""
 
 
 def _layout(a) -> tuple[int, ...]:
