@@ -14,8 +14,9 @@ Models: ``lenet`` (dualconv.models.lenet) and ``weidman`` (the one-layer CNN of
 dualconv.models.weidman), each against the same network in torch.nn. Tasks:
 training steps (forward, loss, backward, SGD with momentum) at each batch size,
 ``train`` through ``Trainer.train_step`` and ``own`` through a user's own loop
-(``model.forward``, ``loss.forward``, ``model.backward``, ``opt.step()``; PyTorch's
-row is its usual loop either way), and inference, ``model.predict`` on ``--inference-batch`` images (PyTorch: one
+(``model.forward``, ``loss.forward``, ``model.backward`` without the images' gradient,
+``opt.step()``, as README.md writes it; PyTorch's row is its usual loop either way, which
+computes no input gradient either), and inference, ``model.predict`` on ``--inference-batch`` images (PyTorch: one
 forward of them under ``torch.inference_mode``).
 
 Each (implementation, task, model, batch size) runs in its own fresh process,
@@ -98,10 +99,10 @@ def run_dualconv(task: str, name: str, batch: int, repeats: int, device: str = "
     if task == "own":
         loss, opt = trainer.loss, trainer.optimizer
 
-        def own_step(i: int) -> None:  # a user's own loop, as the tutorials write it
+        def own_step(i: int) -> None:  # a user's own loop, as README.md writes it
             xb, yb = batches[i % repeats]
             loss.forward(model.forward(xb), yb)
-            model.backward(loss.backward())
+            model.backward(loss.backward(), input_grad=False)  # as PyTorch: no input gradient
             opt.step()
         return batch * repeats / timed(own_step, repeats, sync)
     return batch * repeats / timed(lambda i: trainer.train_step(*batches[i % repeats]), repeats, sync)
