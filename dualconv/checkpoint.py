@@ -20,6 +20,7 @@ checkpoint where a model is expected) raises ValueError naming the file.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import secrets
@@ -41,9 +42,14 @@ CHECKPOINT_KEY = "__meta__"
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write; on success it replaces ``path`` atomically.
 
-    If the block raises, ``path`` is untouched and the temporary file removed.
+    If the block raises, ``path`` is untouched and the temporary file removed. A ``path``
+    that exists as anything but a regular file (a device such as /dev/full, a pipe, a
+    socket) is refused with OSError: the rename would replace it.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise OSError(errno.EEXIST, "it exists and is not a regular file, which writing would replace",
+                      str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _new_temporary(path)
     try:

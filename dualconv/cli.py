@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_export_command(sub)
     info = sub.add_parser("info", help="versions, the GPU, and whether a CUDA kernel compiles and runs on it")
     info.set_defaults(func=lambda args: print(describe() + "\n" + engine.describe()) or 0)
+    for command in sub.choices.values():  # a command's own usage errors name the command
+        command.set_defaults(command_parser=command)
     return parser
 
 
@@ -139,7 +141,9 @@ def _add_data_dir(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.error("give a command: train, evaluate, predict, export or info")
     try:

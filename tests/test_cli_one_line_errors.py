@@ -1,7 +1,9 @@
 """More command-line mistakes, each one line with exit status 1 (as in test_cli_errors.py):
---resume with --overwrite or into nothing, the command missing, a multi-line dataset
-error; and the note when --limit exceeds the dataset."""
+--resume with --overwrite or into nothing, the command missing, an unknown option after a
+command, a multi-line dataset error; and the note when --limit exceeds the dataset."""
 from __future__ import annotations
+
+import pytest
 
 from dualconv import cli
 from dualconv.datasets import files as dataset_files
@@ -53,3 +55,16 @@ def test_a_limit_above_the_dataset_size_says_so(chdir, capsys):
     assert (f"note: --limit 100000 exceeds the {train_images} training images of digits; "
             f"training on all of them") in out
     assert f"({train_images} train, " in out
+
+
+@pytest.mark.parametrize("argv, command", [(["train", "--bogus"], "train"), (["info", "--x"], "info"),
+                                           (["export", "--weights", "m.npz", "--nope"], "export"),
+                                           (["--bogus"], None)])
+def test_an_unknown_option_is_the_commands_one_line_error(argv, command, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 1
+    name = "dualconv" if command is None else f"dualconv {command}"
+    unknown = argv[-1]
+    assert capsys.readouterr().err == (f"{name}: error: unrecognized arguments: {unknown} "
+                                       f"(see {name} --help)\n")

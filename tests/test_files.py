@@ -97,6 +97,18 @@ def test_written_files_follow_the_umask(tmp_path, umask) -> None:
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o666 & ~umask, name
 
 
+def test_a_file_write_never_replaces_what_is_not_a_regular_file(tmp_path) -> None:
+    """Writing goes to a temporary file renamed over the target: over a device (/dev/full)
+    or a pipe that rename would replace it, so such a target is refused and stays."""
+    pipe = tmp_path / "a pipe"
+    os.mkfifo(pipe)
+    with pytest.raises(OSError, match="exists and is not a regular file"):
+        with checkpoint.atomic_path(pipe) as tmp:
+            tmp.write_bytes(b"x")
+    assert stat.S_ISFIFO(os.lstat(pipe).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["a pipe"]  # no temporary file left
+
+
 def test_scaled_images_give_the_whole_conversion_batch_by_batch() -> None:
     pixels = np.random.default_rng(0).integers(0, 256, (10, 1, 3, 3), dtype=np.uint8)
     images = ScaledImages(pixels, 255.0)

@@ -17,19 +17,28 @@ import sys
 from .fake_cupy import _native
 
 
+USAGE = "usage: python -m dualconv.testing.sanitized COMMAND [ARGS...]"
+
+
 def main(argv: list[str]) -> int:
-    """Exec argv under the sanitizers; returns only when it cannot (2: no command; 0: no ASan)."""
-    if not argv:
-        print("usage: python -m dualconv.testing.sanitized COMMAND [ARGS...]", file=sys.stderr)
-        return 2
+    """Exec argv under the sanitizers; returns only when it cannot (2: no command or no such
+    command; 0: --help, or no ASan)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
     env = _native.sanitizer_env()
     if env is None:
         print(f"dualconv.testing.sanitized: skipped {' '.join(argv)!r}: g++ has no AddressSanitizer "
               f"runtime (libasan.so)", file=sys.stderr)
         return 0
     env[_native.SANITIZE_ENV] = "1"
-    os.execvpe(argv[0], argv, env)
-    return 1  # not reached: execvpe replaces the process or raises
+    try:
+        os.execvpe(argv[0], argv, env)
+    except OSError as error:  # no such command, or not executable
+        print(f"dualconv.testing.sanitized: error: cannot run {argv[0]!r}: "
+              f"{error.strerror or error} ({USAGE})", file=sys.stderr)
+        return 2
+    return 1  # not reached: execvpe replaces the process
 
 
 if __name__ == "__main__":

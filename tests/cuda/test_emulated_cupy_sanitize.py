@@ -6,6 +6,7 @@ ASan's report. .ci/run runs tests/gpu the same way, so every layer's kernels are
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,3 +65,14 @@ def test_sanitize_without_the_asan_runtime_loaded_refuses():
         with emulated_cupy(sanitize=True):
             pass
     assert not _native._sanitize[0]
+
+
+def test_the_runner_answers_help_and_an_unknown_command_in_one_line(capsys, monkeypatch):
+    from dualconv.testing import sanitized
+    from dualconv.testing.fake_cupy import _native
+    assert sanitized.main(["--help"]) == 0
+    assert capsys.readouterr().out == sanitized.USAGE + "\n"
+    monkeypatch.setattr(_native, "sanitizer_env", lambda: dict(os.environ))  # as where ASan exists
+    assert sanitized.main(["no-such-command-here"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "cannot run 'no-such-command-here'" in err, err
