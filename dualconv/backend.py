@@ -119,7 +119,7 @@ def _resolve(name: str) -> str:
     if name == "cupy":
         problem = cupy_problem()
         if problem is not None:
-            raise RuntimeError(f"backend 'cupy' requested but {problem}")
+            raise RuntimeError(f"backend 'cupy' requested: {problem}")
     return name
 
 

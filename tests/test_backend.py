@@ -122,7 +122,7 @@ def test_env_var_auto(monkeypatch, without_cupy) -> None:
 
 def test_env_var_cupy_without_cupy_is_a_clear_error(monkeypatch, without_cupy) -> None:
     monkeypatch.setenv("DUALCONV_BACKEND", "cupy")
-    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested but CuPy is not installed"):
+    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested: CuPy is not installed"):
         dc.get_backend()
 
 
@@ -189,7 +189,7 @@ def test_auto_skips_a_gpu_that_cannot_compile_kernels(monkeypatch) -> None:
     assert dc.gpu_available() is False
     assert "cannot compile or run a kernel" in backend.cupy_problem()
     assert dc.set_backend("auto") == "numpy"
-    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested but .*Failed to find CUDA headers"):
+    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested: .*Failed to find CUDA headers"):
         dc.set_backend("cupy")
 
 
@@ -231,7 +231,7 @@ def test_model_to_cupy_here_is_a_clear_error() -> None:
     if dc.gpu_available():
         pytest.skip("a usable GPU is present")
     model = dc.Sequential([dc.Dense(3, 2)], seed=0)
-    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested but CuPy is (not installed|installed but no GPU)"):
+    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested: CuPy is (not installed|installed but no GPU)"):
         model.to("cupy")
     assert isinstance(model.layers[0].params["weight"], np.ndarray)
 

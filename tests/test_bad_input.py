@@ -318,7 +318,7 @@ def test_unknown_backend_name() -> None:
 
 def test_cupy_backend_without_cupy(monkeypatch) -> None:
     monkeypatch.setattr(backend, "_import_cupy", lambda: None)
-    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested but CuPy is not installed"):
+    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested: CuPy is not installed"):
         dc.set_backend("cupy")
     assert dc.get_backend() == "numpy"  # the failed choice was not kept
 
@@ -342,7 +342,7 @@ def fake_cupy(count=None, error=None) -> types.SimpleNamespace:
 ], ids=["raises", "zero-devices"])
 def test_cupy_backend_without_gpu(monkeypatch, cupy, detail) -> None:
     monkeypatch.setattr(backend, "_import_cupy", lambda: cupy)
-    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested but CuPy is installed but no GPU is usable") as info:
+    with pytest.raises(RuntimeError, match=r"backend 'cupy' requested: CuPy is installed but no GPU is usable") as info:
         dc.set_backend("cupy")
     assert detail in str(info.value)
     assert "not installed" not in str(info.value)

@@ -178,7 +178,7 @@ def test_dualconv_backend_is_the_default_and_backend_wins(chdir, monkeypatch, ca
     monkeypatch.setattr(backend, "_import_cupy", lambda: None)  # a machine without CuPy
     monkeypatch.setenv("DUALCONV_BACKEND", "cupy")
     assert cli.main(["train", *QUICK]) == 1
-    assert "backend 'cupy' requested but CuPy is not installed" in capsys.readouterr().err
+    assert "backend 'cupy' requested: CuPy is not installed" in capsys.readouterr().err
     assert cli.main(["train", *QUICK, "--backend", "numpy"]) == 0
     monkeypatch.setenv("DUALCONV_BACKEND", "tpu")
     assert cli.main(["train", *QUICK]) == 1

@@ -223,7 +223,7 @@ def test_without_gpp_the_backend_says_why(monkeypatch, tmp_path):
     with emulated_cupy():
         assert backend.gpu_available() is False
         assert "needs g++" in backend.cupy_problem()
-        with pytest.raises(RuntimeError, match="backend 'cupy' requested but .*needs g\\+\\+"):
+        with pytest.raises(RuntimeError, match="backend 'cupy' requested: .*needs g\\+\\+"):
             backend.set_backend("cupy")
 
 
