@@ -39,6 +39,7 @@ def test_a_dataset_that_cannot_be_loaded_offline_is_one_line(run, monkeypatch, t
     assert err.startswith("dualconv evaluate: error: Fashion-MNIST: 2 of the 2 files needed could not "
                           "be loaded: "), err
     assert "; Looked in: " in err and "offline (test)" in err and "--dataset digits" in err
+    assert "Put the 2 files t10k-" in err and "train-" not in err  # evaluate needs the test files only
 
 
 def test_no_command_is_a_one_line_error_with_status_1(tmp_path):

@@ -185,7 +185,7 @@ def fetch(fileset: FileSet, data_dir: str | os.PathLike | None = None,
     if not missing:
         return contents
     bad = [exc for name in missing for exc in corrupt.get(name, [])]
-    raise _problem(fileset, dirs, missing, bad, download_error, len(wanted))
+    raise _problem(fileset, dirs, missing, bad, download_error, [remote.name for remote in wanted])
 
 
 def _fetch_from(fileset: FileSet, data_dir: Path, wanted: list[RemoteFile]) -> dict[str, bytes]:
@@ -196,7 +196,7 @@ def _fetch_from(fileset: FileSet, data_dir: Path, wanted: list[RemoteFile]) -> d
         if not found:
             raise DatasetNotFoundError(
                 f"--data-dir {data_dir}: no {fileset.title} file {remote.name} there (nor in "
-                f"{data_dir / fileset.subdir}); put the four files {', '.join(f.name for f in fileset.files)} "
+                f"{data_dir / fileset.subdir}); put {_the_files([f.name for f in wanted])} "
                 f"there, or leave out --data-dir to use ${DATA_ENV}/{fileset.subdir} or the download")
         errors = []
         for path in found:
@@ -210,20 +210,25 @@ def _fetch_from(fileset: FileSet, data_dir: Path, wanted: list[RemoteFile]) -> d
     return contents
 
 
+def _the_files(names: list[str]) -> str:
+    """'the file a' or 'the 2 files a, b': what a command needs (evaluate needs the test files only)."""
+    return f"the file {names[0]}" if len(names) == 1 else f"the {len(names)} files {', '.join(names)}"
+
+
 def _problem(
     fileset: FileSet, dirs: list[Path], missing: list[str], corrupt: list[ChecksumError], download_error: str | None,
-    wanted: int,
+    wanted: list[str],
 ) -> DatasetError:
-    names = ", ".join(f.name for f in fileset.files)
     lines = [
-        f"{fileset.title}: {len(missing)} of the {wanted} files needed could not be loaded: {', '.join(missing)}.",
+        f"{fileset.title}: {len(missing)} of the {len(wanted)} files needed could not be loaded: "
+        f"{', '.join(missing)}.",
     ]
     lines += [f"  {exc}" for exc in corrupt]
     lines += [
         f"Looked in: {', '.join(str(d) for d in dirs)}"
         + ("." if os.environ.get(DATA_ENV) else f" (${DATA_ENV} is not set)."),
         f"Downloading into {cache_dir(fileset.subdir)} failed ({download_error}).",
-        f"Put the four files {names} in ${DATA_ENV}/{fileset.subdir} or in a directory given as "
+        f"Put {_the_files(wanted)} in ${DATA_ENV}/{fileset.subdir} or in a directory given as "
         f"--data-dir (data_dir=...)"
         + (f" (Debian: apt install {fileset.debian_package})" if fileset.debian_package else "")
         + ", or use --dataset digits, which ships with scikit-learn and works offline.",
