@@ -114,6 +114,8 @@ def settings(explicit: dict[str, Any], saved: dict[str, Any] | None, done_epochs
     config.update({k: v for k, v in tuned.items() if k != "lr" and k not in explicit})
     if config["lr"] is None:
         config["lr"] = tuned.get("lr", DEFAULT_LR)[config["optimizer"]]
+    if config["optimizer"] != "sgd":  # Adam keeps moments of its own: no momentum to record
+        config["momentum"] = config["nesterov"] = None
     if config["schedule"] in PER_BATCH_SCHEDULES:
         config["schedule_epochs"] = epochs
     return config

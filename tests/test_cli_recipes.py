@@ -83,3 +83,11 @@ def test_the_recipe_models_take_mnist_images(name, parameters):
     assert model.build((1, 1, 28, 28)) == (1, 10)
     assert sum(layer.num_parameters() for layer in model.layers) == parameters
     assert not any(layer.couples_samples for layer in model.layers)  # both cores share each batch
+
+
+def test_an_adam_run_records_no_momentum():
+    from dualconv.runs import settings
+    adam = settings({"optimizer": "adam", "model": "fast"}, None, epochs=1)
+    assert adam["momentum"] is None and adam["nesterov"] is None  # fast's Nesterov is SGD's
+    sgd = settings({"model": "fast"}, None, epochs=1)
+    assert sgd["momentum"] == 0.9 and sgd["nesterov"] is True
