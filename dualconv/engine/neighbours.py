@@ -171,8 +171,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
-        return True
+    except OSError:  # it exists, but is another user's
+        pass
     return True
 
 

@@ -109,12 +109,20 @@ def adam_update_guarded_many(ws: Any, gs: Any, ms: Any, vs: Any, w_lasts: Any, m
           numbers, who)
 
 
-PER_CALL: dict[str, tuple[tuple[str, ...], Callable[..., None]]] = {
-    "sgd_update_many": (("lr", "momentum", "weight_decay", "nesterov"), _sgd_many_values),
-    "adam_update_many": (("lr", "b1", "b2", "eps", "weight_decay", "step"), _adam_many_values),
-    "sgd_update_guarded_many": (("code", "lr", "momentum", "weight_decay", "nesterov"),
-                                _sgd_guarded_many_values),
-    "adam_update_guarded_many": (("code", "lr", "b1", "b2", "eps", "weight_decay", "step"),
-                                 _adam_guarded_many_values),
+ROLES = {
+    "sgd_update_many": ("ws", "gs", "vs"),
+    "adam_update_many": ("ws", "gs", "ms", "vs"),
+    "sgd_update_guarded_many": ("ws", "gs", "vs", "w_lasts", "v_lasts"),
+    "adam_update_guarded_many": ("ws", "gs", "ms", "vs", "w_lasts", "m_lasts", "v_lasts"),
 }
-"""As checks.PER_CALL: kernel -> (its per-call parameters, the check of their values)."""
+"""Each list kernel's roles: its first arguments, a tuple of arrays each (one per parameter)."""
+
+_VALUES = {"sgd_update_many": _sgd_many_values, "adam_update_many": _adam_many_values,
+           "sgd_update_guarded_many": _sgd_guarded_many_values,
+           "adam_update_guarded_many": _adam_guarded_many_values}
+
+PER_CALL: dict[str, tuple[tuple[str, ...], Callable[..., None]]] = {
+    kernel: (checks.PER_CALL[kernel.removesuffix("_many")][0], values)
+    for kernel, values in _VALUES.items()}
+"""As checks.PER_CALL: kernel -> (its per-call parameters, the one-array kernel's, and the
+check of their values)."""

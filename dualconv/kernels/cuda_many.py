@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .checks_many import ROLES
 from .cuda import get_function
 from .cuda_plans import FLOAT_TYPES, _adam_tail, _sgd_tail
 from .launch import BLOCK, blocks
@@ -29,23 +30,17 @@ from .launch import BLOCK, blocks
 TENSORS = 32
 """DC_LIST_TENSORS: the arrays of each role one launch takes."""
 
-ROLES = 7
+SLOTS = 7
 """DC_LIST_ROLES: the most roles a list kernel reads (guarded Adam's w, g, m, v and three
 last-good copies)."""
 
-WORDS = TENSORS + ROLES * TENSORS + 1
-"""The DcTensorList as 64-bit words: end[TENSORS], ptr[ROLES][TENSORS], count."""
+WORDS = TENSORS + SLOTS * TENSORS + 1
+"""The DcTensorList as 64-bit words: end[TENSORS], ptr[SLOTS][TENSORS], count."""
 
 STRUCT = np.dtype((np.void, WORDS * 8))
 """The DcTensorList's bytes as one NumPy item: what CuPy passes by value."""
 
-GUARDED = {"sgd_update_guarded_many": 5, "adam_update_guarded_many": 7}
-"""The guarded list kernels, and their roles (the verdict and code follow them)."""
-
-ROLE_COUNT = {"sgd_update_many": 3, "adam_update_many": 4, **GUARDED}
-"""Per list kernel, how many of its first arguments are roles (tuples of arrays)."""
-
-KERNELS = tuple(ROLE_COUNT)
+KERNELS = tuple(ROLES)
 """The list kernels this module launches (they have no plan in cuda_plans.py)."""
 
 
@@ -96,13 +91,13 @@ class _Prepared:
     __slots__ = ("kernel", "roles", "present", "groups", "copied")
 
     def __init__(self, kernel: str, args: Sequence[Any]) -> None:
-        self.kernel, self.roles = kernel, ROLE_COUNT[kernel]
+        self.kernel, self.roles = kernel, len(ROLES[kernel])
         self.present = tuple(r for r in range(self.roles) if args[r] is not None)
         ws, gs = args[0], args[1]
         if len(ws) == 0:
             self.groups, self.copied = (), ()
             return
-        for role, arrays in zip(_role_names(kernel), args[:self.roles]):
+        for role, arrays in zip(ROLES[kernel], args[:self.roles]):
             if role != "gs" and arrays is not None:
                 for k, a in enumerate(arrays):
                     if not a.flags.c_contiguous:
@@ -133,12 +128,6 @@ class _Prepared:
         """One launch per parameter, in order: where one array is listed twice (a weight
         tied between layers), two threads of one launch would update it at once."""
         return tuple(_Group(self.kernel, (k,), ws, self.present) for k in range(len(ws)))
-
-
-def _role_names(kernel: str) -> tuple[str, ...]:
-    if kernel.startswith("sgd"):
-        return ("ws", "gs", "vs", "w_lasts", "v_lasts")
-    return ("ws", "gs", "ms", "vs", "w_lasts", "m_lasts", "v_lasts")
 
 
 def _tail(kernel: str, w: Any, rest: Sequence[Any]) -> tuple[Any, ...]:
