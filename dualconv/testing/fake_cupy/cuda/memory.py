@@ -12,6 +12,7 @@ during a capture, under an allocator other than the default, and always with
 ``emulated_cupy(reuse_memory=True)``. Otherwise, for speed, the stand-in makes a
 plain NumPy array that no pool counts.
 """
+import copy as _copy
 import weakref as _weakref
 from typing import Any as _Any, Callable as _Callable
 
@@ -85,8 +86,7 @@ class _ArrayPointer(MemoryPointer):
     ptr = 0  # an instance attribute, not the base class's property
 
     def __add__(self, offset: int) -> "MemoryPointer":
-        pointer = _ArrayPointer.__new__(_ArrayPointer)
-        pointer.mem, pointer.device_id, pointer._raw = None, 0, self._raw
+        pointer = _copy.copy(self)
         pointer.ptr = self.ptr + int(offset)
         return pointer
 
