@@ -79,11 +79,17 @@ def test_calls_run_in_another_process_and_arrays_come_back_intact() -> None:
     assert_array_equal(doubled, big.T * 2)
 
 
-def test_results_are_the_callers_own_arrays() -> None:
-    """A later call writes the shared mapping again; results already returned keep their values."""
+def test_results_are_views_of_the_results_region_until_the_next_call() -> None:
+    """finish() hands back the worker's arrays without copying them: views into the
+    results region, which the worker's next call writes again (the engine joins or sums
+    them first)."""
+    worker = workers.ready_workers(1, check_code=False)[0]
     first = _in_worker(_ones, 100_000)[1]
-    _in_worker(_doubled, [np.full(100_000, 7.0, np.float32)])
+    assert np.shares_memory(first, worker.results_half)
     assert_array_equal(first, np.ones(100_000, np.float32))
+    kept = first.copy()
+    _in_worker(_doubled, [np.full(100_000, 7.0, np.float32)])
+    assert_array_equal(kept, np.ones(100_000, np.float32))
 
 
 def test_an_exception_in_a_worker_comes_back_and_the_worker_lives_on() -> None:

@@ -1,11 +1,12 @@
 """Pickling with large arrays in shared memory: how a call and its result cross to a worker.
 
-``pack(obj, region)`` pickles obj, except that every NumPy array of INLINE_BYTES or
-more is copied into ``region`` (a byte array over a shared mapping both processes
-see) and named in the pickle by (offset, shape, dtype). ``unpack`` reverses it,
-giving copies of those arrays or views into the region. Both sides of a worker use
-one region for calls and another for results, so neither overwrites what the other
-still reads.
+``pack(obj, region)`` pickles obj, except that every NumPy array of numbers is copied
+into ``region`` (a byte array over a shared mapping both processes see) and named in
+the pickle by (offset, shape, dtype). ``unpack`` reverses it, giving copies of those
+arrays or views into the region. Both sides of a worker use one region for calls and
+another for results, so neither overwrites what the other still reads. Since no
+number of an array is in the pickle, objects that differ only in their arrays' values
+pack to the same bytes (workers.py reuses what it unpickled then).
 """
 from __future__ import annotations
 
@@ -17,9 +18,6 @@ import threading
 from typing import Any
 
 import numpy as np
-
-INLINE_BYTES = 1024
-"""Arrays smaller than this travel inside the pickle; larger ones through the region."""
 
 _ALIGN = 64  # each array in a region starts on a cache line
 
@@ -40,7 +38,7 @@ def halves(arena: mmap.mmap) -> tuple[np.ndarray, np.ndarray]:
 
 
 def pack(obj: Any, region: np.ndarray) -> tuple[bytes, int]:
-    """(``obj`` pickled, the bytes of ``region`` its arrays of INLINE_BYTES or more took).
+    """(``obj`` pickled, the bytes of ``region`` its arrays of numbers took).
     Raises TooLarge when they do not fit."""
     buffer = io.BytesIO()
     packer = _Packer(buffer, region)
@@ -60,7 +58,7 @@ class _Packer(pickle.Pickler):
         self.dispatch_table = {**copyreg.dispatch_table, np.ndarray: self._reduce_array}
 
     def _reduce_array(self, array: np.ndarray) -> Any:
-        if array.nbytes < INLINE_BYTES or array.dtype.hasobject:
+        if array.dtype.hasobject:
             return array.__reduce__()
         start = -(-self.used // _ALIGN) * _ALIGN
         self.used = start + array.nbytes

@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import itertools
+import os
 from collections import OrderedDict
 from typing import Any, Sequence
 
@@ -38,7 +39,9 @@ _pending: "OrderedDict[tuple[int, ...], _Pass]" = OrderedDict()
 _sizes: "OrderedDict[tuple[Any, ...], int]" = OrderedDict()  # numbers_per_sample, remembered
 _last_layers: tuple[int, ...] = ()
 _tokens = itertools.count(1)
-_kept: dict[int, list[list[Any]]] = {}  # in a worker: the twins of the pass it keeps, by token
+Token = tuple[int, int]  # (the worker's pid, its count of forward calls): names a kept pass
+_kept: dict[Token, list[list[Any]]] = {}  # in a worker: the twins of the pass it keeps, by token
+_unpickled: tuple[list[list[Any]], list[list[dict[str, Any]]]] | None = None  # in a worker: the last twins, as unpickled
 
 
 class _Lost(Exception):
@@ -53,7 +56,7 @@ class _Run:
     def __init__(self, ranges: list[Range], twins: list[list[Any]]) -> None:
         self.ranges, self.twins = ranges, twins
         self.worker: workers.Worker | None = None
-        self.token: int | None = None
+        self.token: Token | None = None
 
     @property
     def span(self) -> Range:
@@ -118,7 +121,7 @@ def _forward(layers: Layers, x: Any) -> Any:
     cores = 1 if getattr(this_thread, "in_task", False) else min(cores_now(), len(ranges))
     runs = [_Run([ranges[i] for i in group], [twins[i] for i in group])
             for group in in_groups(list(range(len(ranges))), cores)]
-    outs = _run_forward(runs, x, check_code=key != _last_layers)
+    outs = _run_forward(runs, x, key, check_code=key != _last_layers)
     _last_layers = key
     _pending[key] = _Pass(runs, x)
     while len(_pending) > _PENDING_MOST:
@@ -141,21 +144,46 @@ def _backward(layers: Layers, gy: Any, input_grad: bool) -> Any:
     return np.concatenate([gx for _, gx in parts]) if input_grad else None
 
 
-def _forward_parts(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: int,
-                   token: int | None = None) -> list[Any]:
+def _forward_parts(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: int) -> list[Any]:
     """Each part's samples (xs holds the batch's from ``offset`` on) through its twins; their
-    outputs. With a token (in a worker), the twins are kept for the backward."""
-    if token is not None or _kept:
-        _kept.clear()  # one pass is kept at a time: its arrays are views of the call slot
+    outputs."""
     outs = []
     for part_layers, (start, stop) in zip(twins, ranges):
         y = xs[start - offset:stop - offset]
         for layer in part_layers:
             y = layer.forward(y)
         outs.append(y)
-    if token is not None:
-        _kept[token] = twins
     return outs
+
+
+def _forward_kept(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: int,
+                  origin: tuple[int, ...]) -> tuple[Token, list[Any]]:
+    """In a worker: _forward_parts, the twins then kept for the backward under the token
+    returned with the outputs. One pass is kept at a time (its arrays are views of the
+    call slot).
+
+    workers.py hands this function the objects it unpickled for the last call when the
+    call packs to the same bytes (``origin``, the ids of the caller's layers, makes calls
+    for different models differ): the same twins, their arrays now holding this call's
+    values. Each twin's attributes are then set back to what they were when unpickled
+    (a pass rebinds what it sets, a Dropout's step or a cache; only grads is filled in
+    place, and starts empty again), so the pass is the one fresh twins would make."""
+    global _unpickled
+    _kept.clear()
+    if _unpickled is not None and _unpickled[0] is twins:
+        for part_layers, states in zip(twins, _unpickled[1]):
+            for layer, state in zip(part_layers, states):
+                vars(layer).clear()
+                vars(layer).update(state, grads={})  # a backward fills grads in place
+    else:
+        _unpickled = (twins, [[dict(vars(layer)) for layer in part_layers] for part_layers in twins])
+    outs = _forward_parts(twins, xs, ranges, offset)
+    token = (os.getpid(), next(_tokens))
+    _kept[token] = twins
+    return token, outs
+
+
+_forward_kept.arguments_reusable = True  # type: ignore[attr-defined]
 
 
 def _backward_parts(twins: list[list[Any]], gys: list[Any],
@@ -170,7 +198,7 @@ def _backward_parts(twins: list[list[Any]], gys: list[Any],
     return out
 
 
-def _backward_kept(token: int, gys: list[Any], input_grad: bool) -> list[tuple[list[dict[str, Any]], Any]]:
+def _backward_kept(token: Token, gys: list[Any], input_grad: bool) -> list[tuple[list[dict[str, Any]], Any]]:
     """In a worker: _backward_parts on the twins kept under ``token``."""
     twins = _kept.pop(token, None)
     if twins is None:
@@ -178,7 +206,7 @@ def _backward_kept(token: int, gys: list[Any], input_grad: bool) -> list[tuple[l
     return _backward_parts(twins, gys, input_grad)
 
 
-def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
+def _run_forward(runs: list[_Run], x: Any, key: tuple[int, ...], check_code: bool) -> list[list[Any]]:
     calls = [functools.partial(_forward_parts, run.twins, x, run.ranges, 0) for run in runs]
     if len(runs) == 1:
         return [calls[0]()]
@@ -190,11 +218,14 @@ def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
         for run, worker in zip(runs[1:], pool):
             first, last = run.span
             # the twins are pickled here, before part 0 changes the layers it runs on
-            run.token = next(_tokens)
-            if worker.start((_forward_parts, (run.twins, x[first:last], run.ranges, first, run.token))):
+            if worker.start((_forward_kept, (run.twins, x[first:last], run.ranges, first, key))):
                 run.worker = worker
                 remote.append(run)
-        return _gather(runs, remote, calls, lambda run: calls[runs.index(run)]())
+        outs = _gather(runs, remote, calls, lambda run: calls[runs.index(run)]())
+        for index, run in enumerate(runs):
+            if run.worker is not None:  # it answered: (token, outputs)
+                run.token, outs[index] = outs[index]
+        return outs
     finally:
         workers.lock.release()
 

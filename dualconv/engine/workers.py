@@ -7,9 +7,15 @@ threads making many short calls mostly wait on each other; a forked process does
   NumPy and dualconv imported, and it is kept for later calls. It holds its BLAS at one
   thread (the caller's own share uses the other core) and runs on a core of its own
   where the caller may choose one.
-- A call is a module-level function and its arguments, pickled with its large arrays
-  in a shared mapping (arena.py); the result comes back the same way. A call too large
-  for the mapping gets a new worker with a larger one.
+- A call is a module-level function and its arguments, pickled with its arrays in a
+  shared mapping (arena.py); the result comes back the same way. A call too large for
+  the mapping gets a new worker with a larger one.
+- A call packed to the same bytes as the last one in its slot names the same objects
+  with new array values (a training step's twins, with this step's parameters), so a
+  function marked ``arguments_reusable`` gets the objects unpickled last time, their
+  arrays now showing the new values: unpickling a model's layers each step would cost
+  the worker as much as a few of its layers' kernels. Such a function must give the same
+  result either way (it clears what an earlier call left in them).
 - A worker runs the code it was forked with. When the caller's code changes (a notebook
   cell redefining a layer, importlib.reload of a dualconv module: ``code_fingerprint``),
   the next ``ready_workers`` forks new ones.
@@ -27,6 +33,7 @@ import mmap
 import multiprocessing
 import os
 import pickle
+import select
 import signal
 import sys
 import threading
@@ -191,6 +198,7 @@ class Worker:
         self.arena = mmap.mmap(-1, arena_bytes)  # MAP_SHARED: the child sees the same pages
         self.call_slots, self.results_half = _slots(self.arena)
         self.conn, child_conn = multiprocessing.Pipe()
+        self.readable = _poller(self.conn)
         context = multiprocessing.get_context("fork")
         with warnings.catch_warnings():
             # Python 3.12+ warns of forking a process that has threads (a BLAS pool): the
@@ -236,9 +244,12 @@ class Worker:
         return True
 
     def finish(self) -> tuple[bool, Any]:
-        """(True, result) or (False, the exception raised); DIED if the worker died."""
+        """(True, result) or (False, the exception raised); DIED if the worker died. The
+        result's large arrays are views into this worker's results region, valid until its
+        next call: the caller joins or sums them first (a copy here would cost a pass over
+        every gradient each step)."""
         try:
-            _spin_until_readable(self.conn)
+            _spin_until_readable(self.readable)
             while not self.conn.poll(STALL_CHECK_SECONDS):
                 if not self.alive() or _stopped(self.process.pid):
                     _warn_once("dualconv: a worker process stopped answering; the caller computes its share")
@@ -249,7 +260,7 @@ class Worker:
             self.stop()
             return DIED
         self.busy = False
-        ok, value, needed = unpack(message, self.results_half, copy=True)
+        ok, value, needed = unpack(message, self.results_half, copy=False)
         if not ok and isinstance(value, str) and value == _UNKNOWN_HERE:
             self.stop()  # forked before the call's code existed: the next fork has it
             return DIED
@@ -306,14 +317,24 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
     global in_worker
     in_worker = True  # a call never forks or threads again (cores.num_threads)
     call_slots, results_half = _slots(arena)
+    readable = _poller(conn)
+    last: list[tuple[bytes, Call] | None] = [None, None]  # per call slot: the last call, packed and unpacked
     while True:
         try:
-            _spin_until_readable(conn)
+            _spin_until_readable(readable)
             message = conn.recv_bytes()
         except (EOFError, OSError):
             return
+        slot, packed = message[0], message[1:]
         try:
-            function, args = unpack(memoryview(message)[1:], call_slots[message[0]], copy=False)
+            previous = last[slot]
+            if previous is not None and previous[0] == packed:
+                function, args = previous[1]  # the same bytes: the same objects, over the slot's new values
+            else:
+                last[slot] = None
+                function, args = unpack(packed, call_slots[slot], copy=False)
+                if getattr(function, "arguments_reusable", False):
+                    last[slot] = (packed, (function, args))
         except Exception:  # a class or function defined in the caller after this fork
             outcome: tuple[bool, Any] = (False, _UNKNOWN_HERE)
         else:
@@ -362,10 +383,19 @@ def _warn_once(message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def _spin_until_readable(conn: Any) -> None:
-    """Poll ``conn`` until it has something to read or SPIN_SECONDS have passed."""
+def _poller(conn: Any) -> Any:
+    """A select.poll object for input on ``conn``: made once, where Connection.poll makes
+    a selector every call (several times the cost, in a loop that waits for an answer)."""
+    poller = select.poll()
+    poller.register(conn.fileno(), select.POLLIN)
+    return poller
+
+
+def _spin_until_readable(readable: Any) -> None:
+    """Poll (a _poller) until its connection has something to read, or has closed, or
+    SPIN_SECONDS have passed."""
     deadline = time.perf_counter() + SPIN_SECONDS
-    while not conn.poll(0) and time.perf_counter() < deadline:
+    while not readable.poll(0) and time.perf_counter() < deadline:
         pass
 
 
