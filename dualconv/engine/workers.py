@@ -250,7 +250,7 @@ class Worker:
         every gradient each step)."""
         try:
             _spin_until_readable(self.readable)
-            while not self.conn.poll(STALL_CHECK_SECONDS):
+            while not self.readable.poll(STALL_CHECK_SECONDS * 1000):  # milliseconds
                 if not self.alive() or _stopped(self.process.pid):
                     _warn_once("dualconv: a worker process stopped answering; the caller computes its share")
                     self.stop()
@@ -393,7 +393,7 @@ def _poller(conn: Any) -> Any:
 
 def _spin_until_readable(readable: Any) -> None:
     """Poll (a _poller) until its connection has something to read, or has closed, or
-    SPIN_SECONDS have passed."""
+    SPIN_SECONDS have passed (then its poll(milliseconds) blocks, as Connection.poll does)."""
     deadline = time.perf_counter() + SPIN_SECONDS
     while not readable.poll(0) and time.perf_counter() < deadline:
         pass

@@ -243,6 +243,11 @@ class _SeenShapes:
         self.inputs: set[tuple[Any, ...]] = set()
         self.outputs: dict[tuple[int, ...], tuple[int, ...]] = {}
 
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        """A pickled copy starts empty: what one layer object's checks passed is its own
+        (a layer unpickled elsewhere checks its first inputs again)."""
+        return _SeenShapes, ()
+
     def passed(self, x: Any) -> None:
         """x's signature passed the checks."""
         if len(self.inputs) >= self.LIMIT:
