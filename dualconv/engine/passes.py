@@ -88,8 +88,8 @@ def split(layers: Layers, x: Any) -> list[Range]:
 def twin(layer: Any, first_sample: int) -> Any:
     """A copy of ``layer`` for the part of a batch that starts at ``first_sample``: the same
     parameters and buffers (the same arrays), its own cache and gradients."""
-    copied = copy.copy(layer)
-    copied.grads, copied._cache, copied.first_sample = {}, None, first_sample
+    copied = object.__new__(type(layer))  # copy.copy's result for a plain object, without its protocol lookups
+    copied.__dict__.update(vars(layer), grads={}, _cache=None, first_sample=first_sample)
     return copied
 
 
