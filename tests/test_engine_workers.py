@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from dualconv.engine import workers
+from dualconv.engine import fingerprints, workers
 from dualconv.engine.passes import split
 
 pytestmark = pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
@@ -210,7 +210,7 @@ def test_code_changed_in_the_caller_reaches_a_new_worker(monkeypatch) -> None:
     model = lenet(seed=0)
     x = np.random.default_rng(0).random((256, 1, 28, 28), dtype=np.float32)
     model.predict(x)  # the worker exists, with the code as it is
-    monkeypatch.setattr(workers, "CODE_CHECK_SECONDS", 0.0)
+    monkeypatch.setattr(fingerprints, "CODE_CHECK_SECONDS", 0.0)
     monkeypatch.setattr(dc.ReLU, "_forward", lambda self, x: self._set_cache_and_zero(x))
     monkeypatch.setattr(dc.ReLU, "_set_cache_and_zero", lambda self, x: setattr(self, "_cache", (x,)) or x * 0,
                         raising=False)
@@ -312,12 +312,12 @@ def test_a_class_level_value_changing_is_not_a_code_change(monkeypatch) -> None:
     """A counter kept on a layer class (a value, not code) leaves the fingerprint as it
     is, so the worker is not forked again; a patched method changes it."""
     import dualconv as dc
-    before = workers.code_fingerprint()
+    before = fingerprints.code_fingerprint()
     monkeypatch.setattr(dc.ReLU, "calls", 1, raising=False)
     monkeypatch.setattr(dc.ReLU, "calls", 2, raising=False)
-    assert workers.code_fingerprint() == before
+    assert fingerprints.code_fingerprint() == before
     monkeypatch.setattr(dc.ReLU, "_forward", lambda self, x: x)
-    assert workers.code_fingerprint() != before
+    assert fingerprints.code_fingerprint() != before
 
 
 LAYER_SOURCE = '''

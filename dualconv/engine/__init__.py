@@ -31,7 +31,7 @@ The contract, in full:
 
 The files: parts.py (where a batch splits), passes.py (forward and backward in parts),
 cores.py (how many cores, threads, the BLAS), neighbours.py (the cores shared with other
-runs), workers.py (the worker processes),
+runs), workers.py (the worker processes), fingerprints.py (the code a worker runs),
 arena.py (pickling through shared memory).
 """
 from __future__ import annotations

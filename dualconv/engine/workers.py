@@ -39,11 +39,11 @@ import sys
 import threading
 import time
 import traceback
-import types
 import warnings
 from typing import Any, Callable
 
 from .arena import TooLarge, halves, pack, unpack
+from .fingerprints import class_fingerprint, code_fingerprint, code_if_due
 
 Call = tuple[Callable[..., Any], tuple[Any, ...]]  # a module-level function and its arguments
 
@@ -64,10 +64,6 @@ a row that fit it: fewer forks when large and small calls alternate, memory back
 STALL_CHECK_SECONDS = 1.0
 """How often a caller waiting for a worker checks that it still runs: a worker stopped
 (SIGSTOP) or gone is given up within this long, and its share computed by the caller."""
-
-CODE_CHECK_SECONDS = 0.5
-"""How often, at most, ready_workers compares the caller's code with its workers'
-(code_fingerprint walks every dualconv module: too slow for every call)."""
 
 DIED: Any = object()  # Worker.finish's answer when the worker died or could not load the call
 _UNKNOWN_HERE = "dualconv worker: the call names what this worker does not have"
@@ -91,7 +87,7 @@ def ready_workers(count: int, check_code: bool, classes: Any = ()) -> list["Work
     call names: a module reloaded, a notebook cell run again). Fewer (with a warning, once)
     where the system refuses a process or its memory: the caller then computes those
     shares itself."""
-    code = _code_if_due(check_code)
+    code = code_if_due(check_code)
     names = {(cls.__module__, cls.__qualname__): class_fingerprint(cls) for cls in classes}
     try:
         for i, worker in enumerate(workers):
@@ -147,44 +143,6 @@ def _pin(cores: set[int]) -> bool:
         return True
     except OSError:
         return False
-
-
-_code_checked_at = float("-inf")
-
-
-def _code_if_due(now_anyway: bool) -> int | None:
-    """code_fingerprint(), if asked or CODE_CHECK_SECONDS have passed since the last; else None."""
-    global _code_checked_at
-    now = time.monotonic()
-    if not now_anyway and now - _code_checked_at < CODE_CHECK_SECONDS:
-        return None
-    _code_checked_at = now
-    return code_fingerprint()
-
-
-def code_fingerprint() -> int:
-    """A fingerprint of the code a worker runs: the classes and functions bound in
-    dualconv's modules and in __main__, and what the classes defined there hold. It
-    changes when one is redefined (a cell run again, importlib.reload, a patched method);
-    other values (a script's variables, a module's settings) are not part of it."""
-    parts = []
-    for name, module in list(sys.modules.items()):
-        if name == "__main__" or name == "dualconv" or name.startswith("dualconv."):
-            code = [value for value in list(vars(module).values()) if isinstance(value, _CODE)]
-            parts.append(tuple(map(id, code)))
-            parts.extend(class_fingerprint(value) for value in code
-                         if isinstance(value, type) and value.__module__ == name)
-    return hash(tuple(parts))
-
-
-def class_fingerprint(cls: type) -> int:
-    """The class and the code it holds (its functions, static and class methods,
-    properties), not its other values: a class-level counter changes no fingerprint."""
-    return hash((id(cls), *(id(value) for value in vars(cls).values() if isinstance(value, _METHODS))))
-
-
-_CODE = (type, types.FunctionType)
-_METHODS = (types.FunctionType, staticmethod, classmethod, property)
 
 
 class Worker:
