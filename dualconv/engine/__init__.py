@@ -32,6 +32,7 @@ The contract, in full:
 The files: parts.py (where a batch splits), passes.py (forward and backward in parts),
 cores.py (how many cores, threads, the BLAS), neighbours.py (the cores shared with other
 runs), workers.py (the worker processes), fingerprints.py (the code a worker runs),
+reuse.py (the twins a worker may use again),
 arena.py (pickling through shared memory).
 """
 from __future__ import annotations

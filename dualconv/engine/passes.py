@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import copy
 import functools
-import itertools
 import os
+import time
 from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import workers
-from . import neighbours
+from . import neighbours, reuse
 from .cores import blas_on_one_thread, cores_now, run_on_threads, this_thread, worker_kind
 from .parts import EVAL_MAX_NUMBERS, PART_MAX_NUMBERS, PART_MIN_NUMBERS, in_groups, numbers_per_sample, part_ranges
 
@@ -38,10 +38,8 @@ _PENDING_MOST = 4  # passes remembered for a backward (one per model trained at 
 _pending: "OrderedDict[tuple[int, ...], _Pass]" = OrderedDict()
 _sizes: "OrderedDict[tuple[Any, ...], int]" = OrderedDict()  # numbers_per_sample, remembered
 _last_layers: tuple[int, ...] = ()
-_tokens = itertools.count(1)
-Token = tuple[int, int]  # (the worker's pid, its count of forward calls): names a kept pass
+Token = tuple[int, int]  # (the worker's pid, its clock in ns at the call): names a kept pass
 _kept: dict[Token, list[list[Any]]] = {}  # in a worker: the twins of the pass it keeps, by token
-_unpickled: tuple[list[list[Any]], list[list[dict[str, Any]]]] | None = None  # in a worker: the last twins, as unpickled
 
 
 class _Lost(Exception):
@@ -88,8 +86,8 @@ def split(layers: Layers, x: Any) -> list[Range]:
 def twin(layer: Any, first_sample: int) -> Any:
     """A copy of ``layer`` for the part of a batch that starts at ``first_sample``: the same
     parameters and buffers (the same arrays), its own cache and gradients."""
-    copied = object.__new__(type(layer))  # copy.copy's result for a plain object, without its protocol lookups
-    copied.__dict__.update(vars(layer), grads={}, _cache=None, first_sample=first_sample)
+    copied = copy.copy(layer)
+    copied.grads, copied._cache, copied.first_sample = {}, None, first_sample
     return copied
 
 
@@ -163,27 +161,19 @@ def _forward_kept(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: 
     call slot).
 
     workers.py hands this function the objects it unpickled for the last call when the
-    call packs to the same bytes (``origin``, the ids of the caller's layers, makes calls
-    for different models differ): the same twins, their arrays now holding this call's
-    values. Each twin's attributes are then set back to what they were when unpickled
-    (a pass rebinds what it sets, a Dropout's step or a cache; only grads is filled in
-    place, and starts empty again), so the pass is the one fresh twins would make."""
-    global _unpickled
+    call packs to the same bytes and reuse.remember took them (``origin``, the ids of
+    the caller's layers, makes calls for different models differ): the same twins,
+    their arrays now holding this call's values, set back to their unpickled state
+    (reuse.py says when that equals a fresh unpickle)."""
     _kept.clear()
-    if _unpickled is not None and _unpickled[0] is twins:
-        for part_layers, states in zip(twins, _unpickled[1]):
-            for layer, state in zip(part_layers, states):
-                vars(layer).clear()
-                vars(layer).update(state, grads={})  # a backward fills grads in place
-    else:
-        _unpickled = (twins, [[dict(vars(layer)) for layer in part_layers] for part_layers in twins])
+    reuse.set_back(twins)
     outs = _forward_parts(twins, xs, ranges, offset)
-    token = (os.getpid(), next(_tokens))
+    token = (os.getpid(), time.monotonic_ns())  # unique, even to a new worker given an old pid
     _kept[token] = twins
     return token, outs
 
 
-_forward_kept.arguments_reusable = True  # type: ignore[attr-defined]
+_forward_kept.arguments_reusable = lambda args: reuse.remember(args[0])  # type: ignore[attr-defined]
 
 
 def _backward_parts(twins: list[list[Any]], gys: list[Any],

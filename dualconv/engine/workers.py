@@ -11,11 +11,10 @@ threads making many short calls mostly wait on each other; a forked process does
   shared mapping (arena.py); the result comes back the same way. A call too large for
   the mapping gets a new worker with a larger one.
 - A call packed to the same bytes as the last one in its slot names the same objects
-  with new array values (a training step's twins, with this step's parameters), so a
-  function marked ``arguments_reusable`` gets the objects unpickled last time, their
-  arrays now showing the new values: unpickling a model's layers each step would cost
-  the worker as much as a few of its layers' kernels. Such a function must give the same
-  result either way (it clears what an earlier call left in them).
+  with new array values (a training step's twins, with this step's parameters). A
+  function with an ``arguments_reusable(args)`` predicate, true for freshly unpickled
+  arguments it can take again, then gets the objects unpickled last time, their arrays
+  showing the new values (engine/reuse.py says when that equals a fresh unpickle).
 - A worker runs the code it was forked with. When the caller's code changes (a notebook
   cell redefining a layer, importlib.reload of a dualconv module: ``code_fingerprint``),
   the next ``ready_workers`` forks new ones.
@@ -82,7 +81,7 @@ def available() -> bool:
 
 def ready_workers(count: int, check_code: bool, classes: Any = ()) -> list["Worker"]:
     """Up to ``count`` live workers running the caller's code: dead ones replaced, and,
-    when ``check_code`` or CODE_CHECK_SECONDS have passed, stale ones too; so is a worker
+    when ``check_code`` or fingerprints.CODE_CHECK_SECONDS have passed, stale ones too; so is a worker
     that ran another class of the same name as one of ``classes`` (the layer classes a
     call names: a module reloaded, a notebook cell run again). Fewer (with a warning, once)
     where the system refuses a process or its memory: the caller then computes those
@@ -291,7 +290,8 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
             else:
                 last[slot] = None
                 function, args = unpack(packed, call_slots[slot], copy=False)
-                if getattr(function, "arguments_reusable", False):
+                reusable = getattr(function, "arguments_reusable", None)
+                if reusable is not None and reusable(args):
                     last[slot] = (packed, (function, args))
         except Exception:  # a class or function defined in the caller after this fork
             outcome: tuple[bool, Any] = (False, _UNKNOWN_HERE)

@@ -1,0 +1,86 @@
+"""Which unpickled twins a worker may use again, and how they are set back.
+
+A training step's forward call to a worker packs to the same bytes step after step
+(arena.py: no number of an array is in the pickle), so the worker can skip unpickling
+the twins again (workers.py, ``arguments_reusable``): unpickling a model's layers each
+step costs the worker as much as a few of its layers' kernels. Reusing them must give
+what a fresh unpickle gives. The same bytes make the same objects, except for what the
+last call changed in them in place, and except where unpickling runs the class's own
+code (a ``__setstate__`` may read the arrays' values). So a twin is reusable only where:
+
+- its class pickles the default way (no ``__reduce__``, ``__getstate__``, ``__setstate__``
+  or ``__slots__`` of its own);
+- every attribute holds a value a call cannot change in place: None, a number, a
+  string, a dtype, a class or function, a tuple of such, or a NumPy array of numbers
+  (every call's pack fills it again in the shared region); or a dict of those (set back
+  as a copy of its unpickled entries); or ``_seen``, the layer's cache of the input
+  checks passed (a cache: it changes no result).
+
+``remember(twins)`` keeps the states of freshly unpickled twins (False: not reusable);
+``set_back(twins)`` gives remembered twins those states again before a reused call.
+"""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import numpy as np
+
+_IMMUTABLE = (bool, int, float, complex, str, bytes, np.dtype, np.generic, type,
+              types.FunctionType, types.BuiltinFunctionType)
+_CHECK_CACHE = "_seen"  # Layer's cache of the input checks passed (layers/base.py)
+
+State = tuple[dict[str, Any], tuple[str, ...]]  # a twin's attributes as unpickled, and which are dicts
+_remembered: tuple[Any, list[list[State]]] | None = None  # (twins, their states)
+
+
+def remember(twins: list[list[Any]]) -> bool:
+    """Keep the states of twins just unpickled, for set_back; False (and nothing kept)
+    where one of them is not reusable (the module docstring)."""
+    global _remembered
+    states = [[_state(layer) for layer in part_layers] for part_layers in twins]
+    reusable = all(state is not None for part_states in states for state in part_states)
+    _remembered = (twins, states) if reusable else None
+    return reusable
+
+
+def set_back(twins: list[list[Any]]) -> None:
+    """Give twins that remember() kept the attributes they had when unpickled (their dicts
+    as copies of the unpickled entries); other twins are left as they are."""
+    if _remembered is None or _remembered[0] is not twins:
+        return
+    for part_layers, part_states in zip(twins, _remembered[1]):
+        for layer, (state, dicts) in zip(part_layers, part_states):
+            attributes = vars(layer)
+            attributes.clear()
+            attributes.update(state)
+            for name in dicts:
+                attributes[name] = dict(state[name])
+
+
+def _state(layer: Any) -> State | None:
+    """The layer's attributes, each dict copied, and the names of the dicts; None where it
+    is not reusable."""
+    cls = type(layer)
+    if (cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__
+            or cls.__getstate__ is not object.__getstate__ or hasattr(cls, "__setstate__")
+            or any("__slots__" in vars(base) for base in cls.__mro__)):
+        return None
+    state: dict[str, Any] = {}
+    for name, value in vars(layer).items():
+        if name == _CHECK_CACHE or _unchangeable(value):
+            state[name] = value
+        elif type(value) is dict and all(_unchangeable(entry) for entry in value.values()):
+            state[name] = dict(value)
+        else:
+            return None
+    return state, tuple(name for name, value in state.items() if type(value) is dict)
+
+
+def _unchangeable(value: Any) -> bool:
+    """Whether a call cannot change ``value`` in place without the next pack undoing it."""
+    if type(value) is np.ndarray:
+        return not value.dtype.hasobject
+    if type(value) is tuple or isinstance(value, tuple) and hasattr(value, "_fields"):
+        return all(_unchangeable(item) for item in value)
+    return value is None or isinstance(value, _IMMUTABLE)
