@@ -11,7 +11,7 @@ code (a ``__setstate__`` may read the arrays' values). So a twin is reusable onl
 - its class pickles the default way (no ``__reduce__``, ``__getstate__``, ``__setstate__``
   or ``__slots__`` of its own);
 - every attribute holds a value a call cannot change in place: None, a number, a
-  string, a dtype, a class or function, a tuple of such, or a NumPy array of numbers
+  string, a dtype, a class, function or ufunc, a tuple of such, or a NumPy array of numbers
   (every call's pack fills it again in the shared region); or a dict of those (set back
   as a copy of its unpickled entries); or ``_seen``, the layer's cache of the input
   checks passed (a cache: it changes no result).
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-_IMMUTABLE = (bool, int, float, complex, str, bytes, np.dtype, np.generic, type,
+_IMMUTABLE = (bool, int, float, complex, str, bytes, np.dtype, np.generic, np.ufunc, type,
               types.FunctionType, types.BuiltinFunctionType)
 _CHECK_CACHE = "_seen"  # Layer's cache of the input checks passed (layers/base.py)
 
@@ -66,8 +66,12 @@ def _state(layer: Any) -> State | None:
             or cls.__getstate__ is not object.__getstate__ or hasattr(cls, "__setstate__")
             or any("__slots__" in vars(base) for base in cls.__mro__)):
         return None
+    try:
+        attributes = vars(layer)
+    except TypeError:  # no __dict__
+        return None
     state: dict[str, Any] = {}
-    for name, value in vars(layer).items():
+    for name, value in attributes.items():
         if name == _CHECK_CACHE or _unchangeable(value):
             state[name] = value
         elif type(value) is dict and all(_unchangeable(entry) for entry in value.values()):
