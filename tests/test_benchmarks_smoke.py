@@ -273,3 +273,33 @@ def test_gpu_host_cost_profiles_dualconvs_own_files_per_step_and_per_launch():
     measured = {"step": step, "launch": launch}
     assert bench.track_own_python_per_fit_step(measured) == step["seconds"] * 1e6
     assert bench.track_own_python_per_custom_launch(measured) == launch["seconds"] * 1e6
+
+
+def test_gpu_host_cost_eviction_run_and_its_asv_figure():
+    """--evict-mb: no-op kernels that each copy some megabytes still count every launch;
+    the asv class reads the per-step figure of the run with the stand-in's kernels."""
+    from benchmarks import bench_gpu_host_cost, gpu_host_cost
+    quiet = gpu_host_cost.fit_step_cost("sgd-momentum", batch=8, steps=4, no_op=True)
+    evicted = gpu_host_cost.fit_step_cost("sgd-momentum", batch=8, steps=4, no_op=True, evict_mb=0.25)
+    assert evicted["launches"] == quiet["launches"] > 0
+    measured = {"step_kernels_run": evicted}
+    assert bench_gpu_host_cost.GpuHostCost().track_own_python_per_fit_step_kernels_on_this_cpu(measured) \
+        == evicted["seconds"] * 1e6
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the engine's worker processes need Linux (fork)")
+def test_engine_timeline_lines_up_the_callers_and_the_workers_events():
+    """benchmarks/engine_timeline.py on a few LeNet steps: both processes' events, each
+    step's in the order they happen (a share's end after its start); every function it
+    wrapped is put back."""
+    from benchmarks import engine_timeline
+    from dualconv.engine import passes, workers
+    originals = (workers.Worker.start, workers.pack, passes._forward_kept)
+    rows = engine_timeline.timeline("lenet", batch=64, steps=4, warmup=2)
+    assert (workers.Worker.start, workers.pack, passes._forward_kept) == originals
+    names = [name for name, _, _ in rows]
+    offsets = dict((name, offset) for name, offset, _ in rows)
+    assert names[0] == "C step<#1"
+    for event in ("C own", "W forward", "W backward", "C loss", "C optimizer"):
+        assert offsets[f"{event}>#1"] > offsets[f"{event}<#1"], event
+    assert offsets["W backward<#1"] > offsets["W forward>#1"]
