@@ -8,7 +8,11 @@ Oracle: the same model trained on one core, where no part leaves the calling pro
 """
 from __future__ import annotations
 
+import copyreg
+import os
 import pickle
+from collections import namedtuple
+from functools import cached_property
 
 import numpy as np
 import pytest
@@ -41,6 +45,22 @@ def _call(function, *args):
     ok, value = worker.finish()
     assert ok
     return value
+
+
+def _pid_of(box: _Box) -> int:
+    return os.getpid()
+
+
+def _refuse(args) -> bool:
+    raise AttributeError("a predicate that fails")
+
+
+_pid_of.arguments_reusable = _refuse  # type: ignore[attr-defined]
+
+
+def test_a_predicate_that_raises_means_not_reusable_and_the_worker_lives_on() -> None:
+    first = _call(_pid_of, _Box(np.ones(5, np.float32), 2.0))
+    assert first != os.getpid() and _call(_pid_of, _Box(np.ones(5, np.float32), 2.0)) == first
 
 
 def test_a_call_packed_to_the_same_bytes_gets_the_same_objects_with_the_new_values() -> None:
@@ -94,6 +114,9 @@ class _CachedScale(dc.Layer):
         super().__init__()
         self.memo: dict = {}
 
+    def after_step(self) -> None:
+        self.memo.clear()
+
     def _create_params(self, input_shape, rng) -> None:
         self._set_param("weight", np.zeros(input_shape[1:], np.float32))
 
@@ -139,6 +162,64 @@ class _SlotScale(_CachedScale):
         return super()._backward(gy * self.gain)
 
 
+class _RegisteredScale(_CachedScale):
+    """exp(w) made again on unpickling by a reducer registered with copyreg."""
+
+
+def _rebuild_registered(state: dict) -> _RegisteredScale:
+    layer = _RegisteredScale.__new__(_RegisteredScale)
+    layer.__dict__.update(state)
+    if "weight" in layer.params:
+        layer.memo["scale"] = np.exp(layer.params["weight"])
+    return layer
+
+
+copyreg.pickle(_RegisteredScale, lambda layer: (_rebuild_registered, ({**vars(layer), "memo": {}},)))
+
+
+class _AliasScale(_CachedScale):
+    """Two names for one dict: the scale is written into the buffers through one and read
+    through the other (a pass that sees two dicts reads the value the caller pickled)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = self.buffers
+
+    def _create_params(self, input_shape, rng) -> None:
+        super()._create_params(input_shape, rng)
+        self._set_buffer("scale", np.ones(input_shape[1:], np.float32))
+
+    def _forward(self, x):
+        self.state["scale"] = np.exp(self.params["weight"])
+        s = self.buffers["scale"]
+        self._cache = (x, s)
+        return x * s
+
+
+class _Weights(namedtuple("_Weights", "w")):
+    """A namedtuple subclass with a __dict__ (it has no __slots__): a cached value in it."""
+
+    @cached_property
+    def scale(self):
+        return np.exp(self.w)
+
+
+class _TupleScale(_CachedScale):
+    """exp(w) cached on a namedtuple subclass that holds the weight."""
+
+    def _create_params(self, input_shape, rng) -> None:
+        super()._create_params(input_shape, rng)
+        self.view = _Weights(self.params["weight"])
+
+    def _forward(self, x):
+        self.memo["scale"] = self.view.scale
+        return super()._forward(x)
+
+    def after_step(self) -> None:
+        super().after_step()
+        vars(self.view).clear()
+
+
 def _train(layer_class: type, threads: int) -> dict:
     dc.set_num_threads(threads)
     try:
@@ -154,13 +235,14 @@ def _train(layer_class: type, threads: int) -> dict:
             loss.forward(model.forward(X), y)
             model.backward(loss.backward(), input_grad=False)
             opt.step()
-            scale.memo.clear()
+            scale.after_step()
         return model.state_dict()
     finally:
         dc.set_num_threads(None)
 
 
-@pytest.mark.parametrize("layer_class", [_CachedScale, _TableScale, _SlotScale])
+@pytest.mark.parametrize("layer_class", [_CachedScale, _TableScale, _SlotScale, _RegisteredScale, _AliasScale,
+                                         _TupleScale])
 def test_layers_a_reused_twin_would_get_wrong_train_as_on_one_core(layer_class, monkeypatch) -> None:
     monkeypatch.setenv("DUALCONV_WORKERS", "processes")
     one, two = _train(layer_class, 1), _train(layer_class, 2)

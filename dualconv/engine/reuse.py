@@ -8,26 +8,30 @@ what a fresh unpickle gives. The same bytes make the same objects, except for wh
 last call changed in them in place, and except where unpickling runs the class's own
 code (a ``__setstate__`` may read the arrays' values). So a twin is reusable only where:
 
-- its class pickles the default way (no ``__reduce__``, ``__getstate__``, ``__setstate__``
-  or ``__slots__`` of its own);
+- its class is made and pickled the default way (no ``__new__``, ``__reduce__``,
+  ``__getstate__``, ``__setstate__`` or ``__slots__`` of its own, no copyreg reducer);
 - every attribute holds a value a call cannot change in place: None, a number, a
-  string, a dtype, a class, function or ufunc, a tuple of such, or a NumPy array of numbers
-  (every call's pack fills it again in the shared region); or a dict of those (set back
-  as a copy of its unpickled entries); or ``_seen``, the layer's cache of the input
-  checks passed (a cache: it changes no result).
+  string or a dtype without attributes of its own, a class, function or ufunc (pickled
+  by name: the same object either way), a tuple or namedtuple of such, or a NumPy array
+  of numbers (every call's pack fills it again in the shared region); or a dict of those
+  (set back as a copy of its unpickled entries, one copy for every name and twin that
+  shared it); or ``_seen``, the layer's cache of the input checks passed (a cache: it
+  changes no result).
 
 ``remember(twins)`` keeps the states of freshly unpickled twins (False: not reusable);
 ``set_back(twins)`` gives remembered twins those states again before a reused call.
 """
 from __future__ import annotations
 
+import copyreg
 import types
 from typing import Any
 
 import numpy as np
 
-_IMMUTABLE = (bool, int, float, complex, str, bytes, np.dtype, np.generic, np.ufunc, type,
-              types.FunctionType, types.BuiltinFunctionType)
+_VALUES = (bool, int, float, complex, str, bytes, np.dtype, np.generic)  # immutable where no __dict__ is added
+_BY_NAME = (type, types.FunctionType, types.BuiltinFunctionType, np.ufunc)  # pickled as references
+_DEFAULT_GETSTATE = getattr(object, "__getstate__", None)  # Python 3.11 on; None before
 _CHECK_CACHE = "_seen"  # Layer's cache of the input checks passed (layers/base.py)
 
 State = tuple[dict[str, Any], tuple[str, ...]]  # a twin's attributes as unpickled, and which are dicts
@@ -38,7 +42,8 @@ def remember(twins: list[list[Any]]) -> bool:
     """Keep the states of twins just unpickled, for set_back; False (and nothing kept)
     where one of them is not reusable (the module docstring)."""
     global _remembered
-    states = [[_state(layer) for layer in part_layers] for part_layers in twins]
+    copies: dict[int, dict[str, Any]] = {}  # one copy per dict, however many names or twins share it
+    states = [[_state(layer, copies) for layer in part_layers] for part_layers in twins]
     reusable = all(state is not None for part_states in states for state in part_states)
     _remembered = (twins, states) if reusable else None
     return reusable
@@ -49,22 +54,25 @@ def set_back(twins: list[list[Any]]) -> None:
     as copies of the unpickled entries); other twins are left as they are."""
     if _remembered is None or _remembered[0] is not twins:
         return
+    copies: dict[int, dict[str, Any]] = {}
     for part_layers, part_states in zip(twins, _remembered[1]):
         for layer, (state, dicts) in zip(part_layers, part_states):
             attributes = vars(layer)
             attributes.clear()
             attributes.update(state)
             for name in dicts:
-                attributes[name] = dict(state[name])
+                kept = state[name]
+                attributes[name] = copies.setdefault(id(kept), dict(kept))
 
 
-def _state(layer: Any) -> State | None:
-    """The layer's attributes, each dict copied, and the names of the dicts; None where it
-    is not reusable."""
+def _state(layer: Any, copies: dict[int, dict[str, Any]]) -> State | None:
+    """The layer's attributes, each dict copied (``copies``: the copy of each dict seen so
+    far, by id), and the names of the dicts; None where it is not reusable."""
     cls = type(layer)
-    if (cls.__reduce_ex__ is not object.__reduce_ex__ or cls.__reduce__ is not object.__reduce__
-            or cls.__getstate__ is not object.__getstate__ or hasattr(cls, "__setstate__")
-            or any("__slots__" in vars(base) for base in cls.__mro__)):
+    if (cls.__new__ is not object.__new__ or cls.__reduce_ex__ is not object.__reduce_ex__
+            or cls.__reduce__ is not object.__reduce__
+            or getattr(cls, "__getstate__", None) is not _DEFAULT_GETSTATE or hasattr(cls, "__setstate__")
+            or cls in copyreg.dispatch_table or any("__slots__" in vars(base) for base in cls.__mro__)):
         return None
     try:
         attributes = vars(layer)
@@ -75,7 +83,7 @@ def _state(layer: Any) -> State | None:
         if name == _CHECK_CACHE or _unchangeable(value):
             state[name] = value
         elif type(value) is dict and all(_unchangeable(entry) for entry in value.values()):
-            state[name] = dict(value)
+            state[name] = copies.setdefault(id(value), dict(value))
         else:
             return None
     return state, tuple(name for name, value in state.items() if type(value) is dict)
@@ -85,6 +93,10 @@ def _unchangeable(value: Any) -> bool:
     """Whether a call cannot change ``value`` in place without the next pack undoing it."""
     if type(value) is np.ndarray:
         return not value.dtype.hasobject
+    if isinstance(value, _BY_NAME):
+        return True
+    if hasattr(value, "__dict__"):  # a subclass's instance that takes attributes
+        return False
     if type(value) is tuple or isinstance(value, tuple) and hasattr(value, "_fields"):
         return all(_unchangeable(item) for item in value)
-    return value is None or isinstance(value, _IMMUTABLE)
+    return value is None or isinstance(value, _VALUES)

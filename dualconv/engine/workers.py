@@ -290,8 +290,7 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
             else:
                 last[slot] = None
                 function, args = unpack(packed, call_slots[slot], copy=False)
-                reusable = getattr(function, "arguments_reusable", None)
-                if reusable is not None and reusable(args):
+                if _reusable(function, args):
                     last[slot] = (packed, (function, args))
         except Exception:  # a class or function defined in the caller after this fork
             outcome: tuple[bool, Any] = (False, _UNKNOWN_HERE)
@@ -308,6 +307,16 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
             conn.send_bytes(reply)
         except OSError:  # the caller is gone
             return
+
+
+def _reusable(function: Callable[..., Any], args: tuple[Any, ...]) -> bool:
+    """Whether the function's ``arguments_reusable`` predicate takes these freshly unpickled
+    arguments; False without one, or where it raises (the call then runs as usual)."""
+    predicate = getattr(function, "arguments_reusable", None)
+    try:
+        return predicate is not None and bool(predicate(args))
+    except Exception:
+        return False
 
 
 def _slots(arena: mmap.mmap) -> tuple[tuple[Any, Any], Any]:
