@@ -119,7 +119,7 @@ def _forward(layers: Layers, x: Any) -> Any:
     cores = 1 if getattr(this_thread, "in_task", False) else min(cores_now(), len(ranges))
     runs = [_Run([ranges[i] for i in group], [twins[i] for i in group])
             for group in in_groups(list(range(len(ranges))), cores)]
-    outs = _run_forward(runs, x, key, check_code=key != _last_layers)
+    outs = _run_forward(runs, x, check_code=key != _last_layers)
     _last_layers = key
     _pending[key] = _Pass(runs, x)
     while len(_pending) > _PENDING_MOST:
@@ -154,17 +154,15 @@ def _forward_parts(twins: list[list[Any]], xs: Any, ranges: list[Range], offset:
     return outs
 
 
-def _forward_kept(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: int,
-                  origin: tuple[int, ...]) -> tuple[Token, list[Any]]:
+def _forward_kept(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: int) -> tuple[Token, list[Any]]:
     """In a worker: _forward_parts, the twins then kept for the backward under the token
     returned with the outputs. One pass is kept at a time (its arrays are views of the
     call slot).
 
     workers.py hands this function the objects it unpickled for the last call when the
-    call packs to the same bytes and reuse.remember took them (``origin``, the ids of
-    the caller's layers, makes calls for different models differ): the same twins,
-    their arrays now holding this call's values, set back to their unpickled state
-    (reuse.py says when that equals a fresh unpickle)."""
+    call packs to the same bytes and reuse.remember took them: the same twins, their
+    arrays now holding this call's values, set back to their unpickled state (reuse.py
+    says when that equals a fresh unpickle, whichever model's layers the bytes came from)."""
     _kept.clear()
     reuse.set_back(twins)
     outs = _forward_parts(twins, xs, ranges, offset)
@@ -196,7 +194,7 @@ def _backward_kept(token: Token, gys: list[Any], input_grad: bool) -> list[tuple
     return _backward_parts(twins, gys, input_grad)
 
 
-def _run_forward(runs: list[_Run], x: Any, key: tuple[int, ...], check_code: bool) -> list[list[Any]]:
+def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
     calls = [functools.partial(_forward_parts, run.twins, x, run.ranges, 0) for run in runs]
     if len(runs) == 1:
         return [calls[0]()]
@@ -208,7 +206,7 @@ def _run_forward(runs: list[_Run], x: Any, key: tuple[int, ...], check_code: boo
         for run, worker in zip(runs[1:], pool):
             first, last = run.span
             # the twins are pickled here, before part 0 changes the layers it runs on
-            if worker.start((_forward_kept, (run.twins, x[first:last], run.ranges, first, key))):
+            if worker.start((_forward_kept, (run.twins, x[first:last], run.ranges, first))):
                 run.worker = worker
                 remote.append(run)
         outs = _gather(runs, remote, calls, lambda run: calls[runs.index(run)]())

@@ -202,7 +202,7 @@ class Worker:
 
     def finish(self) -> tuple[bool, Any]:
         """(True, result) or (False, the exception raised); DIED if the worker died. The
-        result's large arrays are views into this worker's results region, valid until its
+        result's arrays of numbers are views into this worker's results region, valid until its
         next call: the caller joins or sums them first (a copy here would cost a pass over
         every gradient each step)."""
         try:
