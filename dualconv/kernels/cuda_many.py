@@ -18,6 +18,7 @@ same device functions.
 """
 from __future__ import annotations
 
+from operator import is_
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -40,6 +41,9 @@ WORDS = TENSORS + SLOTS * TENSORS + 1
 STRUCT = np.dtype((np.void, WORDS * 8))
 """The DcTensorList's bytes as one NumPy item: what CuPy passes by value."""
 
+GRADIENTS = 1
+"""The gradients' place among a list kernel's roles (ROLES: ws, gs, ...): always present."""
+
 KERNELS = tuple(ROLES)
 """The list kernels this module launches (they have no plan in cuda_plans.py)."""
 
@@ -49,7 +53,7 @@ class _Group:
     dtype), the DcTensorList with their element counts filled in, where the addresses of
     the roles ``present`` go in it, grid and kernel."""
 
-    __slots__ = ("indices", "whole", "words", "positions", "grid", "name", "first")
+    __slots__ = ("indices", "whole", "segments", "known", "grid", "name", "first")
 
     def __init__(self, kernel: str, indices: Sequence[int], ws: Sequence[Any],
                  present: Sequence[int]) -> None:
@@ -57,21 +61,36 @@ class _Group:
         self.whole = self.indices == tuple(range(len(ws)))  # every parameter: no pick
         self.first = self.indices[0]
         sizes = [int(np.prod(ws[k].shape, dtype=np.int64)) for k in self.indices]
-        self.words = np.zeros(WORDS, np.uint64)
-        self.words[:len(sizes)] = np.cumsum(sizes, dtype=np.int64).astype(np.uint64)
-        self.words[-1] = len(sizes)
-        self.positions = np.array([TENSORS * (1 + role) + j for role in present
-                                   for j in range(len(sizes))], np.intp)
+        words = np.zeros(WORDS, np.uint64)
+        words[:len(sizes)] = np.cumsum(sizes, dtype=np.int64).astype(np.uint64)
+        words[-1] = len(sizes)
+        self.segments = tuple(slice(TENSORS * (1 + role), TENSORS * (1 + role) + len(sizes))
+                              for role in present)
+        # (per present role, the arrays whose addresses the words hold, or None; the words)
+        self.known: tuple[list[Any], np.ndarray] = ([None] * len(present), words)
         self.grid = (blocks(max(sum(sizes), 1)), 1, 1)
         self.name = f"{kernel}<{FLOAT_TYPES[np.dtype(ws[self.first].dtype)]}>"
 
     def arguments(self, roles: Sequence[Sequence[Any]]) -> np.ndarray:
-        """The DcTensorList of this group's arrays in ``roles`` (the present roles, in order)."""
-        words = self.words.copy()
-        if self.whole:
-            words[self.positions] = [a.data.ptr for arrays in roles for a in arrays]
-        else:
-            words[self.positions] = [arrays[k].data.ptr for arrays in roles for k in self.indices]
+        """The DcTensorList of this group's arrays in ``roles`` (the present roles, in order).
+
+        A role's addresses are read again only when its arrays are not those of the last
+        call: an array's address never changes, and the weights, the optimizer's state
+        and the last-good copies are the same arrays from step to step (each read is an
+        array's ``data``). The gradients, new arrays every step, are read every call and
+        not kept (nor held alive). Each call fills its own copy of the last call's words,
+        then leaves it for the next (one assignment: threads never see a half-made one)."""
+        known, last_words = self.known
+        words, fresh = last_words.copy(), list(known)
+        for i, arrays in enumerate(roles):
+            if not self.whole:
+                arrays = tuple(map(arrays.__getitem__, self.indices))
+            last = known[i]
+            if last is not None and all(map(is_, last, arrays)):
+                continue
+            words[self.segments[i]] = [a.data.ptr for a in arrays]
+            fresh[i] = None if i == GRADIENTS else tuple(arrays)
+        self.known = (fresh, words)
         return words.view(STRUCT)
 
 

@@ -26,7 +26,6 @@ model's output), so a buffer reused by the next call could overwrite it.
 from __future__ import annotations
 
 import inspect
-from operator import itemgetter
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
@@ -63,14 +62,18 @@ def per_call(*names: str, tail: Callable[..., tuple[Any, ...]]) -> Callable[[Pla
 class Bound:
     """One signature's launch, ready to bind to a call with that signature.
 
-    Launch arguments are picked from a pool: the call's arguments, then one fresh buffer
-    per output, then the launch's fixed scalars, then the inputs read in another memory
-    order (a C-contiguous view, or a copy when the view is not C-contiguous; an input
-    already C-contiguous in its own order is passed as it is). ``tail`` makes the
-    per-call arguments that follow them."""
+    ``run(xp, device, functions, *args)`` launches for ``args`` (a call of this signature):
+    ``functions[device(), name](grid, block, arguments)``, the arguments being the call's
+    arrays in their slots, one fresh ``xp.empty`` buffer per output, the launch's fixed
+    scalars, the inputs read in another memory order (a C-contiguous view, or a copy
+    when the view is not C-contiguous; an input already C-contiguous in its own order is
+    passed as it is), then what ``tail(*args)`` makes. It returns None, the output, or a
+    tuple of outputs, each seen through its Output's view (what the kernel's NumPy twin
+    returns). It runs once per launch, so it is generated for the signature: straight-line
+    code with the slots written out (no pool, no pick, no loop), compiled under this
+    file's name so that a profile charges it here."""
 
-    __slots__ = ("name", "grid", "block", "slots", "shapes", "dtypes", "views",
-                 "constants", "layouts", "pick", "tail", "in_place")
+    __slots__ = ("name", "grid", "block", "slots", "layouts", "tail", "run")
 
     def __init__(self, launch: Launch, args: Sequence[Any],
                  tail: Callable[..., tuple[Any, ...]] | None, n_tail: int) -> None:
@@ -94,49 +97,8 @@ class Bound:
                 constants.append(a)
             else:
                 slots.append(("argument", None, position(a)))
-        base = {"argument": 0, "input": 0, "output": len(args),
-                "constant": len(args) + len(outputs),
-                "layout": len(args) + len(outputs) + len(constants)}
-        self.slots = tuple(slots)
-        self.constants, self.layouts = tuple(constants), tuple(layouts)
-        self.views = tuple(o.view for o in outputs)
-        order = [base[kind] + k for kind, _, k in slots]
-        picked = itemgetter(*order) if order else lambda pool: ()
-        self.pick = picked if len(order) != 1 else lambda pool: (picked(pool),)
-        self.shapes = tuple(o.shape for o in outputs)
-        self.dtypes = tuple(o.dtype for o in outputs)
-        self.in_place = not outputs and not layouts  # the pool is the arguments, then the constants
-
-    def run(self, xp: Any, device: Device, functions: Functions, *args: Any) -> Any:
-        """Launch for ``args`` (a call of this signature): ``functions[device(), name](grid,
-        block, arguments)`` with output buffers from ``xp.empty``. Returns None, the output, or a
-        tuple of outputs, each seen through its Output's view (what the kernel's NumPy twin
-        returns). Runs once per launch: no comprehension (each a frame), the buffers made
-        by one ``map``; a launch with no output and no input read in another order (an
-        update in place, the guard's flag) picks from the arguments and constants alone."""
-        tail = self.tail
-        if self.in_place:
-            pool = args + self.constants
-            functions[device(), self.name](
-                self.grid, self.block,
-                self.pick(pool) if tail is None else (*self.pick(pool), *tail(*args)))
-            return None
-        buffers = [*map(xp.empty, self.shapes, self.dtypes)]
-        pool = [*args, *buffers, *self.constants]
-        for k, axes, copy in self.layouts:
-            view = pool[k].transpose(axes)
-            pool.append(xp.ascontiguousarray(view) if copy else view)
-        functions[device(), self.name](
-            self.grid, self.block, self.pick(pool) if tail is None else (*self.pick(pool), *tail(*args)))
-        views = self.views
-        if len(buffers) == 1:
-            return buffers[0] if views[0] is None else buffers[0].transpose(views[0])
-        if not buffers:
-            return None
-        outputs = []
-        for b, v in zip(buffers, views):
-            outputs.append(b if v is None else b.transpose(v))
-        return tuple(outputs)
+        self.slots, self.layouts = tuple(slots), tuple(layouts)
+        self.run = _runner(self, len(args), outputs, constants)
 
     def launch(self, args: Sequence[Any]) -> Launch:
         """The Launch of this signature for ``args``, as the uncached plan returns it."""
@@ -152,6 +114,41 @@ class Bound:
                 made.append(what)  # an Output, or a constant
         tail = self.tail(*args) if self.tail is not None else ()
         return Launch(self.name, self.grid, self.block, (*made, *tail))
+
+
+def _runner(bound: Bound, n_args: int, outputs: Sequence[Output],
+            constants: Sequence[Any]) -> Callable[..., Any]:
+    """Bound.run for ``bound``, written out for its slots: a0.. the call's arguments, b0..
+    the output buffers, v0.. the inputs in another order, the rest named constants."""
+    params = ", ".join(f"a{k}" for k in range(n_args))
+    names: dict[str, Any] = {"NAME": bound.name, "GRID": bound.grid, "BLOCK": bound.block,
+                             "TAIL": bound.tail}
+    lines = [f"def run(xp, device, functions, {params}):"]
+    for j, o in enumerate(outputs):
+        names[f"SHAPE{j}"], names[f"DTYPE{j}"] = o.shape, o.dtype
+        lines.append(f"    b{j} = xp.empty(SHAPE{j}, DTYPE{j})")
+    for j, (k, axes, copy) in enumerate(bound.layouts):
+        names[f"AXES{j}"] = axes
+        view = f"a{k}.transpose(AXES{j})"
+        lines.append(f"    v{j} = xp.ascontiguousarray({view})" if copy else f"    v{j} = {view}")
+    for j, c in enumerate(constants):
+        names[f"CONSTANT{j}"] = c
+    prefix = {"argument": "a", "input": "a", "output": "b", "layout": "v", "constant": "CONSTANT"}
+    arguments = [f"{prefix[kind]}{k}" for kind, _, k in bound.slots]
+    if bound.tail is not None:
+        arguments.append(f"*TAIL({params})")
+    listed = f"({', '.join(arguments)},)" if arguments else "()"
+    lines.append(f"    functions[device(), NAME](GRID, BLOCK, {listed})")
+    results = []
+    for j, o in enumerate(outputs):
+        names[f"VIEW{j}"] = o.view
+        results.append(f"b{j}" if o.view is None else f"b{j}.transpose(VIEW{j})")
+    if len(results) == 1:
+        lines.append(f"    return {results[0]}")
+    elif results:
+        lines.append(f"    return ({', '.join(results)})")
+    exec(compile("\n".join(lines) + "\n", __file__, "exec"), names)
+    return names["run"]
 
 
 class PlanCache:

@@ -148,6 +148,31 @@ def test_one_launch_per_dtype_and_per_32_arrays():
     assert cuda_many.TENSORS == 32
 
 
+@pytest.mark.parametrize("count", [len(SHAPES), 40], ids=["one group", "two groups"])
+def test_later_calls_update_the_arrays_they_are_given(count):
+    """A call of a signature seen before reads again the addresses of any role whose
+    arrays changed: the same weights with new gradients, a new velocity, all new arrays,
+    then the first ones again; each call updates exactly the arrays it was given."""
+    shapes = (SHAPES * 5)[:count]
+    rng = np.random.default_rng(5)
+    host = [_arrays(rng, 3, [np.float32] * count, shapes) for _ in range(3)]  # (w, g, v) sets
+    settings = SGD["momentum"]
+    with emulated_cupy() as emu:
+        cp = emu.cupy
+        device = [[[cp.asarray(a) for a in role] for role in arrays] for arrays in host]
+        expected = [[[a.copy() for a in role] for role in arrays] for arrays in host]
+        for w_set, g_set, v_set in [(0, 0, 0), (0, 1, 0), (0, 2, 1), (1, 1, 1), (2, 0, 2), (0, 1, 0)]:
+            kernels.sgd_update_many(tuple(device[w_set][0]), tuple(device[g_set][1]),
+                                    tuple(device[v_set][2]), *settings)
+            for k in range(count):
+                cpu.sgd_update(expected[w_set][0][k], host[g_set][1][k], expected[v_set][2][k], *settings)
+            for s in range(3):
+                for role in (0, 2):
+                    for k in range(count):
+                        assert_bitwise_equal(cp.asnumpy(device[s][role][k]), expected[s][role][k],
+                                             f"set {s}, role {role}, array {k}")
+
+
 def test_an_empty_list_launches_nothing():
     _, counters = _run("sgd_update_many", [[], [], None], SGD["plain"])
     assert counters["kernel_launches"] == 0
