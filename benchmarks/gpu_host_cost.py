@@ -63,13 +63,14 @@ STAND_IN = os.path.join(PACKAGE, "testing")
 
 def own_self_time(profile: cProfile.Profile) -> dict[str, float]:
     """Seconds of self time so far per file of dualconv in ``profile`` (paths relative to
-    the package's parent), dualconv/testing left out."""
+    the package's parent), dualconv/testing left out. Code a module generates
+    (kernels/signatures.py's ``generated``: file name ``module.py<label>``) is its module's."""
     per_file: dict[str, float] = defaultdict(float)
     for entry in profile.getstats():
         filename = getattr(entry.code, "co_filename", None)  # builtins have no code object
         if filename is None:
             continue
-        path = os.path.abspath(filename)
+        path = os.path.abspath(filename.split("<", 1)[0] if filename.endswith(">") else filename)
         if path.startswith(PACKAGE + os.sep) and not path.startswith(STAND_IN + os.sep):
             per_file[os.path.relpath(path, os.path.dirname(PACKAGE))] += entry.inlinetime
     return dict(per_file)
@@ -172,17 +173,25 @@ def _recording(calls: list[tuple[str, tuple[Any, ...]]]) -> Iterator[None]:
 
     names = [name for name in (*cuda.KERNELS, "max_pool_values") if hasattr(cuda, name)]
     originals = {name: getattr(cuda, name) for name in names}
-    dispatch, inside = kernels._dispatch, [0]
+    dispatch, inside = kernels._Dispatchers(), [0]  # a fresh memory of signatures
 
-    def record_dispatch(kernel: str, *args: Any) -> Any:
-        if kernel not in originals or type(args[0]).__module__.split(".")[0] == "numpy":
-            return dispatch(kernel, *args)
-        calls.append((kernel, args))
-        inside[0] += 1
-        try:
-            return dispatch(kernel, *args)
-        finally:
-            inside[0] -= 1
+    class Recording(dict):
+        """kernels._dispatch, each call of a kernel with a CUDA twin on CuPy arrays recorded."""
+
+        def __missing__(self, kernel: str) -> Any:
+            real = dispatch[kernel]
+
+            def record_dispatch(*args: Any) -> Any:
+                if kernel not in originals or type(args[0]).__module__.split(".")[0] == "numpy":
+                    return real(*args)
+                calls.append((kernel, args))
+                inside[0] += 1
+                try:
+                    return real(*args)
+                finally:
+                    inside[0] -= 1
+            made = self[kernel] = record_dispatch
+            return made
 
     def recorder(name: str) -> Any:
         def record(*args: Any) -> Any:
@@ -192,18 +201,16 @@ def _recording(calls: list[tuple[str, tuple[Any, ...]]]) -> Iterator[None]:
         return record
     conv_runner = cuda_conv.runner
     try:
-        kernels._calls.clear()  # type: ignore[attr-defined]
         cuda_conv.runner = lambda kernel, args: None  # type: ignore[assignment]
-        kernels._dispatch = record_dispatch  # type: ignore[attr-defined]
+        kernels._dispatch = Recording()  # type: ignore[attr-defined]
         for name in names:
             setattr(cuda, name, recorder(name))
         yield
     finally:
-        kernels._dispatch = dispatch  # type: ignore[attr-defined]
+        kernels._dispatch = kernels._Dispatchers()  # type: ignore[attr-defined]  (forgets the recorders)
         cuda_conv.runner = conv_runner  # type: ignore[assignment]
         for name, original in originals.items():
             setattr(cuda, name, original)
-        kernels._calls.clear()  # type: ignore[attr-defined]
 
 
 @contextlib.contextmanager

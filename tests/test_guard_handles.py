@@ -64,3 +64,28 @@ def test_last_goods_keeps_one_copy_per_live_array_and_records_the_keys_in_order(
     with pytest.raises(ValueError):  # a name per array, no fewer
         guard.last_goods(("p", "q"), ("param", (w,)))
     assert guard.all_finite() and guard.code == 0
+
+
+def test_last_goods_of_a_repeated_call_follow_every_change_of_its_arrays() -> None:
+    """A step that repeats the last call's names and arrays gets the same copies and records
+    the same keys; a call that changes one array (replaced, reshaped) or a name is the
+    rule of one copy per live array again."""
+    net = model()
+    guard = LastFiniteState(net, dc.SGD(net.parameters(), lr=0.1))
+    w, u = np.zeros((4, 3), F32), np.zeros(3, F32)
+    guard.begin_step(1, (0, 1))
+    first = guard.last_goods(("w", "u"), ("param", (w, u)))
+    guard.begin_step(2, (2, 3))
+    assert guard.last_goods(("w", "u"), ("param", (w, u))) == first  # the same tuple of copies
+    assert [a is b for a, b in zip(guard.last_goods(("w", "u"), ("param", (w, u)))[0], first[0])] == [True, True]
+    assert guard.current.updated == [("w", "param"), ("u", "param")] * 2
+    replaced = np.ones((4, 3), F32)  # a new live array that fits the kept copy
+    (w_last, u_last), = guard.last_goods(("w", "u"), ("param", (replaced, u)))
+    assert w_last is first[0][0] and u_last is first[0][1]
+    reshaped = np.zeros((2, 3), F32)
+    (w_new, u_same), = guard.last_goods(("w", "u"), ("param", (reshaped, u)))
+    assert w_new.shape == (2, 3) and w_new is not first[0][0] and u_same is first[0][1]
+    (u_as_w, w_as_u), = guard.last_goods(("u", "w"), ("param", (reshaped, u)))  # the names swapped
+    assert u_as_w.shape == (2, 3) and w_as_u.shape == (3,)
+    assert u_as_w is not w_new and w_as_u is not u_same
+    assert guard.current.updated[-2:] == [("u", "param"), ("w", "param")]

@@ -73,6 +73,7 @@ with the reference and with each other within the products' rounding bound
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from typing import Any, Sequence
 
@@ -85,45 +86,32 @@ from .signatures import Remembered
 
 from .twins import HOMES, STEP_KERNELS, twin_for, twin_of  # noqa: F401  (public: twin_for, HOMES)
 
-_calls: dict[str, Remembered] = {}
-"""Per kernel, what its calls remember per signature (signatures.py): how a call runs
-once its check passed."""
-
-
 def _checks(kernel: str) -> Any:
     """The module holding kernel's check: checks_many for the list updates, else checks."""
     return checks_many if kernel in checks_many.PER_CALL else checks
 
 
-def _remembered(kernel: str) -> Remembered:
-    names, values = _checks(kernel).PER_CALL.get(kernel, ((), None))
-    params = inspect.signature(globals()[kernel]).parameters  # the function below
-    calls = _calls[kernel] = Remembered(list(params), names, values)
-    return calls
-
-
-def _dispatch(kernel: str, *args: Any) -> Any:
-    """Check the arguments once (checks.py), then run ``kernel`` on the twin that
-    matches the first array: the cpu side for NumPy, the cuda side for CuPy.
+class _Dispatchers(dict):
+    """``_dispatch[kernel](*args)``: check the arguments once (checks.py), then run
+    ``kernel`` on the twin that matches the first array: the cpu side for NumPy, the cuda
+    side for CuPy.
 
     A signature seen before (signatures.py) passed the whole check then, so only its
-    per-call numbers are checked (checks.PER_CALL), and it runs as it ran then: the
-    twin, or the function the twin's module made for that signature (cuda.runner: the
-    plan already bound)."""
-    try:
-        calls = _calls[kernel]
-    except KeyError:
-        calls = _remembered(kernel)
-    try:
-        run = calls.runs[calls.key(args)]
-    except KeyError:
-        return _first(kernel, calls, args)
-    except (TypeError, AttributeError, ValueError):  # no signature: nothing remembered
-        vars(_checks(kernel))[kernel](*args)
-        return vars(twin_of(kernel, args[0]))[kernel](*args)
-    if calls.values is not None:
-        calls.values(*args)
-    return run(*args)
+    per-call numbers are checked (checks.PER_CALL), and it runs as it ran then: the twin,
+    or the function the twin's module made for that signature (cuda.runner: the plan
+    already bound). Each kernel's dispatcher is made at its first call
+    (Remembered.dispatcher: the signature's lookup written out, one frame a call)."""
+
+    def __missing__(self, kernel: str) -> Any:
+        names, values = _checks(kernel).PER_CALL.get(kernel, ((), None))
+        params = inspect.signature(globals()[kernel]).parameters  # the function below
+        calls = Remembered(list(params), names, values, checks_many.ROLES.get(kernel, ()))
+        made = self[kernel] = calls.dispatcher(functools.partial(_first, kernel, calls),
+                                               functools.partial(_unkeyed, kernel), kernel)
+        return made
+
+
+_dispatch = _Dispatchers()
 
 
 def _first(kernel: str, calls: Remembered, args: tuple[Any, ...]) -> Any:
@@ -139,52 +127,58 @@ def _first(kernel: str, calls: Remembered, args: tuple[Any, ...]) -> Any:
     return run(*args)
 
 
+def _unkeyed(kernel: str, args: tuple[Any, ...]) -> Any:
+    """A call whose arguments have no signature (nothing remembered): the whole check, the twin."""
+    vars(_checks(kernel))[kernel](*args)
+    return vars(twin_of(kernel, args[0]))[kernel](*args)
+
+
 def im2col(x: Any, win: Window) -> Any:
     """x: (N, C, H, W) -> col: (C, kh, kw, N, out_h, out_w)."""
-    return _dispatch("im2col", x, win)
+    return _dispatch["im2col"](x, win)
 
 
 def col2im(col: Any, H: int, W: int, win: Window) -> Any:
     """col: (C, kh, kw, N, out_h, out_w) -> x: (N, C, H, W), overlaps summed."""
-    return _dispatch("col2im", col, H, W, win)
+    return _dispatch["col2im"](col, H, W, win)
 
 
 def max_pool_forward(x: Any, win: Window) -> tuple[Any, Any]:
     """x: (N, C, H, W) -> (y, argmax), both (N, C, out_h, out_w)."""
-    return _dispatch("max_pool_forward", x, win)
+    return _dispatch["max_pool_forward"](x, win)
 
 
 def max_pool_values(x: Any, win: Window) -> Any:
     """x: (N, C, H, W) -> y: (N, C, out_h, out_w), max_pool_forward's maxima without the
     argmax (inference: on the CPU it skips finding the winners; on the GPU the same launch)."""
-    return _dispatch("max_pool_values", x, win)
+    return _dispatch["max_pool_values"](x, win)
 
 
 def max_pool_backward(gy: Any, argmax: Any, H: int, W: int, win: Window) -> Any:
     """gy, argmax: (N, C, out_h, out_w) -> gx: (N, C, H, W)."""
-    return _dispatch("max_pool_backward", gy, argmax, H, W, win)
+    return _dispatch["max_pool_backward"](gy, argmax, H, W, win)
 
 
 def avg_pool_forward(x: Any, win: Window) -> Any:
     """x: (N, C, H, W) -> y: (N, C, out_h, out_w), the window means (padding counts as 0)."""
-    return _dispatch("avg_pool_forward", x, win)
+    return _dispatch["avg_pool_forward"](x, win)
 
 
 def avg_pool_backward(gy: Any, H: int, W: int, win: Window) -> Any:
     """gy: (N, C, out_h, out_w) -> gx: (N, C, H, W), each gradient spread over its window."""
-    return _dispatch("avg_pool_backward", gy, H, W, win)
+    return _dispatch["avg_pool_backward"](gy, H, W, win)
 
 
 def sgd_update(w: Any, g: Any, v: Any | None, lr: float, momentum: float,
                weight_decay: float, nesterov: bool) -> None:
     """One SGD step on w in place, and on its velocity v (None when momentum is 0)."""
-    _dispatch("sgd_update", w, g, v, lr, momentum, weight_decay, nesterov)
+    _dispatch["sgd_update"](w, g, v, lr, momentum, weight_decay, nesterov)
 
 
 def adam_update(w: Any, g: Any, m: Any, v: Any, lr: float, b1: float, b2: float,
                 eps: float, weight_decay: float, step: int) -> None:
     """One Adam step (``step`` counts from 1) on w and its moments m, v in place."""
-    _dispatch("adam_update", w, g, m, v, lr, b1, b2, eps, weight_decay, step)
+    _dispatch["adam_update"](w, g, m, v, lr, b1, b2, eps, weight_decay, step)
 
 
 def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any | None,
@@ -193,7 +187,7 @@ def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any |
     """sgd_update under fit's divergence guard (divergence.py): runs only while
     verdict[0] > code, first copies w (and v) into w_last (v_last), and sets
     verdict[0] = code + 1 when a result is not finite. verdict: int32 (1,)."""
-    _dispatch("sgd_update_guarded", w, g, v, w_last, v_last, verdict, code, lr, momentum,
+    _dispatch["sgd_update_guarded"](w, g, v, w_last, v_last, verdict, code, lr, momentum,
               weight_decay, nesterov)
 
 
@@ -201,7 +195,7 @@ def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any
                         verdict: Any, code: int, lr: float, b1: float, b2: float, eps: float,
                         weight_decay: float, step: int) -> None:
     """adam_update under fit's divergence guard, as sgd_update_guarded."""
-    _dispatch("adam_update_guarded", w, g, m, v, w_last, m_last, v_last, verdict, code, lr, b1,
+    _dispatch["adam_update_guarded"](w, g, m, v, w_last, m_last, v_last, verdict, code, lr, b1,
               b2, eps, weight_decay, step)
 
 
@@ -209,14 +203,14 @@ def sgd_update_many(ws: Sequence[Any], gs: Sequence[Any], vs: Sequence[Any] | No
                     momentum: float, weight_decay: float, nesterov: bool) -> None:
     """sgd_update on every parameter: ws, gs, vs hold one array each per parameter (vs
     None when momentum is 0). One launch on the GPU, where sgd_update takes one each."""
-    _dispatch("sgd_update_many", ws, gs, vs, lr, momentum, weight_decay, nesterov)
+    _dispatch["sgd_update_many"](ws, gs, vs, lr, momentum, weight_decay, nesterov)
 
 
 def adam_update_many(ws: Sequence[Any], gs: Sequence[Any], ms: Sequence[Any], vs: Sequence[Any],
                      lr: float, b1: float, b2: float, eps: float, weight_decay: float,
                      step: int) -> None:
     """adam_update on every parameter, in one launch on the GPU (as sgd_update_many)."""
-    _dispatch("adam_update_many", ws, gs, ms, vs, lr, b1, b2, eps, weight_decay, step)
+    _dispatch["adam_update_many"](ws, gs, ms, vs, lr, b1, b2, eps, weight_decay, step)
 
 
 def sgd_update_guarded_many(ws: Sequence[Any], gs: Sequence[Any], vs: Sequence[Any] | None,
@@ -225,7 +219,7 @@ def sgd_update_guarded_many(ws: Sequence[Any], gs: Sequence[Any], vs: Sequence[A
                             nesterov: bool) -> None:
     """sgd_update_guarded on every parameter, in one launch on the GPU: all of them run or
     none (a non-finite result sets the verdict to code + 1, which lets the rest run)."""
-    _dispatch("sgd_update_guarded_many", ws, gs, vs, w_lasts, v_lasts, verdict, code, lr,
+    _dispatch["sgd_update_guarded_many"](ws, gs, vs, w_lasts, v_lasts, verdict, code, lr,
               momentum, weight_decay, nesterov)
 
 
@@ -235,26 +229,26 @@ def adam_update_guarded_many(ws: Sequence[Any], gs: Sequence[Any], ms: Sequence[
                              b1: float, b2: float, eps: float, weight_decay: float,
                              step: int) -> None:
     """adam_update_guarded on every parameter, as sgd_update_guarded_many."""
-    _dispatch("adam_update_guarded_many", ws, gs, ms, vs, w_lasts, m_lasts, v_lasts, verdict,
+    _dispatch["adam_update_guarded_many"](ws, gs, ms, vs, w_lasts, m_lasts, v_lasts, verdict,
               code, lr, b1, b2, eps, weight_decay, step)
 
 
 def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:
     """The divergence guard's loss check: verdict[0] = code when the scalar loss is NaN
     or infinite and verdict[0] > code (no earlier step failed)."""
-    _dispatch("flag_nonfinite_loss", loss, verdict, code)
+    _dispatch["flag_nonfinite_loss"](loss, verdict, code)
 
 
 def dropout_forward(x: Any, key: int, p: float, first_sample: int) -> tuple[Any, Any]:
     """x: (N, ...) -> (y, mask) shaped like x: inverted dropout with the counter-based
     mask of key (reference.dropout_forward), samples counted from first_sample (even)."""
-    return _dispatch("dropout_forward", x, key, p, first_sample)
+    return _dispatch["dropout_forward"](x, key, p, first_sample)
 
 
 def softmax_cross_entropy(z: Any, labels: Any) -> tuple[Any, Any]:
     """z: logits (N, C), labels: ints (N,) -> (loss (N,) per row, gz (N, C), the
     gradient of loss.mean())."""
-    return _dispatch("softmax_cross_entropy", z, labels)
+    return _dispatch["softmax_cross_entropy"](z, labels)
 
 
 def layers_forward(layers: Sequence[Any], x: Any) -> Any:
@@ -287,7 +281,7 @@ def conv2d_forward(x: Any, w: Any, b: Any | None, win: Window) -> tuple[Any, Any
     y = w @ im2col(x) + b: (N, O, out_h, out_w), stored batch-last. saved is the pair
     (x's shape, what the twin's backward reads), for conv2d_backward alone: the CPU
     twin keeps the input itself or the columns, the GPU twin the columns."""
-    return _dispatch("conv2d_forward", x, w, b, win)
+    return _dispatch["conv2d_forward"](x, w, b, win)
 
 
 def conv2d_backward(gy: Any, saved: Any, w: Any, win: Window, need_gx: bool = True,
@@ -297,12 +291,12 @@ def conv2d_backward(gy: Any, saved: Any, w: Any, win: Window, need_gx: bool = Tr
 
     gw = gy @ col.T, gb = gy summed over every output pixel, gx = col2im(w.T @ gy);
     gx only with need_gx, gb only with need_gb (a layer without a bias)."""
-    return _dispatch("conv2d_backward", gy, saved, w, win, need_gx, need_gb)
+    return _dispatch["conv2d_backward"](gy, saved, w, win, need_gx, need_gb)
 
 
 def dense_forward(x: Any, w: Any, b: Any | None) -> Any:
     """x: (N, in), w: (in, out), b: (out,) or None -> y = x @ w + b: (N, out)."""
-    return _dispatch("dense_forward", x, w, b)
+    return _dispatch["dense_forward"](x, w, b)
 
 
 def dense_backward(gy: Any, x: Any, w: Any, need_gx: bool = True,
@@ -310,7 +304,7 @@ def dense_backward(gy: Any, x: Any, w: Any, need_gx: bool = True,
     """gy: (N, out), the forward's x (N, in), w: (in, out) -> (gx = gy @ w.T (N, in) or
     None, gw = x.T @ gy (in, out), gb = gy summed over the batch (out,) or None); gx is
     stored in x's memory order."""
-    return _dispatch("dense_backward", gy, x, w, need_gx, need_gb)
+    return _dispatch["dense_backward"](gy, x, w, need_gx, need_gb)
 
 
 # ---------------------------------------------------------------- a captured step's kernels

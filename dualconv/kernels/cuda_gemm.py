@@ -16,13 +16,20 @@ import contextlib
 import threading
 from typing import Any, Iterator
 
-_state = threading.local()
+class _State(threading.local):
+    """Per thread: whether matmul() launches the gemm kernel (off by default: read as an
+    attribute, with no call, once per product)."""
+
+    on = False
+
+
+_state = _State()
 
 
 @contextlib.contextmanager
 def capturable() -> Iterator[None]:
     """Within the block (this thread), matmul() launches the gemm kernel instead of cuBLAS."""
-    before = getattr(_state, "on", False)
+    before = _state.on
     _state.on = True
     try:
         yield
@@ -32,7 +39,7 @@ def capturable() -> Iterator[None]:
 
 def matmul(a: Any, b: Any) -> Any:
     """a (M, K) @ b (K, N) on CuPy: cuBLAS, or the gemm kernel inside ``capturable()``."""
-    if getattr(_state, "on", False):
+    if _state.on:
         from . import gemm
         return gemm(a, b)
     return a @ b

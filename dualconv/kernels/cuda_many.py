@@ -18,13 +18,14 @@ same device functions.
 """
 from __future__ import annotations
 
+from itertools import chain
 from operator import is_
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .checks_many import ROLES
-from .cuda import get_function
+from .cuda import launcher
 from .cuda_plans import FLOAT_TYPES, _adam_tail, _sgd_tail
 from .launch import BLOCK, blocks
 
@@ -107,11 +108,12 @@ class _Prepared:
     """What a list kernel's calls of one signature share: the groups, and which
     gradients must be laid out C-contiguous first (the kernel ignores strides)."""
 
-    __slots__ = ("kernel", "roles", "present", "groups", "copied")
+    __slots__ = ("kernel", "roles", "present", "groups", "copied", "checked")
 
     def __init__(self, kernel: str, args: Sequence[Any]) -> None:
         self.kernel, self.roles = kernel, len(ROLES[kernel])
         self.present = tuple(r for r in range(self.roles) if args[r] is not None)
+        self.checked: tuple[tuple[Any, ...], bool] = ((), True)  # (the arrays checked, verdict)
         ws, gs = args[0], args[1]
         if len(ws) == 0:
             self.groups, self.copied = (), ()
@@ -126,22 +128,33 @@ class _Prepared:
         self.copied = tuple(k for k, g in enumerate(gs) if not g.flags.c_contiguous)
 
     def run(self, *args: Any) -> None:
+        import cupy
+
         roles = [args[r] for r in self.present]
         if self.copied:
-            import cupy
-
             gs = list(roles[1])
             for k in self.copied:
                 gs[k] = cupy.ascontiguousarray(gs[k])
             roles[1] = gs
         rest = args[self.roles:]
-        groups = self.groups
-        if not all(len(set(map(id, arrays))) == len(arrays) for arrays in roles[:1] + roles[2:]):
-            groups = self._one_by_one(args[0])  # an array updated twice: in turn, never at once
+        groups = self.groups if self._distinct(roles) else self._one_by_one(args[0])
+        device, functions = launcher(cupy)
         for group in groups:
             arguments = _tail(self.kernel, args[0][group.first], rest)
-            get_function(group.name)(group.grid, (BLOCK, 1, 1),
-                                     (group.arguments(roles), *arguments))
+            functions[device(), group.name](group.grid, (BLOCK, 1, 1),
+                                            (group.arguments(roles), *arguments))
+
+    def _distinct(self, roles: Sequence[Sequence[Any]]) -> bool:
+        """Whether no array is listed twice in a role updated in place (all but the
+        gradients); an array updated twice must be updated in turn, never at once. Decided
+        again only when those roles hold other arrays than at the last call."""
+        updated = roles[:1] + roles[2:]
+        last, verdict = self.checked
+        if sum(map(len, updated)) == len(last) and all(map(is_, last, chain.from_iterable(updated))):
+            return verdict
+        verdict = all(len(set(map(id, arrays))) == len(arrays) for arrays in updated)
+        self.checked = (tuple(chain.from_iterable(updated)), verdict)
+        return verdict
 
     def _one_by_one(self, ws: Sequence[Any]) -> tuple[_Group, ...]:
         """One launch per parameter, in order: where one array is listed twice (a weight

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping, Sequence, TypeVar
 import numpy as np
 
 from .launch import Input, Launch, Output, execute
-from .signatures import PLAIN, exact, keyer, picker
+from .signatures import PLAIN, exact, generated, keyer, picker
 
 Plan = TypeVar("Plan", bound=Callable[..., Launch])
 Device = Callable[[], Any]
@@ -70,8 +70,7 @@ class Bound:
     passed as it is), then what ``tail(*args)`` makes. It returns None, the output, or a
     tuple of outputs, each seen through its Output's view (what the kernel's NumPy twin
     returns). It runs once per launch, so it is generated for the signature: straight-line
-    code with the slots written out (no pool, no pick, no loop), compiled under this
-    file's name so that a profile charges it here."""
+    code with the slots written out (no pool, no pick, no loop; signatures.generated)."""
 
     __slots__ = ("name", "grid", "block", "slots", "layouts", "tail", "run")
 
@@ -147,8 +146,7 @@ def _runner(bound: Bound, n_args: int, outputs: Sequence[Output],
         lines.append(f"    return {results[0]}")
     elif results:
         lines.append(f"    return ({', '.join(results)})")
-    exec(compile("\n".join(lines) + "\n", __file__, "exec"), names)
-    return names["run"]
+    return generated("\n".join(lines) + "\n", "run", __file__, f"launch of {bound.name}", names)
 
 
 class PlanCache:

@@ -40,3 +40,31 @@ def test_a_call_with_another_number_of_arguments_or_no_signature_raises():
         key(([1, 2], None))
     with pytest.raises(TypeError, match=r"per-call parameters \['lr'\]"):
         keyer(["x", "win"], per_call=["lr"])
+
+
+def test_a_list_parameter_is_keyed_by_each_arrays_signature():
+    """A list kernel's role (``lists``): a sequence of arrays or None, keyed by its type and
+    each array's type, shape, memory order and dtype; anything else in it has no key."""
+    key = keyer(["ws", "vs", "lr"], per_call=["lr"], lists=["ws", "vs"])
+    a, b = np.zeros((4, 6), np.float32), np.zeros(3, np.float32)
+    assert key(((a, b), None, 0.1)) == key(((a.copy(), b.copy()), None, 0.5))
+    assert key(((a, b), None, 0.1)) == (
+        (tuple, (np.ndarray, a.shape, a.strides, a.dtype), (np.ndarray, b.shape, b.strides, b.dtype)), None)
+    for other in [(a,), (a, b, b), (np.asfortranarray(a), b), (a, b.astype(np.float64)), [a, b]]:
+        assert key(((a, b), None, 0.1)) != key((other, None, 0.1)), other
+    assert key(((a, b), None, 0.1)) != key(((a, b), (a, b), 0.1))
+    with pytest.raises(AttributeError):
+        key(((a, 1.0), None, 0.1))
+
+
+def test_a_call_with_a_numpy_scalar_in_a_list_is_not_remembered():
+    """A NumPy scalar among a list's arrays has a shape, strides and dtype, but its value
+    is not in the key: a call holding one is never remembered (checked in full each time)."""
+    from dualconv.kernels.signatures import Remembered
+    calls = Remembered(["ws", "lr"], per_call=["lr"], lists=["ws"])
+    a = np.zeros(3, np.float32)
+    calls.learn(((a, np.float32(1)), 0.1), print)
+    calls.learn(([a, np.float64(1)], 0.1), print)
+    assert calls.runs == {}
+    calls.learn(((a, a), 0.1), print)
+    assert list(calls.runs.values()) == [print]

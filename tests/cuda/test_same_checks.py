@@ -164,7 +164,7 @@ def _counting_checks(monkeypatch) -> list[str]:
     for name, f in inspect.getmembers(checks, inspect.isfunction):
         if f.__module__ == checks.__name__:
             monkeypatch.setattr(checks, name, counted(name, f))
-    monkeypatch.setattr(kernels, "_calls", {})
+    monkeypatch.setattr(kernels, "_dispatch", kernels._Dispatchers())
     return calls
 
 
