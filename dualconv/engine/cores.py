@@ -30,8 +30,8 @@ _pool_size = 0
 _pool_lock = threading.Lock()
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_limiter: Any = None
-_blas_controller: Any = None  # threadpoolctl's view of the loaded libraries, made once
+_blas_found: list[tuple[Any, Any]] = []  # (library, its thread count when the first caller came in)
+_blas_controller: Any = None  # threadpoolctl's controller of each loaded BLAS, listed once
 this_thread = threading.local()  # in_task: this thread runs one of the engine's shares
 
 
@@ -128,9 +128,9 @@ def _thread_pool(count: int) -> ThreadPoolExecutor:
 
 def _forget_threads_after_fork() -> None:
     """A forked child has none of its parent's threads: it starts its own pool when needed."""
-    global _pool, _pool_size, _pool_lock, _blas_lock, _blas_users, _blas_limiter
+    global _pool, _pool_size, _pool_lock, _blas_lock, _blas_users, _blas_found
     _pool, _pool_size, _pool_lock, _blas_lock = None, 0, threading.Lock(), threading.Lock()
-    _blas_users, _blas_limiter = 0, None
+    _blas_users, _blas_found = 0, []
 
 
 if hasattr(os, "register_at_fork"):
@@ -139,25 +139,38 @@ if hasattr(os, "register_at_fork"):
 
 class blas_on_one_thread:
     """Holds every loaded BLAS at one thread while any caller is inside; the last one out
-    restores the settings the first one in found."""
+    restores the thread counts the first one in found. It runs twice a training step, so
+    it calls each library's own get/set functions (threadpoolctl's controllers, found
+    once), not threadpoolctl's limiter, which lists every library's settings each time."""
 
     def __enter__(self) -> None:
-        global _blas_users, _blas_limiter, _blas_controller
+        global _blas_users, _blas_found
         with _blas_lock:
             if _blas_users == 0:
-                if _blas_controller is None:
-                    from threadpoolctl import ThreadpoolController
-                    _blas_controller = ThreadpoolController()
-                _blas_limiter = _blas_controller.limit(limits=1, user_api="blas")
+                _blas_found = [(library, library.get_num_threads()) for library in _blas_libraries()]
+                for library, threads in _blas_found:
+                    if threads != 1:
+                        library.set_num_threads(1)
             _blas_users += 1
 
     def __exit__(self, *exc: Any) -> None:
-        global _blas_users, _blas_limiter
+        global _blas_users, _blas_found
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+                for library, threads in _blas_found:
+                    if threads != 1:
+                        library.set_num_threads(threads)
+                _blas_found = []
+
+
+def _blas_libraries() -> list[Any]:
+    """threadpoolctl's controller of each BLAS loaded when first asked (as NumPy loads it)."""
+    global _blas_controller
+    if _blas_controller is None:
+        from threadpoolctl import ThreadpoolController
+        _blas_controller = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _blas_controller
 
 
 def describe() -> str:
