@@ -70,7 +70,7 @@ def own_self_time(profile: cProfile.Profile) -> dict[str, float]:
         filename = getattr(entry.code, "co_filename", None)  # builtins have no code object
         if filename is None:
             continue
-        path = os.path.abspath(filename.split("<", 1)[0] if filename.endswith(">") else filename)
+        path = os.path.abspath(filename.split("<", 1)[0] if ".py<" in filename else filename)
         if path.startswith(PACKAGE + os.sep) and not path.startswith(STAND_IN + os.sep):
             per_file[os.path.relpath(path, os.path.dirname(PACKAGE))] += entry.inlinetime
     return dict(per_file)

@@ -161,11 +161,13 @@ class LastFiniteState:
                             f"string {names!r}")
         updated, kept_arrays, made = self._pending[-1].updated, self._last, []
         for slot, lives in slots:
-            recent = self._recent.get(slot)
+            lives = tuple(lives)
+            recent = self._recent.pop(slot, None)  # put back once this call has made its copies
             if (recent is not None and recent[0] == names and len(recent[1]) == len(lives)
                     and all(map(is_, recent[1], lives))):
                 updated.extend(recent[2])
                 made.append(recent[3])
+                self._recent[slot] = recent
                 continue
             lasts, keys = [], []
             for name, live in zip(names, lives, strict=True):
@@ -182,7 +184,7 @@ class LastFiniteState:
                 lasts.append(last)
             updated.extend(keys)
             made.append(tuple(lasts))
-            self._recent[slot] = (names, tuple(lives), tuple(keys), made[-1])
+            self._recent[slot] = (names, lives, tuple(keys), made[-1])
         return made
 
     def end_step(self) -> None:

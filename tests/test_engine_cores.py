@@ -108,6 +108,23 @@ def test_parts_run_with_the_blas_on_one_thread_and_it_is_given_back(kind, monkey
     assert _BlasSeen.seen and all(seen == [1] * len(before) for seen in _BlasSeen.seen)
 
 
+@pytest.mark.parametrize("found", [1, 2])
+def test_the_blas_gets_back_the_count_it_had_even_one(found) -> None:
+    """The count the first caller found comes back on exit, also where it was 1 and the
+    block set another (nested blocks and an exception inside give it back too)."""
+    with threadpool_limits(limits=found, user_api="blas"):
+        before = _blas_threads()
+        with cores.blas_on_one_thread():
+            with cores.blas_on_one_thread():
+                assert _blas_threads() == [1] * len(before)
+            threadpool_limits(limits=3, user_api="blas")
+        assert _blas_threads() == before
+        with pytest.raises(RuntimeError):
+            with cores.blas_on_one_thread():
+                raise RuntimeError
+        assert _blas_threads() == before
+
+
 def _inner_predict(x):
     return lenet(seed=0).predict(x).sum(axis=1, keepdims=True)
 

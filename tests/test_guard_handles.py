@@ -89,3 +89,35 @@ def test_last_goods_of_a_repeated_call_follow_every_change_of_its_arrays() -> No
     assert u_as_w.shape == (2, 3) and w_as_u.shape == (3,)
     assert u_as_w is not w_new and w_as_u is not u_same
     assert guard.current.updated[-2:] == [("u", "param"), ("w", "param")]
+
+
+def test_last_goods_after_a_call_that_raised_give_the_copies_restore_reads() -> None:
+    """A call that raised part-way (a name per array, no fewer) may have made new copies;
+    the next call's copies are those the guard restores from, whatever came before."""
+    net = model()
+    dense = net.layers[1]
+    guard = LastFiniteState(net, dc.SGD(net.parameters(), lr=0.1))
+    live = dense.params["weight"]
+    name = "1.Dense.weight"
+    guard.begin_step(1, (0, 1))
+    (first,), = guard.last_goods((name,), ("param", (live,)))
+    with pytest.raises(ValueError):
+        guard.last_goods((name, "extra"), ("param", (np.zeros(5, F32),)))
+    (copy,), = guard.last_goods((name,), ("param", (live,)))
+    good = live.copy()
+    copy[...] = live  # what the guarded update does before it changes the weights
+    live[...] = np.nan
+    guard.verdict[0] = guard.code + 1
+    assert not guard.all_finite()
+    guard.restore()
+    assert_array_equal(dense.params["weight"], good)
+
+
+def test_last_goods_take_the_live_arrays_as_any_iterable() -> None:
+    net = model()
+    guard = LastFiniteState(net, dc.SGD(net.parameters(), lr=0.1))
+    w, u = np.zeros((4, 3), F32), np.zeros(3, F32)
+    for step in (1, 2):
+        guard.begin_step(step, (0, 1))
+        (copies,) = guard.last_goods(("w", "u"), ("param", iter((w, u))))
+        assert [c.shape for c in copies] == [(4, 3), (3,)]

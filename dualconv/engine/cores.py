@@ -159,8 +159,7 @@ class blas_on_one_thread:
             _blas_users -= 1
             if _blas_users == 0:
                 for library, threads in _blas_found:
-                    if threads != 1:
-                        library.set_num_threads(threads)
+                    library.set_num_threads(threads)  # even 1: a block may have changed it
                 _blas_found = []
 
 

@@ -18,9 +18,10 @@ same device functions.
 """
 from __future__ import annotations
 
+import weakref
 from itertools import chain
-from operator import is_
-from typing import Any, Callable, Sequence
+from operator import is_, methodcaller
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -78,21 +79,34 @@ class _Group:
         A role's addresses are read again only when its arrays are not those of the last
         call: an array's address never changes, and the weights, the optimizer's state
         and the last-good copies are the same arrays from step to step (each read is an
-        array's ``data``). The gradients, new arrays every step, are read every call and
-        not kept (nor held alive). Each call fills its own copy of the last call's words,
-        then leaves it for the next (one assignment: threads never see a half-made one)."""
+        array's ``data``). The arrays are remembered by weak reference (a model dropped
+        leaves nothing held here); the gradients, new arrays every step, are read every
+        call. Each call fills its own copy of the last call's words, then leaves it for
+        the next (one assignment: threads never see a half-made one)."""
         known, last_words = self.known
         words, fresh = last_words.copy(), list(known)
         for i, arrays in enumerate(roles):
             if not self.whole:
                 arrays = tuple(map(arrays.__getitem__, self.indices))
             last = known[i]
-            if last is not None and all(map(is_, last, arrays)):
+            if last is not None and all(map(is_, map(_referent, last), arrays)):
                 continue
             words[self.segments[i]] = [a.data.ptr for a in arrays]
-            fresh[i] = None if i == GRADIENTS else tuple(arrays)
+            fresh[i] = None if i == GRADIENTS else _references(arrays)
         self.known = (fresh, words)
         return words.view(STRUCT)
+
+
+_referent = methodcaller("__call__")
+"""A weak reference's array, or None once it is gone."""
+
+
+def _references(arrays: Iterable[Any]) -> tuple[Any, ...] | None:
+    """Weak references to arrays, or None (nothing remembered) for an array type without them."""
+    try:
+        return tuple(map(weakref.ref, arrays))
+    except TypeError:
+        return None
 
 
 def _groups(kernel: str, ws: Sequence[Any], present: Sequence[int]) -> tuple[_Group, ...]:
@@ -113,7 +127,7 @@ class _Prepared:
     def __init__(self, kernel: str, args: Sequence[Any]) -> None:
         self.kernel, self.roles = kernel, len(ROLES[kernel])
         self.present = tuple(r for r in range(self.roles) if args[r] is not None)
-        self.checked: tuple[tuple[Any, ...], bool] = ((), True)  # (the arrays checked, verdict)
+        self.checked: tuple[tuple[Any, ...] | None, bool] = (None, True)  # (the arrays checked, verdict)
         ws, gs = args[0], args[1]
         if len(ws) == 0:
             self.groups, self.copied = (), ()
@@ -147,13 +161,15 @@ class _Prepared:
     def _distinct(self, roles: Sequence[Sequence[Any]]) -> bool:
         """Whether no array is listed twice in a role updated in place (all but the
         gradients); an array updated twice must be updated in turn, never at once. Decided
-        again only when those roles hold other arrays than at the last call."""
+        again only when those roles hold other arrays than at the last call (remembered by
+        weak reference, as in _Group.arguments)."""
         updated = roles[:1] + roles[2:]
         last, verdict = self.checked
-        if sum(map(len, updated)) == len(last) and all(map(is_, last, chain.from_iterable(updated))):
+        if (last is not None and sum(map(len, updated)) == len(last)
+                and all(map(is_, map(_referent, last), chain.from_iterable(updated)))):
             return verdict
         verdict = all(len(set(map(id, arrays))) == len(arrays) for arrays in updated)
-        self.checked = (tuple(chain.from_iterable(updated)), verdict)
+        self.checked = (_references(chain.from_iterable(updated)), verdict)
         return verdict
 
     def _one_by_one(self, ws: Sequence[Any]) -> tuple[_Group, ...]:

@@ -14,6 +14,7 @@ them out checks or uses their values on every call.
 """
 from __future__ import annotations
 
+import itertools
 import linecache
 from operator import attrgetter, itemgetter
 from typing import Any, Callable, Sequence
@@ -31,13 +32,16 @@ REMEMBERED = 4096
 """Signatures remembered per kernel before its memory starts afresh (shapes are few)."""
 
 
+_GENERATED = itertools.count(1)
+
+
 def generated(source: str, name: str, module_file: str, label: str, namespace: dict[str, Any]) -> Any:
     """The function ``name`` that ``source`` defines, compiled into ``namespace``: code that
     runs once per kernel call, written out per kernel or signature. Its file name is
-    ``module_file<label>``, and its lines are registered with linecache, so a traceback
-    shows the generated lines; a profile charges it to that file (benchmarks/gpu_host_cost.py
-    folds the label into the module)."""
-    filename = f"{module_file}<{label}>"
+    ``module_file<label #n>`` (n counts the sources made), and its lines are registered
+    with linecache, so a traceback shows the generated lines; a profile charges it to
+    that file (benchmarks/gpu_host_cost.py folds the label into the module)."""
+    filename = f"{module_file}<{label} #{next(_GENERATED)}>"  # one name per source
     linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     exec(compile(source, filename, "exec"), namespace)
     return namespace[name]

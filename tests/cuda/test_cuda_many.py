@@ -173,6 +173,22 @@ def test_later_calls_update_the_arrays_they_are_given(count):
                                              f"set {s}, role {role}, array {k}")
 
 
+def test_a_list_update_keeps_no_array_alive():
+    """What a list update remembers of its arrays (to skip reading their addresses again)
+    holds none of them: dropped weights, optimizer state and gradients are freed."""
+    import gc
+    import weakref
+    with emulated_cupy() as emu:
+        cp = emu.cupy
+        w, g, v = ([cp.zeros(s, np.float32) for s in SHAPES] for _ in range(3))
+        for _ in range(2):
+            kernels.sgd_update_many(tuple(w), tuple(g), tuple(v), *SGD["momentum"])
+        references = [weakref.ref(a) for a in (*w, *g, *v)]
+        del w, g, v
+        gc.collect()
+        assert sum(r() is not None for r in references) == 0
+
+
 def test_an_empty_list_launches_nothing():
     _, counters = _run("sgd_update_many", [[], [], None], SGD["plain"])
     assert counters["kernel_launches"] == 0

@@ -116,7 +116,7 @@ def _unary(ufunc: np.ufunc):
 class ndarray:
     """cupy.ndarray on the CPU (see the module docstring)."""
 
-    __slots__ = ("_a",)
+    __slots__ = ("_a", "__weakref__")  # CuPy's ndarray takes weak references too
     __array_priority__ = 100
     __hash__ = None  # type: ignore[assignment]
 
