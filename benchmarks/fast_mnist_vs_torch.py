@@ -6,10 +6,12 @@ weights, schedule, batch order and test set, in the same run.
 
 dualconv trains as ``dualconv train --model fast --epochs 1`` does (``Trainer.fit`` with the
 model's TRAINING_DEFAULTS: SGD with momentum and weight decay, one-cycle schedule stepped
-per batch); PyTorch trains its twin of ``dualconv.models.fast`` from dualconv's initial
-weights with ``torch.optim.SGD`` and ``OneCycleLR`` (no momentum cycling), visiting the
-batches in the order ``Trainer.fit`` does. Each side prints its wall time for the epoch
-(the training loop only, as ``dualconv train`` prints it) and its test accuracy.
+per batch, random shifts); PyTorch trains its twin of ``dualconv.models.fast`` from
+dualconv's initial weights with ``torch.optim.SGD`` and ``OneCycleLR`` (no momentum
+cycling), visiting the batches in the order ``Trainer.fit`` does and shifting each image
+by the offsets dualconv's ``Shift`` draws (``torch_shift``: the same pad and gather). Each
+side prints its wall time for the epoch (the training loop only, as ``dualconv train``
+prints it) and its test accuracy.
 --device cpu: dualconv's NumPy backend and PyTorch on the CPU, ``--threads`` each
 (PyTorch's threads, dualconv's cores); --device cuda: dualconv on CuPy and PyTorch on
 the GPU, each synchronized before its clock stops.
@@ -42,10 +44,26 @@ def dualconv_run(seed: int, backend: str, data) -> tuple[float, float, object, d
     return history["seconds"][0], trainer.evaluate(X_test, y_test)["accuracy"], initial, config
 
 
+def torch_shift(x, shifts, k: int):
+    """dualconv.augment.Shift.by in PyTorch: x (N, C, H, W) moved by shifts (N, 2) (dy, dx),
+    zero fill: a zero pad and one gather, as dualconv makes it."""
+    import torch
+    n, c, h, w = x.shape
+    padded = torch.zeros((n, c, h + 2 * k, w + 2 * k), dtype=x.dtype, device=x.device)
+    padded[:, :, k:k + h, k:k + w] = x
+    rows = torch.arange(h, device=x.device)[None, :, None] + k - shifts[:, :1, None]
+    cols = torch.arange(w, device=x.device)[None, None, :] + k - shifts[:, 1:, None]
+    picked = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols]  # (N, H, W, C)
+    return picked.permute(0, 3, 1, 2).contiguous()
+
+
 def torch_run(initial: list[dict], config: dict, seed: int, device: str, data) -> tuple[float, float]:
-    """PyTorch's twin of dualconv.models.fast from the same weights, schedule and batch order."""
+    """PyTorch's twin of dualconv.models.fast from the same weights, schedule, batch order
+    and image shifts."""
     import torch
     from torch import nn
+
+    from dualconv import recipe
 
     (X, y), (X_test, y_test) = data
     model = nn.Sequential(
@@ -65,7 +83,9 @@ def torch_run(initial: list[dict], config: dict, seed: int, device: str, data) -
     opt = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
                           nesterov=config["nesterov"], weight_decay=config["weight_decay"])
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config["lr"], total_steps=steps,
-                                                pct_start=config["warmup"], cycle_momentum=False)
+                                                pct_start=config["warmup"], cycle_momentum=False,
+                                                anneal_strategy=config["anneal"])
+    shift = recipe.augmentation(config)  # the same offsets as dualconv's per (seed, epoch, step)
     loss_fn = nn.CrossEntropyLoss()
     X_dev, y_dev = torch.from_numpy(np.asarray(X)).to(device), torch.from_numpy(np.asarray(y)).to(device)
     order = torch.from_numpy(np.random.default_rng([seed, 0]).permutation(n)).to(device)  # Trainer.fit's order
@@ -73,10 +93,13 @@ def torch_run(initial: list[dict], config: dict, seed: int, device: str, data) -
     model.train()
     sync()
     start = time.perf_counter()
-    for first in range(0, n, batch):
+    for step, first in enumerate(range(0, n, batch)):
         idx = order[first:first + batch]
+        xb = X_dev[idx]
+        if shift is not None:
+            xb = torch_shift(xb, torch.from_numpy(shift.offsets(len(xb), seed, 0, step)).to(device), shift.k)
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(X_dev[idx]), y_dev[idx]).backward()
+        loss_fn(model(xb), y_dev[idx]).backward()
         opt.step()
         sched.step()
     sync()

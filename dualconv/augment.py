@@ -4,7 +4,7 @@
 filling the pixels that come in with zeros. The offsets are drawn on the host
 from (seed, epoch, step) alone, like Dropout's masks, so a run is reproducible
 and resumable, and the same on NumPy and CuPy; the shift itself is xp
-expressions (a zero pad and one gather), so no kernel of its own is needed.
+expressions (a zero pad, a strided view and one gather), so no kernel of its own is needed.
 """
 from __future__ import annotations
 
@@ -46,18 +46,24 @@ class Shift:
 
     def by(self, x: Any, shifts: Any) -> Any:
         """x (N, C, H, W) shifted by ``shifts``, (N, 2) integer (dy, dx) in [-k, k] on x's
-        backend (any integer dtype: only indices are made from it)."""
+        backend (any integer dtype: only indices are made from it).
+
+        The image padded by k zeros on each side has (2k + 1)^2 windows of the image's size,
+        one per shift; a strided view lists them (no copy), and one gather picks each
+        sample's window: whole rows of pixels, where a gather per pixel took four times as
+        long on the CPU."""
         if self.k == 0:
             return x
         xp = get_array_module(x)
-        n, _, h, w = x.shape
+        n, c, h, w = x.shape
         k = self.k
-        padded = xp.zeros((n, x.shape[1], h + 2 * k, w + 2 * k), dtype=x.dtype)
+        padded = xp.zeros((n, c, h + 2 * k, w + 2 * k), dtype=x.dtype)
         padded[:, :, k:k + h, k:k + w] = x
-        rows = xp.arange(h)[None, :, None] + k - shifts[:, :1, None]     # (N, H, 1): padded rows read
-        cols = xp.arange(w)[None, None, :] + k - shifts[:, 1:, None]     # (N, 1, W)
-        picked = padded[xp.arange(n)[:, None, None], :, rows, cols]      # (N, H, W, C)
-        return xp.ascontiguousarray(picked.transpose(0, 3, 1, 2))
+        s_n, s_c, s_h, s_w = padded.strides
+        # windows[i, :, a, b] = padded[i, :, a:a + h, b:b + w]: the images moved by (k - a, k - b)
+        windows = xp.lib.stride_tricks.as_strided(padded, (n, c, 2 * k + 1, 2 * k + 1, h, w),
+                                                  (s_n, s_c, s_h, s_w, s_h, s_w))
+        return xp.ascontiguousarray(windows[xp.arange(n), :, k - shifts[:, 0], k - shifts[:, 1]])
 
     def __repr__(self) -> str:
         return f"Shift({self.k})"

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "OneCycleLR) or cosine: set after every batch, peaking at --lr")
     train.add_argument("--warmup", type=float, metavar="FRACTION",
                        help="onecycle/cosine: the share of the steps spent rising to --lr (default: 0.25)")
+    train.add_argument("--anneal", choices=runs.ANNEALS,
+                       help="onecycle: how the rate falls from its peak, cos or linear (default: cos)")
     train.add_argument("--weight-decay", type=float, help="L2 weight decay (default: 0)")
     train.add_argument("--augment", metavar="shift=K",
                        help="shift each training image by up to K pixels (zero fill); default: none")

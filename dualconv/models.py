@@ -86,7 +86,7 @@ MODELS = {"lenet": lenet, "lenet-bn": lenet_bn, "weidman": weidman, "mlp": mlp, 
 # Training settings a model is tuned for, which ``dualconv train`` uses where the
 # command line names none: {model name: {"lr": {optimizer: learning rate},
 # "lr_decay": factor per epoch, "batch_size": samples, and any other setting of
-# runs.CONFIG_DEFAULTS: "schedule", "warmup", "weight_decay", "augment"}}. LeNet-BN takes
+# runs.CONFIG_DEFAULTS: "schedule", "warmup", "anneal", "weight_decay", "augment"}}. LeNet-BN takes
 # a larger SGD step than plain LeNet and needs the decay to settle; "fast" and "best"
 # are the MNIST recipes (one epoch to 99%, ten to 99.5%), whose lr is the one-cycle
 # peak. The runs that chose these settings are in benchmarks/README.md, sections
@@ -94,7 +94,7 @@ MODELS = {"lenet": lenet, "lenet-bn": lenet_bn, "weidman": weidman, "mlp": mlp, 
 TRAINING_DEFAULTS: dict[str, dict[str, Any]] = {
     "lenet-bn": {"lr": {"sgd": 0.05, "adam": 1e-3}, "lr_decay": 0.7, "batch_size": 32},
     "fast": {"lr": {"sgd": 0.1, "adam": 3e-3}, "batch_size": 64, "schedule": "onecycle", "warmup": 0.25,
-             "nesterov": True, "weight_decay": 5e-4},
+             "anneal": "linear", "nesterov": True, "weight_decay": 5e-4, "augment": "shift=1"},
     "best": {"lr": {"sgd": 0.07, "adam": 3e-3}, "batch_size": 64, "schedule": "onecycle", "warmup": 0.25,
              "nesterov": True, "weight_decay": 5e-4, "augment": "shift=2"},
 }

@@ -51,7 +51,8 @@ def schedule(config: dict[str, Any], optimizer: Optimizer, total_steps: int) -> 
     name = config.get("schedule", "step")
     warmup = config.get("warmup", 0.25)
     if name == "onecycle":
-        return OneCycleLR(optimizer, config["lr"], total_steps, pct_start=warmup)
+        return OneCycleLR(optimizer, config["lr"], total_steps, pct_start=warmup,
+                          anneal_strategy=config.get("anneal", "cos"))
     if name == "cosine":
         return WarmupCosineLR(optimizer, total_steps, warmup_steps=min(int(warmup * total_steps), total_steps - 1))
     return ExponentialLR(optimizer, gamma=config.get("lr_decay", 1.0))

@@ -37,10 +37,12 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "limit": None,
     "schedule": "step",  # recipe.SCHEDULES
     "warmup": 0.25,
+    "anneal": "cos",  # onecycle's fall after the peak: ANNEALS
     "weight_decay": 0.0,
     "augment": None,  # "shift=K"
 }
 SCHEDULES = ("step", "onecycle", "cosine")  # see recipe.schedule
+ANNEALS = ("cos", "linear")  # schedules.OneCycleLR's anneal_strategy
 # The per-batch schedules are planned over the run's --epochs, which a resume must keep.
 PER_BATCH_SCHEDULES = ("onecycle", "cosine")
 # The learning rate trades speed for stability: the one that gave LeNet the best test
@@ -112,6 +114,9 @@ def settings(explicit: dict[str, Any], saved: dict[str, Any] | None, done_epochs
         config["model"] = DEFAULT_MODEL[config["dataset"]]
     tuned = TRAINING_DEFAULTS.get(config["model"], {})  # a model's own defaults (lenet-bn)
     config.update({k: v for k, v in tuned.items() if k != "lr" and k not in explicit})
+    if "anneal" in explicit and config["schedule"] != "onecycle":
+        raise SettingsError(f"--anneal applies to --schedule onecycle only, not {config['schedule']}; "
+                            f"drop --anneal or add --schedule onecycle")
     if config["lr"] is None:
         config["lr"] = tuned.get("lr", DEFAULT_LR)[config["optimizer"]]
     if config["optimizer"] != "sgd":  # Adam keeps moments of its own: no momentum to record

@@ -85,3 +85,25 @@ def test_bad_arguments_name_the_option():
     with pytest.raises(ValueError, match=r"expects images \(N, C, H, W\)"):
         Shift(1)(np.zeros((3, 4), np.float32), 0, 0, 0)
     assert parse_augment("shift=3").k == 3
+
+
+@pytest.mark.gpu
+def test_a_shift_by_device_offsets_reads_nothing_back():
+    """Shift.by with offsets already on the device (a captured step's case): a strided view
+    (cupy.lib.stride_tricks.as_strided, no launch) and a gather, with no transfer or sync."""
+    from dualconv.testing import emulated_cupy
+
+    x = images(4, 2, 5, 6)
+    shift = Shift(2)
+    offsets = shift.offsets(4, 1, 0, 3)
+    with emulated_cupy() as emu:
+        import cupy
+
+        xd, od = cupy.asarray(x), cupy.asarray(offsets)
+        emu.reset_counters()
+        out = shift.by(xd, od)
+        assert emu.counters["host_to_device"] == emu.counters["device_to_host"] == emu.counters["syncs"] == 0
+        view = cupy.lib.stride_tricks.as_strided(xd, (4, 2, 2, 6), (xd.strides[0], xd.strides[1], xd.strides[2],
+                                                                   xd.strides[3]))
+        assert view.shape == (4, 2, 2, 6)
+        assert np.array_equal(out.get(), shift.by(x, offsets))

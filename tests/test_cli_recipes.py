@@ -57,6 +57,8 @@ def test_a_cycle_resumed_with_other_epochs_is_refused(tmp_path, capsys):
     (["--warmup", "1.5"], "--warmup must be in [0, 1)"),
     (["--weight-decay", "-1"], "--weight-decay must be a number >= 0, got -1"),
     (["--schedule", "cosine", "--lr-decay", "0.5"], "--lr-decay applies to --schedule step only, not cosine"),
+    (["--anneal", "linear"], "--anneal applies to --schedule onecycle only, not step"),
+    (["--model", "fast", "--schedule", "cosine", "--anneal", "cos"], "--anneal applies to --schedule onecycle only"),
 ])
 def test_bad_recipe_options_are_one_line_errors(option, message, capsys):
     assert run_cli("train", "--dataset", "digits", "--no-progress", *option) == 1
@@ -73,6 +75,7 @@ def test_the_recipes_bring_their_settings():
     assert {"fast", "best"} <= set(TRAINING_DEFAULTS) and cli.build_parser()
     assert TRAINING_DEFAULTS["fast"]["schedule"] == TRAINING_DEFAULTS["best"]["schedule"] == "onecycle"
     assert TRAINING_DEFAULTS["best"]["augment"] == "shift=2"
+    assert TRAINING_DEFAULTS["fast"]["augment"] == "shift=1" and TRAINING_DEFAULTS["fast"]["anneal"] == "linear"
 
 
 @pytest.mark.parametrize("name, parameters", [("fast", 56_042), ("best", 117_066)])
@@ -91,3 +94,25 @@ def test_an_adam_run_records_no_momentum():
     assert adam["momentum"] is None and adam["nesterov"] is None  # fast's Nesterov is SGD's
     sgd = settings({"model": "fast"}, None, epochs=1)
     assert sgd["momentum"] == 0.9 and sgd["nesterov"] is True
+
+
+def test_a_linear_fall_is_the_schedule_trained_and_recorded(tmp_path):
+    """--anneal linear: the rate falls linearly from the peak (OneCycleLR's anneal_strategy),
+    recorded with the run; the schedule's rates equal a linear one-cycle's over the run."""
+    from dualconv import recipe
+    from dualconv.runs import settings
+    from dualconv.schedules import OneCycleLR
+    assert run_cli(*RECIPE, "--anneal", "linear", "--epochs", "1", "--out", tmp_path) == 0
+    config = json.loads((tmp_path / "metrics.json").read_text())["config"]
+    assert config["anneal"] == "linear"
+    assert settings({"model": "fast"}, None, epochs=1)["anneal"] == "linear"
+    assert settings({"model": "best"}, None, epochs=1)["anneal"] == "cos"
+    made = recipe.schedule({**config, "lr": 0.1}, _Rate(), 20)
+    oracle = OneCycleLR(_Rate(), 0.1, 20, pct_start=config["warmup"], anneal_strategy="linear")
+    assert made.anneal_strategy == "linear" and made.max_lr == oracle.max_lr
+
+
+class _Rate:
+    """An optimizer as a schedule sees it: a rate to set."""
+
+    lr = 0.1

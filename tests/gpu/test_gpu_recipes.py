@@ -1,6 +1,6 @@
 """The two MNIST recipes (``dualconv train --model fast`` / ``--model best``: their network,
-Nesterov SGD with weight decay, the one-cycle schedule stepped per batch, ``best``'s random
-shifts) on the CuPy backend, step by step against the NumPy run of the same recipe.
+Nesterov SGD with weight decay, the one-cycle schedule stepped per batch, random shifts)
+on the CuPy backend, step by step against the NumPy run of the same recipe.
 
 Each step starts both sides from the NumPy side's state. The shifted batch is the same
 bits on both (a shift copies pixels); the forward and backward agree layer by layer
@@ -43,7 +43,7 @@ def test_a_recipe_steps_on_cupy_as_on_numpy(name):
     _, gpu_model, gpu = _recipe(name, "cupy")
     assert config["schedule"] == "onecycle" and config["nesterov"] and config["weight_decay"] > 0
     shift = augmentation(config)
-    assert (shift is not None) == (name == "best")
+    assert shift is not None and shift.k == (2 if name == "best" else 1)
     order = np.random.default_rng([0, 0]).permutation(IMAGES)
     first_rate = cpu.optimizer.lr
     for step in range(STEPS):

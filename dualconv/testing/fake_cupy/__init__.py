@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as _np
 
-from . import _counters, cuda, random
+from . import _counters, cuda, lib, random
 from ._array import ndarray
 from ._functions import *  # noqa: F401,F403
 from ._functions import __all__ as _function_names
@@ -25,7 +25,7 @@ uint8, uint16, uint32, uint64 = _np.uint8, _np.uint16, _np.uint32, _np.uint64
 float16, float32, float64 = _np.float16, _np.float32, _np.float64
 dtype, newaxis, inf, nan, pi, e = _np.dtype, _np.newaxis, _np.inf, _np.nan, _np.pi, _np.e
 
-__all__ = [*_function_names, "ndarray", "RawKernel", "RawModule", "cuda", "random", "bool_", "int8",
+__all__ = [*_function_names, "ndarray", "RawKernel", "RawModule", "cuda", "lib", "random", "bool_", "int8",
            "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16", "float32",
            "float64", "dtype", "newaxis", "inf", "nan", "pi", "e"]
 
