@@ -16,8 +16,10 @@ Python's builtins). Two figures:
   kernels made no-ops, as the issue's first audit measured it: on a GPU they run on
   the device, while here the stand-in's kernels run on this CPU between two lines of
   dualconv and evict its code and data from the caches, so the Python after each one
-  runs slower. Two more runs show that: the fit with the stand-in's kernels, and with
-  no-op kernels that each only copy ``--evict-mb`` megabytes.
+  runs slower. Three more runs show that: the fit with the stand-in's own arithmetic
+  (ufuncs, products, reductions) made no-ops too, so that no device work runs on this
+  CPU, as on a GPU host; the fit with the stand-in's kernels; and with no-op kernels
+  that each only copy ``--evict-mb`` megabytes.
 * **per custom launch**: the calls of the CUDA twins (kernels/cuda.py) that one fit
   step makes are recorded, then replayed through ``dualconv.kernels`` (dispatch,
   checks, plan, launch) ``replays`` times with every RawKernel call made a no-op:
@@ -128,7 +130,7 @@ def _trainer(emu: Any, optimizer: str, batch: int, batches: int) -> tuple[Any, A
 
 
 def fit_step_cost(optimizer: str = "sgd-momentum", batch: int = 64, steps: int = 32,
-                  no_op: bool = False, evict_mb: float = 0.0) -> dict[str, Any]:
+                  no_op: bool = False, evict_mb: float = 0.0, off_host: bool = False) -> dict[str, Any]:
     """dualconv's self time per step inside ``Trainer.fit`` of ``steps`` batches, after a
     warm-up fit: {"seconds": per step, "files": {file: seconds per step}, "launches":
     kernel launches per step}. A segment runs from one ``train_step`` call to the next,
@@ -138,7 +140,9 @@ def fit_step_cost(optimizer: str = "sgd-momentum", batch: int = 64, steps: int =
     between two lines of dualconv, no longer evict dualconv's code and data from the
     caches, as a GPU's kernels would not. ``evict_mb`` (with ``no_op``) makes each no-op
     kernel copy that many megabytes instead, evicting the caches as the stand-in's
-    kernels do, without their work: what the eviction alone costs dualconv's Python."""
+    kernels do, without their work: what the eviction alone costs dualconv's Python.
+    ``off_host`` (with ``no_op``): the stand-in's ufuncs, products and reductions are made
+    no-ops too (``_device_work_off_host``), so no device work at all runs on this CPU."""
     with emulated_cupy() as emu:
         trainer, X, y = _trainer(emu, optimizer, batch, steps)
         trainer.fit(X[:batch * WARMUP_STEPS], y[:batch * WARMUP_STEPS], batch_size=batch, seed=0)
@@ -149,7 +153,8 @@ def fit_step_cost(optimizer: str = "sgd-momentum", batch: int = 64, steps: int =
             return step(*args, **kwargs)
         trainer.train_step = cut_then_step  # type: ignore[method-assign]
         emu.reset_counters()
-        with _no_op_kernels(evict_mb) if no_op else contextlib.nullcontext(), _collector_off():
+        with (_no_op_kernels(evict_mb) if no_op else contextlib.nullcontext(),
+              _device_work_off_host() if no_op and off_host else contextlib.nullcontext(), _collector_off()):
             try:
                 trainer.fit(X, y, batch_size=batch, seed=0)
             finally:
@@ -235,6 +240,69 @@ def _no_op_kernels(evict_mb: float = 0.0) -> Iterator[None]:
         _raw.RawKernel.__call__ = original  # type: ignore[method-assign]
 
 
+@contextlib.contextmanager
+def _device_work_off_host() -> Iterator[None]:
+    """The stand-in's own arithmetic made no-ops as well: a ufunc (the products included),
+    ufunc reduction or array reduction counts its launches and returns an uninitialized
+    array of the shape and dtype it returned when it first ran on operands of the same
+    shapes, strides and dtypes (and the same other arguments); one that writes into an
+    existing array writes nothing. What the CPU runs between two lines of dualconv is
+    then Python alone, dualconv's and the stand-in's, as on a GPU host. Array creation,
+    copies, fills and gathers still run (the divergence guard's verdict must hold)."""
+    import numpy as np
+    from dualconv.testing.fake_cupy import _device, _reductions
+
+    reductions = {getattr(np.ndarray, name) for name in _reductions.PARAMETERS}
+    new, launch = _device.new, _device.launch
+    shapes: dict[Any, tuple[tuple[int, ...], Any]] = {}
+
+    def arithmetic(fn: Any) -> bool:
+        return (isinstance(fn, np.ufunc) or isinstance(getattr(fn, "__self__", None), np.ufunc)
+                or fn in reductions) and _device.recording() is None and not _device.managed()
+
+    def launch_off_host(fn: Any, *args: Any, copied_bytes: int = 0, launches: int = 1, **kwargs: Any) -> None:
+        if not arithmetic(fn):
+            return launch(fn, *args, copied_bytes=copied_bytes, launches=launches, **kwargs)
+        _device._count(launches, copied_bytes)
+
+    def new_off_host(fn: Any, *args: Any, launches: int = 1, copied_bytes: int = 0, **kwargs: Any) -> Any:
+        if not arithmetic(fn):
+            return new(fn, *args, launches=launches, copied_bytes=copied_bytes, **kwargs)
+        key = (fn, launches, copied_bytes, _operands(args), _operands(kwargs))
+        known = shapes.get(key)
+        if known is None:
+            out = new(fn, *args, launches=launches, copied_bytes=copied_bytes, **kwargs)
+            if out.flags.c_contiguous:
+                shapes[key] = (out.shape, out.dtype)
+            return out
+        _device._count(launches, copied_bytes)
+        return np.empty(*known)
+
+    _device.new, _device.launch = new_off_host, launch_off_host  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        _device.new, _device.launch = new, launch  # type: ignore[assignment]
+
+
+def _operands(value: Any) -> Any:
+    """What decides an operation's result shape: an array's shape, dtype and strides, the
+    items of a tuple, list or dict, any other value itself (or its repr, unhashable)."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        return ("array", value.shape, value.dtype.str, value.strides)
+    if isinstance(value, (tuple, list)):
+        return (type(value), *map(_operands, value))
+    if isinstance(value, dict):
+        return tuple(sorted((key, _operands(item)) for key, item in value.items()))
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return (type(value), value)
+
+
 def launch_cost(optimizer: str = "sgd-momentum", batch: int = 64,
                 replays: int = 40) -> dict[str, Any]:
     """dualconv's self time per custom launch, the kernels made no-ops: {"seconds": per
@@ -289,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     _print(f"dualconv's own Python per {args.optimizer} step inside Trainer.fit, batch {args.batch}, "
            f"the custom kernels made no-ops, as a GPU runs them off the host (goal <= 1.0 ms)",
            quiet, "us", 1e6, args.top)
+    off_host = fit_step_cost(args.optimizer, args.batch, args.steps, no_op=True, off_host=True)
+    _print("the same with the stand-in's ufuncs, products and reductions made no-ops too (no device "
+           "work on this CPU, as on a GPU host)", off_host, "us", 1e6, args.top)
     step = fit_step_cost(args.optimizer, args.batch, args.steps)
     _print("the same with the stand-in's kernels run by this CPU between dualconv's lines "
            "(they evict its code and data from the caches)", step, "us", 1e6, args.top)

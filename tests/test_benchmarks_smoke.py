@@ -287,6 +287,22 @@ def test_gpu_host_cost_eviction_run_and_its_asv_figure():
         == evicted["seconds"] * 1e6
 
 
+def test_gpu_host_cost_with_no_device_work_on_this_cpu():
+    """off_host: the stand-in's ufuncs, products and reductions made no-ops too still count
+    every launch, leave the stand-in as it was, and the fit ends without a false divergence;
+    the asv class reads that figure."""
+    from benchmarks import bench_gpu_host_cost, gpu_host_cost
+    from dualconv.testing.fake_cupy import _device
+    before = (_device.new, _device.launch)
+    quiet = gpu_host_cost.fit_step_cost("sgd-momentum", batch=8, steps=4, no_op=True)
+    off_host = gpu_host_cost.fit_step_cost("sgd-momentum", batch=8, steps=4, no_op=True, off_host=True)
+    assert off_host["launches"] == quiet["launches"] > 0
+    assert (_device.new, _device.launch) == before
+    measured = {"step_off_host": off_host}
+    assert bench_gpu_host_cost.GpuHostCost().track_own_python_per_fit_step_off_host(measured) \
+        == off_host["seconds"] * 1e6
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the engine's worker processes need Linux (fork)")
 def test_engine_timeline_lines_up_the_callers_and_the_workers_events():
     """benchmarks/engine_timeline.py on a few LeNet steps: both processes' events, each
