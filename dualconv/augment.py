@@ -63,7 +63,8 @@ class Shift:
         # windows[i, :, a, b] = padded[i, :, a:a + h, b:b + w]: the images moved by (k - a, k - b)
         windows = xp.lib.stride_tricks.as_strided(padded, (n, c, 2 * k + 1, 2 * k + 1, h, w),
                                                   (s_n, s_c, s_h, s_w, s_h, s_w))
-        return xp.ascontiguousarray(windows[xp.arange(n), :, k - shifts[:, 0], k - shifts[:, 1]])
+        last = np.int64(k)  # a 64-bit scalar: k - dy in int64 whatever the offsets' integer type
+        return xp.ascontiguousarray(windows[xp.arange(n), :, last - shifts[:, 0], last - shifts[:, 1]])
 
     def __repr__(self) -> str:
         return f"Shift({self.k})"

@@ -75,10 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--warmup", type=float, metavar="FRACTION",
                        help="onecycle/cosine: the share of the steps spent rising to --lr (default: 0.25)")
     train.add_argument("--anneal", choices=runs.ANNEALS,
-                       help="onecycle: how the rate falls from its peak, cos or linear (default: cos)")
+                       help="onecycle: the curve of the rate's rise to --lr and fall from it, cos or linear "
+                       "(PyTorch's anneal_strategy; default: cos, linear for --model fast)")
     train.add_argument("--weight-decay", type=float, help="L2 weight decay (default: 0)")
     train.add_argument("--augment", metavar="shift=K",
-                       help="shift each training image by up to K pixels (zero fill); default: none")
+                       help="shift each training image by up to K pixels (zero fill); default: none "
+                       "(shift=1 for --model fast, shift=2 for --model best)")
     train.add_argument("--seed", type=int, help="seed of the initial weights, shuffling and dropout, an integer "
                        ">= 0 (default: 0)")
     _add_data_dir(train)

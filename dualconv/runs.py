@@ -37,7 +37,7 @@ CONFIG_DEFAULTS: dict[str, Any] = {
     "limit": None,
     "schedule": "step",  # recipe.SCHEDULES
     "warmup": 0.25,
-    "anneal": "cos",  # onecycle's fall after the peak: ANNEALS
+    "anneal": "cos",  # onecycle's curve up to the peak and down from it: ANNEALS (None: not onecycle)
     "weight_decay": 0.0,
     "augment": None,  # "shift=K"
 }
@@ -95,6 +95,7 @@ def settings(explicit: dict[str, Any], saved: dict[str, Any] | None, done_epochs
     """
     if saved is not None:
         saved = {**CONFIG_DEFAULTS, **saved}  # a checkpoint from before an option existed
+        _check_anneal(explicit, saved["schedule"])
         clashes = [f"--{k.replace('_', '-')} {v} (checkpoint: {saved[k]})"
                    for k, v in explicit.items() if k != "lr" and v != saved[k]]
         if clashes:
@@ -114,9 +115,9 @@ def settings(explicit: dict[str, Any], saved: dict[str, Any] | None, done_epochs
         config["model"] = DEFAULT_MODEL[config["dataset"]]
     tuned = TRAINING_DEFAULTS.get(config["model"], {})  # a model's own defaults (lenet-bn)
     config.update({k: v for k, v in tuned.items() if k != "lr" and k not in explicit})
-    if "anneal" in explicit and config["schedule"] != "onecycle":
-        raise SettingsError(f"--anneal applies to --schedule onecycle only, not {config['schedule']}; "
-                            f"drop --anneal or add --schedule onecycle")
+    _check_anneal(explicit, config["schedule"])
+    if config["schedule"] != "onecycle":
+        config["anneal"] = None  # recorded only where it shapes the rate
     if config["lr"] is None:
         config["lr"] = tuned.get("lr", DEFAULT_LR)[config["optimizer"]]
     if config["optimizer"] != "sgd":  # Adam keeps moments of its own: no momentum to record
@@ -124,6 +125,12 @@ def settings(explicit: dict[str, Any], saved: dict[str, Any] | None, done_epochs
     if config["schedule"] in PER_BATCH_SCHEDULES:
         config["schedule_epochs"] = epochs
     return config
+
+
+def _check_anneal(explicit: dict[str, Any], schedule: str) -> None:
+    if "anneal" in explicit and schedule != "onecycle":
+        raise SettingsError(f"--anneal applies to --schedule onecycle only, not {schedule}; "
+                            f"drop --anneal or add --schedule onecycle")
 
 
 def check_settings(explicit: dict[str, Any]) -> None:

@@ -107,3 +107,11 @@ def test_a_shift_by_device_offsets_reads_nothing_back():
                                                                    xd.strides[3]))
         assert view.shape == (4, 2, 2, 6)
         assert np.array_equal(out.get(), shift.by(x, offsets))
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.int16, np.int32, np.int64])
+def test_offsets_of_any_integer_type_shift_alike(dtype):
+    """k - dy is formed in 64 bits: int8 offsets of -64 with k = 64 shift as int64 ones do."""
+    x = (np.arange(70, dtype=np.float32) + 1).reshape(1, 1, 70, 1)
+    shifted = Shift(64).by(x, np.array([[-64, 0]], dtype))
+    assert np.array_equal(shifted[0, 0, :, 0], np.concatenate([np.arange(65, 71), np.zeros(64)]).astype(np.float32))

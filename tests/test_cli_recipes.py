@@ -96,9 +96,10 @@ def test_an_adam_run_records_no_momentum():
     assert sgd["momentum"] == 0.9 and sgd["nesterov"] is True
 
 
-def test_a_linear_fall_is_the_schedule_trained_and_recorded(tmp_path):
-    """--anneal linear: the rate falls linearly from the peak (OneCycleLR's anneal_strategy),
-    recorded with the run; the schedule's rates equal a linear one-cycle's over the run."""
+def test_a_linear_cycle_is_the_schedule_trained_and_recorded(tmp_path):
+    """--anneal linear: the rate rises and falls linearly (OneCycleLR's anneal_strategy),
+    recorded with the run; the recipe's rates are a linear one-cycle's, step by step; a
+    schedule it does not shape records none."""
     from dualconv import recipe
     from dualconv.runs import settings
     from dualconv.schedules import OneCycleLR
@@ -107,9 +108,29 @@ def test_a_linear_fall_is_the_schedule_trained_and_recorded(tmp_path):
     assert config["anneal"] == "linear"
     assert settings({"model": "fast"}, None, epochs=1)["anneal"] == "linear"
     assert settings({"model": "best"}, None, epochs=1)["anneal"] == "cos"
-    made = recipe.schedule({**config, "lr": 0.1}, _Rate(), 20)
-    oracle = OneCycleLR(_Rate(), 0.1, 20, pct_start=config["warmup"], anneal_strategy="linear")
-    assert made.anneal_strategy == "linear" and made.max_lr == oracle.max_lr
+    assert settings({"model": "fast", "schedule": "cosine"}, None, epochs=1)["anneal"] is None
+    made, oracle = _Rate(), _Rate()
+    schedule = recipe.schedule({**config, "lr": 0.1}, made, 20)
+    linear = OneCycleLR(oracle, 0.1, 20, pct_start=config["warmup"], anneal_strategy="linear")
+    rates = []
+    for _ in range(19):
+        assert made.lr == oracle.lr
+        rates.append(made.lr)
+        schedule.step(), linear.step()
+    assert rates[1] == pytest.approx(0.1 / 25 + (0.1 - 0.1 / 25) / 4)  # a quarter of the linear rise
+
+
+def test_anneal_on_resume_follows_the_checkpoints_schedule(tmp_path, capsys):
+    """--anneal with --resume: refused, as for a fresh run, where the checkpoint's schedule
+    is not onecycle; a onecycle checkpoint from before the option resumes as cos."""
+    step_run = ["train", "--dataset", "digits", "--model", "weidman", "--limit", "200", "--no-progress"]
+    assert run_cli(*step_run, "--epochs", "1", "--out", tmp_path) == 0
+    assert run_cli(*step_run, "--epochs", "2", "--anneal", "cos", "--out", tmp_path, "--resume") == 1
+    assert "--anneal applies to --schedule onecycle only, not step" in capsys.readouterr().err
+    from dualconv.runs import settings
+    old = {k: v for k, v in settings({"model": "fast"}, None, epochs=1).items() if k != "anneal"}
+    old["schedule_epochs"] = 1
+    assert settings({}, old, epochs=1)["anneal"] == "cos"
 
 
 class _Rate:

@@ -42,7 +42,8 @@ def test_every_name_offered_exists_in_real_cupy():
              (fake.cuda.graph, real.cuda.graph), (fake.cuda.memory, real.cuda.memory),
              (fake.cuda.Stream, real.cuda.Stream), (fake.cuda.Graph, real.cuda.Graph),
              (fake.cuda.MemoryPool, real.cuda.MemoryPool),
-             (fake.cuda.MemoryPointer, real.cuda.MemoryPointer)]
+             (fake.cuda.MemoryPointer, real.cuda.MemoryPointer), (fake.lib, real.lib),
+             (fake.lib.stride_tricks, real.lib.stride_tricks)]
     for stand_in, original in pairs:
         extra = sorted(n for n in _public(stand_in) if not hasattr(original, n))
         assert not extra, f"{stand_in.__name__} offers names real CuPy lacks: {extra}"
