@@ -52,7 +52,6 @@ Python would have done.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import is_
 from typing import Any
 
 import numpy as np
@@ -101,8 +100,6 @@ class LastFiniteState:
         self.model, self.optimizer = model, optimizer
         self.verdict = xp_for(model.backend).full(1, NO_FAILURE, dtype=np.int32)
         self._last: dict[tuple[str, str], tuple[Any, Any]] = {}  # key -> (live array, its last-good copy)
-        # slot -> (names, live arrays, keys, last-good copies) of its last last_goods call
-        self._recent: dict[str, tuple[Any, ...]] = {}
         self._last_buffers: dict[str, Any] = {}  # buffer name -> its copy after the last good step
         self._pending: list[_Step] = []
         self._failed: tuple[_Step, bool] | None = None  # (the step, whether its update failed)
@@ -153,26 +150,16 @@ class LastFiniteState:
     def last_goods(self, names: tuple[str, ...], *slots: tuple[str, Any]) -> list[tuple[Any, ...]]:
         """Per (slot, lives) pair, the arrays the guarded update copies each live array into
         before changing it: lives holds, per parameter of ``names``, its weight (slot
-        "param") or its optimizer slot ``slot``. One call per step for all parameters; a
-        slot whose names and live arrays are those of its last call (every step of a fit)
-        gets the same copies again, found with no loop over the parameters."""
+        "param") or its optimizer slot ``slot``. One call per step for all parameters."""
         if isinstance(names, str):
             raise TypeError(f"last_goods: names must be a tuple of parameter names, got the "
                             f"string {names!r}")
         updated, kept_arrays, made = self._pending[-1].updated, self._last, []
         for slot, lives in slots:
-            lives = tuple(lives)
-            recent = self._recent.pop(slot, None)  # put back once this call has made its copies
-            if (recent is not None and recent[0] == names and len(recent[1]) == len(lives)
-                    and all(map(is_, recent[1], lives))):
-                updated.extend(recent[2])
-                made.append(recent[3])
-                self._recent[slot] = recent
-                continue
-            lasts, keys = [], []
+            lasts = []
             for name, live in zip(names, lives, strict=True):
                 key = (name, slot)
-                keys.append(key)
+                updated.append(key)
                 kept = kept_arrays.get(key)
                 if kept is not None and kept[0] is live:  # the same live array as last step: it fits
                     lasts.append(kept[1])
@@ -182,9 +169,7 @@ class LastFiniteState:
                     last = get_array_module(live).empty_like(live)
                 kept_arrays[key] = (live, last)
                 lasts.append(last)
-            updated.extend(keys)
             made.append(tuple(lasts))
-            self._recent[slot] = (names, lives, tuple(keys), made[-1])
         return made
 
     def end_step(self) -> None:

@@ -120,12 +120,6 @@ def get_function(name: str) -> Any:
     return functions[device(), name]
 
 
-def launcher(cupy: Any) -> tuple[Callable[[], int], _Functions]:
-    """_table(cupy), found without a frame once made: (device, functions) for a launch
-    ``functions[device(), name](grid, block, arguments)``."""
-    return _functions.get(cupy) or _table(cupy)
-
-
 def _table(cupy: Any) -> tuple[Callable[[], int], _Functions]:
     """(device, functions) for ``cupy`` (the module): device() is the current device,
     functions[device(), name] the kernel ``name`` there (plan_cache.Bound.run's launcher)."""

@@ -18,15 +18,12 @@ same device functions.
 """
 from __future__ import annotations
 
-import weakref
-from itertools import chain
-from operator import is_, methodcaller
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from .checks_many import ROLES
-from .cuda import launcher
+from .cuda import get_function
 from .cuda_plans import FLOAT_TYPES, _adam_tail, _sgd_tail
 from .launch import BLOCK, blocks
 
@@ -43,9 +40,6 @@ WORDS = TENSORS + SLOTS * TENSORS + 1
 STRUCT = np.dtype((np.void, WORDS * 8))
 """The DcTensorList's bytes as one NumPy item: what CuPy passes by value."""
 
-GRADIENTS = 1
-"""The gradients' place among a list kernel's roles (ROLES: ws, gs, ...): always present."""
-
 KERNELS = tuple(ROLES)
 """The list kernels this module launches (they have no plan in cuda_plans.py)."""
 
@@ -55,7 +49,7 @@ class _Group:
     dtype), the DcTensorList with their element counts filled in, where the addresses of
     the roles ``present`` go in it, grid and kernel."""
 
-    __slots__ = ("indices", "whole", "segments", "known", "grid", "name", "first")
+    __slots__ = ("indices", "whole", "words", "positions", "grid", "name", "first")
 
     def __init__(self, kernel: str, indices: Sequence[int], ws: Sequence[Any],
                  present: Sequence[int]) -> None:
@@ -63,50 +57,22 @@ class _Group:
         self.whole = self.indices == tuple(range(len(ws)))  # every parameter: no pick
         self.first = self.indices[0]
         sizes = [int(np.prod(ws[k].shape, dtype=np.int64)) for k in self.indices]
-        words = np.zeros(WORDS, np.uint64)
-        words[:len(sizes)] = np.cumsum(sizes, dtype=np.int64).astype(np.uint64)
-        words[-1] = len(sizes)
-        self.segments = tuple(slice(TENSORS * (1 + role), TENSORS * (1 + role) + len(sizes))
-                              for role in present)
-        # (per present role, the arrays whose addresses the words hold, or None; the words)
-        self.known: tuple[list[Any], np.ndarray] = ([None] * len(present), words)
+        self.words = np.zeros(WORDS, np.uint64)
+        self.words[:len(sizes)] = np.cumsum(sizes, dtype=np.int64).astype(np.uint64)
+        self.words[-1] = len(sizes)
+        self.positions = np.array([TENSORS * (1 + role) + j for role in present
+                                   for j in range(len(sizes))], np.intp)
         self.grid = (blocks(max(sum(sizes), 1)), 1, 1)
         self.name = f"{kernel}<{FLOAT_TYPES[np.dtype(ws[self.first].dtype)]}>"
 
     def arguments(self, roles: Sequence[Sequence[Any]]) -> np.ndarray:
-        """The DcTensorList of this group's arrays in ``roles`` (the present roles, in order).
-
-        A role's addresses are read again only when its arrays are not those of the last
-        call: an array's address never changes, and the weights, the optimizer's state
-        and the last-good copies are the same arrays from step to step (each read is an
-        array's ``data``). The arrays are remembered by weak reference (a model dropped
-        leaves nothing held here); the gradients, new arrays every step, are read every
-        call. Each call fills its own copy of the last call's words, then leaves it for
-        the next (one assignment: threads never see a half-made one)."""
-        known, last_words = self.known
-        words, fresh = last_words.copy(), list(known)
-        for i, arrays in enumerate(roles):
-            if not self.whole:
-                arrays = tuple(map(arrays.__getitem__, self.indices))
-            last = known[i]
-            if last is not None and all(map(is_, map(_referent, last), arrays)):
-                continue
-            words[self.segments[i]] = [a.data.ptr for a in arrays]
-            fresh[i] = None if i == GRADIENTS else _references(arrays)
-        self.known = (fresh, words)
+        """The DcTensorList of this group's arrays in ``roles`` (the present roles, in order)."""
+        words = self.words.copy()
+        if self.whole:
+            words[self.positions] = [a.data.ptr for arrays in roles for a in arrays]
+        else:
+            words[self.positions] = [arrays[k].data.ptr for arrays in roles for k in self.indices]
         return words.view(STRUCT)
-
-
-_referent = methodcaller("__call__")
-"""A weak reference's array, or None once it is gone."""
-
-
-def _references(arrays: Iterable[Any]) -> tuple[Any, ...] | None:
-    """Weak references to arrays, or None (nothing remembered) for an array type without them."""
-    try:
-        return tuple(map(weakref.ref, arrays))
-    except TypeError:
-        return None
 
 
 def _groups(kernel: str, ws: Sequence[Any], present: Sequence[int]) -> tuple[_Group, ...]:
@@ -122,12 +88,11 @@ class _Prepared:
     """What a list kernel's calls of one signature share: the groups, and which
     gradients must be laid out C-contiguous first (the kernel ignores strides)."""
 
-    __slots__ = ("kernel", "roles", "present", "groups", "copied", "checked")
+    __slots__ = ("kernel", "roles", "present", "groups", "copied")
 
     def __init__(self, kernel: str, args: Sequence[Any]) -> None:
         self.kernel, self.roles = kernel, len(ROLES[kernel])
         self.present = tuple(r for r in range(self.roles) if args[r] is not None)
-        self.checked: tuple[tuple[Any, ...] | None, bool] = (None, True)  # (the arrays checked, verdict)
         ws, gs = args[0], args[1]
         if len(ws) == 0:
             self.groups, self.copied = (), ()
@@ -142,35 +107,22 @@ class _Prepared:
         self.copied = tuple(k for k, g in enumerate(gs) if not g.flags.c_contiguous)
 
     def run(self, *args: Any) -> None:
-        import cupy
-
         roles = [args[r] for r in self.present]
         if self.copied:
+            import cupy
+
             gs = list(roles[1])
             for k in self.copied:
                 gs[k] = cupy.ascontiguousarray(gs[k])
             roles[1] = gs
         rest = args[self.roles:]
-        groups = self.groups if self._distinct(roles) else self._one_by_one(args[0])
-        device, functions = launcher(cupy)
+        groups = self.groups
+        if not all(len(set(map(id, arrays))) == len(arrays) for arrays in roles[:1] + roles[2:]):
+            groups = self._one_by_one(args[0])  # an array updated twice: in turn, never at once
         for group in groups:
             arguments = _tail(self.kernel, args[0][group.first], rest)
-            functions[device(), group.name](group.grid, (BLOCK, 1, 1),
-                                            (group.arguments(roles), *arguments))
-
-    def _distinct(self, roles: Sequence[Sequence[Any]]) -> bool:
-        """Whether no array is listed twice in a role updated in place (all but the
-        gradients); an array updated twice must be updated in turn, never at once. Decided
-        again only when those roles hold other arrays than at the last call (remembered by
-        weak reference, as in _Group.arguments)."""
-        updated = roles[:1] + roles[2:]
-        last, verdict = self.checked
-        if (last is not None and sum(map(len, updated)) == len(last)
-                and all(map(is_, map(_referent, last), chain.from_iterable(updated)))):
-            return verdict
-        verdict = all(len(set(map(id, arrays))) == len(arrays) for arrays in updated)
-        self.checked = (_references(chain.from_iterable(updated)), verdict)
-        return verdict
+            get_function(group.name)(group.grid, (BLOCK, 1, 1),
+                                     (group.arguments(roles), *arguments))
 
     def _one_by_one(self, ws: Sequence[Any]) -> tuple[_Group, ...]:
         """One launch per parameter, in order: where one array is listed twice (a weight

@@ -79,6 +79,9 @@ role), in a keyer's generated code: its type, then each array's (type, shape, st
 dtype), with no frame per array. An item that is not an array raises AttributeError (no
 signature: the call is checked in full)."""
 
+_KEY_NAMES = {"PLAIN": PLAIN, "signature": signature, "_TYPED_ARRAY": _TYPED_ARRAY}
+"""What the items above read: the globals of a key's generated code."""
+
 
 def _items(names: Sequence[str], params: Sequence[str], per_call: Sequence[str],
            lists: Sequence[str]) -> str:
@@ -103,15 +106,14 @@ def keyer(params: Sequence[str], per_call: Sequence[str] = (), lists: Sequence[s
     names = [f"a{k}" for k in range(len(params))]
     kept = _items(names, params, per_call, lists)
     source = (f"def key(args):\n    {', '.join(names)}, = args\n    return ({kept})\n")
-    namespace: dict[str, Any] = {"PLAIN": PLAIN, "signature": signature, "_TYPED_ARRAY": _TYPED_ARRAY}
-    return generated(source, "key", __file__, f"key of ({', '.join(params)})", namespace)
+    return generated(source, "key", __file__, f"key of ({', '.join(params)})", dict(_KEY_NAMES))
 
 
 def exact(args: Sequence[Any]) -> bool:
     """Whether the key of args (keyer) holds all that can be read of args: False when an argument taken
     for an array is a NumPy scalar of a type outside PLAIN, whose value it leaves out."""
-    return all(exact(a) if isinstance(a, (tuple, list)) else type(a) in PLAIN
-               or not isinstance(a, np.generic) for a in args)
+    return all(exact(a) if isinstance(a, tuple) else type(a) in PLAIN or not isinstance(a, np.generic)
+               for a in args)
 
 
 def picker(params: Sequence[str], per_call: Sequence[str]
@@ -181,7 +183,6 @@ class Remembered:
                   f"        return run(({listed},))\n"
                   f"{check}"
                   f"    return run({listed})\n")
-        namespace: dict[str, Any] = {"PLAIN": PLAIN, "signature": signature,
-                                     "_TYPED_ARRAY": _TYPED_ARRAY, "runs": self.runs,
-                                     "values": self.values, "first": first, "unkeyed": unkeyed}
+        namespace: dict[str, Any] = {**_KEY_NAMES, "runs": self.runs, "values": self.values,
+                                     "first": first, "unkeyed": unkeyed}
         return generated(source, "dispatch", __file__, f"dispatch of {kernel}", namespace)
