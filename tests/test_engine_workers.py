@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from dualconv.engine import fingerprints, workers
+from dualconv.engine import fingerprints, pinning, workers
 from dualconv.engine.passes import split
 
 pytestmark = pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
@@ -186,7 +186,7 @@ def _affinity() -> set[int]:
 def test_the_caller_and_the_worker_run_on_cores_of_their_own_and_the_caller_gets_its_cores_back() -> None:
     before = os.sched_getaffinity(0)
     cores = sorted(before)
-    with workers.on_first_core(True):
+    with pinning.on_first_core(True):
         assert os.sched_getaffinity(0) == {cores[0]}
     assert os.sched_getaffinity(0) == before
     assert _in_worker(_affinity)[1] == {cores[1]}
@@ -197,7 +197,7 @@ def test_where_cores_cannot_be_chosen_the_calls_still_run(monkeypatch) -> None:
         raise PermissionError("not in this sandbox")
     monkeypatch.setattr(os, "sched_setaffinity", refuse)
     before = os.sched_getaffinity(0)
-    with workers.on_first_core(True):
+    with pinning.on_first_core(True):
         assert _in_worker(_pid)[1] != os.getpid()
     assert os.sched_getaffinity(0) == before
 

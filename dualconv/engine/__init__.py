@@ -30,10 +30,11 @@ The contract, in full:
   traceback as a note. ``release_workers()`` ends the workers and frees their memory.
 
 The files: parts.py (where a batch splits), passes.py (forward and backward in parts),
-cores.py (how many cores, threads, the BLAS), neighbours.py (the cores shared with other
-runs), workers.py (the worker processes), fingerprints.py (the code a worker runs),
-reuse.py (the twins a worker may use again),
-arena.py (pickling through shared memory).
+cores.py (how many cores, threads, the BLAS), pinning.py (which core runs what),
+neighbours.py (the cores shared with other runs), workers.py (the worker processes),
+fingerprints.py (the code a worker runs), reuse.py (the twins a worker may use again),
+resend.py (a forward call sent again without pickling), arena.py (pickling through
+shared memory).
 """
 from __future__ import annotations
 

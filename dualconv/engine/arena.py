@@ -6,7 +6,8 @@ the pickle by (offset, shape, dtype). ``unpack`` reverses it, giving copies of t
 arrays or views into the region. Both sides of a worker use one region for calls and
 another for results, so neither overwrites what the other still reads. Since no
 number of an array is in the pickle, objects that differ only in their arrays' values
-pack to the same bytes (workers.py reuses what it unpickled then).
+pack to the same bytes (workers.py reuses what it unpickled then), and ``Packed.refill``
+packs such an object again by copying its arrays alone, with no pickling.
 """
 from __future__ import annotations
 
@@ -37,24 +38,50 @@ def halves(arena: mmap.mmap) -> tuple[np.ndarray, np.ndarray]:
     return whole[:half], whole[half:]
 
 
-def pack(obj: Any, region: np.ndarray) -> tuple[bytes, int]:
+def pack(obj: Any, region: np.ndarray, placed: list[tuple[np.ndarray, np.ndarray]] | None = None
+         ) -> tuple[bytes, int]:
     """(``obj`` pickled, the bytes of ``region`` its arrays of numbers took).
-    Raises TooLarge when they do not fit."""
+    Raises TooLarge when they do not fit. ``placed``, a list, receives (array, the view of
+    the region it was copied into) for each of them, in the order they were packed."""
     buffer = io.BytesIO()
-    packer = _Packer(buffer, region)
+    packer = _Packer(buffer, region, placed)
     packer.dump(obj)
     if packer.used > len(region):
         raise TooLarge(packer.used)
     return buffer.getvalue(), packer.used
 
 
+class Packed:
+    """A pack's message and its arrays' places: an object made of the same objects, whose
+    arrays hold other values now (or are other arrays of the same shapes and dtypes),
+    packs to the same message, so ``refill`` copies the arrays alone, and the message
+    goes again."""
+
+    def __init__(self, message: bytes, used: int, placed: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        self.message, self.used = message, used
+        self.arrays = [array for array, _ in placed]  # held: their ids stay theirs
+        self.views = [view for _, view in placed]
+
+    def refill(self, arrays: list[np.ndarray]) -> bool:
+        """Copy ``arrays`` (one per array packed, in order) into their places; False, with
+        nothing copied, where one differs in shape or dtype from the one packed there."""
+        views = self.views
+        if len(arrays) != len(views) or not all(
+                a.shape == v.shape and a.dtype == v.dtype for a, v in zip(arrays, views)):
+            return False
+        for array, view in zip(arrays, views):
+            np.copyto(view, array)
+        return True
+
+
 class _Packer(pickle.Pickler):
     """A pickler that puts large arrays in the region, through a dispatch table (looked
     up in C per object type, where a persistent_id method is a Python call per object)."""
 
-    def __init__(self, file: io.BytesIO, region: np.ndarray) -> None:
+    def __init__(self, file: io.BytesIO, region: np.ndarray,
+                 placed: list[tuple[np.ndarray, np.ndarray]] | None) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.region, self.used = region, 0
+        self.region, self.used, self.placed = region, 0, placed
         self.dispatch_table = {**copyreg.dispatch_table, np.ndarray: self._reduce_array}
 
     def _reduce_array(self, array: np.ndarray) -> Any:
@@ -63,7 +90,10 @@ class _Packer(pickle.Pickler):
         start = -(-self.used // _ALIGN) * _ALIGN
         self.used = start + array.nbytes
         if self.used <= len(self.region):
-            np.copyto(np.ndarray(array.shape, array.dtype, self.region, start), array)
+            view = np.ndarray(array.shape, array.dtype, self.region, start)
+            np.copyto(view, array)
+            if self.placed is not None:
+                self.placed.append((array, view))
         return _from_region, (start, array.shape, array.dtype)
 
 

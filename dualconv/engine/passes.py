@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import workers
-from . import neighbours, reuse
+from . import neighbours, pinning, resend, reuse
 from .cores import blas_on_one_thread, cores_now, run_on_threads, this_thread, worker_kind
 from .parts import EVAL_MAX_NUMBERS, PART_MAX_NUMBERS, PART_MIN_NUMBERS, in_groups, numbers_per_sample, part_ranges
 
@@ -83,10 +83,18 @@ def split(layers: Layers, x: Any) -> list[Range]:
     return part_ranges(n, per_sample, PART_MIN_NUMBERS, PART_MAX_NUMBERS if training else EVAL_MAX_NUMBERS)
 
 
+_copied_plainly = functools.lru_cache(maxsize=256)(reuse.made_the_default_way)
+"""reuse.made_the_default_way, decided once per class (twin runs per layer and step)."""
+
+
 def twin(layer: Any, first_sample: int) -> Any:
     """A copy of ``layer`` for the part of a batch that starts at ``first_sample``: the same
     parameters and buffers (the same arrays), its own cache and gradients."""
-    copied = copy.copy(layer)
+    if _copied_plainly(type(layer)):  # what copy.copy does then, without its steps
+        copied = object.__new__(type(layer))
+        vars(copied).update(vars(layer))
+    else:
+        copied = copy.copy(layer)
     copied.grads, copied._cache, copied.first_sample = {}, None, first_sample
     return copied
 
@@ -205,8 +213,10 @@ def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
         remote = []
         for run, worker in zip(runs[1:], pool):
             first, last = run.span
-            # the twins are pickled here, before part 0 changes the layers it runs on
-            if worker.start((_forward_kept, (run.twins, x[first:last], run.ranges, first))):
+            # the twins are pickled here (or the last packing refilled: resend.py), before
+            # part 0 changes the layers it runs on
+            call = (_forward_kept, (run.twins, x[first:last], run.ranges, first))
+            if resend.start(worker, runs[0].twins[0], call, call[1][1]):
                 run.worker = worker
                 remote.append(run)
         outs = _gather(runs, remote, calls, lambda run: calls[runs.index(run)]())
@@ -253,7 +263,7 @@ def _gather(runs: list[_Run], remote: list[_Run], calls: list[Any], here: Any) -
     exception is raised after every run has finished; Ctrl-C stops the busy workers."""
     outcomes: dict[int, tuple[bool, Any]] = {}
     try:
-        with workers.on_first_core(bool(remote) and all(run.worker.core is not None for run in remote)):
+        with pinning.on_first_core(bool(remote) and all(run.worker.core is not None for run in remote)):
             this_thread.in_task = True
             try:
                 for index, run in enumerate(runs):

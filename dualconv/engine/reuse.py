@@ -32,7 +32,7 @@ import numpy as np
 _VALUES = (bool, int, float, complex, str, bytes, np.dtype, np.generic)  # immutable where no __dict__ is added
 _BY_NAME = (type, types.FunctionType, types.BuiltinFunctionType, np.ufunc)  # pickled as references
 _DEFAULT_GETSTATE = getattr(object, "__getstate__", None)  # Python 3.11 on; None before
-_CHECK_CACHE = "_seen"  # Layer's cache of the input checks passed (layers/base.py)
+CHECK_CACHE = "_seen"  # Layer's cache of the input checks passed (layers/base.py)
 
 State = tuple[dict[str, Any], tuple[str, ...]]  # a twin's attributes as unpickled, and which are dicts
 _remembered: tuple[Any, list[list[State]]] | None = None  # (twins, their states)
@@ -47,6 +47,11 @@ def remember(twins: list[list[Any]]) -> bool:
     reusable = all(state is not None for part_states in states for state in part_states)
     _remembered = (twins, states) if reusable else None
     return reusable
+
+
+def reusable(twins: list[list[Any]]) -> bool:
+    """Whether remember() would keep these twins (the module docstring's rules)."""
+    return all(_state(layer, {}) is not None for part_layers in twins for layer in part_layers)
 
 
 def set_back(twins: list[list[Any]]) -> None:
@@ -65,14 +70,22 @@ def set_back(twins: list[list[Any]]) -> None:
                 attributes[name] = copies.setdefault(id(kept), dict(kept))
 
 
+def made_the_default_way(cls: type) -> bool:
+    """Whether instances of cls are made, pickled and copied the default way: no
+    ``__new__``, ``__reduce__``, ``__reduce_ex__``, ``__getstate__``, ``__setstate__``,
+    ``__copy__`` or ``__slots__`` of its own, no copyreg reducer (its state is its __dict__)."""
+    return not (cls.__new__ is not object.__new__ or cls.__reduce_ex__ is not object.__reduce_ex__
+                or cls.__reduce__ is not object.__reduce__
+                or getattr(cls, "__getstate__", None) is not _DEFAULT_GETSTATE
+                or hasattr(cls, "__setstate__") or hasattr(cls, "__copy__")
+                or cls in copyreg.dispatch_table or any("__slots__" in vars(base) for base in cls.__mro__))
+
+
 def _state(layer: Any, copies: dict[int, dict[str, Any]]) -> State | None:
     """The layer's attributes, each dict copied (``copies``: the copy of each dict seen so
     far, by id), and the names of the dicts; None where it is not reusable."""
     cls = type(layer)
-    if (cls.__new__ is not object.__new__ or cls.__reduce_ex__ is not object.__reduce_ex__
-            or cls.__reduce__ is not object.__reduce__
-            or getattr(cls, "__getstate__", None) is not _DEFAULT_GETSTATE or hasattr(cls, "__setstate__")
-            or cls in copyreg.dispatch_table or any("__slots__" in vars(base) for base in cls.__mro__)):
+    if not made_the_default_way(cls):
         return None
     try:
         attributes = vars(layer)
@@ -80,7 +93,7 @@ def _state(layer: Any, copies: dict[int, dict[str, Any]]) -> State | None:
         return None
     state: dict[str, Any] = {}
     for name, value in attributes.items():
-        if name == _CHECK_CACHE or _unchangeable(value):
+        if name == CHECK_CACHE or _unchangeable(value):
             state[name] = value
         elif type(value) is dict and all(_unchangeable(entry) for entry in value.values()):
             state[name] = copies.setdefault(id(value), dict(value))

@@ -10,6 +10,9 @@ threads making many short calls mostly wait on each other; a forked process does
 - A call is a module-level function and its arguments, pickled with its arrays in a
   shared mapping (arena.py); the result comes back the same way. A call too large for
   the mapping gets a new worker with a larger one.
+- A caller that knows a call names the same objects as the last one it kept in its slot
+  (``start(call, keep=True)``, then ``start_again``) sends the same bytes again, having
+  copied the arrays alone into the slot: no pickling.
 - A call packed to the same bytes as the last one in its slot names the same objects
   with new array values (a training step's twins, with this step's parameters). A
   function with an ``arguments_reusable(args)`` predicate, true for freshly unpickled
@@ -41,8 +44,9 @@ import traceback
 import warnings
 from typing import Any, Callable
 
-from .arena import TooLarge, halves, pack, unpack
+from .arena import Packed, TooLarge, halves, pack, unpack
 from .fingerprints import class_fingerprint, code_fingerprint, code_if_due
+from .pinning import nth_core, pin
 
 Call = tuple[Callable[..., Any], tuple[Any, ...]]  # a module-level function and its arguments
 
@@ -93,9 +97,9 @@ def ready_workers(count: int, check_code: bool, classes: Any = ()) -> list["Work
             stale = any(worker.classes.get(name, mark) != mark for name, mark in names.items())
             if not worker.alive() or stale or (code is not None and code != worker.code):
                 worker.stop()
-                workers[i] = Worker(ARENA_BYTES, _core(i + 1))
+                workers[i] = Worker(ARENA_BYTES, nth_core(i + 1))
         while len(workers) < count:
-            workers.append(Worker(ARENA_BYTES, _core(len(workers) + 1)))
+            workers.append(Worker(ARENA_BYTES, nth_core(len(workers) + 1)))
     except OSError as error:  # a process limit (fork), or no memory for the mapping
         workers[:] = [worker for worker in workers if worker.alive()]
         _warn_once(f"dualconv: cannot start a worker process ({type(error).__name__}: {error}); "
@@ -111,39 +115,6 @@ def release_workers() -> None:
         workers.pop().stop()
 
 
-def _core(index: int) -> int | None:
-    """The index-th core this process may use (0: the caller's), None if there are not that many."""
-    cores = sorted(os.sched_getaffinity(0))
-    return cores[index] if index < len(cores) else None
-
-
-class on_first_core:
-    """Holds the calling thread on the first core it may use while the workers have the
-    others, then gives back the cores it had; with ``pin`` False, or where a sandbox
-    refuses, leaves it alone."""
-
-    def __init__(self, pin: bool) -> None:
-        self.pin = pin
-
-    def __enter__(self) -> None:
-        self.mask = os.sched_getaffinity(0) if self.pin else None
-        if self.mask is not None and not _pin({min(self.mask)}):
-            self.mask = None
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.mask is not None:
-            _pin(self.mask)
-
-
-def _pin(cores: set[int]) -> bool:
-    """Put the calling thread on ``cores``; False where that is not allowed."""
-    try:
-        os.sched_setaffinity(0, cores)
-        return True
-    except OSError:
-        return False
-
-
 class Worker:
     """One worker process, its pipe and its shared mapping (the caller's side)."""
 
@@ -154,6 +125,7 @@ class Worker:
         self.small_calls = 0  # forward calls in a row that a mapping of ARENA_BYTES would hold
         self.arena = mmap.mmap(-1, arena_bytes)  # MAP_SHARED: the child sees the same pages
         self.call_slots, self.results_half = _slots(self.arena)
+        self.kept: list[Packed | None] = [None, None]  # per call slot: the last call started with keep
         self.conn, child_conn = multiprocessing.Pipe()
         self.readable = _poller(self.conn)
         context = multiprocessing.get_context("fork")
@@ -170,15 +142,20 @@ class Worker:
     def alive(self) -> bool:
         return self.process.pid is not None and self.process.is_alive()
 
-    def start(self, call: Call, slot: int = 0) -> bool:
+    def start(self, call: Call, slot: int = 0, keep: bool = False) -> bool:
         """Send ``call``, its arrays in call slot ``slot`` (0 or 1: the worker may keep views
         into one slot while a call in the other runs); False (nothing sent) when it cannot
-        be pickled or the worker died."""
+        be pickled or the worker died. With ``keep``, the packed call is kept for
+        ``start_again``."""
+        self.kept[slot] = None
         try:
-            message, used = pack(call, self.call_slots[slot])
+            placed: list[Any] | None = [] if keep else None
+            message, used = pack(call, self.call_slots[slot], placed)
             if self._shrinks(slot, used):
-                return self.start(call, slot)
+                return self.start(call, slot, keep)
             message = bytes([slot]) + message
+            if placed is not None:
+                self.kept[slot] = Packed(message, used, placed)
         except TooLarge as large:
             try:
                 self._grow(2 * large.needed)
@@ -192,6 +169,21 @@ class Worker:
                        f"it runs in the calling process, on one core. A model whose layers pickle "
                        f"(no lambdas or open files as attributes) uses both.")
             return False
+        return self._send(message)
+
+    def start_again(self, slot: int, arrays: list[Any]) -> bool:
+        """Send the call kept in ``slot`` again, ``arrays`` (one per array it packed, in the
+        order ``kept[slot].arrays`` lists them) copied into its places: for a call of the
+        same objects, their arrays' values new. False (nothing sent) where none is kept,
+        an array's shape or dtype differs, or the worker died: then ``start`` it."""
+        kept = self.kept[slot]
+        if kept is None or not kept.refill(arrays):
+            return False
+        if self._shrinks(slot, kept.used):
+            return False  # a new worker, with nothing kept
+        return self._send(kept.message)
+
+    def _send(self, message: bytes) -> bool:
         try:
             self.conn.send_bytes(message)
         except OSError:
@@ -266,7 +258,7 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
     """The worker's loop: run each call received, send back its result or exception."""
     parents_end.close()  # so that the caller's end closing (it exited) ends recv_bytes
     if core is not None:
-        _pin({core})
+        pin({core})
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller handles Ctrl-C and stops us
     keep_freed_memory()
     from threadpoolctl import threadpool_limits

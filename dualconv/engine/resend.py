@@ -1,0 +1,98 @@
+"""A training step's forward call to a worker, sent again without pickling the twins.
+
+Step after step, the forward call of a run of parts names the same objects: twins of
+the same layers, holding the same parameter arrays, with the batch's new values. It
+packs to the same bytes (arena.py), and the worker takes up the twins it unpickled
+last time (reuse.py). Pickling those twins is the caller's largest cost around a
+step's kernels, so the caller keeps the packed call (``Worker.start(..., keep=True)``)
+and, while the layers hold what they held then, sends it again with the arrays alone
+copied: ``start(worker, layers, call, x_part)``.
+
+"What they held then" is each layer's class and attributes, and each dict attribute's
+entries: the same objects, or equal plain values (numbers, strings, tuples of them: a
+layer rebinds its input's shape each forward). The attributes a twin sets for itself
+(twin(): its cache, gradients and first sample) and the input checks' cache are left
+out. Kept only for twins reuse.py would reuse (none holds a list, a set or another
+object a layer could change in place without rebinding it); the arrays' shapes and
+dtypes are checked at each copy.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Sequence
+
+from . import reuse
+from .workers import Call, Worker
+
+_OWN = frozenset({"grads", "_cache", "first_sample", reuse.CHECK_CACHE})
+"""Attributes left out of a layer's contents: set by twin() for each twin, or a cache."""
+
+_PLAIN = (int, float, str, bool, type(None))
+
+
+class _Sent:
+    """The call a worker keeps: its packed form, the layers' contents when it was packed,
+    its part ranges, and where the batch's part is among its arrays."""
+
+    def __init__(self, packed: Any, contents: list[Any], ranges: Any, x_index: int) -> None:
+        self.packed, self.contents, self.ranges, self.x_index = packed, contents, ranges, x_index
+
+
+_sent: "weakref.WeakKeyDictionary[Worker, _Sent]" = weakref.WeakKeyDictionary()
+
+
+def start(worker: Worker, layers: Sequence[Any], call: Call, x_part: Any) -> bool:
+    """Start ``call`` (passes._forward_kept with twins of ``layers``, the batch's part
+    ``x_part``, the ranges) on ``worker``: its kept packing sent again when the layers
+    hold what they held then, else packed afresh (and kept where reuse.py allows).
+    Worker.start's answer."""
+    contents = _contents(layers)
+    ranges = call[1][2]
+    sent = _sent.get(worker)
+    if (sent is not None and worker.kept[0] is sent.packed and sent.ranges == ranges
+            and _same(sent.contents, contents)):
+        arrays = list(sent.packed.arrays)
+        arrays[sent.x_index] = x_part
+        if worker.start_again(0, arrays):
+            return True
+    _sent.pop(worker, None)
+    twins = call[1][0]
+    keep = reuse.reusable(twins)
+    if not worker.start(call, keep=keep):
+        return False
+    packed = worker.kept[0]
+    if packed is not None:
+        x_index = next((i for i, a in enumerate(packed.arrays) if a is x_part), None)
+        if x_index is not None:
+            _sent[worker] = _Sent(packed, contents, ranges, x_index)
+    return True
+
+
+def _contents(layers: Sequence[Any]) -> list[Any]:
+    """Each layer's class, then its attributes' names and values (a dict's keys and values
+    after it), but those in _OWN: what a forward call's twins pickle, but the arrays' values."""
+    out: list[Any] = []
+    for layer in layers:
+        out.append(type(layer))
+        for name, value in vars(layer).items():
+            if name not in _OWN:
+                out += (name, value)
+                if type(value) is dict:
+                    out += value
+                    out += value.values()
+    return out
+
+
+def _same(old: list[Any], new: list[Any]) -> bool:
+    """Whether two _contents lists hold the same objects, or equal plain values."""
+    return len(old) == len(new) and all(a is b or _equal_plain(a, b) for a, b in zip(old, new))
+
+
+def _equal_plain(a: Any, b: Any) -> bool:
+    if type(a) is not type(b):
+        return False
+    if type(a) is tuple:
+        return len(a) == len(b) and all(x is y or _equal_plain(x, y) for x, y in zip(a, b))
+    if type(a) is float:  # -0.0 == 0.0, but they pickle apart
+        return a.hex() == b.hex()
+    return type(a) in _PLAIN and a == b

@@ -1,0 +1,117 @@
+"""A forward call sent again without pickling (dualconv/engine/resend.py): after the first
+step the worker's forward call is the kept packing refilled, and whatever a layer holds
+anew between steps (a parameter array replaced, a number changed, an array reshaped in
+place) reaches the worker as a fresh pickle would carry it.
+
+Oracle: the same model's forward on one core, where no part leaves the calling process.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from dualconv.engine import resend, set_num_threads, workers
+from dualconv.layers import Conv2D, Dense, Flatten, LeakyReLU, MaxPool2D
+from dualconv.model import Sequential
+from dualconv.models import lenet
+
+pytestmark = pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
+
+X = np.random.default_rng(7).random((256, 1, 28, 28), dtype=np.float32)
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """{"again": forward calls sent again, "packed": slot-0 calls packed}; two cores, processes."""
+    monkeypatch.setenv("DUALCONV_WORKERS", "processes")
+    counts = {"again": 0, "packed": 0}
+    start, start_again = workers.Worker.start, workers.Worker.start_again
+
+    def counting_start(self, call, slot=0, keep=False):
+        counts["packed"] += slot == 0
+        return start(self, call, slot, keep)
+
+    def counting_again(self, slot, arrays):
+        sent = start_again(self, slot, arrays)
+        counts["again"] += sent
+        return sent
+    monkeypatch.setattr(workers.Worker, "start", counting_start)
+    monkeypatch.setattr(workers.Worker, "start_again", counting_again)
+    set_num_threads(2)
+    yield counts
+    set_num_threads(None)
+
+
+def _on_one_core(model: Sequential, x: np.ndarray) -> np.ndarray:
+    set_num_threads(1)
+    try:
+        return model.forward(x)
+    finally:
+        set_num_threads(2)
+
+
+def _warm(model: Sequential, counts: dict) -> Sequential:
+    """The model after two forwards (the first adds the lazy layers' parameters, and each
+    layer's notes of its input), the counts then set back to 0."""
+    model.forward(X)
+    model.forward(X)
+    counts.update(again=0, packed=0)
+    return model
+
+
+def _leaky_lenet() -> Sequential:
+    return Sequential([Conv2D(None, 6, 5, padding=2), LeakyReLU(0.5), MaxPool2D(2, 2), Flatten(),
+                       Dense(None, 10)], seed=0)
+
+
+def test_later_forwards_send_the_kept_call_again_with_the_same_bits(counted) -> None:
+    model = _warm(lenet(seed=0), counted)
+    outs = [model.forward(X * k) for k in (1.0, 0.5, 2.0)]
+    assert counted == {"again": 3, "packed": 0}
+    for k, out in zip((1.0, 0.5, 2.0), outs):
+        assert_array_equal(out, _on_one_core(model, X * k))
+
+
+def test_a_parameter_array_replaced_between_forwards_reaches_the_worker(counted) -> None:
+    model = _warm(lenet(seed=0), counted)
+    dense = model.layers[-1]
+    dense.params["weight"] = dense.params["weight"] * 3  # a new array of the same shape
+    out = model.forward(X)
+    assert counted == {"again": 0, "packed": 1}
+    assert_array_equal(out, _on_one_core(model, X))
+
+
+def test_a_number_changed_between_forwards_reaches_the_worker(counted) -> None:
+    model = _warm(_leaky_lenet(), counted)
+    model.layers[1].alpha = 0.25
+    out = model.forward(X)
+    assert counted == {"again": 0, "packed": 1}
+    assert_array_equal(out, _on_one_core(model, X))
+
+
+def test_an_array_reshaped_in_place_is_packed_afresh(counted) -> None:
+    model = _warm(_leaky_lenet(), counted)
+    kernel = model.layers[0].params["weight"]
+    kernel.shape = (kernel.shape[0], -1)  # the same object, another shape: the kept places no longer fit
+    with pytest.raises(ValueError):
+        model.forward(X)  # Conv2D refuses the kernel's shape: in the worker's call too, packed afresh
+    assert counted["packed"] == 1
+
+
+
+def test_a_layer_holding_a_list_is_never_kept(counted) -> None:
+    model = lenet(seed=0)
+    model.layers[1].notes = []  # a list could change in place without a new object
+    _warm(model, counted)
+    for _ in range(3):
+        model.forward(X)
+    assert counted == {"again": 0, "packed": 3}
+
+
+def test_contents_compare_equal_plain_values_and_tell_signed_zeros_apart() -> None:
+    assert resend._same([("a", 1, (2, 3)), 1.5], [("a", 1, (2, 3)), 1.5])
+    assert not resend._same([0.0], [-0.0])
+    assert not resend._same([[1]], [[1]])  # a list is the same object or different
+    assert not resend._same([1], [True])
+    assert not resend._same([1], [1, 2])
