@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from dualconv.engine import resend, set_num_threads, workers
+from dualconv.engine import resend, reuse, set_num_threads, workers
 from dualconv.layers import Conv2D, Dense, Flatten, LeakyReLU, MaxPool2D
 from dualconv.model import Sequential
 from dualconv.models import lenet
@@ -115,3 +115,29 @@ def test_contents_compare_equal_plain_values_and_tell_signed_zeros_apart() -> No
     assert not resend._same([[1]], [[1]])  # a list is the same object or different
     assert not resend._same([1], [True])
     assert not resend._same([1], [1, 2])
+
+
+class _Plain:
+    pass
+
+
+def test_contents_tell_an_entry_moved_into_a_dict_from_an_attribute() -> None:
+    before, after = _Plain(), _Plain()
+    before.cfg, before.scale = {}, 2.0
+    after.cfg = {"scale": 2.0}  # the same names and values in one flat order, another state
+    assert not resend._same(resend._contents([before]), resend._contents([after]))
+
+
+class _Factor(float):
+    __slots__ = ("offset",)  # a float that can change in place
+
+
+class _Slotted:
+    __slots__ = ("grads", "_cache", "first_sample", "training")
+
+
+def test_values_that_can_change_in_place_keep_no_call() -> None:
+    assert not reuse._unchangeable(_Factor(1.0))
+    assert reuse._unchangeable(1.0) and reuse._unchangeable(np.float32(1.0))
+    assert not reuse._unchangeable(np.dtype([("a", np.float32)]))  # its field names can be set
+    assert resend._contents([_Slotted()]) is None  # no __dict__: packed afresh each call

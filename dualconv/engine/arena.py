@@ -53,16 +53,16 @@ def pack(obj: Any, region: np.ndarray, placed: list[tuple[np.ndarray, np.ndarray
 
 class Packed:
     """A pack's message and its arrays' places: an object made of the same objects, whose
-    arrays hold other values now (or are other arrays of the same shapes and dtypes),
-    packs to the same message, so ``refill`` copies the arrays alone, and the message
-    goes again."""
+    arrays hold other values now, packs to the same message, so ``refill`` copies the
+    arrays alone, and the message goes again. (An array in place of one packed must be
+    distinct from the others, as the one packed was: pickling packs an object once.)"""
 
     def __init__(self, message: bytes, used: int, placed: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.message, self.used = message, used
-        self.arrays = [array for array, _ in placed]  # held: their ids stay theirs
+        self.arrays: list[np.ndarray | None] = [array for array, _ in placed]  # held: ids stay theirs
         self.views = [view for _, view in placed]
 
-    def refill(self, arrays: list[np.ndarray]) -> bool:
+    def refill(self, arrays: list[Any]) -> bool:
         """Copy ``arrays`` (one per array packed, in order) into their places; False, with
         nothing copied, where one differs in shape or dtype from the one packed there."""
         views = self.views

@@ -49,35 +49,42 @@ def start(worker: Worker, layers: Sequence[Any], call: Call, x_part: Any) -> boo
     contents = _contents(layers)
     ranges = call[1][2]
     sent = _sent.get(worker)
-    if (sent is not None and worker.kept[0] is sent.packed and sent.ranges == ranges
-            and _same(sent.contents, contents)):
+    if (sent is not None and contents is not None and worker.kept[0] is sent.packed
+            and sent.ranges == ranges and _same(sent.contents, contents)):
         arrays = list(sent.packed.arrays)
         arrays[sent.x_index] = x_part
         if worker.start_again(0, arrays):
             return True
     _sent.pop(worker, None)
     twins = call[1][0]
-    keep = reuse.reusable(twins)
+    keep = contents is not None and reuse.reusable(twins)
     if not worker.start(call, keep=keep):
         return False
     packed = worker.kept[0]
     if packed is not None:
         x_index = next((i for i, a in enumerate(packed.arrays) if a is x_part), None)
         if x_index is not None:
+            packed.arrays[x_index] = None  # the batch is not held: each call gives its own part
             _sent[worker] = _Sent(packed, contents, ranges, x_index)
     return True
 
 
-def _contents(layers: Sequence[Any]) -> list[Any]:
-    """Each layer's class, then its attributes' names and values (a dict's keys and values
-    after it), but those in _OWN: what a forward call's twins pickle, but the arrays' values."""
+def _contents(layers: Sequence[Any]) -> list[Any] | None:
+    """Each layer's class and number of attributes, then its attributes' names and values (a
+    dict's length, keys and values after it), but those in _OWN: what a forward call's
+    twins pickle, but the arrays' values. None for a layer without a __dict__."""
     out: list[Any] = []
     for layer in layers:
-        out.append(type(layer))
-        for name, value in vars(layer).items():
+        try:
+            attributes = vars(layer)
+        except TypeError:
+            return None
+        out += (type(layer), len(attributes))
+        for name, value in attributes.items():
             if name not in _OWN:
                 out += (name, value)
                 if type(value) is dict:
+                    out.append(len(value))
                     out += value
                     out += value.values()
     return out

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-_VALUES = (bool, int, float, complex, str, bytes, np.dtype, np.generic)  # immutable where no __dict__ is added
+_VALUES = (bool, int, float, complex, str, bytes)  # exactly these: a subclass may add slots
 _BY_NAME = (type, types.FunctionType, types.BuiltinFunctionType, np.ufunc)  # pickled as references
 _DEFAULT_GETSTATE = getattr(object, "__getstate__", None)  # Python 3.11 on; None before
 CHECK_CACHE = "_seen"  # Layer's cache of the input checks passed (layers/base.py)
@@ -112,4 +112,6 @@ def _unchangeable(value: Any) -> bool:
         return False
     if type(value) is tuple or isinstance(value, tuple) and hasattr(value, "_fields"):
         return all(_unchangeable(item) for item in value)
-    return value is None or isinstance(value, _VALUES)
+    if isinstance(value, np.dtype):  # a structured dtype's field names can be set in place
+        return value.names is None
+    return value is None or type(value) in _VALUES or isinstance(value, np.generic)

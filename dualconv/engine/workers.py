@@ -163,7 +163,7 @@ class Worker:
                 _warn_once(f"dualconv: cannot grow a worker for a call of {large.needed} bytes "
                            f"({type(error).__name__}: {error}); it runs in the calling process")
                 return False
-            return self.start(call, slot)
+            return self.start(call, slot, keep)
         except Exception as error:  # cannot be pickled (a lambda, a lock, a __reduce__ that refuses)
             _warn_once(f"dualconv: a call cannot go to a worker process ({type(error).__name__}: {error}); "
                        f"it runs in the calling process, on one core. A model whose layers pickle "
@@ -175,12 +175,15 @@ class Worker:
         """Send the call kept in ``slot`` again, ``arrays`` (one per array it packed, in the
         order ``kept[slot].arrays`` lists them) copied into its places: for a call of the
         same objects, their arrays' values new. False (nothing sent) where none is kept,
-        an array's shape or dtype differs, or the worker died: then ``start`` it."""
+        an array's shape or dtype differs, the worker died or was made anew: then ``start`` it."""
         kept = self.kept[slot]
         if kept is None or not kept.refill(arrays):
             return False
-        if self._shrinks(slot, kept.used):
-            return False  # a new worker, with nothing kept
+        try:
+            if self._shrinks(slot, kept.used):
+                return False  # a new worker, with nothing kept
+        except Exception:  # no process or memory for the new one: as start answers then
+            return False
         return self._send(kept.message)
 
     def _send(self, message: bytes) -> bool:
@@ -238,7 +241,7 @@ class Worker:
 
     def stop(self) -> None:
         """End the process (SIGKILL: a stopped one ends too) and close its pipe."""
-        self.busy = False
+        self.busy, self.kept = False, [None, None]
         self.conn.close()
         if self.process.pid is not None and self.process.is_alive():
             self.process.kill()
