@@ -125,7 +125,7 @@ def test_contents_tell_an_entry_moved_into_a_dict_from_an_attribute() -> None:
     before, after = _Plain(), _Plain()
     before.cfg, before.scale = {}, 2.0
     after.cfg = {"scale": 2.0}  # the same names and values in one flat order, another state
-    assert not resend._same(resend._contents([before]), resend._contents([after]))
+    assert not resend._same(resend.contents([before]), resend.contents([after]))
 
 
 class _Factor(float):
@@ -140,4 +140,4 @@ def test_values_that_can_change_in_place_keep_no_call() -> None:
     assert not reuse._unchangeable(_Factor(1.0))
     assert reuse._unchangeable(1.0) and reuse._unchangeable(np.float32(1.0))
     assert not reuse._unchangeable(np.dtype([("a", np.float32)]))  # its field names can be set
-    assert resend._contents([_Slotted()]) is None  # no __dict__: packed afresh each call
+    assert resend.contents([_Slotted()]) is None  # no __dict__: packed afresh each call

@@ -211,12 +211,12 @@ def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
     try:
         pool = workers.ready_workers(len(runs) - 1, check_code, {type(layer) for layer in runs[0].twins[0]})
         remote = []
+        contents = resend.contents(runs[0].twins[0])  # the layers, before part 0 runs on them
         for run, worker in zip(runs[1:], pool):
             first, last = run.span
             # the twins are pickled here (or the last packing refilled: resend.py), before
             # part 0 changes the layers it runs on
-            call = (_forward_kept, (run.twins, x[first:last], run.ranges, first))
-            if resend.start(worker, runs[0].twins[0], call, call[1][1]):
+            if resend.start(worker, contents, (_forward_kept, (run.twins, x[first:last], run.ranges, first))):
                 run.worker = worker
                 remote.append(run)
         outs = _gather(runs, remote, calls, lambda run: calls[runs.index(run)]())

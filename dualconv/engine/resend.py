@@ -6,7 +6,7 @@ packs to the same bytes (arena.py), and the worker takes up the twins it unpickl
 last time (reuse.py). Pickling those twins is the caller's largest cost around a
 step's kernels, so the caller keeps the packed call (``Worker.start(..., keep=True)``)
 and, while the layers hold what they held then, sends it again with the arrays alone
-copied: ``start(worker, layers, call, x_part)``.
+copied: ``start(worker, contents(layers), call)``.
 
 "What they held then" is each layer's class and attributes, and each dict attribute's
 entries: the same objects, or equal plain values (numbers, strings, tuples of them: a
@@ -27,7 +27,7 @@ from .workers import Call, Worker
 _OWN = frozenset({"grads", "_cache", "first_sample", reuse.CHECK_CACHE})
 """Attributes left out of a layer's contents: set by twin() for each twin, or a cache."""
 
-_PLAIN = (int, float, str, bool, type(None))
+_PLAIN = (int, str, bool, type(None))  # compared by value (floats by their bits)
 
 
 class _Sent:
@@ -41,23 +41,21 @@ class _Sent:
 _sent: "weakref.WeakKeyDictionary[Worker, _Sent]" = weakref.WeakKeyDictionary()
 
 
-def start(worker: Worker, layers: Sequence[Any], call: Call, x_part: Any) -> bool:
-    """Start ``call`` (passes._forward_kept with twins of ``layers``, the batch's part
-    ``x_part``, the ranges) on ``worker``: its kept packing sent again when the layers
-    hold what they held then, else packed afresh (and kept where reuse.py allows).
-    Worker.start's answer."""
-    contents = _contents(layers)
-    ranges = call[1][2]
+def start(worker: Worker, held: list[Any] | None, call: Call) -> bool:
+    """Start ``call`` (passes._forward_kept: twins, the batch's part, the ranges, the first
+    sample) on ``worker``: its kept packing sent again when the layers hold what they held
+    then (``held``, contents() of the layers the twins copy), else packed afresh (and
+    kept where reuse.py allows). Worker.start's answer."""
+    twins, x_part, ranges, _ = call[1]
     sent = _sent.get(worker)
-    if (sent is not None and contents is not None and worker.kept[0] is sent.packed
-            and sent.ranges == ranges and _same(sent.contents, contents)):
+    if (sent is not None and held is not None and worker.kept[0] is sent.packed
+            and sent.ranges == ranges and _same(sent.contents, held)):
         arrays = list(sent.packed.arrays)
         arrays[sent.x_index] = x_part
         if worker.start_again(0, arrays):
             return True
     _sent.pop(worker, None)
-    twins = call[1][0]
-    keep = contents is not None and reuse.reusable(twins)
+    keep = held is not None and reuse.reusable(twins)
     if not worker.start(call, keep=keep):
         return False
     packed = worker.kept[0]
@@ -65,11 +63,11 @@ def start(worker: Worker, layers: Sequence[Any], call: Call, x_part: Any) -> boo
         x_index = next((i for i, a in enumerate(packed.arrays) if a is x_part), None)
         if x_index is not None:
             packed.arrays[x_index] = None  # the batch is not held: each call gives its own part
-            _sent[worker] = _Sent(packed, contents, ranges, x_index)
+            _sent[worker] = _Sent(packed, held, ranges, x_index)
     return True
 
 
-def _contents(layers: Sequence[Any]) -> list[Any] | None:
+def contents(layers: Sequence[Any]) -> list[Any] | None:
     """Each layer's class and number of attributes, then its attributes' names and values (a
     dict's length, keys and values after it), but those in _OWN: what a forward call's
     twins pickle, but the arrays' values. None for a layer without a __dict__."""
@@ -91,7 +89,7 @@ def _contents(layers: Sequence[Any]) -> list[Any] | None:
 
 
 def _same(old: list[Any], new: list[Any]) -> bool:
-    """Whether two _contents lists hold the same objects, or equal plain values."""
+    """Whether two contents() lists hold the same objects, or equal plain values."""
     return len(old) == len(new) and all(a is b or _equal_plain(a, b) for a, b in zip(old, new))
 
 
