@@ -52,6 +52,7 @@ Python would have done.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from operator import is_
 from typing import Any
 
 import numpy as np
@@ -100,6 +101,10 @@ class LastFiniteState:
         self.model, self.optimizer = model, optimizer
         self.verdict = xp_for(model.backend).full(1, NO_FAILURE, dtype=np.int32)
         self._last: dict[tuple[str, str], tuple[Any, Any]] = {}  # key -> (live array, its last-good copy)
+        # (names, slot) -> (its keys, the live arrays, their last-good copies) of the last call:
+        # a step whose lives are those objects again takes the copies whole (_lasts_of)
+        self._lists: dict[tuple[tuple[str, ...], str], tuple[list[tuple[str, str]], tuple[Any, ...],
+                                                             tuple[Any, ...]]] = {}
         self._last_buffers: dict[str, Any] = {}  # buffer name -> its copy after the last good step
         self._pending: list[_Step] = []
         self._failed: tuple[_Step, bool] | None = None  # (the step, whether its update failed)
@@ -150,27 +155,40 @@ class LastFiniteState:
     def last_goods(self, names: tuple[str, ...], *slots: tuple[str, Any]) -> list[tuple[Any, ...]]:
         """Per (slot, lives) pair, the arrays the guarded update copies each live array into
         before changing it: lives holds, per parameter of ``names``, its weight (slot
-        "param") or its optimizer slot ``slot``. One call per step for all parameters."""
+        "param") or its optimizer slot ``slot``. One call per step for all parameters: a
+        call with the live arrays of the last call for (names, slot) takes its copies whole."""
         if isinstance(names, str):
             raise TypeError(f"last_goods: names must be a tuple of parameter names, got the "
                             f"string {names!r}")
-        updated, kept_arrays, made = self._pending[-1].updated, self._last, []
+        updated = self._pending[-1].updated
+        made = []
         for slot, lives in slots:
-            lasts = []
-            for name, live in zip(names, lives, strict=True):
-                key = (name, slot)
-                updated.append(key)
-                kept = kept_arrays.get(key)
-                if kept is not None and kept[0] is live:  # the same live array as last step: it fits
-                    lasts.append(kept[1])
-                    continue
+            lives = tuple(lives)  # any iterable (a tuple is not copied)
+            listed = self._lists.get((names, slot))
+            if listed is None or len(lives) != len(listed[1]) or not all(map(is_, lives, listed[1])):
+                listed = self._lasts_of(names, slot, lives)
+            updated += listed[0]
+            made.append(listed[2])
+        return made
+
+    def _lasts_of(self, names: tuple[str, ...], slot: str, lives: tuple[Any, ...]
+                  ) -> tuple[list[tuple[str, str]], tuple[Any, ...], tuple[Any, ...]]:
+        """(keys, lives, last-good copies) of ``slot`` for names: each live array's kept copy
+        where it is the same array as before, or still fits it, else a new one."""
+        keys, lasts = [(name, slot) for name in names], []
+        if len(keys) != len(lives):
+            raise ValueError(f"last_goods: {len(names)} names but {len(lives)} {slot} arrays")
+        for key, live in zip(keys, lives):
+            kept = self._last.get(key)
+            if kept is None or kept[0] is not live:
                 last = None if kept is None else kept[1]
                 if not _fits(last, live):
                     last = get_array_module(live).empty_like(live)
-                kept_arrays[key] = (live, last)
-                lasts.append(last)
-            made.append(tuple(lasts))
-        return made
+                kept = self._last[key] = (live, last)
+                self._lists.clear()  # a key's copy may be another now: every list is made again
+            lasts.append(kept[1])
+        listed = self._lists[(names, slot)] = (keys, lives, tuple(lasts))
+        return listed
 
     def end_step(self) -> None:
         """The step's forward and update were launched: copy every buffer into its

@@ -121,3 +121,21 @@ def test_last_goods_take_the_live_arrays_as_any_iterable() -> None:
         guard.begin_step(step, (0, 1))
         (copies,) = guard.last_goods(("w", "u"), ("param", iter((w, u))))
         assert [c.shape for c in copies] == [(4, 3), (3,)]
+
+
+def test_a_copy_made_for_another_list_of_names_is_the_one_every_list_takes() -> None:
+    """One last-good copy per (name, slot), whatever list of names asked for it: after a
+    call for b alone changed b's copy, the pair's next call takes b's current copy, and
+    b's next call alone the pair's."""
+    net = model()
+    guard = LastFiniteState(net, dc.SGD(net.parameters(), lr=0.1))
+    w, u, u_other = np.zeros((4, 3), F32), np.zeros(3, F32), np.zeros(5, F32)
+    guard.begin_step(1, (0, 1))
+    guard.last_goods(("a", "b"), ("param", (w, u)))
+    guard.begin_step(2, (0, 1))
+    guard.last_goods(("b",), ("param", (u_other,)))
+    guard.begin_step(3, (0, 1))
+    (pair,) = guard.last_goods(("a", "b"), ("param", (w, u)))
+    guard.begin_step(4, (0, 1))
+    (alone,) = guard.last_goods(("b",), ("param", (u,)))
+    assert alone[0] is pair[1] and pair[1].shape == (3,)

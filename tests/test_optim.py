@@ -304,3 +304,20 @@ def test_adam_bias_correction_uses_the_step_count() -> None:
     got = run(lambda ps: dc.Adam(ps, lr=0.01, eps=1e-12), grads=g, w0=np.zeros(1))
     assert_allclose(np.concatenate(got), -0.01 * np.arange(1, 6), rtol=1e-9)
     assert math.isclose(got[-1][0], -0.05, rel_tol=1e-9)
+
+
+def test_a_velocity_replaced_in_the_state_is_the_one_the_next_step_updates() -> None:
+    """The optimizer's state is read at every step: a slot array a user puts in its place
+    (or a loaded state) is the one the next step reads and updates, not the one before."""
+    holder = Holder(np.array([1.0, 2.0], np.float32))
+    p = Parameter(holder, "w", "w")
+    opt = dc.SGD([p], lr=0.5, momentum=0.5)
+    for _ in range(3):
+        holder.grads["w"] = np.ones(2, np.float32)
+        opt.step()
+    replaced = np.array([4.0, 8.0], np.float32)
+    opt.state["w"]["velocity"] = replaced
+    before = p.data.copy()
+    opt.step()
+    assert_array_equal(replaced, np.array([3.0, 5.0], np.float32))  # 0.5 * v + g, in place
+    assert_array_equal(p.data, before - 0.5 * np.array([3.0, 5.0], np.float32))

@@ -18,6 +18,9 @@ same device functions.
 """
 from __future__ import annotations
 
+import functools
+import threading
+import weakref
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -47,9 +50,17 @@ KERNELS = tuple(ROLES)
 class _Group:
     """One launch of a list kernel: the parameters ``indices`` (at most TENSORS, of one
     dtype), the DcTensorList with their element counts filled in, where the addresses of
-    the roles ``present`` go in it, grid and kernel."""
+    the roles ``present`` go in it, grid and kernel.
 
-    __slots__ = ("indices", "whole", "words", "positions", "grid", "name", "first")
+    The list keeps the addresses of the last call's arrays. Weights, optimizer states
+    and last-good copies are the same arrays from step to step (only the gradients are
+    new), so a role whose arrays are the same objects again keeps its addresses (an
+    array's memory is fixed for its life; a weak reference to each forgets them when
+    one dies, so an id is never taken for another array's). ``lock`` keeps another
+    thread's call from refilling the list between one call's fill and its launch."""
+
+    __slots__ = ("indices", "whole", "words", "positions", "grid", "name", "first", "kept",
+                 "refs", "lock")
 
     def __init__(self, kernel: str, indices: Sequence[int], ws: Sequence[Any],
                  present: Sequence[int]) -> None:
@@ -60,19 +71,35 @@ class _Group:
         self.words = np.zeros(WORDS, np.uint64)
         self.words[:len(sizes)] = np.cumsum(sizes, dtype=np.int64).astype(np.uint64)
         self.words[-1] = len(sizes)
-        self.positions = np.array([TENSORS * (1 + role) + j for role in present
-                                   for j in range(len(sizes))], np.intp)
+        self.positions = tuple(slice(TENSORS * (1 + role), TENSORS * (1 + role) + len(sizes))
+                               for role in present)
         self.grid = (blocks(max(sum(sizes), 1)), 1, 1)
         self.name = f"{kernel}<{FLOAT_TYPES[np.dtype(ws[self.first].dtype)]}>"
+        kept_roles = [ROLES[kernel][role] != "gs" for role in present]
+        self.kept: list[tuple[int, ...] | None | bool] = [None if k else False for k in kept_roles]
+        self.refs: list[list[weakref.ref]] = [[] for _ in present]
+        self.lock = threading.Lock()
 
     def arguments(self, roles: Sequence[Sequence[Any]]) -> np.ndarray:
-        """The DcTensorList of this group's arrays in ``roles`` (the present roles, in order)."""
-        words = self.words.copy()
-        if self.whole:
-            words[self.positions] = [a.data.ptr for arrays in roles for a in arrays]
-        else:
-            words[self.positions] = [arrays[k].data.ptr for arrays in roles for k in self.indices]
-        return words.view(STRUCT)
+        """The DcTensorList of this group's arrays in ``roles`` (the present roles, in order);
+        call it holding ``lock`` and launch before letting go."""
+        for r, arrays in enumerate(roles):
+            picked = arrays if self.whole else [arrays[k] for k in self.indices]
+            kept = self.kept[r]
+            if kept is False:  # the gradients: new arrays every step
+                self.words[self.positions[r]] = [a.data.ptr for a in picked]
+                continue
+            ids = tuple(map(id, picked))
+            if ids != kept:
+                self.words[self.positions[r]] = [a.data.ptr for a in picked]
+                forget = functools.partial(self._forget, r)
+                self.refs[r] = [weakref.ref(a, forget) for a in picked]
+                self.kept[r] = ids
+        return self.words.view(STRUCT)
+
+    def _forget(self, role: int, _: weakref.ref) -> None:
+        """One of role's kept arrays died: its id may name another array from now on."""
+        self.kept[role] = None
 
 
 def _groups(kernel: str, ws: Sequence[Any], present: Sequence[int]) -> tuple[_Group, ...]:
@@ -121,8 +148,9 @@ class _Prepared:
             groups = self._one_by_one(args[0])  # an array updated twice: in turn, never at once
         for group in groups:
             arguments = _tail(self.kernel, args[0][group.first], rest)
-            get_function(group.name)(group.grid, (BLOCK, 1, 1),
-                                     (group.arguments(roles), *arguments))
+            with group.lock:
+                get_function(group.name)(group.grid, (BLOCK, 1, 1),
+                                         (group.arguments(roles), *arguments))
 
     def _one_by_one(self, ws: Sequence[Any]) -> tuple[_Group, ...]:
         """One launch per parameter, in order: where one array is listed twice (a weight

@@ -257,3 +257,27 @@ def test_many_checks_name_the_role_and_the_parameter(args, error, pattern):
     full = args + numbers[len(args) - 3:]
     with pytest.raises(error, match=pattern):
         kernels.sgd_update_many(*full)
+
+
+def test_an_array_born_with_a_dead_arrays_id_is_read_afresh():
+    """The addresses a list update keeps for a role are forgotten when one of its arrays
+    dies, so a new array that CPython gives the dead one's id is read afresh. Each weight
+    here is a new view of another stretch of one buffer (ids reused, addresses not): a
+    stale address would update the stretch before it."""
+    size, times = 3, 12
+    rng = np.random.default_rng(8)
+    start = rng.standard_normal(size * times).astype(np.float32)
+    g_host, v_host = (rng.standard_normal(size).astype(np.float32) for _ in range(2))
+    expected = start.copy()
+    ids = set()
+    with emulated_cupy() as emu:
+        cp = emu.cupy
+        buffer, g = cp.asarray(start), cp.asarray(g_host)
+        for k in range(times):
+            w, v = buffer[k * size:(k + 1) * size], cp.asarray(v_host)
+            ids.add(id(w))
+            kernels.sgd_update_many((w,), (g,), (v,), *SGD["momentum"])
+            cpu.sgd_update(expected[k * size:(k + 1) * size], g_host, v_host.copy(), *SGD["momentum"])
+            del w, v
+        assert_bitwise_equal(cp.asnumpy(buffer), expected, "every stretch updated once")
+    assert len(ids) < times  # ids were reused: the case under test happened
