@@ -109,6 +109,7 @@ class LastFiniteState:
         self._pending: list[_Step] = []
         self._failed: tuple[_Step, bool] | None = None  # (the step, whether its update failed)
         self.clock: Any = None  # a captured step's device values (step_graph.StepClock), or None
+        self._buffers: dict[str, tuple[Any, str]] = {}  # the model's buffers when this step began
 
     @property
     def code(self) -> int:
@@ -121,7 +122,8 @@ class LastFiniteState:
     def begin_step(self, step: int, samples: tuple[int, int]) -> None:
         """Step ``step`` of the epoch (1-based) starts; it trains on positions ``samples``."""
         self._pending.append(_Step(step, samples, self.optimizer.steps, self._slot_keys()))
-        for name, (layer, key) in self.model.buffers().items():
+        self._buffers = self.model.buffers()  # end_step's too (fit builds the model first: a step adds none)
+        for name, (layer, key) in self._buffers.items():
             live = layer.buffers[key]
             if not _fits(self._last_buffers.get(name), live):
                 self._last_buffers[name] = live.copy()  # the state before this fit's first step
@@ -193,7 +195,7 @@ class LastFiniteState:
     def end_step(self) -> None:
         """The step's forward and update were launched: copy every buffer into its
         last-good array while no step has failed (a masked copy, no host read)."""
-        buffers = self.model.buffers()
+        buffers = self._buffers
         if not buffers:
             return
         xp = get_array_module(self.verdict)

@@ -16,7 +16,7 @@ on the device.
 from __future__ import annotations
 
 from itertools import repeat
-from operator import getitem, is_
+from operator import attrgetter, getitem, is_
 from typing import TYPE_CHECKING, Any, Iterable
 
 from . import kernels
@@ -42,6 +42,27 @@ class Parameter:
 
     def __repr__(self) -> str:
         return f"Parameter({self.name}, shape={tuple(self.data.shape)})"
+
+
+def _arrays(params: list[Parameter]) -> tuple[tuple[Parameter, ...], tuple[Any, ...], tuple[Any, ...]]:
+    """(the handles of params that have a gradient, their weights, their gradients). Handles
+    of the Parameter class itself are read through their layers' dicts without a Python
+    frame per handle (this runs every step); any other handle through its properties."""
+    if set(map(type, params)) == {Parameter}:
+        layers, keys = list(map(_LAYER, params)), list(map(_KEY, params))
+        try:
+            gs = tuple(map(dict.get, map(_GRADS, layers), keys))
+        except TypeError:  # a layer's grads that is not a dict: read as the handle reads it
+            gs = (None,)
+        if not any(map(is_, gs, repeat(None))):
+            return tuple(params), tuple(map(getitem, map(_PARAMS, layers), keys)), gs
+    pairs = [(p, p.grad) for p in params]
+    with_grads = tuple([p for p, g in pairs if g is not None])
+    return (with_grads, tuple([p.data for p in with_grads]),
+            tuple([g for _, g in pairs if g is not None]))
+
+
+_LAYER, _KEY, _PARAMS, _GRADS = (attrgetter(name) for name in ("layer", "key", "params", "grads"))
 
 
 class ParameterView:
@@ -113,11 +134,9 @@ class Optimizer:
         params = list(iter(self.params))  # list(view) would list them twice (its length first)
         if not params:
             raise ValueError(f"{type(self).__name__}: there are no parameters to update")
-        pairs = [(p, p.grad) for p in params]
-        updated = [pair for pair in pairs if pair[1] is not None]
-        if updated:
-            with_grads, gs = zip(*updated)
-            self._update(with_grads, tuple([p.data for p in with_grads]), gs, guard)
+        with_grads, ws, gs = _arrays(params)
+        if with_grads:
+            self._update(with_grads, ws, gs, guard)
 
     def _update(self, params: tuple[Parameter, ...], ws: tuple[Any, ...], gs: tuple[Any, ...],
                 guard: LastFiniteState | None) -> None:

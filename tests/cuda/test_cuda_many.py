@@ -281,3 +281,23 @@ def test_an_array_born_with_a_dead_arrays_id_is_read_afresh():
             del w, v
         assert_bitwise_equal(cp.asnumpy(buffer), expected, "every stretch updated once")
     assert len(ids) < times  # ids were reused: the case under test happened
+
+
+def test_each_call_updates_with_its_own_numbers():
+    """The numbers converted for one call are used again only for the very same objects:
+    a new rate (a schedule's), a rate held in a 0-d array changed in place, and then the
+    first rate again each give the update of that call's rate."""
+    rng = np.random.default_rng(9)
+    (w_host,), (g_host,), (v_host,) = _arrays(rng, 3, [np.float32], [(7,)])
+    held = np.array(0.5)
+    rates = [0.1, 0.1, 0.25, held, held, 0.1]
+    expected_w, expected_v = w_host.copy(), v_host.copy()
+    with emulated_cupy() as emu:
+        cp = emu.cupy
+        w, g, v = cp.asarray(w_host), cp.asarray(g_host), cp.asarray(v_host)
+        for k, lr in enumerate(rates):
+            if k == 4:
+                held[...] = 0.125
+            kernels.sgd_update_many((w,), (g,), (v,), lr, 0.9, 0.0, False)
+            cpu.sgd_update(expected_w, g_host, expected_v, float(lr), 0.9, 0.0, False)
+            assert_bitwise_equal(cp.asnumpy(w), expected_w, f"call {k}")
