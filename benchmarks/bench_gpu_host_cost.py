@@ -18,7 +18,7 @@ class GpuHostCost:
     timeout = 900
 
     def setup_cache(self) -> dict[str, Any]:
-        return {"step": fit_step_cost("sgd-momentum", 64, steps=16, no_op=True),
+        return {"step": fit_step_cost("sgd-momentum", 64, steps=32, no_op=True, repeats=3),
                 "step_off_host": fit_step_cost("sgd-momentum", 64, steps=16, no_op=True, off_host=True),
                 "step_kernels_run": fit_step_cost("sgd-momentum", 64, steps=16),
                 "launch": launch_cost("sgd-momentum", 64, replays=20)}

@@ -319,3 +319,14 @@ def test_engine_timeline_lines_up_the_callers_and_the_workers_events():
     for event in ("C own", "W forward", "W backward", "C loss", "C optimizer"):
         assert offsets[f"{event}>#1"] > offsets[f"{event}<#1"], event
     assert offsets["W backward<#1"] > offsets["W forward>#1"]
+
+
+def test_gpu_host_cost_repeats_give_the_fit_with_the_least_total(monkeypatch):
+    """repeats: one profiled fit each, and the figures of the one whose total is least."""
+    from benchmarks import gpu_host_cost
+    totals = iter([3e-4, 1e-4, 2e-4])
+    monkeypatch.setattr(gpu_host_cost, "_one_fit_cost",
+                        lambda *args: {"seconds": next(totals), "files": {}, "launches": 48})
+    assert gpu_host_cost.fit_step_cost(repeats=3)["seconds"] == 1e-4
+    with pytest.raises(StopIteration):
+        next(totals)

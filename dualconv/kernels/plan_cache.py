@@ -118,7 +118,8 @@ class Bound:
 def _runner(bound: Bound, n_args: int, outputs: Sequence[Output],
             constants: Sequence[Any]) -> Callable[..., Any]:
     """Bound.run for ``bound``, written out for its slots: a0.. the call's arguments, b0..
-    the output buffers, v0.. the inputs in another order, the rest named constants."""
+    the output buffers, v0.. the inputs in another order, each run of constants one named
+    tuple (unpacked in C, with no name to look up per constant)."""
     params = ", ".join(f"a{k}" for k in range(n_args))
     names: dict[str, Any] = {"NAME": bound.name, "GRID": bound.grid, "BLOCK": bound.block,
                              "TAIL": bound.tail}
@@ -130,10 +131,16 @@ def _runner(bound: Bound, n_args: int, outputs: Sequence[Output],
         names[f"AXES{j}"] = axes
         view = f"a{k}.transpose(AXES{j})"
         lines.append(f"    v{j} = xp.ascontiguousarray({view})" if copy else f"    v{j} = {view}")
-    for j, c in enumerate(constants):
-        names[f"CONSTANT{j}"] = c
-    prefix = {"argument": "a", "input": "a", "output": "b", "layout": "v", "constant": "CONSTANT"}
-    arguments = [f"{prefix[kind]}{k}" for kind, _, k in bound.slots]
+    prefix = {"argument": "a", "input": "a", "output": "b", "layout": "v"}
+    arguments: list[str] = []
+    for kind, _, k in bound.slots:
+        if kind != "constant":
+            arguments.append(f"{prefix[kind]}{k}")
+        elif arguments and arguments[-1].startswith("*CONSTANTS"):  # a run of constants: one tuple
+            names[arguments[-1][1:]] += (constants[k],)
+        else:
+            arguments.append(f"*CONSTANTS{len(arguments)}")
+            names[arguments[-1][1:]] = (constants[k],)
     if bound.tail is not None:
         arguments.append(f"*TAIL({params})")
     listed = f"({', '.join(arguments)},)" if arguments else "()"
