@@ -18,10 +18,6 @@ same device functions.
 """
 from __future__ import annotations
 
-import functools
-import threading
-import weakref
-from operator import is_
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -30,7 +26,6 @@ from .checks_many import ROLES
 from .cuda import get_function
 from .cuda_plans import FLOAT_TYPES, _adam_tail, _sgd_tail
 from .launch import BLOCK, blocks
-from .signatures import PLAIN
 
 TENSORS = 32
 """DC_LIST_TENSORS: the arrays of each role one launch takes."""
@@ -52,76 +47,32 @@ KERNELS = tuple(ROLES)
 class _Group:
     """One launch of a list kernel: the parameters ``indices`` (at most TENSORS, of one
     dtype), the DcTensorList with their element counts filled in, where the addresses of
-    the roles ``present`` go in it, grid and kernel.
+    the roles ``present`` go in it, grid and kernel."""
 
-    The list keeps the addresses of the last call's arrays. Weights, optimizer states
-    and last-good copies are the same arrays from step to step (only the gradients are
-    new), so a role whose arrays are the same objects again keeps its addresses (an
-    array's memory is fixed for its life; a weak reference to each forgets them when
-    one dies, so an id is never taken for another array's). ``lock`` keeps another
-    thread's call from refilling the list between one call's fill and its launch."""
-
-    __slots__ = ("kernel", "indices", "whole", "words", "positions", "grid", "name", "first",
-                 "dtype", "kept", "refs", "tied", "lock", "numbers", "converted")
+    __slots__ = ("indices", "whole", "words", "positions", "grid", "name", "first")
 
     def __init__(self, kernel: str, indices: Sequence[int], ws: Sequence[Any],
                  present: Sequence[int]) -> None:
-        self.kernel, self.indices = kernel, tuple(indices)
+        self.indices = tuple(indices)
         self.whole = self.indices == tuple(range(len(ws)))  # every parameter: no pick
         self.first = self.indices[0]
         sizes = [int(np.prod(ws[k].shape, dtype=np.int64)) for k in self.indices]
         self.words = np.zeros(WORDS, np.uint64)
         self.words[:len(sizes)] = np.cumsum(sizes, dtype=np.int64).astype(np.uint64)
         self.words[-1] = len(sizes)
-        self.positions = tuple(slice(TENSORS * (1 + role), TENSORS * (1 + role) + len(sizes))
-                               for role in present)
+        self.positions = np.array([TENSORS * (1 + role) + j for role in present
+                                   for j in range(len(sizes))], np.intp)
         self.grid = (blocks(max(sum(sizes), 1)), 1, 1)
-        self.dtype = np.dtype(ws[self.first].dtype)
-        self.name = f"{kernel}<{FLOAT_TYPES[self.dtype]}>"
-        kept_roles = [ROLES[kernel][role] != "gs" for role in present]
-        self.kept: list[tuple[int, ...] | None | bool] = [None if k else False for k in kept_roles]
-        self.refs: list[list[weakref.ref]] = [[] for _ in present]
-        self.tied = [False for _ in present]
-        self.lock = threading.Lock()
-        self.numbers: tuple[Any, ...] | None = None  # the last call's numbers (the objects)
-        self.converted: tuple[Any, ...] = ()  # ... in the weights' dtype
+        self.name = f"{kernel}<{FLOAT_TYPES[np.dtype(ws[self.first].dtype)]}>"
 
-    def arguments(self, roles: Sequence[Sequence[Any]]) -> np.ndarray | None:
-        """The DcTensorList of this group's arrays in ``roles`` (the present roles, in order),
-        or None when an array it updates is listed twice (a weight tied between layers: two
-        threads of one launch would update it at once); call it holding ``lock`` and launch
-        before letting go."""
-        for r, arrays in enumerate(roles):
-            picked = arrays if self.whole else [arrays[k] for k in self.indices]
-            kept = self.kept[r]
-            if kept is False:  # the gradients: new arrays every step
-                self.words[self.positions[r]] = [a.data.ptr for a in picked]
-                continue
-            ids = tuple(map(id, picked))
-            if ids != kept:
-                self.words[self.positions[r]] = [a.data.ptr for a in picked]
-                forget = functools.partial(self._forget, r)
-                self.refs[r] = [weakref.ref(a, forget) for a in picked]
-                self.kept[r], self.tied[r] = ids, len(set(ids)) < len(ids)
-        return None if any(self.tied) else self.words.view(STRUCT)
-
-    def tail(self, rest: Sequence[Any]) -> tuple[Any, ...]:
-        """The kernel's arguments after the list: the guarded ones' verdict first and step
-        code last, and between them the numbers in the weights'
-        dtype are the last call's while they are the same objects (an optimizer passes its
-        own hyper-parameters every step; a new rate is a new object)."""
-        guarded = self.kernel.endswith("guarded_many")
-        numbers = rest[2:] if guarded else rest
-        if self.numbers is None or not (len(numbers) == len(self.numbers)
-                                        and all(map(is_, numbers, self.numbers))):
-            self.converted = _numbers(self.kernel, self.dtype, numbers)
-            # kept only when none can change in place (not a 0-d array, say)
-            self.numbers = tuple(numbers) if PLAIN.issuperset(map(type, numbers)) else None
-        return (rest[0], *self.converted, np.int32(rest[1])) if guarded else self.converted
-
-    def _forget(self, role: int, _: weakref.ref) -> None:
-        """One of role's kept arrays died: its id may name another array from now on."""
-        self.kept[role] = None
+    def arguments(self, roles: Sequence[Sequence[Any]]) -> np.ndarray:
+        """The DcTensorList of this group's arrays in ``roles`` (the present roles, in order)."""
+        words = self.words.copy()
+        if self.whole:
+            words[self.positions] = [a.data.ptr for arrays in roles for a in arrays]
+        else:
+            words[self.positions] = [arrays[k].data.ptr for arrays in roles for k in self.indices]
+        return words.view(STRUCT)
 
 
 def _groups(kernel: str, ws: Sequence[Any], present: Sequence[int]) -> tuple[_Group, ...]:
@@ -165,25 +116,32 @@ class _Prepared:
                 gs[k] = cupy.ascontiguousarray(gs[k])
             roles[1] = gs
         rest = args[self.roles:]
-        for group in self.groups:
-            with group.lock:
-                words = group.arguments(roles)
-                if words is not None:
-                    get_function(group.name)(group.grid, (BLOCK, 1, 1), (words, *group.tail(rest)))
-                    continue
-            for k in group.indices:  # an array listed twice: one launch per parameter, in turn
-                single = _Group(self.kernel, (k,), args[0], self.present)
-                get_function(single.name)(single.grid, (BLOCK, 1, 1),
-                                          (single.arguments(roles), *single.tail(rest)))
+        groups = self.groups
+        if not all(len(set(map(id, arrays))) == len(arrays) for arrays in roles[:1] + roles[2:]):
+            groups = self._one_by_one(args[0])  # an array updated twice: in turn, never at once
+        for group in groups:
+            arguments = _tail(self.kernel, args[0][group.first], rest)
+            get_function(group.name)(group.grid, (BLOCK, 1, 1),
+                                     (group.arguments(roles), *arguments))
+
+    def _one_by_one(self, ws: Sequence[Any]) -> tuple[_Group, ...]:
+        """One launch per parameter, in order: where one array is listed twice (a weight
+        tied between layers), two threads of one launch would update it at once."""
+        return tuple(_Group(self.kernel, (k,), ws, self.present) for k in range(len(ws)))
 
 
-def _numbers(kernel: str, dtype: np.dtype, numbers: Sequence[Any]) -> tuple[Any, ...]:
-    """The per-call numbers of a list kernel in the weights' dtype (cuda_plans' tails, as
-    the one-array kernels take them)."""
-    probe = np.empty(0, dtype)  # the tails read only the weight's dtype
-    if kernel.startswith("sgd"):
-        return _sgd_tail(probe, None, None, *numbers)
-    return _adam_tail(probe, None, None, None, *numbers)
+def _tail(kernel: str, w: Any, rest: Sequence[Any]) -> tuple[Any, ...]:
+    """The kernel's arguments after the list, for a group whose first weight is ``w``:
+    the per-call numbers in w's dtype (cuda_plans' tails), the guarded ones' verdict first
+    and step code last."""
+    if kernel == "sgd_update_many":
+        return _sgd_tail(w, None, None, *rest)
+    if kernel == "adam_update_many":
+        return _adam_tail(w, None, None, None, *rest)
+    verdict, code, numbers = rest[0], np.int32(rest[1]), rest[2:]
+    if kernel == "sgd_update_guarded_many":
+        return (verdict, *_sgd_tail(w, None, None, *numbers), code)
+    return (verdict, *_adam_tail(w, None, None, None, *numbers), code)
 
 
 def runner(kernel: str, args: tuple[Any, ...]) -> Callable[..., None]:
