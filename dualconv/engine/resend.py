@@ -19,6 +19,7 @@ dtypes are checked at each copy.
 from __future__ import annotations
 
 import weakref
+from operator import is_
 from typing import Any, Sequence
 
 from . import reuse
@@ -90,7 +91,9 @@ def contents(layers: Sequence[Any]) -> list[Any] | None:
 
 def _same(old: list[Any], new: list[Any]) -> bool:
     """Whether two contents() lists hold the same objects, or equal plain values."""
-    return len(old) == len(new) and all(a is b or _equal_plain(a, b) for a, b in zip(old, new))
+    if len(old) != len(new):
+        return False
+    return all(map(is_, old, new)) or all(a is b or _equal_plain(a, b) for a, b in zip(old, new))
 
 
 def _equal_plain(a: Any, b: Any) -> bool:
