@@ -162,6 +162,7 @@ class LastFiniteState:
         if isinstance(names, str):
             raise TypeError(f"last_goods: names must be a tuple of parameter names, got the "
                             f"string {names!r}")
+        names = tuple(names)  # any sequence (a tuple is not copied): a key below
         updated = self._pending[-1].updated
         made = []
         for slot, lives in slots:

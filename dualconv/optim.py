@@ -46,16 +46,16 @@ class Parameter:
 
 def _arrays(params: list[Parameter]) -> tuple[tuple[Parameter, ...], tuple[Any, ...], tuple[Any, ...]]:
     """(the handles of params that have a gradient, their weights, their gradients). Handles
-    of the Parameter class itself are read through their layers' dicts without a Python
-    frame per handle (this runs every step); any other handle through its properties."""
+    of the Parameter class itself, on layers whose grads are plain dicts, are read through
+    those dicts without a Python frame per handle (this runs every step); any other handle
+    through its properties."""
     if set(map(type, params)) == {Parameter}:
         layers, keys = list(map(_LAYER, params)), list(map(_KEY, params))
-        try:
-            gs = tuple(map(dict.get, map(_GRADS, layers), keys))
-        except TypeError:  # a layer's grads that is not a dict: read as the handle reads it
-            gs = (None,)
-        if not any(map(is_, gs, repeat(None))):
-            return tuple(params), tuple(map(getitem, map(_PARAMS, layers), keys)), gs
+        grads = list(map(_GRADS, layers))
+        if set(map(type, grads)) == {dict}:  # plain dicts: dict.get is what the handle calls
+            gs = tuple(map(dict.get, grads, keys))
+            if not any(map(is_, gs, repeat(None))):
+                return tuple(params), tuple(map(getitem, map(_PARAMS, layers), keys)), gs
     pairs = [(p, p.grad) for p in params]
     with_grads = tuple([p for p, g in pairs if g is not None])
     return (with_grads, tuple([p.data for p in with_grads]),
@@ -92,24 +92,10 @@ class Optimizer:
         self.lr = float(lr)
         self.state: dict[str, dict[str, Any]] = {}
         self.steps = 0
-        # slot name -> (params, ws, the slots _slots returned, the params' names) of its last call
-        self._listed: dict[str, tuple[tuple[Parameter, ...], tuple[Any, ...], tuple[Any, ...],
-                                      tuple[str, ...]]] = {}
 
     def _slots(self, params: tuple[Parameter, ...], name: str, ws: tuple[Any, ...]) -> tuple[Any, ...]:
         """The state arrays ``name`` of params, each of its weight's shape (zeros at first),
-        kept on the backend of its weight ``ws[k]``. A call with the handles and weights of
-        the last call, whose state still holds the slots it returned, returns them again
-        (compared without a Python loop: it runs every step)."""
-        listed = self._listed.get(name)
-        if (listed is not None and len(params) == len(listed[0]) and all(map(is_, params, listed[0]))
-                and all(map(is_, ws, listed[1]))):
-            try:
-                if all(map(is_, listed[2], map(getitem, map(self.state.__getitem__, listed[3]),
-                                                repeat(name)))):
-                    return listed[2]
-            except KeyError:  # a state dropped since (a rollback, load_state_dict)
-                pass
+        kept on the backend of its weight ``ws[k]``."""
         made = []
         for p, w in zip(params, ws):
             slots = self.state.setdefault(p.name, {})
@@ -119,8 +105,7 @@ class Optimizer:
             elif type(value) is not type(w) and backend_of(value) != backend_of(w):
                 value = slots[name] = to_backend(value, backend_of(w))
             made.append(value)
-        self._listed[name] = (tuple(params), tuple(ws), tuple(made), tuple(p.name for p in params))
-        return self._listed[name][2]
+        return tuple(made)
 
     def step(self, guard: LastFiniteState | None = None) -> None:
         """Update every parameter that has a gradient, in place.

@@ -330,3 +330,9 @@ def test_gpu_host_cost_repeats_give_the_fit_with_the_least_total(monkeypatch):
     assert gpu_host_cost.fit_step_cost(repeats=3)["seconds"] == 1e-4
     with pytest.raises(StopIteration):
         next(totals)
+
+
+def test_gpu_host_cost_refuses_no_repeats():
+    from benchmarks import gpu_host_cost
+    with pytest.raises(ValueError, match="repeats must be 1 or more, got 0"):
+        gpu_host_cost.fit_step_cost(repeats=0)

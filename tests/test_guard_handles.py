@@ -139,3 +139,31 @@ def test_a_copy_made_for_another_list_of_names_is_the_one_every_list_takes() -> 
     guard.begin_step(4, (0, 1))
     (alone,) = guard.last_goods(("b",), ("param", (u,)))
     assert alone[0] is pair[1] and pair[1].shape == (3,)
+
+
+class FrozenGrads(dict):
+    """A layer's grads that hide one key from whoever asks with get (as Parameter.grad does)."""
+
+    def get(self, key, default=None):
+        return default if key == "weight" else super().get(key, default)
+
+
+def test_a_grads_mapping_of_its_own_is_read_as_the_handle_reads_it() -> None:
+    net = model()
+    dense = net.layers[1]
+    dense.grads = FrozenGrads(weight=np.ones_like(dense.params["weight"]),
+                              bias=np.ones_like(dense.params["bias"]))
+    w0, b0 = dense.params["weight"].copy(), dense.params["bias"].copy()
+    dc.SGD(net.parameters(), lr=0.5).step()
+    assert_array_equal(dense.params["weight"], w0)  # its handle has no gradient: not updated
+    assert_array_equal(dense.params["bias"], b0 - F32(0.5))
+
+
+def test_last_goods_take_the_names_as_any_sequence() -> None:
+    net = model()
+    guard = LastFiniteState(net, dc.SGD(net.parameters(), lr=0.1))
+    w = np.zeros((4, 3), F32)
+    for step, names in ((1, ["w"]), (2, ("w",))):
+        guard.begin_step(step, (0, 1))
+        (copies,) = guard.last_goods(names, ("param", (w,)))
+        assert [c.shape for c in copies] == [(4, 3)]

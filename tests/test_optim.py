@@ -321,3 +321,23 @@ def test_a_velocity_replaced_in_the_state_is_the_one_the_next_step_updates() -> 
     opt.step()
     assert_array_equal(replaced, np.array([3.0, 5.0], np.float32))  # 0.5 * v + g, in place
     assert_array_equal(p.data, before - 0.5 * np.array([3.0, 5.0], np.float32))
+
+
+def test_an_optimizer_keeps_no_replaced_weight_or_state_alive() -> None:
+    """What a step remembers of the last one holds none of its arrays: after a cast of the
+    model and a reload of the optimizer's state, the old weights and velocities are freed."""
+    import gc
+    import weakref
+    net = dc.Sequential([dc.Flatten(), dc.Dense(None, 3)], seed=0)
+    net.build((2, 1, 2, 2))
+    opt = dc.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    dense = net.layers[1]
+    for _ in range(2):
+        dense.grads = {k: np.ones_like(v) for k, v in dense.params.items()}
+        opt.step()
+    old = [weakref.ref(a) for a in (*dense.params.values(), *opt.state[next(iter(opt.state))].values())]
+    net.astype(np.float64)
+    opt.load_state_dict(opt.state_dict())
+    dense.grads = {}
+    gc.collect()
+    assert [r() is None for r in old] == [True] * len(old)
