@@ -50,8 +50,9 @@ def remember(twins: list[list[Any]]) -> bool:
 
 
 def reusable(twins: list[list[Any]]) -> bool:
-    """Whether remember() would keep these twins (the module docstring's rules)."""
-    return all(_state(layer, {}) is not None for part_layers in twins for layer in part_layers)
+    """Whether remember() would keep these twins (the module docstring's rules), decided
+    without copying their dicts."""
+    return all(_state(layer, None) is not None for part_layers in twins for layer in part_layers)
 
 
 def set_back(twins: list[list[Any]]) -> None:
@@ -81,9 +82,10 @@ def made_the_default_way(cls: type) -> bool:
                 or cls in copyreg.dispatch_table or any("__slots__" in vars(base) for base in cls.__mro__))
 
 
-def _state(layer: Any, copies: dict[int, dict[str, Any]]) -> State | None:
+def _state(layer: Any, copies: dict[int, dict[str, Any]] | None) -> State | None:
     """The layer's attributes, each dict copied (``copies``: the copy of each dict seen so
-    far, by id), and the names of the dicts; None where it is not reusable."""
+    far, by id; None: the dicts themselves, for a caller that only asks whether the layer
+    is reusable), and the names of the dicts; None where it is not reusable."""
     cls = type(layer)
     if not made_the_default_way(cls):
         return None
@@ -96,7 +98,7 @@ def _state(layer: Any, copies: dict[int, dict[str, Any]]) -> State | None:
         if name == CHECK_CACHE or _unchangeable(value):
             state[name] = value
         elif type(value) is dict and all(_unchangeable(entry) for entry in value.values()):
-            state[name] = copies.setdefault(id(value), dict(value))
+            state[name] = value if copies is None else copies.setdefault(id(value), dict(value))
         else:
             return None
     return state, tuple(name for name, value in state.items() if type(value) is dict)
