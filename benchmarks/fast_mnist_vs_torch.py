@@ -46,15 +46,16 @@ def dualconv_run(seed: int, backend: str, data) -> tuple[float, float, object, d
 
 def torch_shift(x, shifts, k: int):
     """dualconv.augment.Shift.by in PyTorch: x (N, C, H, W) moved by shifts (N, 2) (dy, dx),
-    zero fill: a zero pad and one gather, as dualconv makes it."""
+    zero fill, made as dualconv makes it: a zero pad, a strided view of the (2k + 1)^2
+    windows, one gather of each sample's window."""
     import torch
     n, c, h, w = x.shape
     padded = torch.zeros((n, c, h + 2 * k, w + 2 * k), dtype=x.dtype, device=x.device)
     padded[:, :, k:k + h, k:k + w] = x
-    rows = torch.arange(h, device=x.device)[None, :, None] + k - shifts[:, :1, None]
-    cols = torch.arange(w, device=x.device)[None, None, :] + k - shifts[:, 1:, None]
-    picked = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols]  # (N, H, W, C)
-    return picked.permute(0, 3, 1, 2).contiguous()
+    s_n, s_c, s_h, s_w = padded.stride()  # in elements, where NumPy's are in bytes
+    windows = padded.as_strided((n, c, 2 * k + 1, 2 * k + 1, h, w), (s_n, s_c, s_h, s_w, s_h, s_w))
+    shifts = shifts.long()
+    return windows[torch.arange(n, device=x.device), :, k - shifts[:, 0], k - shifts[:, 1]].contiguous()
 
 
 def torch_run(initial: list[dict], config: dict, seed: int, device: str, data) -> tuple[float, float]:

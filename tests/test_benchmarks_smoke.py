@@ -336,3 +336,17 @@ def test_gpu_host_cost_refuses_no_repeats():
     from benchmarks import gpu_host_cost
     with pytest.raises(ValueError, match="repeats must be 1 or more, got 0"):
         gpu_host_cost.fit_step_cost(repeats=0)
+
+
+def test_the_race_shifts_pytorchs_images_as_dualconv_does():
+    """fast_mnist_vs_torch.torch_shift moves each image as dualconv's Shift does (the same
+    offsets give the same images), so both sides of the race train on the same batches."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.fast_mnist_vs_torch import torch_shift
+    from dualconv.augment import Shift
+    x = np.random.default_rng(3).standard_normal((12, 2, 6, 5)).astype(np.float32)
+    for k in (1, 2):
+        shift = Shift(k)
+        offsets = shift.offsets(len(x), 0, 1, 4)
+        moved = torch_shift(torch.from_numpy(x), torch.from_numpy(offsets), k).numpy()
+        assert np.array_equal(moved, shift.by(x, offsets))
