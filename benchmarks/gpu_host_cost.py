@@ -148,8 +148,8 @@ def fit_step_cost(optimizer: str = "sgd-momentum", batch: int = 64, steps: int =
     ``off_host`` (with ``no_op``): the stand-in's ufuncs, products and reductions are made
     no-ops too (``_device_work_off_host``), so no device work at all runs on this CPU.
     ``repeats``: that many profiled fits, each with its own trainer; the figures are those
-    of the fit with the least total (another process taking the CPU
-    through a whole fit only adds time, so the least is the nearest to the code's own)."""
+    of the fit with the least total (another process taking the CPU through a whole fit
+    only adds time, so the least is the nearest to the code's own)."""
     if repeats < 1:
         raise ValueError(f"fit_step_cost: repeats must be 1 or more, got {repeats}")
     costs = [_one_fit_cost(optimizer, batch, steps, no_op, evict_mb, off_host)

@@ -188,7 +188,7 @@ def sgd_update_guarded(w: Any, g: Any, v: Any | None, w_last: Any, v_last: Any |
     verdict[0] > code, first copies w (and v) into w_last (v_last), and sets
     verdict[0] = code + 1 when a result is not finite. verdict: int32 (1,)."""
     _dispatch["sgd_update_guarded"](w, g, v, w_last, v_last, verdict, code, lr, momentum,
-              weight_decay, nesterov)
+                                    weight_decay, nesterov)
 
 
 def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any, v_last: Any,
@@ -196,7 +196,7 @@ def adam_update_guarded(w: Any, g: Any, m: Any, v: Any, w_last: Any, m_last: Any
                         weight_decay: float, step: int) -> None:
     """adam_update under fit's divergence guard, as sgd_update_guarded."""
     _dispatch["adam_update_guarded"](w, g, m, v, w_last, m_last, v_last, verdict, code, lr, b1,
-              b2, eps, weight_decay, step)
+                                     b2, eps, weight_decay, step)
 
 
 def sgd_update_many(ws: Sequence[Any], gs: Sequence[Any], vs: Sequence[Any] | None, lr: float,
@@ -220,7 +220,7 @@ def sgd_update_guarded_many(ws: Sequence[Any], gs: Sequence[Any], vs: Sequence[A
     """sgd_update_guarded on every parameter, in one launch on the GPU: all of them run or
     none (a non-finite result sets the verdict to code + 1, which lets the rest run)."""
     _dispatch["sgd_update_guarded_many"](ws, gs, vs, w_lasts, v_lasts, verdict, code, lr,
-              momentum, weight_decay, nesterov)
+                                         momentum, weight_decay, nesterov)
 
 
 def adam_update_guarded_many(ws: Sequence[Any], gs: Sequence[Any], ms: Sequence[Any],
@@ -230,7 +230,7 @@ def adam_update_guarded_many(ws: Sequence[Any], gs: Sequence[Any], ms: Sequence[
                              step: int) -> None:
     """adam_update_guarded on every parameter, as sgd_update_guarded_many."""
     _dispatch["adam_update_guarded_many"](ws, gs, ms, vs, w_lasts, m_lasts, v_lasts, verdict,
-              code, lr, b1, b2, eps, weight_decay, step)
+                                          code, lr, b1, b2, eps, weight_decay, step)
 
 
 def flag_nonfinite_loss(loss: Any, verdict: Any, code: int) -> None:

@@ -150,8 +150,8 @@ def test_one_launch_per_dtype_and_per_32_arrays():
 
 @pytest.mark.parametrize("count", [len(SHAPES), 40], ids=["one group", "two groups"])
 def test_later_calls_update_the_arrays_they_are_given(count):
-    """A call of a signature seen before reads again the addresses of any role whose
-    arrays changed: the same weights with new gradients, a new velocity, all new arrays,
+    """A call of a signature seen before updates the arrays it is given, whichever roles
+    changed since: the same weights with new gradients, a new velocity, all new arrays,
     then the first ones again; each call updates exactly the arrays it was given."""
     shapes = (SHAPES * 5)[:count]
     rng = np.random.default_rng(5)
@@ -174,8 +174,8 @@ def test_later_calls_update_the_arrays_they_are_given(count):
 
 
 def test_a_list_update_keeps_no_array_alive():
-    """What a list update remembers of its arrays (to skip reading their addresses again)
-    holds none of them: dropped weights, optimizer state and gradients are freed."""
+    """A list update holds none of its arrays after the call (nor would any memory of
+    their addresses): dropped weights, optimizer state and gradients are freed."""
     import gc
     import weakref
     with emulated_cupy() as emu:
@@ -260,8 +260,8 @@ def test_many_checks_name_the_role_and_the_parameter(args, error, pattern):
 
 
 def test_an_array_born_with_a_dead_arrays_id_is_read_afresh():
-    """The addresses a list update keeps for a role are forgotten when one of its arrays
-    dies, so a new array that CPython gives the dead one's id is read afresh. Each weight
+    """A new array that CPython gives a dead one's id is updated at its own address (a
+    memory of addresses by id would have to forget them when an array dies). Each weight
     here is a new view of another stretch of one buffer (ids reused, addresses not): a
     stale address would update the stretch before it."""
     size, times = 3, 12
@@ -284,9 +284,9 @@ def test_an_array_born_with_a_dead_arrays_id_is_read_afresh():
 
 
 def test_each_call_updates_with_its_own_numbers():
-    """The numbers converted for one call are used again only for the very same objects:
-    a new rate (a schedule's), a rate held in a 0-d array changed in place, and then the
-    first rate again each give the update of that call's rate."""
+    """Each call updates with its own rate (a memory of converted numbers would have to
+    hold to the very same, immutable objects): a new rate (a schedule's), a rate held in
+    a 0-d array changed in place, and then the first rate again."""
     rng = np.random.default_rng(9)
     (w_host,), (g_host,), (v_host,) = _arrays(rng, 3, [np.float32], [(7,)])
     held = np.array(0.5)
