@@ -9,7 +9,7 @@ model's TRAINING_DEFAULTS: SGD with momentum and weight decay, one-cycle schedul
 per batch, random shifts); PyTorch trains its twin of ``dualconv.models.fast`` from
 dualconv's initial weights with ``torch.optim.SGD`` and ``OneCycleLR`` (no momentum
 cycling), visiting the batches in the order ``Trainer.fit`` does and shifting each image
-by the offsets dualconv's ``Shift`` draws (``torch_shift``: the same pad and gather). Each
+by the offsets dualconv's ``Shift`` draws (``torch_shift``: the same images). Each
 side prints its wall time for the epoch (the training loop only, as ``dualconv train``
 prints it) and its test accuracy.
 --device cpu: dualconv's NumPy backend and PyTorch on the CPU, ``--threads`` each
@@ -46,16 +46,17 @@ def dualconv_run(seed: int, backend: str, data) -> tuple[float, float, object, d
 
 def torch_shift(x, shifts, k: int):
     """dualconv.augment.Shift.by in PyTorch: x (N, C, H, W) moved by shifts (N, 2) (dy, dx),
-    zero fill, made as dualconv makes it: a zero pad, a strided view of the (2k + 1)^2
-    windows, one gather of each sample's window."""
+    zero fill: a zero pad and a gather per pixel. The same images as dualconv's strided
+    view of the windows and gather of whole rows, made the way that is faster in PyTorch
+    on the CPU (benchmarks/README.md, "MNIST recipes", has the two measured)."""
     import torch
     n, c, h, w = x.shape
     padded = torch.zeros((n, c, h + 2 * k, w + 2 * k), dtype=x.dtype, device=x.device)
     padded[:, :, k:k + h, k:k + w] = x
-    s_n, s_c, s_h, s_w = padded.stride()  # in elements, where NumPy's are in bytes
-    windows = padded.as_strided((n, c, 2 * k + 1, 2 * k + 1, h, w), (s_n, s_c, s_h, s_w, s_h, s_w))
-    shifts = shifts.long()
-    return windows[torch.arange(n, device=x.device), :, k - shifts[:, 0], k - shifts[:, 1]].contiguous()
+    rows = torch.arange(h, device=x.device)[None, :, None] + k - shifts[:, :1, None]
+    cols = torch.arange(w, device=x.device)[None, None, :] + k - shifts[:, 1:, None]
+    picked = padded[torch.arange(n, device=x.device)[:, None, None], :, rows, cols]  # (N, H, W, C)
+    return picked.permute(0, 3, 1, 2).contiguous()
 
 
 def torch_run(initial: list[dict], config: dict, seed: int, device: str, data) -> tuple[float, float]:
