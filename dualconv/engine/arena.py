@@ -97,6 +97,33 @@ class _Packer(pickle.Pickler):
         return _from_region, (start, array.shape, array.dtype)
 
 
+class Answers:
+    """A caller's side of a worker's answers in ``region``: ``unpack(message)`` gives the
+    objects unpacked before from the same bytes where there are, else unpacks afresh. The
+    same bytes name the same objects with their arrays at the same places of the region,
+    which now hold this answer's values, so the objects kept serve again (a training step's
+    forward and backward answers are the same bytes every step). Kept: up to ``most``
+    answers (ok, value, needed) whose arrays are in the region (needed 0) and that are not
+    exceptions (ok False); whoever takes one only reads it, before the worker's next call."""
+
+    def __init__(self, region: np.ndarray, most: int) -> None:
+        self.region, self.most = region, most
+        self.kept: dict[bytes, tuple[bool, Any, int]] = {}
+
+    def unpack(self, message: bytes) -> tuple[bool, Any, int]:
+        answer = self.kept.get(message)
+        if answer is None:
+            answer = unpack(message, self.region, copy=False)
+            if answer[0] and answer[2] == 0:
+                if len(self.kept) >= self.most:
+                    self.kept.clear()
+                self.kept[message] = answer
+        return answer
+
+    def clear(self) -> None:
+        self.kept.clear()
+
+
 _loading = threading.local()  # region, copy: where _from_region reads while unpack runs
 
 

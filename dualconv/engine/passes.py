@@ -162,9 +162,11 @@ def _forward_parts(twins: list[list[Any]], xs: Any, ranges: list[Range], offset:
     return outs
 
 
-def _forward_kept(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: int) -> tuple[Token, list[Any]]:
+def _forward_kept(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: int) -> tuple[np.ndarray, list[Any]]:
     """In a worker: _forward_parts, the twins then kept for the backward under the token
-    returned with the outputs. One pass is kept at a time (its arrays are views of the
+    returned with the outputs, as an int64 array (its numbers cross in the results region,
+    so the answer packs to the same bytes every step and the caller reuses what it
+    unpacked: Worker.finish). One pass is kept at a time (its arrays are views of the
     call slot).
 
     workers.py hands this function the objects it unpickled for the last call when the
@@ -176,7 +178,7 @@ def _forward_kept(twins: list[list[Any]], xs: Any, ranges: list[Range], offset: 
     outs = _forward_parts(twins, xs, ranges, offset)
     token = (os.getpid(), time.monotonic_ns())  # unique, even to a new worker given an old pid
     _kept[token] = twins
-    return token, outs
+    return np.array(token, dtype=np.int64), outs
 
 
 _forward_kept.arguments_reusable = lambda args: reuse.remember(args[0])  # type: ignore[attr-defined]
@@ -222,7 +224,8 @@ def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
         outs = _gather(runs, remote, calls, lambda run: calls[runs.index(run)]())
         for index, run in enumerate(runs):
             if run.worker is not None:  # it answered: (token, outputs)
-                run.token, outs[index] = outs[index]
+                token, outs[index] = outs[index]
+                run.token = (int(token[0]), int(token[1]))
         return outs
     finally:
         workers.lock.release()

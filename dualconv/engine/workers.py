@@ -44,7 +44,7 @@ import traceback
 import warnings
 from typing import Any, Callable
 
-from .arena import Packed, TooLarge, halves, pack, unpack
+from .arena import Answers, Packed, TooLarge, halves, pack, unpack
 from .fingerprints import class_fingerprint, code_fingerprint, code_if_due
 from .pinning import nth_core, pin
 
@@ -63,6 +63,11 @@ keeps a core awake between a training step's calls, shorter frees it sooner
 SHRINK_AFTER_CALLS = 8
 """A worker grown for a large call goes back to ARENA_BYTES after this many forward calls in
 a row that fit it: fewer forks when large and small calls alternate, memory back soon after."""
+
+ANSWERS_KEPT = 4
+"""How many answers a caller keeps unpacked (arena.Answers): a training step's forward
+and backward, with room for a second model trained at once; a trade of a few small objects
+against unpickling an answer again."""
 
 STALL_CHECK_SECONDS = 1.0
 """How often a caller waiting for a worker checks that it still runs: a worker stopped
@@ -126,6 +131,7 @@ class Worker:
         self.arena = mmap.mmap(-1, arena_bytes)  # MAP_SHARED: the child sees the same pages
         self.call_slots, self.results_half = _slots(self.arena)
         self.kept: list[Packed | None] = [None, None]  # per call slot: the last call started with keep
+        self.answers = Answers(self.results_half, ANSWERS_KEPT)  # unpacked once each
         self.conn, child_conn = multiprocessing.Pipe()
         self.readable = _poller(self.conn)
         context = multiprocessing.get_context("fork")
@@ -212,7 +218,7 @@ class Worker:
             self.stop()
             return DIED
         self.busy = False
-        ok, value, needed = unpack(message, self.results_half, copy=False)
+        ok, value, needed = self.answers.unpack(message)
         if not ok and isinstance(value, str) and value == _UNKNOWN_HERE:
             self.stop()  # forked before the call's code existed: the next fork has it
             return DIED
@@ -242,6 +248,7 @@ class Worker:
     def stop(self) -> None:
         """End the process (SIGKILL: a stopped one ends too) and close its pipe."""
         self.busy, self.kept = False, [None, None]
+        self.answers.clear()
         self.conn.close()
         if self.process.pid is not None and self.process.is_alive():
             self.process.kill()
