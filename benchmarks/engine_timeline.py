@@ -33,7 +33,7 @@ except ImportError:  # run from a checkout without dualconv installed
 import numpy as np
 
 import dualconv as dc
-from dualconv.engine import passes, workers
+from dualconv.engine import arena, passes, workers
 from dualconv.models import MODELS
 
 Event = tuple[str, float]  # ("C name<" or "W name>", perf_counter seconds)
@@ -120,7 +120,7 @@ def _record(recorder: _Recorder, trainer: Any, x: np.ndarray, y: np.ndarray, war
                                (passes, "_attempt", "C own"), (trainer.loss, "forward", "C loss"),
                                (trainer.optimizer, "step", "C optimizer"),
                                (passes, "_forward_kept", "W forward"), (passes, "_backward_kept", "W backward"),
-                               (workers, "pack", "W pack")]:
+                               (arena.Replies, "pack", "W pack")]:
         recorder.wrap(owner, name, label)
     dc.set_num_threads(2)
     try:

@@ -10,7 +10,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from dualconv.engine import arena, workers
-from dualconv.engine.arena import Answers, pack
+from dualconv.engine.arena import Answers, Replies, pack, unpack
 
 
 def _region(size: int = 2**20) -> np.ndarray:
@@ -68,3 +68,42 @@ def test_a_worker_answering_alike_is_unpacked_once(monkeypatch) -> None:
         assert ok and np.shares_memory(filled, worker.results_half)
         assert_array_equal(filled, np.full(64, value, np.float32))
     assert len(unpacked) == 1
+
+
+def test_form_names_containers_keys_plain_values_and_array_shapes() -> None:
+    w, b = np.zeros((2, 3), np.float32), np.arange(4)
+    key, arrays = arena.form((True, [{"w": w, "b": b}, None], 0, -0.0))
+    assert key == (tuple, ((bool, True), (list, ((dict, (((str, "w"), ((2, 3), "<f4")), ((str, "b"), ((4,), b.dtype.str)))),
+                                                 (type(None), None))), (int, 0), (float, "-0x0.0p+0")))
+    assert [id(a) for a in arrays] == [id(w), id(b)]
+    assert arena.form((0.0,))[0] != arena.form((-0.0,))[0]
+    assert arena.form([1])[0] != arena.form((1,))[0]
+    assert arena.form((True, 1))[0] != arena.form((1, 1))[0]
+
+
+@pytest.mark.parametrize("obj", [(np.zeros(3), "x", None)[:1] * 2, (np.array([None]),), (np.float32(1),),
+                                 (object(),), ([[]] * 2,)])
+def test_form_refuses_what_it_cannot_describe(obj) -> None:
+    """The same array or container twice, an array of objects, a NumPy scalar, any other object."""
+    assert arena.form(obj) is None
+
+
+def test_replies_pack_a_form_once_and_its_message_reads_each_objects_values(monkeypatch) -> None:
+    packed = []
+    real = arena.pack
+    monkeypatch.setattr(arena, "pack", lambda *args, **kw: packed.append(1) or real(*args, **kw))
+    region = _region()
+    replies = Replies(region, most=4)
+    first = replies.pack(_answer((500,), 1.0))
+    for shape, value in [((500,), 2.0), ((40, 40), 3.0), ((500,), 4.0)]:
+        message = replies.pack(_answer(shape, value))
+        ok, (tag, (filled, counted)), _ = unpack(message, region, copy=True)
+        assert ok and tag == "filled"
+        assert_array_equal(filled, np.full(shape, value, np.float32))
+        assert_array_equal(counted, np.arange(3000) * value)
+    assert message == first and len(packed) == 2  # one per form
+    replies.pack((True, ValueError("no form"), 0))
+    replies.pack((True, ValueError("no form"), 0))
+    assert len(packed) == 4
+    with pytest.raises(arena.TooLarge):
+        replies.pack((True, np.zeros(2**20), 0))

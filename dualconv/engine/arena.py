@@ -97,6 +97,74 @@ class _Packer(pickle.Pickler):
         return _from_region, (start, array.shape, array.dtype)
 
 
+class Replies:
+    """A worker's side of its answers: ``pack(obj)`` gives the message for obj with its arrays
+    in ``region``. An object of a form packed before (form(): the same containers, keys and
+    plain values, arrays of the same shapes and dtypes in the same order) has its arrays
+    copied into the places they took then and gets that message again, with no pickling:
+    unpacked, it gives objects equal to obj, reading obj's values. Keeps up to ``most``
+    forms; raises TooLarge as pack does."""
+
+    def __init__(self, region: np.ndarray, most: int) -> None:
+        self.region, self.most = region, most
+        self.kept: dict[Any, tuple[bytes, list[np.ndarray]]] = {}
+
+    def pack(self, obj: Any) -> bytes:
+        shaped = form(obj)
+        if shaped is not None:
+            known = self.kept.get(shaped[0])
+            if known is not None:
+                for array, view in zip(shaped[1], known[1]):
+                    np.copyto(view, array)
+                return known[0]
+        placed: list[tuple[np.ndarray, np.ndarray]] = []
+        message = pack(obj, self.region, placed)[0]
+        if shaped is not None and len(placed) == len(shaped[1]):
+            if len(self.kept) >= self.most:
+                self.kept.clear()
+            self.kept[shaped[0]] = (message, [view for _, view in placed])
+        return message
+
+
+_PLAIN = (int, str, bool, bytes, type(None))  # kept in a form by value (floats by their bits)
+
+
+class _Unlike(Exception):
+    """An object form() does not describe."""
+
+
+def form(obj: Any) -> tuple[Any, list[np.ndarray]] | None:
+    """(key, arrays): obj's form as a hashable key (tuples, lists and dicts with their types,
+    keys and plain values; each NumPy array of numbers as its shape and dtype) and its arrays
+    in the order pickling meets them; None for anything else in it (another type, an array
+    of objects, the same array or container twice)."""
+    arrays: list[np.ndarray] = []
+    seen: set[int] = set()
+
+    def key(o: Any) -> Any:
+        kind = type(o)
+        if kind in _PLAIN:
+            return kind, o
+        if kind is float:
+            return kind, o.hex()  # -0.0 == 0.0, but they pickle apart
+        if id(o) in seen:
+            raise _Unlike
+        seen.add(id(o))
+        if kind is np.ndarray and not o.dtype.hasobject:
+            arrays.append(o)
+            return o.shape, o.dtype.str
+        if kind is tuple or kind is list:
+            return kind, tuple(map(key, o))
+        if kind is dict:
+            return kind, tuple((key(k), key(v)) for k, v in o.items())
+        raise _Unlike
+
+    try:
+        return key(obj), arrays
+    except _Unlike:
+        return None
+
+
 class Answers:
     """A caller's side of a worker's answers in ``region``: ``unpack(message)`` gives the
     objects unpacked before from the same bytes where there are, else unpacks afresh. The

@@ -44,7 +44,7 @@ import traceback
 import warnings
 from typing import Any, Callable
 
-from .arena import Answers, Packed, TooLarge, halves, pack, unpack
+from .arena import Answers, Packed, Replies, TooLarge, halves, pack, unpack
 from .fingerprints import class_fingerprint, code_fingerprint, code_if_due
 from .pinning import nth_core, pin
 
@@ -65,9 +65,9 @@ SHRINK_AFTER_CALLS = 8
 a row that fit it: fewer forks when large and small calls alternate, memory back soon after."""
 
 ANSWERS_KEPT = 4
-"""How many answers a caller keeps unpacked (arena.Answers): a training step's forward
-and backward, with room for a second model trained at once; a trade of a few small objects
-against unpickling an answer again."""
+"""How many answers a caller keeps unpacked, and of how many forms a worker keeps the packing
+(arena.Answers, arena.Replies): a training step's forward and backward, with room for a
+second model trained at once; a few small objects kept against pickling again."""
 
 STALL_CHECK_SECONDS = 1.0
 """How often a caller waiting for a worker checks that it still runs: a worker stopped
@@ -278,6 +278,7 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
     call_slots, results_half = _slots(arena)
     readable = _poller(conn)
     last: list[tuple[bytes, Call] | None] = [None, None]  # per call slot: the last call, packed and unpacked
+    replies = Replies(results_half, ANSWERS_KEPT)  # an answer of a form sent before: no pickling
     while True:
         try:
             _spin_until_readable(readable)
@@ -302,7 +303,7 @@ def _serve(conn: Any, parents_end: Any, arena: mmap.mmap, core: int | None) -> N
             except Exception as error:
                 outcome = (False, _picklable(error))
         try:
-            reply = pack((*outcome, 0), results_half)[0]
+            reply = replies.pack((*outcome, 0))
         except TooLarge as large:
             reply = pickle.dumps((*outcome, large.needed), protocol=pickle.HIGHEST_PROTOCOL)
         try:
