@@ -73,8 +73,9 @@ def test_a_worker_answering_alike_is_unpacked_once(monkeypatch) -> None:
 def test_form_names_containers_keys_plain_values_and_array_shapes() -> None:
     w, b = np.zeros((2, 3), np.float32), np.arange(4)
     key, arrays = arena.form((True, [{"w": w, "b": b}, None], 0, -0.0))
-    assert key == (tuple, ((bool, True), (list, ((dict, (((str, "w"), ((2, 3), "<f4")), ((str, "b"), ((4,), b.dtype.str)))),
-                                                 (type(None), None))), (int, 0), (float, "-0x0.0p+0")))
+    entries = (((str, "w"), ((2, 3), "<f4")), ((str, "b"), ((4,), b.dtype.str)))
+    assert key == (tuple, ((bool, True), (list, ((dict, entries), (type(None), None))), (int, 0),
+                           (float, "-0x0.0p+0")))
     assert [id(a) for a in arrays] == [id(w), id(b)]
     assert arena.form((0.0,))[0] != arena.form((-0.0,))[0]
     assert arena.form([1])[0] != arena.form((1,))[0]

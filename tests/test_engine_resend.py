@@ -13,6 +13,7 @@ from numpy.testing import assert_array_equal
 
 from dualconv.engine import resend, reuse, set_num_threads, workers
 from dualconv.layers import Conv2D, Dense, Flatten, LeakyReLU, MaxPool2D
+from dualconv.losses import SoftmaxCrossEntropy
 from dualconv.model import Sequential
 from dualconv.models import lenet
 
@@ -141,3 +142,43 @@ def test_values_that_can_change_in_place_keep_no_call() -> None:
     assert reuse._unchangeable(1.0) and reuse._unchangeable(np.float32(1.0))
     assert not reuse._unchangeable(np.dtype([("a", np.float32)]))  # its field names can be set
     assert resend.contents([_Slotted()]) is None  # no __dict__: packed afresh each call
+
+
+def test_later_backwards_send_the_kept_call_again_with_the_one_core_bits(monkeypatch) -> None:
+    """A backward call packs to the same bytes every step (resend.start_alike: its token is an
+    array): packed once, then its arrays alone copied; a call of another form (no input
+    gradient asked) is packed afresh. Every gradient is the one-core run's, bit for bit."""
+    monkeypatch.setenv("DUALCONV_WORKERS", "processes")
+    counts = {"packed": 0, "again": 0}
+    start, start_again = workers.Worker.start, workers.Worker.start_again
+
+    def counting_start(self, call, slot=0, keep=False):
+        counts["packed"] += slot == 1
+        return start(self, call, slot, keep)
+
+    def counting_again(self, slot, arrays):
+        sent = start_again(self, slot, arrays)
+        counts["again"] += sent and slot == 1
+        return sent
+    monkeypatch.setattr(workers.Worker, "start", counting_start)
+    monkeypatch.setattr(workers.Worker, "start_again", counting_again)
+    y = np.random.default_rng(8).integers(0, 10, len(X))
+    steps = [(1.0, True), (0.5, True), (2.0, True), (1.5, False), (3.0, False)]
+    results = {}
+    for threads in (1, 2):  # the one-core oracle first: the two-core steps then follow each other
+        model, loss = lenet(seed=0), SoftmaxCrossEntropy()
+        set_num_threads(threads)
+        try:
+            for k, input_grad in steps:
+                loss.forward(model.forward(X * k), y)
+                gx = model.backward(loss.backward(), input_grad=input_grad)
+                results[threads, k] = gx, [dict(layer.grads) for layer in model.layers]
+        finally:
+            set_num_threads(None)
+    for k, input_grad in steps:
+        (gx, grads), (gx_one, grads_one) = results[2, k], results[1, k]
+        assert (gx is None) == (not input_grad) and (gx is None or np.array_equal(gx, gx_one))
+        for mine, oracle in zip(grads, grads_one):
+            for name, g in oracle.items():
+                assert_array_equal(mine[name], g, err_msg=f"x{k} {name}")
+    assert counts == {"packed": 2, "again": 3}

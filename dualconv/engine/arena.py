@@ -59,6 +59,7 @@ class Packed:
 
     def __init__(self, message: bytes, used: int, placed: list[tuple[np.ndarray, np.ndarray]]) -> None:
         self.message, self.used = message, used
+        self.form: Any = None  # what its sender knows of the call packed (resend.py)
         self.arrays: list[np.ndarray | None] = [array for array, _ in placed]  # held: ids stay theirs
         self.views = [view for _, view in placed]
 

@@ -102,8 +102,9 @@ def twin(layer: Any, first_sample: int) -> Any:
 def forward(layers: Layers, x: Any) -> Any:
     """x through the layers, in parts on the cores where the batch splits; the output.
     Marked as computing for other dualconv processes (neighbours.py), which then leave
-    this one its share of the cores. The BLAS runs on one thread meanwhile: its threads would change the bits of its sums
-    with the thread count, and would ask for the cores the parts use."""
+    this one its share of the cores. The BLAS runs on one thread meanwhile: its threads
+    would change the bits of its sums with the thread count, and would ask for the cores
+    the parts use."""
     with blas_on_one_thread(), neighbours.computing():
         return _forward(layers, x)
 
@@ -196,12 +197,17 @@ def _backward_parts(twins: list[list[Any]], gys: list[Any],
     return out
 
 
-def _backward_kept(token: Token, gys: list[Any], input_grad: bool) -> list[tuple[list[dict[str, Any]], Any]]:
-    """In a worker: _backward_parts on the twins kept under ``token``."""
-    twins = _kept.pop(token, None)
+def _backward_kept(token: np.ndarray, gys: list[Any], input_grad: bool) -> list[tuple[list[dict[str, Any]], Any]]:
+    """In a worker: _backward_parts on the twins kept under ``token``, given as an int64
+    array (in the call slot: the call packs to the same bytes every step, resend.start_alike)."""
+    key = (int(token[0]), int(token[1]))
+    twins = _kept.pop(key, None)
     if twins is None:
-        raise _Lost(token)
+        raise _Lost(key)
     return _backward_parts(twins, gys, input_grad)
+
+
+_backward_kept.arguments_reusable = lambda args: True  # type: ignore[attr-defined]  # views it only reads
 
 
 def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
@@ -250,8 +256,8 @@ def _run_backward(done: _Pass, gy: Any, input_grad: bool) -> list[list[Any]]:
         remote = []
         for run in remote_runs:
             usable = run.worker in workers.workers and run.worker.alive()
-            if usable and run.worker.start((_backward_kept, (run.token, gys[runs.index(run)], input_grad)),
-                                           slot=1):
+            call = (_backward_kept, (np.array(run.token, dtype=np.int64), gys[runs.index(run)], input_grad))
+            if usable and resend.start_alike(run.worker, call, slot=1):
                 remote.append(run)
         local = {id(run): (calls[runs.index(run)] if run.worker is None else functools.partial(recompute, run))
                  for run in runs}

@@ -1,4 +1,4 @@
-"""A training step's forward call to a worker, sent again without pickling the twins.
+"""A training step's calls to a worker, sent again without pickling: the forward's twins, the backward's form.
 
 Step after step, the forward call of a run of parts names the same objects: twins of
 the same layers, holding the same parameter arrays, with the batch's new values. It
@@ -15,6 +15,9 @@ layer rebinds its input's shape each forward). The attributes a twin sets for it
 out. Kept only for twins reuse.py would reuse (none holds a list, a set or another
 object a layer could change in place without rebinding it); the arrays' shapes and
 dtypes are checked at each copy.
+
+A step's backward call (the pass's token, gy's parts, a flag) holds nothing but its form
+and its arrays, so ``start_alike`` sends it again whenever its form is the kept one's.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from operator import is_
 from typing import Any, Sequence
 
 from . import reuse
+from .arena import form
 from .workers import Call, Worker
 
 _OWN = frozenset({"grads", "_cache", "first_sample", reuse.CHECK_CACHE})
@@ -65,6 +69,26 @@ def start(worker: Worker, held: list[Any] | None, call: Call) -> bool:
         if x_index is not None:
             packed.arrays[x_index] = None  # the batch is not held: each call gives its own part
             _sent[worker] = _Sent(packed, held, ranges, x_index)
+    return True
+
+
+def start_alike(worker: Worker, call: Call, slot: int) -> bool:
+    """Start ``call`` on ``worker`` in call slot ``slot``: where the slot keeps a call of the
+    same function and form (arena.form: the same containers and plain values, arrays of the
+    same shapes and dtypes), that packing is sent again with the arrays alone copied (the
+    bytes pickling would give); else it is packed afresh, and kept when it has a form. For
+    calls whose every value is in their form, such as a backward call (the token as an
+    array, gy's parts, a flag). Worker.start's answer."""
+    function, args = call
+    shaped = form(args)
+    key = None if shaped is None else (function, shaped[0])
+    kept = worker.kept[slot]
+    if key is not None and kept is not None and kept.form == key and worker.start_again(slot, shaped[1]):
+        return True
+    if not worker.start(call, slot=slot, keep=key is not None):
+        return False
+    if worker.kept[slot] is not None:
+        worker.kept[slot].form = key
     return True
 
 
