@@ -22,23 +22,29 @@ pytestmark = pytest.mark.skipif(not workers.available(), reason="worker processe
 X = np.random.default_rng(7).random((256, 1, 28, 28), dtype=np.float32)
 
 
-@pytest.fixture
-def counted(monkeypatch):
-    """{"again": forward calls sent again, "packed": slot-0 calls packed}; two cores, processes."""
+def _count_calls(monkeypatch, which: int) -> dict:
+    """{"again": calls sent again, "packed": calls packed}, in call slot ``which``, processes."""
     monkeypatch.setenv("DUALCONV_WORKERS", "processes")
     counts = {"again": 0, "packed": 0}
     start, start_again = workers.Worker.start, workers.Worker.start_again
 
     def counting_start(self, call, slot=0, keep=False):
-        counts["packed"] += slot == 0
+        counts["packed"] += slot == which
         return start(self, call, slot, keep)
 
     def counting_again(self, slot, arrays):
         sent = start_again(self, slot, arrays)
-        counts["again"] += sent
+        counts["again"] += sent and slot == which
         return sent
     monkeypatch.setattr(workers.Worker, "start", counting_start)
     monkeypatch.setattr(workers.Worker, "start_again", counting_again)
+    return counts
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The forward calls' counts (_count_calls of slot 0) on two cores."""
+    counts = _count_calls(monkeypatch, 0)
     set_num_threads(2)
     yield counts
     set_num_threads(None)
@@ -148,20 +154,7 @@ def test_later_backwards_send_the_kept_call_again_with_the_one_core_bits(monkeyp
     """A backward call packs to the same bytes every step (resend.start_alike: its token is an
     array): packed once, then its arrays alone copied; a call of another form (no input
     gradient asked) is packed afresh. Every gradient is the one-core run's, bit for bit."""
-    monkeypatch.setenv("DUALCONV_WORKERS", "processes")
-    counts = {"packed": 0, "again": 0}
-    start, start_again = workers.Worker.start, workers.Worker.start_again
-
-    def counting_start(self, call, slot=0, keep=False):
-        counts["packed"] += slot == 1
-        return start(self, call, slot, keep)
-
-    def counting_again(self, slot, arrays):
-        sent = start_again(self, slot, arrays)
-        counts["again"] += sent and slot == 1
-        return sent
-    monkeypatch.setattr(workers.Worker, "start", counting_start)
-    monkeypatch.setattr(workers.Worker, "start_again", counting_again)
+    counts = _count_calls(monkeypatch, 1)
     y = np.random.default_rng(8).integers(0, 10, len(X))
     steps = [(1.0, True), (0.5, True), (2.0, True), (1.5, False), (3.0, False)]
     results = {}
