@@ -75,7 +75,7 @@ def test_form_names_containers_keys_plain_values_and_array_shapes() -> None:
     key, arrays = arena.form((True, [{"w": w, "b": b}, None], 0, -0.0))
     entries = (((str, "w"), ((2, 3), "<f4")), ((str, "b"), ((4,), b.dtype.str)))
     assert key == (tuple, ((bool, True), (list, ((dict, entries), (type(None), None))), (int, 0),
-                           (float, "-0x0.0p+0")))
+                           (float, b"\x00\x00\x00\x00\x00\x00\x00\x80")))  # -0.0: the sign bit
     assert [id(a) for a in arrays] == [id(w), id(b)]
     assert arena.form((0.0,))[0] != arena.form((-0.0,))[0]
     assert arena.form([1])[0] != arena.form((1,))[0]
@@ -83,10 +83,37 @@ def test_form_names_containers_keys_plain_values_and_array_shapes() -> None:
 
 
 @pytest.mark.parametrize("obj", [(np.zeros(3), "x", None)[:1] * 2, (np.array([None]),), (np.float32(1),),
-                                 (object(),), ([[]] * 2,)])
+                                 (object(),), ([[]] * 2,), (np.zeros(2, [("w", "<f4"), ("b", "<f4")]),),
+                                 (np.zeros(2, np.dtype(np.float32, metadata={"unit": "m"})),)])
 def test_form_refuses_what_it_cannot_describe(obj) -> None:
-    """The same array or container twice, an array of objects, a NumPy scalar, any other object."""
+    """The same array or container twice, an array of objects or records (every record dtype
+    of 8 bytes has the str '|V8'), a dtype with metadata, a NumPy scalar, any other object."""
     assert arena.form(obj) is None
+
+
+def test_form_tells_floats_apart_by_their_bits() -> None:
+    nan = float("nan")
+    assert arena.form((nan,))[0] != arena.form((-nan,))[0]
+    assert arena.form((nan,))[0] == arena.form((float("nan"),))[0]
+
+
+class _Summary:
+    """An object whose unpickling runs its own code (it keeps the mean of what it gets)."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values, self.mean = values, float(values.mean())
+
+    def __reduce__(self):
+        return _Summary, (self.values,)
+
+
+def test_an_answer_whose_unpickling_runs_code_is_unpacked_every_time() -> None:
+    region = _region()
+    answers = Answers(region, most=4)
+    for value in (1.0, 2.0):
+        message, _ = pack((True, _Summary(np.full(500, value)), 0), region)
+        assert answers.unpack(message)[1].mean == value
+    assert not answers.kept
 
 
 def test_replies_pack_a_form_once_and_its_message_reads_each_objects_values(monkeypatch) -> None:
@@ -108,3 +135,32 @@ def test_replies_pack_a_form_once_and_its_message_reads_each_objects_values(monk
     assert len(packed) == 4
     with pytest.raises(arena.TooLarge):
         replies.pack((True, np.zeros(2**20), 0))
+
+
+@pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
+def test_a_training_step_in_parts_unpacks_no_answer_after_the_first_steps(monkeypatch) -> None:
+    """The forward answer (the token as an array, the part's outputs) and the backward answer
+    (the gradients) are the same bytes every step, so the caller unpacks neither after the
+    first steps; the backward call keeps no gy (each call brings its own)."""
+    from dualconv.engine import set_num_threads
+    from dualconv.losses import SoftmaxCrossEntropy
+    from dualconv.models import lenet
+    monkeypatch.setenv("DUALCONV_WORKERS", "processes")
+    rng = np.random.default_rng(4)
+    X, y = rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)
+    model, loss = lenet(seed=0), SoftmaxCrossEntropy()
+    unpacked = []
+    real = arena.unpack
+    monkeypatch.setattr(arena, "unpack", lambda *args, **kw: unpacked.append(1) or real(*args, **kw))
+    set_num_threads(2)
+    try:
+        for step in range(6):
+            if step == 3:
+                unpacked.clear()
+            loss.forward(model.forward(X * (step + 1)), y)
+            model.backward(loss.backward(), input_grad=False)
+    finally:
+        set_num_threads(None)
+    assert not unpacked
+    kept = [worker.kept[1] for worker in workers.workers if worker.kept[1] is not None]
+    assert kept and all(array is None for packed in kept for array in packed.arrays)

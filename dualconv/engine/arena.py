@@ -15,6 +15,7 @@ import copyreg
 import io
 import mmap
 import pickle
+import struct
 import threading
 from typing import Any
 
@@ -136,9 +137,10 @@ class _Unlike(Exception):
 
 def form(obj: Any) -> tuple[Any, list[np.ndarray]] | None:
     """(key, arrays): obj's form as a hashable key (tuples, lists and dicts with their types,
-    keys and plain values; each NumPy array of numbers as its shape and dtype) and its arrays
-    in the order pickling meets them; None for anything else in it (another type, an array
-    of objects, the same array or container twice)."""
+    keys and plain values, floats by their bits; each NumPy array of numbers as its shape
+    and dtype) and its arrays in the order pickling meets them; None for anything else in
+    it (another type, whose unpickling may run its own code; an array of records, objects
+    or a dtype with metadata; the same array or container twice; nesting too deep)."""
     arrays: list[np.ndarray] = []
     seen: set[int] = set()
 
@@ -147,13 +149,13 @@ def form(obj: Any) -> tuple[Any, list[np.ndarray]] | None:
         if kind in _PLAIN:
             return kind, o
         if kind is float:
-            return kind, o.hex()  # -0.0 == 0.0, but they pickle apart
+            return kind, struct.pack("<d", o)  # -0.0 == 0.0 and NaNs of either sign: pickled apart
         if id(o) in seen:
             raise _Unlike
         seen.add(id(o))
-        if kind is np.ndarray and not o.dtype.hasobject:
+        if kind is np.ndarray and o.dtype.kind in "biufc" and o.dtype.metadata is None:
             arrays.append(o)
-            return o.shape, o.dtype.str
+            return o.shape, o.dtype.str  # a number's dtype is its str: kind, size, byte order
         if kind is tuple or kind is list:
             return kind, tuple(map(key, o))
         if kind is dict:
@@ -162,7 +164,7 @@ def form(obj: Any) -> tuple[Any, list[np.ndarray]] | None:
 
     try:
         return key(obj), arrays
-    except _Unlike:
+    except (_Unlike, RecursionError):
         return None
 
 
@@ -172,8 +174,11 @@ class Answers:
     same bytes name the same objects with their arrays at the same places of the region,
     which now hold this answer's values, so the objects kept serve again (a training step's
     forward and backward answers are the same bytes every step). Kept: up to ``most``
-    answers (ok, value, needed) whose arrays are in the region (needed 0) and that are not
-    exceptions (ok False); whoever takes one only reads it, before the worker's next call."""
+    answers (ok, value, needed) whose arrays are in the region (needed 0), that are not
+    exceptions (ok False), and whose value has a form (form(): plain containers, numbers
+    and arrays of numbers, nothing whose unpickling runs code of its own). The objects are
+    shared by every answer of those bytes: whoever takes one reads it, and changes none of
+    it, before the worker's next call."""
 
     def __init__(self, region: np.ndarray, most: int) -> None:
         self.region, self.most = region, most
@@ -183,7 +188,7 @@ class Answers:
         answer = self.kept.get(message)
         if answer is None:
             answer = unpack(message, self.region, copy=False)
-            if answer[0] and answer[2] == 0:
+            if answer[0] and answer[2] == 0 and form(answer[1]) is not None:
                 if len(self.kept) >= self.most:
                     self.kept.clear()
                 self.kept[message] = answer

@@ -87,8 +87,10 @@ def start_alike(worker: Worker, call: Call, slot: int) -> bool:
         return True
     if not worker.start(call, slot=slot, keep=key is not None):
         return False
-    if worker.kept[slot] is not None:
-        worker.kept[slot].form = key
+    kept = worker.kept[slot]
+    if kept is not None:
+        kept.form = key
+        kept.arrays = [None] * len(kept.arrays)  # each call brings its own: gy is not held
     return True
 
 

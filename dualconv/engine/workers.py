@@ -205,7 +205,8 @@ class Worker:
         """(True, result) or (False, the exception raised); DIED if the worker died. The
         result's arrays of numbers are views into this worker's results region, valid until its
         next call: the caller joins or sums them first (a copy here would cost a pass over
-        every gradient each step)."""
+        every gradient each step). A result of the bytes of an earlier one is the same objects
+        (arena.Answers): the caller reads them and changes none of them."""
         try:
             _spin_until_readable(self.readable)
             while not self.readable.poll(STALL_CHECK_SECONDS * 1000):  # milliseconds
