@@ -164,3 +164,55 @@ def test_a_training_step_in_parts_unpacks_no_answer_after_the_first_steps(monkey
     assert not unpacked
     kept = [worker.kept[1] for worker in workers.workers if worker.kept[1] is not None]
     assert kept and all(array is None for packed in kept for array in packed.arrays)
+
+
+def _scribble() -> np.ndarray:
+    return np.full(2**16, np.nan, np.float32)
+
+
+class _LockThenAnotherCall:
+    """workers.lock, but as soon as it is released another call goes through every idle
+    worker (what a second thread would do once the lock is free): its answer lands in the
+    results region over the one before."""
+
+    def __init__(self, lock) -> None:
+        self.lock = lock
+
+    def acquire(self, blocking: bool = True) -> bool:
+        return self.lock.acquire(blocking)
+
+    def release(self) -> None:
+        self.lock.release()
+        for worker in list(workers.workers):
+            if not worker.busy and worker.start((_scribble, ())):
+                worker.finish()
+
+
+@pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
+def test_the_parts_are_joined_and_summed_before_another_call_can_use_the_worker(monkeypatch) -> None:
+    from dualconv.engine import set_num_threads
+    from dualconv.losses import SoftmaxCrossEntropy
+    from dualconv.models import lenet
+    monkeypatch.setenv("DUALCONV_WORKERS", "processes")
+    rng = np.random.default_rng(5)
+    X, y = rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)
+    results = []
+    for threads in (1, 2):
+        model, loss = lenet(seed=0), SoftmaxCrossEntropy()
+        set_num_threads(threads)
+        if threads == 2:
+            monkeypatch.setattr(workers, "lock", _LockThenAnotherCall(workers.lock))
+        try:
+            for _ in range(3):
+                out = model.forward(X)
+                loss.forward(out, y)
+                gx = model.backward(loss.backward())
+        finally:
+            set_num_threads(None)
+        results.append((out, gx, [dict(layer.grads) for layer in model.layers]))
+    (out, gx, grads), (out_one, gx_one, grads_one) = results[1], results[0]
+    assert_array_equal(out, out_one)
+    assert_array_equal(gx, gx_one)
+    for mine, oracle in zip(grads, grads_one):
+        for name, g in oracle.items():
+            assert_array_equal(mine[name], g, err_msg=name)

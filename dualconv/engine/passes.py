@@ -22,7 +22,7 @@ import functools
 import os
 import time
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -128,11 +128,16 @@ def _forward(layers: Layers, x: Any) -> Any:
     cores = 1 if getattr(this_thread, "in_task", False) else min(cores_now(), len(ranges))
     runs = [_Run([ranges[i] for i in group], [twins[i] for i in group])
             for group in in_groups(list(range(len(ranges))), cores)]
-    outs = _run_forward(runs, x, check_code=key != _last_layers)
+    y = _run_forward(runs, x, check_code=key != _last_layers, join=_joined)
     _last_layers = key
     _pending[key] = _Pass(runs, x)
     while len(_pending) > _PENDING_MOST:
         _pending.popitem(last=False)
+    return y
+
+
+def _joined(outs: list[list[Any]]) -> Any:
+    """The runs' outputs, per run a list per part, joined in order into one array."""
     return np.concatenate([out for run_outs in outs for out in run_outs])
 
 
@@ -140,7 +145,12 @@ def _backward(layers: Layers, gy: Any, input_grad: bool) -> Any:
     done = _pending.pop(tuple(map(id, layers)), None)
     if done is None:  # the forward ran whole
         return _backward_parts([list(layers)], [gy], input_grad)[0][1]
-    results = _run_backward(done, gy, input_grad)
+    return _run_backward(done, gy, input_grad, join=functools.partial(_summed, layers, input_grad))
+
+
+def _summed(layers: Layers, input_grad: bool, results: list[list[Any]]) -> Any:
+    """Each layer's grads set to the sum of its parts' (results: per run, per part, the
+    layers' grads and gx), added in part order; the parts' gx joined (None without input_grad)."""
     parts = [part for run_results in results for part in run_results]
     for index, layer in enumerate(layers):
         for name in parts[0][0][index]:
@@ -210,12 +220,15 @@ def _backward_kept(token: np.ndarray, gys: list[Any], input_grad: bool) -> list[
 _backward_kept.arguments_reusable = lambda args: True  # type: ignore[attr-defined]  # views it only reads
 
 
-def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
+def _run_forward(runs: list[_Run], x: Any, check_code: bool, join: Callable[[list[list[Any]]], Any]) -> Any:
+    """join(the runs' outputs), each run on its core. join runs before the workers' lock is
+    released: a worker's outputs are views of its results region, which the next call
+    through that worker (another thread's, once the lock is free) writes over."""
     calls = [functools.partial(_forward_parts, run.twins, x, run.ranges, 0) for run in runs]
     if len(runs) == 1:
-        return [calls[0]()]
+        return join([calls[0]()])
     if worker_kind() != "processes" or not workers.lock.acquire(blocking=False):
-        return run_on_threads(calls)
+        return join(run_on_threads(calls))
     try:
         pool = workers.ready_workers(len(runs) - 1, check_code, {type(layer) for layer in runs[0].twins[0]})
         remote = []
@@ -232,12 +245,15 @@ def _run_forward(runs: list[_Run], x: Any, check_code: bool) -> list[list[Any]]:
             if run.worker is not None:  # it answered: (token, outputs)
                 token, outs[index] = outs[index]
                 run.token = (int(token[0]), int(token[1]))
-        return outs
+        return join(outs)
     finally:
         workers.lock.release()
 
 
-def _run_backward(done: _Pass, gy: Any, input_grad: bool) -> list[list[Any]]:
+def _run_backward(done: _Pass, gy: Any, input_grad: bool, join: Callable[[list[list[Any]]], Any]) -> Any:
+    """join(the runs' backward results), each run on the core that ran its forward (or here,
+    recomputed, where that worker is gone); join runs under the workers' lock, as in
+    _run_forward."""
     runs = done.runs
     gys = [[gy[start:stop] for start, stop in run.ranges] for run in runs]
     calls = [functools.partial(_backward_parts, run.twins, part_gys, input_grad)
@@ -249,9 +265,9 @@ def _run_backward(done: _Pass, gy: Any, input_grad: bool) -> list[list[Any]]:
 
     remote_runs = [run for run in runs if run.worker is not None]
     if not remote_runs:
-        return run_on_threads(calls) if len(runs) > 1 else [calls[0]()]
+        return join(run_on_threads(calls) if len(runs) > 1 else [calls[0]()])
     if not workers.lock.acquire(blocking=False):
-        return [calls[0]()] + [recompute(run) for run in runs[1:]]
+        return join([calls[0]()] + [recompute(run) for run in runs[1:]])
     try:
         remote = []
         for run in remote_runs:
@@ -261,7 +277,7 @@ def _run_backward(done: _Pass, gy: Any, input_grad: bool) -> list[list[Any]]:
                 remote.append(run)
         local = {id(run): (calls[runs.index(run)] if run.worker is None else functools.partial(recompute, run))
                  for run in runs}
-        return _gather(runs, remote, calls, lambda run: local[id(run)]())
+        return join(_gather(runs, remote, calls, lambda run: local[id(run)]()))
     finally:
         workers.lock.release()
 
