@@ -33,8 +33,8 @@ The files: parts.py (where a batch splits), passes.py (forward and backward in p
 cores.py (how many cores, threads, the BLAS), pinning.py (which core runs what),
 neighbours.py (the cores shared with other runs), workers.py (the worker processes),
 fingerprints.py (the code a worker runs), reuse.py (the twins a worker may use again),
-resend.py (a forward call sent again without pickling), arena.py (pickling through
-shared memory).
+resend.py (a step's calls sent again without pickling), arena.py (pickling through
+shared memory, and answers of a known form passed without it).
 """
 from __future__ import annotations
 
