@@ -119,6 +119,9 @@ def test_a_layer_holding_a_list_is_never_kept(counted) -> None:
 def test_contents_compare_equal_plain_values_and_tell_signed_zeros_apart() -> None:
     assert resend._same([("a", 1, (2, 3)), 1.5], [("a", 1, (2, 3)), 1.5])
     assert not resend._same([0.0], [-0.0])
+    nan = float("nan")
+    assert resend._same([float("nan")], [float("nan")]) and not resend._same([nan], [-nan])  # pickled apart
+    assert resend._same([b"ab"], [bytes([97, 98])])
     assert not resend._same([[1]], [[1]])  # a list is the same object or different
     assert not resend._same([1], [True])
     assert not resend._same([1], [1, 2])

@@ -128,7 +128,14 @@ class Replies:
         return message
 
 
-_PLAIN = (int, str, bool, bytes, type(None))  # kept in a form by value (floats by their bits)
+PLAIN = (int, str, bool, bytes, type(None))
+"""Types whose equal values pickle to the same bytes (floats do where their bits are equal:
+float_bits)."""
+
+
+def float_bits(value: float) -> bytes:
+    """A float's bits: -0.0 and 0.0, and NaNs of either sign, are equal but pickle apart."""
+    return struct.pack("<d", value)
 
 
 class _Unlike(Exception):
@@ -146,10 +153,10 @@ def form(obj: Any) -> tuple[Any, list[np.ndarray]] | None:
 
     def key(o: Any) -> Any:
         kind = type(o)
-        if kind in _PLAIN:
+        if kind in PLAIN:
             return kind, o
         if kind is float:
-            return kind, struct.pack("<d", o)  # -0.0 == 0.0 and NaNs of either sign: pickled apart
+            return kind, float_bits(o)
         if id(o) in seen:
             raise _Unlike
         seen.add(id(o))

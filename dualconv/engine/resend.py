@@ -26,13 +26,11 @@ from operator import is_
 from typing import Any, Sequence
 
 from . import reuse
-from .arena import form
+from .arena import PLAIN, float_bits, form
 from .workers import Call, Worker
 
 _OWN = frozenset({"grads", "_cache", "first_sample", reuse.CHECK_CACHE})
 """Attributes left out of a layer's contents: set by twin() for each twin, or a cache."""
-
-_PLAIN = (int, str, bool, type(None))  # compared by value (floats by their bits)
 
 
 class _Sent:
@@ -127,6 +125,6 @@ def _equal_plain(a: Any, b: Any) -> bool:
         return False
     if type(a) is tuple:
         return len(a) == len(b) and all(x is y or _equal_plain(x, y) for x, y in zip(a, b))
-    if type(a) is float:  # -0.0 == 0.0, but they pickle apart
-        return a.hex() == b.hex()
-    return type(a) in _PLAIN and a == b
+    if type(a) is float:
+        return float_bits(a) == float_bits(b)
+    return type(a) in PLAIN and a == b
