@@ -42,6 +42,12 @@ Token = tuple[int, int]  # (the worker's pid, its clock in ns at the call): name
 _kept: dict[Token, list[list[Any]]] = {}  # in a worker: the twins of the pass it keeps, by token
 
 
+def _token(crossed: np.ndarray) -> Token:
+    """A token from the int64 array it crosses between the processes as (its numbers travel
+    in the shared regions, so the calls and answers that carry it pack alike every step)."""
+    return int(crossed[0]), int(crossed[1])
+
+
 class _Lost(Exception):
     """A worker no longer holds the twins a backward names (it was replaced, or another
     forward came in between): the caller recomputes them."""
@@ -210,7 +216,7 @@ def _backward_parts(twins: list[list[Any]], gys: list[Any],
 def _backward_kept(token: np.ndarray, gys: list[Any], input_grad: bool) -> list[tuple[list[dict[str, Any]], Any]]:
     """In a worker: _backward_parts on the twins kept under ``token``, given as an int64
     array (in the call slot: the call packs to the same bytes every step, resend.start_alike)."""
-    key = (int(token[0]), int(token[1]))
+    key = _token(token)
     twins = _kept.pop(key, None)
     if twins is None:
         raise _Lost(key)
@@ -244,7 +250,7 @@ def _run_forward(runs: list[_Run], x: Any, check_code: bool, join: Callable[[lis
         for index, run in enumerate(runs):
             if run.worker is not None:  # it answered: (token, outputs)
                 token, outs[index] = outs[index]
-                run.token = (int(token[0]), int(token[1]))
+                run.token = _token(token)
         return join(outs)
     finally:
         workers.lock.release()
