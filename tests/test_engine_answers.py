@@ -9,8 +9,19 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from dualconv.engine import arena, workers
+from dualconv.engine import arena, set_num_threads, workers
 from dualconv.engine.arena import Answers, Replies, pack, unpack
+from dualconv.losses import SoftmaxCrossEntropy
+from dualconv.models import lenet
+
+
+@pytest.fixture
+def unpacked(monkeypatch) -> list:
+    """One entry per arena.unpack call while the test runs (Answers unpacks through it)."""
+    calls: list = []
+    real = arena.unpack
+    monkeypatch.setattr(arena, "unpack", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    return calls
 
 
 def _region(size: int = 2**20) -> np.ndarray:
@@ -21,12 +32,9 @@ def _answer(shape: tuple[int, ...], value: float) -> tuple[bool, tuple[str, list
     return True, ("filled", [np.full(shape, value, np.float32), np.arange(3000) * value]), 0
 
 
-def test_answers_of_one_form_are_unpacked_once_and_read_each_ones_values(monkeypatch) -> None:
+def test_answers_of_one_form_are_unpacked_once_and_read_each_ones_values(unpacked) -> None:
     """Forms interleaved as a step's forward and backward answers are: each form unpacked
     once, and every answer read right, also after another form wrote over the region."""
-    unpacked = []
-    real = arena.unpack
-    monkeypatch.setattr(arena, "unpack", lambda *args, **kw: unpacked.append(1) or real(*args, **kw))
     region = _region()
     answers = Answers(region, most=4)
     for shape, value in [((500,), 1.0), ((500,), 2.0), ((40, 40), 3.0), ((500,), 4.0), ((40, 40), 5.0)]:
@@ -56,10 +64,7 @@ def _filled(shape: tuple[int, ...], value: float) -> tuple[str, list[np.ndarray]
 
 
 @pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
-def test_a_worker_answering_alike_is_unpacked_once(monkeypatch) -> None:
-    unpacked = []
-    real = arena.unpack
-    monkeypatch.setattr(arena, "unpack", lambda *args, **kw: unpacked.append(1) or real(*args, **kw))
+def test_a_worker_answering_alike_is_unpacked_once(unpacked) -> None:
     worker = workers.ready_workers(1, check_code=False)[0]
     worker.answers.clear()
     for value in (1.0, 2.0, 3.0):
@@ -138,20 +143,14 @@ def test_replies_pack_a_form_once_and_its_message_reads_each_objects_values(monk
 
 
 @pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
-def test_a_training_step_in_parts_unpacks_no_answer_after_the_first_steps(monkeypatch) -> None:
+def test_a_training_step_in_parts_unpacks_no_answer_after_the_first_steps(monkeypatch, unpacked) -> None:
     """The forward answer (the token as an array, the part's outputs) and the backward answer
     (the gradients) are the same bytes every step, so the caller unpacks neither after the
     first steps; the backward call keeps no gy (each call brings its own)."""
-    from dualconv.engine import set_num_threads
-    from dualconv.losses import SoftmaxCrossEntropy
-    from dualconv.models import lenet
     monkeypatch.setenv("DUALCONV_WORKERS", "processes")
     rng = np.random.default_rng(4)
     X, y = rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)
     model, loss = lenet(seed=0), SoftmaxCrossEntropy()
-    unpacked = []
-    real = arena.unpack
-    monkeypatch.setattr(arena, "unpack", lambda *args, **kw: unpacked.append(1) or real(*args, **kw))
     set_num_threads(2)
     try:
         for step in range(6):
@@ -190,9 +189,6 @@ class _LockThenAnotherCall:
 
 @pytest.mark.skipif(not workers.available(), reason="worker processes need Linux (fork)")
 def test_the_parts_are_joined_and_summed_before_another_call_can_use_the_worker(monkeypatch) -> None:
-    from dualconv.engine import set_num_threads
-    from dualconv.losses import SoftmaxCrossEntropy
-    from dualconv.models import lenet
     monkeypatch.setenv("DUALCONV_WORKERS", "processes")
     rng = np.random.default_rng(5)
     X, y = rng.random((64, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, 64)
