@@ -17,7 +17,7 @@ import dualconv as dc
 from dualconv import kernels
 from dualconv.kernels import cpu_conv, reference
 from dualconv.shapes import Window
-from dualconv.kernels.cpu_conv import (band_rows, conv2d_backward, conv2d_forward_bands,
+from dualconv.kernels.cpu_conv import (band_piece, band_rows, conv2d_backward, conv2d_forward_bands,
                                        conv2d_weight_gradient_bands)
 from error_bounds import assert_within, gamma
 from window_configs import random_configs
@@ -46,6 +46,31 @@ def test_bands_give_the_same_outputs_as_the_whole_product(cfg, rows: int, dtype)
     assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window, rows), got)
     without_bias = conv2d_forward_bands(x, w, None, cfg.window, rows)
     assert_within(without_bias, _exact(x, w, None, cfg.window), bound, "no bias: ")
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3])
+@pytest.mark.parametrize("cfg", random_configs(seed=15, count=12), ids=str)
+def test_rows_in_pieces_give_the_same_outputs_as_the_whole_product(cfg, piece: int) -> None:
+    """One-row bands cut into pieces of output columns (a last piece shorter where they do
+    not divide): every output within the rounding bound of the exact convolution, with
+    and without a bias, the same bits for either memory order of the input; and with
+    small integers, where every sum is exact, the bits of whole rows."""
+    rng = np.random.default_rng(6)
+    O = 3
+    x = rng.standard_normal((cfg.N, cfg.C, cfg.H, cfg.W)).astype(np.float32)
+    w = rng.standard_normal((O, cfg.C, cfg.kh, cfg.kw)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    bound = gamma(cfg.C * cfg.kh * cfg.kw + 1, np.float32) * _exact(np.abs(x), np.abs(w), np.abs(b), cfg.window)
+    got = conv2d_forward_bands(x, w, b, cfg.window, 1, piece)
+    assert got.shape == (cfg.N, O, *cfg.out) and got.dtype == np.float32
+    assert_within(got, _exact(x, w, b, cfg.window), bound, "pieces: ")
+    batch_last = np.moveaxis(np.ascontiguousarray(np.moveaxis(x, 0, -1)), -1, 0)
+    assert_array_equal(conv2d_forward_bands(batch_last, w, b, cfg.window, 1, piece), got)
+    assert_within(conv2d_forward_bands(x, w, None, cfg.window, 1, piece), _exact(x, w, None, cfg.window),
+                  bound, "pieces, no bias: ")
+    small = [rng.integers(-3, 4, a.shape).astype(np.float32) for a in (x, w, b)]
+    assert_array_equal(conv2d_forward_bands(*small, cfg.window, 1, piece),
+                       conv2d_forward_bands(*small, cfg.window, 1, None))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -135,6 +160,26 @@ def test_bands_are_sized_for_the_small_matrix_kernels() -> None:
     assert band_rows(weidman, True, (32, 1, 28, 28), same) == 1
     assert band_rows(weidman, True, (64, 1, 28, 28), same) is None
     assert band_rows(weidman, True, (8, 1, 28, 28), same) == 5  # 186,368 a row
+
+
+def test_rows_over_the_limit_go_in_pieces() -> None:
+    """Where one output row's product is over BLOCK_MULTIPLY_ADDS, the row goes in as few
+    equal pieces of output columns within it as will do; otherwise a row is a band. Worked
+    by hand for the ``fast`` model's conv2 (16@5x5 over 8 channels, 14x14 -> 10x10), LeNet's
+    conv2 and weidman's conv."""
+    valid, same = Window(5, 5, 1, 1, 0, 0, 1, 1), Window(5, 5, 1, 1, 2, 2, 1, 1)
+    fast2 = np.zeros((16, 8, 5, 5))
+    # at 32 images an output column is 16 * 201 * 32 = 102,912 multiply-adds: 9 fit, so
+    # a row of 10 goes as two pieces of 5
+    assert band_piece(fast2, True, (32, 8, 14, 14), valid) == 5
+    # at 64, 205,824: 4 fit, so three pieces (of 4, 4 and 2)
+    assert band_piece(fast2, True, (64, 8, 14, 14), valid) == 4
+    # at 2, 6,432: a whole row (64,320) fits
+    assert band_piece(fast2, True, (2, 8, 14, 14), valid) is None
+    # LeNet's conv2 at 32: 16 * 151 * 32 = 77,312 a column, 12 fit, more than a row's 10
+    assert band_piece(np.zeros((16, 6, 5, 5)), True, (32, 6, 14, 14), valid) is None
+    # weidman at 32: 32 * 26 * 32 = 26,624 a column: 37 fit, more than a row's 28
+    assert band_piece(np.zeros((32, 1, 5, 5)), True, (32, 1, 28, 28), same) is None
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -35,7 +35,7 @@ import numpy as np
 
 from ..shapes import Window
 from . import cpu
-from .blocked import BLOCK_MULTIPLY_ADDS, MIN_BLOCK, matmul_column_blocks, matmul_inner_blocks
+from .blocked import BLOCK_MULTIPLY_ADDS, MIN_BLOCK, even_blocks, matmul_column_blocks, matmul_inner_blocks
 from .layout import batch_first, batch_last, columns_batch_first, columns_batch_last
 
 
@@ -148,9 +148,11 @@ def rows_within_block(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: 
 
 
 def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window,
-                         rows: int) -> np.ndarray:
+                         rows: int, piece: int | None = None) -> np.ndarray:
     """conv2d_forward's y, ``rows`` output rows at a time: x (N, C, H, W) -> y
-    (N, O, out_h, out_w), stored batch-last.
+    (N, O, out_h, out_w), stored batch-last. Where one row's product is over
+    BLOCK_MULTIPLY_ADDS, each row goes in pieces of ``piece`` output columns (by default
+    band_piece's).
 
     The whole product writes every column (LeNet's conv1 at 64 images: 5 MB) and then
     reads them back from memory. Here a band's columns (band_columns) are multiplied
@@ -163,10 +165,28 @@ def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win
     N, _, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
     weights = band_weights(w, b)
-    y = np.empty((O, out_h, out_w, N), dtype=np.result_type(x, w))
-    for first, last, columns in band_columns(x, weights.shape[1], win, rows):
-        np.matmul(weights, columns, out=y[:, first:last].reshape(O, -1))
-    return batch_first(y)
+    if piece is None and rows == 1:
+        piece = band_piece(w, b is not None, x.shape, win)
+    y = np.empty((O, out_h * out_w * N), dtype=np.result_type(x, w))
+    for start, stop, columns in band_columns(x, weights.shape[1], win, rows, piece):
+        np.matmul(weights, columns, out=y[:, start:stop])
+    return batch_first(y.reshape(O, out_h, out_w, N))
+
+
+def band_piece(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) -> int | None:
+    """Output columns per band where one output row's product is over BLOCK_MULTIPLY_ADDS
+    (the row split into as few equal pieces within it as will do, one column at least),
+    else None: a row is a band.
+
+    OpenBLAS multiplies a product of at most 100^3 multiply-adds in its small-matrix kernels,
+    without packing copies: a band of one row just over that size (the ``fast`` model's
+    conv2 at 32 images: 16 x 201 x 320) takes half again as long as two pieces of half of it.
+    """
+    O, C, kh, kw = w.shape
+    N, _, H, W = x_shape
+    out_w = win.out_size(H, W)[1]
+    fit = BLOCK_MULTIPLY_ADDS // (O * (C * kh * kw + int(bias)) * N)
+    return None if fit >= out_w else even_blocks(out_w, max(1, fit))
 
 
 def band_weights(w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
@@ -175,28 +195,33 @@ def band_weights(w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
     return w.reshape(w.shape[0], -1) if b is None else _with_bias(w, b)
 
 
-def band_columns(x: np.ndarray, width: int, win: Window, rows: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """The columns of a convolution of x (N, C, H, W), a band of ``rows`` output rows at a time.
+def band_columns(x: np.ndarray, width: int, win: Window, rows: int,
+                 piece: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The columns of a convolution of x (N, C, H, W), a band of ``rows`` output rows at a
+    time, or, with ``piece`` (and one row a band), ``piece`` output columns of a row at a time.
 
-    Yields (first, last, columns): columns is the (width, (last - first)*out_w*N) matrix
-    of output rows [first, last) in im2col's order, copied from the input's windows when
-    it is reached; ``width`` is C*kh*kw, plus one for a bias (a last row of ones). Every
-    band reuses one matrix, one band's size, so it stays in the cache: a band's columns
-    are gone when the next is made.
+    Yields (start, stop, columns): columns is the (width, stop - start) matrix of the
+    columns [start, stop) of im2col's order (output row, output column, sample), copied
+    from the input's windows when it is reached; ``width`` is C*kh*kw, plus one for a bias
+    (a last row of ones). Every band reuses one matrix, one band's size, so it stays in
+    the cache: a band's columns are gone when the next is made.
     """
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
+    piece = out_w if piece is None else piece
     windows = cpu.all_windows(x, win)  # (C, kh, kw, out_h, out_w, N), a view
     inner = C * win.kh * win.kw
-    row = out_w * N  # columns an output row
-    matrix = np.empty((width, min(rows, out_h) * row), dtype=x.dtype)
+    matrix = np.empty((width, min(rows, out_h) * min(piece, out_w) * N), dtype=x.dtype)
     matrix[inner:] = 1  # the row of ones that multiplies the bias
     for first in range(0, out_h, rows):
         last = min(out_h, first + rows)
-        columns = matrix[:, :(last - first) * row]
-        np.copyto(columns[:inner].reshape(C, win.kh, win.kw, last - first, out_w, N),
-                  windows[:, :, :, first:last])
-        yield first, last, columns
+        for left in range(0, out_w, piece):
+            right = min(out_w, left + piece)
+            start, count = (first * out_w + left) * N, (last - first) * (right - left) * N
+            columns = matrix[:, :count]
+            np.copyto(columns[:inner].reshape(C, win.kh, win.kw, last - first, right - left, N),
+                      windows[:, :, :, first:last, left:right])
+            yield start, start + count, columns
 
 
 def conv2d_weight_gradient_bands(x: np.ndarray, gy_mat: np.ndarray, w: np.ndarray,
@@ -215,13 +240,10 @@ def conv2d_weight_gradient_bands(x: np.ndarray, gy_mat: np.ndarray, w: np.ndarra
     any other, within gamma(K) of their |terms|.
     """
     O, C, kh, kw = w.shape
-    N, _, H, W = x.shape
-    out_w = win.out_size(H, W)[1]
     rows = max(1, rows_within_block(w, False, x.shape, win))
-    row = out_w * N  # columns an output row
     total = None  # (C*kh*kw, O): gw.T
-    for first, last, columns in band_columns(x, C * kh * kw, win, rows):
-        part = columns @ gy_mat[:, first * row:last * row].T
+    for start, stop, columns in band_columns(x, C * kh * kw, win, rows):
+        part = columns @ gy_mat[:, start:stop].T
         total = part if total is None else np.add(total, part, out=total)
     return np.ascontiguousarray(total.T).reshape(w.shape)
 
