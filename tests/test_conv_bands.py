@@ -180,6 +180,37 @@ def test_rows_over_the_limit_go_in_pieces() -> None:
     assert band_piece(np.zeros((16, 6, 5, 5)), True, (32, 6, 14, 14), valid) is None
     # weidman at 32: 32 * 26 * 32 = 26,624 a column: 37 fit, more than a row's 28
     assert band_piece(np.zeros((32, 1, 5, 5)), True, (32, 1, 28, 28), same) is None
+    # exactly a row's worth: 16 * (20 * 9 + 1) * 32 = 92,672 a column, 10 fit, a row of 10
+    assert band_piece(np.zeros((16, 20, 3, 3)), True, (32, 20, 12, 12), Window(3, 3, 1, 1, 0, 0, 1, 1)) is None
+    # the bias's column decides: 16 * 195 * 32 = 99,840 (10 fit) without it, 100,352 (9) with it
+    one_by_five = Window(1, 5, 1, 1, 0, 0, 1, 1)
+    assert band_piece(np.zeros((16, 39, 1, 5)), False, (32, 39, 14, 14), one_by_five) is None
+    assert band_piece(np.zeros((16, 39, 1, 5)), True, (32, 39, 14, 14), one_by_five) == 5
+    assert band_piece(fast2, True, (0, 8, 14, 14), valid) is None  # an empty batch
+
+
+def test_the_forward_takes_pieces_where_a_row_is_over_the_limit(monkeypatch) -> None:
+    """conv2d_forward on the ``fast`` model's conv2 at 32 images multiplies rows in pieces of 5
+    output columns (band_piece's), within the rounding bound of the exact convolution; a
+    piece asked of bands of several rows makes them one row each."""
+    asked = []
+    original = cpu_conv.band_columns
+
+    def recording(x, width, win, rows, piece=None):
+        asked.append((rows, piece))
+        return original(x, width, win, rows, piece)
+
+    monkeypatch.setattr(cpu_conv, "band_columns", recording)
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((32, 8, 14, 14)).astype(np.float32)
+    w = rng.standard_normal((16, 8, 5, 5)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    valid = Window(5, 5, 1, 1, 0, 0, 1, 1)
+    y, _ = cpu_conv.conv2d_forward(x, w, b, valid)
+    assert asked == [(1, 5)]
+    bound = gamma(8 * 25 + 1, np.float32) * _exact(np.abs(x), np.abs(w), np.abs(b), valid)
+    assert_within(y, _exact(x, w, b, valid), bound, "fast conv2: ")
+    assert_array_equal(conv2d_forward_bands(x, w, b, valid, 3, 4), conv2d_forward_bands(x, w, b, valid, 1, 4))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

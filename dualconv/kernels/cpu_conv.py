@@ -125,9 +125,10 @@ def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) 
     OpenBLAS multiplies without packing copies, and one row at least. Bands run where
     the columns (C*kh*kw numbers an output pixel) outweigh the output (O) twice over,
     so that writing them all and reading them back costs more than smaller products,
-    and where one row's product is within that size. The rule trades the columns'
-    trip through memory against the smaller products' per-call cost; it was chosen
-    with benchmarks/lenet_vs_torch.py (LeNet and weidman, training and inference).
+    or where one row's product is within that size (a row over it goes in pieces:
+    band_piece). The rule trades the columns' trip through memory against the smaller
+    products' per-call cost; it was chosen with benchmarks/lenet_vs_torch.py (LeNet and
+    weidman, training and inference).
     """
     O, C, kh, kw = w.shape
     if x_shape[0] == 0:
@@ -150,9 +151,8 @@ def rows_within_block(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: 
 def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window,
                          rows: int, piece: int | None = None) -> np.ndarray:
     """conv2d_forward's y, ``rows`` output rows at a time: x (N, C, H, W) -> y
-    (N, O, out_h, out_w), stored batch-last. Where one row's product is over
-    BLOCK_MULTIPLY_ADDS, each row goes in pieces of ``piece`` output columns (by default
-    band_piece's).
+    (N, O, out_h, out_w), stored batch-last. With ``piece`` (by default band_piece's
+    where a band is one row), each band is one row, ``piece`` output columns at a time.
 
     The whole product writes every column (LeNet's conv1 at 64 images: 5 MB) and then
     reads them back from memory. Here a band's columns (band_columns) are multiplied
@@ -176,7 +176,7 @@ def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win
 def band_piece(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) -> int | None:
     """Output columns per band where one output row's product is over BLOCK_MULTIPLY_ADDS
     (the row split into as few equal pieces within it as will do, one column at least),
-    else None: a row is a band.
+    else None: a row is a band (and for an empty batch).
 
     OpenBLAS multiplies a product of at most 100^3 multiply-adds in its small-matrix kernels,
     without packing copies: a band of one row just over that size (the ``fast`` model's
@@ -185,6 +185,8 @@ def band_piece(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window)
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
     out_w = win.out_size(H, W)[1]
+    if N == 0:
+        return None
     fit = BLOCK_MULTIPLY_ADDS // (O * (C * kh * kw + int(bias)) * N)
     return None if fit >= out_w else even_blocks(out_w, max(1, fit))
 
@@ -198,7 +200,8 @@ def band_weights(w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
 def band_columns(x: np.ndarray, width: int, win: Window, rows: int,
                  piece: int | None = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """The columns of a convolution of x (N, C, H, W), a band of ``rows`` output rows at a
-    time, or, with ``piece`` (and one row a band), ``piece`` output columns of a row at a time.
+    time, or, with ``piece`` under a row's width, ``piece`` output columns of one row at a
+    time (``rows`` is then taken as 1: a band's columns must be one stretch of the order).
 
     Yields (start, stop, columns): columns is the (width, stop - start) matrix of the
     columns [start, stop) of im2col's order (output row, output column, sample), copied
@@ -208,7 +211,10 @@ def band_columns(x: np.ndarray, width: int, win: Window, rows: int,
     """
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
-    piece = out_w if piece is None else piece
+    if piece is None or piece >= out_w:
+        piece = max(1, out_w)
+    else:
+        piece, rows = max(1, piece), 1
     windows = cpu.all_windows(x, win)  # (C, kh, kw, out_h, out_w, N), a view
     inner = C * win.kh * win.kw
     matrix = np.empty((width, min(rows, out_h) * min(piece, out_w) * N), dtype=x.dtype)
