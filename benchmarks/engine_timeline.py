@@ -1,6 +1,7 @@
 """Where a training step's time goes on the CPU engine: the caller's and the worker's events on one clock.
 
     python benchmarks/engine_timeline.py [--model lenet] [--batch 64] [--steps 200]
+    python benchmarks/engine_timeline.py --recipe fast [--steps 200]
 
 LeNet (or ``--model``) trains on random MNIST-shaped data through ``Trainer.train_step``
 with the engine on two cores. Each step records, in the calling process and in the
@@ -12,6 +13,12 @@ the same monotonic clock, so the events line up. The report is each event's medi
 offset from the step's start, in microseconds, in order: the gaps between the kernels'
 shares are the engine's cost around them (benchmarks/README.md, "A worker keeps what it
 unpickled", reads one). The instrumentation itself costs a few microseconds an event.
+
+``--recipe NAME`` records ``Trainer.fit`` instead, as ``dualconv train --model NAME`` trains
+(the model's TRAINING_DEFAULTS: its batch, optimizer, schedule, shifts and divergence
+guard), on random MNIST-shaped images: a step then starts where fit's guard begins it, and
+its events add the batch's shift (``C shift``), ``train_step``, the model's forward and
+backward and the schedule's step (benchmarks/README.md, "Where a `fit` step goes").
 """
 from __future__ import annotations
 
@@ -33,8 +40,9 @@ except ImportError:  # run from a checkout without dualconv installed
 import numpy as np
 
 import dualconv as dc
+from dualconv import augment, divergence, recipe, runs
 from dualconv.engine import arena, passes, workers
-from dualconv.models import MODELS
+from dualconv.models import MODELS, TRAINING_DEFAULTS
 
 Event = tuple[str, float]  # ("C name<" or "W name>", perf_counter seconds)
 
@@ -116,12 +124,7 @@ def _record(recorder: _Recorder, trainer: Any, x: np.ndarray, y: np.ndarray, war
             steps: int) -> tuple[list[Event], list[Event]]:
     """(the caller's events, the worker's) of ``steps`` train_step calls after ``warmup``."""
     step_label = recorder.index_of("C step<")
-    for owner, name, label in [(workers.Worker, "start", "C start"), (workers.Worker, "finish", "C finish"),
-                               (passes, "_attempt", "C own"), (trainer.loss, "forward", "C loss"),
-                               (trainer.optimizer, "step", "C optimizer"),
-                               (passes, "_forward_kept", "W forward"), (passes, "_backward_kept", "W backward"),
-                               (arena.Replies, "pack", "W pack")]:
-        recorder.wrap(owner, name, label)
+    _wrap_step(recorder, trainer)
     dc.set_num_threads(2)
     try:
         for index in range(warmup + steps):
@@ -134,6 +137,51 @@ def _record(recorder: _Recorder, trainer: Any, x: np.ndarray, y: np.ndarray, war
         dc.set_num_threads(None)
     caller = [(label, t) for label, t in recorder.events(0) if not label.startswith("W")]  # its own pack is in start
     return caller, recorder.events(1)
+
+
+def _wrap_step(recorder: _Recorder, trainer: Any) -> None:
+    """Record the engine's events of a training step and the trainer's loss and optimizer."""
+    for owner, name, label in [(workers.Worker, "start", "C start"), (workers.Worker, "finish", "C finish"),
+                               (passes, "_attempt", "C own"), (trainer.loss, "forward", "C loss"),
+                               (trainer.optimizer, "step", "C optimizer"),
+                               (passes, "_forward_kept", "W forward"), (passes, "_backward_kept", "W backward"),
+                               (arena.Replies, "pack", "W pack")]:
+        recorder.wrap(owner, name, label)
+
+
+def fit_timeline(name: str = "fast", steps: int = 200, warmup: int = 100) -> list[tuple[str, float, int]]:
+    """timeline() of ``Trainer.fit`` training model ``name`` with its TRAINING_DEFAULTS, as
+    ``dualconv train`` does, on (warmup + steps) batches of random MNIST-shaped images; the
+    first ``warmup`` steps are left out."""
+    config = runs.settings({"model": name, "seed": 0}, None, epochs=1)
+    n = (warmup + steps) * config["batch_size"]
+    rng = np.random.default_rng(0)
+    x, y = rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
+    trainer = recipe.build_trainer(config, recipe.make_model(config, x.shape[1:], 10), 1, n, progress=False)
+    recorder = _Recorder(capacity=40 * (warmup + steps))
+    workers.release_workers()  # forked again below, with the recorder in place
+    try:
+        recorder.wrap(divergence.LastFiniteState, "begin_step", "C step")
+        _wrap_step(recorder, trainer)
+        for owner, method, label in [(augment.Shift, "__call__", "C shift"), (trainer, "train_step", "C train_step"),
+                                     (trainer.model, "forward", "C forward"), (trainer.model, "backward", "C backward"),
+                                     (trainer.scheduler, "step", "C schedule")]:
+            if owner is not None:
+                recorder.wrap(owner, method, label)
+        dc.set_num_threads(2)
+        try:
+            trainer.fit(x, y, epochs=1, batch_size=config["batch_size"], seed=0,
+                        augment=recipe.augmentation(config))
+        finally:
+            dc.set_num_threads(None)
+        caller = [(label, t) for label, t in recorder.events(0) if not label.startswith("W")]
+        worker = recorder.events(1)
+    finally:
+        recorder.unwrap()
+        workers.release_workers()
+    starts = [t for label, t in caller if label == "C step<"]
+    cut = starts[min(warmup, len(starts) - 1)]
+    return _medians([event for event in caller if event[1] >= cut], [event for event in worker if event[1] >= cut])
 
 
 def _medians(caller: list[Event], worker: list[Event]) -> list[tuple[str, float, int]]:
@@ -155,8 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="lenet", choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--recipe", choices=sorted(TRAINING_DEFAULTS),
+                        help="record Trainer.fit of this model with its TRAINING_DEFAULTS instead")
     args = parser.parse_args(argv)
-    for name, offset, seen in timeline(args.model, args.batch, args.steps):
+    rows = fit_timeline(args.recipe, args.steps) if args.recipe else timeline(args.model, args.batch, args.steps)
+    for name, offset, seen in rows:
         print(f"{offset:9.1f} us  {name} ({seen} steps)")
     return 0
 

@@ -321,6 +321,24 @@ def test_engine_timeline_lines_up_the_callers_and_the_workers_events():
     assert offsets["W backward<#1"] > offsets["W forward>#1"]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the engine's worker processes need Linux (fork)")
+def test_engine_timeline_of_a_recipes_fit_has_its_shift_guard_and_schedule():
+    """benchmarks/engine_timeline.py --recipe on a few steps of the fast recipe's Trainer.fit:
+    the shift, train_step, the optimizer and the schedule in each step, in order, with both
+    processes' shares; every function it wrapped is put back."""
+    from benchmarks import engine_timeline
+    from dualconv import augment, divergence
+    from dualconv.engine import passes
+    originals = (augment.Shift.__call__, divergence.LastFiniteState.begin_step, passes._attempt)
+    rows = engine_timeline.fit_timeline("fast", steps=3, warmup=2)
+    assert (augment.Shift.__call__, divergence.LastFiniteState.begin_step, passes._attempt) == originals
+    offsets = dict((name, offset) for name, offset, _ in rows)
+    assert rows[0][0] == "C step<#1"
+    for event in ("C shift", "C train_step", "C own", "W forward", "W backward", "C optimizer", "C schedule"):
+        assert offsets[f"{event}>#1"] > offsets[f"{event}<#1"], event
+    assert offsets["C shift>#1"] <= offsets["C train_step<#1"] < offsets["C optimizer<#1"] < offsets["C schedule<#1"]
+
+
 def test_gpu_host_cost_repeats_give_the_fit_with_the_least_total(monkeypatch):
     """repeats: one profiled fit each, and the figures of the one whose total is least."""
     from benchmarks import gpu_host_cost
