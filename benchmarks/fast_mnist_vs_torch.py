@@ -2,7 +2,7 @@
 weights, schedule, batch order and test set, in the same run.
 
     DUALCONV_DATA=/path/with/mnist python benchmarks/fast_mnist_vs_torch.py [--seed 0] [--threads 2]
-                                                                            [--device cpu|cuda]
+                                                                            [--device cpu|cuda] [--repeats 1]
 
 dualconv trains as ``dualconv train --model fast --epochs 1`` does (``Trainer.fit`` with the
 model's TRAINING_DEFAULTS: SGD with momentum and weight decay, one-cycle schedule stepped
@@ -16,7 +16,11 @@ importing PyTorch leaves the first full collection of the process to whichever s
 trains first (about 0.15 s with dualconv's epoch first, measured).
 --device cpu: dualconv's NumPy backend and PyTorch on the CPU, ``--threads`` each
 (PyTorch's threads, dualconv's cores); --device cuda: dualconv on CuPy and PyTorch on
-the GPU, each synchronized before its clock stops.
+the GPU, each synchronized before its clock stops. ``--repeats R`` trains R epochs a
+side, alternating (dualconv, PyTorch, dualconv, ...), each from the same initial weights,
+and prints each side's median epoch and their ratio: on a machine whose speed drifts by
+10% within minutes, one epoch a side is one sample of that drift (dualconv's first epoch
+also pays for forking its worker).
 """
 from __future__ import annotations
 
@@ -118,12 +122,21 @@ def torch_run(initial: list[dict], config: dict, seed: int, device: str, data) -
     return seconds, float(accuracy)
 
 
+def summary(dualconv_seconds: list[float], torch_seconds: list[float]) -> tuple[float, float, float]:
+    """(dualconv's median epoch, PyTorch's, the first over the second) of alternating runs."""
+    mine, theirs = float(np.median(dualconv_seconds)), float(np.median(torch_seconds))
+    return mine, theirs, mine / theirs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="cores for each side (default: 2)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--repeats", type=int, default=1, help="epochs a side, alternating (default: 1)")
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be 1 or more, got {args.repeats}")
     os.environ.setdefault("DUALCONV_NUM_THREADS", str(args.threads))
     import torch
 
@@ -133,12 +146,21 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     data = load_mnist()
     print(describe())
-    seconds, accuracy, initial, config = dualconv_run(args.seed, "cupy" if args.device == "cuda" else "numpy", data)
-    print(f"dualconv {dc.__version__}: epoch {seconds:.2f} s, test accuracy {accuracy:.4f}", flush=True)
-    t_seconds, t_accuracy = torch_run(initial, config, args.seed, args.device, data)
-    print(f"PyTorch {torch.__version__} ({args.threads} threads): epoch {t_seconds:.2f} s, "
-          f"test accuracy {t_accuracy:.4f}")
-    print(f"dualconv's time over PyTorch's: {seconds / t_seconds:.2f}")
+    mine: list[float] = []
+    theirs: list[float] = []
+    for _ in range(args.repeats):
+        seconds, accuracy, initial, config = dualconv_run(args.seed, "cupy" if args.device == "cuda" else "numpy",
+                                                          data)
+        mine.append(seconds)
+        print(f"dualconv {dc.__version__}: epoch {seconds:.2f} s, test accuracy {accuracy:.4f}", flush=True)
+        t_seconds, t_accuracy = torch_run(initial, config, args.seed, args.device, data)
+        theirs.append(t_seconds)
+        print(f"PyTorch {torch.__version__} ({args.threads} threads): epoch {t_seconds:.2f} s, "
+              f"test accuracy {t_accuracy:.4f}", flush=True)
+    mine_median, theirs_median, ratio = summary(mine, theirs)
+    if args.repeats > 1:
+        print(f"medians of {args.repeats}: dualconv {mine_median:.2f} s, PyTorch {theirs_median:.2f} s")
+    print(f"dualconv's time over PyTorch's: {ratio:.2f}")
     return 0
 
 

@@ -368,3 +368,11 @@ def test_the_race_shifts_pytorchs_images_as_dualconv_does():
         offsets = shift.offsets(len(x), 0, 1, 4)
         moved = torch_shift(torch.from_numpy(x), torch.from_numpy(offsets), k).numpy()
         assert np.array_equal(moved, shift.by(x, offsets))
+
+
+def test_the_race_summary_is_each_sides_median_and_their_ratio():
+    """fast_mnist_vs_torch.summary: the median epoch of each side's alternating runs (an odd
+    count: the middle one; an even count: the mean of the middle two), and their ratio."""
+    from benchmarks.fast_mnist_vs_torch import summary
+    assert summary([5.0, 4.0, 9.0], [4.0, 2.0, 5.0]) == (5.0, 4.0, 1.25)
+    assert summary([4.0, 6.0], [5.0, 5.0]) == (5.0, 5.0, 1.0)
