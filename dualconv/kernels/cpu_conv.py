@@ -179,8 +179,9 @@ def band_piece(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window)
     else None: a row is a band (and for an empty batch).
 
     OpenBLAS multiplies a product of at most 100^3 multiply-adds in its small-matrix kernels,
-    without packing copies: a band of one row just over that size (the ``fast`` model's
-    conv2 at 32 images: 16 x 201 x 320) takes half again as long as two pieces of half of it.
+    without packing copies, so a row just over that size (the ``fast`` model's conv2 at 32
+    images: 16 x 201 x 320) goes faster in pieces within it (benchmarks/README.md, "A row
+    over the limit in pieces").
     """
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
