@@ -133,6 +133,10 @@ def test_the_dispatch_point_rejects_what_does_not_multiply() -> None:
         kernels.conv2d_forward(x, w.astype(np.float64), b, win)
     with pytest.raises(ValueError, match=r"^conv2d_forward: b must have shape \(4,\)"):
         kernels.conv2d_forward(x, w, b[:3], win)
+    for x_empty, w_empty in [(x, w[:0]), (x[:, :0], w[:, :0])]:  # no output channel, no input channel
+        with pytest.raises(ValueError, match=r"^conv2d_forward: w must have at least one output and one input "
+                                             r"channel, got shape \(\d, \d, 3, 3\)"):
+            kernels.conv2d_forward(x_empty, w_empty, None, win)
     _, saved = kernels.conv2d_forward(x, w, b, win)
     with pytest.raises(ValueError, match=r"^conv2d_backward: gy must have shape \(2, 4, 4, 4\)"):
         kernels.conv2d_backward(gy[:, :, :3], saved, w, win)

@@ -280,12 +280,15 @@ def _like(a: Any, dtype: np.dtype, what: str, first: str, who: str) -> None:
 
 def _conv_weight(w: Any, b: Any | None, C: int, dtype: np.dtype, first: str, win: Window,
                  who: str) -> None:
-    """w: (O, C, kh, kw) of the window's kernel size, b: (O,) or None, both of ``dtype``
-    (that of the array named ``first``)."""
+    """w: (O, C, kh, kw) of the window's kernel size, with O and C at least 1 (as Conv2D
+    asks), b: (O,) or None, both of ``dtype`` (that of the array named ``first``)."""
     _like(w, dtype, "w", first, who)
     if w.ndim != 4 or w.shape[1] != C or tuple(w.shape[2:]) != (win.kh, win.kw):
         raise ValueError(f"{who}: w must have shape (O, {C}, {win.kh}, {win.kw}), "
                          f"got {tuple(w.shape)}")
+    if w.shape[0] == 0 or C == 0:
+        raise ValueError(f"{who}: w must have at least one output and one input channel, "
+                         f"got shape {tuple(w.shape)}")
     if b is not None:
         _like(b, dtype, "b", first, who)
         check_shape(b, w.shape[:1], "b", who)

@@ -176,7 +176,7 @@ def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win
 def band_piece(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) -> int | None:
     """Output columns per band where one output row's product is over BLOCK_MULTIPLY_ADDS
     (the row split into as few equal pieces within it as will do, one column at least),
-    else None: a row is a band (and for an empty batch).
+    else None: a row is a band (and where there is nothing to multiply).
 
     OpenBLAS multiplies a product of at most 100^3 multiply-adds in its small-matrix kernels,
     without packing copies, so a row just over that size (the ``fast`` model's conv2 at 32
@@ -186,9 +186,10 @@ def band_piece(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window)
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
     out_w = win.out_size(H, W)[1]
-    if N == 0:
+    per_column = O * (C * kh * kw + int(bias)) * N
+    if per_column == 0:
         return None
-    fit = BLOCK_MULTIPLY_ADDS // (O * (C * kh * kw + int(bias)) * N)
+    fit = BLOCK_MULTIPLY_ADDS // per_column
     return None if fit >= out_w else even_blocks(out_w, max(1, fit))
 
 
