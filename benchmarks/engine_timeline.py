@@ -16,9 +16,11 @@ unpickled", reads one). The instrumentation itself costs a few microseconds an e
 
 ``--recipe NAME`` records ``Trainer.fit`` instead, as ``dualconv train --model NAME`` trains
 (the model's TRAINING_DEFAULTS: its batch, optimizer, schedule, shifts and divergence
-guard), on random MNIST-shaped images: a step then starts where fit's guard begins it, and
-its events add the batch's shift (``C shift``), ``train_step``, the model's forward and
-backward and the schedule's step (benchmarks/README.md, "Where a `fit` step goes").
+guard; ``--model`` and ``--batch`` are then not used), on random MNIST-shaped images: a
+step then starts where fit's guard begins it, and its events add ``train_step``, the
+model's forward and backward, and, where the recipe has them, the batch's shift
+(``C shift``) and a schedule stepped per batch (benchmarks/README.md, "Where a `fit` step
+goes"). A model with BatchNorm in training runs whole, with no worker events.
 """
 from __future__ import annotations
 
@@ -151,14 +153,14 @@ def _wrap_step(recorder: _Recorder, trainer: Any) -> None:
 
 def fit_timeline(name: str = "fast", steps: int = 200, warmup: int = 100) -> list[tuple[str, float, int]]:
     """timeline() of ``Trainer.fit`` training model ``name`` with its TRAINING_DEFAULTS, as
-    ``dualconv train`` does, on (warmup + steps) batches of random MNIST-shaped images; the
-    first ``warmup`` steps are left out."""
+    ``dualconv train`` does, on random MNIST-shaped images: ``steps`` steps after ``warmup``
+    left out (one more batch is trained, whose start ends the last step)."""
     config = runs.settings({"model": name, "seed": 0}, None, epochs=1)
-    n = (warmup + steps) * config["batch_size"]
+    n = (warmup + steps + 1) * config["batch_size"]
     rng = np.random.default_rng(0)
     x, y = rng.random((n, 1, 28, 28), dtype=np.float32), rng.integers(0, 10, n)
     trainer = recipe.build_trainer(config, recipe.make_model(config, x.shape[1:], 10), 1, n, progress=False)
-    recorder = _Recorder(capacity=40 * (warmup + steps))
+    recorder = _Recorder(capacity=40 * (warmup + steps + 1))
     workers.release_workers()  # forked again below, with the recorder in place
     try:
         recorder.wrap(divergence.LastFiniteState, "begin_step", "C step")
@@ -179,8 +181,7 @@ def fit_timeline(name: str = "fast", steps: int = 200, warmup: int = 100) -> lis
     finally:
         recorder.unwrap()
         workers.release_workers()
-    starts = [t for label, t in caller if label == "C step<"]
-    cut = starts[min(warmup, len(starts) - 1)]
+    cut = [t for label, t in caller if label == "C step<"][warmup]
     return _medians([event for event in caller if event[1] >= cut], [event for event in worker if event[1] >= cut])
 
 
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recipe", choices=sorted(TRAINING_DEFAULTS),
                         help="record Trainer.fit of this model with its TRAINING_DEFAULTS instead")
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error(f"--steps must be 1 or more, got {args.steps}")
     rows = fit_timeline(args.recipe, args.steps) if args.recipe else timeline(args.model, args.batch, args.steps)
     for name, offset, seen in rows:
         print(f"{offset:9.1f} us  {name} ({seen} steps)")

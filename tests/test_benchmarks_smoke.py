@@ -333,7 +333,7 @@ def test_engine_timeline_of_a_recipes_fit_has_its_shift_guard_and_schedule():
     rows = engine_timeline.fit_timeline("fast", steps=3, warmup=2)
     assert (augment.Shift.__call__, divergence.LastFiniteState.begin_step, passes._attempt) == originals
     offsets = dict((name, offset) for name, offset, _ in rows)
-    assert rows[0][0] == "C step<#1"
+    assert rows[0] == ("C step<#1", 0.0, 3)  # every step asked for, the warm-up's left out
     for event in ("C shift", "C train_step", "C own", "W forward", "W backward", "C optimizer", "C schedule"):
         assert offsets[f"{event}>#1"] > offsets[f"{event}<#1"], event
     assert offsets["C shift>#1"] <= offsets["C train_step<#1"] < offsets["C optimizer<#1"] < offsets["C schedule<#1"]
