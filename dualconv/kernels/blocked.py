@@ -27,8 +27,8 @@ BLOCK_MULTIPLY_ADDS = 10 ** 6
 with larger blocks) against keeping each block's operands in the L2 cache and within
 OpenBLAS's small-matrix kernels (products of at most 100^3 multiply-adds skip the
 packing copies). Chosen with benchmarks/lenet_vs_torch.py; it also sizes the
-convolution's bands of output rows (cpu_conv.rows_within_block) and the pieces of a row
-over it (cpu_conv.band_piece)."""
+convolution's bands of output rows and the pieces of a row over it
+(cpu_conv.pixels_within_block)."""
 
 MIN_BLOCK = 1024
 """Fewest columns worth a block. It trades the per-call cost of a narrow block against

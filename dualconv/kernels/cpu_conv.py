@@ -142,10 +142,15 @@ def band_rows(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) 
 def rows_within_block(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) -> int:
     """How many output rows of the convolution of an input of x_shape (N > 0) by w
     (O, C, kh, kw) keep a band's product within BLOCK_MULTIPLY_ADDS (0: not even one)."""
-    O, C, kh, kw = w.shape
     N, _, H, W = x_shape
-    out_w = win.out_size(H, W)[1]
-    return BLOCK_MULTIPLY_ADDS // (O * (C * kh * kw + int(bias)) * out_w * N)
+    return pixels_within_block(w, bias, N) // win.out_size(H, W)[1]
+
+
+def pixels_within_block(w: np.ndarray, bias: bool, N: int) -> int:
+    """How many output pixels, each for all N > 0 samples, keep a product by w (O, C, kh, kw)
+    within BLOCK_MULTIPLY_ADDS: each costs O * (C*kh*kw, plus one for a bias) * N."""
+    O, C, kh, kw = w.shape
+    return BLOCK_MULTIPLY_ADDS // (O * (C * kh * kw + int(bias)) * N)
 
 
 def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window,
@@ -176,20 +181,18 @@ def conv2d_forward_bands(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win
 def band_piece(w: np.ndarray, bias: bool, x_shape: tuple[int, ...], win: Window) -> int | None:
     """Output columns per band where one output row's product is over BLOCK_MULTIPLY_ADDS
     (the row split into as few equal pieces within it as will do, one column at least),
-    else None: a row is a band (and where there is nothing to multiply).
+    else None: a row is a band (and for an empty batch).
 
     OpenBLAS multiplies a product of at most 100^3 multiply-adds in its small-matrix kernels,
     without packing copies, so a row just over that size (the ``fast`` model's conv2 at 32
     images: 16 x 201 x 320) goes faster in pieces within it (benchmarks/README.md, "A row
     over the limit in pieces").
     """
-    O, C, kh, kw = w.shape
     N, _, H, W = x_shape
-    out_w = win.out_size(H, W)[1]
-    per_column = O * (C * kh * kw + int(bias)) * N
-    if per_column == 0:
+    if N == 0:
         return None
-    fit = BLOCK_MULTIPLY_ADDS // per_column
+    out_w = win.out_size(H, W)[1]
+    fit = pixels_within_block(w, bias, N)
     return None if fit >= out_w else even_blocks(out_w, max(1, fit))
 
 
