@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..shapes import Window
+from . import native_max_pool
 from .layout import batch_first, batch_last, columns_batch_first, columns_batch_last
 
 
@@ -129,6 +130,9 @@ def max_pool_forward(x: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray
     N, C, H, W = x.shape
     out_h, out_w = win.out_size(H, W)
     xb = padded_batch_last(x, win.ph, win.pw, fill=-np.inf)
+    compiled = native_max_pool.forward(xb, win)
+    if compiled is not None:
+        return batch_first(compiled[0]), batch_first(compiled[1])
     y, argmax = _max_pool_scan(xb, out_h, out_w, win, nan_aware=False)
     # np.maximum propagates NaN, so a window holding a NaN has a NaN maximum: checking
     # the (kh*kw times smaller) output finds every window the fast scan got wrong.
@@ -219,7 +223,7 @@ def max_pool_backward(gy: np.ndarray, argmax: np.ndarray, H: int, W: int, win: W
     """
     N, C, out_h, out_w = gy.shape
     kh, kw, ph, pw = win.kh, win.kw, win.ph, win.pw
-    if (win.sy, win.sx, ph, pw, win.dy, win.dx) == (kh, kw, 0, 0, 1, 1):
+    if native_max_pool.tiles(win):
         return _max_pool_backward_tiled(gy, argmax, H, W, win)
     g = np.ascontiguousarray(batch_last(gy))
     winner = np.ascontiguousarray(batch_last(argmax))
@@ -261,6 +265,9 @@ def _max_pool_backward_tiled(gy: np.ndarray, argmax: np.ndarray, H: int, W: int,
     product is that bit pattern or 0, which is +0.0, with no float multiply
     to turn inf * 0 into NaN.
     """
+    compiled = native_max_pool.backward(batch_last(gy), batch_last(argmax), H, W, win)
+    if compiled is not None:
+        return batch_first(compiled)
     N, C, out_h, out_w = gy.shape
     kh, kw = win.kh, win.kw
     bits = np.dtype(f"int{8 * gy.dtype.itemsize}")

@@ -1,0 +1,128 @@
+"""CPU kernels compiled from C: kernels/cpu_*.c, built by the system C compiler into one
+shared library and called through ctypes.
+
+``library()`` returns the loaded library, or None when there is none to be had: turned
+off (``DUALCONV_NATIVE=0``), no C compiler (``$CC``, else ``cc``), or a build that
+failed (a RuntimeWarning says why, once). Where it is None the NumPy twins run instead,
+and they give the same bits: every C kernel here only compares, selects and adds zero,
+so nothing rounds, and a result never depends on whether a compiler was found.
+
+The library is built once per machine for the CPU it runs on (``-O3 -march=native``,
+no ``-ffast-math``, which would drop the NaN tests) and cached under
+``$DUALCONV_CACHE`` (default ``~/.cache/dualconv``), in ``cpu_kernels/``, named by a
+hash of the sources, the compiler's version, the flags and the CPU's model and flags.
+A build goes to a temporary name and is renamed into place, so processes building at
+once (the engine's worker, parallel test runs) never load a half-written file.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .sources import kernel_dir
+
+SWITCH = "DUALCONV_NATIVE"
+"""Set to 0 to turn the compiled kernels off (the NumPy twins run)."""
+FLAGS = ("-O3", "-march=native", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
+_SIZE = ctypes.c_ssize_t
+_POINTER = ctypes.c_void_p
+SIGNATURES: dict[str, tuple[Any, ...]] = {
+    f"max_pool_tiled_{direction}_{suffix}": (_POINTER, _POINTER, _POINTER) + (_SIZE,) * 6
+    for direction in ("forward", "backward") for suffix in ("f32", "f64")
+}
+"""Every exported function's argument types: three arrays, then C, H, W, N, kh, kw."""
+
+_lock = threading.Lock()
+_loaded: dict[str, Any] = {}  # "library": the CDLL or None, once decided in this process
+
+
+def enabled() -> bool:
+    """Whether ``DUALCONV_NATIVE`` allows the compiled kernels (unset, or anything but 0)."""
+    return os.environ.get(SWITCH, "").strip() != "0"
+
+
+def library() -> Any:
+    """The compiled kernels as a ctypes.CDLL, built or loaded on first use; None when
+    they are off or cannot be built (the NumPy twins then run, with the same bits)."""
+    if not enabled():
+        return None
+    if "library" not in _loaded:
+        with _lock:
+            if "library" not in _loaded:
+                _loaded["library"] = _build_and_load()
+    return _loaded["library"]
+
+
+def _sources() -> dict[str, str]:
+    """{file name: text} of every kernels/cpu_*.c, sorted by name."""
+    root = kernel_dir()
+    return {e.name: e.read_text() for e in sorted(root.iterdir(), key=lambda e: e.name)
+            if e.name.startswith("cpu_") and e.name.endswith(".c")}
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and flags (what -march=native builds for), from /proc/cpuinfo
+    where there is one."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            lines = [line for line in info if line.startswith(("model name", "flags", "Features"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        import platform
+        return platform.machine() + platform.processor()
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("DUALCONV_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "dualconv") / "cpu_kernels"
+
+
+def _build_and_load() -> Any:
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        return None
+    sources = _sources()
+    if not sources:
+        return None
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                                 timeout=60).stdout
+        key = hashlib.sha256(repr((sorted(sources.items()), compiler, version, FLAGS,
+                                   _cpu_signature())).encode()).hexdigest()[:24]
+        target = cache_dir() / f"cpu_kernels_{key}.so"
+        if not target.exists():
+            _build(compiler, sources, target)
+        lib = ctypes.CDLL(str(target))
+        for name, argtypes in SIGNATURES.items():
+            function = getattr(lib, name)
+            function.argtypes, function.restype = argtypes, None
+        return lib
+    except (OSError, subprocess.SubprocessError, AttributeError, RuntimeError) as error:
+        warnings.warn(f"dualconv: the compiled CPU kernels could not be built ({error}); "
+                      f"the NumPy kernels run instead, with the same results", RuntimeWarning,
+                      stacklevel=3)
+        return None
+
+
+def _build(compiler: str, sources: dict[str, str], target: Path) -> None:
+    """Compile ``sources`` as one translation unit into ``target``, atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
+        source = Path(scratch, "cpu_kernels.c")
+        source.write_text("".join(f'#line 1 "{name}"\n{text}\n' for name, text in sources.items()))
+        built = Path(scratch, target.name)
+        done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)],
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            first = next((line for line in done.stderr.splitlines() if "error" in line),
+                         done.stderr.strip()[:200])
+            raise RuntimeError(f"{Path(compiler).name} exited with {done.returncode}: {first}")
+        os.replace(built, target)
