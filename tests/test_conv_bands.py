@@ -23,6 +23,12 @@ from error_bounds import assert_within, gamma
 from window_configs import random_configs
 
 
+@pytest.fixture(autouse=True)
+def gemm_twin(monkeypatch):
+    """These tests are of the GEMM twin's bands: the compiled kernels (native_conv.py) off."""
+    monkeypatch.setenv("DUALCONV_NATIVE", "0")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rows", [1, 2, 3, 1000])
 @pytest.mark.parametrize("cfg", random_configs(seed=11, count=12), ids=str)
@@ -165,8 +171,8 @@ def test_bands_are_sized_for_the_small_matrix_kernels() -> None:
 def test_rows_over_the_limit_go_in_pieces() -> None:
     """Where one output row's product is over BLOCK_MULTIPLY_ADDS, the row goes in as few
     equal pieces of output columns within it as will do; otherwise a row is a band. Worked
-    by hand for the ``fast`` model's conv2 (16@5x5 over 8 channels, 14x14 -> 10x10), LeNet's
-    conv2 and weidman's conv."""
+    by hand for a conv 16@5x5 over 8 channels (14x14 -> 10x10), LeNet's conv2 and weidman's
+    conv."""
     valid, same = Window(5, 5, 1, 1, 0, 0, 1, 1), Window(5, 5, 1, 1, 2, 2, 1, 1)
     fast2 = np.zeros((16, 8, 5, 5))
     # at 32 images an output column is 16 * 201 * 32 = 102,912 multiply-adds: 9 fit, so
@@ -190,7 +196,7 @@ def test_rows_over_the_limit_go_in_pieces() -> None:
 
 
 def test_the_forward_takes_pieces_where_a_row_is_over_the_limit(monkeypatch) -> None:
-    """conv2d_forward on the ``fast`` model's conv2 at 32 images multiplies rows in pieces of 5
+    """conv2d_forward of a conv 16@5x5 over 8 channels at 32 images multiplies rows in pieces of 5
     output columns (band_piece's), within the rounding bound of the exact convolution; a
     piece asked of bands of several rows makes them one row each."""
     asked = []

@@ -147,6 +147,7 @@ def test_conv2d_in_blocks_matches_reference(monkeypatch, N: int, H: int, W: int,
     bands of output rows, its weight gradient made from the input band by band; with
     10, and bands sized to hold no row, it runs whole: the column matrix kept, gw in
     inner blocks."""
+    monkeypatch.setenv("DUALCONV_NATIVE", "0")  # the GEMM twin's blocks, not the compiled sums
     monkeypatch.setattr(blocked, "MIN_BLOCK", 1)
     monkeypatch.setattr(blocked, "BLOCK_MULTIPLY_ADDS", 7 * O * 19)  # [w | b] is O x 19
     assert blocked.block_size(O, 19) == blocked.block_size(18, O) == 7

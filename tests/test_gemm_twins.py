@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 
 from dualconv import kernels
-from dualconv.kernels import checks, cpu_conv, cpu_dense, cuda_conv, cuda_dense, reference
+from dualconv.kernels import checks, cpu_conv, cpu_dense, cuda_conv, cuda_dense, native, reference
 from dualconv.shapes import Window
 from error_bounds import assert_within
 from gemm_bounds import conv_bounds, conv_case, dense_bounds, dense_case
 from window_configs import WindowConfig, random_configs
 
-CONV_PATHS = ["default", "whole", "bands", "blocks"]
+CONV_PATHS = ["default", "compiled", "whole", "bands", "blocks"]
 CONV_CONFIGS = random_configs(seed=31, count=5) + [
     WindowConfig(3, 2, 9, 8, 3, 3, 1, 1, 1, 1, 1, 1),  # stride 1: gx folds wide in bands
     WindowConfig(2, 3, 10, 7, 2, 3, 1, 1, 0, 2, 2, 1),  # stride 1, padding, dilation
@@ -30,13 +30,22 @@ CONV_CONFIGS = random_configs(seed=31, count=5) + [
 def _conv_path(monkeypatch, path: str, cfg, bias: bool) -> int:
     """Set the CPU twin's sizes so that ``path`` runs; returns the output channels O.
 
-    whole: no row fits a band, and the columns do not outweigh the outputs twice over;
-    bands: two output rows a band, the stride-1 gx folded wide; blocks: the whole product
-    with its GEMMs in blocks of a few columns, gx through col2im."""
+    default: what this machine runs; compiled: the compiled kernels (kernels/cpu_conv.c),
+    with 16 output channels, a float32 vector's worth, so gw is compiled where C*kh*kw
+    reaches MIN_WEIGHT_ROWS (tests/test_native_conv.py takes other channel counts). The GEMM paths run with the compiled kernels off. whole: no
+    row fits a band, and the columns do not outweigh the outputs twice over; bands: two
+    output rows a band, the stride-1 gx folded wide; blocks: the whole product with its
+    GEMMs in blocks of a few columns, gx through col2im."""
     K = cfg.C * cfg.kh * cfg.kw
     out_w = cfg.out[1]
     if path == "default":
         return 3
+    if path == "compiled":
+        monkeypatch.delenv(native.SWITCH, raising=False)
+        if native.library() is None:
+            pytest.skip("no C compiler here: the compiled kernels cannot be built")
+        return 16
+    monkeypatch.setenv(native.SWITCH, "0")
     if path == "bands":
         O = 2
         monkeypatch.setattr(cpu_conv, "BLOCK_MULTIPLY_ADDS", 2 * O * (K + bias) * out_w * cfg.N)
@@ -67,8 +76,8 @@ def test_conv2d_cpu_twin_is_the_textbook_within_rounding(monkeypatch, cfg, path:
     y_ref, saved_ref = reference.conv2d_forward(x, w, b, win)
     y, saved = kernels.conv2d_forward(x, w, b, win)  # the dispatch point: the CPU twin
     assert saved[0] == x.shape
-    if path == "bands":
-        assert saved[1] is x  # the input kept: the columns are made again for gw
+    if path in ("bands", "compiled"):
+        assert saved[1] is x  # the input kept: gw is made from it
     elif path in ("whole", "blocks"):
         assert saved[1].ndim == 6  # the columns kept
     assert y.shape == y_ref.shape and y.dtype == dtype

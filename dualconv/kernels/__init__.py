@@ -24,6 +24,9 @@ Open the files in this order:
   cpu_conv.py   the NumPy twin of the convolution: blocks, bands of output rows,
                 the bias in the GEMM, the stride-1 input gradient folded wide
   cpu_dense.py  the NumPy twin of Dense: blocked products in the input's memory order
+  native.py     the compiled CPU kernels (kernels/cpu_*.c): built on first use, loaded
+                through ctypes; native_conv.py and native_max_pool.py call them for
+                cpu_conv.py and cpu.py where a C compiler was found
   blocked.py    the cache-blocked matrix products the CPU GEMM twins use
   cuda.py       the CUDA twins: CuPy launches of kernels/*.cu (plans in cuda_plans.py)
   cuda_conv.py  the CUDA twin of the convolution: im2col launch, one cuBLAS product
@@ -67,7 +70,8 @@ keeps them. softmax_cross_entropy calls exp and log, which differ between
 libraries by up to 2 ulp each, so it agrees within the bound derived in
 tests/cuda/test_cuda_fused.py (about (C + 4) eps (1 + |log-sum-exp|) per row).
 The four GEMM kernels make every output as one dot product, whose terms BLAS
-(OpenBLAS, cuBLAS, in blocks or whole) may add in any order: the twins agree
+(OpenBLAS, cuBLAS, in blocks or whole) or the compiled CPU convolution
+(kernels/cpu_conv.c) may add in any order: the twins agree
 with the reference and with each other within the products' rounding bound
 (gamma(K) times the products of the absolute values, tests/error_bounds.py).
 """

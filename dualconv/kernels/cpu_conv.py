@@ -34,7 +34,7 @@ from typing import Iterator
 import numpy as np
 
 from ..shapes import Window
-from . import cpu
+from . import cpu, native_conv
 from .blocked import BLOCK_MULTIPLY_ADDS, MIN_BLOCK, even_blocks, matmul_column_blocks, matmul_inner_blocks
 from .layout import batch_first, batch_last, columns_batch_first, columns_batch_last
 
@@ -43,7 +43,11 @@ def conv2d_forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None,
                    win: Window) -> tuple[np.ndarray, tuple[tuple[int, ...], np.ndarray]]:
     """x: (N, C, H, W), w: (O, C, kh, kw), b: (O,) or None -> (y (N, O, out_h, out_w),
     saved): saved is (x's shape, x itself) when the forward ran in bands (band_rows),
-    else (x's shape, col (C, kh, kw, N, out_h, out_w)), the columns it multiplied."""
+    else (x's shape, col (C, kh, kw, N, out_h, out_w)), the columns it multiplied. Where
+    the compiled kernels apply (native_conv.py) they make y, and saved keeps x, as bands do."""
+    compiled = native_conv.forward(x, w, b, win)
+    if compiled is not None:
+        return compiled, (tuple(x.shape), x)
     rows = band_rows(w, b is not None, x.shape, win)
     if rows:
         return conv2d_forward_bands(x, w, b, win, rows), (tuple(x.shape), x)
@@ -55,8 +59,9 @@ def conv2d_backward(gy: np.ndarray, saved: tuple[tuple[int, ...], np.ndarray], w
                     win: Window, need_gx: bool, need_gb: bool
                     ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """gy: (N, O, out_h, out_w) and conv2d_forward's saved -> (gx (N, C, H, W) or None,
-    gw (O, C, kh, kw), gb (O,) or None). Kept columns are multiplied as they are; a
-    kept input has its columns made again band by band (conv2d_weight_gradient_bands)."""
+    gw (O, C, kh, kw), gb (O,) or None). Kept columns are multiplied as they are; from a
+    kept input, the compiled kernels make gw where they apply (native_conv.py), else its
+    columns are made again band by band (conv2d_weight_gradient_bands)."""
     x_shape, kept = saved
     O = w.shape[0]
     gy_mat = np.ascontiguousarray(batch_last(gy)).reshape(O, -1)  # (O, out_h*out_w*N)
@@ -64,7 +69,9 @@ def conv2d_backward(gy: np.ndarray, saved: tuple[tuple[int, ...], np.ndarray], w
     # OpenBLAS runs faster for these shapes (a long inner dimension, stride 1 in both);
     # transposing it back copies a few KB.
     if kept.ndim == 4:
-        gw = conv2d_weight_gradient_bands(kept, gy_mat, w, win)
+        gw = native_conv.weight_gradient(gy, kept, w, win)
+        if gw is None:
+            gw = conv2d_weight_gradient_bands(kept, gy_mat, w, win)
     else:
         gw = matmul_inner_blocks(_column_matrix(kept), gy_mat.T).T.reshape(w.shape)
     gb = gy_mat.sum(axis=1) if need_gb else None
@@ -269,6 +276,9 @@ def conv2d_input_gradient(gy_mat: np.ndarray, w: np.ndarray, x_shape: tuple[int,
     O, C, kh, kw = w.shape
     N, _, H, W = x_shape
     out_h, out_w = win.out_size(H, W)
+    compiled = native_conv.input_gradient(batch_first(gy_mat.reshape(O, out_h, out_w, N)), w, x_shape, win)
+    if compiled is not None:
+        return compiled
     if folds_wide(gy_mat, win):
         return input_gradient_wide(w, gy_mat, x_shape, win)
     gcol = matmul_column_blocks(w.reshape(O, -1).T, gy_mat).reshape(C, kh, kw, out_h, out_w, N)

@@ -3,12 +3,15 @@ shared library and called through ctypes.
 
 ``library()`` returns the loaded library, or None when there is none to be had: turned
 off (``DUALCONV_NATIVE=0``), no C compiler (``$CC``, else ``cc``), or a build that
-failed (a RuntimeWarning says why, once). Where it is None the NumPy twins run instead,
-and they give the same bits: every C kernel here only compares, selects and adds zero,
-so nothing rounds, and a result never depends on whether a compiler was found.
+failed (a RuntimeWarning says why, once). Where it is None the NumPy twins run instead.
+Each C kernel keeps its NumPy twin's contract: the max-pool kernels only compare, select
+and add zero, so they give the same bits; the convolution's sums are a BLAS product's
+dot products in one order BLAS may use, so they agree within its rounding bound.
 
-The library is built once per machine for the CPU it runs on (``-O3 -march=native``,
-no ``-ffast-math``, which would drop the NaN tests) and cached under
+The library is built once per machine for the CPU it runs on (``-O3 -march=native``;
+``-ffp-contract=fast``, so a multiply-add is one fused instruction where the CPU has it,
+as in BLAS's kernels; no ``-ffast-math``, which would drop the NaN tests and reorder
+sums) and cached under
 ``$DUALCONV_CACHE`` (default ``~/.cache/dualconv``), in ``cpu_kernels/``, named by a
 hash of the sources, the compiler's version, the flags and the CPU's model and flags.
 A build goes to a temporary name and is renamed into place, so processes building at
@@ -31,14 +34,20 @@ from .sources import kernel_dir
 
 SWITCH = "DUALCONV_NATIVE"
 """Set to 0 to turn the compiled kernels off (the NumPy twins run)."""
-FLAGS = ("-O3", "-march=native", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off")
+FLAGS = ("-O3", "-march=native", "-std=c99", "-fPIC", "-shared", "-ffp-contract=fast")
 _SIZE = ctypes.c_ssize_t
 _POINTER = ctypes.c_void_p
 SIGNATURES: dict[str, tuple[Any, ...]] = {
-    f"max_pool_tiled_{direction}_{suffix}": (_POINTER, _POINTER, _POINTER) + (_SIZE,) * 6
-    for direction in ("forward", "backward") for suffix in ("f32", "f64")
+    **{f"max_pool_tiled_{direction}_{suffix}": (_POINTER,) * 3 + (_SIZE,) * 6  # C, H, W, N, kh, kw
+       for direction in ("forward", "backward") for suffix in ("f32", "f64")},
+    # x, w, b, y; C, Hp, Wp, N, O, kh, kw, sy, sx, dy, dx
+    **{f"conv_forward_{suffix}": (_POINTER,) * 4 + (_SIZE,) * 11 for suffix in ("f32", "f64")},
+    # three arrays; C, Hp, Wp, N, O, kh, kw, sy, sx, dy, dx
+    **{f"conv_{gradient}_gradient_{suffix}": (_POINTER,) * 3 + (_SIZE,) * 11
+       for gradient in ("input", "weight") for suffix in ("f32", "f64")},
+    **{f"conv_weight_gradient_{suffix}_half": (_POINTER,) * 3 + (_SIZE,) * 11 for suffix in ("f32", "f64")},
 }
-"""Every exported function's argument types: three arrays, then C, H, W, N, kh, kw."""
+"""Every exported function's argument types, as kernels/cpu_*.c declare them."""
 
 _lock = threading.Lock()
 _loaded: dict[str, Any] = {}  # "library": the CDLL or None, once decided in this process

@@ -1,0 +1,139 @@
+"""The convolution's forward through the compiled kernels (kernels/cpu_conv.c, loaded by
+native.py): direct sums over the batch-last image, the fast path of cpu_conv.py's
+conv2d_forward.
+
+The C kernel takes whole register blocks: a batch of a multiple of ``SAMPLE_BLOCK``
+samples and a multiple of ``CHANNEL_BLOCK`` output channels. Other sizes are padded
+here with zero samples and zero weights, whose outputs are computed and dropped.
+``forward`` returns None where the compiled kernels do not apply (a dtype other than
+float32 and float64, mixed dtypes, an empty batch, no library), and cpu_conv.py's
+products run instead.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..shapes import Window
+from .layout import batch_first, batch_last
+from .native import library
+
+SAMPLE_BLOCK = {np.dtype(np.float32): 32, np.dtype(np.float64): 16}
+"""Samples per register block: two 64-byte vectors (kernels/cpu_conv.c, LANES)."""
+CHANNEL_BLOCK = 8
+"""Output channels per register block (kernels/cpu_conv.c, OUT_BLOCK)."""
+INPUT_BLOCK = 4
+"""Input channels per register block of the input gradient (kernels/cpu_conv.c, IN_BLOCK)."""
+MIN_WEIGHT_ROWS = 48
+"""The fewest rows of gw.T (C*kh*kw) for which the compiled weight gradient runs: four
+register blocks (kernels/cpu_conv.c, ROW_BLOCK). Below it, transposing gy costs more
+than the kernel saves (benchmarks/README.md, "Compiled CPU kernels")."""
+_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window) -> np.ndarray | None:
+    """x (N, C, H, W), w (O, C, kh, kw), b (O,) or None -> y (N, O, out_h, out_w), stored
+    batch-last (the contract of cpu_conv.conv2d_forward); None where it does not apply."""
+    lib = library()
+    dtype = x.dtype
+    if (lib is None or dtype not in _SUFFIX or w.dtype != dtype or (b is not None and b.dtype != dtype)
+            or x.shape[0] == 0):
+        return None
+    N, C, H, W = x.shape
+    O, _, kh, kw = w.shape
+    out_h, out_w = win.out_size(H, W)
+    n_padded, o_padded = _round_up(N, SAMPLE_BLOCK[dtype]), _round_up(O, CHANNEL_BLOCK)
+    xb = _padded_input(x, win, n_padded)
+    weights = _padded_rows(w, o_padded)
+    bias = None if b is None else _padded_rows(b, o_padded)
+    y = np.empty((o_padded, out_h, out_w, n_padded), dtype=dtype)
+    getattr(lib, f"conv_forward_{_SUFFIX[dtype]}")(
+        xb.ctypes.data, weights.ctypes.data, None if bias is None else bias.ctypes.data, y.ctypes.data,
+        C, xb.shape[1], xb.shape[2], n_padded, o_padded, kh, kw, win.sy, win.sx, win.dy, win.dx)
+    if n_padded != N:
+        y = np.ascontiguousarray(y[..., :N])
+    return batch_first(y[:O])
+
+
+def _padded_input(x: np.ndarray, win: Window, n_padded: int) -> np.ndarray:
+    """x (N, C, H, W) -> a C-contiguous (C, H + 2ph, W + 2pw, n_padded) copy, zeros around
+    it and in the samples past N; x's own batch-last storage where nothing is added."""
+    N, C, H, W = x.shape
+    ph, pw = win.ph, win.pw
+    if ph == 0 and pw == 0 and n_padded == N:
+        return np.ascontiguousarray(batch_last(x))
+    xb = np.zeros((C, H + 2 * ph, W + 2 * pw, n_padded), dtype=x.dtype)
+    xb[:, ph:ph + H, pw:pw + W, :N] = batch_last(x)
+    return xb
+
+
+def _padded_rows(a: np.ndarray, rows: int) -> np.ndarray:
+    """a C-contiguous, with zero rows added up to ``rows`` (a itself where it needs neither)."""
+    if a.shape[0] == rows:
+        return np.ascontiguousarray(a)
+    out = np.zeros((rows, *a.shape[1:]), dtype=a.dtype)
+    out[:a.shape[0]] = a
+    return out
+
+
+def weight_gradient(gy: np.ndarray, x: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray | None:
+    """gy (N, O, out_h, out_w) and the forward's input x (N, C, H, W) -> gw (O, C, kh, kw):
+    each sum over (oy, ox, n) in that order, one multiply-add each, an order the GEMM
+    twin's BLAS product may use (within its rounding bound). None where it does not
+    apply: where O is not a multiple of half a vector's numbers (8 floats, 4 doubles), as
+    the kernel holds output channels in vectors (whole ones where O fills them) and padding
+    them wastes more than the GEMM twin loses, and where C*kh*kw is under MIN_WEIGHT_ROWS."""
+    lib = library()
+    dtype = gy.dtype
+    if (lib is None or dtype not in _SUFFIX or x.dtype != dtype or w.dtype != dtype or gy.shape[0] == 0
+            or w.shape[0] % (SAMPLE_BLOCK[dtype] // 4) or w[0].size < MIN_WEIGHT_ROWS):
+        return None
+    width = "" if w.shape[0] % (SAMPLE_BLOCK[dtype] // 2) == 0 else "_half"
+    N, C, H, W = x.shape
+    O, _, kh, kw = w.shape
+    n_padded = _round_up(N, SAMPLE_BLOCK[dtype])
+    xb = _padded_input(x, win, n_padded)
+    gyt = np.ascontiguousarray(_padded_samples(gy, n_padded).reshape(O, -1).T)  # (out_h*out_w*N, O)
+    gw_t = np.empty((C * kh * kw, O), dtype=dtype)
+    getattr(lib, f"conv_weight_gradient_{_SUFFIX[dtype]}{width}")(
+        xb.ctypes.data, gyt.ctypes.data, gw_t.ctypes.data, C, xb.shape[1], xb.shape[2], n_padded, O,
+        kh, kw, win.sy, win.sx, win.dy, win.dx)
+    return np.ascontiguousarray(gw_t.T).reshape(w.shape)
+
+
+def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], win: Window) -> np.ndarray | None:
+    """gy (N, O, out_h, out_w) and w (O, C, kh, kw) -> gx (N, C, H, W) for an input of
+    x_shape, stored batch-last: for each pixel, over (ky, kx) in order, the term sum over
+    o of w * gy (from 0, o in order) added to a sum that starts at +0.0, col2im's order of
+    the GEMM twin's terms (cpu_conv.conv2d_input_gradient). None where it does not apply."""
+    lib = library()
+    dtype = gy.dtype
+    if lib is None or dtype not in _SUFFIX or w.dtype != dtype or gy.shape[0] == 0:
+        return None
+    N, C, H, W = x_shape
+    O, _, kh, kw = w.shape
+    n_padded, c_padded = _round_up(N, SAMPLE_BLOCK[dtype]), _round_up(C, INPUT_BLOCK)
+    Hp, Wp = H + 2 * win.ph, W + 2 * win.pw
+    gyb = _padded_samples(gy, n_padded)
+    wt = np.zeros((kh, kw, c_padded, O), dtype=dtype)
+    wt[:, :, :C] = w.transpose(2, 3, 1, 0)
+    gxb = np.empty((c_padded, Hp, Wp, n_padded), dtype=dtype)
+    getattr(lib, f"conv_input_gradient_{_SUFFIX[dtype]}")(
+        gyb.ctypes.data, wt.ctypes.data, gxb.ctypes.data, c_padded, Hp, Wp, n_padded, O,
+        kh, kw, win.sy, win.sx, win.dy, win.dx)
+    gxb = gxb[:C, win.ph:win.ph + H, win.pw:win.pw + W, :N]
+    return batch_first(gxb if gxb.flags.c_contiguous else np.ascontiguousarray(gxb))
+
+
+def _padded_samples(gy: np.ndarray, n_padded: int) -> np.ndarray:
+    """gy (N, O, out_h, out_w) -> a C-contiguous (O, out_h, out_w, n_padded) batch-last copy,
+    zeros in the samples past N; gy's own storage where it is that already."""
+    N = gy.shape[0]
+    if n_padded == N:
+        return np.ascontiguousarray(batch_last(gy))
+    gyb = np.zeros((*gy.shape[1:], n_padded), dtype=gy.dtype)
+    gyb[..., :N] = batch_last(gy)
+    return gyb
