@@ -68,19 +68,21 @@ def torch_shift(x, shifts, k: int):
 
 
 def torch_run(initial: list[dict], config: dict, seed: int, device: str, data) -> tuple[float, float]:
-    """PyTorch's twin of dualconv.models.fast from the same weights, schedule, batch order
-    and image shifts."""
+    """PyTorch's twin of dualconv.models.fast (its layer sizes read from the weights) from the
+    same weights, schedule, batch order and image shifts."""
     import torch
     from torch import nn
 
     from dualconv import recipe
 
     (X, y), (X_test, y_test) = data
-    model = nn.Sequential(
-        nn.Conv2d(1, 8, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Conv2d(8, 16, 5), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Flatten(), nn.Linear(400, 128), nn.ReLU(), nn.Linear(128, 10))
     ours = [p for p in initial if p]
+    (c1, _, k1, _), (c2, _, k2, _) = (p["weight"].shape for p in ours[:2])
+    (flat, hidden), (_, classes) = (p["weight"].shape for p in ours[2:])
+    model = nn.Sequential(
+        nn.Conv2d(1, c1, k1, padding=k1 // 2), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Conv2d(c1, c2, k2), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, classes))
     theirs = [m for m in model if isinstance(m, (nn.Conv2d, nn.Linear))]
     with torch.no_grad():
         for mine, module in zip(ours, theirs):  # dualconv's Dense holds (in, out), torch's Linear (out, in)

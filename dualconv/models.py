@@ -56,13 +56,13 @@ def mlp(num_classes: int = 10, hidden: int = 128, seed: int | None = None, dtype
 def fast(num_classes: int = 10, seed: int | None = None, dtype: Any = np.float32) -> Sequential:
     """The one-epoch MNIST recipe's network: LeNet's shape, wider, without BatchNorm.
 
-    (N, 1, 28, 28) -> conv 8@5x5 pad 2 -> ReLU -> pool -> conv 16@5x5 -> ReLU -> pool
+    (N, 1, 28, 28) -> conv 8@5x5 pad 2 -> ReLU -> pool -> conv 24@5x5 -> ReLU -> pool
     -> 128 -> ReLU -> logits. No layer mixes samples, so the CPU engine splits every
     batch over the cores (a BatchNorm would keep each batch on one core).
     """
     return Sequential([
         Conv2D(None, 8, 5, padding=2), ReLU(), MaxPool2D(2, 2),
-        Conv2D(None, 16, 5), ReLU(), MaxPool2D(2, 2),
+        Conv2D(None, 24, 5), ReLU(), MaxPool2D(2, 2),
         Flatten(), Dense(None, 128), ReLU(), Dense(None, num_classes),
     ], seed=seed, dtype=dtype)
 
