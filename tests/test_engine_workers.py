@@ -378,3 +378,19 @@ def test_a_worker_grown_for_a_large_call_shrinks_back_after_small_ones() -> None
     assert workers.workers[0].arena_bytes > workers.ARENA_BYTES
     assert _in_worker(_pid)[0]
     assert workers.workers[0].arena_bytes == workers.ARENA_BYTES
+
+
+def _kernel_setting() -> str | None:
+    return os.environ.get("DUALCONV_NATIVE")
+
+
+def test_a_kernel_setting_changed_in_the_environment_reaches_a_new_worker(monkeypatch) -> None:
+    """DUALCONV_NATIVE set after the worker was forked (the compiled CPU kernels read it at
+    each call): the next call runs in a new worker that sees the new value; unchanged, the
+    same worker."""
+    first = workers.ready_workers(1, check_code=False)[0].process.pid
+    assert workers.ready_workers(1, check_code=False)[0].process.pid == first
+    flipped = "1" if os.environ.get("DUALCONV_NATIVE") == "0" else "0"
+    monkeypatch.setenv("DUALCONV_NATIVE", flipped)
+    assert workers.ready_workers(1, check_code=False)[0].process.pid != first
+    assert _in_worker(_kernel_setting) == (True, flipped)

@@ -14,7 +14,14 @@ from dualconv.kernels import cpu_conv, native, native_conv, reference
 from dualconv.kernels.layout import batch_first, batch_last
 from dualconv.shapes import Window
 from error_bounds import assert_within, gamma
-from window_configs import random_configs
+from window_configs import WindowConfig, random_configs
+
+
+def batched(configs: list[WindowConfig]) -> list[WindowConfig]:
+    """The configs with batches the compiled kernels take (half a register block or more):
+    16 (half of float32's 32, padded), 32 (whole), 33 and 40 (a block and a padded one)."""
+    sizes = [16, 32, 33, 40]
+    return [WindowConfig(sizes[i % len(sizes)], cfg.C, cfg.H, cfg.W, *cfg.window) for i, cfg in enumerate(configs)]
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +55,7 @@ def draw(cfg, O: int, dtype, seed: int, integers: bool = False):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("O", [3, 8, 16])
-@pytest.mark.parametrize("cfg", random_configs(seed=21, count=10), ids=str)
+@pytest.mark.parametrize("cfg", batched(random_configs(seed=21, count=10)), ids=str)
 def test_forward_within_the_bound_of_the_exact_convolution(cfg, O: int, dtype) -> None:
     """Any window (stride, padding, dilation), batch and channel count; with and without a
     bias. float64's own reference rounds as much, hence twice the bound there."""
@@ -63,7 +70,7 @@ def test_forward_within_the_bound_of_the_exact_convolution(cfg, O: int, dtype) -
         assert_within(y, exact_forward(x, w, bias, cfg.window), bound)
 
 
-@pytest.mark.parametrize("cfg", random_configs(seed=22, count=10), ids=str)
+@pytest.mark.parametrize("cfg", batched(random_configs(seed=22, count=10)), ids=str)
 def test_exact_sums_give_the_gemm_twins_bits(monkeypatch, cfg) -> None:
     """Small integers make every sum exact in any order: forward, gw and gx are then the
     bits of the GEMM twin (the compiled kernels off), for O that fills the vectors (16)
@@ -84,7 +91,7 @@ def test_exact_sums_give_the_gemm_twins_bits(monkeypatch, cfg) -> None:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("O", [8, 16, 24])
-@pytest.mark.parametrize("cfg", random_configs(seed=23, count=10), ids=str)
+@pytest.mark.parametrize("cfg", batched(random_configs(seed=23, count=10)), ids=str)
 def test_weight_gradient_within_the_bound(cfg, O: int, dtype) -> None:
     """gw = gy @ col.T, each of its dot products over N*out_h*out_w terms; O = 16 fills a
     float32 vector and two float64 ones, 8 and 24 take the half-width kernel in float32.
@@ -104,7 +111,7 @@ def test_weight_gradient_within_the_bound(cfg, O: int, dtype) -> None:
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cfg", random_configs(seed=24, count=10), ids=str)
+@pytest.mark.parametrize("cfg", batched(random_configs(seed=24, count=10)), ids=str)
 def test_input_gradient_within_the_bound(cfg, dtype) -> None:
     """gx = col2im(w.T @ gy): each pixel a sum of up to kh*kw terms, each a dot product
     over O; held to gamma(O * kh * kw) of its |terms|, against the float64 loops."""
@@ -129,33 +136,38 @@ def test_input_gradient_within_the_bound(cfg, dtype) -> None:
 def test_hand_worked_convolution() -> None:
     """One 3x3 image, a 2x2 kernel of ones, bias 1: each output is its window's sum + 1;
     gx of gy = 1 everywhere counts the windows covering each pixel (1 2 1 / 2 4 2 / 1 2 1)."""
-    x = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
+    x = np.broadcast_to(np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3), (16, 1, 3, 3))  # 16 samples
     w = np.ones((1, 1, 2, 2), dtype=np.float32)
     win = Window(2, 2, 1, 1, 0, 0, 1, 1)
     y = native_conv.forward(x, w, np.ones(1, np.float32), win)
-    assert_array_equal(y, [[[[1 + 2 + 4 + 5 + 1, 2 + 3 + 5 + 6 + 1], [4 + 5 + 7 + 8 + 1, 5 + 6 + 8 + 9 + 1]]]])
-    gx = native_conv.input_gradient(np.ones((1, 1, 2, 2), np.float32), w, x.shape, win)
-    assert_array_equal(gx, [[[[1, 2, 1], [2, 4, 2], [1, 2, 1]]]])
+    assert_array_equal(y[5], [[[1 + 2 + 4 + 5 + 1, 2 + 3 + 5 + 6 + 1], [4 + 5 + 7 + 8 + 1, 5 + 6 + 8 + 9 + 1]]])
+    gx = native_conv.input_gradient(np.ones((16, 1, 2, 2), np.float32), w, x.shape, win)
+    assert_array_equal(gx[15], [[[1, 2, 1], [2, 4, 2], [1, 2, 1]]])
 
 
 def test_declines_what_it_does_not_take() -> None:
     win = Window(3, 3, 1, 1, 1, 1, 1, 1)
-    x = np.ones((2, 16, 5, 5), np.float32)
+    x = np.ones((16, 16, 5, 5), np.float32)
     w = np.ones((16, 16, 3, 3), np.float32)
+    assert native_conv.forward(x, w, None, win) is not None
     assert native_conv.forward(x.astype(np.float16), w.astype(np.float16), None, win) is None
     assert native_conv.forward(x, w.astype(np.float64), None, win) is None  # mixed dtypes
     assert native_conv.forward(x[:0], w, None, win) is None  # an empty batch
-    gy = np.ones((2, 8, 5, 5), np.float32)
+    assert native_conv.forward(x[:15], w, None, win) is None  # under half of 32 samples: padding would cost more
+    assert native_conv.forward(x[:8].astype(np.float64), w.astype(np.float64), None, win) is not None  # half of 16
+    assert native_conv.input_gradient(np.ones((15, 16, 5, 5), np.float32), w, (15, 16, 5, 5), win) is None
+    gy = np.ones((16, 8, 5, 5), np.float32)
     assert native_conv.weight_gradient(gy[:, :4], x, w[:4], win) is None  # 4 channels: under half a vector
     assert native_conv.weight_gradient(gy, x[:, :1], w[:8, :1], win) is None  # 9 rows < MIN_WEIGHT_ROWS
     assert native_conv.weight_gradient(gy, x, w[:8], win) is not None  # 8 channels: the half-width kernel
-    assert native_conv.weight_gradient(np.ones((2, 16, 5, 5), np.float32), x, w, win) is not None
+    assert native_conv.weight_gradient(np.ones((16, 16, 5, 5), np.float32), x, w, win) is not None
+    assert native_conv.weight_gradient(np.ones((15, 16, 5, 5), np.float32), x[:15], w, win) is None
 
 
 def test_batch_first_input_and_outputs_match_batch_last() -> None:
     """A user's (N, C, H, W) array and the same numbers stored batch-last give the same bits."""
     rng = np.random.default_rng(9)
-    x = rng.standard_normal((3, 2, 7, 6)).astype(np.float32)
+    x = rng.standard_normal((20, 2, 7, 6)).astype(np.float32)
     w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
     win = Window(3, 3, 1, 1, 1, 1, 1, 1)
     stored = batch_first(np.ascontiguousarray(batch_last(x)))

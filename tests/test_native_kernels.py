@@ -7,6 +7,9 @@ this machine takes; here each path is asked for by name.
 """
 from __future__ import annotations
 
+import multiprocessing
+import warnings
+
 import numpy as np
 import pytest
 
@@ -15,9 +18,23 @@ from dualconv.kernels.layout import batch_first
 from dualconv.shapes import Window
 
 
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def decided_anew(monkeypatch, shared_cache):
+    """native.library() decided anew, with this module's cache (built once for its tests)."""
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("DUALCONV_CACHE", str(shared_cache))
+    return shared_cache
+
+
 @pytest.fixture
 def fresh(monkeypatch, tmp_path):
-    """native.library() decided anew, with its cache in tmp_path."""
+    """native.library() decided anew, with an empty cache in tmp_path (for tests that look
+    at what is built)."""
     monkeypatch.setattr(native, "_loaded", {})
     monkeypatch.setenv("DUALCONV_CACHE", str(tmp_path))
     return tmp_path
@@ -59,7 +76,7 @@ def run_both(monkeypatch, kernel, *args):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", SHAPES)
-def test_compiled_max_pool_gives_the_numpy_twins_bits(monkeypatch, fresh, shape, dtype) -> None:
+def test_compiled_max_pool_gives_the_numpy_twins_bits(monkeypatch, decided_anew, shape, dtype) -> None:
     C, H, W, N, kh, kw = shape
     win = Window(kh, kw, kh, kw, 0, 0, 1, 1)
     x = batch_first(awkward_images((C, H, W, N), dtype, seed=sum(shape)))
@@ -74,7 +91,7 @@ def test_compiled_max_pool_gives_the_numpy_twins_bits(monkeypatch, fresh, shape,
 
 @pytest.mark.parametrize("switch", ["0", "1"])
 @pytest.mark.parametrize("shape", SHAPES[1:4])
-def test_either_path_matches_the_loop_reference(monkeypatch, fresh, shape, switch) -> None:
+def test_either_path_matches_the_loop_reference(monkeypatch, decided_anew, shape, switch) -> None:
     C, H, W, N, kh, kw = shape
     monkeypatch.setenv(native.SWITCH, switch)
     if switch == "1":
@@ -90,7 +107,7 @@ def test_either_path_matches_the_loop_reference(monkeypatch, fresh, shape, switc
                                   bits(reference.max_pool_backward(gy, argmax, H, W, win)))
 
 
-def test_compiled_max_pool_takes_any_memory_order(monkeypatch, fresh) -> None:
+def test_compiled_max_pool_takes_any_memory_order(monkeypatch, decided_anew) -> None:
     """An input stored batch-first (as a user's NumPy array is) gives the same numbers."""
     compiled_or_skip()
     x = np.random.default_rng(1).standard_normal((3, 2, 6, 8)).astype(np.float32)
@@ -101,7 +118,7 @@ def test_compiled_max_pool_takes_any_memory_order(monkeypatch, fresh) -> None:
     np.testing.assert_array_equal(argmax, argmax_ref)
 
 
-def test_hand_worked_window(monkeypatch, fresh) -> None:
+def test_hand_worked_window(monkeypatch, decided_anew) -> None:
     """One 2x2 window per case, its four values in row-major order -> (max, argmax)."""
     compiled_or_skip()
     cases = [([1, 3, 3, 2], 3, 1), ([-0.0, 0.0, -1, -2], -0.0, 0), ([1, np.nan, 5, np.nan], np.nan, 1),
@@ -146,3 +163,57 @@ def test_built_once_then_loaded_from_the_cache(monkeypatch, fresh) -> None:
     monkeypatch.setattr(native, "_loaded", {})
     assert native.library() is not None
     assert [p.stat().st_mtime_ns for p in fresh.rglob("*.so")] == [stamp]
+
+
+def test_a_failed_build_under_an_error_filter_still_falls_back(monkeypatch, fresh) -> None:
+    """With RuntimeWarnings raised as errors, the first call raises the warning, and the
+    decision is kept: later calls give None without building again."""
+    monkeypatch.setenv("CC", "false")
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeWarning):
+            native.library()
+        assert native.library() is None
+
+
+def test_a_compiler_that_prints_bytes_not_text_is_a_failed_build(monkeypatch, decided_anew) -> None:
+    fake = decided_anew / "bad-cc"
+    fake.write_text("#!/bin/sh\nprintf '\\377\\376 error\\n' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("CC", str(fake))
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    with pytest.warns(RuntimeWarning, match="exited with 1"):
+        assert native.library() is None
+
+
+def test_cc_may_carry_options(monkeypatch, fresh) -> None:
+    """CC="cc -DSOMETHING" (as "ccache gcc" would be) is a compiler with its options."""
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    compiled_or_skip()
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("CC", "cc -DDUALCONV_TEST_OPTION=1")
+    assert native.library() is not None
+    assert len(list(fresh.rglob("*.so"))) == 2  # another command, another library
+
+
+def _library_found(queue) -> None:
+    queue.put(native.library() is not None or not native.enabled())
+
+
+def test_a_child_forked_while_the_lock_is_held_decides_on_its_own(monkeypatch, decided_anew) -> None:
+    """A fork while a build holds the lock (another thread building) gives the child a
+    free lock: its first call returns instead of waiting forever."""
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    compiled_or_skip()
+    monkeypatch.setattr(native, "_loaded", {})  # the child must decide anew, under the lock
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    with native._lock:
+        child = context.Process(target=_library_found, args=(queue,))
+        child.start()
+    child.join(timeout=60)
+    alive = child.is_alive()
+    if alive:
+        child.kill()
+    assert not alive and queue.get(timeout=5)

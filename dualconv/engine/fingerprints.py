@@ -1,10 +1,12 @@
 """What code a worker runs, as a fingerprint: a worker forked before a class or function
 was redefined (a notebook cell run again, importlib.reload, a patched method) runs the
 old one, so ready_workers (workers.py) forks a new one when the caller's fingerprint
-differs from the worker's.
+differs from the worker's. Likewise for the settings the kernels read from the
+environment at each call (environment_fingerprint).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import types
@@ -13,7 +15,17 @@ CODE_CHECK_SECONDS = 0.5
 """How often, at most, ready_workers compares the caller's code with its workers'
 (code_fingerprint walks every dualconv module: too slow for every call)."""
 
+WORKER_ENVIRONMENT = ("DUALCONV_NATIVE",)
+"""Environment settings the kernels read at each call (dualconv/kernels/native.py's switch
+of the compiled CPU kernels): a worker keeps the environment it was forked with, so one
+forked under other values would run other kernels than the caller."""
+
 _code_checked_at = float("-inf")
+
+
+def environment_fingerprint() -> tuple[str | None, ...]:
+    """The values of WORKER_ENVIRONMENT now (None where unset)."""
+    return tuple(os.environ.get(name) for name in WORKER_ENVIRONMENT)
 
 
 def code_if_due(now_anyway: bool) -> int | None:

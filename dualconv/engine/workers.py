@@ -18,9 +18,9 @@ threads making many short calls mostly wait on each other; a forked process does
   function with an ``arguments_reusable(args)`` predicate, true for freshly unpickled
   arguments it can take again, then gets the objects unpickled last time, their arrays
   showing the new values (engine/reuse.py says when that equals a fresh unpickle).
-- A worker runs the code it was forked with. When the caller's code changes (a notebook
-  cell redefining a layer, importlib.reload of a dualconv module: ``code_fingerprint``),
-  the next ``ready_workers`` forks new ones.
+- A worker runs the code and environment it was forked with. When the caller's code
+  (a cell redefining a layer, a reload: ``code_fingerprint``) or the kernels' environment
+  settings change, the next ``ready_workers`` forks new ones.
 - A worker that dies, or cannot load a call (it names a class made after the fork),
   answers DIED; ``Worker.start`` answers False for a call that cannot be pickled. The
   caller then runs the call itself. The worker ignores Ctrl-C; an interrupted caller
@@ -45,15 +45,14 @@ import warnings
 from typing import Any, Callable
 
 from .arena import Answers, Packed, Replies, TooLarge, halves, pack, unpack
-from .fingerprints import class_fingerprint, code_fingerprint, code_if_due
+from .fingerprints import class_fingerprint, code_fingerprint, code_if_due, environment_fingerprint
 from .pinning import nth_core, pin
 
 Call = tuple[Callable[..., Any], tuple[Any, ...]]  # a module-level function and its arguments
 
 ARENA_BYTES = 32 * 2**20
-"""A new worker's shared mapping: a quarter for each of two call slots, half for results.
-Pages never written take no memory; a call too large for its slot gets a new worker
-whose slots hold twice it."""
+"""A new worker's shared mapping: a quarter for each of two call slots, half for results. Pages
+never written take no memory; a call too large for its slot gets a worker with slots twice it."""
 
 SPIN_SECONDS = 0.002
 """How long the worker and a waiting caller poll their pipe before blocking on it: longer
@@ -90,17 +89,19 @@ def available() -> bool:
 
 def ready_workers(count: int, check_code: bool, classes: Any = ()) -> list["Worker"]:
     """Up to ``count`` live workers running the caller's code: dead ones replaced, and,
-    when ``check_code`` or fingerprints.CODE_CHECK_SECONDS have passed, stale ones too; so is a worker
-    that ran another class of the same name as one of ``classes`` (the layer classes a
-    call names: a module reloaded, a notebook cell run again). Fewer (with a warning, once)
+    when ``check_code`` or CODE_CHECK_SECONDS have passed, stale ones too (at every call,
+    one forked under other WORKER_ENVIRONMENT values); so is a worker that ran another class
+    of the same name as one of ``classes`` (the layer classes a call names: a module
+    reloaded, a notebook cell run again). Fewer (with a warning, once)
     where the system refuses a process or its memory: the caller then computes those
     shares itself."""
-    code = code_if_due(check_code)
+    code, environment = code_if_due(check_code), environment_fingerprint()
     names = {(cls.__module__, cls.__qualname__): class_fingerprint(cls) for cls in classes}
     try:
         for i, worker in enumerate(workers):
             stale = any(worker.classes.get(name, mark) != mark for name, mark in names.items())
-            if not worker.alive() or stale or (code is not None and code != worker.code):
+            stale = stale or worker.environment != environment or (code is not None and code != worker.code)
+            if not worker.alive() or stale:
                 worker.stop()
                 workers[i] = Worker(ARENA_BYTES, nth_core(i + 1))
         while len(workers) < count:
@@ -125,7 +126,7 @@ class Worker:
 
     def __init__(self, arena_bytes: int, core: int | None) -> None:
         self.arena_bytes, self.core = arena_bytes, core
-        self.code = code_fingerprint()
+        self.code, self.environment = code_fingerprint(), environment_fingerprint()
         self.classes: dict[tuple[str, str], int] = {}  # (module, name) -> class_fingerprint, of calls sent
         self.small_calls = 0  # forward calls in a row that a mapping of ARENA_BYTES would hold
         self.arena = mmap.mmap(-1, arena_bytes)  # MAP_SHARED: the child sees the same pages

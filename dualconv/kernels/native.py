@@ -2,8 +2,9 @@
 shared library and called through ctypes.
 
 ``library()`` returns the loaded library, or None when there is none to be had: turned
-off (``DUALCONV_NATIVE=0``), no C compiler (``$CC``, else ``cc``), or a build that
-failed (a RuntimeWarning says why, once). Where it is None the NumPy twins run instead.
+off (``DUALCONV_NATIVE=0``), no C compiler (``$CC``, else ``cc``), or a build or load
+that failed (a RuntimeWarning says why, once; a cached library that does not load is
+built again first). Where it is None the NumPy twins run instead.
 Each C kernel keeps its NumPy twin's contract: the max-pool kernels only compare, select
 and add zero, so they give the same bits; the convolution's sums are a BLAS product's
 dot products in one order BLAS may use, so they agree within its rounding bound.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -33,7 +35,9 @@ from typing import Any
 from .sources import kernel_dir
 
 SWITCH = "DUALCONV_NATIVE"
-"""Set to 0 to turn the compiled kernels off (the NumPy twins run)."""
+"""Set to 0 to turn the compiled kernels off (the NumPy twins run). Read at each call, in the
+process that computes: set it before the CPU engine's worker starts, which keeps the
+environment it was forked with (dualconv.release_workers() ends a worker)."""
 FLAGS = ("-O3", "-march=native", "-std=c99", "-fPIC", "-shared", "-ffp-contract=fast")
 _SIZE = ctypes.c_ssize_t
 _POINTER = ctypes.c_void_p
@@ -53,6 +57,16 @@ _lock = threading.Lock()
 _loaded: dict[str, Any] = {}  # "library": the CDLL or None, once decided in this process
 
 
+def _new_lock_in_child() -> None:
+    """A child forked while a build held the lock gets a free one: the build is the
+    parent's, and the child decides for itself on first use."""
+    global _lock
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def enabled() -> bool:
     """Whether ``DUALCONV_NATIVE`` allows the compiled kernels (unset, or anything but 0)."""
     return os.environ.get(SWITCH, "").strip() != "0"
@@ -60,13 +74,16 @@ def enabled() -> bool:
 
 def library() -> Any:
     """The compiled kernels as a ctypes.CDLL, built or loaded on first use; None when
-    they are off or cannot be built (the NumPy twins then run, with the same bits)."""
+    they are off or cannot be built (the NumPy twins then run)."""
     if not enabled():
         return None
     if "library" not in _loaded:
         with _lock:
             if "library" not in _loaded:
-                _loaded["library"] = _build_and_load()
+                problem = _build_and_load()
+                if problem is not None:  # decided before warning: a warning raised as an error still falls back
+                    warnings.warn(f"dualconv: the compiled CPU kernels could not be built ({problem}); "
+                                  f"the NumPy kernels run instead", RuntimeWarning, stacklevel=2)
     return _loaded["library"]
 
 
@@ -90,48 +107,61 @@ def _cpu_signature() -> str:
 
 
 def cache_dir() -> Path:
+    """Where built libraries are kept: $DUALCONV_CACHE/cpu_kernels, else ~/.cache/dualconv/cpu_kernels."""
     root = os.environ.get("DUALCONV_CACHE")
     return (Path(root) if root else Path.home() / ".cache" / "dualconv") / "cpu_kernels"
 
 
-def _build_and_load() -> Any:
-    compiler = shutil.which(os.environ.get("CC", "cc"))
+def _compiler() -> list[str] | None:
+    """$CC (a command with its own options, such as "ccache gcc"), else cc, as argv; None
+    where it names no program on PATH."""
+    command = shlex.split(os.environ.get("CC", "cc")) or ["cc"]
+    found = shutil.which(command[0])
+    return None if found is None else [found, *command[1:]]
+
+
+def _build_and_load() -> str | None:
+    """Decide _loaded["library"]: the library, built first where the cache lacks it, or
+    None. Returns why it could not be built or loaded (None where it was, or where there
+    is no compiler, which is no fault)."""
+    _loaded["library"] = None
+    compiler = _compiler()
     if compiler is None:
         return None
-    sources = _sources()
-    if not sources:
-        return None
     try:
-        version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
-                                 timeout=60).stdout
+        sources = _sources()
+        version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
+                                 errors="replace", timeout=60).stdout
         key = hashlib.sha256(repr((sorted(sources.items()), compiler, version, FLAGS,
                                    _cpu_signature())).encode()).hexdigest()[:24]
         target = cache_dir() / f"cpu_kernels_{key}.so"
         if not target.exists():
             _build(compiler, sources, target)
-        lib = ctypes.CDLL(str(target))
+        try:
+            lib = ctypes.CDLL(str(target))
+        except OSError:  # a cached file that does not load (truncated, another libc): built again
+            _build(compiler, sources, target)
+            lib = ctypes.CDLL(str(target))
         for name, argtypes in SIGNATURES.items():
             function = getattr(lib, name)
             function.argtypes, function.restype = argtypes, None
-        return lib
-    except (OSError, subprocess.SubprocessError, AttributeError, RuntimeError) as error:
-        warnings.warn(f"dualconv: the compiled CPU kernels could not be built ({error}); "
-                      f"the NumPy kernels run instead, with the same results", RuntimeWarning,
-                      stacklevel=3)
-        return None
+    except Exception as error:  # any failure costs speed, never the user's run
+        return f"{type(error).__name__}: {error}"
+    _loaded["library"] = lib
+    return None
 
 
-def _build(compiler: str, sources: dict[str, str], target: Path) -> None:
+def _build(compiler: list[str], sources: dict[str, str], target: Path) -> None:
     """Compile ``sources`` as one translation unit into ``target``, atomically."""
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         source = Path(scratch, "cpu_kernels.c")
         source.write_text("".join(f'#line 1 "{name}"\n{text}\n' for name, text in sources.items()))
         built = Path(scratch, target.name)
-        done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(built)],
-                              capture_output=True, text=True, timeout=300)
+        done = subprocess.run([*compiler, *FLAGS, str(source), "-o", str(built)],
+                              capture_output=True, text=True, errors="replace", timeout=300)
         if done.returncode != 0:
             first = next((line for line in done.stderr.splitlines() if "error" in line),
-                         done.stderr.strip()[:200])
-            raise RuntimeError(f"{Path(compiler).name} exited with {done.returncode}: {first}")
+                         done.stderr.strip()[:200] or "no message")
+            raise RuntimeError(f"{Path(compiler[0]).name} exited with {done.returncode}: {first}")
         os.replace(built, target)

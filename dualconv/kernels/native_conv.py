@@ -5,9 +5,9 @@ conv2d_forward.
 The C kernel takes whole register blocks: a batch of a multiple of ``SAMPLE_BLOCK``
 samples and a multiple of ``CHANNEL_BLOCK`` output channels. Other sizes are padded
 here with zero samples and zero weights, whose outputs are computed and dropped.
-``forward`` returns None where the compiled kernels do not apply (a dtype other than
-float32 and float64, mixed dtypes, an empty batch, no library), and cpu_conv.py's
-products run instead.
+Each function returns None where the compiled kernels do not apply (a dtype other than
+float32 and float64, mixed dtypes, a batch under half a register block's samples, no
+library), and cpu_conv.py's products run instead.
 """
 from __future__ import annotations
 
@@ -34,13 +34,19 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
+def _fills_half(N: int, dtype: np.dtype) -> bool:
+    """Whether a batch of N samples is at least half of its padded size: below that the
+    zero samples cost the compiled sums more than the GEMM twin takes."""
+    return N > 0 and 2 * N >= _round_up(N, SAMPLE_BLOCK[dtype])
+
+
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window) -> np.ndarray | None:
     """x (N, C, H, W), w (O, C, kh, kw), b (O,) or None -> y (N, O, out_h, out_w), stored
     batch-last (the contract of cpu_conv.conv2d_forward); None where it does not apply."""
     lib = library()
     dtype = x.dtype
     if (lib is None or dtype not in _SUFFIX or w.dtype != dtype or (b is not None and b.dtype != dtype)
-            or x.shape[0] == 0):
+            or not _fills_half(x.shape[0], dtype)):
         return None
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
@@ -88,8 +94,9 @@ def weight_gradient(gy: np.ndarray, x: np.ndarray, w: np.ndarray, win: Window) -
     them wastes more than the GEMM twin loses, and where C*kh*kw is under MIN_WEIGHT_ROWS."""
     lib = library()
     dtype = gy.dtype
-    if (lib is None or dtype not in _SUFFIX or x.dtype != dtype or w.dtype != dtype or gy.shape[0] == 0
-            or w.shape[0] % (SAMPLE_BLOCK[dtype] // 4) or w[0].size < MIN_WEIGHT_ROWS):
+    if (lib is None or dtype not in _SUFFIX or x.dtype != dtype or w.dtype != dtype
+            or not _fills_half(gy.shape[0], dtype) or w.shape[0] % (SAMPLE_BLOCK[dtype] // 4)
+            or w[0].size < MIN_WEIGHT_ROWS):
         return None
     width = "" if w.shape[0] % (SAMPLE_BLOCK[dtype] // 2) == 0 else "_half"
     N, C, H, W = x.shape
@@ -111,7 +118,7 @@ def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], win:
     the GEMM twin's terms (cpu_conv.conv2d_input_gradient). None where it does not apply."""
     lib = library()
     dtype = gy.dtype
-    if lib is None or dtype not in _SUFFIX or w.dtype != dtype or gy.shape[0] == 0:
+    if lib is None or dtype not in _SUFFIX or w.dtype != dtype or not _fills_half(gy.shape[0], dtype):
         return None
     N, C, H, W = x_shape
     O, _, kh, kw = w.shape
