@@ -86,12 +86,22 @@ static void input_pixel_block_##S(const T *restrict gy, const T *restrict wt, T 
   vec_##S sum[IN_BLOCK][2];                                                                    \
   for (int i = 0; i < IN_BLOCK; ++i) sum[i][0] = sum[i][1] = (vec_##S){0};                     \
   for (ptrdiff_t ky = 0; ky < kh; ++ky) {                                                      \
-    ptrdiff_t top = iy - ky * dy;                                                              \
-    if (top < 0 || top % sy != 0 || top / sy >= out_h) continue;                               \
+    ptrdiff_t oy = iy - ky * dy; /* the output row, times sy: divided only where sy > 1 */     \
+    if (oy < 0) break; /* later ky reach higher rows only */                                   \
+    if (sy > 1) {                                                                              \
+      if (oy % sy) continue;                                                                   \
+      oy /= sy;                                                                                \
+    }                                                                                          \
+    if (oy >= out_h) continue;                                                                 \
     for (ptrdiff_t kx = 0; kx < kw; ++kx) {                                                    \
-      ptrdiff_t left = ix - kx * dx;                                                           \
-      if (left < 0 || left % sx != 0 || left / sx >= out_w) continue;                          \
-      const T *g = gy + ((top / sy) * out_w + left / sx) * N + n0;                             \
+      ptrdiff_t ox = ix - kx * dx;                                                             \
+      if (ox < 0) break;                                                                       \
+      if (sx > 1) {                                                                            \
+        if (ox % sx) continue;                                                                 \
+        ox /= sx;                                                                              \
+      }                                                                                        \
+      if (ox >= out_w) continue;                                                               \
+      const T *g = gy + (oy * out_w + ox) * N + n0;                                            \
       const T *wk = wt + ((ky * kw + kx) * C + c0) * O;                                        \
       vec_##S term[IN_BLOCK][2];                                                               \
       for (int i = 0; i < IN_BLOCK; ++i) term[i][0] = term[i][1] = (vec_##S){0};               \
@@ -132,14 +142,44 @@ void conv_input_gradient_##S(const T *gy, const T *wt, T *gx, ptrdiff_t C, ptrdi
                                 out_w, iy, ix, c0, n0);                                        \
 }                                                                                              \
 
+/* One pass of the weight gradient: rows r0.. (their offsets in start, `rows` of them kept)
+ * by V vectors of output channels from o0. */
+#define WEIGHT_PASS(T, S, V)                                                                    \
+static void weight_pass_##S##_##V(const T *x, const T *gyt, T *gw_t, const ptrdiff_t *start,  \
+                                  ptrdiff_t r0, ptrdiff_t rows, ptrdiff_t o0, ptrdiff_t N,     \
+                                  ptrdiff_t O, ptrdiff_t Wp, ptrdiff_t sy, ptrdiff_t sx,       \
+                                  ptrdiff_t out_h, ptrdiff_t out_w) {                          \
+  wvec_##S sum[ROW_BLOCK][V];                                                                  \
+  for (int r = 0; r < ROW_BLOCK; ++r)                                                          \
+    for (int v = 0; v < V; ++v) sum[r][v] = (wvec_##S){0};                                     \
+  for (ptrdiff_t oy = 0; oy < out_h; ++oy)                                                     \
+    for (ptrdiff_t ox = 0; ox < out_w; ++ox) {                                                 \
+      const T *xs = x + (oy * sy * Wp + ox * sx) * N;                                          \
+      const T *gs = gyt + (oy * out_w + ox) * N * O + o0;                                      \
+      for (ptrdiff_t n = 0; n < N; ++n) {                                                      \
+        wvec_##S g[V];                                                                         \
+        for (int v = 0; v < V; ++v) memcpy(&g[v], gs + n * O + v * LANES_##S, sizeof g[v]);    \
+        for (int r = 0; r < ROW_BLOCK; ++r) {                                                  \
+          T a = xs[start[r] + n];                                                              \
+          for (int v = 0; v < V; ++v) sum[r][v] += a * g[v];                                   \
+        }                                                                                      \
+      }                                                                                        \
+    }                                                                                          \
+  for (ptrdiff_t r = 0; r < rows; ++r)                                                         \
+    memcpy(gw_t + (r0 + r) * O + o0, sum[r], sizeof sum[r]);                                   \
+}
+
+/* gw as the product gw.T = col @ gy.T, with output channels in vectors of BYTES bytes (64;
+ * 32 for a count that fills only half of one), two at a time where O has them, and
+ * ROW_BLOCK of col's rows (c, ky, kx) in registers: each sum runs over the columns
+ * (oy, ox, n) in order, one multiply-add each. gyt is gy transposed, (out_h*out_w*N, O), O
+ * a multiple of LANES; gw_t (C*kh*kw, O). A last block of fewer rows repeats its last
+ * row, not stored. */
 #define WEIGHT_GRADIENT(T, S, BYTES)                                                            \
 typedef T wvec_##S __attribute__((vector_size(BYTES)));                                        \
 enum { LANES_##S = BYTES / sizeof(T) };                                                        \
-/* gw as the product gw.T = col @ gy.T, with LANES_##S output channels in a vector of BYTES \
- * bytes (64; 32 for channel counts that fill only half of one) and ROW_BLOCK of col's rows  \
- * (c, ky, kx) in registers: each sum runs over the columns (oy, ox, n) in order, one         \
- * multiply-add each. gyt is gy transposed, (out_h*out_w*N, O), O a multiple of LANES_##S;   \
- * gw_t (C*kh*kw, O). A last block of fewer rows repeats its last row, not stored. */         \
+WEIGHT_PASS(T, S, 1)                                                                           \
+WEIGHT_PASS(T, S, 2)                                                                           \
 void conv_weight_gradient_##S(const T *x, const T *gyt, T *gw_t, ptrdiff_t C, ptrdiff_t Hp,    \
                               ptrdiff_t Wp, ptrdiff_t N, ptrdiff_t O, ptrdiff_t kh,            \
                               ptrdiff_t kw, ptrdiff_t sy, ptrdiff_t sx, ptrdiff_t dy,          \
@@ -147,27 +187,16 @@ void conv_weight_gradient_##S(const T *x, const T *gyt, T *gw_t, ptrdiff_t C, pt
   ptrdiff_t out_h = (Hp - dy * (kh - 1) - 1) / sy + 1, out_w = (Wp - dx * (kw - 1) - 1) / sx + 1; \
   ptrdiff_t K = C * kh * kw;                                                                   \
   for (ptrdiff_t r0 = 0; r0 < K; r0 += ROW_BLOCK) {                                            \
-    ptrdiff_t start[ROW_BLOCK];                                                                \
+    ptrdiff_t start[ROW_BLOCK], rows = K - r0 < ROW_BLOCK ? K - r0 : ROW_BLOCK;                \
     for (int r = 0; r < ROW_BLOCK; ++r) {                                                      \
       ptrdiff_t row = r0 + r < K ? r0 + r : K - 1, c = row / (kh * kw), ky = row / kw % kh;   \
       start[r] = ((c * Hp + ky * dy) * Wp + row % kw * dx) * N;                                \
     }                                                                                          \
-    for (ptrdiff_t o0 = 0; o0 < O; o0 += LANES_##S) {                                              \
-      wvec_##S sum[ROW_BLOCK];                                                                  \
-      for (int r = 0; r < ROW_BLOCK; ++r) sum[r] = (wvec_##S){0};                               \
-      for (ptrdiff_t oy = 0; oy < out_h; ++oy)                                                 \
-        for (ptrdiff_t ox = 0; ox < out_w; ++ox) {                                             \
-          const T *xs = x + (oy * sy * Wp + ox * sx) * N;                                      \
-          const T *gs = gyt + (oy * out_w + ox) * N * O + o0;                                  \
-          for (ptrdiff_t n = 0; n < N; ++n) {                                                  \
-            wvec_##S g;                                                                         \
-            memcpy(&g, gs + n * O, sizeof g);                                                  \
-            for (int r = 0; r < ROW_BLOCK; ++r) sum[r] += xs[start[r] + n] * g;                \
-          }                                                                                    \
-        }                                                                                      \
-      for (ptrdiff_t r = 0; r < ROW_BLOCK && r0 + r < K; ++r)                                  \
-        memcpy(gw_t + (r0 + r) * O + o0, &sum[r], sizeof sum[r]);                              \
-    }                                                                                          \
+    ptrdiff_t o0 = 0;                                                                          \
+    for (; o0 + 2 * LANES_##S <= O; o0 += 2 * LANES_##S)                                       \
+      weight_pass_##S##_2(x, gyt, gw_t, start, r0, rows, o0, N, O, Wp, sy, sx, out_h, out_w);  \
+    if (o0 < O)                                                                                \
+      weight_pass_##S##_1(x, gyt, gw_t, start, r0, rows, o0, N, O, Wp, sy, sx, out_h, out_w);  \
   }                                                                                            \
 }
 

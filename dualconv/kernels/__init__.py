@@ -25,8 +25,9 @@ Open the files in this order:
                 the bias in the GEMM, the stride-1 input gradient folded wide
   cpu_dense.py  the NumPy twin of Dense: blocked products in the input's memory order
   native.py     the compiled CPU kernels (kernels/cpu_*.c): built on first use, loaded
-                through ctypes; native_conv.py and native_max_pool.py call them for
-                cpu_conv.py and cpu.py where a C compiler was found
+                through ctypes; native_conv.py, native_max_pool.py and native_optim.py
+                call them for cpu_conv.py, cpu.py and cpu_fused.py where a C compiler
+                was found
   blocked.py    the cache-blocked matrix products the CPU GEMM twins use
   cuda.py       the CUDA twins: CuPy launches of kernels/*.cu (plans in cuda_plans.py)
   cuda_conv.py  the CUDA twin of the convolution: im2col launch, one cuBLAS product

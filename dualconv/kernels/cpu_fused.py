@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import native_optim
 from .layout import batch_first_axes, batch_last_axes
 
 
@@ -160,7 +161,11 @@ def sgd_update_guarded_many(ws: Sequence[np.ndarray], gs: Sequence[np.ndarray],
                             lr: float, momentum: float, weight_decay: float,
                             nesterov: bool) -> None:
     """sgd_update_guarded on each parameter: all of them or, when verdict[0] <= code, none
-    (a non-finite result sets verdict[0] = code + 1 > code, so the rest still run)."""
+    (a non-finite result sets verdict[0] = code + 1 > code, so the rest still run). The
+    compiled kernel does it where it applies (native_optim.py), with the same bits."""
+    if native_optim.sgd_update_guarded_many(ws, gs, vs, w_lasts, v_lasts, verdict, code, lr, momentum,
+                                            weight_decay, nesterov):
+        return
     for k, w in enumerate(ws):
         sgd_update_guarded(w, gs[k], None if vs is None else vs[k], w_lasts[k],
                            None if v_lasts is None else v_lasts[k], verdict, code, lr, momentum,

@@ -50,6 +50,9 @@ SIGNATURES: dict[str, tuple[Any, ...]] = {
     **{f"conv_{gradient}_gradient_{suffix}": (_POINTER,) * 3 + (_SIZE,) * 11
        for gradient in ("input", "weight") for suffix in ("f32", "f64")},
     **{f"conv_weight_gradient_{suffix}_half": (_POINTER,) * 3 + (_SIZE,) * 11 for suffix in ("f32", "f64")},
+    # w, g, v, w_last, v_last; n; lr, momentum, weight_decay; decay, moving, nesterov
+    **{f"sgd_update_guarded_{suffix}": (_POINTER,) * 5 + (_SIZE, number, number, number) + (ctypes.c_int,) * 3
+       for suffix, number in (("f32", ctypes.c_float), ("f64", ctypes.c_double))},
 }
 """Every exported function's argument types, as kernels/cpu_*.c declare them."""
 
@@ -144,7 +147,8 @@ def _build_and_load() -> str | None:
             lib = ctypes.CDLL(str(target))
         for name, argtypes in SIGNATURES.items():
             function = getattr(lib, name)
-            function.argtypes, function.restype = argtypes, None
+            function.argtypes = argtypes
+            function.restype = ctypes.c_int if name.startswith("sgd_") else None
     except Exception as error:  # any failure costs speed, never the user's run
         return f"{type(error).__name__}: {error}"
     _loaded["library"] = lib

@@ -88,27 +88,35 @@ def _padded_rows(a: np.ndarray, rows: int) -> np.ndarray:
 def weight_gradient(gy: np.ndarray, x: np.ndarray, w: np.ndarray, win: Window) -> np.ndarray | None:
     """gy (N, O, out_h, out_w) and the forward's input x (N, C, H, W) -> gw (O, C, kh, kw):
     each sum over (oy, ox, n) in that order, one multiply-add each, an order the GEMM
-    twin's BLAS product may use (within its rounding bound). None where it does not
-    apply: where O is not a multiple of half a vector's numbers (8 floats, 4 doubles), as
-    the kernel holds output channels in vectors (whole ones where O fills them) and padding
-    them wastes more than the GEMM twin loses, and where C*kh*kw is under MIN_WEIGHT_ROWS."""
+    twin's BLAS product may use (within its rounding bound). The kernel holds output
+    channels in vectors: O under a vector's numbers (16 floats, 8 doubles) takes
+    half-width vectors, a larger O is padded to whole ones with zero channels. None where
+    it does not apply: O not a multiple of half a vector's numbers (padding would waste
+    more than the GEMM twin loses), C*kh*kw under MIN_WEIGHT_ROWS."""
     lib = library()
     dtype = gy.dtype
+    lanes = SAMPLE_BLOCK.get(dtype, 0) // 2
     if (lib is None or dtype not in _SUFFIX or x.dtype != dtype or w.dtype != dtype
-            or not _fills_half(gy.shape[0], dtype) or w.shape[0] % (SAMPLE_BLOCK[dtype] // 4)
-            or w[0].size < MIN_WEIGHT_ROWS):
+            or not _fills_half(gy.shape[0], dtype) or w.shape[0] % (lanes // 2) or w[0].size < MIN_WEIGHT_ROWS):
         return None
-    width = "" if w.shape[0] % (SAMPLE_BLOCK[dtype] // 2) == 0 else "_half"
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
+    width, o_padded = ("_half", O) if O < lanes else ("", _round_up(O, lanes))
     n_padded = _round_up(N, SAMPLE_BLOCK[dtype])
     xb = _padded_input(x, win, n_padded)
-    gyt = np.ascontiguousarray(_padded_samples(gy, n_padded).reshape(O, -1).T)  # (out_h*out_w*N, O)
-    gw_t = np.empty((C * kh * kw, O), dtype=dtype)
+    gyt = np.zeros((out_pixels(x.shape, win) * n_padded, o_padded), dtype=dtype)  # gy transposed
+    gyt[:, :O] = _padded_samples(gy, n_padded).reshape(O, -1).T
+    gw_t = np.empty((C * kh * kw, o_padded), dtype=dtype)
     getattr(lib, f"conv_weight_gradient_{_SUFFIX[dtype]}{width}")(
-        xb.ctypes.data, gyt.ctypes.data, gw_t.ctypes.data, C, xb.shape[1], xb.shape[2], n_padded, O,
+        xb.ctypes.data, gyt.ctypes.data, gw_t.ctypes.data, C, xb.shape[1], xb.shape[2], n_padded, o_padded,
         kh, kw, win.sy, win.sx, win.dy, win.dx)
-    return np.ascontiguousarray(gw_t.T).reshape(w.shape)
+    return np.ascontiguousarray(gw_t[:, :O].T).reshape(w.shape)
+
+
+def out_pixels(x_shape: tuple[int, ...], win: Window) -> int:
+    """out_h * out_w of a convolution of an input of x_shape (N, C, H, W)."""
+    out_h, out_w = win.out_size(x_shape[2], x_shape[3])
+    return out_h * out_w
 
 
 def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], win: Window) -> np.ndarray | None:

@@ -1,0 +1,64 @@
+/* The guarded SGD update for the CPU: the compiled twin of dualconv/kernels/cpu_fused.py's
+ * sgd_update_guarded (itself the twin of kernels/optimizers.cu), loaded by
+ * dualconv/kernels/native.py; native_optim.py calls it once per parameter.
+ *
+ * In place, on n numbers: w_last = w and v_last = v (v may be NULL: no velocity); then
+ *   g' = g + weight_decay * w          (where decay is set)
+ *   w  = w - lr * g'                   (not moving: momentum 0; v, where given, is kept)
+ *   v  = v * momentum;  v = v + g';  w = w - lr * (nesterov ? g' + momentum * v : v)
+ * decay and moving are the Python values' truth (weight_decay != 0, momentum != 0), not
+ * the rounded scalars'.
+ * each operation rounded as written, in that order, with no fused multiply-add (the
+ * pragmas below), so the results are the NumPy twin's and the CUDA twin's bits. Returns 1
+ * when every new w (and v) is finite, else 0: the guard's verdict is the caller's.
+ */
+#include <stddef.h>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+#endif
+#if defined(__clang__)
+#define NO_FUSED_MULTIPLY_ADD _Pragma("clang fp contract(off)")
+#else
+#define NO_FUSED_MULTIPLY_ADD
+#endif
+
+/* x - x is 0 for a finite x, NaN for inf and NaN. */
+#define FINITE(x) ((x) - (x) == 0)
+
+#define SGD_GUARDED(T, S)                                                                       \
+int sgd_update_guarded_##S(T *restrict w, const T *restrict g, T *restrict v,                   \
+                           T *restrict w_last, T *restrict v_last, ptrdiff_t n, T lr,          \
+                           T momentum, T weight_decay, int decay, int moving,                 \
+                           int nesterov) {                                                     \
+  NO_FUSED_MULTIPLY_ADD                                                                        \
+  int finite = 1;                                                                              \
+  for (ptrdiff_t i = 0; i < n; ++i) {                                                          \
+    T wi = w[i], gi = g[i];                                                                    \
+    w_last[i] = wi;                                                                            \
+    if (decay) gi = gi + weight_decay * wi;                                                    \
+    if (v) {                                                                                   \
+      T vi = v[i];                                                                             \
+      v_last[i] = vi;                                                                          \
+      if (moving) {                                                                            \
+        vi = vi * momentum;                                                                    \
+        vi = vi + gi;                                                                          \
+        v[i] = vi;                                                                             \
+        gi = nesterov ? gi + momentum * vi : vi;                                               \
+      }                                                                                        \
+      finite &= FINITE(vi);                                                                    \
+    }                                                                                          \
+    wi = wi - lr * gi;                                                                         \
+    w[i] = wi;                                                                                 \
+    finite &= FINITE(wi);                                                                      \
+  }                                                                                            \
+  return finite;                                                                               \
+}
+
+SGD_GUARDED(float, f32)
+SGD_GUARDED(double, f64)
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
