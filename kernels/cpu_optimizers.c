@@ -2,7 +2,8 @@
  * sgd_update_guarded (itself the twin of kernels/optimizers.cu), loaded by
  * dualconv/kernels/native.py; native_optim.py calls it once per parameter.
  *
- * In place, on n numbers: w_last = w and v_last = v (v may be NULL: no velocity); then
+ * In place, on n numbers: w_last = w and v_last = v (v may be NULL: no velocity; w_last
+ * NULL: no copies, the unguarded update); then
  *   g' = g + weight_decay * w          (where decay is set)
  *   w  = w - lr * g'                   (not moving: momentum 0; v, where given, is kept)
  *   v  = v * momentum;  v = v + g';  w = w - lr * (nesterov ? g' + momentum * v : v)
@@ -36,11 +37,11 @@ int sgd_update_guarded_##S(T *restrict w, const T *restrict g, T *restrict v,   
   int finite = 1;                                                                              \
   for (ptrdiff_t i = 0; i < n; ++i) {                                                          \
     T wi = w[i], gi = g[i];                                                                    \
-    w_last[i] = wi;                                                                            \
+    if (w_last) w_last[i] = wi;                                                                \
     if (decay) gi = gi + weight_decay * wi;                                                    \
     if (v) {                                                                                   \
       T vi = v[i];                                                                             \
-      v_last[i] = vi;                                                                          \
+      if (w_last) v_last[i] = vi;                                                              \
       if (moving) {                                                                            \
         vi = vi * momentum;                                                                    \
         vi = vi + gi;                                                                          \

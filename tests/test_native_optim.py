@@ -97,3 +97,18 @@ def test_declines_what_it_does_not_take() -> None:
     assert not native_optim.sgd_update_guarded_many(strided, gs, vs, lasts, v_lasts, verdict, 2, 0.1, 0.9, 0.0, False)
     halves = tuple(w.astype(np.float16) for w in ws)
     assert not native_optim.sgd_update_guarded_many(halves, gs, vs, lasts, v_lasts, verdict, 2, 0.1, 0.9, 0.0, False)
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_the_unguarded_update_gives_the_numpy_twins_bits(momentum, nesterov) -> None:
+    """sgd_update_many (a user's own loop's opt.step()): no copies, the same bits."""
+    results = []
+    for compiled_path in (False, True):
+        ws, gs, vs, _, _ = state(np.float32, 4, with_velocity=momentum != 0.0, awkward=True)
+        if compiled_path:
+            assert native_optim.sgd_update_many(ws, gs, vs, 0.05, momentum, 5e-4, nesterov)
+        else:
+            for k, w in enumerate(ws):
+                cpu_fused.sgd_update(w, gs[k], None if vs is None else vs[k], 0.05, momentum, 5e-4, nesterov)
+        results.append((bits(ws), bits(vs)))
+    assert results[1] == results[0]

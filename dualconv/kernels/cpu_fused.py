@@ -142,7 +142,10 @@ def adam_update_guarded(w: np.ndarray, g: np.ndarray, m: np.ndarray, v: np.ndarr
 def sgd_update_many(ws: Sequence[np.ndarray], gs: Sequence[np.ndarray],
                     vs: Sequence[np.ndarray] | None, lr: float, momentum: float,
                     weight_decay: float, nesterov: bool) -> None:
-    """sgd_update on each (ws[k], gs[k], vs[k])."""
+    """sgd_update on each (ws[k], gs[k], vs[k]); by the compiled kernel where it applies
+    (native_optim.py), with the same bits."""
+    if native_optim.sgd_update_many(ws, gs, vs, lr, momentum, weight_decay, nesterov):
+        return
     for k, w in enumerate(ws):
         sgd_update(w, gs[k], None if vs is None else vs[k], lr, momentum, weight_decay, nesterov)
 
