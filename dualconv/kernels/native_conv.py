@@ -1,10 +1,11 @@
-"""The convolution's forward through the compiled kernels (kernels/cpu_conv.c, loaded by
-native.py): direct sums over the batch-last image, the fast path of cpu_conv.py's
-conv2d_forward.
+"""The convolution through the compiled kernels (kernels/cpu_conv.c, loaded by native.py):
+the forward, the weight gradient and the input gradient as direct sums over the
+batch-last image, the fast path of cpu_conv.py's conv2d_forward and conv2d_backward.
 
-The C kernel takes whole register blocks: a batch of a multiple of ``SAMPLE_BLOCK``
-samples and a multiple of ``CHANNEL_BLOCK`` output channels. Other sizes are padded
-here with zero samples and zero weights, whose outputs are computed and dropped.
+The C kernels take whole register blocks: a batch of a multiple of ``SAMPLE_BLOCK``
+samples, and for the forward a multiple of ``CHANNEL_BLOCK`` output channels (the input
+gradient: of ``INPUT_BLOCK`` input channels). Other sizes are padded here with zero
+samples and zero weights, whose outputs are computed and dropped.
 Each function returns None where the compiled kernels do not apply (a dtype other than
 float32 and float64, mixed dtypes, a batch under half a register block's samples, no
 library), and cpu_conv.py's products run instead.
