@@ -3,14 +3,16 @@
  * dualconv/kernels/native.py; native_optim.py calls it once per parameter.
  *
  * In place, on n numbers: w_last = w and v_last = v (v may be NULL: no velocity; w_last
- * NULL: no copies, the unguarded update); then
+ * and v_last NULL: no copies, the unguarded update); then
  *   g' = g + weight_decay * w          (where decay is set)
  *   w  = w - lr * g'                   (not moving: momentum 0; v, where given, is kept)
  *   v  = v * momentum;  v = v + g';  w = w - lr * (nesterov ? g' + momentum * v : v)
  * decay and moving are the Python values' truth (weight_decay != 0, momentum != 0), not
  * the rounded scalars'.
- * each operation rounded as written, in that order, with no fused multiply-add (the
- * pragmas below), so the results are the NumPy twin's and the CUDA twin's bits. Returns 1
+ * each operation rounded as written, in that order, with no fused multiply-add: GCC's
+ * pragma below, and for clang the build's -ffp-contract=on, under which its pragma holds
+ * (native.py); native_optim.py checks it once at load. So the results are the NumPy
+ * twin's and the CUDA twin's bits. Returns 1
  * when every new w (and v) is finite, else 0: the guard's verdict is the caller's.
  */
 #include <stddef.h>
@@ -41,7 +43,7 @@ int sgd_update_guarded_##S(T *restrict w, const T *restrict g, T *restrict v,   
     if (decay) gi = gi + weight_decay * wi;                                                    \
     if (v) {                                                                                   \
       T vi = v[i];                                                                             \
-      if (w_last) v_last[i] = vi;                                                              \
+      if (v_last) v_last[i] = vi;                                                              \
       if (moving) {                                                                            \
         vi = vi * momentum;                                                                    \
         vi = vi + gi;                                                                          \

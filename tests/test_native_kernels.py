@@ -217,3 +217,13 @@ def test_a_child_forked_while_the_lock_is_held_decides_on_its_own(monkeypatch, d
     if alive:
         child.kill()
     assert not alive and queue.get(timeout=5)
+
+
+def test_clang_builds_with_contraction_it_can_turn_off() -> None:
+    """clang ignores its fp contract(off) pragma under -ffp-contract=fast, so it builds with
+    "on"; GCC (which treats "on" as "off") keeps "fast" and its own pragma."""
+    gcc = native._flags("gcc (Debian 12.2.0-14) 12.2.0")
+    clang = native._flags("Debian clang version 14.0.6\nTarget: x86_64-pc-linux-gnu")
+    assert "-ffp-contract=fast" in gcc and "-ffp-contract=on" not in gcc
+    assert "-ffp-contract=on" in clang and "-ffp-contract=fast" not in clang
+    assert [f for f in gcc if "contract" not in f] == [f for f in clang if "contract" not in f]

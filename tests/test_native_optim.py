@@ -112,3 +112,29 @@ def test_the_unguarded_update_gives_the_numpy_twins_bits(momentum, nesterov) -> 
                 cpu_fused.sgd_update(w, gs[k], None if vs is None else vs[k], 0.05, momentum, 5e-4, nesterov)
         results.append((bits(ws), bits(vs)))
     assert results[1] == results[0]
+
+
+def test_declines_arrays_it_must_not_write_or_cannot_match() -> None:
+    """Read-only parameters (the NumPy twin raises on them), velocities without last-good
+    copies, sizes that differ, momentum without velocities: the NumPy twin runs instead."""
+    ws, gs, vs, lasts, v_lasts = state(np.float32, 5, with_velocity=True)
+    verdict = np.array([5], np.int32)
+    frozen = ws[0].copy()
+    frozen.setflags(write=False)
+    assert not native_optim.sgd_update_many((frozen,) + ws[1:], gs, vs, 0.1, 0.9, 0.0, False)
+    assert not native_optim.sgd_update_guarded_many(ws, gs, vs, lasts, None, verdict, 2, 0.1, 0.9, 0.0, False)
+    short = (gs[0][:1],) + gs[1:]
+    assert not native_optim.sgd_update_many(ws, short, vs, 0.1, 0.9, 0.0, False)
+    assert not native_optim.sgd_update_many(ws, gs, None, 0.1, 0.9, 0.0, False)
+    with pytest.raises(ValueError, match="read-only"):
+        cpu_fused.sgd_update_many((frozen,), (gs[0],), (vs[0],), 0.1, 0.9, 0.0, False)
+
+
+def test_a_library_whose_update_fuses_is_not_used(monkeypatch) -> None:
+    """The load-time check: the real library rounds as written; one marked as fusing
+    multiply-adds (a compiler that ignored the build's settings) is left for NumPy."""
+    lib = native.library()
+    assert native_optim._rounds_as_written(lib)
+    monkeypatch.setitem(native_optim._checked, id(lib), False)
+    ws, gs, vs, _, _ = state(np.float32, 6, with_velocity=True)
+    assert not native_optim.sgd_update_many(ws, gs, vs, 0.1, 0.9, 0.0, False)
