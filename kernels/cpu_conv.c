@@ -200,6 +200,18 @@ void conv_weight_gradient_##S(const T *x, const T *gyt, T *gw_t, ptrdiff_t C, pt
   }                                                                                            \
 }
 
+/* Whether this build has the 64-byte vectors the register blocks above are sized for (32
+ * vector registers): without AVX-512 the compiler splits each vector and spills the blocks,
+ * and the kernels run many times slower than BLAS, so native_conv.py leaves such machines
+ * to the GEMM twin. */
+int conv_kernels_fit(void) {
+#if defined(__AVX512F__)
+  return 1;
+#else
+  return 0;
+#endif
+}
+
 CONV_KERNELS(float, f32, 16)
 CONV_KERNELS(double, f64, 8)
 WEIGHT_GRADIENT(float, f32, 64)

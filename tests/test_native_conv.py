@@ -27,8 +27,8 @@ def batched(configs: list[WindowConfig]) -> list[WindowConfig]:
 @pytest.fixture(autouse=True)
 def compiled(monkeypatch):
     monkeypatch.delenv(native.SWITCH, raising=False)
-    if native.library() is None:
-        pytest.skip("no C compiler here: the compiled kernels cannot be built")
+    if native_conv.library() is None:
+        pytest.skip("no C compiler, or a CPU without AVX-512: the compiled convolution does not run here")
 
 
 def columns(x: np.ndarray, win: Window) -> np.ndarray:
@@ -172,3 +172,19 @@ def test_batch_first_input_and_outputs_match_batch_last() -> None:
     win = Window(3, 3, 1, 1, 1, 1, 1, 1)
     stored = batch_first(np.ascontiguousarray(batch_last(x)))
     assert_array_equal(native_conv.forward(x, w, None, win), native_conv.forward(stored, w, None, win))
+
+
+def test_a_build_without_the_vectors_it_needs_leaves_the_gemm_twin(monkeypatch) -> None:
+    """A library built for a CPU without AVX-512 (conv_kernels_fit() 0): no compiled
+    convolution, the GEMM twin's results."""
+    class WithoutWideVectors:
+        def conv_kernels_fit(self) -> int:
+            return 0
+
+    monkeypatch.setattr(native_conv, "_library", WithoutWideVectors)
+    x = np.ones((32, 2, 6, 6), np.float32)
+    w = np.ones((8, 2, 3, 3), np.float32)
+    win = Window(3, 3, 1, 1, 0, 0, 1, 1)
+    assert native_conv.library() is None and native_conv.forward(x, w, None, win) is None
+    y, _ = cpu_conv.conv2d_forward(x, w, None, win)
+    assert_array_equal(y, np.full((32, 8, 4, 4), 18, np.float32))

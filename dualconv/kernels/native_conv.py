@@ -8,7 +8,7 @@ gradient: of ``INPUT_BLOCK`` input channels). Other sizes are padded here with z
 samples and zero weights, whose outputs are computed and dropped.
 Each function returns None where the compiled kernels do not apply (a dtype other than
 float32 and float64, mixed dtypes, a batch under half a register block's samples, no
-library), and cpu_conv.py's products run instead.
+library, a CPU without AVX-512), and cpu_conv.py's products run instead.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from ..shapes import Window
 from .layout import batch_first, batch_last
-from .native import library
+from .native import library as _library
 
 SAMPLE_BLOCK = {np.dtype(np.float32): 32, np.dtype(np.float64): 16}
 """Samples per register block: two 64-byte vectors (kernels/cpu_conv.c, LANES)."""
@@ -29,6 +29,13 @@ MIN_WEIGHT_ROWS = 48
 register blocks (kernels/cpu_conv.c, ROW_BLOCK). Below it, transposing gy costs more
 than the kernel saves (benchmarks/README.md, "Compiled CPU kernels")."""
 _SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+
+
+def library():
+    """The compiled kernels where this build's vectors fit the convolution's register blocks
+    (AVX-512: kernels/cpu_conv.c, conv_kernels_fit), else None: the GEMM twin runs."""
+    lib = _library()
+    return lib if lib is not None and lib.conv_kernels_fit() else None
 
 
 def _round_up(n: int, step: int) -> int:
