@@ -21,6 +21,10 @@
 #include <stddef.h>
 #include <string.h>
 
+/* Outputs along an axis of P padded pixels, for a kernel of k taps, stride s, dilation d
+ * (the Window contract's out_h and out_w; P is at least the dilated kernel's extent). */
+#define OUT_SIZE(P, k, s, d) (((P) - (d) * ((k) - 1) - 1) / (s) + 1)
+
 #define OUT_BLOCK 8
 #define IN_BLOCK 4
 #define ROW_BLOCK 12
@@ -65,7 +69,7 @@ static void pixel_block_##S(const T *restrict x, const T *restrict w, const T *r
 void conv_forward_##S(const T *x, const T *w, const T *b, T *y, ptrdiff_t C, ptrdiff_t Hp,     \
                       ptrdiff_t Wp, ptrdiff_t N, ptrdiff_t O, ptrdiff_t kh, ptrdiff_t kw,      \
                       ptrdiff_t sy, ptrdiff_t sx, ptrdiff_t dy, ptrdiff_t dx) {                \
-  ptrdiff_t out_h = (Hp - dy * (kh - 1) - 1) / sy + 1, out_w = (Wp - dx * (kw - 1) - 1) / sx + 1; \
+  ptrdiff_t out_h = OUT_SIZE(Hp, kh, sy, dy), out_w = OUT_SIZE(Wp, kw, sx, dx);                \
   for (ptrdiff_t oy = 0; oy < out_h; ++oy)                                                     \
     for (ptrdiff_t ox = 0; ox < out_w; ++ox)                                                   \
       for (ptrdiff_t o0 = 0; o0 < O; o0 += OUT_BLOCK)                                          \
@@ -133,7 +137,7 @@ void conv_input_gradient_##S(const T *gy, const T *wt, T *gx, ptrdiff_t C, ptrdi
                              ptrdiff_t Wp, ptrdiff_t N, ptrdiff_t O, ptrdiff_t kh,             \
                              ptrdiff_t kw, ptrdiff_t sy, ptrdiff_t sx, ptrdiff_t dy,           \
                              ptrdiff_t dx) {                                                   \
-  ptrdiff_t out_h = (Hp - dy * (kh - 1) - 1) / sy + 1, out_w = (Wp - dx * (kw - 1) - 1) / sx + 1; \
+  ptrdiff_t out_h = OUT_SIZE(Hp, kh, sy, dy), out_w = OUT_SIZE(Wp, kw, sx, dx);                \
   for (ptrdiff_t iy = 0; iy < Hp; ++iy)                                                        \
     for (ptrdiff_t ix = 0; ix < Wp; ++ix)                                                      \
       for (ptrdiff_t c0 = 0; c0 < C; c0 += IN_BLOCK)                                           \
@@ -184,7 +188,7 @@ void conv_weight_gradient_##S(const T *x, const T *gyt, T *gw_t, ptrdiff_t C, pt
                               ptrdiff_t Wp, ptrdiff_t N, ptrdiff_t O, ptrdiff_t kh,            \
                               ptrdiff_t kw, ptrdiff_t sy, ptrdiff_t sx, ptrdiff_t dy,          \
                               ptrdiff_t dx) {                                                  \
-  ptrdiff_t out_h = (Hp - dy * (kh - 1) - 1) / sy + 1, out_w = (Wp - dx * (kw - 1) - 1) / sx + 1; \
+  ptrdiff_t out_h = OUT_SIZE(Hp, kh, sy, dy), out_w = OUT_SIZE(Wp, kw, sx, dx);                \
   ptrdiff_t K = C * kh * kw;                                                                   \
   for (ptrdiff_t r0 = 0; r0 < K; r0 += ROW_BLOCK) {                                            \
     ptrdiff_t start[ROW_BLOCK], rows = K - r0 < ROW_BLOCK ? K - r0 : ROW_BLOCK;                \

@@ -32,6 +32,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .sources import kernel_dir
 
 SWITCH = "DUALCONV_NATIVE"
@@ -43,6 +45,8 @@ CLANG_CONTRACT = "-ffp-contract=on"
 """For clang, in place of FLAGS' -ffp-contract=fast: it fuses each expression's multiply-add
 as fast does, and, unlike fast, honours ``#pragma clang fp contract(off)`` (the SGD update
 must round as written). GCC 12 treats "on" as "off", so it keeps "fast" and its own pragma."""
+SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+"""The dtypes the C kernels take, and the suffix of each kernel's name for it."""
 _SIZE = ctypes.c_ssize_t
 _POINTER = ctypes.c_void_p
 SIGNATURES: dict[str, tuple[Any, ...]] = {

@@ -12,10 +12,14 @@ library, a CPU without AVX-512), and cpu_conv.py's products run instead.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..shapes import Window
+from .cpu import padded_batch_last
 from .layout import batch_first, batch_last
+from .native import SUFFIX
 from .native import library as _library
 
 SAMPLE_BLOCK = {np.dtype(np.float32): 32, np.dtype(np.float64): 16}
@@ -28,34 +32,41 @@ MIN_WEIGHT_ROWS = 48
 """The fewest rows of gw.T (C*kh*kw) for which the compiled weight gradient runs: four
 register blocks (kernels/cpu_conv.c, ROW_BLOCK). Below it, transposing gy costs more
 than the kernel saves (benchmarks/README.md, "Compiled CPU kernels")."""
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
 
 
 def library():
     """The compiled kernels where this build's vectors fit the convolution's register blocks
     (AVX-512: kernels/cpu_conv.c, conv_kernels_fit), else None: the GEMM twin runs."""
     lib = _library()
-    return lib if lib is not None and lib.conv_kernels_fit() else None
+    return lib if lib is not None and _fits(lib) else None
+
+
+@functools.cache
+def _fits(lib) -> bool:
+    """lib.conv_kernels_fit(), asked once per library."""
+    return bool(lib.conv_kernels_fit())
 
 
 def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
-def _fills_half(N: int, dtype: np.dtype) -> bool:
-    """Whether a batch of N samples is at least half of its padded size: below that the
-    zero samples cost the compiled sums more than the GEMM twin takes."""
-    return N > 0 and 2 * N >= _round_up(N, SAMPLE_BLOCK[dtype])
+def _applies(N: int, *arrays: np.ndarray | None) -> bool:
+    """Whether the compiled kernels take a batch of N samples and these arrays (None for an
+    absent bias): one dtype among SUFFIX's, and N at least half of its padded size (below
+    that the zero samples cost the compiled sums more than the GEMM twin takes)."""
+    dtype = arrays[0].dtype
+    return (dtype in SUFFIX and all(a is None or a.dtype == dtype for a in arrays)
+            and N > 0 and 2 * N >= _round_up(N, SAMPLE_BLOCK[dtype]))
 
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window) -> np.ndarray | None:
     """x (N, C, H, W), w (O, C, kh, kw), b (O,) or None -> y (N, O, out_h, out_w), stored
     batch-last (the contract of cpu_conv.conv2d_forward); None where it does not apply."""
     lib = library()
-    dtype = x.dtype
-    if (lib is None or dtype not in _SUFFIX or w.dtype != dtype or (b is not None and b.dtype != dtype)
-            or not _fills_half(x.shape[0], dtype)):
+    if lib is None or not _applies(x.shape[0], x, w, b):
         return None
+    dtype = x.dtype
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
     out_h, out_w = win.out_size(H, W)
@@ -64,7 +75,7 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window) -> 
     weights = _padded_rows(w, o_padded)
     bias = None if b is None else _padded_rows(b, o_padded)
     y = np.empty((o_padded, out_h, out_w, n_padded), dtype=dtype)
-    getattr(lib, f"conv_forward_{_SUFFIX[dtype]}")(
+    getattr(lib, f"conv_forward_{SUFFIX[dtype]}")(
         xb.ctypes.data, weights.ctypes.data, None if bias is None else bias.ctypes.data, y.ctypes.data,
         C, xb.shape[1], xb.shape[2], n_padded, o_padded, kh, kw, win.sy, win.sx, win.dy, win.dx)
     if n_padded != N:
@@ -77,8 +88,8 @@ def _padded_input(x: np.ndarray, win: Window, n_padded: int) -> np.ndarray:
     it and in the samples past N; x's own batch-last storage where nothing is added."""
     N, C, H, W = x.shape
     ph, pw = win.ph, win.pw
-    if ph == 0 and pw == 0 and n_padded == N:
-        return np.ascontiguousarray(batch_last(x))
+    if n_padded == N:
+        return padded_batch_last(x, ph, pw)
     xb = np.zeros((C, H + 2 * ph, W + 2 * pw, n_padded), dtype=x.dtype)
     xb[:, ph:ph + H, pw:pw + W, :N] = batch_last(x)
     return xb
@@ -102,29 +113,25 @@ def weight_gradient(gy: np.ndarray, x: np.ndarray, w: np.ndarray, win: Window) -
     it does not apply: O not a multiple of half a vector's numbers (padding would waste
     more than the GEMM twin loses), C*kh*kw under MIN_WEIGHT_ROWS."""
     lib = library()
+    if lib is None or not _applies(gy.shape[0], gy, x, w):
+        return None
     dtype = gy.dtype
-    lanes = SAMPLE_BLOCK.get(dtype, 0) // 2
-    if (lib is None or dtype not in _SUFFIX or x.dtype != dtype or w.dtype != dtype
-            or not _fills_half(gy.shape[0], dtype) or w.shape[0] % (lanes // 2) or w[0].size < MIN_WEIGHT_ROWS):
+    lanes = SAMPLE_BLOCK[dtype] // 2
+    if w.shape[0] % (lanes // 2) or w[0].size < MIN_WEIGHT_ROWS:
         return None
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
     width, o_padded = ("_half", O) if O < lanes else ("", _round_up(O, lanes))
     n_padded = _round_up(N, SAMPLE_BLOCK[dtype])
     xb = _padded_input(x, win, n_padded)
-    gyt = np.zeros((out_pixels(x.shape, win) * n_padded, o_padded), dtype=dtype)  # gy transposed
-    gyt[:, :O] = _padded_samples(gy, n_padded).reshape(O, -1).T
+    gy_mat = _padded_samples(gy, n_padded).reshape(O, -1)
+    gyt = np.zeros((gy_mat.shape[1], o_padded), dtype=dtype)  # gy transposed
+    gyt[:, :O] = gy_mat.T
     gw_t = np.empty((C * kh * kw, o_padded), dtype=dtype)
-    getattr(lib, f"conv_weight_gradient_{_SUFFIX[dtype]}{width}")(
+    getattr(lib, f"conv_weight_gradient_{SUFFIX[dtype]}{width}")(
         xb.ctypes.data, gyt.ctypes.data, gw_t.ctypes.data, C, xb.shape[1], xb.shape[2], n_padded, o_padded,
         kh, kw, win.sy, win.sx, win.dy, win.dx)
     return np.ascontiguousarray(gw_t[:, :O].T).reshape(w.shape)
-
-
-def out_pixels(x_shape: tuple[int, ...], win: Window) -> int:
-    """out_h * out_w of a convolution of an input of x_shape (N, C, H, W)."""
-    out_h, out_w = win.out_size(x_shape[2], x_shape[3])
-    return out_h * out_w
 
 
 def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], win: Window) -> np.ndarray | None:
@@ -133,9 +140,9 @@ def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], win:
     o of w * gy (from 0, o in order) added to a sum that starts at +0.0, col2im's order of
     the GEMM twin's terms (cpu_conv.conv2d_input_gradient). None where it does not apply."""
     lib = library()
-    dtype = gy.dtype
-    if lib is None or dtype not in _SUFFIX or w.dtype != dtype or not _fills_half(gy.shape[0], dtype):
+    if lib is None or not _applies(gy.shape[0], gy, w):
         return None
+    dtype = gy.dtype
     N, C, H, W = x_shape
     O, _, kh, kw = w.shape
     n_padded, c_padded = _round_up(N, SAMPLE_BLOCK[dtype]), _round_up(C, INPUT_BLOCK)
@@ -144,7 +151,7 @@ def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], win:
     wt = np.zeros((kh, kw, c_padded, O), dtype=dtype)
     wt[:, :, :C] = w.transpose(2, 3, 1, 0)
     gxb = np.empty((c_padded, Hp, Wp, n_padded), dtype=dtype)
-    getattr(lib, f"conv_input_gradient_{_SUFFIX[dtype]}")(
+    getattr(lib, f"conv_input_gradient_{SUFFIX[dtype]}")(
         gyb.ctypes.data, wt.ctypes.data, gxb.ctypes.data, c_padded, Hp, Wp, n_padded, O,
         kh, kw, win.sy, win.sx, win.dy, win.dx)
     gxb = gxb[:C, win.ph:win.ph + H, win.pw:win.pw + W, :N]

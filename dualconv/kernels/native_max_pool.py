@@ -11,9 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..shapes import Window
-from .native import library
-
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+from .native import SUFFIX, library
 
 
 def tiles(win: Window) -> bool:
@@ -26,7 +24,7 @@ def forward(xb: np.ndarray, win: Window) -> tuple[np.ndarray, np.ndarray] | None
     C-contiguous, argmax int32 (the rule of cpu.max_pool_forward); None where it does
     not apply."""
     lib = library()
-    suffix = _SUFFIX.get(xb.dtype)
+    suffix = SUFFIX.get(xb.dtype)
     if lib is None or suffix is None or not tiles(win) or not xb.flags.c_contiguous:
         return None
     C, H, W, N = xb.shape
@@ -42,7 +40,7 @@ def backward(gyb: np.ndarray, argmaxb: np.ndarray, H: int, W: int, win: Window) 
     C-contiguous (the rule of cpu.max_pool_backward: 0 + gy where the pixel won its
     window, +0.0 elsewhere and past the last whole window); None where it does not apply."""
     lib = library()
-    suffix = _SUFFIX.get(gyb.dtype)
+    suffix = SUFFIX.get(gyb.dtype)
     if lib is None or suffix is None or not tiles(win) or argmaxb.dtype != np.int32:
         return None
     g = np.ascontiguousarray(gyb)

@@ -8,13 +8,12 @@ ten: the copies into the last-good arrays, the update's operations, the finitene
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
 
-from .native import library
-
-_SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float64): "f64"}
+from .native import SUFFIX, library
 
 
 def sgd_update_guarded_many(ws: Sequence[np.ndarray], gs: Sequence[np.ndarray],
@@ -42,7 +41,7 @@ def _update(ws, gs, vs, w_lasts, v_lasts, verdict, code, lr, momentum, weight_de
         return False
     dtype = ws[0].dtype
     written = [*ws, *(w_lasts or ()), *(vs or ()), *(v_lasts or ())]
-    if (dtype not in _SUFFIX or (vs is None and momentum != 0.0)
+    if (dtype not in SUFFIX or (vs is None and momentum != 0.0)
             or (w_lasts is not None and (vs is None) != (v_lasts is None))
             or any(a.dtype != dtype or not a.flags.c_contiguous for a in [*written, *gs])
             or not all(a.flags.writeable for a in written)
@@ -51,7 +50,7 @@ def _update(ws, gs, vs, w_lasts, v_lasts, verdict, code, lr, momentum, weight_de
                              *(() if w_lasts is None else (w_lasts[k],)),
                              *(() if v_lasts is None else (v_lasts[k],))))):
         return False  # the NumPy twin runs, and raises where it should
-    update = getattr(lib, f"sgd_update_guarded_{_SUFFIX[dtype]}")
+    update = getattr(lib, f"sgd_update_guarded_{SUFFIX[dtype]}")
     t = dtype.type
     numbers = (t(lr), t(momentum), t(weight_decay), int(bool(weight_decay)), int(momentum != 0.0),
                int(bool(nesterov)))
@@ -67,16 +66,12 @@ def _update(ws, gs, vs, w_lasts, v_lasts, verdict, code, lr, momentum, weight_de
     return True
 
 
-_checked: dict[int, bool] = {}  # id(library) -> whether its update rounds as written
-
-
+@functools.cache
 def _rounds_as_written(lib) -> bool:
     """Whether this library's update rounds each operation as written, checked once: with
     w = 1, g = 3 and lr = 1/3 in float32, lr * g rounds to 1, so w - lr * g is 0, where a
     fused multiply-add gives -2^-25 (a compiler that fused despite the build's settings)."""
-    if id(lib) not in _checked:
-        w, g = np.ones(1, np.float32), np.full(1, 3, np.float32)
-        lib.sgd_update_guarded_f32(w.ctypes.data, g.ctypes.data, None, None, None, 1, np.float32(1 / 3),
-                                   np.float32(0), np.float32(0), 0, 0, 0)
-        _checked[id(lib)] = bool(w[0] == 0 and not np.signbit(w[0]))
-    return _checked[id(lib)]
+    w, g = np.ones(1, np.float32), np.full(1, 3, np.float32)
+    lib.sgd_update_guarded_f32(w.ctypes.data, g.ctypes.data, None, None, None, 1, np.float32(1 / 3),
+                               np.float32(0), np.float32(0), 0, 0, 0)
+    return bool(w[0] == 0 and not np.signbit(w[0]))
