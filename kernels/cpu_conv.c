@@ -12,11 +12,13 @@
  * [w | b] @ [col; 1] orders them. So it is that product's dot product, summed in one
  * order BLAS may use; the two agree within the product's rounding bound.
  *
- * Register blocking: 2*LANES samples (two 64-byte vectors) by OUT_BLOCK output
- * channels of sums stay in registers while the C*kh*kw terms stream past; each term is
- * two vectors of x against OUT_BLOCK weights. So N must be a multiple of 2*LANES
- * (32 floats, 16 doubles) and O of OUT_BLOCK: the caller pads the batch and the
- * weights with zeros (native_conv.py).
+ * Register blocking: 2*LANES samples (two vectors) by OUT_BLOCK output channels of sums
+ * stay in registers while the C*kh*kw terms stream past; each term is two vectors of x
+ * against OUT_BLOCK weights. So N must be a multiple of 2*LANES (with AVX-512 32 floats,
+ * 16 doubles; half that with AVX2) and O of OUT_BLOCK: the caller pads the batch and the
+ * weights with zeros (native_conv.py, from conv_blocks).
+ *
+ * The file also holds the input gradient and the weight gradient, with the same layout.
  */
 #include <stddef.h>
 #include <string.h>
@@ -25,12 +27,28 @@
  * (the Window contract's out_h and out_w; P is at least the dilated kernel's extent). */
 #define OUT_SIZE(P, k, s, d) (((P) - (d) * ((k) - 1) - 1) / (s) + 1)
 
+/* The register blocks, sized for the build's vector registers: AVX-512's 32 of 64 bytes,
+ * else AVX2's 16 of 32 bytes. VECTOR_BYTES 0: neither, where the blocks would spill and
+ * run many times slower than BLAS (conv_blocks tells native_conv.py). */
+#if defined(__AVX512F__)
+#define VECTOR_BYTES 64
 #define OUT_BLOCK 8
 #define IN_BLOCK 4
 #define ROW_BLOCK 12
+#else
+#if defined(__AVX2__) && defined(__FMA__)
+#define VECTOR_BYTES 32
+#else
+#define VECTOR_BYTES 0
+#endif
+#define OUT_BLOCK 4
+#define IN_BLOCK 4
+#define ROW_BLOCK 6
+#endif
+#define VEC_BYTES (VECTOR_BYTES ? VECTOR_BYTES : 32) /* what the kernels compile with */
 
 #define CONV_KERNELS(T, S, LANES)                                                               \
-typedef T vec_##S __attribute__((vector_size(64)));                                            \
+typedef T vec_##S __attribute__((vector_size(VEC_BYTES)));                                            \
                                                                                                 \
 /* The sums of output pixel (oy, ox), channels o0 .. o0+OUT_BLOCK-1, samples n0 .. n0+2*LANES-1. */  \
 static void pixel_block_##S(const T *restrict x, const T *restrict w, const T *restrict b,    \
@@ -173,8 +191,8 @@ static void weight_pass_##S##_##V(const T *x, const T *gyt, T *gw_t, const ptrdi
     memcpy(gw_t + (r0 + r) * O + o0, sum[r], sizeof sum[r]);                                   \
 }
 
-/* gw as the product gw.T = col @ gy.T, with output channels in vectors of BYTES bytes (64;
- * 32 for a count that fills only half of one), two at a time where O has them, and
+/* gw as the product gw.T = col @ gy.T, with output channels in vectors of BYTES bytes (a
+ * register's; half that for a count that fills only half of one), two at a time where O has them, and
  * ROW_BLOCK of col's rows (c, ky, kx) in registers: each sum runs over the columns
  * (oy, ox, n) in order, one multiply-add each. gyt is gy transposed, (out_h*out_w*N, O), O
  * a multiple of LANES; gw_t (C*kh*kw, O). A last block of fewer rows repeats its last
@@ -204,21 +222,21 @@ void conv_weight_gradient_##S(const T *x, const T *gyt, T *gw_t, ptrdiff_t C, pt
   }                                                                                            \
 }
 
-/* Whether this build has the 64-byte vectors the register blocks above are sized for (32
- * vector registers): without AVX-512 the compiler splits each vector and spills the blocks,
- * and the kernels run many times slower than BLAS, so native_conv.py leaves such machines
- * to the GEMM twin. */
-int conv_kernels_fit(void) {
-#if defined(__AVX512F__)
-  return 1;
-#else
-  return 0;
-#endif
+/* This build's register blocks, for native_conv.py: out[0..3] = VECTOR_BYTES, OUT_BLOCK,
+ * IN_BLOCK, ROW_BLOCK. Returns 0 where the build has neither AVX-512 nor AVX2 with FMA:
+ * there the compiler splits each vector and spills the blocks, and the kernels run many
+ * times slower than BLAS, so native_conv.py leaves such machines to the GEMM twin. */
+int conv_blocks(ptrdiff_t *out) {
+  out[0] = VECTOR_BYTES;
+  out[1] = OUT_BLOCK;
+  out[2] = IN_BLOCK;
+  out[3] = ROW_BLOCK;
+  return VECTOR_BYTES != 0;
 }
 
-CONV_KERNELS(float, f32, 16)
-CONV_KERNELS(double, f64, 8)
-WEIGHT_GRADIENT(float, f32, 64)
-WEIGHT_GRADIENT(float, f32_half, 32)
-WEIGHT_GRADIENT(double, f64, 64)
-WEIGHT_GRADIENT(double, f64_half, 32)
+CONV_KERNELS(float, f32, VEC_BYTES / 4)
+CONV_KERNELS(double, f64, VEC_BYTES / 8)
+WEIGHT_GRADIENT(float, f32, VEC_BYTES)
+WEIGHT_GRADIENT(float, f32_half, VEC_BYTES / 2)
+WEIGHT_GRADIENT(double, f64, VEC_BYTES)
+WEIGHT_GRADIENT(double, f64_half, VEC_BYTES / 2)

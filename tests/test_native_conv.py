@@ -2,7 +2,9 @@
 forward, input gradient and weight gradient within the dot products' rounding bound of
 the exact float64 convolution, for any window, batch and channel count (the kernels pad
 to whole register blocks); the GEMM twin's bits where every sum is exact; and each
-kernel declining what it does not take, so the GEMM twin runs.
+kernel declining what it does not take, so the GEMM twin runs. Each test runs with the
+library built for this CPU and with one built for AVX2 (the register blocks a CPU without
+AVX-512 gets).
 """
 from __future__ import annotations
 
@@ -19,16 +21,43 @@ from window_configs import WindowConfig, random_configs
 
 def batched(configs: list[WindowConfig]) -> list[WindowConfig]:
     """The configs with batches the compiled kernels take (half a register block or more):
-    16 (half of float32's 32, padded), 32 (whole), 33 and 40 (a block and a padded one)."""
+    16 (half of float32's 32 with AVX-512, padded), 32 (whole), 33 and 40 (a block and a padded one)."""
     sizes = [16, 32, 33, 40]
     return [WindowConfig(sizes[i % len(sizes)], cfg.C, cfg.H, cfg.W, *cfg.window) for i, cfg in enumerate(configs)]
 
 
-@pytest.fixture(autouse=True)
-def compiled(monkeypatch):
+def _cpu_has(*flags: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as info:
+            present = {flag for line in info if line.startswith("flags") for flag in line.split()}
+    except OSError:
+        return False
+    return all(flag in present for flag in flags)
+
+
+@pytest.fixture(scope="module")
+def avx2_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("avx2")
+
+
+@pytest.fixture(autouse=True, params=["native", "avx2"])
+def compiled(request, monkeypatch, avx2_cache):
+    """Each test twice: with the library built for this CPU (-march=native: AVX-512's blocks
+    on both CI kinds), and with one built for AVX2 (-march=haswell: the blocks of half the
+    size that a CPU without AVX-512 gets), where this CPU runs AVX2 code."""
     monkeypatch.delenv(native.SWITCH, raising=False)
-    if native_conv.library() is None:
-        pytest.skip("no C compiler, or a CPU without AVX-512: the compiled convolution does not run here")
+    if request.param == "avx2":
+        if not _cpu_has("avx2", "fma"):
+            pytest.skip("this CPU cannot run a build for AVX2")
+        monkeypatch.setattr(native, "FLAGS", tuple("-march=haswell" if flag == "-march=native" else flag
+                                                   for flag in native.FLAGS))
+        monkeypatch.setattr(native, "_loaded", {})
+        monkeypatch.setenv("DUALCONV_CACHE", str(avx2_cache))
+    lib = native_conv.library()
+    if lib is None:
+        pytest.skip("no C compiler, or a CPU with neither AVX-512 nor AVX2: the compiled convolution does not run here")
+    if request.param == "avx2":
+        assert native_conv.blocks(lib) == native_conv.Blocks(32, 4, 4, 6)
 
 
 def columns(x: np.ndarray, win: Window) -> np.ndarray:
@@ -147,21 +176,26 @@ def test_hand_worked_convolution() -> None:
 
 def test_declines_what_it_does_not_take() -> None:
     win = Window(3, 3, 1, 1, 1, 1, 1, 1)
-    x = np.ones((16, 16, 5, 5), np.float32)
+    samples = native_conv.blocks(native_conv.library()).samples(np.dtype(np.float32))  # 32, or 16 for AVX2
+    lanes = samples // 2  # floats per vector
+    x = np.ones((samples, 16, 5, 5), np.float32)
     w = np.ones((16, 16, 3, 3), np.float32)
     assert native_conv.forward(x, w, None, win) is not None
     assert native_conv.forward(x.astype(np.float16), w.astype(np.float16), None, win) is None
     assert native_conv.forward(x, w.astype(np.float64), None, win) is None  # mixed dtypes
     assert native_conv.forward(x[:0], w, None, win) is None  # an empty batch
-    assert native_conv.forward(x[:15], w, None, win) is None  # under half of 32 samples: padding would cost more
-    assert native_conv.forward(x[:8].astype(np.float64), w.astype(np.float64), None, win) is not None  # half of 16
-    assert native_conv.input_gradient(np.ones((15, 16, 5, 5), np.float32), w, (15, 16, 5, 5), win) is None
-    gy = np.ones((16, 8, 5, 5), np.float32)
-    assert native_conv.weight_gradient(gy[:, :4], x, w[:4], win) is None  # 4 channels: under half a vector
-    assert native_conv.weight_gradient(gy, x[:, :1], w[:8, :1], win) is None  # 9 rows < MIN_WEIGHT_ROWS
-    assert native_conv.weight_gradient(gy, x, w[:8], win) is not None  # 8 channels: the half-width kernel
-    assert native_conv.weight_gradient(np.ones((16, 16, 5, 5), np.float32), x, w, win) is not None
-    assert native_conv.weight_gradient(np.ones((15, 16, 5, 5), np.float32), x[:15], w, win) is None
+    assert native_conv.forward(x[:lanes - 1], w, None, win) is None  # under half a block: padding would cost more
+    assert native_conv.forward(x[:lanes], w, None, win) is not None
+    assert native_conv.forward(x[:lanes // 2].astype(np.float64), w.astype(np.float64), None, win) is not None
+    assert native_conv.input_gradient(np.ones((lanes - 1, 16, 5, 5), np.float32), w, (lanes - 1, 16, 5, 5),
+                                      win) is None
+    gy = np.ones((samples, 16, 5, 5), np.float32)
+    few = lanes // 4  # under half a vector of channels
+    assert native_conv.weight_gradient(gy[:, :few], x, w[:few], win) is None
+    assert native_conv.weight_gradient(gy[:, :8], x[:, :1], w[:8, :1], win) is None  # 9 rows < MIN_WEIGHT_ROWS
+    assert native_conv.weight_gradient(gy[:, :lanes // 2], x, w[:lanes // 2], win) is not None  # half-width
+    assert native_conv.weight_gradient(gy, x, w, win) is not None
+    assert native_conv.weight_gradient(gy[:lanes - 1], x[:lanes - 1], w, win) is None
 
 
 def test_batch_first_input_and_outputs_match_batch_last() -> None:
@@ -175,10 +209,10 @@ def test_batch_first_input_and_outputs_match_batch_last() -> None:
 
 
 def test_a_build_without_the_vectors_it_needs_leaves_the_gemm_twin(monkeypatch) -> None:
-    """A library built for a CPU without AVX-512 (conv_kernels_fit() 0): no compiled
-    convolution, the GEMM twin's results."""
+    """A library built for a CPU with neither AVX-512 nor AVX2 (conv_blocks() 0): no
+    compiled convolution, the GEMM twin's results."""
     class WithoutWideVectors:
-        def conv_kernels_fit(self) -> int:
+        def conv_blocks(self, out) -> int:
             return 0
 
     monkeypatch.setattr(native_conv, "_library", WithoutWideVectors)

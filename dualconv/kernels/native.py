@@ -61,7 +61,7 @@ SIGNATURES: dict[str, tuple[Any, ...]] = {
     # w, g, v, w_last, v_last; n; lr, momentum, weight_decay; decay, moving, nesterov
     **{f"sgd_update_guarded_{suffix}": (_POINTER,) * 5 + (_SIZE, number, number, number) + (ctypes.c_int,) * 3
        for suffix, number in (("f32", ctypes.c_float), ("f64", ctypes.c_double))},
-    "conv_kernels_fit": (),
+    "conv_blocks": (_POINTER,),
 }
 """Every exported function's argument types, as kernels/cpu_*.c declare them."""
 
@@ -158,7 +158,7 @@ def _build_and_load() -> str | None:
         for name, argtypes in SIGNATURES.items():
             function = getattr(lib, name)
             function.argtypes = argtypes
-            function.restype = ctypes.c_int if name.startswith(("sgd_", "conv_kernels_fit")) else None
+            function.restype = ctypes.c_int if name.startswith(("sgd_", "conv_blocks")) else None
     except Exception as error:  # any failure costs speed, never the user's run
         return f"{type(error).__name__}: {error}"
     _loaded["library"] = lib

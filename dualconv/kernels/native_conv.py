@@ -2,17 +2,20 @@
 the forward, the weight gradient and the input gradient as direct sums over the
 batch-last image, the fast path of cpu_conv.py's conv2d_forward and conv2d_backward.
 
-The C kernels take whole register blocks: a batch of a multiple of ``SAMPLE_BLOCK``
-samples, and for the forward a multiple of ``CHANNEL_BLOCK`` output channels (the input
-gradient: of ``INPUT_BLOCK`` input channels). Other sizes are padded here with zero
-samples and zero weights, whose outputs are computed and dropped.
+The C kernels take whole register blocks, sized for the build's vector registers
+(``blocks``: AVX-512's, or AVX2's at half the size): a batch of a multiple of a block's
+samples, and for the forward a multiple of its output channels (the input gradient: of
+its input channels). Other sizes are padded here with zero samples and zero weights,
+whose outputs are computed and dropped.
 Each function returns None where the compiled kernels do not apply (a dtype other than
 float32 and float64, mixed dtypes, a batch under half a register block's samples, no
-library, a CPU without AVX-512), and cpu_conv.py's products run instead.
+library, a build with neither AVX-512 nor AVX2), and cpu_conv.py's products run instead.
 """
 from __future__ import annotations
 
+import ctypes
 import functools
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,55 +25,73 @@ from .layout import batch_first, batch_last
 from .native import SUFFIX
 from .native import library as _library
 
-SAMPLE_BLOCK = {np.dtype(np.float32): 32, np.dtype(np.float64): 16}
-"""Samples per register block: two 64-byte vectors (kernels/cpu_conv.c, LANES)."""
-CHANNEL_BLOCK = 8
-"""Output channels per register block (kernels/cpu_conv.c, OUT_BLOCK)."""
-INPUT_BLOCK = 4
-"""Input channels per register block of the input gradient (kernels/cpu_conv.c, IN_BLOCK)."""
 MIN_WEIGHT_ROWS = 48
-"""The fewest rows of gw.T (C*kh*kw) for which the compiled weight gradient runs: four
-register blocks (kernels/cpu_conv.c, ROW_BLOCK). Below it, transposing gy costs more
-than the kernel saves (benchmarks/README.md, "Compiled CPU kernels")."""
+"""The fewest rows of gw.T (C*kh*kw) for which the compiled weight gradient runs. Below
+it, transposing gy costs more than the kernel saves (benchmarks/README.md, "Compiled CPU
+kernels")."""
+
+
+class Blocks(NamedTuple):
+    """This build's register blocks (kernels/cpu_conv.c, conv_blocks): the bytes of a
+    vector (64 with AVX-512, 32 with AVX2), and the output channels of the forward's
+    block, the input channels of the input gradient's, the rows of gw.T of the weight
+    gradient's."""
+    vector_bytes: int
+    out_channels: int
+    in_channels: int
+    weight_rows: int
+
+    def samples(self, dtype: np.dtype) -> int:
+        """Samples per register block: two vectors of ``dtype``'s numbers."""
+        return 2 * self.vector_bytes // dtype.itemsize
 
 
 def library():
     """The compiled kernels where this build's vectors fit the convolution's register blocks
-    (AVX-512: kernels/cpu_conv.c, conv_kernels_fit), else None: the GEMM twin runs."""
+    (AVX-512 or AVX2: kernels/cpu_conv.c, conv_blocks), else None: the GEMM twin runs."""
     lib = _library()
-    return lib if lib is not None and _fits(lib) else None
+    return lib if lib is not None and blocks(lib) is not None else None
 
 
 @functools.cache
-def _fits(lib) -> bool:
-    """lib.conv_kernels_fit(), asked once per library."""
-    return bool(lib.conv_kernels_fit())
+def blocks(lib) -> Blocks | None:
+    """lib's register blocks, asked once per library; None where its build has none that
+    fit (neither AVX-512 nor AVX2)."""
+    out = (ctypes.c_ssize_t * 4)()
+    return Blocks(*out) if lib.conv_blocks(out) else None
 
 
 def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
-def _applies(N: int, *arrays: np.ndarray | None) -> bool:
-    """Whether the compiled kernels take a batch of N samples and these arrays (None for an
-    absent bias): one dtype among SUFFIX's, and N at least half of its padded size (below
-    that the zero samples cost the compiled sums more than the GEMM twin takes)."""
+def _compiled(N: int, *arrays: np.ndarray | None) -> tuple[Any, Blocks, int] | None:
+    """(the library, its blocks, N padded to whole sample blocks) where the compiled
+    kernels take a batch of N samples and these arrays (None for an absent bias): a
+    library whose blocks fit, one dtype among SUFFIX's, and N at least half of its padded
+    size (below that the zero samples cost the compiled sums more than the GEMM twin
+    takes); else None."""
+    lib = library()
     dtype = arrays[0].dtype
-    return (dtype in SUFFIX and all(a is None or a.dtype == dtype for a in arrays)
-            and N > 0 and 2 * N >= _round_up(N, SAMPLE_BLOCK[dtype]))
+    if lib is None or dtype not in SUFFIX or any(a is not None and a.dtype != dtype for a in arrays):
+        return None
+    sizes = blocks(lib)
+    n_padded = _round_up(N, sizes.samples(dtype))
+    return (lib, sizes, n_padded) if N > 0 and 2 * N >= n_padded else None
 
 
 def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window) -> np.ndarray | None:
     """x (N, C, H, W), w (O, C, kh, kw), b (O,) or None -> y (N, O, out_h, out_w), stored
     batch-last (the contract of cpu_conv.conv2d_forward); None where it does not apply."""
-    lib = library()
-    if lib is None or not _applies(x.shape[0], x, w, b):
+    compiled = _compiled(x.shape[0], x, w, b)
+    if compiled is None:
         return None
+    lib, sizes, n_padded = compiled
     dtype = x.dtype
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
     out_h, out_w = win.out_size(H, W)
-    n_padded, o_padded = _round_up(N, SAMPLE_BLOCK[dtype]), _round_up(O, CHANNEL_BLOCK)
+    o_padded = _round_up(O, sizes.out_channels)
     xb = _padded_input(x, win, n_padded)
     weights = _padded_rows(w, o_padded)
     bias = None if b is None else _padded_rows(b, o_padded)
@@ -108,21 +129,21 @@ def weight_gradient(gy: np.ndarray, x: np.ndarray, w: np.ndarray, win: Window) -
     """gy (N, O, out_h, out_w) and the forward's input x (N, C, H, W) -> gw (O, C, kh, kw):
     each sum over (oy, ox, n) in that order, one multiply-add each, an order the GEMM
     twin's BLAS product may use (within its rounding bound). The kernel holds output
-    channels in vectors: O under a vector's numbers (16 floats, 8 doubles) takes
-    half-width vectors, a larger O is padded to whole ones with zero channels. None where
+    channels in vectors: O under a vector's numbers (with AVX-512 16 floats, 8 doubles)
+    takes half-width vectors, a larger O is padded to whole ones with zero channels. None where
     it does not apply: O not a multiple of half a vector's numbers (padding would waste
     more than the GEMM twin loses), C*kh*kw under MIN_WEIGHT_ROWS."""
-    lib = library()
-    if lib is None or not _applies(gy.shape[0], gy, x, w):
+    compiled = _compiled(gy.shape[0], gy, x, w)
+    if compiled is None:
         return None
+    lib, sizes, n_padded = compiled
     dtype = gy.dtype
-    lanes = SAMPLE_BLOCK[dtype] // 2
+    lanes = sizes.samples(dtype) // 2
     if w.shape[0] % (lanes // 2) or w[0].size < MIN_WEIGHT_ROWS:
         return None
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
     width, o_padded = ("_half", O) if O < lanes else ("", _round_up(O, lanes))
-    n_padded = _round_up(N, SAMPLE_BLOCK[dtype])
     xb = _padded_input(x, win, n_padded)
     gy_mat = _padded_samples(gy, n_padded).reshape(O, -1)
     gyt = np.zeros((gy_mat.shape[1], o_padded), dtype=dtype)  # gy transposed
@@ -139,13 +160,14 @@ def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], win:
     x_shape, stored batch-last: for each pixel, over (ky, kx) in order, the term sum over
     o of w * gy (from 0, o in order) added to a sum that starts at +0.0, col2im's order of
     the GEMM twin's terms (cpu_conv.conv2d_input_gradient). None where it does not apply."""
-    lib = library()
-    if lib is None or not _applies(gy.shape[0], gy, w):
+    compiled = _compiled(gy.shape[0], gy, w)
+    if compiled is None:
         return None
+    lib, sizes, n_padded = compiled
     dtype = gy.dtype
     N, C, H, W = x_shape
     O, _, kh, kw = w.shape
-    n_padded, c_padded = _round_up(N, SAMPLE_BLOCK[dtype]), _round_up(C, INPUT_BLOCK)
+    c_padded = _round_up(C, sizes.in_channels)
     Hp, Wp = H + 2 * win.ph, W + 2 * win.pw
     gyb = _padded_samples(gy, n_padded)
     wt = np.zeros((kh, kw, c_padded, O), dtype=dtype)
