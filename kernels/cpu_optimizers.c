@@ -12,7 +12,8 @@
  * each operation rounded as written, in that order, with no fused multiply-add: GCC's
  * pragma below, and for clang the build's -ffp-contract=on, under which its pragma holds
  * (native.py); native_optim.py checks it once at load. So the results are the NumPy
- * twin's and the CUDA twin's bits. Returns 1
+ * twin's and the CUDA twin's bits (but a NaN's sign: of two NaN operands, which one an
+ * operation passes on follows the order the compiler gives its operands). Returns 1
  * when every new w (and v) is finite, else 0: the guard's verdict is the caller's.
  *
  * The loop body takes its choices as constants, and the entry point calls it once for
@@ -83,6 +84,8 @@ int sgd_update_guarded_##S(T *restrict w, const T *restrict g, T *restrict v,   
     if (decay) { SGD_VELOCITY(S, 1, 1, 1) } else { SGD_VELOCITY(S, 1, 1, 0) }                  \
   } else if (copy_w) {                                                                         \
     if (decay) { SGD_VELOCITY(S, 1, 0, 1) } else { SGD_VELOCITY(S, 1, 0, 0) }                  \
+  } else if (copy_v) {                                                                         \
+    if (decay) { SGD_VELOCITY(S, 0, 1, 1) } else { SGD_VELOCITY(S, 0, 1, 0) }                  \
   } else {                                                                                     \
     if (decay) { SGD_VELOCITY(S, 0, 0, 1) } else { SGD_VELOCITY(S, 0, 0, 0) }                  \
   }                                                                                            \

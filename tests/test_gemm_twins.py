@@ -43,7 +43,7 @@ def _conv_path(monkeypatch, path: str, cfg, bias: bool) -> int:
     if path == "compiled":
         monkeypatch.delenv(native.SWITCH, raising=False)
         if native_conv.library() is None:
-            pytest.skip("no C compiler, or a CPU without AVX-512: the compiled convolution does not run here")
+            pytest.skip("no C compiler, or a CPU with neither AVX-512 nor AVX2: the compiled convolution does not run here")
         return 16
     monkeypatch.setenv(native.SWITCH, "0")
     if path == "bands":

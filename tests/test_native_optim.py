@@ -88,6 +88,20 @@ def test_hand_worked_step() -> None:
     assert (w[0], v[0], w_last[0], v_last[0], verdict[0]) == (0.1875, 1.75, 1.0, 2.0, 5)
 
 
+@pytest.mark.parametrize("w_last, v_last", [(True, False), (False, True)])
+def test_each_copy_is_made_where_its_array_is_given(w_last, v_last) -> None:
+    """The C kernel alone: w_last and v_last are each written where given (a case of its own
+    since each combination is a loop of its own), and the update is the same either way."""
+    f = native.library().sgd_update_guarded_f32
+    w, g, v = np.full(5, 1, np.float32), np.full(5, 2, np.float32), np.full(5, 3, np.float32)
+    w_copy, v_copy = np.zeros(5, np.float32), np.zeros(5, np.float32)
+    finite = f(w.ctypes.data, g.ctypes.data, v.ctypes.data, w_copy.ctypes.data if w_last else None,
+               v_copy.ctypes.data if v_last else None, 5, np.float32(0.5), np.float32(0.5), np.float32(0), 0, 1, 0)
+    # by hand: v = 3 * 0.5 + 2 = 3.5; w = 1 - 0.5 * 3.5 = -0.75
+    assert finite == 1 and (v == 3.5).all() and (w == -0.75).all()
+    assert (w_copy == (1 if w_last else 0)).all() and (v_copy == (3 if v_last else 0)).all()
+
+
 def test_declines_what_it_does_not_take() -> None:
     ws, gs, vs, lasts, v_lasts = state(np.float32, 3, with_velocity=True)
     verdict = np.array([5], np.int32)

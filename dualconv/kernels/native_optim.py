@@ -1,7 +1,8 @@
 """The SGD update through the compiled kernels (kernels/cpu_optimizers.c, loaded by
 native.py): the fast path of cpu_fused.py's sgd_update_many and sgd_update_guarded_many,
 with the same bits (each operation rounded as written, in the same order, no fused
-multiply-add).
+multiply-add), but a NaN's sign: where two NaNs meet, which one an operation passes on
+follows the compiler's order of its operands. The guard reads only finiteness.
 
 One call per parameter, each one pass over its numbers where the NumPy twin makes about
 ten: the copies into the last-good arrays, the update's operations, the finiteness check.
