@@ -27,7 +27,8 @@ Open the files in this order:
   native.py     the compiled CPU kernels (kernels/cpu_*.c): built on first use, loaded
                 through ctypes; native_conv.py, native_max_pool.py and native_optim.py
                 call them for cpu_conv.py, cpu.py and cpu_fused.py where a C compiler
-                was found
+                was found; built_files.py keeps the built library (and the emulated
+                CuPy's) on disk
   blocked.py    the cache-blocked matrix products the CPU GEMM twins use
   cuda.py       the CUDA twins: CuPy launches of kernels/*.cu (plans in cuda_plans.py)
   cuda_conv.py  the CUDA twin of the convolution: im2col launch, one cuBLAS product

@@ -15,18 +15,16 @@ as in BLAS's kernels; no ``-ffast-math``, which would drop the NaN tests and reo
 sums) and cached under
 ``$DUALCONV_CACHE`` (default ``~/.cache/dualconv``), in ``cpu_kernels/``, named by a
 hash of the sources, the compiler's version, the flags and the CPU's model and flags.
-A build goes to a temporary name and is renamed into place, so processes building at
-once (the engine's worker, parallel test runs) never load a half-written file.
+A build goes to a temporary folder and is renamed into place (built_files.py), so processes
+building at once (the engine's worker, parallel test runs) never load a half-written file.
 """
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shlex
 import shutil
 import subprocess
-import tempfile
 import threading
 import warnings
 from pathlib import Path
@@ -34,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .built_files import built, digest
 from .sources import kernel_dir
 
 SWITCH = "DUALCONV_NATIVE"
@@ -145,16 +144,15 @@ def _build_and_load() -> str | None:
         version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
                                  errors="replace", timeout=60).stdout
         flags = _flags(version)
-        key = hashlib.sha256(repr((sorted(sources.items()), compiler, version, flags,
-                                   _cpu_signature())).encode()).hexdigest()[:24]
+        key = digest(repr((sorted(sources.items()), compiler, version, flags, _cpu_signature())))
         target = cache_dir() / f"cpu_kernels_{key}.so"
-        if not target.exists():
-            _build(compiler, flags, sources, target)
+
+        def build(scratch: Path) -> Path:
+            return _compile(compiler, flags, sources, scratch, target.name)
         try:
-            lib = ctypes.CDLL(str(target))
+            lib = ctypes.CDLL(str(built(target, build)))
         except OSError:  # a cached file that does not load (truncated, another libc): built again
-            _build(compiler, flags, sources, target)
-            lib = ctypes.CDLL(str(target))
+            lib = ctypes.CDLL(str(built(target, build, again=True)))
         for name, argtypes in SIGNATURES.items():
             function = getattr(lib, name)
             function.argtypes = argtypes
@@ -172,17 +170,16 @@ def _flags(version: str) -> tuple[str, ...]:
     return FLAGS
 
 
-def _build(compiler: list[str], flags: tuple[str, ...], sources: dict[str, str], target: Path) -> None:
-    """Compile ``sources`` as one translation unit into ``target``, atomically."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
-        source = Path(scratch, "cpu_kernels.c")
-        source.write_text("".join(f'#line 1 "{name}"\n{text}\n' for name, text in sources.items()))
-        built = Path(scratch, target.name)
-        done = subprocess.run([*compiler, *flags, str(source), "-o", str(built)],
-                              capture_output=True, text=True, errors="replace", timeout=300)
-        if done.returncode != 0:
-            first = next((line for line in done.stderr.splitlines() if "error" in line),
-                         done.stderr.strip()[:200] or "no message")
-            raise RuntimeError(f"{Path(compiler[0]).name} exited with {done.returncode}: {first}")
-        os.replace(built, target)
+def _compile(compiler: list[str], flags: tuple[str, ...], sources: dict[str, str], scratch: Path,
+             name: str) -> Path:
+    """Compile ``sources`` as one translation unit into scratch/name; its path."""
+    source = Path(scratch, "cpu_kernels.c")
+    source.write_text("".join(f'#line 1 "{file}"\n{text}\n' for file, text in sources.items()))
+    library = Path(scratch, name)
+    done = subprocess.run([*compiler, *flags, str(source), "-o", str(library)],
+                          capture_output=True, text=True, errors="replace", timeout=300)
+    if done.returncode != 0:
+        first = next((line for line in done.stderr.splitlines() if "error" in line),
+                     done.stderr.strip()[:200] or "no message")
+        raise RuntimeError(f"{Path(compiler[0]).name} exited with {done.returncode}: {first}")
+    return library

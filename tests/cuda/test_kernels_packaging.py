@@ -1,4 +1,4 @@
-"""The wheel ships kernels/*.cu and the installed package finds them.
+"""The wheel ships kernels/*.cu and kernels/cpu_*.c, and the installed package finds them.
 
 Builds a wheel from a copy of the source tree (so no build/ or egg-info lands
 in the checkout), installs it with no dependencies into a fresh venv, and
@@ -20,11 +20,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 KERNEL_FILES = sorted(p.name for p in (REPO / "kernels").iterdir() if p.suffix in (".cu", ".cuh"))
+CPU_FILES = sorted(p.name for p in (REPO / "kernels").iterdir() if p.suffix == ".c")
 
 CHECK = """
 import importlib.resources, json, shutil
 import dualconv
-from dualconv.kernels import sources
+from dualconv.kernels import native, sources
 from dualconv.testing import emulated_cupy
 from dualconv.testing.fake_cupy import _native
 stand_in = None
@@ -39,6 +40,8 @@ print(json.dumps({
     "texts": {name: path.read_text() for name, path in found.items()},
     "source_has_line_directives": '#line 1 "im2col.cu"' in sources.module_source(),
     "stand_in": stand_in,
+    "cpu_sources": sorted(native._sources()),
+    "cpu_library": native.library() is not None if native._compiler() else None,
 }))
 """
 
@@ -80,6 +83,8 @@ def test_wheel_contains_the_kernel_sources(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for f in KERNEL_FILES:
         assert f"dualconv/kernels/cuda_src/{f}" in names, f"{f} not shipped; wheel has {names}"
+    for f in CPU_FILES:
+        assert f"dualconv/kernels/cuda_src/{f}" in names, f"{f} not shipped"
     for f in ("cuda.py", "cuda_plans.py"):
         assert f"dualconv/kernels/{f}" in names, f"{f} not shipped"
     for f in ("emulation_harness.cpp", "emulation.h", "_raw.py", "cuda/runtime.py"):  # the CuPy stand-in
@@ -95,7 +100,8 @@ def test_installed_package_finds_its_kernels(wheel, tmp_path):
     # numpy & co. come from this interpreter's site-packages, placed on
     # PYTHONPATH (which ignores .pth files, so no editable install leaks in).
     env = dict(os.environ, PYTHONPATH=sysconfig.get_paths()["purelib"],
-               DUALCONV_EMULATION_CACHE=str(tmp_path / "emulation_cache"))
+               DUALCONV_EMULATION_CACHE=str(tmp_path / "emulation_cache"),
+               DUALCONV_CACHE=str(tmp_path / "cpu_cache"))
     proc = _run([str(python), "-c", CHECK], env=env, cwd=tmp_path)
     report = json.loads(proc.stdout)
     assert Path(report["module"]).is_relative_to(venv), report["module"]
@@ -105,6 +111,8 @@ def test_installed_package_finds_its_kernels(wheel, tmp_path):
         assert Path(path).is_relative_to(venv), f"{name} found outside the install: {path}"
         assert report["texts"][name] == (REPO / "kernels" / name).read_text()
     assert report["source_has_line_directives"]
+    assert report["cpu_sources"] == CPU_FILES and CPU_FILES
+    assert report["cpu_library"] in (True, None)  # built from the installed sources where there is a cc
     if report["stand_in"] is not None:
         assert report["stand_in"]["gpu_available"]
         assert Path(report["stand_in"]["harness"]).is_relative_to(venv)

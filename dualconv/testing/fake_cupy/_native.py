@@ -23,16 +23,16 @@ no order, so a kernel must give the same result in all three (the harness says w
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from ...kernels.built_files import built, digest
 
 HERE = Path(__file__).resolve().parent
 CXXFLAGS = ("-std=c++17", "-O1", "-fPIC", "-shared", "-ffp-contract=off",
@@ -164,12 +164,8 @@ def build(code: str, names: Sequence[str], out_dir: Path, sanitize: bool = False
 
 
 def _key(code: str, names: Sequence[str], sanitize: bool) -> str:
-    digest = hashlib.sha256()
-    for part in (code, "\n".join(names), " ".join(CXXFLAGS + (SANITIZE if sanitize else ())),
-                 (HERE / "emulation_harness.cpp").read_text(), (HERE / "emulation.h").read_text()):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:24]
+    return digest(code, "\n".join(names), " ".join(CXXFLAGS + (SANITIZE if sanitize else ())),
+                  (HERE / "emulation_harness.cpp").read_text(), (HERE / "emulation.h").read_text())
 
 
 def load(code: str, names: Sequence[str]) -> "NativeModule":
@@ -180,12 +176,8 @@ def load(code: str, names: Sequence[str]) -> "NativeModule":
     with _lock:
         module = _loaded.get(key)
         if module is None:
-            lib = cache_dir() / key / "libdc_emulated.so"
-            if not lib.is_file():
-                lib.parent.mkdir(parents=True, exist_ok=True)
-                with tempfile.TemporaryDirectory(dir=lib.parent.parent) as tmp:
-                    built = build(code, names, Path(tmp), sanitize)
-                    os.replace(built, lib)  # atomic: a parallel build just wins or loses
+            lib = built(cache_dir() / key / "libdc_emulated.so",
+                        lambda scratch: build(code, names, scratch, sanitize))
             module = _loaded[key] = NativeModule(lib, sanitize)
     return module
 
