@@ -8,12 +8,14 @@ this machine takes; here each path is asked for by name.
 from __future__ import annotations
 
 import multiprocessing
+import platform
+import shlex
 import warnings
 
 import numpy as np
 import pytest
 
-from dualconv.kernels import cpu, native, reference
+from dualconv.kernels import cpu, native, native_conv, native_max_pool, reference
 from dualconv.kernels.layout import batch_first
 from dualconv.shapes import Window
 
@@ -153,6 +155,31 @@ def test_a_failed_build_warns_once_and_numpy_runs(monkeypatch, fresh) -> None:
         assert native.library() is None
     assert native.library() is None  # decided once: no second warning, no second build
     assert not list(fresh.rglob("*.so"))
+
+
+def test_a_compiler_that_refuses_march_native_gets_a_baseline_build(monkeypatch, fresh) -> None:
+    """A compiler that does not take -march=native for its target (as some do not): a
+    second build without it loads, silently; on x86-64 that baseline has neither AVX2 nor
+    AVX-512, so the convolution is left to the GEMM twin while max-pool and SGD stay compiled."""
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    compiled_or_skip()
+    real = native._compiler()
+    wrapper = fresh / "picky-cc"
+    wrapper.write_text("#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = -march=native ]; then\n"
+                       "    echo 'error: unsupported option -march=native' >&2; exit 1\n  fi\ndone\n"
+                       f"exec {shlex.join(real)} \"$@\"\n")
+    wrapper.chmod(0o755)
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("CC", str(wrapper))
+    monkeypatch.setenv("DUALCONV_CACHE", str(fresh / "picky"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lib = native.library()
+    assert lib is not None and len(list((fresh / "picky").rglob("*.so"))) == 1
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert native_conv.library() is None
+    xb = awkward_images((2, 4, 6, 32), np.float32, seed=3)
+    assert native_max_pool.forward(xb, Window(2, 2, 2, 2, 0, 0, 1, 1)) is not None
 
 
 def test_built_once_then_loaded_from_the_cache(monkeypatch, fresh) -> None:

@@ -4,7 +4,7 @@ shared library and called through ctypes.
 ``library()`` returns the loaded library, or None when there is none to be had: turned
 off (``DUALCONV_NATIVE=0``), no C compiler (``$CC``, else ``cc``), or a build or load
 that failed (a RuntimeWarning says why, once; a cached library that does not load is
-built again first). Where it is None the NumPy twins run instead.
+built again first, and a failed build is tried again without ``-march=native``). Where it is None the NumPy twins run instead.
 Each C kernel keeps its NumPy twin's contract: the max-pool kernels only compare, select
 and add zero, so they give the same bits; the convolution's sums are a BLAS product's
 dot products in one order BLAS may use, so they agree within its rounding bound.
@@ -133,34 +133,52 @@ def _compiler() -> list[str] | None:
 
 def _build_and_load() -> str | None:
     """Decide _loaded["library"]: the library, built first where the cache lacks it, or
-    None. Returns why it could not be built or loaded (None where it was, or where there
-    is no compiler, which is no fault)."""
+    None. Where the build with FLAGS fails, a second try leaves out ``-march=native``
+    (which not every compiler takes for every target): a build for the target's baseline,
+    whose max-pool and SGD are still compiled. Returns why it could not be built or loaded (the
+    first try's reason; None where it was, or where there is no compiler, which is no
+    fault)."""
     _loaded["library"] = None
     compiler = _compiler()
     if compiler is None:
         return None
+    problem = None
     try:
         sources = _sources()
         version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
                                  errors="replace", timeout=60).stdout
         flags = _flags(version)
-        key = digest(repr((sorted(sources.items()), compiler, version, flags, _cpu_signature())))
-        target = cache_dir() / f"cpu_kernels_{key}.so"
-
-        def build(scratch: Path) -> Path:
-            return _compile(compiler, flags, sources, scratch, target.name)
-        try:
-            lib = ctypes.CDLL(str(built(target, build)))
-        except OSError:  # a cached file that does not load (truncated, another libc): built again
-            lib = ctypes.CDLL(str(built(target, build, again=True)))
-        for name, argtypes in SIGNATURES.items():
-            function = getattr(lib, name)
-            function.argtypes = argtypes
-            function.restype = ctypes.c_int if name.startswith(("sgd_", "conv_blocks")) else None
+        baseline = tuple(flag for flag in flags if not flag.startswith("-march="))
+        for tried in (flags, baseline) if baseline != flags else (flags,):
+            try:
+                lib = _load(compiler, version, tried, sources)
+            except RuntimeError as error:  # the compiler refused: the next flags, if any
+                problem = problem or f"{type(error).__name__}: {error}"
+                continue
+            _loaded["library"] = lib
+            return None
     except Exception as error:  # any failure costs speed, never the user's run
-        return f"{type(error).__name__}: {error}"
-    _loaded["library"] = lib
-    return None
+        return problem or f"{type(error).__name__}: {error}"
+    return problem
+
+
+def _load(compiler: list[str], version: str, flags: tuple[str, ...], sources: dict[str, str]) -> Any:
+    """The library built from ``sources`` with ``flags``, from the cache or built first
+    (RuntimeError where the compiler fails), its functions' argument types declared."""
+    key = digest(repr((sorted(sources.items()), compiler, version, flags, _cpu_signature())))
+    target = cache_dir() / f"cpu_kernels_{key}.so"
+
+    def build(scratch: Path) -> Path:
+        return _compile(compiler, flags, sources, scratch, target.name)
+    try:
+        lib = ctypes.CDLL(str(built(target, build)))
+    except OSError:  # a cached file that does not load (truncated, another libc): built again
+        lib = ctypes.CDLL(str(built(target, build, again=True)))
+    for name, argtypes in SIGNATURES.items():
+        function = getattr(lib, name)
+        function.argtypes = argtypes
+        function.restype = ctypes.c_int if name.startswith(("sgd_", "conv_blocks")) else None
+    return lib
 
 
 def _flags(version: str) -> tuple[str, ...]:
