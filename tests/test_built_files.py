@@ -3,11 +3,12 @@
 failed build leaves neither a file nor its scratch folder behind."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from dualconv.kernels.built_files import built, digest
+from dualconv.kernels.built_files import built, digest, whole
 
 
 def test_digest_tells_where_the_parts_divide() -> None:
@@ -41,3 +42,23 @@ def test_a_failed_build_leaves_nothing(tmp_path) -> None:
     with pytest.raises(RuntimeError, match="cc exited with 1"):
         built(target, build)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_elf_file_cut_short_is_built_again(tmp_path) -> None:
+    """Loading a library cut short can kill the process (SIGBUS) instead of raising, so
+    built() checks an ELF file's length against its section headers before handing it on."""
+    elf = Path(sys.executable).resolve().read_bytes()
+    if elf[:4] != b"\x7fELF":
+        pytest.skip("this Python is not an ELF file")
+    target = tmp_path / "lib.so"
+    for cut in (60, 1000, len(elf) // 2, len(elf) - 1):
+        target.write_bytes(elf[:cut])
+        assert not whole(target)
+    target.write_bytes(elf)
+    assert whole(target)
+    target.write_bytes(elf[:len(elf) // 2])
+
+    def build(scratch: Path) -> Path:
+        (scratch / "lib.so").write_bytes(elf)
+        return scratch / "lib.so"
+    assert built(target, build).read_bytes() == elf

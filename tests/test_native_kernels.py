@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import platform
 import shlex
+import threading
 import warnings
 
 import numpy as np
@@ -180,6 +181,67 @@ def test_a_compiler_that_refuses_march_native_gets_a_baseline_build(monkeypatch,
         assert native_conv.library() is None
     xb = awkward_images((2, 4, 6, 32), np.float32, seed=3)
     assert native_max_pool.forward(xb, Window(2, 2, 2, 2, 0, 0, 1, 1)) is not None
+
+
+def _failing_on_march(folder, message: str, baseline_too: bool = False) -> str:
+    """A compiler command that fails where -march=native is given, printing ``message``
+    (and, with ``baseline_too``, fails without it as well), else runs the real compiler."""
+    wrapper = folder / "failing-cc"
+    otherwise = "echo 'kernels.c:1: error: what the baseline build met' >&2; exit 1" if baseline_too else \
+        f"exec {shlex.join(native._compiler())} \"$@\""
+    wrapper.write_text(f"#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = -march=native ]; then\n"
+                       f"    echo '{message}' >&2; exit 1\n  fi\ndone\n{otherwise}\n")
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+def test_an_error_of_the_sources_is_not_hidden_by_a_baseline_build(monkeypatch, fresh) -> None:
+    """Only a refused -march gets the second build: an error in the code built for this
+    CPU (its AVX-512 or AVX2 blocks) is reported, not covered by a build without them."""
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    compiled_or_skip()
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("CC", _failing_on_march(fresh, "cpu_conv.c:34: error: undeclared in the AVX-512 blocks"))
+    monkeypatch.setenv("DUALCONV_CACHE", str(fresh / "failing"))
+    with pytest.warns(RuntimeWarning, match="undeclared in the AVX-512 blocks"):
+        assert native.library() is None
+
+
+def test_both_reasons_are_given_where_the_baseline_build_fails_too(monkeypatch, fresh) -> None:
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    compiled_or_skip()
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("CC", _failing_on_march(fresh, "error: unsupported option -march=native", baseline_too=True))
+    monkeypatch.setenv("DUALCONV_CACHE", str(fresh / "failing"))
+    with pytest.warns(RuntimeWarning, match="-march=native; then without -march: .*what the baseline build met"):
+        assert native.library() is None
+
+
+def test_a_call_during_a_build_waits_for_it(monkeypatch, fresh) -> None:
+    """Another thread's library() while the first call builds gets the library, not None:
+    nothing is decided until the build is done."""
+    monkeypatch.delenv(native.SWITCH, raising=False)
+    compiled_or_skip()
+    monkeypatch.setattr(native, "_loaded", {})
+    monkeypatch.setenv("DUALCONV_CACHE", str(fresh / "slow"))
+    started, go = threading.Event(), threading.Event()
+    compile_now = native._compile
+
+    def held_compile(*args):
+        started.set()
+        go.wait(60)
+        return compile_now(*args)
+    monkeypatch.setattr(native, "_compile", held_compile)
+    found: dict[str, object] = {}
+    first = threading.Thread(target=lambda: found.update(first=native.library()))
+    first.start()
+    assert started.wait(60)
+    second = threading.Thread(target=lambda: found.update(second=native.library()))
+    second.start()
+    go.set()
+    first.join(60)
+    second.join(60)
+    assert found["first"] is not None and found["second"] is found["first"]
 
 
 def test_built_once_then_loaded_from_the_cache(monkeypatch, fresh) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -27,12 +28,33 @@ def digest(*parts: str) -> str:
 
 
 def built(target: Path, build: Callable[[Path], Path], again: bool = False) -> Path:
-    """``target``, built first where it is missing (or, with ``again``, in any case):
-    ``build(scratch)`` compiles into the empty folder ``scratch`` and returns the file it
-    made, which is then renamed to ``target``. Whatever ``build`` raises propagates, and
-    the scratch folder is removed."""
-    if again or not target.is_file():
+    """``target``, built first where it is missing or cut short (or, with ``again``, in any
+    case): ``build(scratch)`` compiles into the empty folder ``scratch`` and returns the
+    file it made, which is then renamed to ``target``. Whatever ``build`` raises
+    propagates, and the scratch folder is removed."""
+    if again or not target.is_file() or not whole(target):
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
             os.replace(build(Path(scratch)), target)
     return target
+
+
+def whole(path: Path) -> bool:
+    """Whether a library file is all there: for ELF, the section header table (which the
+    linker writes last) lies within the file. Loading a file cut short can kill the
+    process (SIGBUS) rather than raise, so a cut file must be caught before it is loaded.
+    True for other formats, which this cannot tell."""
+    with open(path, "rb") as file:
+        header = file.read(64)
+        size = os.fstat(file.fileno()).st_size
+    if header[:4] != b"\x7fELF":
+        return True
+    if len(header) < 52:
+        return False
+    order = "<" if header[5] == 1 else ">"
+    wide = header[4] == 2  # 64-bit: e_shoff at 40, e_shentsize and e_shnum at 58; 32-bit: 32, 46
+    if wide and len(header) < 64:
+        return False
+    (offset,) = struct.unpack_from(order + ("Q" if wide else "I"), header, 40 if wide else 32)
+    entry, count = struct.unpack_from(order + "HH", header, 58 if wide else 46)
+    return offset + entry * count <= size

@@ -4,7 +4,8 @@ shared library and called through ctypes.
 ``library()`` returns the loaded library, or None when there is none to be had: turned
 off (``DUALCONV_NATIVE=0``), no C compiler (``$CC``, else ``cc``), or a build or load
 that failed (a RuntimeWarning says why, once; a cached library that does not load is
-built again first, and a failed build is tried again without ``-march=native``). Where it is None the NumPy twins run instead.
+built again first, and a compiler that refuses ``-march=native`` gets a build without
+it). Where it is None the NumPy twins run instead.
 Each C kernel keeps its NumPy twin's contract: the max-pool kernels only compare, select
 and add zero, so they give the same bits; the convolution's sums are a BLAS product's
 dot products in one order BLAS may use, so they agree within its rounding bound.
@@ -90,8 +91,8 @@ def library() -> Any:
         return None
     if "library" not in _loaded:
         with _lock:
-            if "library" not in _loaded:
-                problem = _build_and_load()
+            if "library" not in _loaded:  # decided once, and only here: another thread waits on the lock
+                _loaded["library"], problem = _build_and_load()
                 if problem is not None:  # decided before warning: a warning raised as an error still falls back
                     warnings.warn(f"dualconv: the compiled CPU kernels could not be built ({problem}); "
                                   f"the NumPy kernels run instead", RuntimeWarning, stacklevel=2)
@@ -131,35 +132,33 @@ def _compiler() -> list[str] | None:
     return None if found is None else [found, *command[1:]]
 
 
-def _build_and_load() -> str | None:
-    """Decide _loaded["library"]: the library, built first where the cache lacks it, or
-    None. Where the build with FLAGS fails, a second try leaves out ``-march=native``
-    (which not every compiler takes for every target): a build for the target's baseline,
-    whose max-pool and SGD are still compiled. Returns why it could not be built or loaded (the
-    first try's reason; None where it was, or where there is no compiler, which is no
-    fault)."""
-    _loaded["library"] = None
+def _build_and_load() -> tuple[Any, str | None]:
+    """(the library, built first where the cache lacks it, or None; why it could not be
+    built or loaded, None where it was or where there is no compiler, which is no fault).
+    A compiler that refuses FLAGS' ``-march=native`` (not every compiler takes it for every
+    target) gets a second build without it, for the target's baseline, whose max-pool and
+    SGD are still compiled; any other failure is reported as it is."""
     compiler = _compiler()
     if compiler is None:
-        return None
-    problem = None
+        return None, None
     try:
         sources = _sources()
         version = subprocess.run([*compiler, "--version"], capture_output=True, text=True,
                                  errors="replace", timeout=60).stdout
         flags = _flags(version)
-        baseline = tuple(flag for flag in flags if not flag.startswith("-march="))
-        for tried in (flags, baseline) if baseline != flags else (flags,):
+        try:
+            return _load(compiler, version, flags, sources), None
+        except RuntimeError as refused:
+            if "march" not in str(refused):  # the sources' or the compiler's fault: reported
+                raise
+            baseline = tuple(flag for flag in flags if not flag.startswith("-march="))
             try:
-                lib = _load(compiler, version, tried, sources)
-            except RuntimeError as error:  # the compiler refused: the next flags, if any
-                problem = problem or f"{type(error).__name__}: {error}"
-                continue
-            _loaded["library"] = lib
-            return None
+                return _load(compiler, version, baseline, sources), None
+            except Exception as error:
+                raise RuntimeError(f"{refused}; then without -march: "
+                                   f"{type(error).__name__}: {error}") from error
     except Exception as error:  # any failure costs speed, never the user's run
-        return problem or f"{type(error).__name__}: {error}"
-    return problem
+        return None, f"{type(error).__name__}: {error}"
 
 
 def _load(compiler: list[str], version: str, flags: tuple[str, ...], sources: dict[str, str]) -> Any:
@@ -172,7 +171,7 @@ def _load(compiler: list[str], version: str, flags: tuple[str, ...], sources: di
         return _compile(compiler, flags, sources, scratch, target.name)
     try:
         lib = ctypes.CDLL(str(built(target, build)))
-    except OSError:  # a cached file that does not load (truncated, another libc): built again
+    except OSError:  # a cached file that does not load (another libc, a cut one): built again
         lib = ctypes.CDLL(str(built(target, build, again=True)))
     for name, argtypes in SIGNATURES.items():
         function = getattr(lib, name)
