@@ -12,6 +12,8 @@ import platform
 import shlex
 import threading
 import warnings
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -158,31 +160,6 @@ def test_a_failed_build_warns_once_and_numpy_runs(monkeypatch, fresh) -> None:
     assert not list(fresh.rglob("*.so"))
 
 
-def test_a_compiler_that_refuses_march_native_gets_a_baseline_build(monkeypatch, fresh) -> None:
-    """A compiler that does not take -march=native for its target (as some do not): a
-    second build without it loads, silently; on x86-64 that baseline has neither AVX2 nor
-    AVX-512, so the convolution is left to the GEMM twin while max-pool and SGD stay compiled."""
-    monkeypatch.delenv(native.SWITCH, raising=False)
-    compiled_or_skip()
-    real = native._compiler()
-    wrapper = fresh / "picky-cc"
-    wrapper.write_text("#!/bin/sh\nfor a in \"$@\"; do\n  if [ \"$a\" = -march=native ]; then\n"
-                       "    echo 'error: unsupported option -march=native' >&2; exit 1\n  fi\ndone\n"
-                       f"exec {shlex.join(real)} \"$@\"\n")
-    wrapper.chmod(0o755)
-    monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setenv("CC", str(wrapper))
-    monkeypatch.setenv("DUALCONV_CACHE", str(fresh / "picky"))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        lib = native.library()
-    assert lib is not None and len(list((fresh / "picky").rglob("*.so"))) == 1
-    if platform.machine() in ("x86_64", "AMD64"):
-        assert native_conv.library() is None
-    xb = awkward_images((2, 4, 6, 32), np.float32, seed=3)
-    assert native_max_pool.forward(xb, Window(2, 2, 2, 2, 0, 0, 1, 1)) is not None
-
-
 def _failing_on_march(folder, message: str, baseline_too: bool = False) -> str:
     """A compiler command that fails where -march=native is given, printing ``message``
     (and, with ``baseline_too``, fails without it as well), else runs the real compiler."""
@@ -195,24 +172,44 @@ def _failing_on_march(folder, message: str, baseline_too: bool = False) -> str:
     return str(wrapper)
 
 
-def test_an_error_of_the_sources_is_not_hidden_by_a_baseline_build(monkeypatch, fresh) -> None:
-    """Only a refused -march gets the second build: an error in the code built for this
-    CPU (its AVX-512 or AVX2 blocks) is reported, not covered by a build without them."""
+def _decided_with_compiler(monkeypatch, folder, make_compiler: Callable[[Path], str]) -> None:
+    """native.library() to be decided anew with make_compiler(folder) as $CC (made once this
+    machine's compiler is known to work), into a cache of its own."""
     monkeypatch.delenv(native.SWITCH, raising=False)
     compiled_or_skip()
     monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setenv("CC", _failing_on_march(fresh, "cpu_conv.c:34: error: undeclared in the AVX-512 blocks"))
-    monkeypatch.setenv("DUALCONV_CACHE", str(fresh / "failing"))
+    monkeypatch.setenv("CC", make_compiler(folder))
+    monkeypatch.setenv("DUALCONV_CACHE", str(folder / "with-cc"))
+
+
+def test_a_compiler_that_refuses_march_native_gets_a_baseline_build(monkeypatch, fresh) -> None:
+    """A compiler that does not take -march=native for its target (as some do not): a
+    second build without it loads, silently; on x86-64 that baseline has neither AVX2 nor
+    AVX-512, so the convolution is left to the GEMM twin while max-pool and SGD stay compiled."""
+    _decided_with_compiler(monkeypatch, fresh,
+                           lambda folder: _failing_on_march(folder, "error: unsupported option -march=native"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lib = native.library()
+    assert lib is not None and len(list((fresh / "with-cc").rglob("*.so"))) == 1
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert native_conv.library() is None
+    xb = awkward_images((2, 4, 6, 32), np.float32, seed=3)
+    assert native_max_pool.forward(xb, Window(2, 2, 2, 2, 0, 0, 1, 1)) is not None
+
+
+def test_an_error_of_the_sources_is_not_hidden_by_a_baseline_build(monkeypatch, fresh) -> None:
+    """Only a refused -march gets the second build: an error in the code built for this
+    CPU (its AVX-512 or AVX2 blocks) is reported, not covered by a build without them."""
+    _decided_with_compiler(monkeypatch, fresh, lambda folder: _failing_on_march(
+        folder, "cpu_conv.c:34: error: undeclared in the AVX-512 blocks"))
     with pytest.warns(RuntimeWarning, match="undeclared in the AVX-512 blocks"):
         assert native.library() is None
 
 
 def test_both_reasons_are_given_where_the_baseline_build_fails_too(monkeypatch, fresh) -> None:
-    monkeypatch.delenv(native.SWITCH, raising=False)
-    compiled_or_skip()
-    monkeypatch.setattr(native, "_loaded", {})
-    monkeypatch.setenv("CC", _failing_on_march(fresh, "error: unsupported option -march=native", baseline_too=True))
-    monkeypatch.setenv("DUALCONV_CACHE", str(fresh / "failing"))
+    _decided_with_compiler(monkeypatch, fresh, lambda folder: _failing_on_march(
+        folder, "error: unsupported option -march=native", baseline_too=True))
     with pytest.warns(RuntimeWarning, match="-march=native; then without -march: .*what the baseline build met"):
         assert native.library() is None
 
