@@ -30,7 +30,7 @@ from .backend import BACKENDS, asnumpy, describe, device_name
 from .cli_checks import (CLIError, check_data_dir, check_thread_settings, choose_backend, positive_float,
                          positive_int, quiet_stdout, read_images)
 from .cli_export import add_export_command
-from .cli_runs import RunDirectory, interrupt_status, saving, sigterm_as_interrupt
+from .cli_runs import RunDirectory, interrupt_status, resume_command, saving, sigterm_as_interrupt
 from .datasets import CLASS_NAMES, DATASETS, DatasetError, load_dataset, load_test_split
 from .divergence import TrainingDiverged
 from .models import MODELS
@@ -230,7 +230,7 @@ def _train(args: argparse.Namespace, config: dict[str, Any], backend: str, run: 
         print(f"epoch {epoch + 1}/{args.epochs}  loss {logs['loss']:.4f}  acc {logs['accuracy']:.4f}  "
               f"test loss {logs['val_loss']:.4f}  test acc {logs['val_accuracy']:.4f}  "
               f"{logs['images_per_second']:,.0f} img/s  {logs['seconds']:.1f} s", flush=True)
-        with saving(out / CHECKPOINT, saved, out):
+        with saving(out / CHECKPOINT, saved, out, args.epochs):
             checkpoint.save_checkpoint(out / CHECKPOINT, trainer.state_dict(), epoch + 1, history,
                                        meta={"config": config})
         saved = epoch + 1
@@ -240,7 +240,8 @@ def _train(args: argparse.Namespace, config: dict[str, Any], backend: str, run: 
 
     wall = time.perf_counter()
     if start_epoch >= args.epochs:
-        print(f"already trained for {start_epoch} epochs (--epochs {args.epochs}); nothing to do")
+        print(f"already trained for {start_epoch} epoch{'s' * (start_epoch != 1)} (--epochs {args.epochs}); "
+              f"nothing to do")
     else:
         try:
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # fit reports non-finite losses
@@ -254,11 +255,11 @@ def _train(args: argparse.Namespace, config: dict[str, Any], backend: str, run: 
                 raise CLIError(f"{exc} No checkpoint was written (one is written after each epoch); "
                                f"train again with a lower learning rate, e.g. {lower}") from None
             raise CLIError(f"{exc} The checkpoint of epoch {saved} is kept in {out}; continue from it with a "
-                           f"lower learning rate: dualconv train --out {out} --resume {lower}") from None
+                           f"lower learning rate: {resume_command(out, args.epochs, lower)}") from None
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM (cli_runs.Terminated)
             saved = _epochs_in_checkpoint(out / CHECKPOINT)  # the interrupt may have come after a save's rename
             where = (f"the checkpoint of epoch {saved} is in {out}; continue with --resume "
-                     f"(dualconv train --out {out} --resume)" if saved else
+                     f"({resume_command(out, args.epochs)})" if saved else
                      "no checkpoint yet (one is written after each epoch)")
             print(f"dualconv train: interrupted during epoch {saved + 1}; {where}", file=sys.stderr)
             return interrupt_status(interrupt)
@@ -267,12 +268,12 @@ def _train(args: argparse.Namespace, config: dict[str, Any], backend: str, run: 
     result = trainer.evaluate(X_test, y_test, confusion_matrix=True)
     print(f"test loss {result['loss']:.4f}  test accuracy {result['accuracy']:.4f}")
     metrics = runs.metrics_document(config, backend, history, result, len(X_train), len(X_test), wall, start_epoch)
-    with saving(out / MODEL_FILE, saved, out):
+    with saving(out / MODEL_FILE, saved, out, args.epochs):
         model.save(out / MODEL_FILE)
-    with saving(out / METRICS, saved, out):
+    with saving(out / METRICS, saved, out, args.epochs):
         checkpoint.write_json_atomic(out / METRICS, metrics)
     if plots.matplotlib_available():
-        with saving(out, saved, out):
+        with saving(out, saved, out, args.epochs):
             plots.write_run_plots(model, history, out, X_train.shape[1:])
     else:
         print("matplotlib is not installed: no PNG plots (pip install 'dualconv[plot]')")

@@ -63,14 +63,21 @@ def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def resume_command(out: Path, epochs: int, extra: str = "") -> str:
+    """The command that continues the run in ``out`` to ``epochs`` epochs (the checkpoint keeps
+    every other setting, but not how many epochs the run was to take), with ``extra`` options."""
+    return f"dualconv train --out {out} --resume --epochs {epochs}{' ' + extra if extra else ''}"
+
+
 @contextlib.contextmanager
-def saving(path: Path, saved: int, out: Path) -> Iterator[None]:
-    """A save of ``path`` whose OSError becomes one CLIError saying what is kept (``saved`` epochs)."""
+def saving(path: Path, saved: int, out: Path, epochs: int) -> Iterator[None]:
+    """A save of ``path`` whose OSError becomes one CLIError saying what is kept (``saved``
+    epochs of a run to ``epochs``)."""
     try:
         yield
     except OSError as exc:
         kept = (f"the checkpoint of epoch {saved} is kept in {out}; continue from it with "
-                f"dualconv train --out {out} --resume" if saved else "no checkpoint was saved")
+                f"{resume_command(out, epochs)}" if saved else "no checkpoint was saved")
         raise CLIError(f"cannot save {path}: {_reason(exc)}; {kept}") from None
 
 

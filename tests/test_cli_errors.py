@@ -129,7 +129,7 @@ def test_divergence_after_a_checkpoint_keeps_it_and_says_how_to_resume(run, tmp_
     assert cli.main(["train", *QUICK, "--out", str(out), "--resume", "--epochs", "2", "--lr", "1e9"]) == 1
     err = capsys.readouterr().err
     assert "at epoch 2, step" in err and "The checkpoint of epoch 1 is kept in" in err
-    assert f"dualconv train --out {out} --resume --lr 0.02" in err  # a tenth of the rate, at most the default
+    assert f"dualconv train --out {out} --resume --epochs 2 --lr 0.02" in err  # a tenth of the rate, at most the default
     assert (out / "checkpoint.npz").read_bytes() == before
 
 
@@ -161,8 +161,12 @@ def test_ctrl_c_after_a_checkpoint_rename_names_the_epoch_on_disk(chdir, monkeyp
     assert cli.main(["train", *QUICK, "--epochs", "5", "--out", str(out)]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"dualconv train: interrupted during epoch 3; the checkpoint of epoch 2 is in {out}; "
-                   f"continue with --resume (dualconv train --out {out} --resume)"]
+                   f"continue with --resume (dualconv train --out {out} --resume --epochs 5)"]
     assert checkpoint.load_checkpoint(out / "checkpoint.npz").epoch == 2
+    monkeypatch.undo()
+    command = err[0].rsplit("(", 1)[1].rstrip(")").split()  # the command the message gives, as typed
+    assert command[:2] == ["dualconv", "train"] and cli.main(command[1:]) == 0
+    assert checkpoint.load_checkpoint(out / "checkpoint.npz").epoch == 5  # it continued the run to its end
 
 
 # -- environment, flags, output --------------------------------------------------------------

@@ -104,7 +104,7 @@ def test_a_full_disk_at_a_save_is_one_line_and_keeps_the_last_checkpoint(chdir, 
     assert cli.main(["train", *QUICK, "--epochs", "3", "--out", str(out)]) == 1
     assert capsys.readouterr().err == (
         f"dualconv train: error: cannot save {out / 'checkpoint.npz'}: {os.strerror(errno.ENOSPC)}; the checkpoint "
-        f"of epoch 1 is kept in {out}; continue from it with dualconv train --out {out} --resume\n")
+        f"of epoch 1 is kept in {out}; continue from it with dualconv train --out {out} --resume --epochs 3\n")
     assert checkpoint.load_checkpoint(out / "checkpoint.npz").epoch == 1
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.npz"]  # no temporary file, no lock left
 
@@ -209,9 +209,9 @@ def test_an_interrupt_prints_where_to_continue_and_exits_128_plus_the_signal(tmp
     lines = err.splitlines()
     assert len(lines) == 1 and "Traceback" not in err, err
     match = re.fullmatch(r"dualconv train: interrupted during epoch (\d+); the checkpoint of epoch (\d+) is in "
-                         rf"{re.escape(str(out))}; continue with --resume \(dualconv train --out .* --resume\)",
+                         rf"{re.escape(str(out))}; continue with --resume \(dualconv train --out .* --resume --epochs (\d+)\)",
                          lines[0])
-    assert match and int(match[2]) == int(match[1]) - 1 >= 1, lines[0]
+    assert match and int(match[2]) == int(match[1]) - 1 >= 1 and int(match[3]) == 100000, lines[0]
     assert checkpoint.load_checkpoint(out / "checkpoint.npz").epoch == int(match[2])
 
 
