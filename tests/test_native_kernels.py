@@ -8,8 +8,11 @@ this machine takes; here each path is asked for by name.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import platform
 import shlex
+import subprocess
+import sys
 import threading
 import warnings
 from pathlib import Path
@@ -239,6 +242,24 @@ def test_a_call_during_a_build_waits_for_it(monkeypatch, fresh) -> None:
     first.join(60)
     second.join(60)
     assert found["first"] is not None and found["second"] is found["first"]
+
+
+def test_the_engines_worker_inherits_the_decision_and_does_not_warn_again(fresh) -> None:
+    """A failed build warns once: the caller decides before it forks the engine's worker,
+    which inherits the decision instead of trying the build again and warning on its own.
+    In a process of its own, as a user runs it (under pytest a forked child records its
+    warnings in the copy of pytest's catcher, and nothing shows)."""
+    script = ("import numpy as np, dualconv as dc\n"
+              "from dualconv.models import lenet\n"
+              "dc.set_num_threads(2)\n"
+              "lenet(seed=0).forward(np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32))\n"
+              "from dualconv.engine import workers\n"
+              "print(len(workers.workers))\n")  # a worker process was forked
+    env = dict(os.environ, CC="false", DUALCONV_CACHE=str(fresh), DUALCONV_WORKERS="processes")
+    env.pop(native.SWITCH, None)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.split() == ["1"], done.stderr
+    assert done.stderr.count("could not be built") == 1, done.stderr
 
 
 def test_built_once_then_loaded_from_the_cache(monkeypatch, fresh) -> None:

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ..kernels import native
 from . import workers
 from . import neighbours, pinning, resend, reuse
 from .cores import blas_on_one_thread, cores_now, run_on_threads, this_thread, worker_kind
@@ -236,6 +237,7 @@ def _run_forward(runs: list[_Run], x: Any, check_code: bool, join: Callable[[lis
     if worker_kind() != "processes" or not workers.lock.acquire(blocking=False):
         return join(run_on_threads(calls))
     try:
+        native.library()  # decided before a worker is forked, which inherits it: one build, one warning
         pool = workers.ready_workers(len(runs) - 1, check_code, {type(layer) for layer in runs[0].twins[0]})
         remote = []
         contents = resend.contents(runs[0].twins[0])  # the layers, before part 0 runs on them
