@@ -64,12 +64,13 @@ def conv2d_backward(gy: np.ndarray, saved: tuple[tuple[int, ...], np.ndarray], w
     columns are made again band by band (conv2d_weight_gradient_bands)."""
     x_shape, kept = saved
     O = w.shape[0]
-    gy_mat = np.ascontiguousarray(batch_last(gy)).reshape(O, -1)  # (O, out_h*out_w*N)
+    gy_stored = np.ascontiguousarray(batch_last(gy))  # (O, out_h, out_w, N), copied at most once
+    gy_mat = gy_stored.reshape(O, -1)  # (O, out_h*out_w*N)
     # gw = gy @ col.T, made as gw.T = col @ gy.T: the same sums, in the orientation
     # OpenBLAS runs faster for these shapes (a long inner dimension, stride 1 in both);
     # transposing it back copies a few KB.
     if kept.ndim == 4:
-        gw = native_conv.weight_gradient(gy, kept, w, win)
+        gw = native_conv.weight_gradient(batch_first(gy_stored), kept, w, win)
         if gw is None:
             gw = conv2d_weight_gradient_bands(kept, gy_mat, w, win)
     else:
