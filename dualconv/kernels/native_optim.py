@@ -41,15 +41,13 @@ def _update(ws, gs, vs, w_lasts, v_lasts, verdict, code, lr, momentum, weight_de
     if lib is None or not ws or not _rounds_as_written(lib):
         return False
     dtype = ws[0].dtype
+    companions = [arrays for arrays in (gs, vs, w_lasts, v_lasts) if arrays is not None]  # each beside ws
     written = [*ws, *(w_lasts or ()), *(vs or ()), *(v_lasts or ())]
     if (dtype not in SUFFIX or (vs is None and momentum != 0.0)
             or (w_lasts is not None and (vs is None) != (v_lasts is None))
             or any(a.dtype != dtype or not a.flags.c_contiguous for a in [*written, *gs])
             or not all(a.flags.writeable for a in written)
-            or any(a.size != w.size for k, w in enumerate(ws)
-                   for a in (gs[k], *(() if vs is None else (vs[k],)),
-                             *(() if w_lasts is None else (w_lasts[k],)),
-                             *(() if v_lasts is None else (v_lasts[k],))))):
+            or any(a.size != w.size for arrays in companions for a, w in zip(arrays, ws))):
         return False  # the NumPy twin runs, and raises where it should
     update = getattr(lib, f"sgd_update_guarded_{SUFFIX[dtype]}")
     t = dtype.type
