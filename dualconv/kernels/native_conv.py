@@ -92,7 +92,7 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window) -> 
     O, _, kh, kw = w.shape
     out_h, out_w = win.out_size(H, W)
     o_padded = _round_up(O, sizes.out_channels)
-    xb = _padded_input(x, win, n_padded)
+    xb = _padded_batch_last(x, n_padded, win.ph, win.pw)
     weights = _padded_rows(w, o_padded)
     bias = None if b is None else _padded_rows(b, o_padded)
     y = np.empty((o_padded, out_h, out_w, n_padded), dtype=dtype)
@@ -104,16 +104,16 @@ def forward(x: np.ndarray, w: np.ndarray, b: np.ndarray | None, win: Window) -> 
     return batch_first(y[:O])
 
 
-def _padded_input(x: np.ndarray, win: Window, n_padded: int) -> np.ndarray:
-    """x (N, C, H, W) -> a C-contiguous (C, H + 2ph, W + 2pw, n_padded) copy, zeros around
-    it and in the samples past N; x's own batch-last storage where nothing is added."""
-    N, C, H, W = x.shape
-    ph, pw = win.ph, win.pw
+def _padded_batch_last(a: np.ndarray, n_padded: int, ph: int = 0, pw: int = 0) -> np.ndarray:
+    """a (N, C, H, W) -> a C-contiguous (C, H + 2ph, W + 2pw, n_padded) batch-last copy, zeros
+    around it and in the samples past N; a's own batch-last storage where nothing is added
+    (cpu.padded_batch_last). For an input (padded by its window) and for gy (not padded)."""
+    N, C, H, W = a.shape
     if n_padded == N:
-        return padded_batch_last(x, ph, pw)
-    xb = np.zeros((C, H + 2 * ph, W + 2 * pw, n_padded), dtype=x.dtype)
-    xb[:, ph:ph + H, pw:pw + W, :N] = batch_last(x)
-    return xb
+        return padded_batch_last(a, ph, pw)
+    out = np.zeros((C, H + 2 * ph, W + 2 * pw, n_padded), dtype=a.dtype)
+    out[:, ph:ph + H, pw:pw + W, :N] = batch_last(a)
+    return out
 
 
 def _padded_rows(a: np.ndarray, rows: int) -> np.ndarray:
@@ -144,8 +144,8 @@ def weight_gradient(gy: np.ndarray, x: np.ndarray, w: np.ndarray, win: Window) -
     N, C, H, W = x.shape
     O, _, kh, kw = w.shape
     width, o_padded = ("_half", O) if O < lanes else ("", _round_up(O, lanes))
-    xb = _padded_input(x, win, n_padded)
-    gy_mat = _padded_samples(gy, n_padded).reshape(O, -1)
+    xb = _padded_batch_last(x, n_padded, win.ph, win.pw)
+    gy_mat = _padded_batch_last(gy, n_padded).reshape(O, -1)
     gyt = np.zeros((gy_mat.shape[1], o_padded), dtype=dtype)  # gy transposed
     gyt[:, :O] = gy_mat.T
     gw_t = np.empty((C * kh * kw, o_padded), dtype=dtype)
@@ -169,7 +169,7 @@ def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], win:
     O, _, kh, kw = w.shape
     c_padded = _round_up(C, sizes.in_channels)
     Hp, Wp = H + 2 * win.ph, W + 2 * win.pw
-    gyb = _padded_samples(gy, n_padded)
+    gyb = _padded_batch_last(gy, n_padded)
     wt = np.zeros((kh, kw, c_padded, O), dtype=dtype)
     wt[:, :, :C] = w.transpose(2, 3, 1, 0)
     gxb = np.empty((c_padded, Hp, Wp, n_padded), dtype=dtype)
@@ -178,14 +178,3 @@ def input_gradient(gy: np.ndarray, w: np.ndarray, x_shape: tuple[int, ...], win:
         kh, kw, win.sy, win.sx, win.dy, win.dx)
     gxb = gxb[:C, win.ph:win.ph + H, win.pw:win.pw + W, :N]
     return batch_first(gxb if gxb.flags.c_contiguous else np.ascontiguousarray(gxb))
-
-
-def _padded_samples(gy: np.ndarray, n_padded: int) -> np.ndarray:
-    """gy (N, O, out_h, out_w) -> a C-contiguous (O, out_h, out_w, n_padded) batch-last copy,
-    zeros in the samples past N; gy's own storage where it is that already."""
-    N = gy.shape[0]
-    if n_padded == N:
-        return np.ascontiguousarray(batch_last(gy))
-    gyb = np.zeros((*gy.shape[1:], n_padded), dtype=gy.dtype)
-    gyb[..., :N] = batch_last(gy)
-    return gyb
