@@ -48,7 +48,7 @@
 #define VEC_BYTES (VECTOR_BYTES ? VECTOR_BYTES : 32) /* what the kernels compile with */
 
 #define CONV_KERNELS(T, S, LANES)                                                               \
-typedef T vec_##S __attribute__((vector_size(VEC_BYTES)));                                            \
+typedef T vec_##S __attribute__((vector_size(VEC_BYTES)));                                     \
                                                                                                 \
 /* The sums of output pixel (oy, ox), channels o0 .. o0+OUT_BLOCK-1, samples n0 .. n0+2*LANES-1. */  \
 static void pixel_block_##S(const T *restrict x, const T *restrict w, const T *restrict b,    \
@@ -192,8 +192,8 @@ static void weight_pass_##S##_##V(const T *x, const T *gyt, T *gw_t, const ptrdi
 }
 
 /* gw as the product gw.T = col @ gy.T, with output channels in vectors of BYTES bytes (a
- * register's; half that for a count that fills only half of one), two at a time where O has them, and
- * ROW_BLOCK of col's rows (c, ky, kx) in registers: each sum runs over the columns
+ * register's; half that for a count that fills only half of one), two at a time where O
+ * has them, and ROW_BLOCK of col's rows (c, ky, kx) in registers: each sum runs over the columns
  * (oy, ox, n) in order, one multiply-add each. gyt is gy transposed, (out_h*out_w*N, O), O
  * a multiple of LANES; gw_t (C*kh*kw, O). A last block of fewer rows repeats its last
  * row, not stored. */
